@@ -1,0 +1,1 @@
+"""A from-scratch transformer library: tokenizer, corpus, model, trainer, fine-tuning, generation."""

@@ -1,0 +1,39 @@
+"""The one chat template, used by fine-tuning, generation and evaluation alike.
+
+A conversation is rendered as token ids:
+    <eos> [<|system|> text <|end|>] <|user|> text <|end|> <|assistant|> text <|end|> ...
+It opens with the end-of-text token, as every document does in pretraining. The role and end tokens are
+inserted by id (they are control symbols: no text encodes to them). Training counts the loss only on
+assistant text and the <|end|> after it, so the model learns to answer and to stop, not to write prompts.
+"""
+
+from __future__ import annotations
+
+from llm.tokenizer import Tokenizer
+
+ROLES = ("system", "user", "assistant")
+
+
+def render(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[bool]]:
+    """Messages [{"role", "content"}] -> (token ids, trained-on mask of the same length)."""
+    ids, mask = [tokenizer.eos_id], [False]
+    end = tokenizer.special["<|end|>"]
+    for message in messages:
+        role = message["role"]
+        assert role in ROLES, f"unknown role {role!r}"
+        body = tokenizer.encode(message["content"]) + [end]
+        trained = role == "assistant"
+        ids += [tokenizer.special[f"<|{role}|>"]] + body
+        mask += [False] + [trained] * len(body)
+    return ids, mask
+
+
+def prompt_ids(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The ids that ask the model for the next assistant turn."""
+    ids, _ = render(tokenizer, messages)
+    return ids + [tokenizer.special["<|assistant|>"]]
+
+
+def user_prompt(tokenizer: Tokenizer, prompt: str, system: str | None = None) -> list[int]:
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return prompt_ids(tokenizer, messages)

@@ -1,0 +1,122 @@
+"""Sampling with a KV cache, streamed as text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from llm.model import KVCache, Transformer
+from llm.tokenizer import Tokenizer
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 200
+    temperature: float = 0.8  # 0 means greedy
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    repetition_penalty: float = 1.0  # 1.0: off; >1 makes tokens already in the context less likely
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ValueError("max_new_tokens must be >= 0")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+
+
+def next_token_distribution(logits: torch.Tensor, context: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """Logits (V,) of the next token -> adjusted logits, -inf where sampling is ruled out."""
+    logits = logits.float().clone()
+    if cfg.repetition_penalty != 1.0 and context.numel():
+        seen = torch.unique(context)
+        scores = logits[seen]
+        # CTRL's rule: shrink positive scores, push negative ones further down.
+        logits[seen] = torch.where(scores > 0, scores / cfg.repetition_penalty, scores * cfg.repetition_penalty)
+    if cfg.temperature == 0:
+        return logits
+    logits = logits / cfg.temperature
+    if cfg.top_k > 0:
+        kth = torch.topk(logits, min(cfg.top_k, logits.numel())).values[-1]
+        logits[logits < kth] = float("-inf")
+    if cfg.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop = cumulative - torch.softmax(sorted_logits, dim=-1) > cfg.top_p  # keep the first token always
+        logits[order[drop]] = float("-inf")
+    return logits
+
+
+@torch.no_grad()
+def generate_ids(
+    model: Transformer,
+    prompt_ids: list[int],
+    cfg: SamplingConfig,
+    stop_ids: tuple[int, ...] = (),
+    use_cache: bool = True,
+) -> Iterator[int]:
+    """Yield new token ids one at a time. With use_cache=False every step re-runs the whole context."""
+    assert prompt_ids, "generation needs at least one prompt token"
+    device = next(model.parameters()).device
+    T = model.cfg.context_length
+    generator = torch.Generator(device=device)
+    generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+    ids = torch.tensor(prompt_ids[-T:], dtype=torch.long, device=device)
+    cache, pending = None, ids  # pending: tokens the cache has not seen yet
+    for _ in range(cfg.max_new_tokens):
+        if use_cache:
+            if cache is None or cache.length + len(pending) > T:
+                # Start (or, when the window is full, restart) the cache on the last T//2.. tokens.
+                window = ids[-(T // 2 if cache is not None else T) :]
+                cache = KVCache(model.cfg, 1, device, model.tok_emb.weight.dtype)
+                pending = window
+            logits = model(pending[None], cache)[0, -1]
+        else:
+            logits = model(ids[-T:][None])[0, -1]
+        logits = next_token_distribution(logits, ids, cfg)
+        if cfg.temperature == 0:
+            token = int(torch.argmax(logits))
+        else:
+            token = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+        if token in stop_ids:
+            return
+        yield token
+        ids = torch.cat([ids, torch.tensor([token], device=device)])
+        pending = ids[-1:]
+
+
+def stream_text(
+    model: Transformer,
+    tokenizer: Tokenizer,
+    prompt_ids: list[int],
+    cfg: SamplingConfig,
+    stop_ids: tuple[int, ...] = (),
+    use_cache: bool = True,
+) -> Iterator[str]:
+    """Yield pieces of generated text as they become whole characters, ending at a stop string or id."""
+    new: list[int] = []
+    text = emitted = ""
+    for token in generate_ids(model, prompt_ids, cfg, stop_ids, use_cache):
+        new.append(token)
+        text = tokenizer.decode(new)
+        if text.endswith("\ufffd"):
+            continue  # a multi-byte character is still incomplete
+        hits = [h for s in cfg.stop if s and (h := text.find(s, max(0, len(emitted) - len(s)))) >= 0]
+        if hits:
+            if min(hits) > len(emitted):
+                yield text[len(emitted) : min(hits)]
+            return
+        # Hold back a tail that could be the start of a stop string, so no part of one is ever shown.
+        hold = max((k for s in cfg.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        if len(text) - hold > len(emitted):
+            yield text[len(emitted) : len(text) - hold]
+            emitted = text[: len(text) - hold]
+    if len(text) > len(emitted):
+        yield text[len(emitted) :]

@@ -1,0 +1,147 @@
+"""Reading raw text: expanding inputs, decompressing, normalising, and splitting into documents.
+
+Everything here streams: a file is read a line (at most MAX_LINE bytes) at a time, so memory does not
+depend on the size of a file. Text is normalised on the way in: a leading byte-order mark is dropped and
+CRLF / CR line endings become LF.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import gzip
+import json
+import lzma
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.xz", ".jsonl", ".jsonl.gz", ".jsonl.xz", ".md")
+MAX_LINE = 1 << 20  # bytes read at once; longer lines arrive in pieces
+MAX_DOC_CHARS = 1 << 20  # a paragraph longer than this is cut into several documents
+
+
+class InputError(ValueError):
+    """Bad input text; the message names the file and, where it can, the line or byte offset."""
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files, folders (searched recursively for text files) and glob patterns -> a sorted file list."""
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if any(ch in item for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
+            if not matches:
+                raise InputError(f"no files match {item!r}")
+            files.extend(matches)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.name.endswith(TEXT_SUFFIXES))
+            if not found:
+                raise InputError(f"{path}: the folder holds no text files ({', '.join(TEXT_SUFFIXES)})")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"{path}: no such file or folder")
+    if not files:
+        raise InputError("no input files given")
+    return files
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    name = path.name
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if name.endswith(".xz"):
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, normalised text with its trailing '\\n') for each line of a text file."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, line_no, pending = 0, 0, ""
+    try:
+        with _open_binary(path) as f:
+            while True:
+                raw = f.readline(MAX_LINE)
+                if not raw:
+                    break
+                try:
+                    text = decoder.decode(raw, final=False)
+                except UnicodeDecodeError as e:
+                    raise InputError(
+                        f"{path}: not UTF-8 text (invalid byte at offset {offset + e.start}, line {line_no + 1})"
+                        "; is it a binary file?"
+                    ) from None
+                if "\x00" in text:
+                    where = offset + len(text[: text.index("\x00")].encode())
+                    raise InputError(f"{path}: looks like a binary file (NUL byte at offset {where})")
+                offset += len(raw)
+                if line_no == 0 and not pending:
+                    text = text.removeprefix("\ufeff")
+                pending += text
+                if not pending.endswith("\n") and len(raw) == MAX_LINE:
+                    continue  # a very long line: keep reading it, but hand it out in MAX_LINE pieces
+                line_no += 1
+                yield line_no, pending.replace("\r\n", "\n").replace("\r", "\n")
+                pending = ""
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise InputError(f"{path}: cannot read ({e})") from None
+    if pending:
+        yield line_no + 1, pending.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def iter_documents(files: list[Path], text_field: str = "text") -> Iterator[str]:
+    """Documents of all files, in order. See iter_file_documents."""
+    for path in files:
+        for text, _ in iter_file_documents(path, text_field):
+            yield text
+
+
+def iter_file_documents(path: Path, text_field: str = "text") -> Iterator[tuple[str, bool]]:
+    """(document text, ends_unit) pairs of one file.
+
+    A JSONL record is one document, ending its unit (an end-of-text token follows it in the token stream).
+    A text file is split at blank lines into paragraph documents that keep their '\\n\\n' separator, so
+    consecutive paragraphs read as the original text; only the file's last paragraph ends the unit.
+    """
+    if ".jsonl" in path.name:
+        for line_no, line in iter_lines(path):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}, line {line_no}: malformed JSON ({e.msg})") from None
+            value = record.get(text_field) if isinstance(record, dict) else None
+            if not isinstance(value, str):
+                raise InputError(f"{path}, line {line_no}: no string field {text_field!r} in this record")
+            if value.strip():
+                yield value.replace("\r\n", "\n"), True
+        return
+    previous = None
+    for paragraph in _paragraphs(path):
+        if previous is not None:
+            yield previous, False
+        previous = paragraph
+    if previous is not None:
+        yield previous.rstrip("\n") + "\n", True
+
+
+def _paragraphs(path: Path) -> Iterator[str]:
+    """Blank-line separated paragraphs of a text file, each ending in '\n\n'."""
+    lines: list[str] = []
+    size = 0
+    for _, line in iter_lines(path):
+        if line.strip():
+            lines.append(line)
+            size += len(line)
+            if size < MAX_DOC_CHARS:
+                continue
+        if lines:
+            yield "".join(lines).rstrip("\n") + "\n\n"
+            lines, size = [], 0
+    if lines:
+        yield "".join(lines).rstrip("\n") + "\n\n"

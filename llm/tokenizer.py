@@ -1,0 +1,144 @@
+"""SentencePiece BPE tokenizer with byte fallback and the reserved chat tokens.
+
+Byte fallback means no text is ever unknown: characters outside the vocabulary become their UTF-8 bytes, so
+any Unicode string round-trips. The chat tokens are *control* symbols: encode() never produces them from
+text (a user typing "<|end|>" cannot forge a turn boundary); the chat template inserts them by id.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+
+from llm.textio import iter_documents
+
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+MODEL_FILE = "tokenizer.model"
+
+
+class TokenizerError(ValueError):
+    pass
+
+
+class Tokenizer:
+    def __init__(self, model_proto: bytes, source: str = "tokenizer"):
+        self.source = source
+        self.proto = model_proto
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.LoadFromSerializedProto(model_proto)
+        except Exception:
+            raise TokenizerError(f"{source}: not a SentencePiece model file") from None
+        self.vocab_size = self.sp.vocab_size()
+        self.special = {tok: self.sp.piece_to_id(tok) for tok in CHAT_TOKENS}
+        missing = [t for t, i in self.special.items() if i == UNK]
+        if missing:
+            raise TokenizerError(f"{source}: the tokenizer lacks the reserved tokens {missing}")
+        self.eos_id, self.bos_id, self.pad_id = EOS, BOS, PAD
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        path = Path(path)
+        if path.is_dir():
+            path = path / MODEL_FILE
+        if not path.is_file():
+            raise TokenizerError(f"tokenizer not found: {path}")
+        return cls(path.read_bytes(), str(path))
+
+    def save(self, directory: str | Path) -> Path:
+        target = Path(directory) / MODEL_FILE
+        target.write_bytes(self.proto)
+        return target
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
+        return self.sp.encode(texts, num_threads=num_threads)
+
+    def encode_to_array(self, texts: list[str], eos: bool, dtype=np.uint16) -> np.ndarray:
+        """Encode texts and concatenate them (each followed by EOS when eos=True) into one array."""
+        pieces = self.sp.encode(texts)
+        if eos:
+            pieces = [p + [EOS] for p in pieces]
+        total = sum(len(p) for p in pieces)
+        return np.fromiter(itertools.chain.from_iterable(pieces), dtype=dtype, count=total)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.sp.decode([int(i) for i in ids])
+
+    def id_to_piece(self, i: int) -> str:
+        return self.sp.id_to_piece(int(i))
+
+
+def _training_sentences(files: list[Path], max_chars: int) -> Iterator[str]:
+    """Non-empty lines of the inputs, at most max_chars in total (enough to learn merges)."""
+    seen = 0
+    for doc in iter_documents(files):
+        for line in doc.split("\n"):
+            if line.strip():
+                yield line
+                seen += len(line)
+                if seen >= max_chars:
+                    return
+
+
+def train_tokenizer(
+    files: list[Path],
+    out_dir: str | Path,
+    vocab_size: int = 4096,
+    max_chars: int = 200_000_000,
+    num_threads: int = 2,
+) -> Tokenizer:
+    """Train a BPE tokenizer on the text files and write <out_dir>/tokenizer.model."""
+    reserved = 4 + len(CHAT_TOKENS) + 1 + 256  # pad/unk/bos/eos, chat tokens, newline, byte pieces
+    if vocab_size <= reserved + 16:
+        raise TokenizerError(f"--vocab-size {vocab_size} is too small: at least {reserved + 17} is needed")
+    sentences = list(_training_sentences(files, max_chars))
+    if not sentences:
+        raise TokenizerError("no text found in the inputs: the corpus is empty")
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(sentences),
+            model_writer=model,
+            model_type="bpe",
+            vocab_size=vocab_size,
+            byte_fallback=True,
+            normalization_rule_name="identity",  # keep the text exactly as written
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=False,  # so decode(encode(a) + encode(b)) == a + b
+            split_digits=True,
+            allow_whitespace_only_pieces=True,
+            character_coverage=0.9995,
+            pad_id=PAD,
+            unk_id=UNK,
+            bos_id=BOS,
+            eos_id=EOS,
+            control_symbols=list(CHAT_TOKENS),
+            user_defined_symbols=["\n"],
+            max_sentence_length=1 << 16,
+            input_sentence_size=2_000_000,
+            shuffle_input_sentence=True,
+            num_threads=num_threads,
+            minloglevel=2,
+        )
+    except RuntimeError as e:
+        message = str(e)
+        if "Vocabulary size is too high" in message or "vocab_size" in message:
+            raise TokenizerError(
+                f"--vocab-size {vocab_size} is too large for this text ({message.strip()}); "
+                "use a smaller vocabulary or more text"
+            ) from None
+        raise TokenizerError(f"tokenizer training failed: {message.strip()}") from None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = Tokenizer(model.getvalue(), str(out / MODEL_FILE))
+    tok.save(out)
+    return tok
