@@ -117,6 +117,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps(score.to_dict(), indent=2))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    import torch
+
+    from llm.checkpoint import load_model, resolve, save_checkpoint
+
+    source = resolve(args.model)
+    model, tok, info = load_model(source)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    target = save_checkpoint(args.out, model, tok, {**info, "exported_from": str(source)}, dtype=dtype)
+    size = sum(f.stat().st_size for f in target.iterdir())
+    print(f"{source} -> {target} ({args.dtype}, {size / 1e6:.1f} MB, no trainer state)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m llm", description="Build your own LLM: train, tune, sample.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="dtype of saved weights")
     add_train_flags(p, TrainConfig())
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("export", help="copy a checkpoint without its trainer state, optionally in fp16/bf16")
+    p.add_argument("--model", required=True, help="model or run folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp16")
+    p.set_defaults(func=cmd_export)
 
     for name, helptext, func in (
         ("generate", "sample text from a model", cmd_generate),
