@@ -62,24 +62,34 @@ def generate_ids(
     stop_ids: tuple[int, ...] = (),
     use_cache: bool = True,
 ) -> Iterator[int]:
-    """Yield new token ids one at a time. With use_cache=False every step re-runs the whole context."""
+    """Yield new token ids one at a time. With use_cache=False every step re-runs the whole window.
+
+    The model sees a window of the last tokens. When the window would exceed the context length T, it
+    slides forward to keep only the last T//2 tokens (the cache is rebuilt from them), so a cache rebuild
+    costs one forward pass per T//2 new tokens. Both paths use the same window, so they give the same tokens.
+    """
     assert prompt_ids, "generation needs at least one prompt token"
     device = next(model.parameters()).device
     T = model.cfg.context_length
     generator = torch.Generator(device=device)
-    generator.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+    if cfg.seed is not None:
+        generator.manual_seed(cfg.seed)
+    else:
+        generator.seed()  # a fresh random seed for this generator only; the global RNG is left alone
     ids = torch.tensor(prompt_ids[-T:], dtype=torch.long, device=device)
-    cache, pending = None, ids  # pending: tokens the cache has not seen yet
+    start = 0  # ids[start:] is the window the model conditions on
+    cache = None
     for _ in range(cfg.max_new_tokens):
-        if use_cache:
-            if cache is None or cache.length + len(pending) > T:
-                # Start (or, when the window is full, restart) the cache on the last T//2.. tokens.
-                window = ids[-(T // 2 if cache is not None else T) :]
-                cache = KVCache(model.cfg, 1, device, model.tok_emb.weight.dtype)
-                pending = window
-            logits = model(pending[None], cache)[0, -1]
+        if len(ids) - start > T:
+            start = len(ids) - max(1, T // 2)
+            cache = None
+        if not use_cache:
+            logits = model(ids[start:][None])[0, -1]
+        elif cache is None:
+            cache = KVCache(model.cfg, 1, device, model.tok_emb.weight.dtype)
+            logits = model(ids[start:][None], cache)[0, -1]
         else:
-            logits = model(ids[-T:][None])[0, -1]
+            logits = model(ids[-1:][None], cache)[0, -1]  # only the newest token is not cached yet
         logits = next_token_distribution(logits, ids, cfg)
         if cfg.temperature == 0:
             token = int(torch.argmax(logits))
@@ -89,7 +99,6 @@ def generate_ids(
             return
         yield token
         ids = torch.cat([ids, torch.tensor([token], device=device)])
-        pending = ids[-1:]
 
 
 def stream_text(
