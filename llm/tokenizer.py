@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -89,6 +90,23 @@ def _training_sentences(files: list[Path], max_chars: int) -> Iterator[str]:
                     return
 
 
+def _training_error(message: str, vocab_size: int) -> TokenizerError:
+    """SentencePiece's trainer error -> a message that says which way to change --vocab-size."""
+    too_high = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", message)
+    if too_high:
+        return TokenizerError(
+            f"--vocab-size {vocab_size} is too large for this text: at most {too_high.group(1)} is possible; "
+            "use a smaller vocabulary or more text"
+        )
+    too_low = re.search(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)", message)
+    if too_low:
+        return TokenizerError(
+            f"--vocab-size {vocab_size} is too small for this text: its distinct characters need at least "
+            f"{too_low.group(1)}"
+        )
+    return TokenizerError(f"tokenizer training failed: {message}")
+
+
 def train_tokenizer(
     files: list[Path],
     out_dir: str | Path,
@@ -130,13 +148,7 @@ def train_tokenizer(
             minloglevel=2,
         )
     except RuntimeError as e:
-        message = str(e)
-        if "Vocabulary size is too high" in message or "vocab_size" in message:
-            raise TokenizerError(
-                f"--vocab-size {vocab_size} is too large for this text ({message.strip()}); "
-                "use a smaller vocabulary or more text"
-            ) from None
-        raise TokenizerError(f"tokenizer training failed: {message.strip()}") from None
+        raise _training_error(str(e).strip(), vocab_size) from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(model.getvalue(), str(out / MODEL_FILE))
