@@ -1,0 +1,106 @@
+"""build_app() -> gr.Blocks: the studio's four tabs over one workspace; launch() serves it."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import gradio as gr
+
+from llm.config import DEFAULT_BASE_MODEL
+from studio.context import MAX_UPLOAD_BYTES, SAMPLES_DIR, Studio
+from studio.tabs import compare, data, finetune, models
+
+CSS = """
+.gradio-container { max-width: 1400px !important; }
+#studio-header h1 { margin-bottom: 0; }
+#studio-header p { margin-top: 4px; color: var(--body-text-color-subdued); }
+.banner { border-left: 4px solid #f5a524; background: rgba(245,165,36,.08); padding: 8px 12px; border-radius: 6px; }
+.preview .example { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 10px;
+  margin-bottom: 8px; white-space: pre-wrap; font-family: var(--font-mono); font-size: 13px; line-height: 1.5; }
+.preview .row-no { font-family: var(--font); font-size: 12px; color: var(--body-text-color-subdued); margin-bottom: 4px; }
+.preview-legend { font-size: 13px; margin-bottom: 8px; }
+.tok-special { display: inline-block; font-family: var(--font-mono); font-size: 11px; padding: 0 4px; margin: 0 2px;
+  border-radius: 4px; background: var(--neutral-200); color: var(--neutral-700); }
+.trained { background: rgba(34,197,94,.22); border-radius: 3px; }
+.tok-special.trained { background: rgba(34,197,94,.45); }
+.diff ins { background: rgba(34,197,94,.25); text-decoration: none; border-radius: 3px; }
+.diff del { background: rgba(229,72,77,.2); color: #b42318; border-radius: 3px; }
+.diff-block { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 10px; margin: 6px 0; }
+.diff-head { font-size: 12px; color: var(--body-text-color-subdued); margin-bottom: 4px; }
+.diff-body { white-space: pre-wrap; }
+.diff-legend { font-size: 12px; }
+.run-progress { height: 14px; border-radius: 7px; background: var(--neutral-200); overflow: hidden; }
+.run-progress .bar { height: 100%; background: #4f7cff; transition: width .6s ease; }
+.run-progress.done .bar { background: #22c55e; }
+.run-progress.failed .bar, .run-progress.interrupted .bar { background: #e5484d; }
+.run-progress-text { font-size: 13px; margin-top: 4px; }
+.inline-button { align-self: end; margin-bottom: 8px; }
+.plan { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 4px 12px; }
+"""
+
+
+def theme() -> gr.themes.Theme:
+    # System fonts only: the studio runs offline, so nothing is fetched from a font service.
+    return gr.themes.Soft(
+        primary_hue="indigo",
+        neutral_hue="slate",
+        font=["ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "sans-serif"],
+        font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"],
+    )
+
+
+def build_app(
+    workspace: str | Path = "workspace",
+    base_model: str | Path = DEFAULT_BASE_MODEL,
+    samples_dir: str | Path = SAMPLES_DIR,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    watch_interval: float = 2.0,
+) -> gr.Blocks:
+    """The studio over one workspace. The job watcher starts here (it also resumes the queue after a restart)."""
+    studio = Studio(workspace, base_model, samples_dir, max_upload_bytes)
+    studio.jobs.tick()  # notice runs that ended while no studio was watching
+    studio.jobs.watch(watch_interval)
+    # torch takes seconds to import: do it now in the background, so the first plan or answer is quick.
+    threading.Thread(target=lambda: __import__("llm.finetune"), daemon=True).start()
+    with gr.Blocks(title="LLM Studio") as demo:
+        gr.Markdown(
+            "# LLM Studio\nFine-tune a small language model on your own examples, then compare it with the base model.",
+            elem_id="studio-header",
+        )
+        missing = studio.base_missing()
+        gr.Markdown(f"⚠️ {missing}", visible=bool(missing), elem_classes="banner", elem_id="base-missing")
+        with gr.Tabs():
+            data.build(studio, demo)
+            apis = finetune.build(studio, demo)
+            compare.build(studio, demo)
+            apis |= models.build(studio, demo)
+        for name, fn in apis.items():
+            gr.api(fn, api_name=name)
+    demo.studio = studio  # for launch() and tests
+    return demo
+
+
+def launch(
+    demo: gr.Blocks,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    auth: tuple[str, str] | None = None,
+    block: bool = True,
+):
+    """Serve the studio locally (never through a public share link)."""
+    studio: Studio = demo.studio
+    demo.queue(default_concurrency_limit=2)
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        auth=auth,
+        share=False,
+        max_file_size=studio.max_upload_bytes,
+        allowed_paths=[str(studio.workspace / "exports"), str(studio.workspace / "compare")],
+        theme=theme(),
+        css=CSS,
+        footer_links=["api", "settings"],
+        prevent_thread_lock=not block,
+        quiet=not block,
+    )

@@ -1,0 +1,352 @@
+"""Fine-tuning jobs: the CLI run as a child process, one at a time, watched through its files.
+
+A run is `python -m llm finetune ... --metrics <run>/metrics.jsonl`, with stdout and stderr going to
+<run>/train.log (a file, not a pipe: nobody has to drain it, and it outlives the studio). The child starts
+in its own session, so closing the browser, reloading the page or even stopping the studio never stops it;
+the studio re-attaches through the process id in SQLite and the two files. Stop sends SIGTERM, which the
+trainer answers with a last checkpoint.
+
+Only one run holds the device at a time: a second one is queued and starts when the first ends. A watcher
+thread moves the queue along and notices runs that ended; a run whose process vanished without a final
+event (the machine or the process was killed) is marked interrupted and can be resumed from its last
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from studio.store import ACTIVE_STATES, Store
+
+LOG, METRICS = "train.log", "metrics.jsonl"
+REPO = Path(__file__).resolve().parent.parent
+
+# The child trains with all cores but one, so the studio keeps a core for generation and the page.
+CHILD_THREADS = max(1, (os.cpu_count() or 2) - 1)
+
+
+def finetune_command(base: Path, data: Path, run_dir: Path, cfg: dict[str, Any], resume: bool) -> list[str]:
+    """The CLI command line for a run's settings (cfg: the dict stored with the run)."""
+    cmd = [sys.executable, "-m", "llm", "finetune", "--base", str(base), "--data", str(data)]
+    cmd += ["--out", str(run_dir), "--metrics", str(run_dir / METRICS), "--method", cfg["method"]]
+    if cfg.get("format", "auto") != "auto":
+        cmd += ["--format", cfg["format"]]
+    mapping = cfg.get("mapping") or {}
+    for key in ("prompt", "response", "system"):
+        if mapping.get(key):
+            cmd += [f"--{key}-column", mapping[key]]
+    for key in ("epochs", "max_steps", "lr", "batch_size", "lora_rank"):
+        if cfg.get(key) is not None:
+            cmd += ["--" + key.replace("_", "-"), str(cfg[key])]
+    if cfg.get("device"):
+        cmd += ["--device", cfg["device"]]
+    probes = [p for p in cfg.get("probes", []) if p.strip()]
+    if probes:
+        cmd += ["--probe", *probes]
+    if resume:
+        cmd.append("--resume")
+    return cmd
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMP_NUM_THREADS=str(CHILD_THREADS), MKL_NUM_THREADS=str(CHILD_THREADS), PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+@dataclass
+class Metrics:
+    """The parsed metrics file of a run."""
+
+    start: dict[str, Any] = field(default_factory=dict)
+    train: list[dict[str, Any]] = field(default_factory=list)  # {"step", "train_loss", "lr", "elapsed", ...}
+    evals: list[dict[str, Any]] = field(default_factory=list)  # {"step", "val_loss", "samples", ...}
+    events: list[dict[str, Any]] = field(default_factory=list)  # {"event", ...}
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        """The event that ends a run ('done', 'stopped', 'early_stop' or 'error'), if it was written."""
+        last = [e for e in self.events if e["event"] in ("done", "stopped", "early_stop", "error")]
+        return last[-1] if last else None
+
+    def loss_frame(self) -> pd.DataFrame:
+        """Long format for a line plot: columns step, loss, curve ('train' or 'validation')."""
+        points = [(r["step"], r["train_loss"], "train") for r in self.train]
+        points += [(r["step"], r["val_loss"], "validation") for r in self.evals if r.get("val_loss") is not None]
+        return pd.DataFrame(points, columns=["step", "loss", "curve"])
+
+    @property
+    def step(self) -> int:
+        steps = [r["step"] for r in self.train + self.evals + self.events if "step" in r]
+        return max(steps, default=0)
+
+
+def read_metrics(path: Path) -> Metrics:
+    """Parse a metrics JSONL file; a missing file or a half-written last line are normal while a run starts."""
+    metrics = Metrics()
+    if not path.is_file():
+        return metrics
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("event") == "start":
+            metrics.start = record
+            metrics.events.append(record)
+        elif "event" in record:
+            metrics.events.append(record)
+        elif "val_loss" in record or "train_eval_loss" in record:
+            metrics.evals.append(record)
+        elif "train_loss" in record:
+            metrics.train.append(record)
+    return metrics
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    if not path.is_file():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 32_768))
+        text = f.read().decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def explain(message: str, returncode: int | None = None) -> str:
+    """A failure in words, with what to try."""
+    low = message.lower()
+    memory_hint = "Try a smaller batch size, LoRA instead of full fine-tuning, or a lower LoRA rank."
+    if "out of memory" in low or "can't allocate memory" in low:
+        return f"The run ran out of memory ({message.strip()}). {memory_hint}"
+    if returncode in (-9, 137) and not message:
+        return f"The trainer was killed by the system, most often because memory ran out. {memory_hint}"
+    if "nan" in low.split() or "diverged" in low or "became nan" in low or "became inf" in low:
+        return f"The training diverged: {message.strip()} Try half the learning rate."
+    if "row" in low and ("column" in low or "file" in low):
+        return f"The dataset has a problem: {message.strip()} Fix the file and check it in the Data tab."
+    if "cuda is not available" in low:
+        return f"{message.strip()} Choose the device 'auto' or 'cpu'."
+    return f"The run failed: {message.strip() or 'no message'}. The log below has the details."
+
+
+def error_from_log(text: str) -> str:
+    """The CLI's one-line `error: ...`, else the last line of a traceback, else ''."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if line.startswith("error:"):
+            return line.removeprefix("error:").strip()
+    if any(ln.startswith("Traceback") for ln in lines):
+        return lines[-1]
+    return ""
+
+
+def process_alive(pid: int, marker: str) -> bool:
+    """Is pid a live (not zombie) process whose command line contains marker (guards against pid reuse)?"""
+    proc = Path(f"/proc/{pid}")
+    if Path("/proc/self").exists():
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return False
+        state = stat.rsplit(")", 1)[-1].split()[0]
+        return state not in ("Z", "X") and marker in cmdline
+    try:  # no /proc (macOS): existence only
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Jobs:
+    def __init__(self, store: Store):
+        self.store = store
+        self.children: dict[int, subprocess.Popen] = {}  # processes this studio started, to reap them
+        self.lock = threading.Lock()
+
+    def run_dir(self, run: dict[str, Any]) -> Path:
+        return self.store.abs(run["dir"])
+
+    def submit(self, run_id: str) -> str:
+        """Start a queued run now if the device is free; say what happened."""
+        self.tick()
+        run = self.store.run(run_id)
+        assert run is not None, run_id
+        if run["status"] == "queued":
+            ahead = [r for r in self.store.runs(ACTIVE_STATES) if r["id"] != run_id and r["queued"] < run["queued"]]
+            busy = [r["name"] for r in ahead if r["status"] != "queued"]
+            return (
+                f"Queued: another fine-tune ({', '.join(busy) or 'earlier run'}) is using the device; "
+                f"this one starts when it ends ({len(ahead)} ahead)."
+            )
+        return f"Started {run['name']}." if run["status"] in ACTIVE_STATES else run["message"]
+
+    def tick(self) -> None:
+        """Notice runs that ended, then start the next queued run if the device is free."""
+        with self.lock:
+            for run in self.store.runs(("starting", "running", "stopping")):
+                self._reconcile(run)
+            while (run := self.store.claim_next_run()) is not None:
+                if self._launch(run):
+                    break
+
+    def _launch(self, run: dict[str, Any]) -> bool:
+        """Start the child for a claimed run; False (run marked failed) if it could not even start."""
+        run_dir = self.run_dir(run)
+        cfg = run["config"]
+        resume = bool(cfg.get("resume")) and (run_dir / "latest" / "trainer_state.pt").is_file()
+        cmd = finetune_command(Path(cfg["base_path"]), Path(cfg["data_path"]), run_dir, cfg, resume)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "command.json").write_text(json.dumps(cmd, indent=1) + "\n")
+        try:
+            with open(run_dir / LOG, "ab") as log:
+                log.write(f"$ {' '.join(cmd)}\n".encode())
+                log.flush()
+                child = subprocess.Popen(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=REPO,
+                    env=child_env(),
+                    start_new_session=True,  # its own process group: survives the studio and Ctrl-C in its terminal
+                )
+        except OSError as e:
+            self.store.update_run(run["id"], status="failed", message=f"could not start the trainer: {e}")
+            return False
+        self.children[child.pid] = child
+        self.store.update_run(
+            run["id"], status="running", pid=child.pid, started=time.time(), finished=None, message=""
+        )
+        return True
+
+    def _alive(self, run: dict[str, Any]) -> tuple[bool, int | None]:
+        """(is the run's process alive, its exit code when this studio started it and it has exited)."""
+        pid = run["pid"]
+        if pid is None:
+            return False, None
+        child = self.children.get(pid)
+        if child is not None:
+            code = child.poll()
+            if code is None:
+                return True, None
+            del self.children[pid]
+            return False, code
+        return process_alive(pid, str(self.run_dir(run))), None
+
+    def _reconcile(self, run: dict[str, Any]) -> None:
+        if run["status"] == "starting":
+            if run["pid"] is None and time.time() - (run["started"] or 0) > 60:  # a studio died while launching it
+                self.store.update_run(run["id"], status="queued")
+            return
+        alive, code = self._alive(run)
+        if alive:
+            return
+        run_dir = self.run_dir(run)
+        final = read_metrics(run_dir / METRICS).final
+        log_error = error_from_log(log_tail(run_dir / LOG, 60))
+        if final is not None and final["event"] in ("done", "early_stop"):
+            status, message = "done", "Finished."
+        elif final is not None and final["event"] == "stopped":
+            status, message = "stopped", "Stopped; the last checkpoint was saved and can be resumed."
+        elif final is not None:
+            status, message = "failed", explain(final.get("message", "") or log_error, code)
+        elif log_error or (code not in (None, 0)):
+            status, message = "failed", explain(log_error, code)
+        else:
+            status = "interrupted"
+            message = "The trainer process ended without finishing (the studio or the machine was stopped)."
+            if (run_dir / "latest" / "trainer_state.pt").is_file():
+                message += " Its last checkpoint is kept: Resume continues from it."
+        self.store.update_run(run["id"], status=status, message=message, finished=time.time())
+
+    def stop(self, run_id: str) -> str:
+        """SIGTERM the run (the trainer checkpoints and exits); a queued run is just taken off the queue."""
+        with self.lock:
+            run = self.store.run(run_id)
+            if run is None:
+                return "No such run."
+            if run["status"] == "queued":
+                self.store.update_run(run_id, status="stopped", message="Cancelled before it started.")
+                return f"{run['name']} was taken off the queue."
+            if run["status"] not in ("running", "stopping") or not self._alive(run)[0]:
+                return f"{run['name']} is not running."
+            try:
+                os.kill(run["pid"], signal.SIGTERM)
+            except ProcessLookupError:
+                return f"{run['name']} had already ended."
+            self.store.update_run(run_id, status="stopping", message="Stopping: writing a last checkpoint...")
+            return f"Stopping {run['name']}: it writes a last checkpoint, then ends."
+
+    def resume(self, run_id: str) -> str:
+        """Queue an ended run again: from its last checkpoint when there is one, else from the start."""
+        run = self.store.run(run_id)
+        if run is None:
+            return "No such run."
+        if run["status"] in ACTIVE_STATES:
+            return f"{run['name']} is already {run['status']}."
+        if run["status"] == "done":
+            return f"{run['name']} has finished; start a new run to train more."
+        config = {**run["config"], "resume": True}
+        self.store.update_run(run_id, config=config, status="queued", message="", pid=None, queued=time.time())
+        return self.submit(run_id)
+
+    def watch(self, interval: float = 2.0) -> threading.Thread:
+        """A daemon thread that calls tick() every interval seconds."""
+
+        def loop() -> None:
+            while True:
+                try:
+                    self.tick()
+                except Exception as e:  # keep watching: a transient error (disk, lock) must not end the queue
+                    print(f"studio: job watcher: {e}", file=sys.stderr)
+                time.sleep(interval)
+
+        thread = threading.Thread(target=loop, name="studio-jobs", daemon=True)
+        thread.start()
+        return thread
+
+    def progress(self, run_id: str) -> dict[str, Any]:
+        """Everything the Fine-tune tab shows about a run, read from SQLite and the run's files."""
+        run = self.store.run(run_id)
+        assert run is not None, run_id
+        run_dir = self.run_dir(run)
+        metrics = read_metrics(run_dir / METRICS)
+        max_steps = metrics.start.get("max_steps") or run["config"].get("max_steps") or 0
+        step = metrics.step
+        train_elapsed = metrics.train[-1]["elapsed"] if metrics.train else 0.0
+        if run["status"] in ("running", "stopping") and run["started"]:
+            elapsed = time.time() - run["started"]
+        elif run["started"] and run["finished"]:
+            elapsed = run["finished"] - run["started"]
+        else:
+            elapsed = 0.0
+        remaining = None
+        if step and max_steps and metrics.train and run["status"] in ("running", "stopping"):
+            remaining = train_elapsed / step * max(0, max_steps - step)
+        return {
+            "run": run,
+            "status": run["status"],
+            "message": run["message"],
+            "step": step,
+            "max_steps": max_steps,
+            "elapsed": elapsed,
+            "remaining": remaining,
+            "metrics": metrics,
+            "log": log_tail(run_dir / LOG),
+            "resumable": (run_dir / "latest" / "trainer_state.pt").is_file(),
+        }

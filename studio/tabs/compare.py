@@ -1,0 +1,267 @@
+"""Compare tab: one prompt to 2-4 models side by side, a word diff, votes, and a batch score on held-out rows."""
+
+from __future__ import annotations
+
+import difflib
+import html
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from studio.context import Studio
+from studio.jobs import CHILD_THREADS
+from studio.store import new_id
+
+MAX_MODELS = 4
+TIE = "tie"
+
+
+def word_diff_html(reference: str, other: str) -> str:
+    """`other` with the words it adds marked <ins> and the reference words it lacks marked <del>."""
+    a, b = re.findall(r"\S+|\s+", reference), re.findall(r"\S+|\s+", other)
+    parts = []
+    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if op in ("delete", "replace") and "".join(a[i1:i2]).strip():
+            parts.append(f"<del>{html.escape(''.join(a[i1:i2]))}</del>")
+        if op in ("insert", "replace"):
+            text = html.escape("".join(b[j1:j2]))
+            parts.append(f"<ins>{text}</ins>" if text.strip() else text)
+        if op == "equal":
+            parts.append(html.escape("".join(b[j1:j2])))
+    return "".join(parts)
+
+
+def diff_panel(labels: list[str], answers: list[str]) -> str:
+    """HTML: each answer after the first as a word diff against the first."""
+    if len(answers) < 2:
+        return ""
+    blocks = [
+        f"<div class='diff-block'><div class='diff-head'>{html.escape(label)} vs {html.escape(labels[0])}"
+        f" · {difflib.SequenceMatcher(None, answers[0].split(), answer.split()).ratio():.0%} of words shared</div>"
+        f"<div class='diff-body'>{word_diff_html(answers[0], answer) or '<em>(empty answer)</em>'}</div></div>"
+        for label, answer in zip(labels[1:], answers[1:], strict=True)
+    ]
+    legend = "<div class='diff-legend'><ins>added</ins> <del>missing</del> relative to the first model</div>"
+    return legend + "".join(blocks)
+
+
+def generation_threads() -> int:
+    """Torch threads for generating in the studio: what a running fine-tune leaves free."""
+    import torch
+
+    threads = max(1, (os.cpu_count() or 2) - CHILD_THREADS)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def stream_answers(studio: Studio, refs: list[str], prompt: str, sampling: Any) -> Iterator[list[str]]:
+    """Answers of all models, growing together: one piece from each model in turn."""
+    from llm.chat import user_prompt
+    from llm.generate import stream_text
+
+    streams = []
+    for ref in refs:
+        model, tok, _ = studio.load(ref)
+        stop = (tok.special["<|end|>"], tok.eos_id)
+        streams.append(stream_text(model, tok, user_prompt(tok, prompt), sampling, stop))
+    answers = [""] * len(refs)
+    live = list(range(len(refs)))
+    while live:
+        for i in list(live):
+            piece = next(streams[i], None)
+            if piece is None:
+                live.remove(i)
+            else:
+                answers[i] += piece
+        yield list(answers)
+
+
+def build(studio: Studio, demo: gr.Blocks) -> None:
+    with gr.Tab("3 · Compare", id="compare") as tab:
+        gr.Markdown(
+            "Ask several models the same question with the same sampling settings and seed, and see how their "
+            "answers differ. Pick the base model and your fine-tuned model to see what fine-tuning changed."
+        )
+        with gr.Row():
+            models = gr.Dropdown(
+                label="Models (2 to 4)", multiselect=True, max_choices=MAX_MODELS, scale=4, elem_id="compare-models"
+            )
+            refresh = gr.Button("↻ Refresh list", scale=0, min_width=140, size="sm", elem_classes="inline-button")
+        prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something...", elem_id="compare-prompt")
+        with gr.Row():
+            temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+            top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
+            max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens")
+            seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+        go = gr.Button("Generate side by side", variant="primary", elem_id="compare-go")
+        status = gr.Markdown()
+        with gr.Row(equal_height=True):
+            answers = [
+                gr.Textbox(
+                    label=f"Model {i + 1}",
+                    lines=8,
+                    max_lines=20,
+                    interactive=False,
+                    buttons=["copy"],
+                    visible=i < 2,
+                    elem_classes="answer",
+                )
+                for i in range(MAX_MODELS)
+            ]
+        diff = gr.HTML(elem_classes="diff")
+        last = gr.State({})
+        with gr.Row():
+            vote = gr.Radio(label="Which answer is better?", choices=[], scale=4, elem_id="compare-vote")
+            save_vote = gr.Button("Save vote", scale=0, min_width=140, elem_classes="inline-button")
+        tally = gr.Markdown()
+
+        with gr.Accordion("Batch: score every chosen model on a dataset's held-out rows", open=False):
+            gr.Markdown(
+                "Runs the held-out rows of a dataset (the rows a fine-tune keeps aside for validation) through "
+                "every chosen model, greedily, and scores each answer against the reference."
+            )
+            with gr.Row():
+                batch_data = gr.Dropdown(label="Dataset", scale=3)
+                batch_rows = gr.Slider(1, 200, value=20, step=1, label="Rows (at most)")
+                batch_tokens = gr.Slider(8, 512, value=64, step=8, label="Max new tokens")
+            batch_go = gr.Button("Run batch comparison")
+            batch_status = gr.Markdown()
+            batch_totals = gr.Dataframe(label="Totals per model", interactive=False)
+            batch_table = gr.Dataframe(label="Answers and scores", interactive=False, wrap=True, max_height=420)
+            batch_file = gr.File(label="Download CSV", interactive=False, visible=False)
+
+    def choices() -> tuple:
+        model_list = studio.model_choices()
+        refs = [v for _, v in model_list]
+        default = refs[:1] + [r for r in refs if r.startswith("run:")][:1]
+        return (
+            gr.Dropdown(choices=model_list, value=default if len(default) == 2 else refs[:2]),
+            gr.Dropdown(choices=studio.dataset_choices()),
+            tally_text(),
+        )
+
+    def tally_text() -> str:
+        votes = studio.store.votes()
+        if not votes:
+            return ""
+        wins: dict[str, int] = {}
+        for v in votes:
+            label = "tie" if v["winner"] == TIE else studio.model_label(v["winner"])
+            wins[label] = wins.get(label, 0) + 1
+        return f"**Votes so far ({len(votes)}):** " + ", ".join(f"{k}: {n}" for k, n in sorted(wins.items()))
+
+    def compare(refs: list[str], text: str, temp: float, p: float, tokens: float, seed_value: float):
+        from llm.generate import SamplingConfig
+
+        hidden = [gr.Textbox(visible=i < 2) for i in range(MAX_MODELS)]
+        refs = list(refs or [])
+        if not 2 <= len(refs) <= MAX_MODELS or not (text or "").strip():
+            problem = "Choose 2 to 4 models." if not 2 <= len(refs) <= MAX_MODELS else "Write a prompt first."
+            yield *hidden, "", f"⚠️ {problem}", gr.Radio(choices=[]), {}
+            return
+        labels = [studio.model_label(r) for r in refs]
+        settings = {
+            "temperature": float(temp),
+            "top_p": float(p),
+            "max_new_tokens": int(tokens),
+            "seed": int(seed_value or 0),
+        }
+        sampling = SamplingConfig(
+            settings["max_new_tokens"], settings["temperature"], 0, settings["top_p"], 1.0, [], settings["seed"]
+        )
+
+        def boxes(texts: list[str]) -> list:
+            return [
+                gr.Textbox(value=texts[i], label=labels[i], visible=True)
+                if i < len(refs)
+                else gr.Textbox(visible=False, value="")
+                for i in range(MAX_MODELS)
+            ]
+
+        yield *boxes([""] * len(refs)), "", "Loading models...", gr.Radio(choices=[]), {}
+        try:
+            threads = generation_threads()
+            texts = [""] * len(refs)
+            for texts in stream_answers(studio, refs, text, sampling):
+                yield *boxes(texts), "", "Generating...", gr.Radio(choices=[]), {}
+        except ValueError as e:  # a model went missing or is unreadable
+            yield *boxes([""] * len(refs)), "", f"⚠️ {e}", gr.Radio(choices=[]), {}
+            return
+        result = {"prompt": text, "models": refs, "labels": labels, "answers": texts, "settings": settings}
+        vote_choices = [(label, ref) for label, ref in zip(labels, refs, strict=True)] + [("Tie / both bad", TIE)]
+        note = f"Done: same prompt, seed {settings['seed']} and settings for every model ({threads} CPU threads)."
+        yield *boxes(texts), diff_panel(labels, texts), note, gr.Radio(choices=vote_choices, value=None), result
+
+    def record_vote(result: dict, winner: str | None) -> str:
+        if not result:
+            return "⚠️ Generate answers first, then vote."
+        if winner not in result["models"] + [TIE]:
+            return "⚠️ Pick the better answer first."
+        studio.store.add_vote(result["prompt"], result["models"], result["answers"], result["settings"], winner)
+        return "Vote saved. " + tally_text()
+
+    def batch(refs: list[str], dataset_id: str, rows: float, tokens: float, seed_value: float, progress=gr.Progress()):  # noqa: B008
+        """Every chosen model answers the dataset's held-out rows; a table of answers, scores and totals."""
+        from llm import task_eval, tasks
+        from llm.finetune import FinetuneConfig
+
+        refs = list(refs or [])
+        if not refs or not dataset_id:
+            return "⚠️ Choose at least one model and a dataset.", None, None, gr.File(visible=False)
+        row = studio.store.dataset(dataset_id)
+        try:
+            dirs = [studio.model_dir(r) for r in refs]
+            data = tasks.read_task_file(studio.dataset_path(dataset_id), row["format"], row["mapping"] or None)
+        except ValueError as e:
+            return f"⚠️ {e}", None, None, gr.File(visible=False)
+        # The rows a fine-tune on this dataset keeps aside (same split as llm.finetune's defaults).
+        defaults = FinetuneConfig()
+        _, held_out = tasks.split_examples(data, defaults.val_fraction, defaults.seed)
+        labels = {str(d): studio.model_label(r) for d, r in zip(dirs, refs, strict=True)}
+        order = list(labels)
+
+        def report(model: str, done: int, total: int) -> None:
+            step = order.index(model) * total + done
+            progress(step / (total * len(order)), desc=f"{labels[model]}: row {done} of {total}")
+
+        generation_threads()
+        table = task_eval.evaluate_models(
+            order, held_out, rows=int(rows), seed=int(seed_value or 0), max_new_tokens=int(tokens), progress=report
+        )
+        totals = task_eval.totals(table)
+        table["model"] = table["model"].map(labels)
+        totals["model"] = totals["model"].map(labels)
+        path = studio.workspace / "compare" / f"batch-{new_id()}.csv"
+        table.to_csv(path, index=False)
+        shown = table.drop(columns=["ref_tokens"]).round({"f1": 3, "ref_loss": 3})
+        note = (
+            f"Scored {table['row'].nunique()} held-out rows of {row['name']} with {len(order)} models (greedy answers)."
+        )
+        return note, totals.round(3), shown, gr.File(value=str(path), visible=True)
+
+    outputs = [models, batch_data, tally]
+    tab.select(choices, outputs=outputs, api_visibility="private")
+    demo.load(choices, outputs=outputs, api_visibility="private")
+    refresh.click(choices, outputs=outputs, api_visibility="private")
+    go.click(
+        compare,
+        [models, prompt, temperature, top_p, max_new, seed],
+        [*answers, diff, status, vote, last],
+        api_name="compare",
+    )
+    prompt.submit(
+        compare,
+        [models, prompt, temperature, top_p, max_new, seed],
+        [*answers, diff, status, vote, last],
+        api_visibility="private",
+    )
+    save_vote.click(record_vote, [last, vote], tally, api_name="vote")
+    batch_go.click(
+        batch,
+        [models, batch_data, batch_rows, batch_tokens, seed],
+        [batch_status, batch_totals, batch_table, batch_file],
+        api_name="batch_compare",
+    )

@@ -1,0 +1,325 @@
+"""Data tab: upload a task dataset, check how it parses, and see the examples as the model will see them."""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import re
+import shutil
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from studio.context import DATA_SUFFIXES, Studio
+from studio.store import new_id
+
+PREVIEW_EXAMPLES = 6
+FORMAT_CHOICES = [
+    ("detect automatically", "auto"),
+    ("prompt / response pairs", "pairs"),
+    ("alpaca", "alpaca"),
+    ("chat messages", "messages"),
+]
+NONE = ""  # the "no column" choice of the mapping dropdowns
+
+
+def safe_filename(name: str) -> str:
+    """A plain file name: no folders (../../x.csv -> x.csv), no odd characters, a known lower-case suffix."""
+    name = unicodedata.normalize("NFKC", name.replace("\\", "/").split("/")[-1])
+    stem, suffix = os.path.splitext(name)
+    stem = re.sub(r"[^\w.-]+", "_", stem).strip("._-") or "dataset"
+    return stem[:80] + suffix.lower()
+
+
+def friendly(message: str, path: Path, name: str) -> str:
+    """A library error with the temporary upload path replaced by the file's own name."""
+    return message.replace(str(path), name).replace("--prompt-column and --response-column", "the column choices below")
+
+
+def token_html(tokenizer: Any, ids: list[int], mask: list[bool]) -> str:
+    """Token ids as text, the chat control tokens as badges, and the trained-on part highlighted."""
+    names = {i: name for name, i in tokenizer.special.items()} | {tokenizer.eos_id: "<eos>"}
+    parts: list[str] = []
+    run: list[int] = []
+    run_trained = False
+
+    def flush() -> None:
+        if run:
+            text = html.escape(tokenizer.decode(run))
+            parts.append(f"<span class='trained'>{text}</span>" if run_trained else f"<span>{text}</span>")
+            run.clear()
+
+    for token, trained in zip(ids, mask, strict=True):
+        if token in names:
+            flush()
+            css = "tok-special trained" if trained else "tok-special"
+            parts.append(f"<span class='{css}'>{html.escape(names[token])}</span>")
+            continue
+        if trained != run_trained:
+            flush()
+            run_trained = trained
+        run.append(token)
+    flush()
+    return "".join(parts)
+
+
+def messages_html(messages: list[dict[str, str]]) -> str:
+    """Without a tokenizer: the conversation, the assistant's part highlighted."""
+    return "".join(
+        f"<span class='tok-special'>{m['role']}</span>"
+        + (
+            f"<span class='trained'>{html.escape(m['content'])}</span>"
+            if m["role"] == "assistant"
+            else html.escape(m["content"])
+        )
+        for m in messages
+    )
+
+
+def preview_html(data: Any, encoded: Any, tokenizer: Any, context_length: int | None) -> str:
+    legend = (
+        "<div class='preview-legend'>As the model sees them: <span class='tok-special'>control tokens</span> "
+        "mark the turns; the <span class='trained'>highlighted part</span> is what it learns to write "
+        "(the loss counts only there).</div>"
+    )
+    cards = []
+    if encoded is None:
+        for example in data.examples[:PREVIEW_EXAMPLES]:
+            cards.append(
+                f"<div class='example'><div class='row-no'>row {example.row}</div>{messages_html(example.messages)}</div>"
+            )
+        return legend + "".join(cards)
+    truncated = set(encoded.truncated)
+    for (ids, mask), row, n in list(zip(encoded.items, encoded.rows, encoded.lengths, strict=True))[:PREVIEW_EXAMPLES]:
+        cut = f" · cut from {n} to {context_length + 1} tokens" if row in truncated else ""
+        cards.append(
+            f"<div class='example'><div class='row-no'>row {row} · {min(n, len(ids))} tokens{cut}</div>"
+            f"{token_html(tokenizer, ids, mask)}</div>"
+        )
+    return legend + "".join(cards)
+
+
+def bin_width(top: int, bins: int = 16) -> int:
+    """A round bin width (1, 2, 5 times a power of ten) giving at most `bins` bins up to `top`."""
+    raw = max(1, math.ceil(top / bins))
+    magnitude = 10 ** (len(str(raw)) - 1)
+    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+
+
+def length_histogram(lengths: list[int], context_length: int) -> tuple[pd.DataFrame, list[str]]:
+    """Examples per token-length bin, split into those that fit the context and those it would cut."""
+    limit = context_length + 1  # ids a training sequence holds (context_length predictions)
+    width = bin_width(max(lengths, default=1))
+    labels, records = [], []
+    for start in range(0, max(lengths, default=0) + 1, width):
+        label = f"{start}–{start + width - 1}"
+        labels.append(label)
+        inside = [n for n in lengths if start <= n < start + width]
+        records.append((label, sum(n <= limit for n in inside), "fits the context"))
+        records.append((label, sum(n > limit for n in inside), "cut by the context"))
+    return pd.DataFrame(records, columns=["tokens", "examples", "length"]), labels
+
+
+class Inspection:
+    """The result of reading a dataset file with given settings: what the tab shows."""
+
+    def __init__(self, studio: Studio, path: Path, name: str, fmt: str, mapping: dict[str, str] | None):
+        from llm import tasks
+
+        self.name = name
+        self.error = ""
+        self.data = self.encoded = None
+        try:
+            self.data = tasks.read_task_file(path, fmt, mapping or None)
+        except tasks.TaskFileError as e:
+            self.error = friendly(str(e), path, name)
+            return
+        loaded = studio.preview_tokenizer()
+        self.tokenizer, self.context_length = loaded if loaded else (None, None)
+        if self.tokenizer is not None:
+            self.encoded = tasks.encode_examples(self.data, self.tokenizer, self.context_length)
+
+    def status(self) -> str:
+        if self.error:
+            return f"### ⚠️ This file cannot be used\n{self.error}"
+        data, enc = self.data, self.encoded
+        dropped = len(data.problems) + (len(enc.dropped) if enc else 0)
+        kept = len(enc.items) if enc else len(data.examples)
+        mapping = ", ".join(f"{col} → {key}" for key, col in data.mapping.items())
+        lines = [
+            f"### {self.name}: {kept} examples ready"
+            + (f", {dropped} rows dropped (see the table below)" if dropped else ""),
+            f"Format **{data.format}** · columns used: {mapping}",
+        ]
+        if enc is not None:
+            share = len(enc.truncated) / max(1, len(enc.items))
+            lines.append(
+                f"Context {self.context_length} tokens: {len(enc.truncated)} examples ({share:.0%}) are longer and "
+                "would be cut at the end" + (" — consider shorter examples." if share > 0.1 else ".")
+            )
+        else:
+            lines.append("⚠️ No base model: token counts and the template preview need its tokenizer.")
+        return "\n\n".join(lines)
+
+    def problems(self) -> pd.DataFrame:
+        rows = []
+        if self.data is not None:
+            for p in sorted(self.data.problems + (self.encoded.dropped if self.encoded else []), key=lambda p: p.row):
+                rows.append({"row": p.row, "column": p.column or "", "reason": p.reason, "detail": p.detail})
+        return pd.DataFrame(rows, columns=["row", "column", "reason", "detail"])
+
+    def outputs(self) -> list:
+        """Values for [status, format, prompt col, response col, system col, preview, histogram, problems]."""
+        if self.error:
+            return [
+                self.status(),
+                gr.Radio(),
+                gr.Dropdown(),
+                gr.Dropdown(),
+                gr.Dropdown(),
+                "",
+                gr.BarPlot(value=None),
+                gr.Dataframe(visible=False),
+            ]
+        data = self.data
+        columns = [("(none)", NONE)] + [(c, c) for c in data.columns]
+        pairs = data.format == "pairs"
+        col = dict(data.mapping)
+        hist = gr.BarPlot(value=None, visible=False)
+        if self.encoded is not None:
+            frame, order = length_histogram(self.encoded.lengths, self.context_length)
+            hist = gr.BarPlot(value=frame, sort=order, visible=True)
+        problems = self.problems()
+        return [
+            self.status(),
+            gr.Radio(value=data.format),
+            gr.Dropdown(choices=columns, value=col.get("prompt", NONE), visible=pairs),
+            gr.Dropdown(choices=columns, value=col.get("response", NONE), visible=pairs),
+            gr.Dropdown(choices=columns, value=col.get("system", NONE), visible=pairs),
+            preview_html(data, self.encoded, self.tokenizer, self.context_length),
+            hist,
+            gr.Dataframe(value=problems, visible=len(problems) > 0),
+        ]
+
+
+def build(studio: Studio, demo: gr.Blocks) -> None:
+    with gr.Tab("1 · Data", id="data") as tab:
+        gr.Markdown(
+            "Pick a sample dataset or upload your own: a table of prompts and answers (CSV, TSV, JSON, JSONL or "
+            "Parquet), alpaca-style instruction/input/output records, or chat conversations."
+        )
+        with gr.Row(equal_height=True):
+            dataset = gr.Dropdown(label="Dataset", scale=3, elem_id="data-dataset")
+            upload = gr.File(
+                label="Upload a dataset", file_types=list(DATA_SUFFIXES), scale=2, height=120, elem_id="data-upload"
+            )
+        with gr.Row():
+            fmt = gr.Radio(FORMAT_CHOICES, value="auto", label="Format", scale=3)
+            prompt_col = gr.Dropdown(label="Prompt column", visible=False, scale=1)
+            response_col = gr.Dropdown(label="Response column", visible=False, scale=1)
+            system_col = gr.Dropdown(label="System column (optional)", visible=False, scale=1)
+            apply = gr.Button("Apply", scale=0, min_width=120, elem_classes="inline-button", elem_id="data-apply")
+        status = gr.Markdown(elem_id="data-status")
+        with gr.Row():
+            with gr.Column(scale=3):
+                preview = gr.HTML(elem_classes="preview", elem_id="data-preview")
+            with gr.Column(scale=2):
+                hist = gr.BarPlot(
+                    x="tokens",
+                    y="examples",
+                    color="length",
+                    color_map={"fits the context": "#4f7cff", "cut by the context": "#e5484d"},
+                    label="Token length of each example",
+                    x_title="tokens",
+                    height=340,
+                    visible=False,
+                )
+        problems = gr.Dataframe(label="Dropped rows", visible=False, interactive=False, wrap=True, max_height=300)
+
+    views = [status, fmt, prompt_col, response_col, system_col, preview, hist, problems]
+
+    def pick(selected: str | None) -> str | None:
+        keys = [k for _, k in studio.dataset_choices()]
+        return selected if selected in keys else (keys[0] if keys else None)
+
+    def choices(selected: str | None = None):
+        return gr.Dropdown(choices=studio.dataset_choices(), value=pick(selected))
+
+    def show(dataset_id: str | None):
+        """A stored dataset with its stored settings."""
+        row = studio.store.dataset(dataset_id) if dataset_id else None
+        if row is None:
+            return [
+                "Pick or upload a dataset.",
+                gr.Radio(value="auto"),
+                *[gr.Dropdown(visible=False)] * 3,
+                "",
+                gr.BarPlot(visible=False),
+                gr.Dataframe(visible=False),
+            ]
+        return Inspection(studio, studio.store.abs(row["path"]), row["name"], row["format"], row["mapping"]).outputs()
+
+    def on_load(dataset_id: str | None):
+        chosen = pick(dataset_id)
+        return [choices(chosen), *show(chosen)]
+
+    def do_upload(file: str | None, dataset_id: str | None):
+        """Check an uploaded file; only a usable one is copied into the workspace and listed."""
+        if not file:
+            return [gr.Dropdown(), *show(dataset_id)]
+        source = Path(file)
+        name = safe_filename(Path(file).name)
+        unchanged = [gr.Dropdown(), gr.File(value=None)]
+        if Path(name).suffix not in DATA_SUFFIXES:
+            message = f"### ⚠️ This file cannot be used\n{name}: unsupported file type; use {', '.join(DATA_SUFFIXES)}."
+            return [*unchanged, message, *[gr.update()] * 7]
+        if source.stat().st_size > studio.max_upload_bytes:
+            message = f"### ⚠️ This file cannot be used\n{name} is larger than the {studio.max_upload_bytes // 1_000_000} MB upload limit."
+            return [*unchanged, message, *[gr.update()] * 7]
+        inspection = Inspection(studio, source, name, "auto", None)
+        if inspection.error:
+            return [*unchanged, *inspection.outputs()]
+        key = new_id()
+        folder = studio.workspace / "datasets" / key
+        target = folder / name
+        assert target.resolve().is_relative_to(studio.workspace / "datasets"), target
+        folder.mkdir(parents=True)
+        partial = folder / f".{name}.part"
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)  # a half-copied file never carries the dataset's name
+        kept = len(inspection.encoded.items) if inspection.encoded else len(inspection.data.examples)
+        studio.store.add_dataset(name, target, "upload", "auto", {}, kept, key=key)
+        return [choices(key), gr.File(value=None), *inspection.outputs()]
+
+    def do_validate(dataset_id: str | None, format_choice: str, prompt: str, response: str, system: str):
+        """Read the chosen dataset with the chosen format and columns; keep the settings if it works."""
+        row = studio.store.dataset(dataset_id) if dataset_id else None
+        if row is None:
+            return [gr.Dropdown(), "⚠️ Pick or upload a dataset first.", *[gr.update()] * 7]
+        mapping = {k: v for k, v in (("prompt", prompt), ("response", response), ("system", system)) if v}
+        if format_choice != "pairs":
+            mapping = {}
+        inspection = Inspection(studio, studio.store.abs(row["path"]), row["name"], format_choice, mapping)
+        if inspection.error:
+            return [gr.Dropdown(), *inspection.outputs()]
+        kept = len(inspection.encoded.items) if inspection.encoded else len(inspection.data.examples)
+        studio.store.update_dataset(dataset_id, format=format_choice, mapping=mapping, rows=kept)
+        return [choices(dataset_id), *inspection.outputs()]
+
+    tab.select(on_load, dataset, [dataset, *views], api_visibility="private")
+    demo.load(on_load, dataset, [dataset, *views], api_visibility="private")
+    dataset.input(show, dataset, views, api_name="dataset")
+    upload.upload(do_upload, [upload, dataset], [dataset, upload, *views], api_name="upload")
+    apply.click(
+        do_validate, [dataset, fmt, prompt_col, response_col, system_col], [dataset, *views], api_name="validate"
+    )
+    fmt.input(
+        lambda f: [gr.Dropdown(visible=f == "pairs")] * 3,
+        fmt,
+        [prompt_col, response_col, system_col],
+        api_visibility="private",
+    )

@@ -1,0 +1,329 @@
+"""Fine-tune tab: choose a base model, a dataset and a few settings, see the plan, start, and watch the run.
+
+The run is a child process (studio.jobs); this tab only reads its state from SQLite and its files, every
+second, so a reloaded page re-attaches to a running job.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from studio.context import Studio, human_size
+from studio.jobs import METRICS
+from studio.store import ACTIVE_STATES
+
+METHOD_CHOICES = [("LoRA: small adapters, fast, little memory", "lora"), ("Full: every weight", "full")]
+SAMPLE_COLUMNS = ["step", "prompt", "answer"]
+STATE_ICONS = {
+    "queued": "⏳",
+    "starting": "⏳",
+    "running": "🟢",
+    "stopping": "🟠",
+    "done": "✅",
+    "stopped": "⏹️",
+    "failed": "❌",
+    "interrupted": "⚠️",
+}
+
+
+def clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
+
+
+def progress_html(p: dict[str, Any]) -> str:
+    step, total = p["step"], p["max_steps"]
+    share = step / total if total else 0.0
+    state = p["status"]
+    left = f" · about {clock(p['remaining'])} left" if p["remaining"] is not None else ""
+    return (
+        f"<div class='run-progress {state}'><div class='bar' style='width:{100 * share:.1f}%'></div></div>"
+        f"<div class='run-progress-text'>step <b>{step}</b> of {total or '?'} · {share:.0%} · "
+        f"elapsed {clock(p['elapsed'])}{left}</div>"
+    )
+
+
+def samples_frame(p: dict[str, Any], evals: int = 3) -> pd.DataFrame:
+    """The probe prompts' answers at the last few evaluations, newest first."""
+    rows = []
+    for record in reversed(p["metrics"].evals[-evals:]):
+        for sample in record.get("samples", []):
+            rows.append({"step": record["step"], "prompt": sample["prompt"], "answer": sample["output"]})
+    return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+
+
+def run_choices(studio: Studio) -> list[tuple[str, str]]:
+    return [(f"{STATE_ICONS[r['status']]} {r['name']} ({r['status']})", r["id"]) for r in studio.store.runs()]
+
+
+def default_run(studio: Studio) -> str | None:
+    """The run to show when a page opens: an active one, else the newest."""
+    runs = studio.store.runs()
+    active = [r for r in runs if r["status"] in ACTIVE_STATES and r["status"] != "queued"]
+    return (active or runs or [{"id": None}])[0]["id"]
+
+
+def finetune_settings(method: str, epochs, max_steps, lr, batch_size, lora_rank, probes: str) -> dict[str, Any]:
+    """The tab's values as FinetuneConfig fields (0 or empty: the library's default)."""
+    return {
+        "method": method,
+        "epochs": int(epochs or 1),
+        "max_steps": int(max_steps or 0),
+        "lr": float(lr) if lr else None,
+        "batch_size": int(batch_size or 0),
+        "lora_rank": int(lora_rank or 8),
+        "probes": [line.strip() for line in (probes or "").splitlines() if line.strip()][:5],
+    }
+
+
+def plan_text(plan: dict[str, Any]) -> str:
+    share = plan["trainable_fraction"]
+    return "\n".join(
+        f"- {line}"
+        for line in [
+            f"**Device:** {plan['device']}",
+            f"**Parameters:** {plan['params']:,} · trained: {plan['trainable_params']:,} ({share:.1%})",
+            f"**Examples:** {plan['train_examples']} to train on, {plan['val_examples']} held out to validate",
+            f"**Steps:** {plan['max_steps']} ({plan['epochs']:.1f} epochs of {plan['steps_per_epoch']}, "
+            f"batch {plan['batch_size']}) · learning rate {plan['lr']:g}",
+            f"**Estimated memory:** {human_size(plan['est_memory_bytes'])} · **estimated time:** "
+            f"{clock(plan['est_seconds'])} (less if the validation loss stops improving and the run stops early)",
+        ]
+    )
+
+
+def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
+    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
+    with gr.Tab("2 · Fine-tune", id="finetune") as tab:
+        with gr.Row():
+            with gr.Column(scale=2, min_width=320):
+                gr.Markdown("#### Settings")
+                base = gr.Dropdown(label="Base model", elem_id="ft-base")
+                dataset = gr.Dropdown(label="Dataset", elem_id="ft-dataset")
+                method = gr.Radio(METHOD_CHOICES, value="lora", label="Method")
+                with gr.Row():
+                    epochs = gr.Number(value=5, precision=0, minimum=1, maximum=100, label="Epochs")
+                    max_steps = gr.Number(value=0, precision=0, minimum=0, label="Max steps (0: from epochs)")
+                with gr.Row():
+                    lr = gr.Number(value=0, minimum=0, label="Learning rate (0: default)")
+                    batch_size = gr.Number(value=0, precision=0, minimum=0, label="Batch size (0: auto)")
+                    lora_rank = gr.Number(value=8, precision=0, minimum=1, maximum=256, label="LoRA rank")
+                probes = gr.Textbox(
+                    label="Probe prompts (one a line): answered at every evaluation",
+                    lines=3,
+                    elem_id="ft-probes",
+                )
+                name = gr.Textbox(label="Run name (optional)", placeholder="e.g. qa-lora-1", elem_id="ft-name")
+                plan = gr.Markdown(elem_classes="plan", elem_id="ft-plan")
+                start = gr.Button("Start fine-tuning", variant="primary", elem_id="ft-start")
+                start_status = gr.Markdown(elem_id="ft-start-status")
+            with gr.Column(scale=3, min_width=420):
+                gr.Markdown("#### Run")
+                run = gr.Dropdown(label="Run", elem_id="ft-run")
+                with gr.Row():
+                    stop = gr.Button("Stop", variant="stop", size="md", interactive=False, elem_id="ft-stop")
+                    resume = gr.Button("Resume", size="md", interactive=False, elem_id="ft-resume")
+                state = gr.Markdown(elem_id="ft-state")
+                bar = gr.HTML(elem_id="ft-progress")
+                curve = gr.LinePlot(
+                    x="step",
+                    y="loss",
+                    color="curve",
+                    label="Loss",
+                    height=260,
+                    color_map={"train": "#4f7cff", "validation": "#f5a524"},
+                    elem_id="ft-loss",
+                )
+                samples = gr.Dataframe(
+                    headers=SAMPLE_COLUMNS,
+                    label="Probe answers at the latest evaluations",
+                    interactive=False,
+                    wrap=True,
+                    max_height=260,
+                    column_widths=["10%", "35%", "55%"],
+                )
+                log = gr.Textbox(
+                    label="Log", lines=8, max_lines=8, autoscroll=True, interactive=False, elem_id="ft-log"
+                )
+        timer = gr.Timer(1.0)
+        seen = gr.State(None)  # what this page last drew, so an unchanged run sends nothing
+
+    settings_inputs = [method, epochs, max_steps, lr, batch_size, lora_rank, probes]
+
+    def choices(base_ref: str | None, dataset_id: str | None, run_id: str | None):
+        bases = studio.model_choices()
+        base_refs = [v for _, v in bases]
+        datasets = studio.dataset_choices()
+        keys = [k for _, k in datasets]
+        runs = run_choices(studio)
+        run_ids = [k for _, k in runs]
+        return (
+            gr.Dropdown(
+                choices=bases, value=base_ref if base_ref in base_refs else (base_refs[0] if base_refs else None)
+            ),
+            gr.Dropdown(choices=datasets, value=dataset_id if dataset_id in keys else (keys[0] if keys else None)),
+            gr.Dropdown(choices=runs, value=run_id if run_id in run_ids else default_run(studio)),
+        )
+
+    def default_probes(dataset_id: str | None) -> str:
+        """The first prompts of the rows a run holds out: answers to them show what the model learned."""
+        from llm import tasks
+        from llm.finetune import FinetuneConfig
+
+        row = studio.store.dataset(dataset_id) if dataset_id else None
+        if row is None:
+            return ""
+        try:
+            data = tasks.read_task_file(studio.store.abs(row["path"]), row["format"], row["mapping"] or None)
+        except tasks.TaskFileError:
+            return ""
+        defaults = FinetuneConfig()
+        _, held_out = tasks.split_examples(data, defaults.val_fraction, defaults.seed)
+        prompts = [
+            next(m["content"] for m in reversed(e.messages) if m["role"] == "user") for e in held_out.examples[:3]
+        ]
+        return "\n".join(p.replace("\n", " ") for p in prompts)
+
+    def make_plan(base_ref, dataset_id, *values) -> str:
+        """finetune.plan for the chosen settings, or what is wrong with them."""
+        from llm import finetune, tasks
+        from llm.errors import USER_ERRORS
+
+        if not base_ref:
+            return f"⚠️ {studio.base_missing() or 'Choose a base model.'}"
+        if not dataset_id:
+            return "⚠️ Choose a dataset (Data tab: pick a sample or upload one)."
+        try:
+            row = studio.store.dataset(dataset_id)
+            data = tasks.read_task_file(studio.dataset_path(dataset_id), row["format"], row["mapping"] or None)
+            cfg = finetune.FinetuneConfig(**finetune_settings(*values))
+            return plan_text(finetune.plan(studio.model_dir(base_ref), data, cfg))
+        except USER_ERRORS as e:
+            return f"⚠️ {e}"
+
+    def do_start(base_ref, dataset_id, method_value, epochs_v, steps_v, lr_v, batch_v, rank_v, probes_v, name_v):
+        """Create a run and start it (or queue it behind the run that holds the device)."""
+        from llm import finetune
+        from llm.errors import USER_ERRORS
+
+        runs_now = gr.Dropdown()
+        if not base_ref or not dataset_id:
+            return "⚠️ Choose a base model and a dataset first.", runs_now
+        try:
+            settings = finetune_settings(method_value, epochs_v, steps_v, lr_v, batch_v, rank_v, probes_v)
+            finetune.FinetuneConfig(**settings)  # bad settings are refused here, not in the child
+            base_dir, data_path = studio.model_dir(base_ref), studio.dataset_path(dataset_id)
+        except USER_ERRORS as e:
+            return f"⚠️ {e}", runs_now
+        row = studio.store.dataset(dataset_id)
+        label = (name_v or "").strip()[
+            :80
+        ] or f"{re.sub(r'[.].*$', '', row['name'])}-{method_value}-{len(studio.store.runs()) + 1}"
+        config = {
+            **settings,
+            "base_path": str(base_dir),
+            "data_path": str(data_path),
+            "format": row["format"],
+            "mapping": row["mapping"],
+        }
+        run_id = studio.new_run(label, base_ref, dataset_id, config)
+        message = studio.jobs.submit(run_id)
+        return message, gr.Dropdown(choices=run_choices(studio), value=run_id)
+
+    def refresh(run_id: str | None, last_seen: Any):
+        """The run's state, progress, loss curve, probe answers and log; nothing is sent if nothing changed."""
+        if not run_id or studio.store.run(run_id) is None:
+            empty = (
+                "No run yet: choose the settings on the left and press Start.",
+                "",
+                pd.DataFrame(),
+                pd.DataFrame(),
+                "",
+            )
+            return *empty, gr.Button(interactive=False), gr.Button(interactive=False), None
+        run_dir = studio.store.abs(studio.store.run(run_id)["dir"])
+        files = [run_dir / METRICS, run_dir / "train.log"]
+        p = studio.jobs.progress(run_id)
+        signature = (run_id, p["status"], p["message"], *(f.stat().st_mtime if f.exists() else 0 for f in files))
+        if signature == last_seen and p["status"] not in ("running", "stopping"):
+            return (*[gr.skip()] * 7, last_seen)
+        run = p["run"]
+        text = f"{STATE_ICONS[p['status']]} **{html.escape(run['name'])}**: {p['status']}"
+        if p["message"]:
+            text += f" — {p['message']}"
+        start_record = p["metrics"].start
+        if start_record:
+            text += f"\n\n{start_record.get('device', '')} · {start_record.get('params', 0):,} parameters, {start_record.get('trainable', 0):,} trained"
+        if signature == last_seen:  # running, files unchanged: only the clock moves
+            return text, progress_html(p), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), last_seen
+        active = p["status"] in ("queued", "starting", "running", "stopping")
+        can_resume = p["status"] in ("stopped", "interrupted", "failed")
+        return (
+            text,
+            progress_html(p),
+            p["metrics"].loss_frame(),
+            samples_frame(p),
+            p["log"],
+            gr.Button(interactive=active and p["status"] != "stopping"),
+            gr.Button(interactive=can_resume),
+            signature,
+        )
+
+    def do_stop(run_id: str | None) -> str:
+        return studio.jobs.stop(run_id) if run_id else "Choose a run first."
+
+    def do_resume(run_id: str | None) -> str:
+        return studio.jobs.resume(run_id) if run_id else "Choose a run first."
+
+    def api_runs() -> list[dict[str, Any]]:
+        """Every run: id, name, status, message, base, dataset and settings."""
+        return [
+            {
+                k: r[k]
+                for k in ("id", "name", "status", "message", "base_id", "dataset_id", "method", "config", "created")
+            }
+            for r in studio.store.runs()
+        ]
+
+    choice_outputs = [base, dataset, run]
+    for event in (tab.select, demo.load):
+        event(choices, [base, dataset, run], choice_outputs, api_visibility="private").then(
+            make_plan, [base, dataset, *settings_inputs], plan, api_visibility="private"
+        )
+    dataset.change(default_probes, dataset, probes, api_visibility="private")
+    for component in (base, dataset, *settings_inputs):
+        component.change(
+            make_plan, [base, dataset, *settings_inputs], plan, trigger_mode="always_last", api_visibility="private"
+        )
+    method.change(lambda m: gr.Number(visible=m == "lora"), method, lora_rank, api_visibility="private")
+
+    def api_plan(
+        base_ref: str,
+        dataset_id: str,
+        method_value: str = "lora",
+        epochs_v: int = 5,
+        steps_v: int = 0,
+        lr_v: float = 0.0,
+        batch_v: int = 0,
+        rank_v: int = 8,
+        probes_v: str = "",
+    ) -> str:
+        """The plan (device, parameters, steps, memory and time estimates) for these settings, as Markdown."""
+        return make_plan(base_ref, dataset_id, method_value, epochs_v, steps_v, lr_v, batch_v, rank_v, probes_v)
+
+    start.click(do_start, [base, dataset, *settings_inputs, name], [start_status, run], api_name="start")
+    monitor = [state, bar, curve, samples, log, stop, resume, seen]
+    run.change(lambda r: refresh(r, None), run, monitor, api_visibility="private")
+    timer.tick(refresh, [run, seen], monitor, show_progress="hidden", api_name="progress")
+    stop.click(do_stop, run, start_status, api_name="stop")
+    resume.click(do_resume, run, start_status, api_name="resume")
+    return {"plan": api_plan, "runs": api_runs}

@@ -1,0 +1,271 @@
+"""Models tab: every base model and run, its settings, metrics, loss curve and size; rename, delete, download."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from studio.context import Studio, dir_size, human_size, is_model_dir
+from studio.jobs import LOG, METRICS, Metrics, read_metrics
+from studio.store import ACTIVE_STATES, new_id
+
+TABLE_COLUMNS = ["name", "kind", "status", "base", "dataset", "steps", "best val loss", "size", "created"]
+
+
+def _when(t: float | None) -> str:
+    return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M") if t else ""
+
+
+def _info(path: Path) -> dict[str, Any]:
+    info = path / "info.json"
+    return json.loads(info.read_text()) if info.is_file() else {}
+
+
+def model_rows(studio: Studio) -> list[dict[str, Any]]:
+    """One row per base model and per run, newest runs first."""
+    rows = []
+    for m in studio.store.models():
+        path = studio.store.abs(m["path"])
+        info = _info(path)
+        rows.append(
+            {
+                "ref": f"base:{m['id']}",
+                "name": m["name"],
+                "kind": "base model",
+                "status": "ready" if is_model_dir(path) else "missing",
+                "base": "",
+                "dataset": info.get("data", ""),
+                "steps": info.get("step"),
+                "best val loss": round(info["best_val_loss"], 4) if info.get("best_val_loss") else None,
+                "size": human_size(dir_size(path)),
+                "created": _when(m["created"]),
+            }
+        )
+    datasets = {d["id"]: d["name"] for d in studio.store.datasets()}
+    labels = dict((ref, label) for label, ref in studio.model_choices())
+    for run in studio.store.runs():
+        run_dir = studio.store.abs(run["dir"])
+        metrics = read_metrics(run_dir / METRICS)
+        vals = [e["val_loss"] for e in metrics.evals if e.get("val_loss") is not None]
+        rows.append(
+            {
+                "ref": f"run:{run['id']}",
+                "name": run["name"],
+                "kind": f"fine-tuned ({'LoRA' if run['method'] == 'lora' else 'full'})",
+                "status": run["status"],
+                "base": labels.get(run["base_id"], run["base_id"]),
+                "dataset": datasets.get(run["dataset_id"], "(deleted)"),
+                "steps": metrics.step or None,
+                "best val loss": round(min(vals), 4) if vals else None,
+                "size": human_size(dir_size(run_dir)),
+                "created": _when(run["created"]),
+            }
+        )
+    return rows
+
+
+def facts(info: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
+    """Markdown list lines for the info.json fields that are present, numbers rounded for reading."""
+    lines = []
+    for key in keys:
+        value = info.get(key)
+        if value is None:
+            continue
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        elif isinstance(value, int):
+            value = f"{value:,}"
+        lines.append(f"- {key.replace('_', ' ')}: {value}")
+    return lines
+
+
+def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
+    """Markdown with what made the model and how it did, and its loss curve."""
+    kind, _, key = ref.partition(":")
+    if kind == "base":
+        m = studio.store.model(key)
+        if m is None:
+            return "Unknown model.", Metrics().loss_frame()
+        path = studio.store.abs(m["path"])
+        info = _info(path)
+        lines = [f"### {m['name']}", f"- folder: `{path}`", f"- size on disk: {human_size(dir_size(path))}"]
+        if not is_model_dir(path):
+            lines.append(f"- ⚠️ {studio.base_missing()}")
+        lines += facts(info, ("params", "step", "tokens_seen", "train_loss", "best_val_loss", "wall_seconds", "data"))
+        # A pretraining run keeps its metrics beside its checkpoints (run/latest -> run/metrics.jsonl).
+        metrics = next((p for p in (path / METRICS, path.parent / METRICS) if p.is_file()), path / METRICS)
+        return "\n".join(lines), read_metrics(metrics).loss_frame()
+    run = studio.store.run(key)
+    if run is None:
+        return "Unknown run: it may have been deleted.", Metrics().loss_frame()
+    run_dir = studio.store.abs(run["dir"])
+    cfg = run["config"]
+    info = {}
+    for sub in ("best", "latest"):
+        info = info or _info(run_dir / sub)
+    metrics = read_metrics(run_dir / METRICS)
+    dataset = studio.store.dataset(run["dataset_id"])
+    settings = {k: cfg[k] for k in ("epochs", "max_steps", "lr", "batch_size", "lora_rank") if cfg.get(k) is not None}
+    lines = [
+        f"### {run['name']}",
+        f"- status: **{run['status']}** {run['message']}",
+        f"- base model: {studio.model_label(run['base_id'])}",
+        f"- dataset: {dataset['name'] if dataset else cfg.get('data_path')}",
+        f"- method: {'LoRA' if run['method'] == 'lora' else 'full fine-tune'}",
+        f"- settings: {', '.join(f'{k.replace(chr(95), chr(32))} {v}' for k, v in settings.items())}",
+        f"- folder: `{run_dir}` ({human_size(dir_size(run_dir))} on disk)",
+        f"- started: {_when(run['started'])}, ended: {_when(run['finished']) or '—'}",
+    ]
+    if metrics.start:
+        lines.append(
+            f"- parameters: {metrics.start.get('params', 0):,} (trained: {metrics.start.get('trainable', 0):,})"
+        )
+    lines += facts(info, ("step", "tokens_seen", "train_loss", "best_val_loss", "wall_seconds"))
+    return "\n".join(lines), metrics.loss_frame()
+
+
+def safe_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
+
+
+def export_zip(studio: Studio, ref: str) -> Path:
+    """A zip holding a standalone model folder (a LoRA adapter merged into its base), plus the run's log."""
+    from llm.checkpoint import ADAPTER_CONFIG, STATE, load_model, save_checkpoint
+
+    source = studio.model_dir(ref)
+    label = safe_stem(studio.model_label(ref))
+    exports = studio.workspace / "exports"
+    target = exports / f"{label}-{new_id()}.zip"
+    with tempfile.TemporaryDirectory(dir=exports) as tmp:
+        folder = Path(tmp) / label
+        if (source / ADAPTER_CONFIG).is_file():
+            model, tok, info = load_model(source)
+            save_checkpoint(folder, model, tok, {**info, "merged_from": str(source)})
+        else:
+            shutil.copytree(source, folder, ignore=shutil.ignore_patterns(STATE))
+        if ref.startswith("run:"):
+            run_dir = source.parent
+            for name in (METRICS, LOG):
+                if (run_dir / name).is_file():
+                    shutil.copy2(run_dir / name, folder / name)
+        partial = target.with_suffix(".zip.tmp")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(folder.rglob("*")):
+                z.write(f, f.relative_to(folder.parent))
+        os.replace(partial, target)
+    return target
+
+
+def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
+    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
+    with gr.Tab("4 · Models", id="models") as tab:
+        gr.Markdown("Every base model and fine-tuning run in this workspace. Pick one to see how it was made.")
+        table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, elem_id="models-table")
+        with gr.Row():
+            pick = gr.Dropdown(label="Model or run", scale=4, elem_id="models-pick")
+            refresh = gr.Button("↻ Refresh", scale=0, min_width=140, size="sm", elem_classes="inline-button")
+        with gr.Row():
+            with gr.Column(scale=3):
+                about = gr.Markdown()
+            with gr.Column(scale=4):
+                curve = gr.LinePlot(x="step", y="loss", color="curve", label="Loss", height=260, x_title="step")
+        with gr.Row():
+            new_name = gr.Textbox(label="New name", scale=3)
+            rename = gr.Button("Rename", scale=1, elem_classes="inline-button")
+            download = gr.Button("Download as zip", scale=1, elem_classes="inline-button")
+            delete = gr.Button("Delete…", variant="stop", scale=1, elem_classes="inline-button")
+        with gr.Row(visible=False) as confirm_row:
+            confirm_text = gr.Markdown()
+            confirm = gr.Button("Yes, delete it", variant="stop", scale=0)
+            cancel = gr.Button("Cancel", scale=0)
+        status = gr.Markdown()
+        zip_file = gr.File(label="Zip", interactive=False, visible=False)
+
+    def listing(selected: str | None = None):
+        rows = model_rows(studio)
+        refs = [r["ref"] for r in rows]
+        value = selected if selected in refs else (refs[-1] if len(refs) > 1 else (refs[0] if refs else None))
+        frame = pd.DataFrame([{k: r[k] for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
+        choices = [(f"{r['name']} — {r['kind']}", r["ref"]) for r in rows]
+        return frame, gr.Dropdown(choices=choices, value=value)
+
+    def show(ref: str | None):
+        if not ref:
+            return "", Metrics().loss_frame(), ""
+        text, frame = details(studio, ref)
+        name = studio.model_label(ref)
+        return text, frame, name
+
+    def do_rename(ref: str | None, name: str):
+        name = (name or "").strip()
+        if not ref or not name:
+            return "⚠️ Pick a model and type its new name.", *listing(ref)
+        if len(name) > 80:
+            return "⚠️ Names are at most 80 characters.", *listing(ref)
+        kind, _, key = ref.partition(":")
+        if kind == "base":
+            studio.store.update_model(key, name=name)
+        else:
+            studio.store.update_run(key, name=name)
+        return f"Renamed to **{name}**.", *listing(ref)
+
+    def ask_delete(ref: str | None):
+        if not ref:
+            return gr.Row(visible=False), "", "⚠️ Pick a model first."
+        kind, _, key = ref.partition(":")
+        if kind == "base":
+            return gr.Row(visible=False), "", "The base model cannot be deleted from the studio."
+        run = studio.store.run(key)
+        if run is None:
+            return gr.Row(visible=False), "", "That run no longer exists."
+        if run["status"] in ACTIVE_STATES:
+            return gr.Row(visible=False), "", f"⚠️ {run['name']} is {run['status']}: stop it first."
+        size = human_size(dir_size(studio.store.abs(run["dir"])))
+        return (
+            gr.Row(visible=True),
+            f"Delete **{run['name']}** and its {size} of checkpoints? This cannot be undone.",
+            "",
+        )
+
+    def do_delete(ref: str | None):
+        kind, _, key = (ref or "").partition(":")
+        run = studio.store.run(key) if kind == "run" else None
+        if run is None or run["status"] in ACTIVE_STATES:
+            return gr.Row(visible=False), "⚠️ Nothing deleted.", *listing(ref)
+        studio.delete_run(key)
+        return gr.Row(visible=False), f"Deleted {run['name']}.", *listing()
+
+    def do_download(ref: str | None):
+        if not ref:
+            return gr.File(visible=False), "⚠️ Pick a model first."
+        try:
+            path = export_zip(studio, ref)
+        except ValueError as e:
+            return gr.File(visible=False), f"⚠️ {e}"
+        return gr.File(value=str(path), visible=True), f"Zip ready: {path.name} ({human_size(path.stat().st_size)})."
+
+    for event in (tab.select, demo.load, refresh.click):
+        event(listing, [pick], [table, pick], api_visibility="private")
+    pick.change(show, pick, [about, curve, new_name], api_visibility="private")
+    rename.click(do_rename, [pick, new_name], [status, table, pick], api_name="rename")
+    delete.click(ask_delete, pick, [confirm_row, confirm_text, status], api_visibility="private")
+    cancel.click(lambda: gr.Row(visible=False), None, confirm_row, api_visibility="private")
+    confirm.click(do_delete, pick, [confirm_row, status, table, pick], api_name="delete")
+    download.click(do_download, pick, [zip_file, status], api_name="download")
+
+    def api_models() -> list[dict[str, Any]]:
+        """Every model and run as plain records (the ref names it in other calls)."""
+        return model_rows(studio)
+
+    return {"models": api_models}

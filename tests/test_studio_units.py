@@ -1,0 +1,157 @@
+"""Studio pieces without a server: the SQLite store, job bookkeeping, file names, diffs and histograms."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from studio.jobs import Jobs, error_from_log, explain, finetune_command, read_metrics
+from studio.store import Store
+from studio.tabs.compare import diff_panel, word_diff_html
+from studio.tabs.data import length_histogram, safe_filename
+
+
+def test_store_persists_datasets_runs_and_votes(tmp_path):
+    store = Store(tmp_path / "ws")
+    sample = tmp_path / "samples" / "qa.csv"
+    sample.parent.mkdir()
+    sample.write_text("question,answer\nhi,hello\n")
+    store.sync_samples([sample])
+    upload = store.workspace / "datasets" / "x" / "mine.csv"
+    key = store.add_dataset("mine.csv", upload, "upload", "pairs", {"prompt": "q"}, 3)
+    run_id = store.add_run("r1", "base:base", key, "lora", {"lr": 0.01}, store.workspace / "runs" / "r1")
+    store.add_vote("p", ["base:base", f"run:{run_id}"], ["a", "b"], {"seed": 0}, f"run:{run_id}")
+
+    again = Store(tmp_path / "ws")  # a restarted studio sees everything
+    assert {d["id"] for d in again.datasets()} == {"sample-qa", key}
+    mine = again.dataset(key)
+    assert mine["path"] == "datasets/x/mine.csv", "paths inside the workspace are stored relative to it"
+    assert again.abs(mine["path"]) == upload.resolve()
+    assert mine["mapping"] == {"prompt": "q"} and mine["rows"] == 3
+    assert again.run(run_id)["config"] == {"lr": 0.01} and again.run(run_id)["status"] == "queued"
+    assert again.votes()[0]["answers"] == ["a", "b"]
+
+    sample.unlink()
+    again.sync_samples([])
+    assert [d["id"] for d in again.datasets()] == [key], "a sample that is gone is no longer offered"
+
+
+def test_only_one_run_is_claimed_at_a_time(tmp_path):
+    store = Store(tmp_path)
+    ids = [store.add_run(f"r{i}", "base:base", "d", "lora", {}, tmp_path / "runs" / f"r{i}") for i in range(4)]
+    claimed = []
+    threads = [threading.Thread(target=lambda: claimed.append(store.claim_next_run())) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    won = [c for c in claimed if c is not None]
+    assert len(won) == 1 and won[0]["id"] == ids[0], "the oldest queued run, and only it, may start"
+    assert store.claim_next_run() is None, "the device is busy while a run is starting"
+    store.update_run(ids[0], status="done")
+    assert store.claim_next_run()["id"] == ids[1]
+
+
+def test_safe_filename_never_leaves_the_folder():
+    assert safe_filename("../../x.csv") == "x.csv"
+    assert safe_filename("..\\..\\evil.JSONL") == "evil.jsonl"
+    assert safe_filename("/etc/passwd") == "passwd"
+    assert safe_filename("my data (v2).csv") == "my_data_v2.csv"
+    assert safe_filename(".hidden.csv") == "hidden.csv"
+    assert safe_filename("(((.csv") == "dataset.csv"
+    assert "/" not in safe_filename("a/b/../../../c.tsv")
+
+
+def test_word_diff_marks_added_and_missing_words():
+    html = word_diff_html("the cat sat", "the dog sat <b>")
+    assert "<del>cat</del>" in html and "<ins>dog</ins>" in html
+    assert "&lt;b&gt;" in html, "answers are escaped, never rendered as HTML"
+    panel = diff_panel(["base", "tuned"], ["same words", "same words"])
+    assert "100% of words shared" in panel and "<ins>" not in panel.split("</div>", 1)[1]
+
+
+def test_length_histogram_splits_at_the_context():
+    frame, order = length_histogram([3, 10, 30, 70, 70], context_length=63)
+    assert list(frame["tokens"].unique()) == order
+    fits = frame[frame["length"] == "fits the context"]["examples"].sum()
+    cut = frame[frame["length"] == "cut by the context"]["examples"].sum()
+    assert (fits, cut) == (3, 2), "64 ids fit a context of 63 predictions; 70 do not"
+
+
+def test_metrics_reader_tolerates_a_half_written_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    lines = [
+        {"event": "start", "max_steps": 10, "params": 5, "trainable": 2, "device": "cpu"},
+        {"step": 2, "train_loss": 2.5, "lr": 0.01, "elapsed": 1.0},
+        {"step": 2, "val_loss": 2.4, "train_eval_loss": 2.5, "samples": [{"prompt": "p", "output": "o"}]},
+        {"event": "checkpoint", "step": 2},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 3, "train_lo')
+    metrics = read_metrics(path)
+    assert metrics.start["max_steps"] == 10 and metrics.step == 2 and metrics.final is None
+    frame = metrics.loss_frame()
+    assert set(frame["curve"]) == {"train", "validation"} and len(frame) == 2
+    assert read_metrics(tmp_path / "missing.jsonl").step == 0
+
+
+def test_failures_are_explained_in_words():
+    assert "smaller batch size" in explain("RuntimeError: CUDA out of memory. Tried to allocate 2 GiB")
+    assert "killed" in explain("", -9)
+    assert "learning rate" in explain("the training loss became nan at step 3: the run diverged.")
+    assert "Data tab" in explain("data.csv, row 4, column 'answer': empty response")
+    log = "step 1\nTraceback (most recent call last):\n  File x\nValueError: boom\n"
+    assert error_from_log(log) == "ValueError: boom"
+    assert error_from_log("loading\nerror: data.csv: no rows\n") == "data.csv: no rows"
+    assert error_from_log("step 1 | loss 2.0\n") == ""
+
+
+def test_finetune_command_carries_every_setting(tmp_path):
+    cfg = {
+        "method": "full",
+        "epochs": 2,
+        "max_steps": 7,
+        "lr": 0.001,
+        "batch_size": 4,
+        "lora_rank": 8,
+        "probes": ["hi there", " "],
+        "format": "pairs",
+        "mapping": {"prompt": "q", "response": "a"},
+    }
+    cmd = finetune_command(Path("/m"), Path("/d.csv"), tmp_path, cfg, resume=True)
+    assert cmd[:4] == [sys.executable, "-m", "llm", "finetune"]
+    joined = " ".join(cmd)
+    for flag in ("--base /m", "--data /d.csv", "--method full", "--format pairs", "--prompt-column q"):
+        assert flag in joined
+    assert "--response-column a" in joined and "--max-steps 7" in joined and "--lr 0.001" in joined
+    assert cmd[cmd.index("--probe") + 1 :] == ["hi there", "--resume"]
+    assert cmd[cmd.index("--metrics") + 1] == str(tmp_path / "metrics.jsonl")
+
+
+def test_a_vanished_process_marks_the_run_interrupted(tmp_path):
+    store = Store(tmp_path)
+    run_dir = tmp_path / "runs" / "r"
+    (run_dir / "latest").mkdir(parents=True)
+    (run_dir / "latest" / "trainer_state.pt").write_bytes(b"x")
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"event": "start", "max_steps": 5}) + "\n")
+    run_id = store.add_run("r", "base:base", "d", "lora", {}, run_dir)
+    store.update_run(run_id, status="running", pid=2**22 + 12345, started=1.0)  # no such process
+    Jobs(store).tick()
+    run = store.run(run_id)
+    assert run["status"] == "interrupted" and "Resume" in run["message"]
+
+
+@pytest.mark.parametrize("event,status", [("done", "done"), ("stopped", "stopped"), ("error", "failed")])
+def test_the_final_event_decides_the_status(tmp_path, event, status):
+    store = Store(tmp_path)
+    run_dir = tmp_path / "runs" / "r"
+    run_dir.mkdir(parents=True)
+    record = {"event": event, "step": 3, "message": "the training loss became nan at step 3: the run diverged."}
+    (run_dir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+    run_id = store.add_run("r", "base:base", "d", "lora", {}, run_dir)
+    store.update_run(run_id, status="running", pid=2**22 + 12345, started=1.0)
+    Jobs(store).tick()
+    assert store.run(run_id)["status"] == status
