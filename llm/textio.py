@@ -58,39 +58,51 @@ def _open_binary(path: Path) -> IO[bytes]:
     return open(path, "rb")
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, normalised text with its trailing '\\n') for each line of a text file."""
+def _normalise_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def iter_lines(path: Path, whole: bool = False) -> Iterator[tuple[int, str]]:
+    """(line number, normalised text with its trailing '\\n') for each line of a text file.
+
+    A line longer than MAX_LINE bytes arrives in several pieces with the same line number (only the last
+    ends in '\\n'), so memory stays bounded; whole=True joins them instead (a JSON record is parsed whole).
+    """
     decoder = codecs.getincrementaldecoder("utf-8")()
-    offset, line_no, pending = 0, 0, ""
+    offset, line_no, pending, at_start = 0, 1, "", True
     try:
         with _open_binary(path) as f:
             while True:
                 raw = f.readline(MAX_LINE)
-                if not raw:
-                    break
                 try:
-                    text = decoder.decode(raw, final=False)
+                    text = decoder.decode(raw, final=not raw)  # final: a character cut off at the end is an error
                 except UnicodeDecodeError as e:
                     raise InputError(
-                        f"{path}: not UTF-8 text (invalid byte at offset {offset + e.start}, line {line_no + 1})"
+                        f"{path}: not UTF-8 text (invalid byte at offset {offset + e.start}, line {line_no})"
                         "; is it a binary file?"
                     ) from None
                 if "\x00" in text:
                     where = offset + len(text[: text.index("\x00")].encode())
                     raise InputError(f"{path}: looks like a binary file (NUL byte at offset {where})")
                 offset += len(raw)
-                if line_no == 0 and not pending:
-                    text = text.removeprefix("\ufeff")
+                if at_start and text:
+                    text, at_start = text.removeprefix("\ufeff"), False
                 pending += text
-                if not pending.endswith("\n") and len(raw) == MAX_LINE:
-                    continue  # a very long line: keep reading it, but hand it out in MAX_LINE pieces
-                line_no += 1
-                yield line_no, pending.replace("\r\n", "\n").replace("\r", "\n")
-                pending = ""
+                if raw and not pending.endswith("\n"):
+                    if whole:
+                        continue
+                    # A piece of a long line: hand it out now, but keep a final '\r' that may pair with a '\n'.
+                    piece, pending = (pending[:-1], "\r") if pending.endswith("\r") else (pending, "")
+                    if piece:
+                        yield line_no, _normalise_newlines(piece)
+                    continue
+                if pending:
+                    yield line_no, _normalise_newlines(pending)
+                if not raw:
+                    return
+                line_no, pending = line_no + 1, ""
     except (OSError, EOFError, lzma.LZMAError) as e:
         raise InputError(f"{path}: cannot read ({e})") from None
-    if pending:
-        yield line_no + 1, pending.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def iter_documents(files: list[Path], text_field: str = "text") -> Iterator[str]:
@@ -108,7 +120,7 @@ def iter_file_documents(path: Path, text_field: str = "text") -> Iterator[tuple[
     consecutive paragraphs read as the original text; only the file's last paragraph ends the unit.
     """
     if ".jsonl" in path.name:
-        for line_no, line in iter_lines(path):
+        for line_no, line in iter_lines(path, whole=True):
             if not line.strip():
                 continue
             try:
@@ -131,17 +143,33 @@ def iter_file_documents(path: Path, text_field: str = "text") -> Iterator[tuple[
 
 
 def _paragraphs(path: Path) -> Iterator[str]:
-    """Blank-line separated paragraphs of a text file, each ending in '\n\n'."""
+    """Blank-line separated paragraphs of a text file, each ending in '\\n\\n'.
+
+    A paragraph longer than MAX_DOC_CHARS comes in several pieces that join to it; only its last piece ends
+    in the blank line.
+    """
     lines: list[str] = []
-    size = 0
-    for _, line in iter_lines(path):
-        if line.strip():
-            lines.append(line)
-            size += len(line)
-            if size < MAX_DOC_CHARS:
-                continue
-        if lines:
-            yield "".join(lines).rstrip("\n") + "\n\n"
-            lines, size = [], 0
+    size, at_line_start = 0, True
+    held = None  # a full piece of a long paragraph, kept until we know whether the paragraph ends with it
+    for _, piece in iter_lines(path):
+        blank = at_line_start and piece.endswith("\n") and not piece.strip()
+        at_line_start = piece.endswith("\n")
+        if blank:
+            if lines:
+                if held is not None:
+                    yield held
+                yield "".join(lines) + "\n"  # the last line ends in '\n': one more makes the blank line
+            elif held is not None:
+                yield held + "\n"
+            lines, size, held = [], 0, None
+            continue
+        lines.append(piece)
+        size += len(piece)
+        if size >= MAX_DOC_CHARS:
+            if held is not None:
+                yield held
+            lines, size, held = [], 0, "".join(lines)
+    if held is not None:
+        yield held
     if lines:
         yield "".join(lines).rstrip("\n") + "\n\n"
