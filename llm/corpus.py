@@ -117,25 +117,42 @@ def _batches(files: list[Path], text_field: str, val_fraction: float, seed: int)
 
 
 class Progress:
-    """A one-line progress report on stderr: MB read, MB/s, tokens."""
+    """Progress on stderr: MB read, MB/s, tokens, and a bar when the input size is known.
 
-    def __init__(self, total_bytes: int, enabled: bool):
-        self.total, self.enabled, self.start, self.last = total_bytes, enabled, time.time(), 0.0
+    On a terminal the bar is redrawn in place; in a log (a studio job, CI) a whole line is written every
+    LOG_SECONDS instead, so the log never fills with carriage returns.
+    """
+
+    LOG_SECONDS = 10.0
+
+    def __init__(self, total_bytes: int | None, enabled: bool):
+        self.total, self.enabled = total_bytes, enabled
+        self.tty = enabled and sys.stderr.isatty()
+        self.start, self.last = time.time(), 0.0
+        self.open_line = False  # a bar is drawn and the cursor sits at its end
 
     def update(self, done_bytes: int, tokens: int, final: bool = False) -> None:
         now = time.time()
-        if not self.enabled or (not final and now - self.last < 0.5):
+        interval = 0.5 if self.tty else self.LOG_SECONDS
+        if not self.enabled or (not final and now - self.last < interval):
             return
         self.last = now
         mb, secs = done_bytes / 1e6, max(now - self.start, 1e-9)
-        frac = min(done_bytes / self.total, 1.0) if self.total else 1.0
-        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-        print(
-            f"\r[{bar}] {mb:,.1f} MB  {mb / secs:.2f} MB/s  {tokens:,} tokens",
-            end="\n" if final else "",
-            file=sys.stderr,
-            flush=True,
-        )
+        line = f"{mb:,.1f} MB  {mb / secs:.2f} MB/s  {tokens:,} tokens"
+        if self.total:
+            filled = int(30 * min(done_bytes / self.total, 1.0))
+            line = f"[{'#' * filled}{'-' * (30 - filled)}] {line}"
+        if self.tty:
+            print(f"\r{line}", end="\n" if final else "", file=sys.stderr, flush=True)
+            self.open_line = not final
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """End a bar left open (by an error), so that the next message starts on a line of its own."""
+        if self.open_line:
+            print(file=sys.stderr, flush=True)
+            self.open_line = False
 
 
 def prepare(
@@ -162,8 +179,9 @@ def prepare(
     tmp.mkdir(parents=True)
     workers = workers or os.cpu_count() or 1
     writers = {False: ShardWriter(tmp, "train", shard_tokens), True: ShardWriter(tmp, "val", shard_tokens)}
-    total_bytes = sum(p.stat().st_size for p in files)
-    bar = Progress(total_bytes, progress)
+    # The bar compares text bytes encoded with file sizes: only meaningful when no input is compressed.
+    compressed = any(p.name.endswith((".gz", ".xz")) for p in files)
+    bar = Progress(None if compressed else sum(p.stat().st_size for p in files), progress)
     done_bytes = tokens = 0
     start = time.time()
     try:
@@ -206,6 +224,7 @@ def prepare(
         tok.save(tmp)
         bar.update(done_bytes, tokens, final=True)
     except BaseException:
+        bar.close()
         for w in writers.values():
             w.close()
         shutil.rmtree(tmp, ignore_errors=True)
