@@ -19,6 +19,11 @@ from llm.tokenizer import train_tokenizer
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "corpora"
 
+# One intra-op thread: the tests' matrices are tiny, and OpenMP threads spinning against other work on a
+# 2-core machine made training ~10x slower (tiny_model_dir: 98 s with 2 threads, 8.6 s with 1, measured
+# while another training run was going on).
+torch.set_num_threads(1)
+
 NAMES = ["Lily", "Tom", "Sam", "Mia", "Ben", "Anna", "Max", "Sue"]
 THINGS = ["ball", "cat", "tree", "cake", "boat", "hat", "dog", "book"]
 FEELINGS = ["happy", "sad", "tired", "brave", "kind"]
