@@ -14,6 +14,7 @@ import gradio as gr
 from studio.context import Studio
 from studio.jobs import CHILD_THREADS
 from studio.store import new_id
+from studio.tabs import dropdown
 
 MAX_MODELS = 4
 TIE = "tie"
@@ -86,7 +87,7 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
             "answers differ. Pick the base model and your fine-tuned model to see what fine-tuning changed."
         )
         with gr.Row():
-            models = gr.Dropdown(
+            models = dropdown(
                 label="Models (2 to 4)", multiselect=True, max_choices=MAX_MODELS, scale=4, elem_id="compare-models"
             )
             refresh = gr.Button("↻ Refresh list", scale=0, min_width=140, size="sm", elem_classes="inline-button")
@@ -124,7 +125,7 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
                 "every chosen model, greedily, and scores each answer against the reference."
             )
             with gr.Row():
-                batch_data = gr.Dropdown(label="Dataset", scale=3)
+                batch_data = dropdown(label="Dataset", scale=3)
                 batch_rows = gr.Slider(1, 200, value=20, step=1, label="Rows (at most)")
                 batch_tokens = gr.Slider(8, 512, value=64, step=8, label="Max new tokens")
             batch_go = gr.Button("Run batch comparison")

@@ -14,8 +14,9 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from studio.context import DATA_SUFFIXES, Studio
+from studio.context import DATA_SUFFIXES, Studio, human_size
 from studio.store import new_id
+from studio.tabs import dropdown
 
 PREVIEW_EXAMPLES = 6
 FORMAT_CHOICES = [
@@ -25,6 +26,9 @@ FORMAT_CHOICES = [
     ("chat messages", "messages"),
 ]
 NONE = ""  # the "no column" choice of the mapping dropdowns
+CANNOT_USE = "### ⚠️ This file cannot be used\n"
+# Errors that mean "the file reads, but the columns are not the expected ones": the user can name them.
+COLUMN_ERRORS = ("cannot tell the format", "missing column", "no column")
 
 
 def safe_filename(name: str) -> str:
@@ -127,25 +131,48 @@ def length_histogram(lengths: list[int], context_length: int) -> tuple[pd.DataFr
 class Inspection:
     """The result of reading a dataset file with given settings: what the tab shows."""
 
-    def __init__(self, studio: Studio, path: Path, name: str, fmt: str, mapping: dict[str, str] | None):
+    def __init__(
+        self, studio: Studio, path: Path, name: str, fmt: str, mapping: dict[str, str] | None, stored: bool = True
+    ):
         from llm import tasks
 
-        self.name = name
+        self.name, self.stored = name, stored
         self.error = ""
         self.data = self.encoded = None
+        self.columns_to_choose: list[str] = []  # set when the file reads fine but its columns need naming
         try:
             self.data = tasks.read_task_file(path, fmt, mapping or None)
         except tasks.TaskFileError as e:
             self.error = friendly(str(e), path, name)
+            if any(marker in self.error for marker in COLUMN_ERRORS):
+                try:  # the file itself is fine (it reads, it has rows): offer its columns to choose from
+                    frame = tasks._read_frame(path)[0]  # the library's own reader, so the columns match
+                    self.columns_to_choose = [str(c) for c in frame.columns] if len(frame) else []
+                except tasks.TaskFileError:
+                    pass
             return
         loaded = studio.preview_tokenizer()
         self.tokenizer, self.context_length = loaded if loaded else (None, None)
         if self.tokenizer is not None:
             self.encoded = tasks.encode_examples(self.data, self.tokenizer, self.context_length)
 
+    @property
+    def kept(self) -> int:
+        return len(self.encoded.items) if self.encoded else len(self.data.examples)
+
     def status(self) -> str:
+        if self.columns_to_choose:
+            keep = (
+                "Its settings were not changed."
+                if self.stored
+                else "The file is kept aside, not added, until it reads correctly."
+            )
+            return (
+                f"### ⚠️ {self.name}: which columns hold the prompts and the answers?\n{self.error}\n\n"
+                f"Choose the format, the prompt column and the response column below, then press **Apply**. {keep}"
+            )
         if self.error:
-            return f"### ⚠️ This file cannot be used\n{self.error}"
+            return f"{CANNOT_USE}{self.error}" + ("\n\nIts settings were not changed." if self.stored else "")
         data, enc = self.data, self.encoded
         dropped = len(data.problems) + (len(enc.dropped) if enc else 0)
         kept = len(enc.items) if enc else len(data.examples)
@@ -174,6 +201,16 @@ class Inspection:
 
     def outputs(self) -> list:
         """Values for [status, format, prompt col, response col, system col, preview, histogram, problems]."""
+        if self.columns_to_choose:
+            columns = [("(none)", NONE)] + [(c, c) for c in self.columns_to_choose]
+            return [
+                self.status(),
+                gr.Radio(value="pairs"),
+                *[gr.Dropdown(choices=columns, value=NONE, visible=True)] * 3,
+                "",
+                gr.BarPlot(visible=False),
+                gr.Dataframe(visible=False),
+            ]
         if self.error:
             return [
                 self.status(),
@@ -213,15 +250,15 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
             "Parquet), alpaca-style instruction/input/output records, or chat conversations."
         )
         with gr.Row(equal_height=True):
-            dataset = gr.Dropdown(label="Dataset", scale=3, elem_id="data-dataset")
+            dataset = dropdown(label="Dataset", scale=3, elem_id="data-dataset")
             upload = gr.File(
                 label="Upload a dataset", file_types=list(DATA_SUFFIXES), scale=2, height=120, elem_id="data-upload"
             )
         with gr.Row():
             fmt = gr.Radio(FORMAT_CHOICES, value="auto", label="Format", scale=3)
-            prompt_col = gr.Dropdown(label="Prompt column", visible=False, scale=1)
-            response_col = gr.Dropdown(label="Response column", visible=False, scale=1)
-            system_col = gr.Dropdown(label="System column (optional)", visible=False, scale=1)
+            prompt_col = dropdown(label="Prompt column", visible=False, scale=1)
+            response_col = dropdown(label="Response column", visible=False, scale=1)
+            system_col = dropdown(label="System column (optional)", visible=False, scale=1)
             apply = gr.Button("Apply", scale=0, min_width=120, elem_classes="inline-button", elem_id="data-apply")
         status = gr.Markdown(elem_id="data-status")
         with gr.Row():
@@ -267,22 +304,8 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
         chosen = pick(dataset_id)
         return [choices(chosen), *show(chosen)]
 
-    def do_upload(file: str | None, dataset_id: str | None):
-        """Check an uploaded file; only a usable one is copied into the workspace and listed."""
-        if not file:
-            return [gr.Dropdown(), *show(dataset_id)]
-        source = Path(file)
-        name = safe_filename(Path(file).name)
-        unchanged = [gr.Dropdown(), gr.File(value=None)]
-        if Path(name).suffix not in DATA_SUFFIXES:
-            message = f"### ⚠️ This file cannot be used\n{name}: unsupported file type; use {', '.join(DATA_SUFFIXES)}."
-            return [*unchanged, message, *[gr.update()] * 7]
-        if source.stat().st_size > studio.max_upload_bytes:
-            message = f"### ⚠️ This file cannot be used\n{name} is larger than the {studio.max_upload_bytes // 1_000_000} MB upload limit."
-            return [*unchanged, message, *[gr.update()] * 7]
-        inspection = Inspection(studio, source, name, "auto", None)
-        if inspection.error:
-            return [*unchanged, *inspection.outputs()]
+    def store_upload(source: Path, name: str, fmt_value: str, mapping: dict[str, str], kept: int) -> str:
+        """Copy a checked upload into the workspace under a fresh id; returns the dataset id."""
         key = new_id()
         folder = studio.workspace / "datasets" / key
         target = folder / name
@@ -291,31 +314,63 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
         partial = folder / f".{name}.part"
         shutil.copyfile(source, partial)
         os.replace(partial, target)  # a half-copied file never carries the dataset's name
-        kept = len(inspection.encoded.items) if inspection.encoded else len(inspection.data.examples)
-        studio.store.add_dataset(name, target, "upload", "auto", {}, kept, key=key)
-        return [choices(key), gr.File(value=None), *inspection.outputs()]
+        return studio.store.add_dataset(name, target, "upload", fmt_value, mapping, kept, key=key)
 
-    def do_validate(dataset_id: str | None, format_choice: str, prompt: str, response: str, system: str):
-        """Read the chosen dataset with the chosen format and columns; keep the settings if it works."""
-        row = studio.store.dataset(dataset_id) if dataset_id else None
-        if row is None:
-            return [gr.Dropdown(), "⚠️ Pick or upload a dataset first.", *[gr.update()] * 7]
+    def do_upload(file: str | None, dataset_id: str | None):
+        """Check an uploaded file. A usable one is copied into the workspace and listed; one whose columns
+        need naming waits (outside the workspace) for Apply; anything else is explained and left out."""
+        if not file:
+            return [gr.Dropdown(), gr.File(), None, *show(dataset_id)]
+        source = Path(file)
+        name = safe_filename(source.name)
+        refused = [gr.Dropdown(), gr.File(value=None), None]
+        if Path(name).suffix not in DATA_SUFFIXES:
+            message = f"{name}: unsupported file type; use one of {', '.join(DATA_SUFFIXES)}."
+            return [*refused, f"{CANNOT_USE}{message}", *[gr.skip()] * 7]
+        if source.stat().st_size > studio.max_upload_bytes:
+            message = f"{name} is larger than the upload limit of {human_size(studio.max_upload_bytes)}."
+            return [*refused, f"{CANNOT_USE}{message}", *[gr.skip()] * 7]
+        inspection = Inspection(studio, source, name, "auto", None, stored=False)
+        if inspection.columns_to_choose:
+            pending = {"path": str(source), "name": name}
+            return [gr.Dropdown(), gr.File(), pending, *inspection.outputs()]
+        if inspection.error:
+            return [*refused, *inspection.outputs()]
+        key = store_upload(source, name, "auto", {}, inspection.kept)
+        return [choices(key), gr.File(value=None), None, *inspection.outputs()]
+
+    def do_validate(pending, dataset_id: str | None, format_choice: str, prompt: str, response: str, system: str):
+        """Read the waiting upload (else the chosen dataset) with the chosen format and columns; a waiting
+        upload that now works is stored, a stored dataset keeps the settings."""
         mapping = {k: v for k, v in (("prompt", prompt), ("response", response), ("system", system)) if v}
         if format_choice != "pairs":
             mapping = {}
+        if pending:
+            source, name = Path(pending["path"]), pending["name"]
+            inspection = Inspection(studio, source, name, format_choice, mapping, stored=False)
+            if inspection.error:
+                return [gr.Dropdown(), gr.File(), pending, *inspection.outputs()]
+            key = store_upload(source, name, format_choice, mapping, inspection.kept)
+            return [choices(key), gr.File(value=None), None, *inspection.outputs()]
+        row = studio.store.dataset(dataset_id) if dataset_id else None
+        if row is None:
+            return [gr.Dropdown(), gr.File(), None, "⚠️ Pick or upload a dataset first.", *[gr.skip()] * 7]
         inspection = Inspection(studio, studio.store.abs(row["path"]), row["name"], format_choice, mapping)
         if inspection.error:
-            return [gr.Dropdown(), *inspection.outputs()]
-        kept = len(inspection.encoded.items) if inspection.encoded else len(inspection.data.examples)
-        studio.store.update_dataset(dataset_id, format=format_choice, mapping=mapping, rows=kept)
-        return [choices(dataset_id), *inspection.outputs()]
+            return [gr.Dropdown(), gr.File(), None, *inspection.outputs()]
+        studio.store.update_dataset(dataset_id, format=format_choice, mapping=mapping, rows=inspection.kept)
+        return [choices(dataset_id), gr.File(), None, *inspection.outputs()]
 
+    pending = gr.State(None)  # an upload whose columns the user still has to name: {"path", "name"}
     tab.select(on_load, dataset, [dataset, *views], api_visibility="private")
     demo.load(on_load, dataset, [dataset, *views], api_visibility="private")
-    dataset.input(show, dataset, views, api_name="dataset")
-    upload.upload(do_upload, [upload, dataset], [dataset, upload, *views], api_name="upload")
+    dataset.input(lambda d: [None, *show(d)], dataset, [pending, *views], api_name="dataset")
+    upload.upload(do_upload, [upload, dataset], [dataset, upload, pending, *views], api_name="upload")
     apply.click(
-        do_validate, [dataset, fmt, prompt_col, response_col, system_col], [dataset, *views], api_name="validate"
+        do_validate,
+        [pending, dataset, fmt, prompt_col, response_col, system_col],
+        [dataset, upload, pending, *views],
+        api_name="validate",
     )
     fmt.input(
         lambda f: [gr.Dropdown(visible=f == "pairs")] * 3,

@@ -17,6 +17,7 @@ import pandas as pd
 from studio.context import Studio, human_size
 from studio.jobs import METRICS
 from studio.store import ACTIVE_STATES
+from studio.tabs import dropdown
 
 METHOD_CHOICES = [("LoRA: small adapters, fast, little memory", "lora"), ("Full: every weight", "full")]
 SAMPLE_COLUMNS = ["step", "prompt", "answer"]
@@ -107,8 +108,8 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
                 gr.Markdown("#### Settings")
-                base = gr.Dropdown(label="Base model", elem_id="ft-base")
-                dataset = gr.Dropdown(label="Dataset", elem_id="ft-dataset")
+                base = dropdown(label="Base model", elem_id="ft-base")
+                dataset = dropdown(label="Dataset", elem_id="ft-dataset")
                 method = gr.Radio(METHOD_CHOICES, value="lora", label="Method")
                 with gr.Row():
                     epochs = gr.Number(value=5, precision=0, minimum=1, maximum=100, label="Epochs")
@@ -128,7 +129,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                 start_status = gr.Markdown(elem_id="ft-start-status")
             with gr.Column(scale=3, min_width=420):
                 gr.Markdown("#### Run")
-                run = gr.Dropdown(label="Run", elem_id="ft-run")
+                run = dropdown(label="Run", elem_id="ft-run")
                 with gr.Row():
                     stop = gr.Button("Stop", variant="stop", size="md", interactive=False, elem_id="ft-stop")
                     resume = gr.Button("Resume", size="md", interactive=False, elem_id="ft-resume")

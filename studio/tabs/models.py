@@ -19,6 +19,7 @@ import pandas as pd
 from studio.context import Studio, dir_size, human_size, is_model_dir
 from studio.jobs import LOG, METRICS, Metrics, read_metrics
 from studio.store import ACTIVE_STATES, new_id
+from studio.tabs import dropdown
 
 TABLE_COLUMNS = ["name", "kind", "status", "base", "dataset", "steps", "best val loss", "size", "created"]
 
@@ -173,7 +174,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         gr.Markdown("Every base model and fine-tuning run in this workspace. Pick one to see how it was made.")
         table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, elem_id="models-table")
         with gr.Row():
-            pick = gr.Dropdown(label="Model or run", scale=4, elem_id="models-pick")
+            pick = dropdown(label="Model or run", scale=4, elem_id="models-pick")
             refresh = gr.Button("↻ Refresh", scale=0, min_width=140, size="sm", elem_classes="inline-button")
         with gr.Row():
             with gr.Column(scale=3):
@@ -220,17 +221,24 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
             studio.store.update_run(key, name=name)
         return f"Renamed to **{name}**.", *listing(ref)
 
-    def ask_delete(ref: str | None):
+    def deletable(ref: str | None) -> tuple[dict | None, str]:
+        """(the run a ref names, '') if it may be deleted, else (None, why not)."""
+        kind, _, key = (ref or "").partition(":")
         if not ref:
-            return gr.Row(visible=False), "", "⚠️ Pick a model first."
-        kind, _, key = ref.partition(":")
+            return None, "⚠️ Pick a model first."
         if kind == "base":
-            return gr.Row(visible=False), "", "The base model cannot be deleted from the studio."
-        run = studio.store.run(key)
+            return None, "The base model cannot be deleted from the studio."
+        run = studio.store.run(key.partition("/")[0])
         if run is None:
-            return gr.Row(visible=False), "", "That run no longer exists."
+            return None, "That run no longer exists."
         if run["status"] in ACTIVE_STATES:
-            return gr.Row(visible=False), "", f"⚠️ {run['name']} is {run['status']}: stop it first."
+            return None, f"⚠️ {run['name']} is {run['status']}: stop it first."
+        return run, ""
+
+    def ask_delete(ref: str | None):
+        run, why = deletable(ref)
+        if run is None:
+            return gr.Row(visible=False), "", why
         size = human_size(dir_size(studio.store.abs(run["dir"])))
         return (
             gr.Row(visible=True),
@@ -239,11 +247,10 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         )
 
     def do_delete(ref: str | None):
-        kind, _, key = (ref or "").partition(":")
-        run = studio.store.run(key) if kind == "run" else None
-        if run is None or run["status"] in ACTIVE_STATES:
-            return gr.Row(visible=False), "⚠️ Nothing deleted.", *listing(ref)
-        studio.delete_run(key)
+        run, why = deletable(ref)
+        if run is None:
+            return gr.Row(visible=False), why, *listing(ref)
+        studio.delete_run(run["id"])
         return gr.Row(visible=False), f"Deleted {run['name']}.", *listing()
 
     def do_download(ref: str | None):

@@ -1,0 +1,250 @@
+"""The studio's named endpoints, called with gradio_client against a launched app (temp workspace, tiny model)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+from gradio_client import Client, handle_file
+
+from studio.app import build_app, launch
+from studio.context import SAMPLES_DIR
+
+MAX_UPLOAD = 100_000  # bytes: small, so the oversized-upload test needs no big file
+ENDPOINTS = {
+    "upload", "validate", "dataset", "plan", "start", "progress", "stop", "resume", "runs",
+    "compare", "vote", "batch_compare", "models", "rename", "delete", "download",
+}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def value(output):
+    """A component's value from an output that may be an update dict."""
+    return output.get("value") if isinstance(output, dict) and "__type__" in output else output
+
+
+def snapshot(workspace: Path) -> tuple:
+    """The workspace's files (the database's own files aside) and its dataset rows."""
+    files = sorted(str(p.relative_to(workspace)) for p in workspace.rglob("*") if "studio.db" not in p.name)
+    return files
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory, tiny_model_dir):
+    workspace = tmp_path_factory.mktemp("workspace")
+    demo = build_app(workspace, tiny_model_dir, SAMPLES_DIR, max_upload_bytes=MAX_UPLOAD, watch_interval=0.5)
+    _, url, _ = launch(demo, port=free_port(), block=False)
+    client = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+    yield SimpleNamespace(url=url, client=client, studio=demo.studio, workspace=demo.studio.workspace)
+    for run in demo.studio.store.runs(("queued", "starting", "running", "stopping")):
+        demo.studio.jobs.stop(run["id"])
+    demo.close()
+
+
+def upload(app, path: Path, client: Client | None = None):
+    return (client or app.client).predict(handle_file(path), None, api_name="/upload")
+
+
+def test_every_endpoint_has_a_name(app):
+    named = {
+        name.lstrip("/") for name in app.client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    }
+    assert ENDPOINTS <= named, f"missing: {ENDPOINTS - named}"
+
+
+def test_the_samples_are_offered_out_of_the_box(app):
+    ids = {d["id"] for d in app.studio.store.datasets()}
+    assert {f"sample-{p.stem}" for p in SAMPLES_DIR.glob("*") if p.suffix in (".csv", ".json", ".jsonl")} <= ids
+    out = app.client.predict("sample-opposites", api_name="/dataset")
+    assert "examples ready" in out[0] and "class='trained'" in out[5]
+
+
+def test_upload_parses_previews_and_stores_the_file(app, tmp_path):
+    path = tmp_path / "qa.csv"
+    path.write_text("question,answer\n" + "".join(f"What is {i} plus one?,{i + 1}\n" for i in range(30)) + "Empty?,\n")
+    out = upload(app, path)
+    status, preview, problems = out[2], out[7], value(out[9])
+    assert "30 examples ready" in status and "1 rows dropped" in status
+    assert "&lt;|assistant|&gt;" in preview and "class='trained'" in preview, "template applied, trained part marked"
+    assert problems["data"][0][:3] == [31, "answer", "empty response"], "the dropped row, its column and why"
+    stored = [d for d in app.studio.store.datasets() if d["name"] == "qa.csv"]
+    assert len(stored) == 1 and stored[0]["rows"] == 30
+    assert app.studio.store.abs(stored[0]["path"]).read_text() == path.read_text()
+    assert value(out[0]) == stored[0]["id"], "the new dataset is selected"
+    histogram = value(out[8])
+    assert histogram and {row[2] for row in histogram["data"]} == {"fits the context", "cut by the context"}
+
+
+BAD_FILES = {
+    "empty.csv": (b"", "empty"),
+    "columns.csv": (b"foo,bar\n1,2\n", "which columns hold the prompts"),
+    "broken.json": (b'[{"question": "a", "answer": "b"},', "malformed JSON"),
+    "latin1.csv": ("question,answer\ncafé?,oui\n".encode("latin-1"), "not UTF-8"),
+    "header_only.csv": (b"question,answer\n", "no rows"),
+    "all_bad.jsonl": (b'{"question": "", "answer": "x"}\n', "no usable rows"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_a_bad_upload_is_explained_and_leaves_the_workspace_unchanged(app, tmp_path, name):
+    content, message = BAD_FILES[name]
+    path = tmp_path / name
+    path.write_bytes(content)
+    before, rows = snapshot(app.workspace), len(app.studio.store.datasets())
+    status = upload(app, path)[2]
+    assert message in status and "Traceback" not in status
+    assert str(tmp_path) not in status, "the message names the file, not a temporary path"
+    assert snapshot(app.workspace) == before and len(app.studio.store.datasets()) == rows
+
+
+def test_a_file_of_another_type_is_refused(app, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("question,answer\na,b\n")
+    before = snapshot(app.workspace)
+    with pytest.raises(Exception, match="Invalid file type"):
+        upload(app, path)
+    assert snapshot(app.workspace) == before
+
+
+def test_an_oversized_upload_is_refused(app, tmp_path):
+    path = tmp_path / "big.csv"
+    path.write_text("question,answer\n" + "what?,that\n" * (MAX_UPLOAD // 10))
+    before = snapshot(app.workspace)
+    with pytest.raises(Exception, match="(?i)size|large|413"):
+        upload(app, path)
+    assert snapshot(app.workspace) == before
+
+
+def test_an_upload_named_to_escape_stays_in_the_workspace(app):
+    content = b"question,answer\nUp?,down\n"
+    response = httpx.post(f"{app.url}gradio_api/upload", files=[("files", ("../../x.csv", content, "text/csv"))])
+    response.raise_for_status()
+    server_path = response.json()[0]
+    file_data = {"path": server_path, "orig_name": "../../x.csv", "meta": {"_type": "gradio.FileData"}}
+    status = app.client.predict(file_data, None, api_name="/upload")[2]
+    assert "1 examples ready" in status
+    stored = [d for d in app.studio.store.datasets() if d["name"] == "x.csv"]
+    assert len(stored) == 1
+    path = app.studio.store.abs(stored[0]["path"])
+    assert path.is_relative_to(app.workspace / "datasets") and path.read_bytes() == content
+    assert not (app.workspace.parent / "x.csv").exists() and not (app.workspace.parent.parent / "x.csv").exists()
+
+
+def test_columns_can_be_named_after_an_upload(app, tmp_path):
+    client = Client(app.url, verbose=False)  # its own session: the waiting upload lives in it
+    path = tmp_path / "frage.csv"
+    path.write_text("frage,antwort\nHoch?,tief\nKalt?,warm\n")
+    before = snapshot(app.workspace)
+    out = upload(app, path, client)
+    assert "which columns" in out[2] and snapshot(app.workspace) == before
+    assert [c[1] for c in out[4]["choices"]] == ["", "frage", "antwort"]
+    out = client.predict(None, "pairs", "frage", "antwort", "", api_name="/validate")
+    assert "2 examples ready" in out[2] and "frage → prompt" in out[2]
+    stored = next(d for d in app.studio.store.datasets() if d["name"] == "frage.csv")
+    assert stored["format"] == "pairs" and stored["mapping"] == {"prompt": "frage", "response": "antwort"}
+
+
+def test_validate_keeps_the_old_settings_when_the_new_ones_fail(app):
+    out = app.client.predict("sample-opposites", "alpaca", "", "", "", api_name="/validate")
+    assert "missing column for the alpaca format's instruction" in out[2] and "not changed" in out[2]
+    assert app.studio.store.dataset("sample-opposites")["format"] == "auto"
+
+
+def test_plan_reports_device_sizes_and_estimates(app):
+    text = app.client.predict("base:base", "sample-opposites", "lora", 1, 0, 0, 8, 4, "", api_name="/plan")
+    assert "cpu" in text and "Parameters" in text and "Estimated memory" in text and "estimated time" in text
+    assert "⚠️" in app.client.predict("base:base", "", api_name="/plan")
+
+
+def test_compare_needs_two_models_and_a_prompt(app):
+    out = app.client.predict(["base:base"], "Hi", 0, 1, 8, 0, api_name="/compare")
+    assert "Choose 2 to 4 models" in out[5]
+    out = app.client.predict(["base:base", "base:base"], "  ", 0, 1, 8, 0, api_name="/compare")
+    assert "Write a prompt" in out[5]
+
+
+def test_compare_answers_side_by_side_and_votes_are_stored(app):
+    client = Client(app.url, verbose=False)
+    out = client.predict(["base:base", "base:base"], "Once upon a time", 0.8, 0.9, 12, 7, api_name="/compare")
+    first, second = value(out[0]), value(out[1])
+    assert first and first == second, "same model, same seed and settings: the same answer"
+    assert "100% of words shared" in out[4] and "seed 7" in out[5]
+    votes = len(app.studio.store.votes())
+    assert "Vote saved" in client.predict("base:base", api_name="/vote")
+    vote = app.studio.store.votes()[-1]
+    assert len(app.studio.store.votes()) == votes + 1
+    assert vote["prompt"] == "Once upon a time" and vote["answers"] == [first, second]
+    assert vote["settings"]["seed"] == 7 and vote["winner"] == "base:base"
+
+
+def test_models_lists_the_base_model(app):
+    rows = app.client.predict(api_name="/models")
+    base = next(r for r in rows if r["ref"] == "base:base")
+    assert base["status"] == "ready" and base["kind"] == "base model"
+
+
+def test_the_base_model_cannot_be_deleted(app):
+    assert "cannot be deleted" in app.client.predict("base:base", api_name="/delete")[0]
+    assert app.studio.store.model("base")
+
+
+@pytest.mark.slow
+def test_finetune_progress_compare_batch_and_model_actions(app):
+    """One short run through the UI's endpoints: start, watch, then use the model everywhere."""
+    c = app.client
+    message, run = c.predict(
+        "base:base", "sample-opposites", "lora", 1, 6, 0.003, 8, 4, "Opposite of up?", "tiny-run", api_name="/start"
+    )
+    run_id = value(run)
+    assert "Started" in message or "Queued" in message
+    deadline, out = time.time() + 120, None
+    while time.time() < deadline:
+        out = c.predict(run_id, api_name="/progress")
+        if app.studio.store.run(run_id)["status"] in ("done", "failed", "stopped", "interrupted"):
+            break
+        time.sleep(1)
+    out = c.predict(run_id, api_name="/progress")  # a new session: every part is sent
+    assert app.studio.store.run(run_id)["status"] == "done", out[4]
+    assert "done" in out[0] and "step <b>6</b> of 6" in out[1]
+    curve = value(out[2])
+    assert {"train", "validation"} <= {row[2] for row in curve["data"]}
+    samples = value(out[3])
+    assert samples["data"] and samples["data"][0][1] == "Opposite of up?"
+    assert "done at step 6" in value(out[4])
+    assert any(r["id"] == run_id and r["status"] == "done" for r in c.predict(api_name="/runs"))
+
+    ref = f"run:{run_id}"
+    out = c.predict(["base:base", ref], "Opposite of up?", 0, 1, 16, 0, api_name="/compare")
+    assert value(out[0]) is not None and out[1]["label"] == "tiny-run"
+    note, totals, table, csv_file = c.predict(
+        ["base:base", ref], "sample-opposites", 4, 8, 0, api_name="/batch_compare"
+    )
+    assert "Scored 4 held-out rows" in note
+    assert [row[0] for row in totals["data"]] == ["base", "tiny-run"] and totals["data"][0][1] == 4
+    assert {"exact", "contains", "f1", "ref_loss"} <= set(table["headers"])
+    assert Path(value(csv_file)).read_text().startswith("model,row,prompt,reference,answer")
+
+    row = next(r for r in c.predict(api_name="/models") if r["ref"] == ref)
+    assert row["kind"] == "fine-tuned (LoRA)" and row["steps"] == 6 and row["dataset"] == "opposites.csv"
+    assert "Renamed" in c.predict(ref, "opposites-lora", api_name="/rename")[0]
+    assert app.studio.store.run(run_id)["name"] == "opposites-lora"
+    zip_path = value(c.predict(ref, api_name="/download")[0])
+    names = zipfile.ZipFile(zip_path).namelist()
+    assert "opposites-lora/model.safetensors" in names, "a LoRA run downloads as a standalone merged model"
+    assert "opposites-lora/metrics.jsonl" in names and not any("trainer_state" in n for n in names)
+    info = json.loads(zipfile.ZipFile(zip_path).read("opposites-lora/info.json"))
+    assert info["method"] == "lora" and info["dataset"]["name"] == "opposites.csv"
+    run_dir = app.studio.store.abs(app.studio.store.run(run_id)["dir"])
+    assert "Deleted" in c.predict(ref, api_name="/delete")[0]
+    assert app.studio.store.run(run_id) is None and not run_dir.exists()
