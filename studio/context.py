@@ -167,11 +167,22 @@ class Studio:
             for stamp in [s for s in self._models if s[0].is_relative_to(path)]:
                 del self._models[stamp]
 
-    def new_run(self, name: str, base_ref: str, dataset_id: str, config: dict[str, Any]) -> str:
-        """Record a queued run with its own folder; the job runner starts it."""
+    def create_run(self, base_ref: str, dataset_id: str, settings: dict[str, Any], name: str = "") -> str:
+        """Record a queued run with its own folder (the job runner starts it). settings: FinetuneConfig
+        fields; the dataset's chosen format and columns go with them. ValueError if a choice is gone."""
+        base_dir, data_path = self.model_dir(base_ref), self.dataset_path(dataset_id)
+        dataset = self.store.dataset(dataset_id)
+        name = name.strip()[:80] or f"{Path(dataset['name']).stem}-{settings['method']}-{len(self.store.runs()) + 1}"
+        config = {
+            **settings,
+            "base_path": str(base_dir),
+            "data_path": str(data_path),
+            "format": dataset["format"],
+            "mapping": dataset["mapping"],
+        }
         run_dir = self.workspace / "runs" / new_id()
         run_dir.mkdir(parents=True)
-        return self.store.add_run(name, base_ref, dataset_id, config["method"], config, run_dir)
+        return self.store.add_run(name, base_ref, dataset_id, settings["method"], config, run_dir)
 
     def delete_run(self, run_id: str) -> None:
         run = self.store.run(run_id)

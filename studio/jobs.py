@@ -51,7 +51,8 @@ def finetune_command(base: Path, data: Path, run_dir: Path, cfg: dict[str, Any],
             cmd += ["--" + key.replace("_", "-"), str(cfg[key])]
     if cfg.get("device"):
         cmd += ["--device", cfg["device"]]
-    probes = [p for p in cfg.get("probes", []) if p.strip()]
+    # A probe that starts with "-" would read as a flag: a leading space keeps it a value.
+    probes = [(" " + p if p.startswith("-") else p) for p in cfg.get("probes", []) if p.strip()]
     if probes:
         cmd += ["--probe", *probes]
     if resume:
@@ -77,8 +78,14 @@ class Metrics:
 
     @property
     def final(self) -> dict[str, Any] | None:
-        """The event that ends a run ('done', 'stopped', 'early_stop' or 'error'), if it was written."""
-        last = [e for e in self.events if e["event"] in ("done", "stopped", "early_stop", "error")]
+        """The event that ended the latest attempt ('done', 'stopped', 'early_stop' or 'error'), if written.
+
+        A resumed run keeps the earlier attempt's lines up to its checkpoint (its 'stopped' event too), so
+        only events after the last 'start' count.
+        """
+        starts = [i for i, e in enumerate(self.events) if e["event"] == "start"]
+        latest = self.events[starts[-1] if starts else 0 :]
+        last = [e for e in latest if e["event"] in ("done", "stopped", "early_stop", "error")]
         return last[-1] if last else None
 
     def loss_frame(self) -> pd.DataFrame:
@@ -152,6 +159,11 @@ def error_from_log(text: str) -> str:
     return ""
 
 
+def resumable(run_dir: Path) -> bool:
+    """Does the run have a checkpoint with trainer state to continue from?"""
+    return (run_dir / "latest" / "trainer_state.pt").is_file()
+
+
 def process_alive(pid: int, marker: str) -> bool:
     """Is pid a live (not zombie) process whose command line contains marker (guards against pid reuse)?"""
     proc = Path(f"/proc/{pid}")
@@ -208,7 +220,7 @@ class Jobs:
         """Start the child for a claimed run; False (run marked failed) if it could not even start."""
         run_dir = self.run_dir(run)
         cfg = run["config"]
-        resume = bool(cfg.get("resume")) and (run_dir / "latest" / "trainer_state.pt").is_file()
+        resume = bool(cfg.get("resume")) and resumable(run_dir)
         cmd = finetune_command(Path(cfg["base_path"]), Path(cfg["data_path"]), run_dir, cfg, resume)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "command.json").write_text(json.dumps(cmd, indent=1) + "\n")
@@ -265,12 +277,17 @@ class Jobs:
             status, message = "stopped", "Stopped; the last checkpoint was saved and can be resumed."
         elif final is not None:
             status, message = "failed", explain(final.get("message", "") or log_error, code)
+        elif run["status"] == "stopping":  # stopped while starting up, before the trainer took over SIGTERM
+            status = "stopped"
+            message = "Stopped before training began." + (
+                " Resume continues from its last checkpoint." if resumable(run_dir) else ""
+            )
         elif log_error or (code not in (None, 0)):
             status, message = "failed", explain(log_error, code)
         else:
             status = "interrupted"
             message = "The trainer process ended without finishing (the studio or the machine was stopped)."
-            if (run_dir / "latest" / "trainer_state.pt").is_file():
+            if resumable(run_dir):
                 message += " Its last checkpoint is kept: Resume continues from it."
         self.store.update_run(run["id"], status=status, message=message, finished=time.time())
 
@@ -348,5 +365,5 @@ class Jobs:
             "remaining": remaining,
             "metrics": metrics,
             "log": log_tail(run_dir / LOG),
-            "resumable": (run_dir / "latest" / "trainer_state.pt").is_file(),
+            "resumable": resumable(run_dir),
         }

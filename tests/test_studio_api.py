@@ -214,7 +214,7 @@ def test_finetune_progress_compare_batch_and_model_actions(app):
         if app.studio.store.run(run_id)["status"] in ("done", "failed", "stopped", "interrupted"):
             break
         time.sleep(1)
-    out = c.predict(run_id, api_name="/progress")  # a new session: every part is sent
+    out = Client(app.url, verbose=False).predict(run_id, api_name="/progress")  # a new page: every part is sent
     assert app.studio.store.run(run_id)["status"] == "done", out[4]
     assert "done" in out[0] and "step <b>6</b> of 6" in out[1]
     curve = value(out[2])

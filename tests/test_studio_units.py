@@ -155,3 +155,9 @@ def test_the_final_event_decides_the_status(tmp_path, event, status):
     store.update_run(run_id, status="running", pid=2**22 + 12345, started=1.0)
     Jobs(store).tick()
     assert store.run(run_id)["status"] == status
+
+
+def test_a_resumed_run_ignores_the_end_of_its_earlier_attempt(tmp_path):
+    records = [{"event": "start", "max_steps": 9}, {"event": "stopped", "step": 3}, {"event": "start", "step": 3}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert read_metrics(tmp_path / "metrics.jsonl").final is None

@@ -7,7 +7,6 @@ second, so a reloaded page re-attaches to a running job.
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -216,27 +215,14 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         from llm import finetune
         from llm.errors import USER_ERRORS
 
-        runs_now = gr.Dropdown()
         if not base_ref or not dataset_id:
-            return "⚠️ Choose a base model and a dataset first.", runs_now
+            return "⚠️ Choose a base model and a dataset first.", gr.Dropdown()
         try:
             settings = finetune_settings(method_value, epochs_v, steps_v, lr_v, batch_v, rank_v, probes_v)
             finetune.FinetuneConfig(**settings)  # bad settings are refused here, not in the child
-            base_dir, data_path = studio.model_dir(base_ref), studio.dataset_path(dataset_id)
+            run_id = studio.create_run(base_ref, dataset_id, settings, name_v or "")
         except USER_ERRORS as e:
-            return f"⚠️ {e}", runs_now
-        row = studio.store.dataset(dataset_id)
-        label = (name_v or "").strip()[
-            :80
-        ] or f"{re.sub(r'[.].*$', '', row['name'])}-{method_value}-{len(studio.store.runs()) + 1}"
-        config = {
-            **settings,
-            "base_path": str(base_dir),
-            "data_path": str(data_path),
-            "format": row["format"],
-            "mapping": row["mapping"],
-        }
-        run_id = studio.new_run(label, base_ref, dataset_id, config)
+            return f"⚠️ {e}", gr.Dropdown()
         message = studio.jobs.submit(run_id)
         return message, gr.Dropdown(choices=run_choices(studio), value=run_id)
 
