@@ -68,7 +68,13 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         for k in ("n_layer", "n_head", "d_model", "context_length", "mlp_hidden", "dropout", "tie_embeddings")
     }
     model_cfg = preset(args.preset, **shape)
-    train_cfg = train_config_from(args)
+    overrides = {}
+    if args.resume and args.max_steps is None:  # keep the run's own step budget, and with it its lr schedule
+        from llm import checkpoint
+
+        run_info = checkpoint.read_info(checkpoint.resolve(Path(args.out) / "latest"))
+        overrides["max_steps"] = run_info["train_config"]["max_steps"]
+    train_cfg = train_config_from(args, **overrides)
     metrics = args.metrics or Path(args.out) / "metrics.jsonl"
     dtype = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}[args.save_dtype]
     import torch
