@@ -107,6 +107,14 @@ class Distributed:
             dist.destroy_process_group()
 
 
+def _logged_step(line: str) -> float:
+    """The step of a metrics line; infinity for a line cut short by a killed run, so that it is dropped."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return math.inf
+
+
 class MetricsLog:
     """Console lines and the JSONL metrics file (written by rank 0 only)."""
 
@@ -116,7 +124,7 @@ class MetricsLog:
             path.parent.mkdir(parents=True, exist_ok=True)
             if resume_step is not None and path.exists():
                 # Drop what the interrupted run logged after its last checkpoint: it is about to be redone.
-                kept = [ln for ln in path.read_text().splitlines() if json.loads(ln).get("step", 0) <= resume_step]
+                kept = [ln for ln in path.read_text().splitlines() if _logged_step(ln) <= resume_step]
                 path.write_text("".join(ln + "\n" for ln in kept))
             elif resume_step is None:
                 path.write_text("")
