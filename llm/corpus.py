@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llm.textio import InputError, iter_file_documents
+from llm.textio import InputError, iter_file_documents, name_files
 from llm.tokenizer import Tokenizer
 
 META = "meta.json"
@@ -205,7 +205,7 @@ def prepare(
                 collect()
         shards = {split: writers[v].close() for split, v in (("train", False), ("val", True))}
         if tokens == 0:
-            raise InputError("the corpus is empty: the inputs hold no text")
+            raise InputError(f"the corpus is empty: no text in {name_files(files)}")
         if val_fraction > 0 and not shards["val"]:
             raise InputError("no document was held out for validation: raise --val-fraction or add documents")
         meta = {

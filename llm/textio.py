@@ -49,6 +49,12 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return files
 
 
+def name_files(files: list[Path], limit: int = 3) -> str:
+    """'a.txt, b.txt and 5 more': the inputs, named in an error message."""
+    named = ", ".join(str(p) for p in files[:limit])
+    return named + (f" and {len(files) - limit} more" if len(files) > limit else "")
+
+
 def _open_binary(path: Path) -> IO[bytes]:
     name = path.name
     if name.endswith(".gz"):

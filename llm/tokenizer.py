@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from llm.textio import iter_documents
+from llm.textio import iter_documents, name_files
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
@@ -120,7 +120,7 @@ def train_tokenizer(
         raise TokenizerError(f"--vocab-size {vocab_size} is too small: at least {reserved + 17} is needed")
     sentences = list(_training_sentences(files, max_chars))
     if not sentences:
-        raise TokenizerError("no text found in the inputs: the corpus is empty")
+        raise TokenizerError(f"the corpus is empty: no text in {name_files(files)}")
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
