@@ -41,8 +41,10 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
 def measure_matmul_flops(device: torch.device, size: int = 1024, seconds: float = 0.5) -> float:
     """The fp32 (CPU) or bf16 (GPU) matrix-product rate this device reaches, in FLOP/s."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
+    # A private generator: drawing from the global one would shift the dropout masks of a resumed run.
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
+    b = torch.randn(size, size, device=device, dtype=dtype, generator=generator)
     a @ b  # warm up
     runs, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
