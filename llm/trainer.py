@@ -102,6 +102,14 @@ class Distributed:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def gather(self, value: Any) -> list[Any]:
+        """value from every rank, in rank order (every rank must call this)."""
+        if self.world == 1:
+            return [value]
+        values: list[Any] = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -192,11 +200,14 @@ def train(
     optimizer = make_optimizer(model, cfg, device)
     step, elapsed_before, best_val, patience_used = 0, 0.0, float("inf"), 0
     if resume:
-        state = checkpoint.load_trainer_state(out_dir / "latest")
+        state = checkpoint.load_trainer_state(checkpoint.resolve(out_dir / "latest"))
         optimizer.load_state_dict(state["optimizer"])
         step, elapsed_before = state["step"], state["elapsed"]
         best_val, patience_used = state["best_val"], state["patience_used"]
+        # Each rank's own dropout RNG (a run resumed on another number of processes reuses them in turn).
         torch.set_rng_state(state["rng"][ddp.rank % len(state["rng"])])
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"][ddp.rank % len(state["cuda_rng"])], device)
     log = MetricsLog(Path(metrics_path) if metrics_path else None, ddp.main, step if resume else None)
     amp = autocast_dtype(device)
     autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
@@ -234,6 +245,9 @@ def train(
         }
 
     def save(target: str, train_loss: float, with_state: bool = True) -> None:
+        if with_state:  # every rank's RNG state, so that a resumed run draws the same dropout masks
+            rng = ddp.gather(torch.get_rng_state())
+            cuda_rng = ddp.gather(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
         if not ddp.main:
             return
         trainer_state = None
@@ -245,8 +259,10 @@ def train(
                 "elapsed": elapsed_before + time.time() - start,
                 "best_val": best_val,
                 "patience_used": patience_used,
-                "rng": [torch.get_rng_state()],
+                "rng": rng,
             }
+            if cuda_rng is not None:
+                trainer_state["cuda_rng"] = cuda_rng
         checkpoint.save_checkpoint(
             out_dir / target,
             model,
