@@ -79,7 +79,7 @@ def small_run_config(**overrides) -> TrainConfig:
 
 
 def test_sigterm_in_process_stops_cleanly_and_resume_matches(tmp_path, data_dir, monkeypatch):
-    model_cfg = preset("tiny", context_length=32)
+    model_cfg = preset("tiny", context_length=32, dropout=0.1)  # dropout: the RNG state must be restored too
     straight = pretrain(
         data_dir, tmp_path / "straight", model_cfg, small_run_config(), False, tmp_path / "straight.jsonl"
     )
@@ -254,6 +254,8 @@ def test_ddp_on_two_processes_matches_one_process(tmp_path, data_dir):
         [r["val_loss"] for r in one if "val_loss" in r], abs=1e-4
     )
     assert not math.isnan(two[-1]["train_loss"])
+    rng = checkpoint.load_trainer_state(tmp_path / "ddp" / "latest")["rng"]
+    assert len(rng) == 2 and not torch.equal(rng[0], rng[1])  # each rank's own dropout RNG, for --resume
     single_model, _, _ = checkpoint.load_model(tmp_path / "single")
     ddp_model, _, _ = checkpoint.load_model(tmp_path / "ddp")
     for (name, a), b in zip(single_model.state_dict().items(), ddp_model.state_dict().values(), strict=True):
