@@ -137,7 +137,7 @@ def iter_file_documents(path: Path, text_field: str = "text") -> Iterator[tuple[
             if not isinstance(value, str):
                 raise InputError(f"{path}, line {line_no}: no string field {text_field!r} in this record")
             if value.strip():
-                yield value.replace("\r\n", "\n"), True
+                yield _normalise_newlines(value), True
         return
     previous = None
     for paragraph in _paragraphs(path):
