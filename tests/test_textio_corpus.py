@@ -138,11 +138,11 @@ def test_every_input_format_gives_the_same_tokens(tmp_path, tok, tokenizer_dir):
 
 def test_jsonl_records_are_documents_and_errors_name_the_line(tmp_path, tok, tokenizer_dir):
     good = tmp_path / "good.jsonl"
-    good.write_text('{"text": "Hi there.\\r\\nBye."}\n{"text": "   "}\n{"text": "Second."}\n')
+    good.write_text('{"text": "Hi there.\\r\\nBye.\\rOld Mac."}\n{"text": "   "}\n{"text": "Second."}\n')
     run_prepare([good], tokenizer_dir, tmp_path / "out")
-    assert shard_tokens(tmp_path / "out", "train") == tok.encode("Hi there.\nBye.") + [EOS] + tok.encode("Second.") + [
-        EOS
-    ]
+    assert shard_tokens(tmp_path / "out", "train") == tok.encode("Hi there.\nBye.\nOld Mac.") + [EOS] + tok.encode(
+        "Second."
+    ) + [EOS]
     for body, message in (
         ('{"text": "a"}\n{"text": "b"}\n{"text": oops}\n', r"bad.jsonl, line 3: malformed JSON"),
         ('{"text": "a"}\n{"body": "b"}\n', r"bad.jsonl, line 2: no string field 'text'"),
