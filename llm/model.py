@@ -151,9 +151,14 @@ class Transformer(nn.Module):
         return n
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token (forward + backward), as in the PaLM paper: 6N + 12 L C T."""
+        """Training FLOPs per token (forward + backward), as in the PaLM paper: 6N + 12 L C T.
+
+        N counts the weights a token is multiplied by: all but the embedding lookup, so the output
+        projection (V x C) is in N whether or not it is tied to the embedding matrix.
+        """
         cfg = self.cfg
-        return 6 * self.num_params(non_embedding=True) + 12 * cfg.n_layer * cfg.d_model * cfg.context_length
+        n = self.num_params(non_embedding=True) + (cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0)
+        return 6 * n + 12 * cfg.n_layer * cfg.d_model * cfg.context_length
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, V). With a cache, idx continues the cached sequence."""

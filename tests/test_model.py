@@ -69,6 +69,13 @@ def test_param_count_counts_tied_weights_once():
     assert tied.num_params(non_embedding=True) == untied.num_params(non_embedding=True) - 300 * 64
 
 
+def test_flops_per_token_counts_the_output_projection_tied_or_not():
+    tied, untied = random_model(), random_model(tie_embeddings=False)
+    assert tied.flops_per_token() == untied.flops_per_token()  # the same matrix products either way
+    attention = 12 * 2 * 64 * 32  # 12 L C T
+    assert tied.flops_per_token() == 6 * (tied.num_params(non_embedding=True) + 300 * 64) + attention
+
+
 def test_model_config_json_round_trip(tmp_path):
     cfg = ModelConfig(vocab_size=321, context_length=48, n_layer=3, n_head=2, d_model=32, tie_embeddings=False)
     cfg.save(tmp_path / "config.json")
