@@ -36,6 +36,12 @@ CSS = """
 .run-progress.failed .bar, .run-progress.interrupted .bar { background: #e5484d; }
 .run-progress-text { font-size: 13px; margin-top: 4px; }
 .inline-button { align-self: end; margin-bottom: 8px; }
+.state-badge { display: inline-block; padding: 1px 8px; border-radius: 10px; font-size: 12px; font-weight: 600;
+  background: var(--neutral-200); color: var(--neutral-700); }
+.state-badge.running, .state-badge.starting, .state-badge.queued { background: #dbe4ff; color: #2f4ac0; }
+.state-badge.stopping { background: #fff1d6; color: #8a5a00; }
+.state-badge.done { background: #dcfce7; color: #166534; }
+.state-badge.failed, .state-badge.interrupted { background: #fee2e2; color: #991b1b; }
 .plan { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 4px 12px; }
 """
 
@@ -69,7 +75,7 @@ def build_app(
             elem_id="studio-header",
         )
         missing = studio.base_missing()
-        gr.Markdown(f"⚠️ {missing}", visible=bool(missing), elem_classes="banner", elem_id="base-missing")
+        gr.Markdown(f"⚠ {missing}", visible=bool(missing), elem_classes="banner", elem_id="base-missing")
         with gr.Tabs():
             data.build(studio, demo)
             apis = finetune.build(studio, demo)

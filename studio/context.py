@@ -27,6 +27,10 @@ BASE_ID = "base"
 MAX_UPLOAD_BYTES = 50_000_000  # uploads above this are refused (by Gradio at the door, and again here)
 
 
+def plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
 def is_model_dir(path: Path) -> bool:
     return (path / "config.json").is_file()
 
@@ -101,7 +105,7 @@ class Studio:
         choices = []
         for d in self.store.datasets():
             tag = "sample" if d["source"] == "sample" else "uploaded"
-            rows = f", {d['rows']} examples" if d["rows"] is not None else ""
+            rows = f", {plural(d['rows'], 'example')}" if d["rows"] is not None else ""
             choices.append((f"{d['name']} ({tag}{rows})", d["id"]))
         return choices
 

@@ -133,19 +133,22 @@ def log_tail(path: Path, lines: int = 30) -> str:
 
 def explain(message: str, returncode: int | None = None) -> str:
     """A failure in words, with what to try."""
+    message = message.strip()
+    if message and message[-1] not in ".!?)":
+        message += "."
     low = message.lower()
     memory_hint = "Try a smaller batch size, LoRA instead of full fine-tuning, or a lower LoRA rank."
     if "out of memory" in low or "can't allocate memory" in low:
-        return f"The run ran out of memory ({message.strip()}). {memory_hint}"
+        return f"The run ran out of memory: {message} {memory_hint}"
     if returncode in (-9, 137) and not message:
         return f"The trainer was killed by the system, most often because memory ran out. {memory_hint}"
     if "nan" in low.split() or "diverged" in low or "became nan" in low or "became inf" in low:
-        return f"The training diverged: {message.strip()} Try half the learning rate."
+        return f"The training diverged: {message} Try half the learning rate."
     if "row" in low and ("column" in low or "file" in low):
-        return f"The dataset has a problem: {message.strip()} Fix the file and check it in the Data tab."
+        return f"The dataset has a problem: {message} Fix the file and check it in the Data tab."
     if "cuda is not available" in low:
-        return f"{message.strip()} Choose the device 'auto' or 'cpu'."
-    return f"The run failed: {message.strip() or 'no message'}. The log below has the details."
+        return f"{message} Choose the device 'auto' or 'cpu'."
+    return f"The run failed: {message or 'no message.'} The log below has the details."
 
 
 def error_from_log(text: str) -> str:
@@ -364,6 +367,6 @@ class Jobs:
             "elapsed": elapsed,
             "remaining": remaining,
             "metrics": metrics,
-            "log": log_tail(run_dir / LOG),
+            "log": log_tail(run_dir / LOG, 12),
             "resumable": resumable(run_dir),
         }

@@ -161,7 +161,7 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
         refs = list(refs or [])
         if not 2 <= len(refs) <= MAX_MODELS or not (text or "").strip():
             problem = "Choose 2 to 4 models." if not 2 <= len(refs) <= MAX_MODELS else "Write a prompt first."
-            yield *hidden, "", f"⚠️ {problem}", gr.Radio(choices=[]), {}
+            yield *hidden, "", f"⚠ {problem}", gr.Radio(choices=[]), {}
             return
         labels = [studio.model_label(r) for r in refs]
         settings = {
@@ -189,7 +189,7 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
             for texts in stream_answers(studio, refs, text, sampling):
                 yield *boxes(texts), "", "Generating...", gr.Radio(choices=[]), {}
         except ValueError as e:  # a model went missing or is unreadable
-            yield *boxes([""] * len(refs)), "", f"⚠️ {e}", gr.Radio(choices=[]), {}
+            yield *boxes([""] * len(refs)), "", f"⚠ {e}", gr.Radio(choices=[]), {}
             return
         result = {"prompt": text, "models": refs, "labels": labels, "answers": texts, "settings": settings}
         vote_choices = [(label, ref) for label, ref in zip(labels, refs, strict=True)] + [("Tie / both bad", TIE)]
@@ -198,9 +198,9 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
 
     def record_vote(result: dict, winner: str | None) -> str:
         if not result:
-            return "⚠️ Generate answers first, then vote."
+            return "⚠ Generate answers first, then vote."
         if winner not in result["models"] + [TIE]:
-            return "⚠️ Pick the better answer first."
+            return "⚠ Pick the better answer first."
         studio.store.add_vote(result["prompt"], result["models"], result["answers"], result["settings"], winner)
         return "Vote saved. " + tally_text()
 
@@ -211,13 +211,13 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
 
         refs = list(refs or [])
         if not refs or not dataset_id:
-            return "⚠️ Choose at least one model and a dataset.", None, None, gr.File(visible=False)
+            return "⚠ Choose at least one model and a dataset.", None, None, gr.File(visible=False)
         row = studio.store.dataset(dataset_id)
         try:
             dirs = [studio.model_dir(r) for r in refs]
             data = tasks.read_task_file(studio.dataset_path(dataset_id), row["format"], row["mapping"] or None)
         except ValueError as e:
-            return f"⚠️ {e}", None, None, gr.File(visible=False)
+            return f"⚠ {e}", None, None, gr.File(visible=False)
         # The rows a fine-tune on this dataset keeps aside (same split as llm.finetune's defaults).
         defaults = FinetuneConfig()
         _, held_out = tasks.split_examples(data, defaults.val_fraction, defaults.seed)

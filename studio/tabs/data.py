@@ -14,7 +14,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from studio.context import DATA_SUFFIXES, Studio, human_size
+from studio.context import DATA_SUFFIXES, Studio, human_size, plural
 from studio.store import new_id
 from studio.tabs import dropdown
 
@@ -26,7 +26,7 @@ FORMAT_CHOICES = [
     ("chat messages", "messages"),
 ]
 NONE = ""  # the "no column" choice of the mapping dropdowns
-CANNOT_USE = "### ⚠️ This file cannot be used\n"
+CANNOT_USE = "### ⚠ This file cannot be used\n"
 # Errors that mean "the file reads, but the columns are not the expected ones": the user can name them.
 COLUMN_ERRORS = ("cannot tell the format", "missing column", "no column")
 
@@ -168,7 +168,7 @@ class Inspection:
                 else "The file is kept aside, not added, until it reads correctly."
             )
             return (
-                f"### ⚠️ {self.name}: which columns hold the prompts and the answers?\n{self.error}\n\n"
+                f"### ⚠ {self.name}: which columns hold the prompts and the answers?\n{self.error}\n\n"
                 f"Choose the format, the prompt column and the response column below, then press **Apply**. {keep}"
             )
         if self.error:
@@ -178,18 +178,18 @@ class Inspection:
         kept = len(enc.items) if enc else len(data.examples)
         mapping = ", ".join(f"{col} → {key}" for key, col in data.mapping.items())
         lines = [
-            f"### {self.name}: {kept} examples ready"
-            + (f", {dropped} rows dropped (see the table below)" if dropped else ""),
+            f"### {self.name}: {plural(kept, 'example')} ready"
+            + (f", {plural(dropped, 'row')} dropped (see the table below)" if dropped else ""),
             f"Format **{data.format}** · columns used: {mapping}",
         ]
         if enc is not None:
             share = len(enc.truncated) / max(1, len(enc.items))
             lines.append(
-                f"Context {self.context_length} tokens: {len(enc.truncated)} examples ({share:.0%}) are longer and "
-                "would be cut at the end" + (" — consider shorter examples." if share > 0.1 else ".")
+                f"Context {self.context_length} tokens: {plural(len(enc.truncated), 'example')} ({share:.0%}) "
+                "longer, cut at the end when training" + (" — consider shorter examples." if share > 0.1 else ".")
             )
         else:
-            lines.append("⚠️ No base model: token counts and the template preview need its tokenizer.")
+            lines.append("⚠ No base model: token counts and the template preview need its tokenizer.")
         return "\n\n".join(lines)
 
     def problems(self) -> pd.DataFrame:
@@ -276,6 +276,7 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
                     visible=False,
                 )
         problems = gr.Dataframe(label="Dropped rows", visible=False, interactive=False, wrap=True, max_height=300)
+        pending = gr.State(None)  # an upload whose columns the user still has to name: {"path", "name"}
 
     views = [status, fmt, prompt_col, response_col, system_col, preview, hist, problems]
 
@@ -354,14 +355,13 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
             return [choices(key), gr.File(value=None), None, *inspection.outputs()]
         row = studio.store.dataset(dataset_id) if dataset_id else None
         if row is None:
-            return [gr.Dropdown(), gr.File(), None, "⚠️ Pick or upload a dataset first.", *[gr.skip()] * 7]
+            return [gr.Dropdown(), gr.File(), None, "⚠ Pick or upload a dataset first.", *[gr.skip()] * 7]
         inspection = Inspection(studio, studio.store.abs(row["path"]), row["name"], format_choice, mapping)
         if inspection.error:
             return [gr.Dropdown(), gr.File(), None, *inspection.outputs()]
         studio.store.update_dataset(dataset_id, format=format_choice, mapping=mapping, rows=inspection.kept)
         return [choices(dataset_id), gr.File(), None, *inspection.outputs()]
 
-    pending = gr.State(None)  # an upload whose columns the user still has to name: {"path", "name"}
     tab.select(on_load, dataset, [dataset, *views], api_visibility="private")
     demo.load(on_load, dataset, [dataset, *views], api_visibility="private")
     dataset.input(lambda d: [None, *show(d)], dataset, [pending, *views], api_name="dataset")

@@ -20,16 +20,6 @@ from studio.tabs import dropdown
 
 METHOD_CHOICES = [("LoRA: small adapters, fast, little memory", "lora"), ("Full: every weight", "full")]
 SAMPLE_COLUMNS = ["step", "prompt", "answer"]
-STATE_ICONS = {
-    "queued": "⏳",
-    "starting": "⏳",
-    "running": "🟢",
-    "stopping": "🟠",
-    "done": "✅",
-    "stopped": "⏹️",
-    "failed": "❌",
-    "interrupted": "⚠️",
-}
 
 
 def clock(seconds: float | None) -> str:
@@ -62,7 +52,7 @@ def samples_frame(p: dict[str, Any], evals: int = 3) -> pd.DataFrame:
 
 
 def run_choices(studio: Studio) -> list[tuple[str, str]]:
-    return [(f"{STATE_ICONS[r['status']]} {r['name']} ({r['status']})", r["id"]) for r in studio.store.runs()]
+    return [(f"{r['name']} · {r['status']}", r["id"]) for r in studio.store.runs()]
 
 
 def default_run(studio: Studio) -> str | None:
@@ -111,11 +101,17 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                 dataset = dropdown(label="Dataset", elem_id="ft-dataset")
                 method = gr.Radio(METHOD_CHOICES, value="lora", label="Method")
                 with gr.Row():
-                    epochs = gr.Number(value=5, precision=0, minimum=1, maximum=100, label="Epochs")
-                    max_steps = gr.Number(value=0, precision=0, minimum=0, label="Max steps (0: from epochs)")
+                    epochs = gr.Number(
+                        value=5, precision=0, minimum=1, maximum=100, label="Epochs", elem_id="ft-epochs"
+                    )
+                    max_steps = gr.Number(
+                        value=0, precision=0, minimum=0, label="Max steps (0: from epochs)", elem_id="ft-max-steps"
+                    )
                 with gr.Row():
                     lr = gr.Number(value=0, minimum=0, label="Learning rate (0: default)")
-                    batch_size = gr.Number(value=0, precision=0, minimum=0, label="Batch size (0: auto)")
+                    batch_size = gr.Number(
+                        value=0, precision=0, minimum=0, label="Batch size (0: auto)", elem_id="ft-batch-size"
+                    )
                     lora_rank = gr.Number(value=8, precision=0, minimum=1, maximum=256, label="LoRA rank")
                 probes = gr.Textbox(
                     label="Probe prompts (one a line): answered at every evaluation",
@@ -139,7 +135,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                     y="loss",
                     color="curve",
                     label="Loss",
-                    height=260,
+                    height=300,
                     color_map={"train": "#4f7cff", "validation": "#f5a524"},
                     elem_id="ft-loss",
                 )
@@ -199,16 +195,16 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         from llm.errors import USER_ERRORS
 
         if not base_ref:
-            return f"⚠️ {studio.base_missing() or 'Choose a base model.'}"
+            return f"⚠ {studio.base_missing() or 'Choose a base model.'}"
         if not dataset_id:
-            return "⚠️ Choose a dataset (Data tab: pick a sample or upload one)."
+            return "⚠ Choose a dataset (Data tab: pick a sample or upload one)."
         try:
             row = studio.store.dataset(dataset_id)
             data = tasks.read_task_file(studio.dataset_path(dataset_id), row["format"], row["mapping"] or None)
             cfg = finetune.FinetuneConfig(**finetune_settings(*values))
             return plan_text(finetune.plan(studio.model_dir(base_ref), data, cfg))
         except USER_ERRORS as e:
-            return f"⚠️ {e}"
+            return f"⚠ {e}"
 
     def do_start(base_ref, dataset_id, method_value, epochs_v, steps_v, lr_v, batch_v, rank_v, probes_v, name_v):
         """Create a run and start it (or queue it behind the run that holds the device)."""
@@ -216,13 +212,13 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         from llm.errors import USER_ERRORS
 
         if not base_ref or not dataset_id:
-            return "⚠️ Choose a base model and a dataset first.", gr.Dropdown()
+            return "⚠ Choose a base model and a dataset first.", gr.Dropdown()
         try:
             settings = finetune_settings(method_value, epochs_v, steps_v, lr_v, batch_v, rank_v, probes_v)
             finetune.FinetuneConfig(**settings)  # bad settings are refused here, not in the child
             run_id = studio.create_run(base_ref, dataset_id, settings, name_v or "")
         except USER_ERRORS as e:
-            return f"⚠️ {e}", gr.Dropdown()
+            return f"⚠ {e}", gr.Dropdown()
         message = studio.jobs.submit(run_id)
         return message, gr.Dropdown(choices=run_choices(studio), value=run_id)
 
@@ -242,16 +238,16 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         p = studio.jobs.progress(run_id)
         signature = (run_id, p["status"], p["message"], *(f.stat().st_mtime if f.exists() else 0 for f in files))
         if signature == last_seen and p["status"] not in ("running", "stopping"):
-            return (*[gr.skip()] * 7, last_seen)
+            return (*[gr.skip()] * 8, last_seen)
         run = p["run"]
-        text = f"{STATE_ICONS[p['status']]} **{html.escape(run['name'])}**: {p['status']}"
+        text = f"<span class='state-badge {p['status']}'>{p['status']}</span> **{html.escape(run['name'])}**"
         if p["message"]:
             text += f" — {p['message']}"
         start_record = p["metrics"].start
         if start_record:
             text += f"\n\n{start_record.get('device', '')} · {start_record.get('params', 0):,} parameters, {start_record.get('trainable', 0):,} trained"
         if signature == last_seen:  # running, files unchanged: only the clock moves
-            return text, progress_html(p), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), last_seen
+            return text, progress_html(p), *[gr.skip()] * 6, last_seen
         active = p["status"] in ("queued", "starting", "running", "stopping")
         can_resume = p["status"] in ("stopped", "interrupted", "failed")
         return (
@@ -262,6 +258,8 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
             p["log"],
             gr.Button(interactive=active and p["status"] != "stopping"),
             gr.Button(interactive=can_resume),
+            # The labels carry each run's state; refreshed only when it changes (an open list would close).
+            gr.Dropdown(choices=run_choices(studio)) if not last_seen or last_seen[1] != p["status"] else gr.skip(),
             signature,
         )
 
@@ -308,7 +306,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         return make_plan(base_ref, dataset_id, method_value, epochs_v, steps_v, lr_v, batch_v, rank_v, probes_v)
 
     start.click(do_start, [base, dataset, *settings_inputs, name], [start_status, run], api_name="start")
-    monitor = [state, bar, curve, samples, log, stop, resume, seen]
+    monitor = [state, bar, curve, samples, log, stop, resume, run, seen]
     run.change(lambda r: refresh(r, None), run, monitor, api_visibility="private")
     timer.tick(refresh, [run, seen], monitor, show_progress="hidden", api_name="progress")
     stop.click(do_stop, run, start_status, api_name="stop")

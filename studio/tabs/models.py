@@ -102,7 +102,7 @@ def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
         info = _info(path)
         lines = [f"### {m['name']}", f"- folder: `{path}`", f"- size on disk: {human_size(dir_size(path))}"]
         if not is_model_dir(path):
-            lines.append(f"- ⚠️ {studio.base_missing()}")
+            lines.append(f"- ⚠ {studio.base_missing()}")
         lines += facts(info, ("params", "step", "tokens_seen", "train_loss", "best_val_loss", "wall_seconds", "data"))
         # A pretraining run keeps its metrics beside its checkpoints (run/latest -> run/metrics.jsonl).
         metrics = next((p for p in (path / METRICS, path.parent / METRICS) if p.is_file()), path / METRICS)
@@ -112,9 +112,7 @@ def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
         return "Unknown run: it may have been deleted.", Metrics().loss_frame()
     run_dir = studio.store.abs(run["dir"])
     cfg = run["config"]
-    info = {}
-    for sub in ("best", "latest"):
-        info = info or _info(run_dir / sub)
+    info = _info(run_dir / "latest") or _info(run_dir / "best")  # the newest checkpoint's facts
     metrics = read_metrics(run_dir / METRICS)
     dataset = studio.store.dataset(run["dataset_id"])
     settings = {k: cfg[k] for k in ("epochs", "max_steps", "lr", "batch_size", "lora_rank") if cfg.get(k) is not None}
@@ -180,7 +178,15 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
             with gr.Column(scale=3):
                 about = gr.Markdown()
             with gr.Column(scale=4):
-                curve = gr.LinePlot(x="step", y="loss", color="curve", label="Loss", height=260, x_title="step")
+                curve = gr.LinePlot(
+                    x="step",
+                    y="loss",
+                    color="curve",
+                    label="Loss",
+                    height=300,
+                    x_title="step",
+                    color_map={"train": "#4f7cff", "validation": "#f5a524"},
+                )
         with gr.Row():
             new_name = gr.Textbox(label="New name", scale=3)
             rename = gr.Button("Rename", scale=1, elem_classes="inline-button")
@@ -194,12 +200,14 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         zip_file = gr.File(label="Zip", interactive=False, visible=False)
 
     def listing(selected: str | None = None):
+        """The table, the choices (the selected model kept, else the newest run) and its details."""
         rows = model_rows(studio)
         refs = [r["ref"] for r in rows]
-        value = selected if selected in refs else (refs[-1] if len(refs) > 1 else (refs[0] if refs else None))
+        runs = [ref for ref in refs if ref.startswith("run:")]
+        value = selected if selected in refs else (runs or refs or [None])[0]
         frame = pd.DataFrame([{k: r[k] for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
         choices = [(f"{r['name']} — {r['kind']}", r["ref"]) for r in rows]
-        return frame, gr.Dropdown(choices=choices, value=value)
+        return frame, gr.Dropdown(choices=choices, value=value), *show(value)
 
     def show(ref: str | None):
         if not ref:
@@ -211,9 +219,9 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     def do_rename(ref: str | None, name: str):
         name = (name or "").strip()
         if not ref or not name:
-            return "⚠️ Pick a model and type its new name.", *listing(ref)
+            return "⚠ Pick a model and type its new name.", *listing(ref)
         if len(name) > 80:
-            return "⚠️ Names are at most 80 characters.", *listing(ref)
+            return "⚠ Names are at most 80 characters.", *listing(ref)
         kind, _, key = ref.partition(":")
         if kind == "base":
             studio.store.update_model(key, name=name)
@@ -225,14 +233,14 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         """(the run a ref names, '') if it may be deleted, else (None, why not)."""
         kind, _, key = (ref or "").partition(":")
         if not ref:
-            return None, "⚠️ Pick a model first."
+            return None, "⚠ Pick a model first."
         if kind == "base":
             return None, "The base model cannot be deleted from the studio."
         run = studio.store.run(key.partition("/")[0])
         if run is None:
             return None, "That run no longer exists."
         if run["status"] in ACTIVE_STATES:
-            return None, f"⚠️ {run['name']} is {run['status']}: stop it first."
+            return None, f"⚠ {run['name']} is {run['status']}: stop it first."
         return run, ""
 
     def ask_delete(ref: str | None):
@@ -255,20 +263,21 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
 
     def do_download(ref: str | None):
         if not ref:
-            return gr.File(visible=False), "⚠️ Pick a model first."
+            return gr.File(visible=False), "⚠ Pick a model first."
         try:
             path = export_zip(studio, ref)
         except ValueError as e:
-            return gr.File(visible=False), f"⚠️ {e}"
+            return gr.File(visible=False), f"⚠ {e}"
         return gr.File(value=str(path), visible=True), f"Zip ready: {path.name} ({human_size(path.stat().st_size)})."
 
+    shown = [table, pick, about, curve, new_name]
     for event in (tab.select, demo.load, refresh.click):
-        event(listing, [pick], [table, pick], api_visibility="private")
+        event(listing, [pick], shown, api_visibility="private")
     pick.change(show, pick, [about, curve, new_name], api_visibility="private")
-    rename.click(do_rename, [pick, new_name], [status, table, pick], api_name="rename")
+    rename.click(do_rename, [pick, new_name], [status, *shown], api_name="rename")
     delete.click(ask_delete, pick, [confirm_row, confirm_text, status], api_visibility="private")
     cancel.click(lambda: gr.Row(visible=False), None, confirm_row, api_visibility="private")
-    confirm.click(do_delete, pick, [confirm_row, status, table, pick], api_name="delete")
+    confirm.click(do_delete, pick, [confirm_row, status, *shown], api_name="delete")
     download.click(do_download, pick, [zip_file, status], api_name="download")
 
     def api_models() -> list[dict[str, Any]]:

@@ -1,0 +1,155 @@
+"""The studio in a real browser: Debian's headless Chromium driven by Playwright (never `playwright install`).
+
+Upload a sample, see the preview; bad uploads explained; start a short fine-tune and watch it; reload the page
+mid-run and see it re-attach; compare the base and the fine-tuned model side by side; screenshots of every
+tab go to docs/screenshots/ (committed, for the README), everything else to test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from studio.app import build_app, launch
+from studio.context import SAMPLES_DIR
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"]  # fmt: skip
+SCREENSHOTS, ARTIFACTS = REPO / "docs" / "screenshots", REPO / "test-artifacts"
+MAX_UPLOAD = 100_000
+BAD_UPLOADS = [  # (name, content, what the page says)
+    ("empty.csv", b"", "the file is empty"),
+    ("columns.csv", b"foo,bar\n1,2\n", "which columns hold the prompts"),
+    ("broken.json", b'[{"question": "a", "answer": "b"},', "malformed JSON"),
+    ("latin1.csv", "question,answer\ncafé?,oui\n".encode("latin-1"), "not UTF-8"),
+    ("big.csv", b"question,answer\n" + b"what?,that\n" * 10_000, "exceed the maximum allowed size"),
+]
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def workspace_files(workspace: Path) -> list[str]:
+    return sorted(str(p.relative_to(workspace)) for p in workspace.rglob("*") if "studio.db" not in p.name)
+
+
+@pytest.fixture
+def page(tmp_path, tiny_model_dir):
+    if not CHROMIUM.exists():
+        pytest.skip(f"no browser: {CHROMIUM} is missing (apt-get install chromium chromium-driver)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    workspace = tmp_path / "workspace"
+    demo = build_app(workspace, tiny_model_dir, SAMPLES_DIR, max_upload_bytes=MAX_UPLOAD, watch_interval=0.5)
+    _, url, _ = launch(demo, port=free_port(), block=False)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(30_000)
+        page.goto(url)
+        page.studio, page.url_root = demo.studio, url
+        yield page
+        page.screenshot(path=str(ARTIFACTS / "last-page.png"), full_page=True)
+        browser.close()
+    for run in demo.studio.store.runs(("queued", "running", "stopping")):
+        demo.studio.jobs.stop(run["id"])
+    demo.close()
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_upload_finetune_reload_and_compare(page):
+    from playwright.sync_api import expect
+
+    studio = page.studio
+    status = page.locator("#data-status")
+    upload = page.locator("#data-upload input[type=file]")
+
+    # 1. Data: a sample file, parsed and previewed as the model sees it.
+    upload.set_input_files(str(SAMPLES_DIR / "opposites.csv"))
+    expect(status).to_contain_text("examples ready")
+    expect(page.locator("#data-preview .trained").first).to_be_visible()
+    expect(page.locator("#data-preview .example").first).to_contain_text("<|user|>")
+    page.screenshot(path=str(SCREENSHOTS / "data.png"), full_page=True)
+
+    # Bad files: a message on the page, nothing added to the workspace.
+    before = workspace_files(studio.workspace)
+    for name, content, message in BAD_UPLOADS:
+        upload.set_input_files(files=[{"name": name, "mimeType": "text/csv", "buffer": content}])
+        expect(page.get_by_text(message, exact=False).first).to_be_visible()
+        page.screenshot(path=str(ARTIFACTS / f"bad-upload-{name}.png"))
+        assert workspace_files(studio.workspace) == before, name
+        page.reload()  # a clean page for the next file (and toasts gone)
+        upload = page.locator("#data-upload input[type=file]")
+    # A name that tries to climb out of the workspace is stored inside it, under its plain name.
+    upload.set_input_files(
+        files=[{"name": "../../x.csv", "mimeType": "text/csv", "buffer": b"question,answer\nUp?,down\n"}]
+    )
+    expect(status).to_contain_text("x.csv: 1 example ready")
+    stored = [studio.store.abs(d["path"]) for d in studio.store.datasets() if d["name"] == "x.csv"]
+    assert len(stored) == 1 and stored[0].is_relative_to(studio.workspace / "datasets")
+    assert not (studio.workspace.parent / "x.csv").exists() and not (studio.workspace.parent.parent / "x.csv").exists()
+
+    # 2. Fine-tune: the plan, then a short run with a live plot and progress.
+    open_tab(page, "2 · Fine-tune")
+    page.locator("#ft-dataset input").click()
+    page.get_by_role("option", name=re.compile(r"^opposites\.csv \(sample")).click()
+    page.locator("#ft-max-steps input").fill("60")
+    page.locator("#ft-batch-size input").fill("64")
+    expect(page.locator("#ft-plan")).to_contain_text("Estimated memory")
+    expect(page.locator("#ft-plan")).to_contain_text("60 (")
+    page.locator("#ft-name textarea, #ft-name input").first.fill("opposites-lora")
+    page.locator("#ft-start").click()
+    expect(page.locator("#ft-state")).to_contain_text("running", timeout=60_000)
+    progress = page.locator("#ft-progress")
+    expect(progress).to_contain_text(re.compile(r"step [1-9]\d* of 60"), timeout=90_000)
+    expect(page.locator("#ft-loss canvas, #ft-loss svg").first).to_be_visible()
+    page.screenshot(path=str(ARTIFACTS / "finetune-running.png"), full_page=True)
+
+    # Reload mid-run: the page re-attaches to the run (its state lives in SQLite and files, not the page).
+    run = studio.store.runs()[0]
+    page.reload()
+    open_tab(page, "2 · Fine-tune")
+    expect(page.locator("#ft-state")).to_contain_text("opposites-lora")
+    assert studio.store.run(run["id"])["status"] in ("running", "done"), "a reload never stops a run"
+    expect(page.locator("#ft-state")).to_contain_text("done", timeout=180_000)
+    expect(progress).to_contain_text("step 60 of 60")
+    expect(page.locator("#ft-log textarea")).to_have_value(re.compile("done at step 60"))
+    page.screenshot(path=str(SCREENSHOTS / "finetune.png"), full_page=True)
+
+    # 3. Compare: base and fine-tuned, same prompt and seed, side by side.
+    open_tab(page, "3 · Compare")
+    expect(page.locator("#compare-models")).to_contain_text("opposites-lora")
+    page.locator("#compare-prompt textarea").fill("Opposite of up?")
+    page.locator("#compare-go").click()
+    expect(page.get_by_text(re.compile("Done: same prompt, seed 0"))).to_be_visible(timeout=60_000)
+    answers = page.locator(".answer textarea")
+    texts = [answers.nth(0).input_value(), answers.nth(1).input_value()]
+    assert all(texts), texts
+    expect(page.locator(".diff .diff-block")).to_have_count(1)
+    page.locator("#compare-vote label", has_text="opposites-lora").click()
+    page.get_by_role("button", name="Save vote").click()
+    expect(page.get_by_text("Vote saved")).to_be_visible()
+    assert studio.store.votes()[-1]["winner"] == f"run:{run['id']}"
+    page.screenshot(path=str(SCREENSHOTS / "compare.png"), full_page=True)
+
+    # 4. Models: the run with its settings, metrics and loss curve.
+    open_tab(page, "4 · Models")
+    expect(page.locator("#models-table")).to_contain_text("opposites-lora")
+    page.locator("#models-pick input").click()
+    page.get_by_role("option", name=re.compile("^opposites-lora")).click()
+    expect(page.get_by_text("method: LoRA")).to_be_visible()
+    page.screenshot(path=str(SCREENSHOTS / "models.png"), full_page=True)
