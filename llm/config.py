@@ -17,10 +17,20 @@ class ConfigError(ValueError):
 
 
 def _from_dict(cls, data: dict[str, Any], source: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a JSON object of {cls.__name__} fields, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{source}: unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    for name, value in data.items():
+        default = fields[name].default
+        kind = dict if default is dataclasses.MISSING else type(default)  # only `extra` has a default factory
+        # JSON has one number type, so any number passes for a number field (__post_init__ checks ranges).
+        allowed = (int, float) if kind in (int, float) else (kind,)
+        if not isinstance(value, allowed) or (isinstance(value, bool) and kind is not bool):
+            what = "a number" if kind in (int, float) else f"of type {kind.__name__}"
+            raise ConfigError(f"{source}: {name} must be {what}, got {value!r}")
     return cls(**data)
 
 
