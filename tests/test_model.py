@@ -87,6 +87,7 @@ def test_model_config_json_round_trip(tmp_path):
 def test_train_config_json_round_trip():
     cfg = TrainConfig(max_steps=7, lr=5e-4, min_lr=1e-5, keep_best=True, extra={"dataset": "x.csv", "rank": 8})
     assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert TrainConfig.from_dict({"lr": 1, "min_lr": 0}).lr == 1  # JSON integers are fine floats
 
 
 @pytest.mark.parametrize(
@@ -97,6 +98,10 @@ def test_train_config_json_round_trip():
         (lambda: ModelConfig(n_layer=0), "n_layer"),
         (lambda: ModelConfig(dropout=1.0), "dropout"),
         (lambda: ModelConfig.from_dict({"n_layers": 2}), "n_layers"),
+        (lambda: ModelConfig.from_dict({"n_layer": "2"}), "n_layer must be a number, got '2'"),
+        (lambda: ModelConfig.from_dict({"tie_embeddings": 1}), "tie_embeddings must be of type bool, got 1"),
+        (lambda: ModelConfig.from_dict([1, 2]), "expected a JSON object"),
+        (lambda: TrainConfig.from_dict({"lr": True}), "lr must be a number, got True"),
         (lambda: TrainConfig(batch_size=0), "--batch-size"),
         (lambda: TrainConfig(lr=1e-4, min_lr=1e-3), "min_lr"),
         (lambda: preset("huge"), "huge"),
@@ -209,6 +214,7 @@ def test_interrupted_rename_still_loads_the_old_checkpoint(tmp_path, tok):
         (lambda d: (d / checkpoint.WEIGHTS).write_bytes(b"garbage"), "unreadable weights"),
         (lambda d: (d / "tokenizer.model").write_bytes(b"garbage"), "not a SentencePiece model"),
         (lambda d: (d / checkpoint.CONFIG).write_text('{"n_layer": 2}'), "tokenizer has"),
+        (lambda d: (d / checkpoint.CONFIG).write_text('{"n_layer": "2"}'), "config.json: n_layer must be a number"),
         (lambda d: (d / checkpoint.CONFIG).write_text('{"vocab_size": 400, "n_layer": 3}'), "weights do not match"),
         (lambda d: shutil.rmtree(d), "no such model directory"),
     ],
