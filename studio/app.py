@@ -67,8 +67,6 @@ def build_app(
     studio = Studio(workspace, base_model, samples_dir, max_upload_bytes)
     studio.jobs.tick()  # notice runs that ended while no studio was watching
     studio.jobs.watch(watch_interval)
-    # torch takes seconds to import: do it now in the background, so the first plan or answer is quick.
-    threading.Thread(target=lambda: __import__("llm.finetune"), daemon=True).start()
     with gr.Blocks(title="LLM Studio") as demo:
         gr.Markdown(
             "# LLM Studio\nFine-tune a small language model on your own examples, then compare it with the base model.",
@@ -97,6 +95,11 @@ def launch(
     """Serve the studio locally (never through a public share link)."""
     studio: Studio = demo.studio
     demo.queue(default_concurrency_limit=2)
+    # torch takes seconds to import: load it in the background once the server is up, so the page is
+    # served first and the first plan or answer is quick.
+    warm_up = threading.Timer(2.0, lambda: __import__("llm.finetune"))
+    warm_up.daemon = True
+    warm_up.start()
     return demo.launch(
         server_name=host,
         server_port=port,

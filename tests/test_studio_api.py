@@ -248,3 +248,25 @@ def test_finetune_progress_compare_batch_and_model_actions(app):
     run_dir = app.studio.store.abs(app.studio.store.run(run_id)["dir"])
     assert "Deleted" in c.predict(ref, api_name="/delete")[0]
     assert app.studio.store.run(run_id) is None and not run_dir.exists()
+
+
+def test_two_pages_uploading_the_same_name_get_two_intact_datasets(app, tmp_path):
+    import threading
+
+    files = []
+    for i in range(2):
+        folder = tmp_path / f"page{i}"
+        folder.mkdir()
+        path = folder / "same.csv"
+        path.write_text("question,answer\n" + f"Page {i}?,yes\n" * (i + 1))
+        files.append(path)
+    clients = [Client(app.url, verbose=False) for _ in files]
+    threads = [threading.Thread(target=upload, args=(app, f, c)) for f, c in zip(files, clients, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = [d for d in app.studio.store.datasets() if d["name"] == "same.csv"]
+    assert len(stored) == 2 and len({d["path"] for d in stored}) == 2, "each upload gets its own id and folder"
+    contents = sorted(app.studio.store.abs(d["path"]).read_text() for d in stored)
+    assert contents == sorted(f.read_text() for f in files)

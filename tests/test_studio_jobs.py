@@ -71,9 +71,11 @@ def test_a_killed_run_shows_as_interrupted_after_a_restart_and_resumes(studio, t
     run_id = studio.create_run("base:base", "sample-opposites", settings(30), "crash")
     studio.jobs.submit(run_id)
     run, _ = wait(studio, run_id, lambda r, m: any(e["event"] == "checkpoint" for e in m.events))
-    os.kill(run["pid"], signal.SIGKILL)  # the machine went down with the studio and the trainer
-
     restarted = Studio(studio.workspace, tiny_model_dir, SAMPLES_DIR)  # a new studio on the same workspace
+    restarted.jobs.tick()
+    assert restarted.store.run(run_id)["status"] == "running", "a restarted studio re-attaches to a live trainer"
+
+    os.kill(run["pid"], signal.SIGKILL)  # the machine went down with the studio and the trainer
     run, metrics = wait(restarted, run_id, lambda r, m: r["status"] in FINAL, timeout=30)
     assert run["status"] == "interrupted" and "Resume" in run["message"]
     assert metrics.final is None, "no done event was written"

@@ -308,7 +308,8 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     start.click(do_start, [base, dataset, *settings_inputs, name], [start_status, run], api_name="start")
     monitor = [state, bar, curve, samples, log, stop, resume, run, seen]
     run.change(lambda r: refresh(r, None), run, monitor, api_visibility="private")
-    timer.tick(refresh, [run, seen], monitor, show_progress="hidden", api_name="progress")
+    # Reading a run's files is cheap: ticks from many open pages never wait for each other.
+    timer.tick(refresh, [run, seen], monitor, show_progress="hidden", concurrency_limit=None, api_name="progress")
     stop.click(do_stop, run, start_status, api_name="stop")
     resume.click(do_resume, run, start_status, api_name="resume")
     return {"plan": api_plan, "runs": api_runs}

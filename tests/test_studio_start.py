@@ -1,0 +1,71 @@
+"""`python app.py`: it serves in seconds, and a missing base model is said, not crashed on."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from studio.context import Studio
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_app_py_serves_with_login_and_without_a_base_model(tmp_path):
+    port = free_port()
+    cmd = [sys.executable, "app.py", "--port", str(port), "--workspace", str(tmp_path / "ws"),
+           "--base-model", str(tmp_path / "no-model"), "--auth", "ann:secret"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    log = open(tmp_path / "app.log", "w")
+    start = time.time()
+    app = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        while time.time() - start < 60:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/config", timeout=2)
+                break
+            except httpx.TransportError:
+                assert app.poll() is None, (tmp_path / "app.log").read_text()
+                time.sleep(0.2)
+        else:
+            raise AssertionError("the studio did not answer within 60 s")
+        print(f"studio ready in {time.time() - start:.1f} s")
+        assert "Not authenticated" in response.text, "--auth: nothing is served before a login"
+        wrong = httpx.post(f"http://127.0.0.1:{port}/login", data={"username": "ann", "password": "guess"})
+        assert "Incorrect credentials" in wrong.text
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as browser:
+            assert browser.post("/login", data={"username": "ann", "password": "secret"}).json()["success"]
+            assert browser.get("/config").json()["version"]
+        assert (tmp_path / "ws" / "studio.db").is_file()
+    finally:
+        app.terminate()
+        app.wait(10)
+    assert "Traceback" not in (tmp_path / "app.log").read_text()
+
+
+def test_a_missing_base_model_is_explained(tmp_path):
+    studio = Studio(tmp_path / "ws", tmp_path / "no-model")
+    assert "base model is missing" in studio.base_missing()
+    assert studio.base_choices() == [] and studio.model_choices() == []
+    with pytest.raises(ValueError, match="base model is missing"):
+        studio.model_dir("base:base")
+
+
+def test_bad_app_flags_are_refused():
+    result = subprocess.run(
+        [sys.executable, "app.py", "--auth", "nopassword"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "user:password" in result.stderr
