@@ -1,0 +1,127 @@
+"""Training throughput and MFU on this device, for the `tiny` preset and a ~10M-parameter shape.
+
+    python benchmarks/train_throughput.py [--steps 10] [--warmup 2] [--batch-size 16] [--compile] [--json F]
+
+The peak that MFU is taken against is measured in the same run (llm.device.measure_matmul_flops: fp32 on a
+CPU, bf16 on a GPU), so the figure says how close the training step gets to this device's own matrix rate
+under the same load. Achieved FLOP/s is Transformer.flops_per_token() (6N + 12LCT) times tokens/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: make `llm` importable
+
+import torch  # noqa: E402
+
+from benchmarks.common import (  # noqa: E402
+    machine_info,
+    print_machine,
+    print_table,
+    time_training_steps,
+    write_json,
+)
+from llm.config import preset  # noqa: E402
+from llm.device import measure_matmul_flops, pick_device  # noqa: E402
+from llm.model import Transformer  # noqa: E402
+
+# The shapes measured: the tests' preset, and the ~10M-parameter one (10.6M without the embedding).
+SHAPES = {
+    "tiny": dict(name="tiny", vocab_size=4096),
+    "small": dict(name="small", vocab_size=4096),
+}
+
+
+def measure_peak(device: torch.device, repeats: int = 3) -> tuple[float, list[float]]:
+    """The best of a few matmul-rate measurements: on a shared machine the best is closest to the peak."""
+    rates = [measure_matmul_flops(device) for _ in range(repeats)]
+    return max(rates), rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per shape")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (more with --compile)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    info = machine_info(device)
+    print_machine(info)
+    peak_before, rates_before = measure_peak(device)
+    results = []
+    for shape in args.shapes:
+        spec = dict(SHAPES[shape])
+        torch.manual_seed(0)
+        model = Transformer(preset(spec.pop("name"), **spec))
+        timing = time_training_steps(model, device, args.batch_size, args.steps, args.warmup, args.compile)
+        flops = model.flops_per_token()
+        results.append(
+            {
+                "shape": shape,
+                "config": model.cfg.to_dict(),
+                "params": model.num_params(),
+                "non_embedding_params": model.num_params(non_embedding=True),
+                "batch_size": args.batch_size,
+                "compile": args.compile,
+                "flops_per_token": flops,
+                **timing,
+                "achieved_flops": flops * timing["tokens_per_s"],
+            }
+        )
+        del model
+    peak_after, rates_after = measure_peak(device)
+    # The peak is measured before and after the runs; the higher is the device's rate under this load.
+    peak = max(peak_before, peak_after)
+    for r in results:
+        r["mfu"] = r["achieved_flops"] / peak
+
+    print(
+        f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s "
+        f"(runs before: {', '.join(f'{x / 1e9:.0f}' for x in rates_before)}; "
+        f"after: {', '.join(f'{x / 1e9:.0f}' for x in rates_after)})"
+    )
+    print(f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, compile={args.compile}")
+    print_table(
+        ["shape", "params", "ctx", "s/step", "tokens/s", "GFLOP/s", "MFU", "loss"],
+        [
+            [
+                r["shape"],
+                f"{r['params'] / 1e6:.2f}M",
+                r["config"]["context_length"],
+                f"{r['seconds_per_step']:.3f}",
+                f"{r['tokens_per_s']:,.0f}",
+                f"{r['achieved_flops'] / 1e9:.1f}",
+                f"{r['mfu']:.1%}",
+                f"{r['last_loss']:.2f}",
+            ]
+            for r in results
+        ],
+    )
+    write_json(
+        args.json,
+        {
+            "benchmark": "train_throughput",
+            **info,
+            "peak_flops": peak,
+            "peak_runs_before": rates_before,
+            "peak_runs_after": rates_after,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "results": results,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
