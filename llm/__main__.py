@@ -136,6 +136,135 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"{source} -> {target} ({args.dtype}, {size / 1e6:.1f} MB, no trainer state)")
 
 
+def task_mapping(args: argparse.Namespace) -> dict[str, str] | None:
+    mapping = {"prompt": args.prompt_column, "response": args.response_column, "system": args.system_column}
+    return {k: v for k, v in mapping.items() if v} or None
+
+
+def print_data_summary(info: dict) -> None:
+    tokens = info["tokens"]
+    print(
+        f"{info['source']}: {info['format']} format, {info['rows']} rows, {info['kept']} kept, "
+        f"{info['dropped']} dropped, {info['truncated']} truncated to the context; "
+        f"tokens per example min {tokens['min']} / median {tokens['median']:.0f} / max {tokens['max']}"
+    )
+    for problem in info["problems"][:10]:
+        print(f"  dropped {problem}")
+    if len(info["problems"]) > 10:
+        print(f"  ... and {len(info['problems']) - 10} more ({info['drop_reasons']})")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from llm import finetune, tasks
+    from llm.config import ModelConfig
+    from llm.tokenizer import MODEL_FILE, Tokenizer
+
+    values = {
+        k: v
+        for k, v in vars(args).items()
+        if k in finetune.FinetuneConfig.__dataclass_fields__ and v is not None and k != "probes"
+    }
+    cfg = finetune.FinetuneConfig(**values, probes=args.probe or [])
+    mapping = task_mapping(args)
+    if not args.resume:
+        data = tasks.read_task_file(args.data, args.format, mapping)
+        val_data = tasks.read_task_file(args.val_data, data.format, mapping) if args.val_data else None
+        plan = finetune.plan(args.base, data, cfg, val_data)
+        tokenizer = Tokenizer.load(Path(plan["base"]) / MODEL_FILE)
+        context = ModelConfig.load(Path(plan["base"]) / "config.json").context_length
+        print_data_summary(tasks.summary(data, tasks.encode_examples(data, tokenizer, context, cfg.overflow)))
+        print(
+            f"{plan['method']} fine-tuning of {plan['base']} on {plan['device']}: {plan['trainable_params']:,} of "
+            f"{plan['params']:,} parameters trained, {plan['train_examples']} train / {plan['val_examples']} val "
+            f"examples, {plan['max_steps']} steps (batch {plan['batch_size']}, lr {plan['lr']:g}), "
+            f"about {plan['est_seconds']:.0f} s"
+        )
+    metrics = args.metrics or Path(args.out) / "metrics.jsonl"
+    result = finetune.finetune(
+        args.base, args.data, args.out, cfg, args.format, mapping, args.val_data, metrics, args.resume
+    )
+    best = f", best validation loss {result.best_val_loss:.4f}" if result.best_val_loss < float("inf") else ""
+    print(f"{result.reason} at step {result.step}{best}: the model is in {args.out}")
+    print(f'try it: python -m llm generate --model {args.out} --chat --temperature 0 --prompt "..."')
+
+
+def cmd_eval_task(args: argparse.Namespace) -> None:
+    from llm import task_eval, tasks
+    from llm.finetune import FinetuneConfig, base_directory
+
+    defaults = FinetuneConfig()
+    args.model = args.model or [str(DEFAULT_BASE_MODEL)]
+    args.seed = defaults.seed if args.seed is None else args.seed
+    args.val_fraction = defaults.val_fraction if args.val_fraction is None else args.val_fraction
+    for model in args.model:
+        base_directory(model)  # a clear message for a missing model before reading anything else
+    data = tasks.read_task_file(args.data, args.format, task_mapping(args))
+    if args.split != "all":
+        train, val = tasks.split_examples(data, args.val_fraction, args.seed)
+        data = val if args.split == "val" else train
+    print(f"{args.data}: {len(data.examples)} rows ({args.split}), {len(args.model)} model(s)", flush=True)
+    table = task_eval.evaluate_models(
+        args.model, data, args.rows, args.seed, args.max_new_tokens, args.temperature, args.device
+    )
+    totals = task_eval.totals(table)
+    print(totals.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        report = {
+            "data": {"path": str(args.data), "content_hash": data.content_hash, "split": args.split},
+            "settings": {k: getattr(args, k) for k in ("rows", "seed", "max_new_tokens", "temperature")},
+            "totals": totals.to_dict("records"),
+            "rows": table.to_dict("records"),
+        }
+        for path, write in (
+            (out, lambda p: table.to_csv(p, index=False)),
+            (out.with_suffix(".json"), lambda p: p.write_text(json.dumps(report, indent=1) + "\n")),
+        ):
+            tmp = path.with_name(f".{path.name}.tmp")
+            write(tmp)
+            tmp.replace(path)  # whole files only, never half a report
+        print(f"rows in {out}, totals and rows in {out.with_suffix('.json')}")
+
+
+def add_task_data_flags(p: argparse.ArgumentParser) -> None:
+    from llm.tasks import FORMATS
+
+    p.add_argument("--data", required=True, help="task file: .csv .tsv .json .jsonl .parquet")
+    p.add_argument("--format", choices=["auto", *FORMATS], default="auto", help="default: detected from the columns")
+    p.add_argument("--prompt-column", help="pairs: the column holding the prompt")
+    p.add_argument("--response-column", help="pairs: the column holding the response")
+    p.add_argument("--system-column", help="an optional column holding a system prompt")
+
+
+def add_finetune_flags(p: argparse.ArgumentParser) -> None:
+    # No defaults here: unset flags take FinetuneConfig's (llm/finetune.py), printed in the plan before training.
+    # (Importing llm.finetune here would load torch for every command, even `--help`.)
+    p.add_argument("--base", default=str(DEFAULT_BASE_MODEL), help="base model or run folder (default: shipped)")
+    add_task_data_flags(p)
+    p.add_argument("--val-data", help="a validation file (default: hold out --val-fraction of --data)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints in latest/ and best/")
+    p.add_argument("--metrics", help="metrics JSONL file (default <out>/metrics.jsonl)")
+    p.add_argument("--method", choices=["lora", "full"], help="default lora")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", type=int, help="default: from --epochs")
+    p.add_argument("--lr", type=float, help="default: per method (higher for LoRA)")
+    p.add_argument("--batch-size", type=int, help="default: from the context length")
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--lora-rank", type=int)
+    p.add_argument("--lora-alpha", type=float)
+    p.add_argument("--lora-dropout", type=float)
+    p.add_argument("--lora-targets", nargs="+", help="of wq wk wv wo w_gate w_up w_down (default: all)")
+    p.add_argument("--val-fraction", type=float, help="share of --data held out for validation")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--early-stop-patience", type=int, help="evaluations without a better val loss; 0: never stop")
+    p.add_argument("--overflow", choices=["truncate", "drop"], help="rows longer than the context (default truncate)")
+    p.add_argument("--probe", nargs="+", help="prompts answered at every evaluation (logged as samples)")
+    p.add_argument("--merge", action="store_true", default=None, help="LoRA: store merged full weights in best/")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--device", help="auto, cpu, cuda, mps (default auto)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m llm", description="Build your own LLM: train, tune, sample.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -183,6 +312,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp16")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("finetune", help="fine-tune a model on a task dataset (LoRA or full)")
+    add_finetune_flags(p)
+    p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("eval-task", help="answer and score a task dataset; several models: a before/after table")
+    p.add_argument("--model", action="append", help="model or run folder (repeatable; default: the shipped base)")
+    add_task_data_flags(p)
+    p.add_argument("--rows", type=int, default=None, help="score a seeded sample of N rows (default: all)")
+    p.add_argument("--split", choices=["all", "train", "val"], default="all", help="rows of a fine-tune's split")
+    p.add_argument("--val-fraction", type=float, help="for --split (default: finetune's)")
+    p.add_argument("--seed", type=int, help="row sample, split and sampling seed (default: finetune's)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy answers")
+    p.add_argument("--out", help="CSV of every answer (a .json with totals and rows is written beside it)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval_task)
 
     for name, helptext, func in (
         ("generate", "sample text from a model", cmd_generate),

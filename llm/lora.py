@@ -4,6 +4,10 @@ A frozen linear layer W (out, in) gets a trainable update  x -> W x + (alpha / r
 A (r, in) random and B (out, r) zero, so training starts exactly at the base model. Only A and B learn: a
 small fraction of the parameters, and an adapter file a small fraction of the model's. merge_lora folds
 B A into W, giving back a plain model with the same outputs and no extra cost at inference.
+
+The embeddings stay frozen, but a few tokens may get trainable rows (apply_lora's tokens): the chat control
+tokens never occur in pretraining text, so their embeddings carry nothing a model could use to begin a turn or
+to end an answer with <|end|>. A delta on those rows is trained and stored with the adapter.
 """
 
 from __future__ import annotations
@@ -43,10 +47,54 @@ class LoRALinear(nn.Module):
         return linear.to(self.base.weight.device)
 
 
+class TokenRows(nn.Module):
+    """A trainable delta (k, C) for the embedding rows of k tokens, zero at the start."""
+
+    def __init__(self, tokens: list[int], dim: int):
+        super().__init__()
+        self.register_buffer("tokens", torch.tensor(tokens, dtype=torch.long), persistent=False)
+        self.lora_rows = nn.Parameter(torch.zeros(len(tokens), dim))
+
+    def added_to(self, weight: torch.Tensor) -> torch.Tensor:
+        """weight (V, C) with the delta added to the rows of the tokens (a new tensor)."""
+        return weight.detach().index_add(0, self.tokens, self.lora_rows.detach().to(weight.dtype))
+
+
+class EmbeddingWithRows(nn.Module):
+    def __init__(self, base: nn.Embedding, rows: TokenRows):
+        super().__init__()
+        self.base, self.rows = base, rows
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        # idx (B, T) -> (B, T, C); (B, T, k) one-hot matches of the chosen tokens pick their delta rows.
+        match = (idx[..., None] == self.rows.tokens).to(self.rows.lora_rows.dtype)
+        return self.base(idx) + match @ self.rows.lora_rows
+
+
+class HeadWithRows(nn.Module):
+    def __init__(self, base: nn.Linear, rows: TokenRows):
+        super().__init__()
+        self.base, self.rows = base, rows
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x (B, T, C) -> logits (B, T, V); the chosen tokens' logits get x . delta added.
+        return self.base(x).index_add(-1, self.rows.tokens, x @ self.rows.lora_rows.t())
+
+
 def apply_lora(
-    model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0, targets: list[str] | None = None
+    model: nn.Module,
+    rank: int = 8,
+    alpha: float = 16.0,
+    dropout: float = 0.0,
+    targets: list[str] | None = None,
+    tokens: list[int] | None = None,
 ) -> list[str]:
-    """Freeze every parameter of model and wrap the target projections with adapters. Returns their names."""
+    """Freeze every parameter of model and wrap the target projections with adapters. Returns their names.
+    With tokens, those tokens' rows of the embedding and of the LM head (one delta when tied) also train."""
     targets = list(targets or ATTENTION)
     unknown = set(targets) - set(ALL_LINEAR)
     if unknown:
@@ -60,11 +108,24 @@ def apply_lora(
                 setattr(module, child_name, LoRALinear(child, rank, alpha, dropout))
                 wrapped.append(f"{name}.{child_name}")
     assert wrapped, "no layer matched the LoRA targets"
+    if tokens:
+        embedding, head = model.tok_emb, model.lm_head
+        rows = TokenRows(tokens, embedding.embedding_dim)
+        tied = head.weight is embedding.weight
+        model.tok_emb = EmbeddingWithRows(embedding, rows)
+        model.lm_head = HeadWithRows(head, rows if tied else TokenRows(tokens, embedding.embedding_dim))
+        wrapped += ["tok_emb", "lm_head"]
     return wrapped
 
 
 def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in model.state_dict().items() if ".lora_a" in k or ".lora_b" in k}
+    """The trained tensors by name; a delta shared by tied embeddings is stored once (under tok_emb)."""
+    tensors, seen = {}, set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if any(key in name for key in (".lora_a", ".lora_b", ".lora_rows")) and id(param) not in seen:
+            seen.add(id(param))
+            tensors[name] = param.detach().cpu()
+    return tensors
 
 
 def load_adapter(model: nn.Module, path: str | Path) -> None:
@@ -76,11 +137,22 @@ def load_adapter(model: nn.Module, path: str | Path) -> None:
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Replace every LoRALinear by a plain linear layer holding W + scale * B A (in place)."""
+    """Replace every LoRALinear by a plain linear layer holding W + scale * B A, and token rows by plain
+    embedding and head layers holding W + delta, keeping tied weights tied (in place)."""
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, LoRALinear):
                 setattr(module, child_name, child.merged())
+    if isinstance(model.tok_emb, EmbeddingWithRows):
+        embedding, head = model.tok_emb, model.lm_head
+        tied = head.rows is embedding.rows
+        model.tok_emb = nn.Embedding.from_pretrained(embedding.rows.added_to(embedding.base.weight), freeze=False)
+        model.lm_head = nn.Linear(embedding.base.embedding_dim, embedding.base.num_embeddings, bias=False)
+        if tied:
+            model.lm_head.weight = model.tok_emb.weight
+        else:
+            model.lm_head.weight = nn.Parameter(head.rows.added_to(head.base.weight))
+        model.lm_head.to(model.tok_emb.weight.device)
     for p in model.parameters():
         p.requires_grad_(True)
     return model

@@ -1,0 +1,425 @@
+"""Task datasets for fine-tuning: read a file with pandas, detect its format, validate it row by row, and turn
+each row into a conversation, then into token ids with a loss mask through the one chat template (llm.chat).
+
+Files: .csv, .tsv, .json (an array of objects), .jsonl (one object a line), .parquet, chosen by extension.
+Formats, detected from the column names or chosen by the caller:
+  pairs     a prompt column and a response column (question/answer, input/output, prompt/completion,
+            instruction/response, ... or any names through a mapping), optional system column
+  alpaca    instruction, optional input (appended to the instruction), output, optional system
+  messages  a column (messages / conversations) holding a list of turns, {role, content} with roles
+            user/assistant/system or ShareGPT's {from, value} with human/gpt/system; one or many turns a row
+
+Row numbers are 1-based: the n-th record of a CSV/TSV (the header is not a row), JSON array or Parquet file,
+and the line number in a JSONL file. Problems that make the whole file unusable (unreadable, not UTF-8,
+malformed JSON, no rows, missing columns, no usable row) raise TaskFileError; a bad row (empty or mistyped
+field, unknown role, ...) is dropped and reported as a Problem with its row and column, never silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from llm.chat import render
+from llm.tokenizer import Tokenizer
+
+FORMATS = ("pairs", "alpaca", "messages")
+READERS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+OVERFLOW = ("truncate", "drop")
+
+# Column names recognised without a mapping, in order of preference (compared case-insensitively).
+PROMPT_NAMES = ("prompt", "question", "input", "instruction", "query", "user")
+RESPONSE_NAMES = ("response", "answer", "output", "completion", "target", "assistant")
+SYSTEM_NAMES = ("system", "system_prompt")
+MESSAGES_NAMES = ("messages", "conversations", "conversation")
+# Which mapping keys each format accepts.
+MAPPING_KEYS = {"pairs": ("prompt", "response", "system"), "alpaca": ("system",), "messages": ("messages", "system")}
+# Turn roles: the chat template's own, and ShareGPT's.
+ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
+
+
+class TaskFileError(ValueError):
+    """The file cannot be used; the message names the file and, where it applies, the row or line and column."""
+
+
+@dataclass
+class Problem:
+    """A dropped row and why. reason is a short category (counted in summaries); detail says exactly what."""
+
+    row: int
+    column: str | None
+    reason: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        where = f"row {self.row}" + (f", column {self.column!r}" if self.column else "")
+        return f"{where}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass
+class Example:
+    row: int
+    messages: list[dict[str, str]]  # [{"role": "system" | "user" | "assistant", "content": text}]
+
+
+@dataclass
+class TaskData:
+    source: str  # the file it was read from
+    format: str  # one of FORMATS
+    columns: list[str]
+    examples: list[Example]
+    problems: list[Problem]
+    content_hash: str  # sha256 of the file's bytes (first 16 hex digits): which data a run saw
+    mapping: dict[str, str] = field(default_factory=dict)  # the columns used, e.g. {"prompt": "question", ...}
+
+
+@dataclass
+class EncodedExamples:
+    items: list[tuple[list[int], list[bool]]]  # (token ids, trained-on mask) of each kept example
+    rows: list[int]  # the file row of each item
+    lengths: list[int]  # each item's full token length, before truncation
+    truncated: list[int]  # rows cut to the context length
+    dropped: list[Problem]  # rows left out here (too long, or nothing left to train on after truncation)
+
+
+class _RowProblem(Exception):
+    def __init__(self, column: str | None, reason: str, detail: str = ""):
+        super().__init__(reason)
+        self.column, self.reason, self.detail = column, reason, detail
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Reading files
+
+
+def _decode_utf8(path: Path, raw: bytes) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise TaskFileError(
+            f"{path}: not UTF-8 text (invalid byte 0x{raw[e.start]:02x} at byte offset {e.start}, line {line}); "
+            "save the file as UTF-8"
+        ) from None
+    return text.removeprefix("\ufeff")
+
+
+def _json_error(path: Path, text: str, lines: bool) -> str | None:
+    """Where a JSON / JSONL text goes wrong (line and column), or None if the json module accepts it."""
+    if lines:
+        for line_no, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                return f"{path}, line {line_no}, column {e.colno}: malformed JSON ({e.msg})"
+            if not isinstance(record, dict):
+                return f"{path}, line {line_no}: expected a JSON object, got {_type_name(record)}"
+        return None
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as e:
+        return f"{path}, line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})"
+    if not isinstance(records, list):
+        return f"{path}: expected a JSON array of objects, got {_type_name(records)} (for one object a line use .jsonl)"
+    for i, record in enumerate(records, 1):
+        if not isinstance(record, dict):
+            return f"{path}, row {i}: expected a JSON object, got {_type_name(record)}"
+    return None
+
+
+def _read_frame(path: Path) -> tuple[pd.DataFrame, list[int], bytes]:
+    """The file as a DataFrame, the row number of each of its rows, and the file's bytes."""
+    suffix = path.suffix.lower()
+    if suffix not in READERS:
+        raise TaskFileError(f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(READERS)}")
+    if not path.is_file():
+        raise TaskFileError(f"{path}: no such file")
+    raw = path.read_bytes()
+    if suffix == ".parquet":
+        try:
+            frame = pd.read_parquet(io.BytesIO(raw))
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise TaskFileError(f"{path}: not a readable Parquet file ({e})") from None
+        return frame, list(range(1, len(frame) + 1)), raw
+    text = _decode_utf8(path, raw)
+    if suffix in (".csv", ".tsv"):
+        try:
+            # Every cell as text, empty cells as "": numbers and "NA" stay what the user wrote.
+            frame = pd.read_csv(
+                io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False
+            )
+        except pd.errors.EmptyDataError:
+            raise TaskFileError(f"{path}: the file is empty (no header, no rows)") from None
+        except pd.errors.ParserError as e:
+            raise TaskFileError(f"{path}: malformed {suffix[1:].upper()} ({str(e).strip()})") from None
+        return frame, list(range(1, len(frame) + 1)), raw
+    lines = suffix == ".jsonl"
+    if not lines and not text.lstrip().startswith("["):
+        raise TaskFileError(_json_error(path, text, lines) or f"{path}: expected a JSON array of objects")
+    try:
+        frame = pd.read_json(io.StringIO(text), lines=lines, orient="records", dtype=False)
+    except (ValueError, TypeError) as e:
+        raise TaskFileError(_json_error(path, text, lines) or f"{path}: unreadable JSON ({e})") from None
+    error = _json_error(path, text, lines)  # pandas accepts some shapes (e.g. a line holding an array) silently
+    if error:
+        raise TaskFileError(error)
+    rows = [i for i, ln in enumerate(text.splitlines(), 1) if ln.strip()] if lines else list(range(1, len(frame) + 1))
+    assert len(rows) == len(frame), "JSONL rows and non-blank lines disagree"
+    return frame, rows, raw
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Formats and columns
+
+
+def _find(columns: list[str], names: tuple[str, ...]) -> str | None:
+    lower = {c.lower(): c for c in columns}
+    return next((lower[n] for n in names if n in lower), None)
+
+
+def detect_format(columns: list[str], mapping: dict[str, str] | None = None) -> str | None:
+    """The format the column names suggest (a mapping implies pairs or messages), or None."""
+    if mapping:
+        return "messages" if "messages" in mapping else "pairs"
+    if _find(columns, MESSAGES_NAMES):
+        return "messages"
+    if _find(columns, ("instruction",)) and _find(columns, ("output",)):
+        return "alpaca"
+    if _find(columns, PROMPT_NAMES) and _find(columns, RESPONSE_NAMES):
+        return "pairs"
+    return None
+
+
+def _columns_for(path: Path, fmt: str, columns: list[str], mapping: dict[str, str]) -> dict[str, str]:
+    """{field: column} for the format: required fields must exist, optional ones are taken when present."""
+    unknown = sorted(set(mapping) - set(MAPPING_KEYS[fmt]))
+    if unknown:
+        raise TaskFileError(
+            f"{path}: the {fmt} format takes a column mapping for {', '.join(MAPPING_KEYS[fmt])}, not {unknown}"
+        )
+    for key, column in mapping.items():
+        if column not in columns:
+            raise TaskFileError(f"{path}: no column {column!r} (for {key}); the file has columns {columns}")
+    wanted = {
+        "pairs": {"prompt": PROMPT_NAMES, "response": RESPONSE_NAMES, "system": SYSTEM_NAMES},
+        "alpaca": {"instruction": ("instruction",), "input": ("input",), "output": ("output",), "system": SYSTEM_NAMES},
+        "messages": {"messages": MESSAGES_NAMES, "system": SYSTEM_NAMES},
+    }[fmt]
+    optional = {"system", "input"}
+    chosen = {}
+    for key, names in wanted.items():
+        column = mapping.get(key) or _find(columns, names)
+        if column is None and key not in optional:
+            hint = " (name them with --prompt-column and --response-column)" if fmt == "pairs" else ""
+            raise TaskFileError(
+                f"{path}: missing column for the {fmt} format's {key}: expected one of {list(names)}{hint}; "
+                f"the file has columns {columns}"
+            )
+        if column is not None:
+            chosen[key] = column
+    return chosen
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return f"a number ({value})"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return math.isnan(value)
+    return value is pd.NA
+
+
+def _text(value: Any, column: str, what: str, required: bool = True) -> str | None:
+    """A field's text, stripped; a missing or empty field is a problem when required, else None."""
+    if _is_missing(value) or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise _RowProblem(column, f"empty {what}")
+        return None
+    if not isinstance(value, str):
+        raise _RowProblem(column, "wrong type", f"{what} should be text, got {_type_name(value)}")
+    return value.strip()
+
+
+def _turns(value: Any, column: str) -> list[dict[str, str]]:
+    """A messages cell (a list of turns; a JSON string in CSV) -> [{"role", "content"}]."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise _RowProblem(column, "malformed JSON", f"{e.msg} at character {e.pos}") from None
+    if _is_missing(value):
+        raise _RowProblem(column, "empty conversation")
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise _RowProblem(column, "wrong type", f"expected a list of turns, got {_type_name(value)}")
+    if len(value) == 0:
+        raise _RowProblem(column, "empty conversation")
+    turns = []
+    for i, turn in enumerate(value, 1):
+        if not isinstance(turn, dict):
+            raise _RowProblem(column, "malformed turn", f"turn {i} is {_type_name(turn)}, not an object")
+        role_key, content_key = ("role", "content") if "role" in turn else ("from", "value")
+        if role_key not in turn or content_key not in turn:
+            raise _RowProblem(column, "malformed turn", f"turn {i} needs role/content or from/value keys")
+        role = turn[role_key]
+        if not isinstance(role, str) or role.lower() not in ROLE_ALIASES:
+            raise _RowProblem(
+                column,
+                "unknown role",
+                f"turn {i} has role {role!r}; expected user/assistant/system (or ShareGPT's human/gpt)",
+            )
+        content = _text(turn[content_key], column, f"turn {i} content")
+        turns.append({"role": ROLE_ALIASES[role.lower()], "content": content})
+    if not any(t["role"] == "assistant" for t in turns):
+        raise _RowProblem(column, "no assistant turn", "nothing to learn from this row")
+    return turns
+
+
+def _row_messages(fmt: str, record: dict[str, Any], cols: dict[str, str]) -> list[dict[str, str]]:
+    system = (
+        _text(record[cols["system"]], cols["system"], "system prompt", required=False) if "system" in cols else None
+    )
+    if fmt == "pairs":
+        prompt = _text(record[cols["prompt"]], cols["prompt"], "prompt")
+        response = _text(record[cols["response"]], cols["response"], "response")
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+    elif fmt == "alpaca":
+        instruction = _text(record[cols["instruction"]], cols["instruction"], "instruction")
+        extra = _text(record[cols["input"]], cols["input"], "input", required=False) if "input" in cols else None
+        output = _text(record[cols["output"]], cols["output"], "output")
+        prompt = f"{instruction}\n\n{extra}" if extra else instruction
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    else:
+        messages = _turns(record[cols["messages"]], cols["messages"])
+        if messages[0]["role"] == "system":
+            system = None  # the conversation brings its own
+    return ([{"role": "system", "content": system}] if system else []) + messages
+
+
+def read_task_file(path: str | Path, format: str = "auto", mapping: dict[str, str] | None = None) -> TaskData:
+    """Read and validate a task dataset. See the module docstring for files, formats and row numbers."""
+    path = Path(path)
+    if format != "auto" and format not in FORMATS:
+        raise TaskFileError(f"unknown task format {format!r}; choose auto or one of {', '.join(FORMATS)}")
+    mapping = {k: v for k, v in (mapping or {}).items() if v}
+    frame, row_numbers, raw = _read_frame(path)
+    columns = [str(c) for c in frame.columns]
+    frame.columns = columns
+    if len(frame) == 0:
+        raise TaskFileError(f"{path}: no rows" + (f" (only the columns {columns})" if columns else ""))
+    fmt = format if format != "auto" else detect_format(columns, mapping)
+    if fmt is None:
+        raise TaskFileError(
+            f"{path}: cannot tell the format from the columns {columns}. Expected a prompt column "
+            f"({'/'.join(PROMPT_NAMES)}) and a response column ({'/'.join(RESPONSE_NAMES)}), alpaca's "
+            f"instruction/output, or a {'/'.join(MESSAGES_NAMES)} column; or name them with "
+            "--prompt-column and --response-column"
+        )
+    cols = _columns_for(path, fmt, columns, mapping)
+    examples, problems = [], []
+    for row, record in zip(row_numbers, frame.to_dict("records"), strict=True):
+        try:
+            examples.append(Example(row, _row_messages(fmt, record, cols)))
+        except _RowProblem as p:
+            problems.append(Problem(row, p.column, p.reason, p.detail))
+    if not examples:
+        shown = "; ".join(str(p) for p in problems[:5])
+        raise TaskFileError(f"{path}: no usable rows, all {len(problems)} were dropped: {shown}")
+    content_hash = hashlib.sha256(raw).hexdigest()[:16]
+    return TaskData(str(path), fmt, columns, examples, problems, content_hash, cols)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Tokens, splits, summaries
+
+
+def encode_examples(
+    data: TaskData, tokenizer: Tokenizer, context_length: int, overflow: str = "truncate"
+) -> EncodedExamples:
+    """Render each example with the chat template. A sequence of n ids trains on n-1 predictions, so up to
+    context_length + 1 ids fit; a longer one is cut there (overflow="truncate") or dropped ("drop")."""
+    if overflow not in OVERFLOW:
+        raise ValueError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
+    limit = context_length + 1
+    out = EncodedExamples([], [], [], [], [])
+    for example in data.examples:
+        ids, mask = render(tokenizer, example.messages)
+        n = len(ids)
+        if n > limit:
+            if overflow == "drop":
+                out.dropped.append(Problem(example.row, None, "too long", f"{n} tokens; the context holds {limit}"))
+                continue
+            ids, mask = ids[:limit], mask[:limit]
+            if not any(mask[1:]):
+                out.dropped.append(
+                    Problem(example.row, None, "too long", f"the prompt alone fills the context of {limit} tokens")
+                )
+                continue
+            out.truncated.append(example.row)
+        out.items.append((ids, mask))
+        out.rows.append(example.row)
+        out.lengths.append(n)
+    return out
+
+
+def split_examples(data: TaskData, val_fraction: float, seed: int) -> tuple[TaskData, TaskData]:
+    """A seeded (train, validation) split of the examples, each keeping file order. Problems stay with train."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    n = len(data.examples)
+    n_val = 0 if val_fraction == 0 or n < 2 else min(n - 1, max(1, round(n * val_fraction)))
+    order = np.random.default_rng(seed).permutation(n)
+    held_out = set(order[:n_val].tolist())
+    train = [e for i, e in enumerate(data.examples) if i not in held_out]
+    val = [e for i, e in enumerate(data.examples) if i in held_out]
+    return replace(data, examples=train), replace(data, examples=val, problems=[])
+
+
+def summary(data: TaskData, encoded: EncodedExamples) -> dict[str, Any]:
+    """Rows kept and dropped (with reasons), truncations and token length statistics."""
+    dropped = data.problems + encoded.dropped
+    lengths = np.array(encoded.lengths or [0])
+    trained = sum(sum(mask[1:]) for _, mask in encoded.items)
+    return {
+        "source": data.source,
+        "format": data.format,
+        "columns": data.columns,
+        "mapping": data.mapping,
+        "content_hash": data.content_hash,
+        "rows": len(data.examples) + len(data.problems),
+        "kept": len(encoded.items),
+        "dropped": len(dropped),
+        "drop_reasons": dict(Counter(p.reason for p in dropped).most_common()),
+        "problems": [str(p) for p in sorted(dropped, key=lambda p: p.row)],
+        "truncated": len(encoded.truncated),
+        "tokens": {
+            "min": int(lengths.min()),
+            "mean": round(float(lengths.mean()), 1),
+            "median": float(np.median(lengths)),
+            "p95": float(np.percentile(lengths, 95)),
+            "max": int(lengths.max()),
+            "total": int(lengths.sum()),
+            "trained": int(trained),
+        },
+    }
