@@ -74,12 +74,11 @@ def build_app(
         )
         missing = studio.base_missing()
         gr.Markdown(f"⚠ {missing}", visible=bool(missing), elem_classes="banner", elem_id="base-missing")
+        apis = {}
         with gr.Tabs():
-            data.build(studio, demo)
-            apis = finetune.build(studio, demo)
-            compare.build(studio, demo)
-            apis |= models.build(studio, demo)
-        for name, fn in apis.items():
+            for tab in (data, finetune, compare, models):
+                apis |= tab.build(studio, demo)
+        for name, fn in apis.items():  # outside the Tabs: a Tabs block may hold only tabs
             gr.api(fn, api_name=name)
     demo.studio = studio  # for launch() and tests
     return demo

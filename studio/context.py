@@ -69,9 +69,8 @@ class Studio:
         )
         samples = sorted(p for p in self.samples_dir.glob("*") if p.suffix.lower() in DATA_SUFFIXES)
         self.store.sync_samples(samples)
-        self._models: OrderedDict[tuple[Path, float], tuple] = (
-            OrderedDict()
-        )  # loaded (model, tokenizer, info), newest last
+        # Loaded (model, tokenizer, info) by (directory, info.json time), the most recently used last.
+        self._models: OrderedDict[tuple[Path, float], tuple] = OrderedDict()
         self._model_lock = threading.Lock()
 
     # Base model

@@ -167,6 +167,12 @@ def test_plan_reports_device_sizes_and_estimates(app):
     assert "⚠" in app.client.predict("base:base", "", api_name="/plan")
 
 
+def test_progress_without_a_run_says_how_to_start_one(app):
+    out = Client(app.url, verbose=False).predict("", api_name="/progress")
+    assert "No run yet" in out[0]
+    assert "Choose a run first" in app.client.predict("", api_name="/stop")
+
+
 def test_compare_needs_two_models_and_a_prompt(app):
     out = app.client.predict(["base:base"], "Hi", 0, 1, 8, 0, api_name="/compare")
     assert "Choose 2 to 4 models" in out[5]

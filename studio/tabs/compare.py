@@ -6,7 +6,7 @@ import difflib
 import html
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -49,11 +49,13 @@ def diff_panel(labels: list[str], answers: list[str]) -> str:
     return legend + "".join(blocks)
 
 
-def generation_threads() -> int:
-    """Torch threads for generating in the studio: what a running fine-tune leaves free."""
+def generation_threads(studio: Studio) -> int:
+    """Torch threads for generating in the studio: all cores, or those a running fine-tune leaves free."""
     import torch
 
-    threads = max(1, (os.cpu_count() or 2) - CHILD_THREADS)
+    cores = os.cpu_count() or 2
+    training = bool(studio.store.runs(("starting", "running", "stopping")))
+    threads = max(1, cores - CHILD_THREADS) if training else cores
     torch.set_num_threads(threads)
     return threads
 
@@ -80,7 +82,8 @@ def stream_answers(studio: Studio, refs: list[str], prompt: str, sampling: Any) 
         yield list(answers)
 
 
-def build(studio: Studio, demo: gr.Blocks) -> None:
+def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
+    """Lay out the tab and wire its events; returns the plain API functions to register by name (none)."""
     with gr.Tab("3 · Compare", id="compare") as tab:
         gr.Markdown(
             "Ask several models the same question with the same sampling settings and seed, and see how their "
@@ -137,10 +140,13 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
     def choices() -> tuple:
         model_list = studio.model_choices()
         refs = [v for _, v in model_list]
-        default = refs[:1] + [r for r in refs if r.startswith("run:")][:1]
+        default = refs[:1] + [r for r in refs if r.startswith("run:")][:1]  # the base and the newest run
+        datasets = studio.dataset_choices()
+        keys = [k for _, k in datasets]
+        latest = (studio.store.runs() or [{}])[0].get("dataset_id")
         return (
             gr.Dropdown(choices=model_list, value=default if len(default) == 2 else refs[:2]),
-            gr.Dropdown(choices=studio.dataset_choices()),
+            gr.Dropdown(choices=datasets, value=latest if latest in keys else (keys[0] if keys else None)),
             tally_text(),
         )
 
@@ -170,9 +176,7 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
             "max_new_tokens": int(tokens),
             "seed": int(seed_value or 0),
         }
-        sampling = SamplingConfig(
-            settings["max_new_tokens"], settings["temperature"], 0, settings["top_p"], 1.0, [], settings["seed"]
-        )
+        sampling = SamplingConfig(**settings)  # one config, so every model samples alike
 
         def boxes(texts: list[str]) -> list:
             return [
@@ -184,7 +188,7 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
 
         yield *boxes([""] * len(refs)), "", "Loading models...", gr.Radio(choices=[]), {}
         try:
-            threads = generation_threads()
+            threads = generation_threads(studio)
             texts = [""] * len(refs)
             for texts in stream_answers(studio, refs, text, sampling):
                 yield *boxes(texts), "", "Generating...", gr.Radio(choices=[]), {}
@@ -228,7 +232,7 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
             step = order.index(model) * total + done
             progress(step / (total * len(order)), desc=f"{labels[model]}: row {done} of {total}")
 
-        generation_threads()
+        generation_threads(studio)
         table = task_eval.evaluate_models(
             order, held_out, rows=int(rows), seed=int(seed_value or 0), max_new_tokens=int(tokens), progress=report
         )
@@ -266,3 +270,4 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
         [batch_status, batch_totals, batch_table, batch_file],
         api_name="batch_compare",
     )
+    return {}

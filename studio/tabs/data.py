@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +244,8 @@ class Inspection:
         ]
 
 
-def build(studio: Studio, demo: gr.Blocks) -> None:
+def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
+    """Lay out the tab and wire its events; returns the plain API functions to register by name (none)."""
     with gr.Tab("1 · Data", id="data") as tab:
         gr.Markdown(
             "Pick a sample dataset or upload your own: a table of prompts and answers (CSV, TSV, JSON, JSONL or "
@@ -252,7 +254,11 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
         with gr.Row(equal_height=True):
             dataset = dropdown(label="Dataset", scale=3, elem_id="data-dataset")
             upload = gr.File(
-                label="Upload a dataset", file_types=list(DATA_SUFFIXES), scale=2, height=120, elem_id="data-upload"
+                label=f"Upload a dataset (up to {human_size(studio.max_upload_bytes)})",
+                file_types=list(DATA_SUFFIXES),
+                scale=2,
+                height=120,
+                elem_id="data-upload",
             )
         with gr.Row():
             fmt = gr.Radio(FORMAT_CHOICES, value="auto", label="Format", scale=3)
@@ -270,7 +276,8 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
                     y="examples",
                     color="length",
                     color_map={"fits the context": "#4f7cff", "cut by the context": "#e5484d"},
-                    label="Token length of each example",
+                    label="Examples by token length (red: longer than the context, cut when training)",
+                    colors_in_legend=[],  # Gradio cuts a legend below the plot off; the label says it
                     x_title="tokens",
                     height=340,
                     visible=False,
@@ -378,3 +385,4 @@ def build(studio: Studio, demo: gr.Blocks) -> None:
         [prompt_col, response_col, system_col],
         api_visibility="private",
     )
+    return {}

@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from studio.context import Studio, human_size
-from studio.jobs import METRICS
+from studio.jobs import METRICS, Metrics
 from studio.store import ACTIVE_STATES
 from studio.tabs import dropdown
 
@@ -134,7 +134,8 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                     x="step",
                     y="loss",
                     color="curve",
-                    label="Loss",
+                    label="Loss (blue: training batches, orange: validation)",
+                    colors_in_legend=[],  # Gradio cuts a legend below the plot off; the label says it
                     height=300,
                     color_map={"train": "#4f7cff", "validation": "#f5a524"},
                     elem_id="ft-loss",
@@ -225,14 +226,9 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     def refresh(run_id: str | None, last_seen: Any):
         """The run's state, progress, loss curve, probe answers and log; nothing is sent if nothing changed."""
         if not run_id or studio.store.run(run_id) is None:
-            empty = (
-                "No run yet: choose the settings on the left and press Start.",
-                "",
-                pd.DataFrame(),
-                pd.DataFrame(),
-                "",
-            )
-            return *empty, gr.Button(interactive=False), gr.Button(interactive=False), None
+            hint = "No run yet: choose the settings on the left and press Start."
+            empty = (hint, "", Metrics().loss_frame(), pd.DataFrame(columns=SAMPLE_COLUMNS), "")
+            return *empty, gr.Button(interactive=False), gr.Button(interactive=False), gr.skip(), None
         run_dir = studio.store.abs(studio.store.run(run_id)["dir"])
         files = [run_dir / METRICS, run_dir / "train.log"]
         p = studio.jobs.progress(run_id)

@@ -182,7 +182,8 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                     x="step",
                     y="loss",
                     color="curve",
-                    label="Loss",
+                    label="Loss (blue: training batches, orange: validation)",
+                    colors_in_legend=[],  # Gradio cuts a legend below the plot off; the label says it
                     height=300,
                     x_title="step",
                     color_map={"train": "#4f7cff", "validation": "#f5a524"},
