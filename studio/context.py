@@ -150,8 +150,9 @@ class Studio:
         return choices
 
     def load(self, ref: str) -> tuple[Any, Any, dict]:
-        """(model, tokenizer, info) for a ref, cached (the 4 most recently used stay loaded)."""
+        """(model, tokenizer, info) for a ref on the best device, cached (the 4 most recently used stay loaded)."""
         from llm.checkpoint import load_model
+        from llm.device import pick_device
 
         path = self.model_dir(ref)
         stamp = (path, (path / "info.json").stat().st_mtime if (path / "info.json").exists() else 0)
@@ -159,7 +160,7 @@ class Studio:
             if stamp in self._models:
                 self._models.move_to_end(stamp)
                 return self._models[stamp]
-            loaded = load_model(path)
+            loaded = load_model(path, pick_device("auto"))
             self._models[stamp] = loaded
             while len(self._models) > 4:
                 self._models.popitem(last=False)

@@ -192,6 +192,7 @@ class Jobs:
         self.store = store
         self.children: dict[int, subprocess.Popen] = {}  # processes this studio started, to reap them
         self.lock = threading.Lock()
+        self.closed = threading.Event()
 
     def run_dir(self, run: dict[str, Any]) -> Path:
         return self.store.abs(run["dir"])
@@ -325,20 +326,21 @@ class Jobs:
         self.store.update_run(run_id, config=config, status="queued", message="", pid=None, queued=time.time())
         return self.submit(run_id)
 
-    def watch(self, interval: float = 2.0) -> threading.Thread:
-        """A daemon thread that calls tick() every interval seconds."""
+    def watch(self, interval: float = 2.0) -> None:
+        """Call tick() every interval seconds on a daemon thread, until close()."""
 
         def loop() -> None:
-            while True:
+            while not self.closed.wait(interval):
                 try:
                     self.tick()
                 except Exception as e:  # keep watching: a transient error (disk, lock) must not end the queue
                     print(f"studio: job watcher: {e}", file=sys.stderr)
-                time.sleep(interval)
 
-        thread = threading.Thread(target=loop, name="studio-jobs", daemon=True)
-        thread.start()
-        return thread
+        threading.Thread(target=loop, name="studio-jobs", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop watching (running trainers go on: they belong to no studio)."""
+        self.closed.set()
 
     def progress(self, run_id: str) -> dict[str, Any]:
         """Everything the Fine-tune tab shows about a run, read from SQLite and the run's files."""

@@ -7,6 +7,7 @@ tab go to docs/screenshots/ (committed, for the README), everything else to test
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from pathlib import Path
@@ -45,11 +46,14 @@ def workspace_files(workspace: Path) -> list[str]:
 
 @pytest.fixture
 def page(tmp_path, tiny_model_dir):
+    """A studio over a fresh workspace and the tiny test model (STUDIO_SCREENSHOT_BASE_MODEL=DIR swaps in
+    another base model, e.g. models/base, to take the README's screenshots), open in Chromium."""
     if not CHROMIUM.exists():
         pytest.skip(f"no browser: {CHROMIUM} is missing (apt-get install chromium chromium-driver)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     workspace = tmp_path / "workspace"
-    demo = build_app(workspace, tiny_model_dir, SAMPLES_DIR, max_upload_bytes=MAX_UPLOAD, watch_interval=0.5)
+    base = os.environ.get("STUDIO_SCREENSHOT_BASE_MODEL") or tiny_model_dir
+    demo = build_app(workspace, base, SAMPLES_DIR, max_upload_bytes=MAX_UPLOAD, watch_interval=0.5)
     _, url, _ = launch(demo, port=free_port(), block=False)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     ARTIFACTS.mkdir(exist_ok=True)
@@ -64,6 +68,7 @@ def page(tmp_path, tiny_model_dir):
         browser.close()
     for run in demo.studio.store.runs(("queued", "running", "stopping")):
         demo.studio.jobs.stop(run["id"])
+    demo.studio.jobs.close()
     demo.close()
 
 

@@ -49,6 +49,7 @@ def app(tmp_path_factory, tiny_model_dir):
     yield SimpleNamespace(url=url, client=client, studio=demo.studio, workspace=demo.studio.workspace)
     for run in demo.studio.store.runs(("queued", "starting", "running", "stopping")):
         demo.studio.jobs.stop(run["id"])
+    demo.studio.jobs.close()
     demo.close()
 
 

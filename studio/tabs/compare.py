@@ -55,7 +55,8 @@ def generation_threads(studio: Studio) -> int:
 
     cores = os.cpu_count() or 2
     training = bool(studio.store.runs(("starting", "running", "stopping")))
-    threads = max(1, cores - CHILD_THREADS) if training else cores
+    # Batch-1 generation of a small model gains little past a few threads, and idle threads spin.
+    threads = max(1, cores - CHILD_THREADS) if training else min(cores, 4)
     torch.set_num_threads(threads)
     return threads
 
@@ -197,7 +198,9 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
             return
         result = {"prompt": text, "models": refs, "labels": labels, "answers": texts, "settings": settings}
         vote_choices = [(label, ref) for label, ref in zip(labels, refs, strict=True)] + [("Tie / both bad", TIE)]
-        note = f"Done: same prompt, seed {settings['seed']} and settings for every model ({threads} CPU threads)."
+        device = next(studio.load(refs[0])[0].parameters()).device
+        where = f"{threads} CPU threads" if device.type == "cpu" else device.type
+        note = f"Done: same prompt, seed {settings['seed']} and settings for every model ({where})."
         yield *boxes(texts), diff_panel(labels, texts), note, gr.Radio(choices=vote_choices, value=None), result
 
     def record_vote(result: dict, winner: str | None) -> str:
