@@ -217,6 +217,9 @@ def train(
         run_model = DistributedDataParallel(run_model, device_ids=[device.index] if device.type == "cuda" else None)
     peak = peak_flops(device) if ddp.main else 1.0
     tokens_per_step = cfg.batch_size * model.cfg.context_length * cfg.grad_accum
+    # Token positions actually processed (fine-tuning batches are padded only to their longest sequence).
+    tokens_seen = state.get("tokens_seen", step * tokens_per_step) if resume else 0
+    tokens_since_log = 0
     log.write(
         {
             "event": "start",
@@ -238,7 +241,7 @@ def train(
             "params": model.num_params(),
             "trainable_params": trainable,
             "step": step,
-            "tokens_seen": step * tokens_per_step,
+            "tokens_seen": tokens_seen,
             "train_loss": train_loss,
             "best_val_loss": best_val if math.isfinite(best_val) else None,
             "wall_seconds": round(elapsed_before + time.time() - start, 1),
@@ -259,6 +262,7 @@ def train(
                 "elapsed": elapsed_before + time.time() - start,
                 "best_val": best_val,
                 "patience_used": patience_used,
+                "tokens_seen": tokens_seen,
                 "rng": rng,
             }
             if cuda_rng is not None:
@@ -295,7 +299,7 @@ def train(
             lr = learning_rate(step, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss_sum = 0.0
+            loss_sum, step_tokens = 0.0, 0
             for i in range(local_accum):
                 micro = ddp.rank * local_accum + i  # the global micro-batch index: same data for any world size
                 x, y = batches.train_batch(step, micro)
@@ -305,6 +309,7 @@ def train(
                     loss = causal_lm_loss(run_model(x.to(device)), y.to(device))
                     (loss / local_accum).backward()
                 loss_sum += loss.item()
+                step_tokens += x.numel() * ddp.world
             train_loss = ddp.mean(loss_sum / local_accum)
             if not math.isfinite(train_loss):
                 message = (
@@ -319,12 +324,13 @@ def train(
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            tokens_seen += step_tokens
+            tokens_since_log += step_tokens
 
             if step % cfg.log_interval == 0 or step == cfg.max_steps:
                 now = time.time()
-                steps_done = cfg.log_interval if step % cfg.log_interval == 0 else step % cfg.log_interval
-                tps = tokens_per_step * steps_done / max(now - last_log, 1e-9)
-                last_log = now
+                tps = tokens_since_log / max(now - last_log, 1e-9)
+                last_log, tokens_since_log = now, 0
                 mfu = tps * model.flops_per_token() / peak
                 log.write(
                     {
