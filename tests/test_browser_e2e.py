@@ -82,10 +82,14 @@ def test_upload_finetune_reload_and_compare(page):
     studio = page.studio
     status = page.locator("#data-status")
     upload = page.locator("#data-upload input[type=file]")
+    expect.set_options(timeout=30_000)  # a loaded CI machine can take seconds per event
+    expect(status).to_contain_text("examples ready")  # the page has loaded (the first sample is shown)
 
     # 1. Data: a sample file, parsed and previewed as the model sees it.
     upload.set_input_files(str(SAMPLES_DIR / "opposites.csv"))
-    expect(status).to_contain_text("examples ready")
+    expect(page.locator("#data-dataset input")).to_have_value(re.compile(r"^opposites\.csv \(uploaded"))
+    expect(status).to_contain_text(re.compile(r"opposites\.csv: \d+ examples ready"))
+    expect(page.locator("#data-hist canvas, #data-hist svg").first).to_be_visible()
     expect(page.locator("#data-preview .trained").first).to_be_visible()
     expect(page.locator("#data-preview .example").first).to_contain_text("<|user|>")
     page.screenshot(path=str(SCREENSHOTS / "data.png"), full_page=True)
@@ -120,7 +124,7 @@ def test_upload_finetune_reload_and_compare(page):
     page.locator("#ft-start").click()
     expect(page.locator("#ft-state")).to_contain_text("running", timeout=60_000)
     progress = page.locator("#ft-progress")
-    expect(progress).to_contain_text(re.compile(r"step [1-9]\d* of 60"), timeout=90_000)
+    expect(progress).to_contain_text(re.compile(r"step [1-9]\d* of 60"), timeout=180_000)
     expect(page.locator("#ft-loss canvas, #ft-loss svg").first).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "finetune-running.png"), full_page=True)
 
@@ -130,7 +134,7 @@ def test_upload_finetune_reload_and_compare(page):
     open_tab(page, "2 · Fine-tune")
     expect(page.locator("#ft-state")).to_contain_text("opposites-lora")
     assert studio.store.run(run["id"])["status"] in ("running", "done"), "a reload never stops a run"
-    expect(page.locator("#ft-state")).to_contain_text("done", timeout=180_000)
+    expect(page.locator("#ft-state")).to_contain_text("done", timeout=300_000)
     expect(progress).to_contain_text("step 60 of 60")
     expect(page.locator("#ft-log textarea")).to_have_value(re.compile("done at step 60"))
     page.screenshot(path=str(SCREENSHOTS / "finetune.png"), full_page=True)
@@ -158,4 +162,6 @@ def test_upload_finetune_reload_and_compare(page):
     page.locator("#models-pick input").click()
     page.get_by_role("option", name=re.compile("^opposites-lora")).click()
     expect(page.get_by_text("method: LoRA")).to_be_visible()
+    expect(page.get_by_text("status: done")).to_be_visible()
+    page.wait_for_timeout(700)  # let the closing option list fade out of the screenshot
     page.screenshot(path=str(SCREENSHOTS / "models.png"), full_page=True)

@@ -12,7 +12,7 @@ import pytest
 from studio.jobs import Jobs, error_from_log, explain, finetune_command, read_metrics
 from studio.store import Store
 from studio.tabs.compare import diff_panel, word_diff_html
-from studio.tabs.data import length_histogram, safe_filename
+from studio.tabs.data import length_bins, length_histogram, safe_filename
 
 
 def test_store_persists_datasets_runs_and_votes(tmp_path):
@@ -75,11 +75,14 @@ def test_word_diff_marks_added_and_missing_words():
 
 
 def test_length_histogram_splits_at_the_context():
-    frame, order = length_histogram([3, 10, 30, 70, 70], context_length=63)
-    assert list(frame["tokens"].unique()) == order
+    frame = length_histogram([3, 10, 30, 70, 70, 500], context_length=63)
+    width, labels = length_bins(63)
+    assert (width, labels[0], labels[-1]) == (20, "0–19", "140+"), "round bins up to twice the context"
+    assert list(frame["tokens"].unique()) == labels
+    assert frame[frame["tokens"] == "140+"]["examples"].sum() == 1, "anything longer lands in the last bin"
     fits = frame[frame["length"] == "fits the context"]["examples"].sum()
     cut = frame[frame["length"] == "cut by the context"]["examples"].sum()
-    assert (fits, cut) == (3, 2), "64 ids fit a context of 63 predictions; 70 do not"
+    assert (fits, cut) == (3, 3), "64 ids fit a context of 63 predictions; 70 do not"
 
 
 def test_metrics_reader_tolerates_a_half_written_line(tmp_path):

@@ -115,18 +115,26 @@ def bin_width(top: int, bins: int = 16) -> int:
     return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
 
 
-def length_histogram(lengths: list[int], context_length: int) -> tuple[pd.DataFrame, list[str]]:
-    """Examples per token-length bin, split into those that fit the context and those it would cut."""
+def length_bins(context_length: int) -> tuple[int, list[str]]:
+    """(bin width, bin labels) of the length histogram: round bins up to twice what the context holds, then
+    one bin for anything longer. They depend on the context only, so the plot's category order is set once
+    (Gradio 6 does not redraw a bar plot whose category order changes in an update)."""
     limit = context_length + 1  # ids a training sequence holds (context_length predictions)
-    width = bin_width(max(lengths, default=1))
-    labels, records = [], []
-    for start in range(0, max(lengths, default=0) + 1, width):
-        label = f"{start}–{start + width - 1}"
-        labels.append(label)
-        inside = [n for n in lengths if start <= n < start + width]
-        records.append((label, sum(n <= limit for n in inside), "fits the context"))
-        records.append((label, sum(n > limit for n in inside), "cut by the context"))
-    return pd.DataFrame(records, columns=["tokens", "examples", "length"]), labels
+    width = bin_width(2 * limit, bins=8)
+    starts = range(0, 2 * limit, width)
+    return width, [f"{s}–{s + width - 1}" for s in starts] + [f"{starts[-1] + width}+"]
+
+
+def length_histogram(lengths: list[int], context_length: int) -> pd.DataFrame:
+    """Examples per token-length bin, split into those that fit the context and those it would cut."""
+    limit = context_length + 1
+    width, labels = length_bins(context_length)
+    fits, cut = [0] * len(labels), [0] * len(labels)
+    for n in lengths:
+        (fits if n <= limit else cut)[min(n // width, len(labels) - 1)] += 1
+    records = [(label, count, "fits the context") for label, count in zip(labels, fits, strict=True)]
+    records += [(label, count, "cut by the context") for label, count in zip(labels, cut, strict=True)]
+    return pd.DataFrame(records, columns=["tokens", "examples", "length"])
 
 
 class Inspection:
@@ -184,11 +192,16 @@ class Inspection:
             f"Format **{data.format}** · columns used: {mapping}",
         ]
         if enc is not None:
-            share = len(enc.truncated) / max(1, len(enc.items))
-            lines.append(
-                f"Context {self.context_length} tokens: {plural(len(enc.truncated), 'example')} ({share:.0%}) "
-                "longer, cut at the end when training" + (" — consider shorter examples." if share > 0.1 else ".")
-            )
+            cut, share = len(enc.truncated), len(enc.truncated) / max(1, len(enc.items))
+            context = f"Context {self.context_length} tokens: "
+            if cut == 0:
+                lines.append(context + "every example fits.")
+            else:
+                lines.append(
+                    context
+                    + f"{plural(cut, 'example')} ({share:.0%}) are longer; training sees only their start"
+                    + (" — consider shorter examples." if share > 0.1 else ".")
+                )
         else:
             lines.append("⚠ No base model: token counts and the template preview need its tokenizer.")
         return "\n\n".join(lines)
@@ -229,8 +242,7 @@ class Inspection:
         col = dict(data.mapping)
         hist = gr.BarPlot(value=None, visible=False)
         if self.encoded is not None:
-            frame, order = length_histogram(self.encoded.lengths, self.context_length)
-            hist = gr.BarPlot(value=frame, sort=order, visible=True)
+            hist = gr.BarPlot(value=length_histogram(self.encoded.lengths, self.context_length), visible=True)
         problems = self.problems()
         return [
             self.status(),
@@ -246,6 +258,7 @@ class Inspection:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name (none)."""
+    loaded = studio.preview_tokenizer()  # (tokenizer, context length) of the base model, or None
     with gr.Tab("1 · Data", id="data") as tab:
         gr.Markdown(
             "Pick a sample dataset or upload your own: a table of prompts and answers (CSV, TSV, JSON, JSONL or "
@@ -276,11 +289,14 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                     y="examples",
                     color="length",
                     color_map={"fits the context": "#4f7cff", "cut by the context": "#e5484d"},
-                    label="Examples by token length (red: longer than the context, cut when training)",
+                    label="Token lengths (red: longer than the context)",
                     colors_in_legend=[],  # Gradio cuts a legend below the plot off; the label says it
                     x_title="tokens",
-                    height=340,
+                    sort=length_bins(loaded[1])[1] if loaded else None,
+                    x_label_angle=-30,
+                    height=320,
                     visible=False,
+                    elem_id="data-hist",
                 )
         problems = gr.Dataframe(label="Dropped rows", visible=False, interactive=False, wrap=True, max_height=300)
         pending = gr.State(None)  # an upload whose columns the user still has to name: {"path", "name"}

@@ -157,18 +157,18 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     settings_inputs = [method, epochs, max_steps, lr, batch_size, lora_rank, probes]
 
     def choices(base_ref: str | None, dataset_id: str | None, run_id: str | None):
-        bases = studio.model_choices()
-        base_refs = [v for _, v in bases]
-        datasets = studio.dataset_choices()
-        keys = [k for _, k in datasets]
-        runs = run_choices(studio)
-        run_ids = [k for _, k in runs]
+        """Fresh choices; the page's picks are kept, else those of the newest run, else the first."""
+        bases, datasets, runs = studio.model_choices(), studio.dataset_choices(), run_choices(studio)
+        latest = (studio.store.runs() or [{}])[0]
+
+        def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None) -> str | None:
+            keys = [k for _, k in options]
+            return value if value in keys else fallback if fallback in keys else (keys[0] if keys else None)
+
         return (
-            gr.Dropdown(
-                choices=bases, value=base_ref if base_ref in base_refs else (base_refs[0] if base_refs else None)
-            ),
-            gr.Dropdown(choices=datasets, value=dataset_id if dataset_id in keys else (keys[0] if keys else None)),
-            gr.Dropdown(choices=runs, value=run_id if run_id in run_ids else default_run(studio)),
+            gr.Dropdown(choices=bases, value=keep(base_ref, bases, latest.get("base_id"))),
+            gr.Dropdown(choices=datasets, value=keep(dataset_id, datasets, latest.get("dataset_id"))),
+            gr.Dropdown(choices=runs, value=keep(run_id, runs, default_run(studio))),
         )
 
     def default_probes(dataset_id: str | None) -> str:
