@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ TOKENS_PER_BATCH = 2048  # token positions per micro-batch at full context: sets
 # Share of a device's matrix-product rate that fine-tuning reaches (short sequences, small matrices); measured
 # on this project's 2-core CPU with the 6-layer base model. Used only for the time estimate in plan().
 EFFICIENCY = {"cpu": 0.35, "cuda": 0.25, "mps": 0.25}
+DECODE_SLOWDOWN = 20  # generating one token at a time: tiny matrix products, far below the device's rate
 
 
 @dataclass
@@ -276,9 +278,7 @@ def plan(base: str | Path, data: TaskData, cfg: FinetuneConfig, val_data: TaskDa
     eval_tokens = n_evals * 2 * sum(prep.val.lengths)  # validation set and an equal train sample
     probe_tokens = n_evals * len(cfg.probes) * cfg.probe_tokens
     per_train_token = (3 if cfg.method == "full" else 2) * forward
-    flops = (
-        train_tokens * per_train_token + eval_tokens * forward + probe_tokens * forward * 20
-    )  # decoding: tiny matmuls
+    flops = train_tokens * per_train_token + eval_tokens * forward + probe_tokens * forward * DECODE_SLOWDOWN
     device = pick_device(cfg.device)
     longest = max(len(ids) for ids, _ in prep.train.items)
     activations = tc.batch_size * longest * (mc.n_layer * (14 * mc.d_model + 3 * mc.mlp_hidden + mc.n_head * longest))
@@ -421,6 +421,6 @@ def finetune(
     on_eval = make_probe_logger(prep.tokenizer, cfg.probes, cfg.probe_tokens) if cfg.probes else None
     metrics = metrics_path if metrics_path is not None else out_dir / "metrics.jsonl"
     result = train(model, prep.tokenizer, batches, train_cfg, out_dir, metrics, resume, info, adapter_state, on_eval)
-    if cfg.merge:
+    if cfg.merge and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes
         merge_best(out_dir)
     return result

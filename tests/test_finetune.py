@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from llm_cli import ENV, REPO, loss_curve, run_llm
 from safetensors.torch import load_file
 
 from llm import checkpoint, finetune, lora
@@ -343,6 +346,29 @@ def test_cli_finetune_prints_the_plan_and_where_the_model_is(tmp_path, task_file
     bad.write_text("question,answer\nWhat?,\n")
     assert main([str(a) for a in ["finetune", "--base", tiny_model_dir, "--data", bad, "--out", tmp_path / "x"]]) == 2
     assert "error: " in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_ddp_on_two_processes_matches_one_process(tmp_path, task_file, tiny_model_dir):
+    """A LoRA run under torchrun (gloo on CPU), 2 ranks x 1 micro-batch, equals 1 process x 2 micro-batches."""
+    flags = ["--base", tiny_model_dir, "--data", task_file, "--method", "lora", "--grad-accum", "2"]
+    flags += ["--max-steps", "6", "--batch-size", "4", "--lora-rank", "4", "--lora-dropout", "0"]
+    flags += ["--probe", "What does Tom like?"]  # dropout 0: each rank draws its own masks
+    single = run_llm("finetune", "--out", tmp_path / "single", *flags)
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = [*torchrun, "-m", "llm", "finetune", "--out", str(tmp_path / "ddp"), *map(str, flags)]
+    ddp = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr
+    one, two = (read_metrics(tmp_path / run / "metrics.jsonl") for run in ("single", "ddp"))
+    assert one[0]["world"] == 1 and two[0]["world"] == 2
+    assert loss_curve(two) == pytest.approx(loss_curve(one), abs=1e-4)
+    evals = lambda records: [r for r in records if "val_loss" in r]  # noqa: E731
+    assert [r["val_loss"] for r in evals(two)] == pytest.approx([r["val_loss"] for r in evals(one)], abs=1e-4)
+    assert [r["samples"] for r in evals(two)] == [r["samples"] for r in evals(one)]
+    a, b = (load_file(str(tmp_path / run / "latest" / "adapter.safetensors")) for run in ("single", "ddp"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-4, rtol=0, msg=name)
 
 
 def copy_task_csv(path: Path) -> Path:
