@@ -189,9 +189,13 @@ def _find(columns: list[str], names: tuple[str, ...]) -> str | None:
 
 
 def detect_format(columns: list[str], mapping: dict[str, str] | None = None) -> str | None:
-    """The format the column names suggest (a mapping implies pairs or messages), or None."""
-    if mapping:
-        return "messages" if "messages" in mapping else "pairs"
+    """The format the column names suggest, or None. A mapping of messages implies that format, one of the
+    prompt or the response implies pairs (a system column alone says nothing)."""
+    mapping = mapping or {}
+    if "messages" in mapping:
+        return "messages"
+    if "prompt" in mapping or "response" in mapping:
+        return "pairs"
     if _find(columns, MESSAGES_NAMES):
         return "messages"
     if _find(columns, ("instruction",)) and _find(columns, ("output",)):

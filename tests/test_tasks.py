@@ -117,6 +117,16 @@ def test_alpaca_with_input_and_system(tmp_path):
     ]
 
 
+def test_a_system_column_mapping_keeps_the_detected_format(tmp_path):
+    rows = [{"instruction": "Add one.", "input": "2", "output": "3", "persona": "Be exact."}]
+    data = read_task_file(write(tmp_path, "t.json", json.dumps(rows)), mapping={"system": "persona"})
+    assert data.format == "alpaca"
+    assert data.examples[0].messages[:2] == [
+        {"role": "system", "content": "Be exact."},
+        {"role": "user", "content": "Add one.\n\n2"},
+    ]
+
+
 def test_messages_multi_turn_trains_on_every_assistant_turn(tmp_path, tok):
     turns = [
         {"role": "system", "content": "Be kind."},
