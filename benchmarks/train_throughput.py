@@ -3,8 +3,10 @@
     python benchmarks/train_throughput.py [--steps 10] [--warmup 2] [--batch-size 16] [--compile] [--json F]
 
 The peak that MFU is taken against is measured in the same run (llm.device.measure_matmul_flops: fp32 on a
-CPU, bf16 on a GPU), so the figure says how close the training step gets to this device's own matrix rate
-under the same load. Achieved FLOP/s is Transformer.flops_per_token() (6N + 12LCT) times tokens/s.
+CPU, bf16 on a GPU), three times before and three times after each shape; the best of all those runs is the
+peak. Achieved FLOP/s is Transformer.flops_per_token() (6N + 12LCT) times tokens/s. On a machine shared
+with other work both the runs and the training step are slowed, by different amounts at different times: see
+the spread of the matmul runs before reading much into an MFU.
 """
 
 from __future__ import annotations
@@ -35,10 +37,9 @@ SHAPES = {
 }
 
 
-def measure_peak(device: torch.device, repeats: int = 3) -> tuple[float, list[float]]:
-    """The best of a few matmul-rate measurements: on a shared machine the best is closest to the peak."""
-    rates = [measure_matmul_flops(device) for _ in range(repeats)]
-    return max(rates), rates
+def measure_peak(device: torch.device, repeats: int = 3) -> list[float]:
+    """A few matmul-rate measurements (FLOP/s): on a shared machine the best is closest to the peak."""
+    return [measure_matmul_flops(device) for _ in range(repeats)]
 
 
 def main() -> None:
@@ -58,13 +59,16 @@ def main() -> None:
     device = pick_device(args.device)
     info = machine_info(device)
     print_machine(info)
-    peak_before, rates_before = measure_peak(device)
     results = []
     for shape in args.shapes:
         spec = dict(SHAPES[shape])
         torch.manual_seed(0)
         model = Transformer(preset(spec.pop("name"), **spec))
+        # The matmul rate is measured just before and just after each shape; on a shared machine the load
+        # drifts, and the best of all these runs is the nearest to the device's peak.
+        rates = measure_peak(device)
         timing = time_training_steps(model, device, args.batch_size, args.steps, args.warmup, args.compile)
+        rates += measure_peak(device)
         flops = model.flops_per_token()
         results.append(
             {
@@ -77,23 +81,19 @@ def main() -> None:
                 "flops_per_token": flops,
                 **timing,
                 "achieved_flops": flops * timing["tokens_per_s"],
+                "matmul_runs": rates,
             }
         )
         del model
-    peak_after, rates_after = measure_peak(device)
-    # The peak is measured before and after the runs; the higher is the device's rate under this load.
-    peak = max(peak_before, peak_after)
+    peak = max(rate for r in results for rate in r["matmul_runs"])
     for r in results:
         r["mfu"] = r["achieved_flops"] / peak
 
-    print(
-        f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s "
-        f"(runs before: {', '.join(f'{x / 1e9:.0f}' for x in rates_before)}; "
-        f"after: {', '.join(f'{x / 1e9:.0f}' for x in rates_after)})"
-    )
+    print(f"measured matmul peak: {peak / 1e9:.1f} GFLOP/s (the best of the runs around each shape, below)")
+
     print(f"batch {args.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, compile={args.compile}")
     print_table(
-        ["shape", "params", "ctx", "s/step", "tokens/s", "GFLOP/s", "MFU", "loss"],
+        ["shape", "params", "ctx", "s/step", "tokens/s", "GFLOP/s", "MFU", "loss", "matmul runs GFLOP/s"],
         [
             [
                 r["shape"],
@@ -104,6 +104,7 @@ def main() -> None:
                 f"{r['achieved_flops'] / 1e9:.1f}",
                 f"{r['mfu']:.1%}",
                 f"{r['last_loss']:.2f}",
+                " ".join(f"{x / 1e9:.0f}" for x in r["matmul_runs"]),
             ]
             for r in results
         ],
@@ -114,8 +115,6 @@ def main() -> None:
             "benchmark": "train_throughput",
             **info,
             "peak_flops": peak,
-            "peak_runs_before": rates_before,
-            "peak_runs_after": rates_after,
             "steps": args.steps,
             "warmup": args.warmup,
             "results": results,
