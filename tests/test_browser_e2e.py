@@ -102,7 +102,7 @@ def test_upload_finetune_reload_and_compare(page):
         page.screenshot(path=str(ARTIFACTS / f"bad-upload-{name}.png"))
         assert workspace_files(studio.workspace) == before, name
         page.reload()  # a clean page for the next file (and toasts gone)
-        upload = page.locator("#data-upload input[type=file]")
+        expect(status).to_contain_text("examples ready")  # loaded again
     # A name that tries to climb out of the workspace is stored inside it, under its plain name.
     upload.set_input_files(
         files=[{"name": "../../x.csv", "mimeType": "text/csv", "buffer": b"question,answer\nUp?,down\n"}]
@@ -120,7 +120,7 @@ def test_upload_finetune_reload_and_compare(page):
     page.locator("#ft-batch-size input").fill("64")
     expect(page.locator("#ft-plan")).to_contain_text("Estimated memory")
     expect(page.locator("#ft-plan")).to_contain_text("60 (")
-    page.locator("#ft-name textarea, #ft-name input").first.fill("opposites-lora")
+    page.locator("#ft-name textarea, #ft-name input").first.fill("opposites-ft")
     page.locator("#ft-start").click()
     expect(page.locator("#ft-state")).to_contain_text("running", timeout=60_000)
     progress = page.locator("#ft-progress")
@@ -132,7 +132,7 @@ def test_upload_finetune_reload_and_compare(page):
     run = studio.store.runs()[0]
     page.reload()
     open_tab(page, "2 · Fine-tune")
-    expect(page.locator("#ft-state")).to_contain_text("opposites-lora")
+    expect(page.locator("#ft-state")).to_contain_text("opposites-ft")
     assert studio.store.run(run["id"])["status"] in ("running", "done"), "a reload never stops a run"
     expect(page.locator("#ft-state")).to_contain_text("done", timeout=300_000)
     expect(progress).to_contain_text("step 60 of 60")
@@ -141,16 +141,16 @@ def test_upload_finetune_reload_and_compare(page):
 
     # 3. Compare: base and fine-tuned, same prompt and seed, side by side.
     open_tab(page, "3 · Compare")
-    expect(page.locator("#compare-models")).to_contain_text("opposites-lora")
+    expect(page.locator("#compare-models")).to_contain_text("opposites-ft")
     page.locator("#compare-prompt textarea").fill("Opposite of up?")
     page.locator("#compare-go").click()
     expect(page.get_by_text(re.compile("Done: same prompt, seed 0"))).to_be_visible(timeout=60_000)
     answers = page.locator(".answer")
     expect(answers.nth(0)).to_contain_text("base")
-    expect(answers.nth(1)).to_contain_text("opposites-lora")
+    expect(answers.nth(1)).to_contain_text("opposites-ft")
     assert answers.nth(0).locator("textarea").input_value(), "the base model continues any prompt"
     expect(page.locator(".diff .diff-block")).to_have_count(1)
-    page.locator("#compare-vote label", has_text="opposites-lora").click()
+    page.locator("#compare-vote label", has_text="opposites-ft").click()
     page.get_by_role("button", name="Save vote").click()
     expect(page.get_by_text("Vote saved")).to_be_visible()
     assert studio.store.votes()[-1]["winner"] == f"run:{run['id']}"
@@ -158,10 +158,10 @@ def test_upload_finetune_reload_and_compare(page):
 
     # 4. Models: the run with its settings, metrics and loss curve.
     open_tab(page, "4 · Models")
-    expect(page.locator("#models-table")).to_contain_text("opposites-lora")
+    expect(page.locator("#models-table")).to_contain_text("opposites-ft")
     page.locator("#models-pick input").click()
-    page.get_by_role("option", name=re.compile("^opposites-lora")).click()
-    expect(page.get_by_text("method: LoRA")).to_be_visible()
+    page.get_by_role("option", name=re.compile("^opposites-ft")).click()
+    expect(page.get_by_text("dataset: opposites.csv")).to_be_visible()
     expect(page.get_by_text("status: done")).to_be_visible()
     page.wait_for_timeout(700)  # let the closing option list fade out of the screenshot
     page.screenshot(path=str(SCREENSHOTS / "models.png"), full_page=True)

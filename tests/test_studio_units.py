@@ -72,6 +72,8 @@ def test_word_diff_marks_added_and_missing_words():
     assert "&lt;b&gt;" in html, "answers are escaped, never rendered as HTML"
     panel = diff_panel(["base", "tuned"], ["same words", "same words"])
     assert "100% of words shared" in panel and "<ins>" not in panel.split("</div>", 1)[1]
+    unlike = diff_panel(["base", "tuned"], ["Once upon a time there was a dog", "down"])
+    assert "shown whole" in unlike and "<del>" not in unlike.split("diff-block", 1)[1], "no crossed-out wall"
 
 
 def test_length_histogram_splits_at_the_context():

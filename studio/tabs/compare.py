@@ -39,12 +39,17 @@ def diff_panel(labels: list[str], answers: list[str]) -> str:
     """HTML: each answer after the first as a word diff against the first."""
     if len(answers) < 2:
         return ""
-    blocks = [
-        f"<div class='diff-block'><div class='diff-head'>{html.escape(label)} vs {html.escape(labels[0])}"
-        f" · {difflib.SequenceMatcher(None, answers[0].split(), answer.split()).ratio():.0%} of words shared</div>"
-        f"<div class='diff-body'>{word_diff_html(answers[0], answer) or '<em>(empty answer)</em>'}</div></div>"
-        for label, answer in zip(labels[1:], answers[1:], strict=True)
-    ]
+    blocks = []
+    for label, answer in zip(labels[1:], answers[1:], strict=True):
+        shared = difflib.SequenceMatcher(None, answers[0].split(), answer.split(), autojunk=False).ratio()
+        # Answers with little in common read better whole than as a page of crossed-out words.
+        body = word_diff_html(answers[0], answer) if shared >= 0.2 else html.escape(answer)
+        note = "" if shared >= 0.2 else " (too different for a word diff: shown whole)"
+        blocks.append(
+            f"<div class='diff-block'><div class='diff-head'>{html.escape(label)} vs {html.escape(labels[0])}"
+            f" · {shared:.0%} of words shared{note}</div>"
+            f"<div class='diff-body'>{body or '<em>(empty answer)</em>'}</div></div>"
+        )
     legend = "<div class='diff-legend'><ins>added</ins> <del>missing</del> relative to the first model</div>"
     return legend + "".join(blocks)
 

@@ -13,8 +13,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from studio.context import Studio, human_size
-from studio.jobs import METRICS, Metrics
+from studio.context import Studio, human_size, plural
+from studio.jobs import CHILD_THREADS, METRICS, Metrics
 from studio.store import ACTIVE_STATES
 from studio.tabs import dropdown
 
@@ -63,16 +63,27 @@ def default_run(studio: Studio) -> str | None:
 
 
 def finetune_settings(method: str, epochs, max_steps, lr, batch_size, lora_rank, probes: str) -> dict[str, Any]:
-    """The tab's values as FinetuneConfig fields (0 or empty: the library's default)."""
-    return {
-        "method": method,
-        "epochs": int(epochs or 1),
-        "max_steps": int(max_steps or 0),
-        "lr": float(lr) if lr else None,
-        "batch_size": int(batch_size or 0),
-        "lora_rank": int(lora_rank or 8),
-        "probes": [line.strip() for line in (probes or "").splitlines() if line.strip()][:5],
-    }
+    """The tab's values as FinetuneConfig fields; a value left at 0 or empty is left out, so the library's
+    default applies (llm.finetune.FinetuneConfig is the one place the defaults live)."""
+    settings: dict[str, Any] = {"method": method or "lora"}
+    for key, value, kind in (
+        ("epochs", epochs, int),
+        ("max_steps", max_steps, int),
+        ("lr", lr, float),
+        ("batch_size", batch_size, int),
+        ("lora_rank", lora_rank, int),
+    ):
+        if value:
+            settings[key] = kind(value)
+    settings["probes"] = [line.strip() for line in (probes or "").splitlines() if line.strip()][:5]
+    return settings
+
+
+def device_text(device: str) -> str:
+    """The plan's device as the child will use it: on a CPU, the threads it gets (the studio keeps the rest)."""
+    if device.startswith("cpu"):
+        return f"cpu ({plural(CHILD_THREADS, 'thread')} for training, the rest kept for the studio)"
+    return device
 
 
 def plan_text(plan: dict[str, Any]) -> str:
@@ -80,7 +91,7 @@ def plan_text(plan: dict[str, Any]) -> str:
     return "\n".join(
         f"- {line}"
         for line in [
-            f"**Device:** {plan['device']}",
+            f"**Device:** {device_text(plan['device'])}",
             f"**Parameters:** {plan['params']:,} · trained: {plan['trainable_params']:,} ({share:.1%})",
             f"**Examples:** {plan['train_examples']} to train on, {plan['val_examples']} held out to validate",
             f"**Steps:** {plan['max_steps']} ({plan['epochs']:.1f} epochs of {plan['steps_per_epoch']}, "
@@ -99,10 +110,10 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                 gr.Markdown("#### Settings")
                 base = dropdown(label="Base model", elem_id="ft-base")
                 dataset = dropdown(label="Dataset", elem_id="ft-dataset")
-                method = gr.Radio(METHOD_CHOICES, value="lora", label="Method")
+                method = gr.Radio(METHOD_CHOICES, label="Method", elem_id="ft-method")
                 with gr.Row():
                     epochs = gr.Number(
-                        value=5, precision=0, minimum=1, maximum=100, label="Epochs", elem_id="ft-epochs"
+                        value=0, precision=0, minimum=0, maximum=100, label="Epochs", elem_id="ft-epochs"
                     )
                     max_steps = gr.Number(
                         value=0, precision=0, minimum=0, label="Max steps (0: from epochs)", elem_id="ft-max-steps"
@@ -112,7 +123,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                     batch_size = gr.Number(
                         value=0, precision=0, minimum=0, label="Batch size (0: auto)", elem_id="ft-batch-size"
                     )
-                    lora_rank = gr.Number(value=8, precision=0, minimum=1, maximum=256, label="LoRA rank")
+                    lora_rank = gr.Number(value=0, precision=0, minimum=0, maximum=256, label="LoRA rank")
                 probes = gr.Textbox(
                     label="Probe prompts (one a line): answered at every evaluation",
                     lines=3,
@@ -276,6 +287,16 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         ]
 
     choice_outputs = [base, dataset, run]
+
+    def library_defaults():
+        """The library's defaults in the fields, when a page opens."""
+        from llm.finetune import FinetuneConfig
+
+        defaults = FinetuneConfig()
+        rank = gr.Number(value=defaults.lora_rank, visible=defaults.method == "lora")
+        return gr.Radio(value=defaults.method), gr.Number(value=defaults.epochs), rank
+
+    demo.load(library_defaults, None, [method, epochs, lora_rank], api_visibility="private")
     for event in (tab.select, demo.load):
         event(choices, [base, dataset, run], choice_outputs, api_visibility="private").then(
             make_plan, [base, dataset, *settings_inputs], plan, api_visibility="private"

@@ -91,6 +91,21 @@ def facts(info: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
     return lines
 
 
+def run_settings(config: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """The settings a run trained with: the effective ones from its checkpoint (defaults filled in by the
+    library), else those chosen in the studio."""
+    chosen, tuned, trained = config, info.get("finetune", {}), info.get("train_config", {})
+    values = {
+        "epochs": tuned.get("epochs", chosen.get("epochs")),
+        "steps": trained.get("max_steps", chosen.get("max_steps")),
+        "learning rate": trained.get("lr", chosen.get("lr")),
+        "batch size": trained.get("batch_size", chosen.get("batch_size")),
+    }
+    if (tuned.get("method") or chosen.get("method")) == "lora":
+        values["LoRA rank"] = tuned.get("lora_rank", chosen.get("lora_rank"))
+    return {k: v for k, v in values.items() if v}
+
+
 def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
     """Markdown with what made the model and how it did, and its loss curve."""
     kind, _, key = ref.partition(":")
@@ -115,14 +130,14 @@ def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
     info = _info(run_dir / "latest") or _info(run_dir / "best")  # the newest checkpoint's facts
     metrics = read_metrics(run_dir / METRICS)
     dataset = studio.store.dataset(run["dataset_id"])
-    settings = {k: cfg[k] for k in ("epochs", "max_steps", "lr", "batch_size", "lora_rank") if cfg.get(k) is not None}
+    settings = run_settings(cfg, info)
     lines = [
         f"### {run['name']}",
         f"- status: **{run['status']}** {run['message']}",
         f"- base model: {studio.model_label(run['base_id'])}",
         f"- dataset: {dataset['name'] if dataset else cfg.get('data_path')}",
         f"- method: {'LoRA' if run['method'] == 'lora' else 'full fine-tune'}",
-        f"- settings: {', '.join(f'{k.replace(chr(95), chr(32))} {v}' for k, v in settings.items())}",
+        f"- settings: {', '.join(f'{k} {v}' for k, v in settings.items())}",
         f"- folder: `{run_dir}` ({human_size(dir_size(run_dir))} on disk)",
         f"- started: {_when(run['started'])}, ended: {_when(run['finished']) or '—'}",
     ]
