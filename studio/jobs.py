@@ -370,5 +370,4 @@ class Jobs:
             "remaining": remaining,
             "metrics": metrics,
             "log": log_tail(run_dir / LOG, 12),
-            "resumable": resumable(run_dir),
         }
