@@ -274,7 +274,8 @@ class Jobs:
             return
         run_dir = self.run_dir(run)
         final = read_metrics(run_dir / METRICS).final
-        log_error = error_from_log(log_tail(run_dir / LOG, 60))
+        attempt = log_tail(run_dir / LOG, 60).rpartition("\n$ ")[2]  # this attempt's lines, after its command
+        log_error = error_from_log(attempt)
         if final is not None and final["event"] in ("done", "early_stop"):
             status, message = "done", "Finished."
         elif final is not None and final["event"] == "stopped":
@@ -290,7 +291,7 @@ class Jobs:
             status, message = "failed", explain(log_error, code)
         else:
             status = "interrupted"
-            message = "The trainer process ended without finishing (the studio or the machine was stopped)."
+            message = "The trainer ended without a last record: it was killed, or the machine went down."
             if resumable(run_dir):
                 message += " Its last checkpoint is kept: Resume continues from it."
         self.store.update_run(run["id"], status=status, message=message, finished=time.time())
