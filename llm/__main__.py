@@ -159,11 +159,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     from llm.config import ModelConfig
     from llm.tokenizer import MODEL_FILE, Tokenizer
 
-    values = {
-        k: v
-        for k, v in vars(args).items()
-        if k in finetune.FinetuneConfig.__dataclass_fields__ and v is not None and k != "probes"
-    }
+    fields = finetune.FinetuneConfig.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     cfg = finetune.FinetuneConfig(**values, probes=args.probe or [])
     mapping = task_mapping(args)
     if not args.resume:

@@ -41,9 +41,10 @@ METHODS = ("lora", "full")
 # small it learns new facts several times more slowly than full fine-tuning, so full is the default method.
 DEFAULT_LR = {"lora": 3e-3, "full": 1e-3}
 TOKENS_PER_BATCH = 2048  # token positions per micro-batch at full context: sets the default batch size
-# Share of a device's matrix-product rate that fine-tuning reaches (short sequences, small matrices); measured
-# on this project's 2-core CPU with the 6-layer base model. Used only for the time estimate in plan().
-EFFICIENCY = {"cpu": 0.35, "cuda": 0.25, "mps": 0.25}
+# Share of a device's matrix-product rate that fine-tuning reaches (short sequences, small matrices), for the
+# time estimate in plan() only. CPU: measured (0.6-0.8 on the opposites sample, 6-layer base, 2-core CPU);
+# GPUs: a guess, unmeasured here (no GPU), where small batches of short rows leave the chip mostly idle.
+EFFICIENCY = {"cpu": 0.6, "cuda": 0.25, "mps": 0.25}
 DECODE_SLOWDOWN = 20  # generating one token at a time: tiny matrix products, far below the device's rate
 
 
@@ -259,10 +260,11 @@ def device_rate(device_type: str) -> float:
 def plan(base: str | Path, data: TaskData, cfg: FinetuneConfig, val_data: TaskData | None = None) -> dict[str, Any]:
     """What a run would do, before starting it: sizes, steps, device, and rough memory and time estimates.
 
-    Time: training FLOPs (6 per parameter and token for full fine-tuning; 4 for LoRA, whose frozen weights
-    need no weight gradients) plus evaluation forward passes (2) plus probe generation, over the measured
-    rate of the device. Memory: fp32 weights, gradients and AdamW moments of the trained parameters, and the
-    activations and logits of the longest batch.
+    Time: training FLOPs (6 per parameter and token, forward and backward; LoRA skips the frozen weights'
+    gradients, but on small models its adapter products and dropout copies cost that back: 95 s against 100 s
+    for full on the opposites sample) plus evaluation forward passes (2) plus probe generation, over the
+    measured rate of the device. Memory: fp32 weights, gradients and AdamW moments of the trained parameters,
+    and the activations and logits of the longest batch (not the Python and torch overhead, ~0.4 GB).
     """
     prep = prepare(base, data, cfg, val_data)
     mc, tc = prep.model_cfg, prep.train_cfg
@@ -277,7 +279,7 @@ def plan(base: str | Path, data: TaskData, cfg: FinetuneConfig, val_data: TaskDa
     n_evals = tc.max_steps // tc.eval_interval + (tc.max_steps % tc.eval_interval > 0)
     eval_tokens = n_evals * 2 * sum(prep.val.lengths)  # validation set and an equal train sample
     probe_tokens = n_evals * len(cfg.probes) * cfg.probe_tokens
-    per_train_token = (3 if cfg.method == "full" else 2) * forward
+    per_train_token = 3 * forward
     flops = train_tokens * per_train_token + eval_tokens * forward + probe_tokens * forward * DECODE_SLOWDOWN
     device = pick_device(cfg.device)
     longest = max(len(ids) for ids, _ in prep.train.items)
