@@ -242,7 +242,7 @@ def add_finetune_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-data", help="a validation file (default: hold out --val-fraction of --data)")
     p.add_argument("--out", required=True, help="run folder: checkpoints in latest/ and best/")
     p.add_argument("--metrics", help="metrics JSONL file (default <out>/metrics.jsonl)")
-    p.add_argument("--method", choices=["full", "lora"], help="default full")
+    p.add_argument("--method", choices=["lora", "full"], help="default lora")
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-steps", type=int, help="default: from --epochs")
     p.add_argument("--lr", type=float, help="default: per method (higher for LoRA)")

@@ -5,6 +5,11 @@ A conversation is rendered as token ids:
 It opens with the end-of-text token, as every document does in pretraining. The role and end tokens are
 inserted by id (they are control symbols: no text encodes to them). Training counts the loss only on
 assistant text and the <|end|> after it, so the model learns to answer and to stop, not to write prompts.
+
+Each text is encoded with a space in front, the way words appear in running text: the tokenizer adds no
+such prefix itself, and without it a message's first word becomes rare fragments ("small" -> s, m, all
+instead of "▁small") that a fine-tune must learn from scratch (LoRA on datasets/samples/opposites.csv: 49%
+exact match without the space, 95% with it). Generated answers therefore begin with a space.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ def render(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> tuple[list[i
     for message in messages:
         role = message["role"]
         assert role in ROLES, f"unknown role {role!r}"
-        body = tokenizer.encode(message["content"]) + [end]
+        body = tokenizer.encode(" " + message["content"]) + [end]
         trained = role == "assistant"
         ids += [tokenizer.special[f"<|{role}|>"]] + body
         mask += [False] + [trained] * len(body)

@@ -79,7 +79,7 @@ def test_reference_loss_is_the_training_loss_of_the_answer(tiny_model_dir, task_
     messages, reference = split_reference(data.examples[0])
     loss, count = reference_loss(model, tok, messages, reference)
     assert loss == pytest.approx(expected, rel=1e-5)
-    assert count == len(tok.encode(reference)) + 1  # and its <|end|>
+    assert count == len(tok.encode(" " + reference)) + 1  # and its <|end|>
 
 
 def test_every_model_answers_the_same_rows_and_totals_sum_them_up(tiny_model_dir, tuned_dir, task_file):

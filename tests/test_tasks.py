@@ -140,7 +140,7 @@ def test_messages_multi_turn_trains_on_every_assistant_turn(tmp_path, tok):
     ids, mask = encode_examples(data, tok, 64).items[0]
     trained = [i for i, m in zip(ids, mask, strict=True) if m]
     end = tok.special["<|end|>"]
-    assert trained == tok.encode("Tom had a ball.") + [end] + tok.encode("The Ball") + [end]
+    assert trained == tok.encode(" Tom had a ball.") + [end] + tok.encode(" The Ball") + [end]  # texts get a space
 
 
 def test_sharegpt_from_value_and_a_column_named_conversations(tmp_path):
@@ -277,11 +277,11 @@ def test_rows_longer_than_the_context_are_truncated_or_dropped_and_counted(tmp_p
     long_answer = " ".join(["Tom had a ball."] * 40)
     path = write(tmp_path, "t.csv", f"question,answer\nWhat is big?,small\nTell a story.,{long_answer}\n")
     data = read_task_file(path)
-    full_length = len(tok.encode(long_answer)) + 6  # eos, user, end, assistant, end + the prompt's tokens
     cut = encode_examples(data, tok, 32, overflow="truncate")
     assert cut.rows == [1, 2] and cut.truncated == [2]
-    assert len(cut.items[1][0]) == 33 and cut.lengths[1] > 33
-    assert cut.lengths[1] == full_length + len(tok.encode("Tell a story.")) - 1
+    assert len(cut.items[1][0]) == 33  # context + 1: the last id is only a target
+    texts = len(tok.encode(" Tell a story.")) + len(tok.encode(" " + long_answer))
+    assert cut.lengths[1] == texts + 5  # eos, <|user|>, <|end|>, <|assistant|>, <|end|>
     dropped = encode_examples(data, tok, 32, overflow="drop")
     assert dropped.rows == [1]
     assert str(dropped.dropped[0]) == f"row 2: too long ({cut.lengths[1]} tokens; the context holds 33)"
@@ -328,7 +328,7 @@ def test_summary_and_content_hash(tmp_path, tok):
     assert info["drop_reasons"] == {"empty prompt": 1}
     assert info["problems"] == ["row 2, column 'question': empty prompt"]
     assert info["tokens"]["min"] <= info["tokens"]["median"] <= info["tokens"]["max"]
-    assert info["tokens"]["trained"] == len(tok.encode("small")) + len(tok.encode("cold")) + 2
+    assert info["tokens"]["trained"] == len(tok.encode(" small")) + len(tok.encode(" cold")) + 2
     path.write_text(path.read_text().replace("cold", "cool"))
     assert read_task_file(path).content_hash != data.content_hash
 
