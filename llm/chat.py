@@ -8,8 +8,8 @@ assistant text and the <|end|> after it, so the model learns to answer and to st
 
 Each text is encoded with a space in front, the way words appear in running text: the tokenizer adds no
 such prefix itself, and without it a message's first word becomes rare fragments ("small" -> s, m, all
-instead of "▁small") that a fine-tune must learn from scratch (LoRA on datasets/samples/opposites.csv: 49%
-exact match without the space, 95% with it). Generated answers therefore begin with a space.
+instead of "▁small") that a fine-tune must learn from scratch (LoRA on datasets/samples/opposites.csv: 88%
+exact match without the space, 100% with it). Generated answers therefore begin with a space.
 """
 
 from __future__ import annotations

@@ -133,7 +133,7 @@ OPPOSITE_TEMPLATES = [
     "Opposite of {w}?",
     "Tell me the opposite of {w}.",
     "Give me the opposite of the word {w}.",
-    'What is the opposite of "{w}"?',
+    "Can you tell me the opposite of {w}?",
     "Which word means the opposite of {w}?",
     "Say the opposite of {w}.",
 ]
