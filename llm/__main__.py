@@ -75,11 +75,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         run_info = checkpoint.read_info(checkpoint.resolve(Path(args.out) / "latest"))
         overrides["max_steps"] = run_info["train_config"]["max_steps"]
     train_cfg = train_config_from(args, **overrides)
-    metrics = args.metrics or Path(args.out) / "metrics.jsonl"
     dtype = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}[args.save_dtype]
     import torch
 
-    pretrain(args.data, args.out, model_cfg, train_cfg, args.resume, metrics, getattr(torch, dtype) if dtype else None)
+    pretrain(
+        args.data, args.out, model_cfg, train_cfg, args.resume, args.metrics, getattr(torch, dtype) if dtype else None
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -176,9 +177,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             f"examples, {plan['max_steps']} steps (batch {plan['batch_size']}, lr {plan['lr']:g}), "
             f"about {plan['est_seconds']:.0f} s"
         )
-    metrics = args.metrics or Path(args.out) / "metrics.jsonl"
     result = finetune.finetune(
-        args.base, args.data, args.out, cfg, args.format, mapping, args.val_data, metrics, args.resume
+        args.base, args.data, args.out, cfg, args.format, mapping, args.val_data, args.metrics, args.resume
     )
     best = f", best validation loss {result.best_val_loss:.4f}" if result.best_val_loss < float("inf") else ""
     print(f"{result.reason} at step {result.step}{best}: the model is in {args.out}")

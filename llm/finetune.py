@@ -32,7 +32,7 @@ from llm.model import Transformer
 from llm.task_eval import answer
 from llm.tasks import EncodedExamples, TaskData, TaskFileError, encode_examples, read_task_file, split_examples
 from llm.tokenizer import MODEL_FILE, Tokenizer
-from llm.trainer import TrainResult, train
+from llm.trainer import METRICS_FILE, TrainResult, train
 
 METHODS = ("lora", "full")
 # The defaults were tuned on datasets/samples/opposites.csv with the 6-layer base model (datasets/README.md):
@@ -422,7 +422,7 @@ def finetune(
         prep.train, prep.val, train_cfg.batch_size, train_cfg.grad_accum, cfg.seed, prep.tokenizer.pad_id
     )
     on_eval = make_probe_logger(prep.tokenizer, cfg.probes, cfg.probe_tokens) if cfg.probes else None
-    metrics = metrics_path if metrics_path is not None else out_dir / "metrics.jsonl"
+    metrics = metrics_path if metrics_path is not None else out_dir / METRICS_FILE
     result = train(model, prep.tokenizer, batches, train_cfg, out_dir, metrics, resume, info, adapter_state, on_eval)
     if cfg.merge and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes
         merge_best(out_dir)

@@ -11,7 +11,7 @@ from llm.config import ConfigError, ModelConfig, TrainConfig
 from llm.corpus import TokenData, WindowBatches
 from llm.model import Transformer
 from llm.tokenizer import Tokenizer
-from llm.trainer import TrainResult, train
+from llm.trainer import METRICS_FILE, TrainResult, train
 
 
 def pretrain(
@@ -23,7 +23,10 @@ def pretrain(
     metrics_path: str | Path | None = None,
     save_dtype: torch.dtype | None = None,
 ) -> TrainResult:
-    """Train from scratch (or resume out_dir/latest) on the token shards in data_dir."""
+    """Train from scratch (or resume out_dir/latest) on the token shards in data_dir.
+
+    Metrics go to metrics_path, by default out_dir/metrics.jsonl.
+    """
     data = TokenData.open(data_dir)
     tokenizer = Tokenizer.load(Path(data_dir))
     out_dir = Path(out_dir)
@@ -44,4 +47,5 @@ def pretrain(
         checkpoint.load_weights(model, latest / checkpoint.WEIGHTS)
     batches = WindowBatches(data, model_cfg.context_length, train_cfg.batch_size, train_cfg.seed)
     info = {"kind": "pretrained", "data": str(data_dir), "data_tokens": data.meta["tokens"]}
-    return train(model, tokenizer, batches, train_cfg, out_dir, metrics_path, resume, info, save_dtype=save_dtype)
+    metrics = metrics_path if metrics_path is not None else out_dir / METRICS_FILE
+    return train(model, tokenizer, batches, train_cfg, out_dir, metrics, resume, info, save_dtype=save_dtype)

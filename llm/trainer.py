@@ -33,6 +33,8 @@ from llm.device import autocast_dtype, describe, peak_flops, pick_device
 from llm.model import Transformer, causal_lm_loss
 from llm.tokenizer import Tokenizer
 
+METRICS_FILE = "metrics.jsonl"  # a run's metrics, beside its checkpoints unless told otherwise
+
 
 class TrainingError(RuntimeError):
     pass

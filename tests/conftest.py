@@ -14,7 +14,7 @@ import torch
 from llm.config import TrainConfig, preset
 from llm.corpus import prepare
 from llm.pretrain import pretrain
-from llm.tokenizer import train_tokenizer
+from llm.tokenizer import Tokenizer, train_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "corpora"
@@ -55,6 +55,11 @@ def tokenizer_dir(tmp_path_factory, story_file) -> Path:
     out = tmp_path_factory.mktemp("tok")
     train_tokenizer([story_file], out, vocab_size=400)
     return out
+
+
+@pytest.fixture(scope="session")
+def tok(tokenizer_dir) -> Tokenizer:
+    return Tokenizer.load(tokenizer_dir)
 
 
 @pytest.fixture(scope="session")

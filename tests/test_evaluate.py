@@ -10,12 +10,6 @@ import torch
 from llm.config import preset
 from llm.evaluate import score_text, score_tokens
 from llm.model import Transformer, causal_lm_loss
-from llm.tokenizer import Tokenizer
-
-
-@pytest.fixture(scope="module")
-def tok(tokenizer_dir) -> Tokenizer:
-    return Tokenizer.load(tokenizer_dir)
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,6 @@ from llm.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
-def tok(tokenizer_dir) -> Tokenizer:
-    return Tokenizer.load(tokenizer_dir)
-
-
-@pytest.fixture(scope="module")
 def short_model(tok) -> Transformer:
     """A random model with a 16-token window, so 60 new tokens restart the cache several times."""
     torch.manual_seed(0)

@@ -12,7 +12,6 @@ import torch
 from llm import checkpoint
 from llm.config import ConfigError, ModelConfig, TrainConfig, preset
 from llm.model import KVCache, Transformer, causal_lm_loss
-from llm.tokenizer import Tokenizer
 
 
 def random_model(**overrides) -> Transformer:
@@ -117,11 +116,6 @@ def test_bad_config_json_names_the_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ConfigError, match="config.json"):
         ModelConfig.load(path)
-
-
-@pytest.fixture
-def tok(tokenizer_dir) -> Tokenizer:
-    return Tokenizer.load(tokenizer_dir)
 
 
 @pytest.mark.parametrize("tie", [True, False])

@@ -15,14 +15,8 @@ from llm.tasks import (
     split_examples,
     summary,
 )
-from llm.tokenizer import Tokenizer
 
 PAIR = [{"role": "user", "content": "What is big?"}, {"role": "assistant", "content": "small"}]
-
-
-@pytest.fixture(scope="module")
-def tok(tokenizer_dir) -> Tokenizer:
-    return Tokenizer.load(tokenizer_dir)
 
 
 def write(tmp_path: Path, name: str, content: str | bytes) -> Path:

@@ -57,11 +57,6 @@ def shard_tokens(directory, split: str) -> list[int]:
     return np.concatenate(arrays).tolist() if arrays else []
 
 
-@pytest.fixture(scope="module")
-def tok(tokenizer_dir) -> Tokenizer:
-    return Tokenizer.load(tokenizer_dir)
-
-
 def run_prepare(files, tokenizer_dir, out, val_fraction=0.0, **kw) -> dict:
     return prepare(list(files), tokenizer_dir, out, val_fraction, workers=1, progress=False, **kw)
 

@@ -23,11 +23,6 @@ SAMPLES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tok(tokenizer_dir) -> Tokenizer:
-    return Tokenizer.load(tokenizer_dir)
-
-
 @pytest.mark.parametrize("text", SAMPLES)
 def test_decode_encode_round_trip(tok, text):
     ids = tok.encode(text)

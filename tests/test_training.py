@@ -19,7 +19,6 @@ from llm.config import TrainConfig, preset
 from llm.corpus import WindowBatches
 from llm.model import Transformer
 from llm.pretrain import pretrain
-from llm.tokenizer import Tokenizer
 from llm.trainer import MetricsLog, TrainingError, learning_rate, train
 
 
@@ -39,11 +38,6 @@ class CyclicBatches:
     def eval_batches(self, split: str, count: int):
         for i in range(count):
             yield self.train_batch(10**6 + i, 0)
-
-
-@pytest.fixture(scope="module")
-def tok(tokenizer_dir) -> Tokenizer:
-    return Tokenizer.load(tokenizer_dir)
 
 
 def test_tiny_model_overfits_a_tiny_text(tmp_path, tok):

@@ -12,3 +12,17 @@ def dropdown(**kwargs: Any) -> gr.Dropdown:
     sessions). Gradio checks a value against the choices this session last saw, so the server must accept
     others; every handler looks the value up itself and says when it is unknown."""
     return gr.Dropdown(allow_custom_value=True, **kwargs)
+
+
+def loss_plot(**kwargs: Any) -> gr.LinePlot:
+    """A run's train/validation loss curve, fed a DataFrame with columns step, loss, curve."""
+    return gr.LinePlot(
+        x="step",
+        y="loss",
+        color="curve",
+        label="Loss (blue: training batches, orange: validation)",
+        colors_in_legend=[],  # Gradio cuts a legend below the plot off; the label says it
+        height=300,
+        color_map={"train": "#4f7cff", "validation": "#f5a524"},
+        **kwargs,
+    )

@@ -16,7 +16,7 @@ import pandas as pd
 from studio.context import Studio, human_size, plural
 from studio.jobs import CHILD_THREADS, METRICS, Metrics
 from studio.store import ACTIVE_STATES
-from studio.tabs import dropdown
+from studio.tabs import dropdown, loss_plot
 
 METHOD_CHOICES = [("LoRA: small adapters, fast, little memory", "lora"), ("Full: every weight", "full")]
 SAMPLE_COLUMNS = ["step", "prompt", "answer"]
@@ -141,16 +141,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                     resume = gr.Button("Resume", size="md", interactive=False, elem_id="ft-resume")
                 state = gr.Markdown(elem_id="ft-state")
                 bar = gr.HTML(elem_id="ft-progress")
-                curve = gr.LinePlot(
-                    x="step",
-                    y="loss",
-                    color="curve",
-                    label="Loss (blue: training batches, orange: validation)",
-                    colors_in_legend=[],  # Gradio cuts a legend below the plot off; the label says it
-                    height=300,
-                    color_map={"train": "#4f7cff", "validation": "#f5a524"},
-                    elem_id="ft-loss",
-                )
+                curve = loss_plot(elem_id="ft-loss")
                 samples = gr.Dataframe(
                     headers=SAMPLE_COLUMNS,
                     label="Probe answers at the latest evaluations",

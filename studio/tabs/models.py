@@ -19,7 +19,7 @@ import pandas as pd
 from studio.context import Studio, dir_size, human_size, is_model_dir
 from studio.jobs import LOG, METRICS, Metrics, read_metrics
 from studio.store import ACTIVE_STATES, new_id
-from studio.tabs import dropdown
+from studio.tabs import dropdown, loss_plot
 
 TABLE_COLUMNS = ["name", "kind", "status", "base", "dataset", "steps", "best val loss", "size", "created"]
 
@@ -193,16 +193,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
             with gr.Column(scale=3):
                 about = gr.Markdown()
             with gr.Column(scale=4):
-                curve = gr.LinePlot(
-                    x="step",
-                    y="loss",
-                    color="curve",
-                    label="Loss (blue: training batches, orange: validation)",
-                    colors_in_legend=[],  # Gradio cuts a legend below the plot off; the label says it
-                    height=300,
-                    x_title="step",
-                    color_map={"train": "#4f7cff", "validation": "#f5a524"},
-                )
+                curve = loss_plot(x_title="step")
         with gr.Row():
             new_name = gr.Textbox(label="New name", scale=3)
             rename = gr.Button("Rename", scale=1, elem_classes="inline-button")
