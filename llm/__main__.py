@@ -1,4 +1,9 @@
-"""The command line: python -m llm <command> ...  Each command is a thin wrapper over library functions."""
+"""The command line: python -m llm <command> ...  Each command is a thin wrapper over library functions.
+
+The flags of the config dataclasses (TrainConfig, ModelConfig, FinetuneConfig, SamplingConfig in
+llm/config.py) are generated from their fields (llm/cli_flags.py). Errors in input or settings (llm.errors)
+print one line naming the flag and exit with code 2; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,19 @@ import json
 import sys
 from pathlib import Path
 
-from llm.config import DEFAULT_BASE_MODEL, PRESETS, TrainConfig
+from llm.cli_flags import add_config_flags, config_from_args, flag_for, given
+from llm.config import (
+    DEFAULT_BASE_MODEL,
+    PRESETS,
+    TASK_FORMATS,
+    FinetuneConfig,
+    ModelConfig,
+    SamplingConfig,
+    TrainConfig,
+    load_json,
+)
+
+SAVE_DTYPES = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> None:
@@ -40,72 +57,40 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     )
 
 
-def train_config_from(args: argparse.Namespace, **overrides) -> TrainConfig:
-    names = TrainConfig.__dataclass_fields__
-    values = {k: v for k, v in vars(args).items() if k in names and v is not None and k != "extra"}
-    return TrainConfig(**{**values, **overrides})
-
-
-def add_train_flags(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
-    g = p.add_argument_group("training")
-    for name, value in defaults.to_dict().items():
-        if name == "extra":
-            continue
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool):
-            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            g.add_argument(flag, type=type(value), default=None, help=f"default {value}")
-    g.add_argument("--metrics", help="metrics JSONL file (default <out>/metrics.jsonl)")
-
-
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from llm.config import preset
-    from llm.pretrain import pretrain
-
-    shape = {
-        k: getattr(args, k)
-        for k in ("n_layer", "n_head", "d_model", "context_length", "mlp_hidden", "dropout", "tie_embeddings")
-    }
-    model_cfg = preset(args.preset, **shape)
-    overrides = {}
-    if args.resume and args.max_steps is None:  # keep the run's own step budget, and with it its lr schedule
-        from llm import checkpoint
-
-        run_info = checkpoint.read_info(checkpoint.resolve(Path(args.out) / "latest"))
-        overrides["max_steps"] = run_info["train_config"]["max_steps"]
-    train_cfg = train_config_from(args, **overrides)
-    dtype = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}[args.save_dtype]
     import torch
 
+    from llm.config import preset
+    from llm.pretrain import pretrain
+    from llm.run import RunDir
+
+    model_cfg = preset(args.preset, **given(args, ModelConfig))
+    if args.resume:  # the run's own settings; only the budgets and the device given here change
+        budgets = {k: v for k, v in given(args, TrainConfig).items() if k in ("max_steps", "max_time", "device")}
+        train_cfg = TrainConfig.from_dict(RunDir(args.out).resumed_train_settings(**budgets))
+    else:
+        train_cfg = config_from_args(TrainConfig, args)
+    dtype = SAVE_DTYPES[args.save_dtype]
     pretrain(
         args.data, args.out, model_cfg, train_cfg, args.resume, args.metrics, getattr(torch, dtype) if dtype else None
     )
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from llm.chat import user_messages
     from llm.checkpoint import load_model
     from llm.device import pick_device
-    from llm.generate import SamplingConfig, stream_text
+    from llm.generate import stream_chat, stream_text
 
     model, tok, _ = load_model(args.model, pick_device(args.device))
-    sampling = SamplingConfig(
-        args.max_new_tokens,
-        args.temperature,
-        args.top_k,
-        args.top_p,
-        args.repetition_penalty,
-        args.stop or [],
-        args.seed,
-    )
+    sampling = config_from_args(SamplingConfig, args)
     if args.chat:
-        from llm.chat import prompt_ids
-
-        ids, stop_ids = prompt_ids(tok, [{"role": "user", "content": args.prompt}]), (tok.special["<|end|>"],)
+        pieces = stream_chat(model, tok, user_messages(args.prompt), sampling)
     else:
-        ids, stop_ids = [tok.eos_id] + tok.encode(args.prompt), (tok.eos_id,)
         print(args.prompt, end="", flush=True)
-    for piece in stream_text(model, tok, ids, sampling, stop_ids, use_cache=not args.no_cache):
+        ids = [tok.eos_id] + tok.encode(args.prompt)
+        pieces = stream_text(model, tok, ids, sampling, (tok.eos_id,), use_cache=not args.no_cache)
+    for piece in pieces:
         print(piece, end="", flush=True)
     print()
 
@@ -137,9 +122,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"{source} -> {target} ({args.dtype}, {size / 1e6:.1f} MB, no trainer state)")
 
 
-def task_mapping(args: argparse.Namespace) -> dict[str, str] | None:
+def task_mapping(args: argparse.Namespace) -> dict[str, str]:
     mapping = {"prompt": args.prompt_column, "response": args.response_column, "system": args.system_column}
-    return {k: v for k, v in mapping.items() if v} or None
+    return {k: v for k, v in mapping.items() if v}
 
 
 def print_data_summary(info: dict) -> None:
@@ -156,30 +141,25 @@ def print_data_summary(info: dict) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from llm import finetune, tasks
-    from llm.config import ModelConfig
-    from llm.tokenizer import MODEL_FILE, Tokenizer
+    from llm import finetune
 
-    fields = finetune.FinetuneConfig.__dataclass_fields__
-    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    cfg = finetune.FinetuneConfig(**values, probes=args.probe or [])
-    mapping = task_mapping(args)
-    if not args.resume:
-        data = tasks.read_task_file(args.data, args.format, mapping)
-        val_data = tasks.read_task_file(args.val_data, data.format, mapping) if args.val_data else None
-        plan = finetune.plan(args.base, data, cfg, val_data)
-        tokenizer = Tokenizer.load(Path(plan["base"]) / MODEL_FILE)
-        context = ModelConfig.load(Path(plan["base"]) / "config.json").context_length
-        print_data_summary(tasks.summary(data, tasks.encode_examples(data, tokenizer, context, cfg.overflow)))
+    if args.resume:
+        budgets = given(args, FinetuneConfig)
+        result = finetune.resume(args.out, budgets.get("max_steps"), budgets.get("device"), args.metrics)
+    else:
+        saved = load_json(FinetuneConfig, args.config).to_dict() if args.config else {}
+        mapping = {**saved.get("mapping", {}), **task_mapping(args)}
+        cfg = config_from_args(FinetuneConfig, args, saved, mapping=mapping)
+        prep = finetune.prepare(cfg)
+        print_data_summary(prep.summary())
+        plan = finetune.plan(prep)
         print(
             f"{plan['method']} fine-tuning of {plan['base']} on {plan['device']}: {plan['trainable_params']:,} of "
             f"{plan['params']:,} parameters trained, {plan['train_examples']} train / {plan['val_examples']} val "
             f"examples, {plan['max_steps']} steps (batch {plan['batch_size']}, lr {plan['lr']:g}), "
             f"about {plan['est_seconds']:.0f} s"
         )
-    result = finetune.finetune(
-        args.base, args.data, args.out, cfg, args.format, mapping, args.val_data, args.metrics, args.resume
-    )
+        result = finetune.finetune(prep, args.out, args.metrics)
     best = f", best validation loss {result.best_val_loss:.4f}" if result.best_val_loss < float("inf") else ""
     print(f"{result.reason} at step {result.step}{best}: the model is in {args.out}")
     print(f'try it: python -m llm generate --model {args.out} --chat --temperature 0 --prompt "..."')
@@ -187,15 +167,13 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def cmd_eval_task(args: argparse.Namespace) -> None:
     from llm import task_eval, tasks
-    from llm.finetune import FinetuneConfig, base_directory
+    from llm.finetune import base_directory
 
-    defaults = FinetuneConfig()
     args.model = args.model or [str(DEFAULT_BASE_MODEL)]
-    args.seed = defaults.seed if args.seed is None else args.seed
-    args.val_fraction = defaults.val_fraction if args.val_fraction is None else args.val_fraction
+    args.seed = FinetuneConfig().seed if args.seed is None else args.seed
     for model in args.model:
         base_directory(model)  # a clear message for a missing model before reading anything else
-    data = tasks.read_task_file(args.data, args.format, task_mapping(args))
+    data = tasks.read_task_file(args.data, args.format or "auto", task_mapping(args))
     if args.split != "all":
         train, val = tasks.split_examples(data, args.val_fraction, args.seed)
         data = val if args.split == "val" else train
@@ -224,42 +202,12 @@ def cmd_eval_task(args: argparse.Namespace) -> None:
         print(f"rows in {out}, totals and rows in {out.with_suffix('.json')}")
 
 
-def add_task_data_flags(p: argparse.ArgumentParser) -> None:
-    from llm.tasks import FORMATS
-
-    p.add_argument("--data", required=True, help="task file: .csv .tsv .json .jsonl .parquet")
-    p.add_argument("--format", choices=["auto", *FORMATS], default="auto", help="default: detected from the columns")
+def add_task_data_flags(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--data", required=required, help="task file: .csv .tsv .json .jsonl .parquet")
+    p.add_argument("--format", choices=["auto", *TASK_FORMATS], help="default: detected from the columns")
     p.add_argument("--prompt-column", help="pairs: the column holding the prompt")
     p.add_argument("--response-column", help="pairs: the column holding the response")
     p.add_argument("--system-column", help="an optional column holding a system prompt")
-
-
-def add_finetune_flags(p: argparse.ArgumentParser) -> None:
-    # No defaults here: unset flags take FinetuneConfig's (llm/finetune.py), printed in the plan before training.
-    # (Importing llm.finetune here would load torch for every command, even `--help`.)
-    p.add_argument("--base", default=str(DEFAULT_BASE_MODEL), help="base model or run folder (default: shipped)")
-    add_task_data_flags(p)
-    p.add_argument("--val-data", help="a validation file (default: hold out --val-fraction of --data)")
-    p.add_argument("--out", required=True, help="run folder: checkpoints in latest/ and best/")
-    p.add_argument("--metrics", help="metrics JSONL file (default <out>/metrics.jsonl)")
-    p.add_argument("--method", choices=["lora", "full"], help="default lora")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--max-steps", type=int, help="default: from --epochs")
-    p.add_argument("--lr", type=float, help="default: per method (higher for LoRA)")
-    p.add_argument("--batch-size", type=int, help="default: from the context length")
-    p.add_argument("--grad-accum", type=int)
-    p.add_argument("--lora-rank", type=int)
-    p.add_argument("--lora-alpha", type=float)
-    p.add_argument("--lora-dropout", type=float)
-    p.add_argument("--lora-targets", nargs="+", help="of wq wk wv wo w_gate w_up w_down (default: all)")
-    p.add_argument("--val-fraction", type=float, help="share of --data held out for validation")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--early-stop-patience", type=int, help="evaluations without a better val loss; 0: never stop")
-    p.add_argument("--overflow", choices=["truncate", "drop"], help="rows longer than the context (default truncate)")
-    p.add_argument("--probe", nargs="+", help="prompts answered at every evaluation (logged as samples)")
-    p.add_argument("--merge", action="store_true", default=None, help="LoRA: store merged full weights in best/")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--device", help="auto, cpu, cuda, mps (default auto)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,20 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="train a transformer from scratch on prepared data")
     p.add_argument("--data", required=True, help="a folder made by `prepare`")
     p.add_argument("--out", required=True, help="run folder: checkpoints in latest/ (and best/)")
-    p.add_argument("--preset", default="mini", help=f"model shape: {', '.join(PRESETS)}")
-    for name, kind in (
-        ("n_layer", int),
-        ("n_head", int),
-        ("d_model", int),
-        ("context_length", int),
-        ("mlp_hidden", int),
-        ("dropout", float),
-    ):
-        p.add_argument("--" + name.replace("_", "-"), type=kind, default=None)
-    p.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--preset", default="mini", help=f"model shape: {', '.join(PRESETS)} (default mini)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument("--save-dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="dtype of saved weights")
-    add_train_flags(p, TrainConfig())
+    p.add_argument("--save-dtype", choices=list(SAVE_DTYPES), default="fp32", help="dtype of saved weights")
+    p.add_argument("--metrics", help="metrics JSONL file (default: the run folder's)")
+    add_config_flags(p.add_argument_group("model shape (default: the preset's)"), ModelConfig, ("vocab_size",), False)
+    add_config_flags(p.add_argument_group("training"), TrainConfig)
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("export", help="copy a checkpoint without its trainer state, optionally in fp16/bf16")
@@ -311,12 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("finetune", help="fine-tune a model on a task dataset (LoRA or full)")
-    add_finetune_flags(p)
+    p.add_argument("--out", required=True, help="run folder: checkpoints in latest/ and best/")
+    p.add_argument("--config", help="a FinetuneConfig JSON file (flags given as well override it)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out with its own settings")
+    p.add_argument("--metrics", help="metrics JSONL file (default: the run folder's)")
+    add_task_data_flags(p, required=False)
+    add_config_flags(p.add_argument_group("fine-tuning"), FinetuneConfig, ("data", "format"))
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("eval-task", help="answer and score a task dataset; several models: a before/after table")
     p.add_argument("--model", action="append", help="model or run folder (repeatable; default: the shipped base)")
-    add_task_data_flags(p)
+    add_task_data_flags(p, required=True)
     p.add_argument("--rows", type=int, default=None, help="score a seeded sample of N rows (default: all)")
     p.add_argument("--split", choices=["all", "train", "val"], default="all", help="rows of a fine-tune's split")
     p.add_argument("--val-fraction", type=float, help="for --split (default: finetune's)")
@@ -327,44 +272,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval_task)
 
-    for name, helptext, func in (
-        ("generate", "sample text from a model", cmd_generate),
-        ("eval", "loss, perplexity and bits per byte on a text", cmd_eval),
-    ):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("--model", default=str(DEFAULT_BASE_MODEL), help="model or run folder (default: shipped)")
-        p.add_argument("--device", default="auto")
-        p.set_defaults(func=func)
-        if name == "eval":
-            p.add_argument("--text", nargs="+", required=True, help="text files to score")
-            p.add_argument("--max-chars", type=int, default=0, help="score only the first N characters")
-            continue
-        p.add_argument("--prompt", default="", help="text to continue")
-        p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
-        p.add_argument("--max-new-tokens", type=int, default=200)
-        p.add_argument("--temperature", type=float, default=0.8)
-        p.add_argument("--top-k", type=int, default=0)
-        p.add_argument("--top-p", type=float, default=0.95)
-        p.add_argument("--repetition-penalty", type=float, default=1.0)
-        p.add_argument("--stop", action="append", help="stop at this string (repeatable)")
-        p.add_argument("--seed", type=int, default=None)
-        p.add_argument("--no-cache", action="store_true", help="recompute the whole context at every token")
+    p = sub.add_parser("generate", help="sample text from a model")
+    p.add_argument("--model", default=str(DEFAULT_BASE_MODEL), help="model or run folder (default: shipped)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole context at every token")
+    add_config_flags(p.add_argument_group("sampling"), SamplingConfig)
+    p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("eval", help="loss, perplexity and bits per byte on a text")
+    p.add_argument("--model", default=str(DEFAULT_BASE_MODEL), help="model or run folder (default: shipped)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--text", nargs="+", required=True, help="text files to score")
+    p.add_argument("--max-chars", type=int, default=0, help="score only the first N characters")
+    p.set_defaults(func=cmd_eval)
     return parser
 
 
+def record_error(args: argparse.Namespace, error: Exception) -> None:
+    """An error that ends a training command goes into its run's metrics file too (when the run folder
+    exists, e.g. made by the studio), as a record the studio reads instead of parsing the console."""
+    from llm.errors import LLMError
+    from llm.run import MetricsWriter, RunDir
+
+    if args.command not in ("pretrain", "finetune") or not Path(args.out).is_dir():
+        return
+    path = Path(args.metrics) if args.metrics else RunDir(args.out).metrics
+    record = {"event": "error", "message": str(error), "kind": "internal"}
+    if isinstance(error, LLMError):
+        record.update(message=error.message, field=error.field, kind=error.kind)
+    MetricsWriter(path).append(record)
+
+
 def main(argv: list[str] | None = None) -> int:
-    from llm.errors import USER_ERRORS
+    from llm.errors import LLMError
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+    except LLMError as e:
+        record_error(args, e)
+        print(f"error: {e.worded(flag_for(e.field) if e.field else None)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        record_error(args, e)
+        raise
     return 0
 
 

@@ -39,6 +39,12 @@ def prompt_ids(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> list[int
     return ids + [tokenizer.special["<|assistant|>"]]
 
 
-def user_prompt(tokenizer: Tokenizer, prompt: str, system: str | None = None) -> list[int]:
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    return prompt_ids(tokenizer, messages)
+def user_messages(prompt: str, system: str | None = None) -> list[dict[str, str]]:
+    """A one-question conversation, with an optional system prompt."""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+
+def stop_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
+    """Where an answer ends: at <|end|>, or at <eos> for a model that never learned <|end|> (a base model
+    writes <eos> where a story ends). The one rule for chat, comparisons and task scoring alike."""
+    return (tokenizer.special["<|end|>"], tokenizer.eos_id)

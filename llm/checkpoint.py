@@ -23,23 +23,22 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from llm.config import ConfigError, ModelConfig
+from llm.config import ModelConfig
+from llm.errors import CheckpointError, ConfigError
 from llm.model import Transformer
+from llm.run import CONFIG, INFO, STATE, RunDir, is_checkpoint
 from llm.tokenizer import MODEL_FILE, Tokenizer
 
-CONFIG, WEIGHTS, INFO, STATE = "config.json", "model.safetensors", "info.json", "trainer_state.pt"
+WEIGHTS = "model.safetensors"
 ADAPTER, ADAPTER_CONFIG = "adapter.safetensors", "adapter.json"
-
-
-class CheckpointError(ValueError):
-    pass
 
 
 def resolve(path: str | Path) -> Path:
     """A model directory, or a run directory whose best (else latest) checkpoint is taken."""
     path = Path(path)
-    for candidate in (path, path / "best", path / "latest", path.with_name(path.name + ".old")):
-        if (candidate / CONFIG).is_file():
+    candidates = [path, *RunDir(path).checkpoints(), path.with_name(path.name + ".old")]
+    for candidate in candidates:
+        if is_checkpoint(candidate):
             return candidate
     if not path.exists():
         raise CheckpointError(f"{path}: no such model directory")
@@ -150,15 +149,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
         )
     info = read_info(directory)
     if (directory / ADAPTER_CONFIG).is_file():
-        adapter_cfg = json.loads((directory / ADAPTER_CONFIG).read_text())
-        base = Path(adapter_cfg["base"])
-        if not base.is_absolute():
-            base = (directory / base).resolve()
         from llm import lora
 
-        model, _, _ = load_model(base, "cpu")
-        lora.apply_lora(model, **adapter_cfg["lora"])
-        lora.load_adapter(model, directory / ADAPTER)
+        model = load_with_adapter(directory)
         lora.merge_lora(model)
     elif (directory / WEIGHTS).is_file():
         model = Transformer(cfg)
@@ -166,6 +159,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
     else:
         raise CheckpointError(f"{directory}: the model directory is missing {WEIGHTS}")
     return model.to(device).eval(), tokenizer, info
+
+
+def load_with_adapter(directory: Path) -> Transformer:
+    """A LoRA checkpoint as its base model with the adapter applied, unmerged (so it can keep training)."""
+    from llm import lora
+
+    adapter_cfg = json.loads((directory / ADAPTER_CONFIG).read_text())
+    base = Path(adapter_cfg["base"])
+    if not base.is_absolute():
+        base = (directory / base).resolve()
+    model, _, _ = load_model(base, "cpu")
+    lora.apply_lora(model, **adapter_cfg["lora"])
+    lora.load_adapter(model, directory / ADAPTER)
+    return model
 
 
 def load_trainer_state(directory: Path) -> dict[str, Any]:

@@ -1,88 +1,152 @@
-"""Configuration dataclasses that round-trip through JSON, and the named model presets."""
+"""Every setting as data: configuration dataclasses that round-trip through JSON, and the model presets.
+
+Each field carries its help text (`setting(default, help)`); the CLI's flags are generated from the fields
+(llm/cli_flags.py), and the studio writes a config file that the CLI reads (`finetune --config`), so a
+setting has one name, one default and one check, here. Errors name the field (ConfigError.field); each
+front end words it (the CLI as --flag, the studio as its form label).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm.errors import ConfigError
+
 # The base model the project ships; the default of `generate`, `eval`, `finetune` and the studio.
 DEFAULT_BASE_MODEL = Path(__file__).resolve().parent.parent / "models" / "base"
+# Projection names in llm.model: attention (wq, wk, wv, wo) and MLP (w_gate, w_up, w_down): LoRA targets.
+ATTENTION_PROJECTIONS = ("wq", "wk", "wv", "wo")
+ALL_PROJECTIONS = ATTENTION_PROJECTIONS + ("w_gate", "w_up", "w_down")
+METHODS = ("lora", "full")
+OVERFLOW = ("truncate", "drop")  # what to do with a task row longer than the context
+TASK_FORMATS = ("pairs", "alpaca", "messages")
 
 
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the parameter."""
+def setting(default: Any, help: str, **metadata: Any) -> Any:
+    """A dataclass field with its help text (metadata "flag" renames its CLI flag)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
 
 
-def _from_dict(cls, data: dict[str, Any], source: str):
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Does a JSON value fit a field's type hint? JSON has one number type, so any number fits int or float
+    (ranges are checked in __post_init__); bool is not a number here."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_type_ok(v, item) for v in value)
+    if origin is dict:
+        key, item = typing.get_args(hint)
+        return isinstance(value, dict) and all(_type_ok(k, key) and _type_ok(v, item) for k, v in value.items())
+    if hint is Any:
+        return True
+    return isinstance(value, hint)
+
+
+def from_dict(cls, data: dict[str, Any], source: str):
+    """An instance of the dataclass cls from a JSON object, every field's type checked first."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a JSON object of {cls.__name__} fields, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
     if unknown:
         raise ConfigError(f"{source}: unknown {cls.__name__} field(s): {', '.join(unknown)}")
     for name, value in data.items():
-        default = fields[name].default
-        kind = dict if default is dataclasses.MISSING else type(default)  # only `extra` has a default factory
-        # JSON has one number type, so any number passes for a number field (__post_init__ checks ranges).
-        allowed = (int, float) if kind in (int, float) else (kind,)
-        if not isinstance(value, allowed) or (isinstance(value, bool) and kind is not bool):
-            what = "a number" if kind in (int, float) else f"of type {kind.__name__}"
+        if not _type_ok(value, hints[name]):
+            hint = getattr(hints[name], "__name__", str(hints[name]))
+            what = "a number" if hints[name] in (int, float) else f"of type {hint}"
             raise ConfigError(f"{source}: {name} must be {what}, got {value!r}")
     return cls(**data)
 
 
+def load_json(cls, path: str | Path):
+    try:
+        data = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror})") from None
+    return from_dict(cls, data, str(path))
+
+
+class Config:
+    """JSON round trip shared by the config dataclasses."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str | None = None):
+        return from_dict(cls, data, source or cls.__name__)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path):
+        return load_json(cls, path)
+
+
+def check_positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"must be positive, got {getattr(cfg, name)}", field=name)
+
+
+def check_not_negative(cfg: Any, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"must be >= 0, got {getattr(cfg, name)}", field=name)
+
+
+def check_choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
+    if getattr(cfg, name) not in choices:
+        raise ConfigError(f"must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}", field=name)
+
+
 @dataclass
-class ModelConfig:
+class ModelConfig(Config):
     """Shape of a Llama-style decoder-only transformer."""
 
-    vocab_size: int = 4096
-    context_length: int = 256
-    n_layer: int = 4
-    n_head: int = 4
-    d_model: int = 256
-    mlp_hidden: int = 0  # 0: SwiGLU's usual 8/3 * d_model, rounded up to a multiple of 64
-    tie_embeddings: bool = True
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    dropout: float = 0.0
+    vocab_size: int = setting(4096, "tokens in the vocabulary (training: from the data)")
+    context_length: int = setting(256, "tokens the model sees at once")
+    n_layer: int = setting(4, "transformer blocks")
+    n_head: int = setting(4, "attention heads")
+    d_model: int = setting(256, "width of the residual stream")
+    mlp_hidden: int = setting(0, "SwiGLU hidden width (0: 8/3 d_model, rounded up to a multiple of 64)")
+    tie_embeddings: bool = setting(True, "share the input embedding with the output layer")
+    rope_theta: float = setting(10000.0, "rotary embedding base")
+    norm_eps: float = setting(1e-5, "RMSNorm epsilon")
+    dropout: float = setting(0.0, "dropout rate while training")
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "n_layer", "n_head", "d_model"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"model config: {name} must be positive, got {getattr(self, name)}")
+        check_positive(self, "vocab_size", "context_length", "n_layer", "n_head", "d_model")
         if self.d_model % self.n_head:
-            raise ConfigError(f"model config: d_model={self.d_model} must be divisible by n_head={self.n_head}")
+            raise ConfigError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}", field="d_model")
         if (self.d_model // self.n_head) % 2:
-            raise ConfigError("model config: the head size d_model/n_head must be even for rotary embeddings")
+            raise ConfigError("the head size d_model/n_head must be even for rotary embeddings", field="n_head")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model config: dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"must be in [0, 1), got {self.dropout}", field="dropout")
         if self.mlp_hidden == 0:
             self.mlp_hidden = 64 * ((8 * self.d_model // 3 + 63) // 64)
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
-        return _from_dict(cls, data, source)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> ModelConfig:
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(data, str(path))
 
 
 # Named model shapes. vocab_size and context_length come from the data / flags when training.
@@ -96,48 +160,119 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def preset(name: str, **overrides: Any) -> ModelConfig:
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}", field="preset")
     values = {**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}}
     return ModelConfig(**values)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """Everything the one training loop needs; saved beside each checkpoint so a run can resume."""
 
-    max_steps: int = 1000
-    batch_size: int = 16  # sequences per micro-batch per process
-    grad_accum: int = 1  # micro-batches per optimizer step, summed over all processes
-    lr: float = 1e-3
-    min_lr: float = 1e-4
-    warmup_steps: int = 100
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    eval_interval: int = 100
-    eval_batches: int = 20
-    ckpt_interval: int = 100
-    log_interval: int = 10
-    seed: int = 1337
-    device: str = "auto"
-    compile: bool = False
-    early_stop_patience: int = 0  # evaluations without a better val loss before stopping; 0: never
-    keep_best: bool = False  # also keep the checkpoint with the lowest val loss in <out>/best
-    extra: dict[str, Any] = field(default_factory=dict)  # recorded with the run (e.g. dataset, method)
+    max_steps: int = setting(1000, "optimizer steps in the whole run")
+    max_time: float = setting(0.0, "stop (with a checkpoint) after this many seconds of training; 0: no limit")
+    batch_size: int = setting(16, "sequences per micro-batch per process")
+    grad_accum: int = setting(1, "micro-batches per optimizer step, summed over all processes")
+    lr: float = setting(1e-3, "peak learning rate")
+    min_lr: float = setting(1e-4, "learning rate at the end of the cosine decay")
+    warmup_steps: int = setting(100, "steps of linear warmup")
+    weight_decay: float = setting(0.1, "AdamW weight decay on matrices")
+    beta1: float = setting(0.9, "AdamW beta1")
+    beta2: float = setting(0.95, "AdamW beta2")
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (0: off)")
+    eval_interval: int = setting(100, "steps between evaluations")
+    eval_batches: int = setting(20, "batches per evaluation")
+    ckpt_interval: int = setting(100, "steps between checkpoints")
+    ckpt_seconds: float = setting(300.0, "also checkpoint when this many seconds passed since the last one; 0: off")
+    log_interval: int = setting(10, "steps between log lines")
+    seed: int = setting(1337, "random seed")
+    device: str = setting("auto", "auto, cpu, cuda or mps")
+    compile: bool = setting(False, "torch.compile the model (worth it on a GPU)")
+    early_stop_patience: int = setting(0, "evaluations without a better val loss before stopping; 0: never")
+    keep_best: bool = setting(False, "also keep the checkpoint with the lowest val loss in <out>/best")
+    extra: dict[str, Any] = setting({}, "recorded with the run (e.g. dataset, method)", cli=False)
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_interval", "ckpt_interval", "log_interval"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ConfigError(f"learning rates must satisfy 0 <= min_lr <= lr, 0 < lr (lr={self.lr})")
-        if self.warmup_steps < 0:
-            raise ConfigError("--warmup-steps must be >= 0")
+        check_positive(self, "max_steps", "batch_size", "grad_accum", "eval_interval", "ckpt_interval", "log_interval")
+        check_positive(self, "lr")
+        check_not_negative(self, "warmup_steps", "max_time", "ckpt_seconds", "min_lr", "early_stop_patience")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"must not exceed lr ({self.lr}), got {self.min_lr}", field="min_lr")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "train config") -> TrainConfig:
-        return _from_dict(cls, data, source)
+@dataclass
+class SamplingConfig(Config):
+    """How to pick each next token when generating."""
+
+    max_new_tokens: int = setting(200, "tokens to generate at most")
+    temperature: float = setting(0.8, "0 means greedy")
+    top_k: int = setting(0, "keep the k most likely tokens (0: off)")
+    top_p: float = setting(0.95, "keep the smallest set of tokens whose probability reaches p (1: off)")
+    repetition_penalty: float = setting(1.0, ">1 makes tokens already in the context less likely (1: off)")
+    stop: list[str] = setting([], "stop at any of these strings", flag="--stop")
+    seed: int | None = setting(None, "sampling seed (default: a fresh random one)")
+
+    def __post_init__(self) -> None:
+        check_not_negative(self, "max_new_tokens", "temperature", "top_k")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"must be in (0, 1], got {self.top_p}", field="top_p")
+        check_positive(self, "repetition_penalty")
+
+
+@dataclass
+class FinetuneConfig(Config):
+    """A fine-tuning run, whole: what to tune, on which data, and how. The studio writes it to
+    <run>/finetune.json and starts `python -m llm finetune --config <run>/finetune.json --out <run>`."""
+
+    base: str = setting(str(DEFAULT_BASE_MODEL), "base model or run folder")
+    data: str = setting("", "task file: .csv .tsv .json .jsonl .parquet")
+    format: str = setting("auto", "pairs, alpaca or messages (auto: detected from the columns)")
+    mapping: dict[str, str] = setting({}, "columns by role: prompt, response, system, messages", cli=False)
+    val_data: str = setting("", "a validation file (default: hold out val_fraction of the data)")
+    method: str = setting("lora", "lora (small adapters) or full (every weight)")
+    epochs: int = setting(10, "passes over the training examples")
+    max_steps: int = setting(0, "optimizer steps (0: from epochs)")
+    lr: float | None = setting(None, "learning rate (default: 3e-3 for LoRA, 1e-3 for full)")
+    batch_size: int = setting(0, "examples per step (0: from the context length, at most a quarter of them)")
+    grad_accum: int = setting(1, "micro-batches per optimizer step")
+    lora_rank: int = setting(8, "LoRA rank")
+    lora_alpha: float = setting(16.0, "LoRA scale numerator (the update is alpha/rank * B A)")
+    lora_dropout: float = setting(0.05, "dropout on the LoRA input")
+    lora_targets: list[str] = setting(list(ALL_PROJECTIONS), f"projections to adapt, of {' '.join(ALL_PROJECTIONS)}")
+    val_fraction: float = setting(0.1, "share of the rows held out for validation")
+    seed: int = setting(1337, "split, shuffle and initialisation seed")
+    device: str = setting("auto", "auto, cpu, cuda or mps")
+    early_stop_patience: int = setting(3, "evaluations without a lower validation loss before stopping; 0: never")
+    evals_per_epoch: int = setting(2, "evaluations per epoch")
+    max_eval_rows: int = setting(256, "validation rows scored at each evaluation, at most (0: all)")
+    overflow: str = setting("truncate", "rows longer than the context: truncate or drop")
+    probes: list[str] = setting([], "prompts answered (greedy) at every evaluation", flag="--probe")
+    probe_tokens: int = setting(48, "tokens of each probe answer")
+    merge: bool = setting(False, "LoRA: store the best model as merged full weights instead of an adapter")
+
+    def __post_init__(self) -> None:
+        check_choice(self, "method", METHODS)
+        check_choice(self, "overflow", OVERFLOW)
+        check_choice(self, "format", ("auto", *TASK_FORMATS))
+        check_positive(self, "epochs", "grad_accum", "lora_rank", "evals_per_epoch", "probe_tokens")
+        check_not_negative(self, "max_steps", "batch_size", "early_stop_patience", "max_eval_rows")
+        if self.lr is not None:
+            check_positive(self, "lr")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"must be in [0, 1), got {self.lora_dropout}", field="lora_dropout")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"must be in [0, 1), got {self.val_fraction}", field="val_fraction")
+        unknown = sorted(set(self.lora_targets) - set(ALL_PROJECTIONS))
+        if unknown or not self.lora_targets:
+            raise ConfigError(f"unknown {unknown}; choose from {', '.join(ALL_PROJECTIONS)}", field="lora_targets")
+        if self.merge and self.method != "lora":
+            raise ConfigError("applies to LoRA runs only (a full fine-tune already stores full weights)", field="merge")
+
+    @property
+    def learning_rate(self) -> float:
+        """lr, or the method's default: LoRA trains few parameters from zero and takes a larger step; full
+        fine-tuning moves every pretrained weight and wants a smaller one (datasets/README.md)."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+
+
+DEFAULT_LR = {"lora": 3e-3, "full": 1e-3}

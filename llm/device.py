@@ -6,6 +6,8 @@ import time
 
 import torch
 
+from llm.errors import ConfigError
+
 # Dense bf16 tensor-core peaks (FLOP/s) of common GPUs, from the vendors' data sheets.
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
@@ -19,7 +21,7 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        raise ConfigError(f"{name}: CUDA is not available on this machine", field="device")
     return torch.device(name)
 
 

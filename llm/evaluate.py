@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from llm.errors import InputError
 from llm.model import Transformer
 from llm.tokenizer import Tokenizer
 
@@ -55,7 +56,7 @@ def score_tokens(model: Transformer, ids: list[int], batch_size: int = 8) -> tup
 def score_text(model: Transformer, tokenizer: Tokenizer, text: str, batch_size: int = 8) -> TextScore:
     """Score a text. The first token is conditioned on an end-of-text token, so every token is counted."""
     if not text:
-        raise ValueError("cannot evaluate an empty text")
+        raise InputError("cannot evaluate an empty text")
     ids = [tokenizer.eos_id] + tokenizer.encode(text)
     total, count = score_tokens(model, ids, batch_size)
     n_bytes = len(text.encode("utf-8"))

@@ -1,22 +1,21 @@
 """Supervised fine-tuning on a task dataset, full or LoRA, through the one training loop (llm.trainer.train).
 
-    data file -> tasks.read_task_file -> split (seeded, or a validation file) -> chat template + loss mask
-    -> TaskBatches -> trainer.train (checkpoints, resume, metrics, SIGTERM, early stopping, best/)
+    FinetuneConfig -> prepare() (read the file once, split, encode once, derive the TrainConfig)
+                   -> plan() (sizes, steps, memory and time, before starting)
+                   -> finetune() -> TaskBatches -> trainer.train (checkpoints, resume, metrics, SIGTERM, best/)
 
 A LoRA run stores only its adapter in each checkpoint (adapter.safetensors + adapter.json naming the base);
 llm.checkpoint.load_model merges it onto the base when loading. With merge=True the best checkpoint is
 rewritten at the end as full merged weights that need no base. A checkpoint's info.json records the base
-model, the dataset (name and content hash), the method, the hyperparameters and the metrics.
+model, the dataset (name and content hash), the whole FinetuneConfig and the metrics.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,95 +23,36 @@ import numpy as np
 import torch
 
 from llm import checkpoint, lora
-from llm.checkpoint import CheckpointError, load_model, resolve
-from llm.config import DEFAULT_BASE_MODEL, ConfigError, ModelConfig, TrainConfig
+from llm.chat import user_messages
+from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig, ModelConfig, SamplingConfig, TrainConfig
 from llm.device import describe, measure_matmul_flops, peak_flops, pick_device
-from llm.generate import SamplingConfig
+from llm.errors import CheckpointError, ConfigError, TaskFileError
 from llm.model import Transformer
+from llm.run import BEST, RunDir
 from llm.task_eval import answer
-from llm.tasks import EncodedExamples, TaskData, TaskFileError, encode_examples, read_task_file, split_examples
+from llm.tasks import EncodedExamples, TaskData, encode_examples, read_task_file, split_examples
 from llm.tokenizer import MODEL_FILE, Tokenizer
-from llm.trainer import METRICS_FILE, TrainResult, train
+from llm.trainer import TrainResult, train
 
-METHODS = ("lora", "full")
-# The defaults were tuned on datasets/samples/opposites.csv with the 6-layer base model (datasets/README.md):
-# such a task takes about 10 epochs (LoRA: 70% held-out exact match after 5, 100% after 10). LoRA trains
-# few parameters from zero and takes a larger step; full fine-tuning moves every pretrained weight and wants
-# a smaller one (in earlier trials on a half-trained base, 3e-4 learnt far too slowly and 2e-3 worse than
-# 1e-3). Both reach 100% there; LoRA is the default for its small files.
-DEFAULT_LR = {"lora": 3e-3, "full": 1e-3}
 TOKENS_PER_BATCH = 2048  # token positions per micro-batch at full context: sets the default batch size
 # Share of a device's matrix-product rate that fine-tuning reaches (short sequences, small matrices), for the
 # time estimate in plan() only. CPU: measured (0.5 on the opposites sample, 6-layer base, 2-core CPU);
 # GPUs: a guess, unmeasured here (no GPU), where small batches of short rows leave the chip mostly idle.
 EFFICIENCY = {"cpu": 0.5, "cuda": 0.25, "mps": 0.25}
 DECODE_SLOWDOWN = 20  # generating one token at a time: tiny matrix products, far below the device's rate
+MAX_WARMUP_STEPS = 100  # warmup is a tenth of the run, at most this
 
 
-@dataclass
-class FinetuneConfig:
-    method: str = "lora"  # "lora" or "full"
-    epochs: int = 10
-    max_steps: int = 0  # 0: from epochs
-    lr: float | None = None  # None: DEFAULT_LR[method]
-    batch_size: int = 0  # 0: from the context length (TOKENS_PER_BATCH), at most a quarter of the examples
-    grad_accum: int = 1
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    lora_dropout: float = 0.05
-    lora_targets: list[str] = field(default_factory=lambda: list(lora.ALL_LINEAR))
-    val_fraction: float = 0.1
-    seed: int = 1337
-    device: str = "auto"
-    early_stop_patience: int = 3  # evaluations without a lower validation loss before stopping; 0: never
-    evals_per_epoch: int = 2
-    overflow: str = "truncate"  # rows longer than the context: "truncate" or "drop"
-    probes: list[str] = field(default_factory=list)  # prompts answered (greedy) at every evaluation
-    probe_tokens: int = 48
-    merge: bool = False  # LoRA: store the best model as merged full weights instead of an adapter
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        for name in ("epochs", "grad_accum", "lora_rank", "evals_per_epoch", "probe_tokens"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("max_steps", "batch_size", "early_stop_patience"):
-            if int(getattr(self, name)) < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
-        if self.lr is not None and self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ConfigError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        unknown = sorted(set(self.lora_targets) - set(lora.ALL_LINEAR))
-        if unknown or not self.lora_targets:
-            raise ConfigError(f"--lora-targets: unknown {unknown}; choose from {', '.join(lora.ALL_LINEAR)}")
-        if self.merge and self.method != "lora":
-            raise ConfigError("--merge applies to LoRA runs only (a full fine-tune already stores full weights)")
-
-    @property
-    def learning_rate(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
-
-    def lora_config(self, tokenizer: Tokenizer) -> dict[str, Any]:
-        """lora.apply_lora's arguments (stored in adapter.json). The chat control tokens' embedding rows train
-        too: pretraining never saw those tokens, and without them a LoRA model cannot learn to stop."""
-        return {
-            "rank": self.lora_rank,
-            "alpha": self.lora_alpha,
-            "dropout": self.lora_dropout,
-            "targets": self.lora_targets,
-            "tokens": sorted(tokenizer.special.values()),
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FinetuneConfig:
-        return cls(**data)
+def lora_settings(cfg: FinetuneConfig, tokenizer: Tokenizer) -> dict[str, Any]:
+    """lora.apply_lora's arguments (stored in adapter.json). The chat control tokens' embedding rows train
+    too: pretraining never saw those tokens, and without them a LoRA model cannot learn to stop."""
+    return {
+        "rank": cfg.lora_rank,
+        "alpha": cfg.lora_alpha,
+        "dropout": cfg.lora_dropout,
+        "targets": cfg.lora_targets,
+        "tokens": sorted(tokenizer.special.values()),
+    }
 
 
 class TaskBatches:
@@ -125,10 +65,18 @@ class TaskBatches:
     """
 
     def __init__(
-        self, train: EncodedExamples, val: EncodedExamples, batch_size: int, grad_accum: int, seed: int, pad_id: int
+        self,
+        train: EncodedExamples,
+        val: EncodedExamples,
+        batch_size: int,
+        grad_accum: int,
+        seed: int,
+        pad_id: int,
+        eval_rows: int = 0,
     ):
         assert train.items, "no training examples"
-        self.train, self.val = train.items, val.items
+        self.train = train.items
+        self.val = val.items[:eval_rows] if eval_rows else val.items  # what each evaluation scores
         self.batch_size, self.grad_accum, self.seed, self.pad_id = batch_size, grad_accum, seed, pad_id
         self.orders: dict[int, np.ndarray] = {}  # the current epoch's permutation
 
@@ -173,49 +121,48 @@ class TaskBatches:
 
 @dataclass
 class Prepared:
-    """Everything a run needs, checked before anything is written."""
+    """A fine-tuning run's inputs, read, split and encoded once, and checked before anything is written."""
 
+    cfg: FinetuneConfig
     base_dir: Path
     model_cfg: ModelConfig
     tokenizer: Tokenizer
-    train_data: TaskData
-    val_data: TaskData
+    data: TaskData  # the whole file
     train: EncodedExamples
     val: EncodedExamples
     train_cfg: TrainConfig
     steps_per_epoch: int
 
+    def summary(self) -> dict[str, Any]:
+        """The data check of the whole file (llm.tasks.summary) for the rows this run trains and validates on."""
+        from llm.tasks import summary
+
+        return summary(self.data, self.train.combined(self.val))
+
+    def validation_source(self) -> str:
+        cfg = self.cfg
+        return cfg.val_data or f"{cfg.val_fraction:.0%} of the rows, seed {cfg.seed}"
+
 
 def base_directory(base: str | Path) -> Path:
     """The base model's directory, with a clear message when the shipped base model is not there yet."""
     try:
-        return resolve(base)
+        return checkpoint.resolve(base)
     except CheckpointError:
         if Path(base).resolve() == DEFAULT_BASE_MODEL.resolve():
             raise CheckpointError(
-                f"the shipped base model is not in {DEFAULT_BASE_MODEL} yet; pass --base <model or run folder>"
+                f"the shipped base model is not in {DEFAULT_BASE_MODEL} yet; choose another base model", field="base"
             ) from None
         raise
 
 
-def prepare(base: str | Path, data: TaskData, cfg: FinetuneConfig, val_data: TaskData | None = None) -> Prepared:
-    """Split and encode the data for the base model and derive the training settings. Writes nothing."""
-    base_dir = base_directory(base)
-    model_cfg = ModelConfig.load(base_dir / checkpoint.CONFIG)
-    tokenizer = Tokenizer.load(base_dir / MODEL_FILE)
-    if val_data is None:
-        train_data, val_data = split_examples(data, cfg.val_fraction, cfg.seed)
-    else:
-        train_data = data
-    T = model_cfg.context_length
-    train_enc = encode_examples(train_data, tokenizer, T, cfg.overflow)
-    val_enc = encode_examples(val_data, tokenizer, T, cfg.overflow)
-    if not train_enc.items:
-        raise TaskFileError(f"{data.source}: no training example is left after dropping rows longer than the context")
-    batch_size = cfg.batch_size or max(1, min(TOKENS_PER_BATCH // T, len(train_enc.items) // 4))
-    steps_per_epoch = math.ceil(len(train_enc.items) / (batch_size * cfg.grad_accum))
+def training_settings(cfg: FinetuneConfig, n_train: int, n_val: int, context_length: int) -> tuple[TrainConfig, int]:
+    """(the TrainConfig a fine-tune of n_train examples runs with, steps per epoch)."""
+    batch_size = cfg.batch_size or max(1, min(TOKENS_PER_BATCH // context_length, n_train // 4))
+    steps_per_epoch = math.ceil(n_train / (batch_size * cfg.grad_accum))
     max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     eval_interval = max(1, min(steps_per_epoch // cfg.evals_per_epoch, max_steps))
+    eval_rows = min(n_val, cfg.max_eval_rows) if cfg.max_eval_rows else n_val
     lr = cfg.learning_rate
     train_cfg = TrainConfig(
         max_steps=max_steps,
@@ -223,31 +170,50 @@ def prepare(base: str | Path, data: TaskData, cfg: FinetuneConfig, val_data: Tas
         grad_accum=cfg.grad_accum,
         lr=lr,
         min_lr=lr / 10,
-        warmup_steps=min(100, max_steps // 10),
+        warmup_steps=min(MAX_WARMUP_STEPS, max_steps // 10),
         weight_decay=0.0,  # no pull towards zero: the pretrained weights (or a zero adapter) are the anchor
         eval_interval=eval_interval,
-        eval_batches=max(1, math.ceil(len(val_enc.items) / batch_size)),
+        eval_batches=max(1, math.ceil(eval_rows / batch_size)),
         ckpt_interval=eval_interval,
         log_interval=max(1, min(10, eval_interval)),
         seed=cfg.seed,
         device=cfg.device,
-        early_stop_patience=cfg.early_stop_patience if val_enc.items else 0,
+        early_stop_patience=cfg.early_stop_patience if n_val else 0,
         keep_best=True,
     )
-    return Prepared(
-        base_dir, model_cfg, tokenizer, train_data, val_data, train_enc, val_enc, train_cfg, steps_per_epoch
-    )
+    return train_cfg, steps_per_epoch
+
+
+def prepare(cfg: FinetuneConfig, data: TaskData | None = None) -> Prepared:
+    """Read (unless data is given), split and encode the task data for the base model, and derive the
+    training settings. Writes nothing."""
+    if not cfg.data and data is None:
+        raise ConfigError("is required: the task file to fine-tune on", field="data")
+    base_dir = base_directory(cfg.base)
+    model_cfg = ModelConfig.load(base_dir / checkpoint.CONFIG)
+    tokenizer = Tokenizer.load(base_dir / MODEL_FILE)
+    data = data if data is not None else read_task_file(cfg.data, cfg.format, cfg.mapping)
+    if cfg.val_data:
+        train_data, val_data = data, read_task_file(cfg.val_data, data.format, cfg.mapping)
+    else:
+        train_data, val_data = split_examples(data, cfg.val_fraction, cfg.seed)
+    T = model_cfg.context_length
+    train_enc = encode_examples(train_data, tokenizer, T, cfg.overflow)
+    val_enc = encode_examples(val_data, tokenizer, T, cfg.overflow)
+    if not train_enc.items:
+        raise TaskFileError(f"{data.source}: no training example is left after dropping rows longer than the context")
+    train_cfg, steps_per_epoch = training_settings(cfg, len(train_enc.items), len(val_enc.items), T)
+    return Prepared(cfg, base_dir, model_cfg, tokenizer, data, train_enc, val_enc, train_cfg, steps_per_epoch)
 
 
 def parameter_counts(model_cfg: ModelConfig, cfg: FinetuneConfig, tokenizer: Tokenizer) -> tuple[int, int]:
-    """(all parameters, trained parameters), from a model built without memory (meta device)."""
+    """(all parameters of the model as it trains, trained parameters), from a model built without memory
+    (meta device). With LoRA the adapters count in both."""
     with torch.device("meta"):
         model = Transformer(model_cfg)
-        total = model.num_params()
         if cfg.method == "lora":
-            lora.apply_lora(model, **cfg.lora_config(tokenizer))
-            return total, sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return total, total
+            lora.apply_lora(model, **lora_settings(cfg, tokenizer))
+        return model.num_params(), sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 @functools.cache
@@ -258,32 +224,32 @@ def device_rate(device_type: str) -> float:
     return rate * EFFICIENCY.get(device_type, 0.25)
 
 
-def plan(base: str | Path, data: TaskData, cfg: FinetuneConfig, val_data: TaskData | None = None) -> dict[str, Any]:
+def plan(prep: Prepared) -> dict[str, Any]:
     """What a run would do, before starting it: sizes, steps, device, and rough memory and time estimates.
 
     Time: training FLOPs (6 per parameter and token, forward and backward; LoRA skips the frozen weights'
-    gradients, but on small models its adapter products and dropout copies cost that back: 60 s against 66 s
-    for full on the opposites sample) plus evaluation forward passes (2) plus probe generation, over the
-    measured rate of the device. Memory: fp32 weights, gradients and AdamW moments of the trained parameters,
-    and the activations and logits of the longest batch (not the Python and torch overhead, ~0.4 GB).
+    gradients, but on small models its adapter products and dropout copies cost that back) plus evaluation
+    forward passes (2) plus probe generation, over the measured rate of the device, for the token lengths
+    that will be trained (after truncation). Memory: fp32 weights, gradients and AdamW moments of the trained
+    parameters, and the activations and logits of the longest batch (not the Python and torch overhead).
     """
-    prep = prepare(base, data, cfg, val_data)
-    mc, tc = prep.model_cfg, prep.train_cfg
+    cfg, mc, tc = prep.cfg, prep.model_cfg, prep.train_cfg
     total, trainable = parameter_counts(mc, cfg, prep.tokenizer)
+    trained_lengths = [len(ids) for ids, _ in prep.train.items]
+    mean_len = float(np.mean(trained_lengths))
     # Matrix FLOPs per token: every weight once (the tied LM head included), plus attention over the sequence.
-    mean_len = float(np.mean(prep.train.lengths))
     # The embedding lookup costs no FLOPs, the LM head does; tied, they are one matrix counted once in total.
     compute_params = total if mc.tie_embeddings else total - mc.vocab_size * mc.d_model
     attention = 4 * mc.n_layer * mc.d_model * min(mean_len, mc.context_length)
     forward = 2 * compute_params + attention
     train_tokens = tc.max_steps * tc.batch_size * tc.grad_accum * mean_len
     n_evals = tc.max_steps // tc.eval_interval + (tc.max_steps % tc.eval_interval > 0)
-    eval_tokens = n_evals * 2 * sum(prep.val.lengths)  # validation set and an equal train sample
+    eval_rows = min(len(prep.val.items), cfg.max_eval_rows) if cfg.max_eval_rows else len(prep.val.items)
+    eval_tokens = n_evals * 2 * eval_rows * mean_len  # validation rows and an equal train sample
     probe_tokens = n_evals * len(cfg.probes) * cfg.probe_tokens
-    per_train_token = 3 * forward
-    flops = train_tokens * per_train_token + eval_tokens * forward + probe_tokens * forward * DECODE_SLOWDOWN
+    flops = train_tokens * 3 * forward + eval_tokens * forward + probe_tokens * forward * DECODE_SLOWDOWN
     device = pick_device(cfg.device)
-    longest = max(len(ids) for ids, _ in prep.train.items)
+    longest = max(trained_lengths)
     activations = tc.batch_size * longest * (mc.n_layer * (14 * mc.d_model + 3 * mc.mlp_hidden + mc.n_head * longest))
     logits = 3 * tc.batch_size * longest * mc.vocab_size  # logits, their softmax and gradient
     memory = 4 * (total + 3 * trainable + activations + logits)
@@ -296,6 +262,7 @@ def plan(base: str | Path, data: TaskData, cfg: FinetuneConfig, val_data: TaskDa
         "trainable_fraction": trainable / total,
         "train_examples": len(prep.train.items),
         "val_examples": len(prep.val.items),
+        "eval_rows": eval_rows,
         "batch_size": tc.batch_size,
         "grad_accum": tc.grad_accum,
         "steps_per_epoch": prep.steps_per_epoch,
@@ -313,16 +280,14 @@ def make_probe_logger(tokenizer: Tokenizer, probes: list[str], max_new_tokens: i
 
     def on_eval(model: Transformer, step: int) -> dict[str, Any]:
         sampling = SamplingConfig(max_new_tokens, temperature=0.0, seed=0)  # a seed: no reseeding of torch
-        samples = [
-            {"prompt": p, "output": answer(model, tokenizer, [{"role": "user", "content": p}], sampling)}
-            for p in probes
-        ]
+        samples = [{"prompt": p, "output": answer(model, tokenizer, user_messages(p), sampling)} for p in probes]
         return {"samples": samples}
 
     return on_eval
 
 
-def dataset_info(data: TaskData, train: EncodedExamples, val: EncodedExamples, val_source: str) -> dict[str, Any]:
+def dataset_info(prep: Prepared) -> dict[str, Any]:
+    data, train, val = prep.data, prep.train, prep.val
     return {
         "name": Path(data.source).name,
         "path": str(Path(data.source).resolve()),
@@ -334,96 +299,87 @@ def dataset_info(data: TaskData, train: EncodedExamples, val: EncodedExamples, v
         "truncated": len(train.truncated) + len(val.truncated),
         "train_examples": len(train.items),
         "val_examples": len(val.items),
-        "validation": val_source,
+        "validation": prep.validation_source(),
     }
 
 
 def merge_best(out_dir: Path) -> Path:
     """Rewrite out_dir/best (or, with no validation, the final model in latest) as merged full weights in best."""
-    source = out_dir / "best" if (out_dir / "best" / checkpoint.CONFIG).is_file() else out_dir / "latest"
+    run = RunDir(out_dir)
+    source = run.checkpoints()[0]
     if not (source / checkpoint.ADAPTER_CONFIG).is_file():
         return source  # already merged (a resumed run whose best did not change)
-    model, tokenizer, info = load_model(source)
+    model, tokenizer, info = checkpoint.load_model(source)
     info = {**info, "merged": True, "merged_from": source.name}
-    return checkpoint.save_checkpoint(out_dir / "best", model, tokenizer, info)
+    return checkpoint.save_checkpoint(run.path / BEST, model, tokenizer, info)
 
 
 def finetune(
-    base: str | Path,
-    data_path: str | Path,
-    out_dir: str | Path,
-    cfg: FinetuneConfig,
-    format: str = "auto",
-    mapping: dict[str, str] | None = None,
-    val_path: str | Path | None = None,
-    metrics_path: str | Path | None = None,
-    resume: bool = False,
+    job: FinetuneConfig | Prepared, out_dir: str | Path, metrics_path: str | Path | None = None
 ) -> TrainResult:
-    """Fine-tune base on a task file into out_dir (latest/, best/, metrics.jsonl by default).
+    """Start a fine-tuning run in out_dir (latest/, best/ and the metrics file). Everything (data, base model,
+    settings) is checked before the first file is written, so bad input never leaves a half-made run."""
+    prep = job if isinstance(job, Prepared) else prepare(job)
+    RunDir(out_dir).check_new()
+    model, _, _ = checkpoint.load_model(prep.base_dir)
+    if prep.cfg.method == "lora":
+        torch.manual_seed(prep.cfg.seed)  # the adapters' random A matrices
+        lora.apply_lora(model, **lora_settings(prep.cfg, prep.tokenizer))
+    return _train(prep, model, prep.train_cfg, Path(out_dir), metrics_path, resume=False)
 
-    Everything (data, base model, settings) is checked before the first file is written, so bad input never
-    leaves a half-made run. resume continues out_dir/latest with the run's saved settings (only the device and
-    a larger max_steps may change) and refuses a dataset whose content changed.
-    """
-    out_dir = Path(out_dir)
-    saved: dict[str, Any] = {}
-    if resume:
-        latest = resolve(out_dir / "latest")
-        saved = checkpoint.read_info(latest)
-        if saved.get("kind") != "finetuned":
-            raise ConfigError(f"{latest} is not a fine-tuning checkpoint; cannot resume it with finetune")
-        cfg = FinetuneConfig.from_dict(
-            {**saved["finetune"], "device": cfg.device, "max_steps": cfg.max_steps or saved["finetune"]["max_steps"]}
-        )
-        base, format, mapping = saved["base"], saved["dataset"]["format"], saved["dataset"]["mapping"]
-    elif (out_dir / "latest").exists():
-        raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose another --out")
-    data = read_task_file(data_path, format, mapping)
-    val_data = read_task_file(val_path, data.format, mapping) if val_path else None
-    if resume and data.content_hash != saved["dataset"]["content_hash"]:
-        raise TaskFileError(f"{data_path}: the dataset changed since the run started (content hash differs)")
-    prep = prepare(base, data, cfg, val_data)
-    train_cfg = prep.train_cfg
-    if resume:
-        train_cfg = TrainConfig.from_dict(checkpoint.load_trainer_state(latest)["train_config"])
-        train_cfg.device, train_cfg.max_steps = cfg.device, max(train_cfg.max_steps, prep.train_cfg.max_steps)
 
-    if resume and cfg.method == "lora":
-        # Rebuild base + adapter (unmerged, so the adapter keeps training).
-        adapter_cfg = json.loads((latest / checkpoint.ADAPTER_CONFIG).read_text())
-        model, _, _ = load_model(adapter_cfg["base"])
-        lora.apply_lora(model, **adapter_cfg["lora"])
-        lora.load_adapter(model, latest / checkpoint.ADAPTER)
-    elif resume:
-        model, _, _ = load_model(latest)
+def resume(
+    out_dir: str | Path, max_steps: int | None = None, device: str | None = None, metrics_path: str | Path | None = None
+) -> TrainResult:
+    """Continue the fine-tuning run in out_dir from its latest checkpoint, with its own saved FinetuneConfig
+    and TrainConfig (RunDir's resume rule: only the step budget and the device may change). A dataset whose
+    content changed since the run started is refused."""
+    run = RunDir(out_dir)
+    run.check_resumable()
+    saved = run.info()
+    if saved.get("kind") != "finetuned":
+        raise ConfigError(f"{run.latest} is not a fine-tuning checkpoint; cannot resume it with finetune")
+    cfg = FinetuneConfig.from_dict({**saved["finetune"], **({"device": device} if device else {})})
+    prep = prepare(cfg)
+    if prep.data.content_hash != saved["dataset"]["content_hash"]:
+        raise TaskFileError(f"{cfg.data}: the dataset changed since the run started (content hash differs)")
+    train_cfg = TrainConfig.from_dict(run.resumed_train_settings(max_steps, device))
+    if cfg.method == "lora":
+        model = checkpoint.load_with_adapter(run.latest)  # unmerged, so the adapter keeps training
     else:
-        model, _, _ = load_model(prep.base_dir)
-        if cfg.method == "lora":
-            torch.manual_seed(cfg.seed)  # the adapters' random A matrices
-            lora.apply_lora(model, **cfg.lora_config(prep.tokenizer))
+        model, _, _ = checkpoint.load_model(run.latest)
+    return _train(prep, model, train_cfg, run.path, metrics_path, resume=True)
 
+
+def _train(
+    prep: Prepared, model: Transformer, train_cfg: TrainConfig, out_dir: Path, metrics_path, resume: bool
+) -> TrainResult:
+    cfg, tokenizer = prep.cfg, prep.tokenizer
     adapter_state = None
     if cfg.method == "lora":
-        adapter_cfg = {"base": str(prep.base_dir.resolve()), "lora": cfg.lora_config(prep.tokenizer)}
+        adapter_cfg = {"base": str(prep.base_dir.resolve()), "lora": lora_settings(cfg, tokenizer)}
 
         def adapter_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             return lora.adapter_tensors(model), adapter_cfg
 
-    val_source = str(val_path) if val_path else f"{cfg.val_fraction:.0%} of the rows, seed {cfg.seed}"
     info = {
         "kind": "finetuned",
         "base": str(prep.base_dir.resolve()),
         "method": cfg.method,
-        "dataset": dataset_info(data, prep.train, prep.val, val_source),
-        "finetune": cfg.to_dict(),
-        **({"lora": cfg.lora_config(prep.tokenizer)} if cfg.method == "lora" else {}),
+        "dataset": dataset_info(prep),
+        "finetune": replace(  # whole and absolute: what resume() continues with
+            cfg,
+            base=str(prep.base_dir.resolve()),
+            data=str(Path(prep.data.source).resolve()),
+            val_data=str(Path(cfg.val_data).resolve()) if cfg.val_data else "",
+        ).to_dict(),
+        **({"lora": lora_settings(cfg, tokenizer)} if cfg.method == "lora" else {}),
     }
     batches = TaskBatches(
-        prep.train, prep.val, train_cfg.batch_size, train_cfg.grad_accum, cfg.seed, prep.tokenizer.pad_id
+        prep.train, prep.val, train_cfg.batch_size, train_cfg.grad_accum, cfg.seed, tokenizer.pad_id, cfg.max_eval_rows
     )
-    on_eval = make_probe_logger(prep.tokenizer, cfg.probes, cfg.probe_tokens) if cfg.probes else None
-    metrics = metrics_path if metrics_path is not None else out_dir / METRICS_FILE
-    result = train(model, prep.tokenizer, batches, train_cfg, out_dir, metrics, resume, info, adapter_state, on_eval)
+    on_eval = make_probe_logger(tokenizer, cfg.probes, cfg.probe_tokens) if cfg.probes else None
+    result = train(model, tokenizer, batches, train_cfg, out_dir, metrics_path, resume, info, adapter_state, on_eval)
     if cfg.merge and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes
         merge_best(out_dir)
     return result

@@ -3,33 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
 
+from llm.chat import prompt_ids as chat_prompt_ids
+from llm.chat import stop_ids as chat_stop_ids
+from llm.config import SamplingConfig
 from llm.model import KVCache, Transformer
 from llm.tokenizer import Tokenizer
-
-
-@dataclass
-class SamplingConfig:
-    max_new_tokens: int = 200
-    temperature: float = 0.8  # 0 means greedy
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1.0: off
-    repetition_penalty: float = 1.0  # 1.0: off; >1 makes tokens already in the context less likely
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise ValueError("max_new_tokens must be >= 0")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        if self.repetition_penalty <= 0:
-            raise ValueError("repetition_penalty must be > 0")
 
 
 def next_token_distribution(logits: torch.Tensor, context: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
@@ -129,3 +110,10 @@ def stream_text(
             emitted = text[: len(text) - hold]
     if len(text) > len(emitted):
         yield text[len(emitted) :]
+
+
+def stream_chat(
+    model: Transformer, tokenizer: Tokenizer, messages: list[dict[str, str]], cfg: SamplingConfig
+) -> Iterator[str]:
+    """The model's next assistant turn in a conversation, streamed; it ends by the one chat stop rule."""
+    yield from stream_text(model, tokenizer, chat_prompt_ids(tokenizer, messages), cfg, chat_stop_ids(tokenizer))

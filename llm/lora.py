@@ -19,9 +19,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-# Projection names in llm.model: attention (wq, wk, wv, wo) and MLP (w_gate, w_up, w_down).
-ATTENTION = ("wq", "wk", "wv", "wo")
-ALL_LINEAR = ATTENTION + ("w_gate", "w_up", "w_down")
+from llm.config import ALL_PROJECTIONS
+from llm.errors import CheckpointError, ConfigError
 
 
 class LoRALinear(nn.Module):
@@ -87,18 +86,19 @@ class HeadWithRows(nn.Module):
 
 def apply_lora(
     model: nn.Module,
-    rank: int = 8,
-    alpha: float = 16.0,
-    dropout: float = 0.0,
-    targets: list[str] | None = None,
+    *,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    targets: list[str],
     tokens: list[int] | None = None,
 ) -> list[str]:
     """Freeze every parameter of model and wrap the target projections with adapters. Returns their names.
-    With tokens, those tokens' rows of the embedding and of the LM head (one delta when tied) also train."""
-    targets = list(targets or ATTENTION)
-    unknown = set(targets) - set(ALL_LINEAR)
+    With tokens, those tokens' rows of the embedding and of the LM head (one delta when tied) also train.
+    The settings come from one place: llm.finetune.lora_settings (a FinetuneConfig) or a saved adapter.json."""
+    unknown = set(targets) - set(ALL_PROJECTIONS)
     if unknown:
-        raise ValueError(f"unknown LoRA target(s) {sorted(unknown)}; choose from {', '.join(ALL_LINEAR)}")
+        raise ConfigError(f"unknown {sorted(unknown)}; choose from {', '.join(ALL_PROJECTIONS)}", field="lora_targets")
     for p in model.parameters():
         p.requires_grad_(False)
     wrapped = []
@@ -132,7 +132,7 @@ def load_adapter(model: nn.Module, path: str | Path) -> None:
     tensors = load_file(str(path))
     own = adapter_tensors(model)
     if set(tensors) != set(own):
-        raise ValueError(f"{path}: the adapter does not fit this model (different layers or targets)")
+        raise CheckpointError(f"{path}: the adapter does not fit this model (different layers or targets)")
     model.load_state_dict(tensors, strict=False)
 
 

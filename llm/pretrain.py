@@ -7,11 +7,12 @@ from pathlib import Path
 import torch
 
 from llm import checkpoint
-from llm.config import ConfigError, ModelConfig, TrainConfig
+from llm.config import ModelConfig, TrainConfig
 from llm.corpus import TokenData, WindowBatches
 from llm.model import Transformer
+from llm.run import RunDir
 from llm.tokenizer import Tokenizer
-from llm.trainer import METRICS_FILE, TrainResult, train
+from llm.trainer import TrainResult, train
 
 
 def pretrain(
@@ -23,29 +24,26 @@ def pretrain(
     metrics_path: str | Path | None = None,
     save_dtype: torch.dtype | None = None,
 ) -> TrainResult:
-    """Train from scratch (or resume out_dir/latest) on the token shards in data_dir.
+    """Train from scratch on the token shards in data_dir into the run folder out_dir, or resume it.
 
-    Metrics go to metrics_path, by default out_dir/metrics.jsonl.
+    Resuming continues with the run's own shape and saved settings (RunDir.resumed_train_settings): only
+    train_cfg's budgets (max_steps, max_time) and device are taken. Metrics go to metrics_path, by default the run's.
     """
     data = TokenData.open(data_dir)
     tokenizer = Tokenizer.load(Path(data_dir))
-    out_dir = Path(out_dir)
+    run = RunDir(out_dir)
     if resume:
-        latest = checkpoint.resolve(out_dir / "latest")
-        model_cfg = ModelConfig.load(latest / checkpoint.CONFIG)  # the run's own shape wins on resume
-        # Resume with the run's saved settings; only the step budget and the device may change.
-        saved = TrainConfig.from_dict(checkpoint.load_trainer_state(latest)["train_config"])
-        saved.max_steps, saved.device = train_cfg.max_steps, train_cfg.device
-        train_cfg = saved
-    elif (out_dir / "latest").exists():
-        raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose another --out")
+        model_cfg = ModelConfig.load(run.latest / checkpoint.CONFIG)  # the run's own shape wins on resume
+        saved = run.resumed_train_settings(train_cfg.max_steps, train_cfg.device, train_cfg.max_time)
+        train_cfg = TrainConfig.from_dict(saved)
+    else:
+        run.check_new()
     if model_cfg.vocab_size != data.meta["vocab_size"]:
         model_cfg = ModelConfig(**{**model_cfg.to_dict(), "vocab_size": data.meta["vocab_size"]})
     torch.manual_seed(train_cfg.seed)
     model = Transformer(model_cfg)
     if resume:
-        checkpoint.load_weights(model, latest / checkpoint.WEIGHTS)
+        checkpoint.load_weights(model, run.latest / checkpoint.WEIGHTS)
     batches = WindowBatches(data, model_cfg.context_length, train_cfg.batch_size, train_cfg.seed)
     info = {"kind": "pretrained", "data": str(data_dir), "data_tokens": data.meta["tokens"]}
-    metrics = metrics_path if metrics_path is not None else out_dir / METRICS_FILE
-    return train(model, tokenizer, batches, train_cfg, out_dir, metrics, resume, info, save_dtype=save_dtype)
+    return train(model, tokenizer, batches, train_cfg, run.path, metrics_path, resume, info, save_dtype=save_dtype)

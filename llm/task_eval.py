@@ -24,8 +24,10 @@ import torch.nn.functional as F
 
 from llm.chat import prompt_ids, render
 from llm.checkpoint import load_model, resolve
+from llm.config import SamplingConfig
 from llm.device import pick_device
-from llm.generate import SamplingConfig, stream_text
+from llm.errors import ConfigError
+from llm.generate import stream_chat
 from llm.model import Transformer
 from llm.tasks import Example, TaskData
 from llm.tokenizer import Tokenizer
@@ -62,11 +64,10 @@ def split_reference(example: Example) -> tuple[list[dict[str, str]], str]:
 
 
 def answer(model: Transformer, tokenizer: Tokenizer, messages: list[dict[str, str]], sampling: SamplingConfig) -> str:
-    """The model's next assistant turn for a conversation, ending at <|end|>."""
+    """The model's next assistant turn for a conversation, whole and stripped."""
     was_training = model.training
     model.eval()
-    ids = prompt_ids(tokenizer, messages)
-    text = "".join(stream_text(model, tokenizer, ids, sampling, (tokenizer.special["<|end|>"],)))
+    text = "".join(stream_chat(model, tokenizer, messages, sampling))
     model.train(was_training)
     return text.strip()
 
@@ -93,7 +94,7 @@ def pick_rows(data: TaskData, rows: int | None, seed: int) -> list[Example]:
     examples = data.examples
     if rows is not None and rows < len(examples):
         if rows <= 0:
-            raise ValueError(f"--rows must be positive, got {rows}")
+            raise ConfigError(f"must be positive, got {rows}", field="rows")
         chosen = np.sort(np.random.default_rng(seed).choice(len(examples), size=rows, replace=False))
         examples = [examples[i] for i in chosen]
     return examples

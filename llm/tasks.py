@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 
 from llm.chat import render
+from llm.config import OVERFLOW, TASK_FORMATS, FinetuneConfig
+from llm.errors import ConfigError, TaskFileError
 from llm.tokenizer import Tokenizer
 
-FORMATS = ("pairs", "alpaca", "messages")
 READERS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
-OVERFLOW = ("truncate", "drop")
 
 # Column names recognised without a mapping, in order of preference (compared case-insensitively).
 PROMPT_NAMES = ("prompt", "question", "input", "instruction", "query", "user")
@@ -45,10 +45,6 @@ MESSAGES_NAMES = ("messages", "conversations", "conversation")
 MAPPING_KEYS = {"pairs": ("prompt", "response", "system"), "alpaca": ("system",), "messages": ("messages", "system")}
 # Turn roles: the chat template's own, and ShareGPT's.
 ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
-
-
-class TaskFileError(ValueError):
-    """The file cannot be used; the message names the file and, where it applies, the row or line and column."""
 
 
 @dataclass
@@ -74,7 +70,7 @@ class Example:
 @dataclass
 class TaskData:
     source: str  # the file it was read from
-    format: str  # one of FORMATS
+    format: str  # one of TASK_FORMATS
     columns: list[str]
     examples: list[Example]
     problems: list[Problem]
@@ -89,6 +85,16 @@ class EncodedExamples:
     lengths: list[int]  # each item's full token length, before truncation
     truncated: list[int]  # rows cut to the context length
     dropped: list[Problem]  # rows left out here (too long, or nothing left to train on after truncation)
+
+    def combined(self, other: EncodedExamples) -> EncodedExamples:
+        """Both sets as one (e.g. a run's train and validation rows, for one data summary)."""
+        return EncodedExamples(
+            self.items + other.items,
+            self.rows + other.rows,
+            self.lengths + other.lengths,
+            self.truncated + other.truncated,
+            self.dropped + other.dropped,
+        )
 
 
 class _RowProblem(Exception):
@@ -138,7 +144,7 @@ def _json_error(path: Path, text: str, lines: bool) -> str | None:
     return None
 
 
-def _read_frame(path: Path) -> tuple[pd.DataFrame, list[int], bytes]:
+def read_frame(path: Path) -> tuple[pd.DataFrame, list[int], bytes]:
     """The file as a DataFrame, the row number of each of its rows, and the file's bytes."""
     suffix = path.suffix.lower()
     if suffix not in READERS:
@@ -214,7 +220,9 @@ def _columns_for(path: Path, fmt: str, columns: list[str], mapping: dict[str, st
         )
     for key, column in mapping.items():
         if column not in columns:
-            raise TaskFileError(f"{path}: no column {column!r} (for {key}); the file has columns {columns}")
+            raise TaskFileError(
+                f"{path}: no column {column!r} (for {key}); the file has columns {columns}", kind="columns"
+            )
     wanted = {
         "pairs": {"prompt": PROMPT_NAMES, "response": RESPONSE_NAMES, "system": SYSTEM_NAMES},
         "alpaca": {"instruction": ("instruction",), "input": ("input",), "output": ("output",), "system": SYSTEM_NAMES},
@@ -225,10 +233,11 @@ def _columns_for(path: Path, fmt: str, columns: list[str], mapping: dict[str, st
     for key, names in wanted.items():
         column = mapping.get(key) or _find(columns, names)
         if column is None and key not in optional:
-            hint = " (name them with --prompt-column and --response-column)" if fmt == "pairs" else ""
+            hint = " (or name the prompt and response columns)" if fmt == "pairs" else ""
             raise TaskFileError(
                 f"{path}: missing column for the {fmt} format's {key}: expected one of {list(names)}{hint}; "
-                f"the file has columns {columns}"
+                f"the file has columns {columns}",
+                kind="columns",
             )
         if column is not None:
             chosen[key] = column
@@ -324,10 +333,10 @@ def _row_messages(fmt: str, record: dict[str, Any], cols: dict[str, str]) -> lis
 def read_task_file(path: str | Path, format: str = "auto", mapping: dict[str, str] | None = None) -> TaskData:
     """Read and validate a task dataset. See the module docstring for files, formats and row numbers."""
     path = Path(path)
-    if format != "auto" and format not in FORMATS:
-        raise TaskFileError(f"unknown task format {format!r}; choose auto or one of {', '.join(FORMATS)}")
+    if format != "auto" and format not in TASK_FORMATS:
+        raise TaskFileError(f"unknown task format {format!r}; choose auto or one of {', '.join(TASK_FORMATS)}")
     mapping = {k: v for k, v in (mapping or {}).items() if v}
-    frame, row_numbers, raw = _read_frame(path)
+    frame, row_numbers, raw = read_frame(path)
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     if len(frame) == 0:
@@ -337,8 +346,8 @@ def read_task_file(path: str | Path, format: str = "auto", mapping: dict[str, st
         raise TaskFileError(
             f"{path}: cannot tell the format from the columns {columns}. Expected a prompt column "
             f"({'/'.join(PROMPT_NAMES)}) and a response column ({'/'.join(RESPONSE_NAMES)}), alpaca's "
-            f"instruction/output, or a {'/'.join(MESSAGES_NAMES)} column; or name them with "
-            "--prompt-column and --response-column"
+            f"instruction/output, or a {'/'.join(MESSAGES_NAMES)} column; or name the prompt and response columns",
+            kind="columns",
         )
     cols = _columns_for(path, fmt, columns, mapping)
     examples, problems = [], []
@@ -364,7 +373,7 @@ def encode_examples(
     """Render each example with the chat template. A sequence of n ids trains on n-1 predictions, so up to
     context_length + 1 ids fit; a longer one is cut there (overflow="truncate") or dropped ("drop")."""
     if overflow not in OVERFLOW:
-        raise ValueError(f"overflow must be one of {OVERFLOW}, got {overflow!r}")
+        raise ConfigError(f"must be one of {OVERFLOW}, got {overflow!r}", field="overflow")
     limit = context_length + 1
     out = EncodedExamples([], [], [], [], [])
     for example in data.examples:
@@ -387,10 +396,17 @@ def encode_examples(
     return out
 
 
-def split_examples(data: TaskData, val_fraction: float, seed: int) -> tuple[TaskData, TaskData]:
-    """A seeded (train, validation) split of the examples, each keeping file order. Problems stay with train."""
+def split_examples(
+    data: TaskData, val_fraction: float | None = None, seed: int | None = None
+) -> tuple[TaskData, TaskData]:
+    """A seeded (train, validation) split of the examples, each keeping file order; problems stay with train.
+    The one held-out split: fine-tuning, its probes, Compare's batch scoring and eval-task all use it, with
+    FinetuneConfig's val_fraction and seed unless told otherwise."""
+    defaults = FinetuneConfig()
+    val_fraction = defaults.val_fraction if val_fraction is None else val_fraction
+    seed = defaults.seed if seed is None else seed
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"must be in [0, 1), got {val_fraction}", field="val_fraction")
     n = len(data.examples)
     n_val = 0 if val_fraction == 0 or n < 2 else min(n - 1, max(1, round(n * val_fraction)))
     order = np.random.default_rng(seed).permutation(n)

@@ -16,13 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from llm.errors import InputError
+
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.xz", ".jsonl", ".jsonl.gz", ".jsonl.xz", ".md")
 MAX_LINE = 1 << 20  # bytes read at once; longer lines arrive in pieces
 MAX_DOC_CHARS = 1 << 20  # a paragraph longer than this is cut into several documents
-
-
-class InputError(ValueError):
-    """Bad input text; the message names the file and, where it can, the line or byte offset."""
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:

@@ -16,15 +16,12 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from llm.errors import TokenizerError
 from llm.textio import iter_documents, name_files
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 MODEL_FILE = "tokenizer.model"
-
-
-class TokenizerError(ValueError):
-    pass
 
 
 class Tokenizer:

@@ -1,24 +1,22 @@
 """The one training loop, shared by pretraining and fine-tuning.
 
 AdamW with weight-decay groups, linear warmup then cosine decay, gradient accumulation, gradient clipping,
-bf16 autocast on CUDA, optional torch.compile, periodic evaluation, atomic checkpoints, resume, DDP under
-torchrun, and a clean stop on SIGTERM / Ctrl-C (a last checkpoint is written first).
+bf16 autocast on CUDA, optional torch.compile, periodic evaluation, atomic checkpoints (every ckpt_interval
+steps and every ckpt_seconds), resume, DDP under torchrun, a time budget (max_time), and a clean stop on
+SIGTERM / Ctrl-C (a last checkpoint is written first). Progress goes to the console and to the run's
+metrics file (llm/run.py owns its schema).
 
-Progress goes to the console and, as one JSON object a line, to a metrics file that the studio reads:
-  {"step", "train_loss", "lr", "tokens_per_s", "mfu", "elapsed"}      every log_interval steps
-  {"step", "val_loss", "train_eval_loss", ...}                       at each evaluation
-  {"event": "start" | "checkpoint" | "stopped" | "done" | "error", ...}
+    train() -> Trainer: restore state -> [train_step -> log -> evaluate -> checkpoint]* -> final event
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,14 +28,10 @@ from torch.nn.parallel import DistributedDataParallel
 from llm import checkpoint
 from llm.config import TrainConfig
 from llm.device import autocast_dtype, describe, peak_flops, pick_device
+from llm.errors import TrainingError
 from llm.model import Transformer, causal_lm_loss
+from llm.run import LATEST, MetricsWriter, RunDir
 from llm.tokenizer import Tokenizer
-
-METRICS_FILE = "metrics.jsonl"  # a run's metrics, beside its checkpoints unless told otherwise
-
-
-class TrainingError(RuntimeError):
-    pass
 
 
 class BatchSource(Protocol):
@@ -51,7 +45,7 @@ class TrainResult:
     step: int
     train_loss: float
     best_val_loss: float
-    reason: str  # "done", "stopped" (signal) or "early_stop"
+    reason: str  # "done", "stopped" (signal), "early_stop" or "time_limit"
     out_dir: Path
 
 
@@ -70,6 +64,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda" or None)
+
+
+def autocast_context(device: torch.device) -> AbstractContextManager:
+    amp = autocast_dtype(device)
+    return torch.autocast(device.type, dtype=amp) if amp else nullcontext()
 
 
 class Distributed:
@@ -114,43 +113,10 @@ class Distributed:
 
     def close(self) -> None:
         if self.world > 1 and dist.is_initialized():
-            # Without it a rank could tear its group down while another was still in the last collective:
-            # fine-tuning runs under torchrun hung at exit about one time in four (0 in 20 with it).
+            # Without it a rank could tear its group down while another was still in the last collective
+            # (fine-tuning under torchrun then hung at exit).
             dist.barrier()
             dist.destroy_process_group()
-
-
-def _logged_step(line: str) -> float:
-    """The step of a metrics line; infinity for a line cut short by a killed run, so that it is dropped."""
-    try:
-        return json.loads(line).get("step", 0)
-    except json.JSONDecodeError:
-        return math.inf
-
-
-class MetricsLog:
-    """Console lines and the JSONL metrics file (written by rank 0 only)."""
-
-    def __init__(self, path: Path | None, enabled: bool, resume_step: int | None):
-        self.path, self.enabled = path, enabled
-        if enabled and path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if resume_step is not None and path.exists():
-                # Drop what the interrupted run logged after its last checkpoint: it is about to be redone.
-                kept = [ln for ln in path.read_text().splitlines() if _logged_step(ln) <= resume_step]
-                path.write_text("".join(ln + "\n" for ln in kept))
-            elif resume_step is None:
-                path.write_text("")
-
-    def write(self, record: dict[str, Any], console: str | None = None) -> None:
-        if not self.enabled:
-            return
-        if console:
-            print(console, flush=True)
-        if self.path is not None:
-            record = {**record, "time": round(time.time(), 3)}
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 class StopFlag:
@@ -173,6 +139,327 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+class MetricsLog:
+    """Console lines and the run's metrics file; only rank 0 writes."""
+
+    def __init__(self, path: Path | None, enabled: bool, resume_step: int | None):
+        self.enabled = enabled
+        self.writer = MetricsWriter(path) if enabled and path is not None else None
+        if self.writer is not None:
+            if resume_step is None:
+                self.writer.start_fresh()
+            else:
+                self.writer.keep_through(resume_step)
+
+    def write(self, record: dict[str, Any], console: str | None = None) -> None:
+        if not self.enabled:
+            return
+        if console:
+            print(console, flush=True)
+        if self.writer is not None:
+            self.writer.append(record)
+
+
+def train_step(
+    run_model: torch.nn.Module,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: BatchSource,
+    step: int,
+    grad_accum: int,
+    grad_clip: float,
+    ddp: Distributed,
+    autocast: AbstractContextManager,
+) -> tuple[float, int]:
+    """One optimizer step over grad_accum micro-batches (this rank's share of them): forward, loss,
+    backward, clip, AdamW. Returns (the mean loss over all ranks, token positions processed by all ranks).
+    run_model is model itself, or its compiled or DDP wrapper."""
+    assert grad_accum % ddp.world == 0, "grad_accum must be divisible by the number of processes"
+    device = ddp.device
+    local_accum = grad_accum // ddp.world
+    loss_sum, tokens = 0.0, 0
+    for i in range(local_accum):
+        micro = ddp.rank * local_accum + i  # the global micro-batch index: the same data for any world size
+        x, y = batches.train_batch(step, micro)
+        sync = i == local_accum - 1 or ddp.world == 1  # DDP averages gradients on the last micro-batch only
+        with nullcontext() if sync else run_model.no_sync(), autocast:
+            loss = causal_lm_loss(run_model(x.to(device)), y.to(device))
+            (loss / local_accum).backward()
+        loss_sum += loss.item()
+        tokens += x.numel() * ddp.world
+    mean_loss = ddp.mean(loss_sum / local_accum)
+    if math.isfinite(mean_loss):
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return mean_loss, tokens
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, batches: BatchSource, count: int, ddp: Distributed, autocast: AbstractContextManager
+) -> dict[str, float]:
+    """Mean loss on the validation split and on a fixed sample of the training split, over all ranks."""
+    was_training = model.training
+    model.eval()
+    result = {}
+    for split, key in (("val", "val_loss"), ("train", "train_eval_loss")):
+        losses = []
+        for x, y in batches.eval_batches(split, count):
+            with autocast:
+                losses.append(causal_lm_loss(model(x.to(ddp.device)), y.to(ddp.device)).item())
+        if losses:
+            result[key] = ddp.mean(sum(losses) / len(losses))
+    model.train(was_training)
+    return result
+
+
+@dataclass
+class TrainState:
+    """What carries over between steps and across a resume (saved in trainer_state.pt)."""
+
+    step: int = 0
+    tokens_seen: int = 0  # token positions processed (task batches are padded only to their longest row)
+    elapsed_before: float = 0.0  # seconds trained by earlier attempts of the run
+    best_val: float = float("inf")
+    patience_used: int = 0  # evaluations since the best validation loss
+
+
+class Trainer:
+    """One attempt of a run: set up, loop until the step budget, a stop, early stopping or the time limit."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        batches: BatchSource,
+        cfg: TrainConfig,
+        out_dir: Path,
+        metrics_path: Path | None,
+        resume: bool,
+        info: dict[str, Any] | None,
+        adapter_state: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None,
+        on_eval: Callable[[Transformer, int], dict[str, Any]] | None,
+        save_dtype: torch.dtype | None,
+    ):
+        self.model, self.tokenizer, self.batches, self.cfg = model, tokenizer, batches, cfg
+        self.run = RunDir(out_dir)
+        self.info, self.adapter_state, self.on_eval, self.save_dtype = info or {}, adapter_state, on_eval, save_dtype
+        self.ddp = Distributed(pick_device(cfg.device))
+        self.device = self.ddp.device
+        if cfg.grad_accum % self.ddp.world:
+            raise TrainingError(
+                f"{cfg.grad_accum} must be divisible by the {self.ddp.world} processes", field="grad_accum"
+            )
+        torch.manual_seed(cfg.seed + self.ddp.rank)
+        model.to(self.device)
+        self.optimizer = make_optimizer(model, cfg, self.device)
+        self.state = self._restore() if resume else TrainState()
+        self.log = MetricsLog(metrics_path, self.ddp.main, self.state.step if resume else None)
+        self.autocast = autocast_context(self.device)
+        self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        run_model: torch.nn.Module = torch.compile(model) if cfg.compile else model
+        if self.ddp.world > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            run_model = DistributedDataParallel(run_model, device_ids=device_ids)
+        self.run_model = run_model
+        self.peak = peak_flops(self.device) if self.ddp.main else 1.0
+        self.resumed = resume
+
+    def _restore(self) -> TrainState:
+        saved = checkpoint.load_trainer_state(self.run.latest)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        # Each rank's own dropout RNG (a run resumed on another number of processes reuses them in turn).
+        rank = self.ddp.rank
+        torch.set_rng_state(saved["rng"][rank % len(saved["rng"])])
+        if self.device.type == "cuda" and "cuda_rng" in saved:
+            torch.cuda.set_rng_state(saved["cuda_rng"][rank % len(saved["cuda_rng"])], self.device)
+        tokens_per_step = self.cfg.batch_size * self.model.cfg.context_length * self.cfg.grad_accum
+        return TrainState(
+            step=saved["step"],
+            tokens_seen=saved.get("tokens_seen", saved["step"] * tokens_per_step),
+            elapsed_before=saved["elapsed"],
+            best_val=saved["best_val"],
+            patience_used=saved["patience_used"],
+        )
+
+    def elapsed(self) -> float:
+        return self.state.elapsed_before + time.time() - self.start
+
+    # Checkpoints
+
+    def run_info(self, train_loss: float) -> dict[str, Any]:
+        s = self.state
+        return {
+            **self.info,
+            "train_config": self.cfg.to_dict(),
+            "params": self.model.num_params(),
+            "trainable_params": self.trainable,
+            "step": s.step,
+            "tokens_seen": s.tokens_seen,
+            "train_loss": train_loss,
+            "best_val_loss": s.best_val if math.isfinite(s.best_val) else None,
+            "wall_seconds": round(self.elapsed(), 1),
+        }
+
+    def trainer_state(self) -> dict[str, Any]:
+        """Optimizer, counters and every rank's RNG states (so a resumed run draws the same dropout masks).
+        Every rank must call this; only rank 0 gets the result."""
+        rng = self.ddp.gather(torch.get_rng_state())
+        cuda_rng = self.ddp.gather(torch.cuda.get_rng_state(self.device)) if self.device.type == "cuda" else None
+        s = self.state
+        saved = {
+            "step": s.step,
+            "train_config": self.cfg.to_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "elapsed": self.elapsed(),
+            "best_val": s.best_val,
+            "patience_used": s.patience_used,
+            "tokens_seen": s.tokens_seen,
+            "rng": rng,
+        }
+        if cuda_rng is not None:
+            saved["cuda_rng"] = cuda_rng
+        return saved
+
+    def save(self, target: str, train_loss: float, with_state: bool = True) -> None:
+        trainer_state = self.trainer_state() if with_state else None
+        self.last_save = time.time()  # on every rank: they decide together when the next save is due
+        if not self.ddp.main:
+            return
+        adapter = self.adapter_state() if self.adapter_state else None
+        info = self.run_info(train_loss)
+        checkpoint.save_checkpoint(
+            self.run.path / target, self.model, self.tokenizer, info, trainer_state, self.save_dtype, adapter
+        )
+
+    # The loop
+
+    def log_start(self) -> None:
+        where, params, s = describe(self.device), self.model.num_params(), self.state
+        self.log.write(
+            {
+                "event": "start",
+                "step": s.step,
+                "device": where,
+                "world": self.ddp.world,
+                "params": params,
+                "trainable": self.trainable,
+                "max_steps": self.cfg.max_steps,
+            },
+            f"device: {where} x{self.ddp.world} | params {params:,} (trainable {self.trainable:,}) | "
+            f"{'resuming at' if self.resumed else 'starting at'} step {s.step} of {self.cfg.max_steps}",
+        )
+
+    def log_train(self, train_loss: float, lr: float) -> None:
+        now = time.time()
+        tps = self.tokens_since_log / max(now - self.last_log, 1e-9)
+        self.last_log, self.tokens_since_log = now, 0
+        mfu = tps * self.model.flops_per_token() / self.peak
+        step = self.state.step
+        self.log.write(
+            {
+                "step": step,
+                "train_loss": round(train_loss, 5),
+                "lr": lr,
+                "tokens_per_s": round(tps),
+                "mfu": round(mfu, 4),
+                "elapsed": round(self.elapsed(), 1),
+            },
+            f"step {step:6d} | loss {train_loss:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s | mfu {mfu:.1%}",
+        )
+
+    def evaluate_and_log(self, train_loss: float) -> bool:
+        """Evaluate, keep the best checkpoint, log; True when early stopping says the run should end."""
+        s, cfg = self.state, self.cfg
+        metrics = evaluate(self.model, self.batches, cfg.eval_batches, self.ddp, self.autocast)
+        extra = self.on_eval(self.model, s.step) if (self.on_eval and self.ddp.main) else {}
+        val = metrics.get("val_loss")
+        improved = val is not None and val < s.best_val
+        if improved:
+            s.best_val, s.patience_used = val, 0
+            if cfg.keep_best:
+                self.save("best", train_loss, with_state=False)
+        elif val is not None:
+            s.patience_used += 1
+        text = " | ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        self.log.write(
+            {"step": s.step, **{k: round(v, 5) for k, v in metrics.items()}, **extra},
+            f"eval step {s.step} | {text}{' (best)' if improved else ''}",
+        )
+        return bool(cfg.early_stop_patience) and s.patience_used >= cfg.early_stop_patience
+
+    def diverged(self, train_loss: float) -> TrainingError:
+        message = (
+            f"the training loss became {train_loss} at step {self.state.step}: the run diverged. Try a lower "
+            "learning rate, a smaller gradient clip, or check the data. The last checkpoint is kept."
+        )
+        self.log.write({"event": "error", "step": self.state.step, "message": message, "kind": "diverged"})
+        return TrainingError(message, kind="diverged")
+
+    def ending(self, stop: StopFlag, early_stop: bool) -> str | None:
+        """Why the run ends after this step, if it does (agreed by every rank)."""
+        cfg = self.cfg
+        if self.ddp.any(stop.set):
+            return "stopped"
+        if early_stop:
+            return "early_stop"
+        if cfg.max_time and self.ddp.any(self.elapsed() >= cfg.max_time):
+            return "time_limit"
+        return "done" if self.state.step >= cfg.max_steps else None
+
+    def checkpoint_due(self) -> bool:
+        cfg = self.cfg
+        by_time = bool(cfg.ckpt_seconds) and time.time() - self.last_save >= cfg.ckpt_seconds
+        return self.state.step % cfg.ckpt_interval == 0 or self.ddp.any(by_time)
+
+    def fit(self) -> TrainResult:
+        s, cfg = self.state, self.cfg
+        self.log_start()
+        self.model.train()
+        self.start = self.last_log = self.last_save = time.time()
+        self.tokens_since_log = 0
+        train_loss, reason = float("nan"), "done" if s.step >= cfg.max_steps else None
+        with StopFlag() as stop:
+            while reason is None:
+                lr = learning_rate(s.step, cfg)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                train_loss, tokens = train_step(
+                    self.run_model,
+                    self.model,
+                    self.optimizer,
+                    self.batches,
+                    s.step,
+                    cfg.grad_accum,
+                    cfg.grad_clip,
+                    self.ddp,
+                    self.autocast,
+                )
+                if not math.isfinite(train_loss):
+                    self.ddp.close()
+                    raise self.diverged(train_loss)
+                s.step += 1
+                s.tokens_seen += tokens
+                self.tokens_since_log += tokens
+                last = s.step == cfg.max_steps
+                if s.step % cfg.log_interval == 0 or last:
+                    self.log_train(train_loss, lr)
+                early_stop = (s.step % cfg.eval_interval == 0 or last) and self.evaluate_and_log(train_loss)
+                reason = self.ending(stop, early_stop)
+                if reason is not None or self.checkpoint_due():
+                    self.save(LATEST, train_loss)
+                    self.log.write({"event": "checkpoint", "step": s.step})
+        best = s.best_val if math.isfinite(s.best_val) else None
+        self.log.write(
+            {"event": reason, "step": s.step, "train_loss": train_loss, "best_val_loss": best},
+            f"{reason} at step {s.step}: checkpoint in {self.run.latest}",
+        )
+        self.ddp.close()
+        return TrainResult(s.step, train_loss, s.best_val, reason, self.run.path)
+
+
 def train(
     model: Transformer,
     tokenizer: Tokenizer,
@@ -186,202 +473,14 @@ def train(
     on_eval: Callable[[Transformer, int], dict[str, Any]] | None = None,
     save_dtype: torch.dtype | None = None,
 ) -> TrainResult:
-    """Train `model` (weights already loaded, including when resuming) and checkpoint into out_dir.
-
-    out_dir/latest is the newest checkpoint (with trainer_state.pt), out_dir/best the one with the lowest
-    validation loss when cfg.keep_best. adapter_state, when given, returns the adapter tensors and config to
-    store instead of the full weights (LoRA). on_eval(model, step) may return extra fields to log (e.g.
-    sample generations). All ranks must call this under torchrun.
-    """
-    out_dir = Path(out_dir)
-    device = pick_device(cfg.device)
-    ddp = Distributed(device)
-    device = ddp.device
-    if cfg.grad_accum % ddp.world:
-        raise TrainingError(f"--grad-accum {cfg.grad_accum} must be divisible by the {ddp.world} processes")
-    local_accum = cfg.grad_accum // ddp.world
-    torch.manual_seed(cfg.seed + ddp.rank)
-    model.to(device)
-    optimizer = make_optimizer(model, cfg, device)
-    step, elapsed_before, best_val, patience_used = 0, 0.0, float("inf"), 0
-    if resume:
-        state = checkpoint.load_trainer_state(checkpoint.resolve(out_dir / "latest"))
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed_before = state["step"], state["elapsed"]
-        best_val, patience_used = state["best_val"], state["patience_used"]
-        # Each rank's own dropout RNG (a run resumed on another number of processes reuses them in turn).
-        torch.set_rng_state(state["rng"][ddp.rank % len(state["rng"])])
-        if device.type == "cuda" and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"][ddp.rank % len(state["cuda_rng"])], device)
-    log = MetricsLog(Path(metrics_path) if metrics_path else None, ddp.main, step if resume else None)
-    amp = autocast_dtype(device)
-    autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    run_model: torch.nn.Module = torch.compile(model) if cfg.compile else model
-    if ddp.world > 1:
-        run_model = DistributedDataParallel(run_model, device_ids=[device.index] if device.type == "cuda" else None)
-    peak = peak_flops(device) if ddp.main else 1.0
-    tokens_per_step = cfg.batch_size * model.cfg.context_length * cfg.grad_accum
-    # Token positions actually processed (fine-tuning batches are padded only to their longest sequence).
-    tokens_seen = state.get("tokens_seen", step * tokens_per_step) if resume else 0
-    tokens_since_log = 0
-    log.write(
-        {
-            "event": "start",
-            "step": step,
-            "device": describe(device),
-            "world": ddp.world,
-            "params": model.num_params(),
-            "trainable": trainable,
-            "max_steps": cfg.max_steps,
-        },
-        f"device: {describe(device)} x{ddp.world} | params {model.num_params():,} (trainable {trainable:,}) | "
-        f"{'resuming at' if resume else 'starting at'} step {step} of {cfg.max_steps}",
+    """Train `model` (weights already loaded, including when resuming) and checkpoint into the run folder
+    out_dir (latest/, and best/ when cfg.keep_best); metrics go to metrics_path, by default the run's
+    metrics file. adapter_state, when given, returns the adapter tensors and config to store instead of the
+    full weights (LoRA). on_eval(model, step) may return extra fields to log (e.g. sample generations).
+    All ranks must call this under torchrun."""
+    run = RunDir(out_dir)
+    metrics = Path(metrics_path) if metrics_path is not None else run.metrics
+    trainer = Trainer(
+        model, tokenizer, batches, cfg, run.path, metrics, resume, info, adapter_state, on_eval, save_dtype
     )
-
-    def run_info(train_loss: float) -> dict[str, Any]:
-        return {
-            **(info or {}),
-            "train_config": cfg.to_dict(),
-            "params": model.num_params(),
-            "trainable_params": trainable,
-            "step": step,
-            "tokens_seen": tokens_seen,
-            "train_loss": train_loss,
-            "best_val_loss": best_val if math.isfinite(best_val) else None,
-            "wall_seconds": round(elapsed_before + time.time() - start, 1),
-        }
-
-    def save(target: str, train_loss: float, with_state: bool = True) -> None:
-        if with_state:  # every rank's RNG state, so that a resumed run draws the same dropout masks
-            rng = ddp.gather(torch.get_rng_state())
-            cuda_rng = ddp.gather(torch.cuda.get_rng_state(device)) if device.type == "cuda" else None
-        if not ddp.main:
-            return
-        trainer_state = None
-        if with_state:
-            trainer_state = {
-                "step": step,
-                "train_config": cfg.to_dict(),
-                "optimizer": optimizer.state_dict(),
-                "elapsed": elapsed_before + time.time() - start,
-                "best_val": best_val,
-                "patience_used": patience_used,
-                "tokens_seen": tokens_seen,
-                "rng": rng,
-            }
-            if cuda_rng is not None:
-                trainer_state["cuda_rng"] = cuda_rng
-        checkpoint.save_checkpoint(
-            out_dir / target,
-            model,
-            tokenizer,
-            run_info(train_loss),
-            trainer_state,
-            save_dtype,
-            adapter_state() if adapter_state else None,
-        )
-
-    @torch.no_grad()
-    def evaluate() -> dict[str, float]:
-        model.eval()
-        result = {}
-        for split, key in (("val", "val_loss"), ("train", "train_eval_loss")):
-            losses = []
-            for x, y in batches.eval_batches(split, cfg.eval_batches):
-                with autocast:
-                    losses.append(causal_lm_loss(model(x.to(device)), y.to(device)).item())
-            if losses:
-                result[key] = ddp.mean(sum(losses) / len(losses))
-        model.train()
-        return result
-
-    model.train()
-    start, last_log = time.time(), time.time()
-    train_loss, reason = float("nan"), "done"
-    with StopFlag() as stop:
-        while step < cfg.max_steps:
-            lr = learning_rate(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum, step_tokens = 0.0, 0
-            for i in range(local_accum):
-                micro = ddp.rank * local_accum + i  # the global micro-batch index: same data for any world size
-                x, y = batches.train_batch(step, micro)
-                sync = i == local_accum - 1 or ddp.world == 1
-                ctx = nullcontext() if sync else run_model.no_sync()
-                with ctx, autocast:
-                    loss = causal_lm_loss(run_model(x.to(device)), y.to(device))
-                    (loss / local_accum).backward()
-                loss_sum += loss.item()
-                step_tokens += x.numel() * ddp.world
-            train_loss = ddp.mean(loss_sum / local_accum)
-            if not math.isfinite(train_loss):
-                message = (
-                    f"the training loss became {train_loss} at step {step}: the run diverged. "
-                    "Try a lower --lr, a smaller --grad-clip, or check the data. The last checkpoint is kept."
-                )
-                log.write({"event": "error", "step": step, "message": message})
-                ddp.close()
-                raise TrainingError(message)
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += step_tokens
-            tokens_since_log += step_tokens
-
-            if step % cfg.log_interval == 0 or step == cfg.max_steps:
-                now = time.time()
-                tps = tokens_since_log / max(now - last_log, 1e-9)
-                last_log, tokens_since_log = now, 0
-                mfu = tps * model.flops_per_token() / peak
-                log.write(
-                    {
-                        "step": step,
-                        "train_loss": round(train_loss, 5),
-                        "lr": lr,
-                        "tokens_per_s": round(tps),
-                        "mfu": round(mfu, 4),
-                        "elapsed": round(elapsed_before + now - start, 1),
-                    },
-                    f"step {step:6d} | loss {train_loss:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s | mfu {mfu:.1%}",
-                )
-            if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-                metrics = evaluate()
-                extra = on_eval(model, step) if (on_eval and ddp.main) else {}
-                val = metrics.get("val_loss")
-                improved = val is not None and val < best_val
-                if improved:
-                    best_val, patience_used = val, 0
-                    if cfg.keep_best:
-                        save("best", train_loss, with_state=False)
-                elif val is not None:
-                    patience_used += 1
-                text = " | ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-                log.write(
-                    {"step": step, **{k: round(v, 5) for k, v in metrics.items()}, **extra},
-                    f"eval step {step} | {text}{' (best)' if improved else ''}",
-                )
-                if cfg.early_stop_patience and patience_used >= cfg.early_stop_patience:
-                    reason = "early_stop"
-            stopping = ddp.any(stop.set)
-            if step % cfg.ckpt_interval == 0 or step == cfg.max_steps or stopping or reason != "done":
-                save("latest", train_loss)
-                log.write({"event": "checkpoint", "step": step})
-            if stopping:
-                reason = "stopped"
-            if reason != "done":
-                break
-    log.write(
-        {
-            "event": reason if reason != "done" else "done",
-            "step": step,
-            "train_loss": train_loss,
-            "best_val_loss": best_val if math.isfinite(best_val) else None,
-        },
-        f"{reason} at step {step}: checkpoint in {out_dir / 'latest'}",
-    )
-    ddp.close()
-    return TrainResult(step, train_loss, best_val, reason, out_dir)
+    return trainer.fit()

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from llm.config import preset
+from llm.errors import InputError
 from llm.evaluate import score_text, score_tokens
 from llm.model import Transformer, causal_lm_loss
 
@@ -48,5 +49,5 @@ def test_long_text_is_scored_in_windows_each_token_once(model, tok):
 
 
 def test_empty_text_is_refused(model, tok):
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(InputError, match="empty"):
         score_text(model, tok, "")

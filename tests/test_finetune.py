@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ from safetensors.torch import load_file
 from llm import checkpoint, finetune, lora
 from llm.__main__ import main
 from llm.checkpoint import load_model
-from llm.config import ConfigError
-from llm.finetune import FinetuneConfig, TaskBatches
+from llm.config import FinetuneConfig
+from llm.errors import ConfigError
+from llm.finetune import TaskBatches, lora_settings
 from llm.model import causal_lm_loss
 from llm.task_eval import evaluate_models, totals
 from llm.tasks import TaskFileError, encode_examples, read_task_file, split_examples
@@ -55,6 +57,11 @@ def quick(**overrides) -> FinetuneConfig:
     """A few steps of a tiny run."""
     settings = dict(method="lora", max_steps=6, batch_size=4, val_fraction=0.25, evals_per_epoch=2, lora_rank=4)
     return FinetuneConfig(**{**settings, **overrides})
+
+
+def job(base: Path, data: Path, cfg: FinetuneConfig) -> FinetuneConfig:
+    """cfg for this base model and task file."""
+    return replace(cfg, base=str(base), data=str(data))
 
 
 def encoded(task_file: Path, tiny_model_dir: Path):
@@ -132,7 +139,7 @@ def test_the_loss_does_not_depend_on_predictions_at_prompt_positions(task_file, 
 def test_lora_gradients_reach_only_the_adapters(task_file, tiny_model_dir):
     model, tok, _ = load_model(tiny_model_dir)
     _, enc = encoded(task_file, tiny_model_dir)
-    lora.apply_lora(model, **FinetuneConfig(lora_rank=4).lora_config(tok))
+    lora.apply_lora(model, **lora_settings(FinetuneConfig(lora_rank=4), tok))
     model.train()
     x, y = TaskBatches(enc, enc, 8, 1, 0, tok.pad_id).train_batch(0, 0)
     causal_lm_loss(model(x), y).backward()
@@ -148,7 +155,7 @@ def test_lora_gradients_reach_only_the_adapters(task_file, tiny_model_dir):
 def test_merged_model_matches_base_plus_adapter(tiny_model_dir):
     model, tok, _ = load_model(tiny_model_dir)
     torch.manual_seed(0)
-    lora.apply_lora(model, **FinetuneConfig(lora_rank=4, lora_dropout=0.0).lora_config(tok))
+    lora.apply_lora(model, **lora_settings(FinetuneConfig(lora_rank=4, lora_dropout=0.0), tok))
     with torch.no_grad():  # a trained-looking adapter: nonzero B and token rows
         for name, p in model.named_parameters():
             if "lora_b" in name or "lora_rows" in name:
@@ -175,7 +182,7 @@ def read_metrics(path: Path) -> list[dict]:
 def test_lora_run_stores_adapters_records_its_origin_and_logs_probes(tmp_path, task_file, tiny_model_dir):
     out = tmp_path / "run"
     cfg = quick(probes=["What does Lily like?", "Who is Tom?"], probe_tokens=5)
-    result = finetune.finetune(tiny_model_dir, task_file, out, cfg)
+    result = finetune.finetune(job(tiny_model_dir, task_file, cfg), out)
     assert result.step == 6 and result.reason == "done"
     latest = out / "latest"
     assert (latest / "adapter.safetensors").is_file() and not (latest / "model.safetensors").exists()
@@ -201,7 +208,7 @@ def test_lora_run_stores_adapters_records_its_origin_and_logs_probes(tmp_path, t
 
 def test_full_run_stores_full_weights_and_keeps_the_best(tmp_path, task_file, tiny_model_dir):
     out = tmp_path / "run"
-    result = finetune.finetune(tiny_model_dir, task_file, out, quick(method="full"), metrics_path=tmp_path / "m.jsonl")
+    result = finetune.finetune(job(tiny_model_dir, task_file, quick(method="full")), out, tmp_path / "m.jsonl")
     assert (out / "latest" / "model.safetensors").is_file() and (out / "best" / "model.safetensors").is_file()
     info = checkpoint.read_info(out / "best")
     assert info["method"] == "full" and "lora" not in info
@@ -211,7 +218,7 @@ def test_full_run_stores_full_weights_and_keeps_the_best(tmp_path, task_file, ti
 
 def test_merge_stores_full_weights_equal_to_the_adapter(tmp_path, task_file, tiny_model_dir):
     out = tmp_path / "run"
-    finetune.finetune(tiny_model_dir, task_file, out, quick(merge=True, lora_dropout=0.0))
+    finetune.finetune(job(tiny_model_dir, task_file, quick(merge=True, lora_dropout=0.0)), out)
     best = out / "best"
     assert (best / "model.safetensors").is_file() and not (best / "adapter.json").exists()
     assert checkpoint.read_info(best)["merged"] is True
@@ -220,15 +227,15 @@ def test_merge_stores_full_weights_equal_to_the_adapter(tmp_path, task_file, tin
     x = torch.tensor([[tok.eos_id, tok.special["<|user|>"], *tok.encode(" What does Tom like?")]])
     adapter_best = out / "best-adapter"
     # Rebuild what best/ held before the merge: the same run without --merge.
-    finetune.finetune(tiny_model_dir, task_file, adapter_best, quick(lora_dropout=0.0))
+    finetune.finetune(job(tiny_model_dir, task_file, quick(lora_dropout=0.0)), adapter_best)
     unmerged, _, _ = load_model(adapter_best / "best")
     with torch.no_grad():
         assert torch.allclose(merged(x), unmerged(x), atol=1e-5)
 
 
 def test_resume_after_sigterm_gives_exactly_the_uninterrupted_run(tmp_path, task_file, tiny_model_dir, monkeypatch):
-    cfg = quick(max_steps=8, lora_dropout=0.1)  # dropout: the RNG state must be restored too
-    finetune.finetune(tiny_model_dir, task_file, tmp_path / "whole", cfg)
+    cfg = job(tiny_model_dir, task_file, quick(max_steps=8, lora_dropout=0.1))  # dropout: RNG state restored too
+    finetune.finetune(cfg, tmp_path / "whole")
 
     original = TaskBatches.train_batch
 
@@ -238,10 +245,10 @@ def test_resume_after_sigterm_gives_exactly_the_uninterrupted_run(tmp_path, task
         return original(self, step, micro)
 
     monkeypatch.setattr(TaskBatches, "train_batch", interrupting)
-    stopped = finetune.finetune(tiny_model_dir, task_file, tmp_path / "cut", cfg)
+    stopped = finetune.finetune(cfg, tmp_path / "cut")
     assert stopped.reason == "stopped" and stopped.step == 4
     monkeypatch.setattr(TaskBatches, "train_batch", original)
-    resumed = finetune.finetune(tiny_model_dir, task_file, tmp_path / "cut", FinetuneConfig(), resume=True)
+    resumed = finetune.resume(tmp_path / "cut")
     assert resumed.step == 8
     whole = load_file(str(tmp_path / "whole" / "latest" / "adapter.safetensors"))
     cut = load_file(str(tmp_path / "cut" / "latest" / "adapter.safetensors"))
@@ -250,16 +257,16 @@ def test_resume_after_sigterm_gives_exactly_the_uninterrupted_run(tmp_path, task
 
 def test_resume_refuses_a_changed_dataset(tmp_path, tiny_model_dir):
     data = favourites_csv(tmp_path / "f.csv")
-    finetune.finetune(tiny_model_dir, data, tmp_path / "run", quick(max_steps=2))
+    finetune.finetune(job(tiny_model_dir, data, quick(max_steps=2)), tmp_path / "run")
     data.write_text(data.read_text().replace("ball", "kite"))
     with pytest.raises(TaskFileError, match="the dataset changed since the run started"):
-        finetune.finetune(tiny_model_dir, data, tmp_path / "run", quick(), resume=True)
+        finetune.resume(tmp_path / "run")
 
 
 def test_a_validation_file_replaces_the_split(tmp_path, task_file, tiny_model_dir):
     val = tmp_path / "val.csv"
     val.write_text("question,answer\nWhat does Lily like?,ball\nWhat does Tom like?,cake\n")
-    finetune.finetune(tiny_model_dir, task_file, tmp_path / "run", quick(max_steps=2), val_path=val)
+    finetune.finetune(replace(job(tiny_model_dir, task_file, quick(max_steps=2)), val_data=str(val)), tmp_path / "run")
     dataset = checkpoint.read_info(tmp_path / "run" / "latest")["dataset"]
     assert (dataset["train_examples"], dataset["val_examples"], dataset["validation"]) == (48, 2, str(val))
 
@@ -270,7 +277,7 @@ def test_a_validation_file_replaces_the_split(tmp_path, task_file, tiny_model_di
         ("bad data", TaskFileError, r"bad.jsonl, line 2, column 14: malformed JSON"),
         ("no base", Exception, r"no such model directory"),
         ("bad column", TaskFileError, r"no column 'q'"),
-        ("bad target", ConfigError, r"--lora-targets: unknown \['wz'\]"),
+        ("bad target", ConfigError, r"lora_targets unknown \['wz'\]"),
         ("existing run", ConfigError, r"already holds a run: pass --resume"),
     ],
 )
@@ -280,16 +287,17 @@ def test_bad_input_leaves_no_output_directory(tmp_path, task_file, tiny_model_di
     out = tmp_path / "run"
     with pytest.raises(error, match=message):
         if case == "bad data":
-            finetune.finetune(tiny_model_dir, bad, out, quick())
+            finetune.finetune(job(tiny_model_dir, bad, quick()), out)
         elif case == "no base":
-            finetune.finetune(tmp_path / "nowhere", task_file, out, quick())
+            finetune.finetune(job(tmp_path / "nowhere", task_file, quick()), out)
         elif case == "bad column":
-            finetune.finetune(tiny_model_dir, task_file, out, quick(), mapping={"prompt": "q", "response": "answer"})
+            mapping = {"prompt": "q", "response": "answer"}
+            finetune.finetune(job(tiny_model_dir, task_file, quick(mapping=mapping)), out)
         elif case == "bad target":
-            finetune.finetune(tiny_model_dir, task_file, out, quick(lora_targets=["wq", "wz"]))
+            finetune.finetune(job(tiny_model_dir, task_file, quick(lora_targets=["wq", "wz"])), out)
         else:
             (out / "latest").mkdir(parents=True)
-            finetune.finetune(tiny_model_dir, task_file, out, quick())
+            finetune.finetune(job(tiny_model_dir, task_file, quick()), out)
     if case != "existing run":
         assert not out.exists()
     else:
@@ -298,15 +306,17 @@ def test_bad_input_leaves_no_output_directory(tmp_path, task_file, tiny_model_di
 
 def test_the_missing_shipped_base_model_gets_a_clear_message(tmp_path, task_file, monkeypatch):
     monkeypatch.setattr(finetune, "DEFAULT_BASE_MODEL", tmp_path / "models" / "base")
-    with pytest.raises(checkpoint.CheckpointError, match=r"the shipped base model is not in .* yet; pass --base"):
-        finetune.finetune(tmp_path / "models" / "base", task_file, tmp_path / "run", quick())
+    with pytest.raises(checkpoint.CheckpointError, match=r"the shipped base model is not in .* yet") as caught:
+        finetune.finetune(job(tmp_path / "models" / "base", task_file, quick()), tmp_path / "run")
+    assert caught.value.field == "base"
 
 
 def test_plan_reports_sizes_steps_and_estimates(task_file, tiny_model_dir):
     data = read_task_file(task_file)
-    lora_plan = finetune.plan(tiny_model_dir, data, FinetuneConfig(method="lora", lora_rank=4, epochs=3))
-    full_plan = finetune.plan(tiny_model_dir, data, FinetuneConfig(method="full", epochs=3))
-    assert lora_plan["params"] == full_plan["params"] == full_plan["trainable_params"]
+    lora_plan = finetune.plan(finetune.prepare(job(tiny_model_dir, task_file, FinetuneConfig(lora_rank=4, epochs=3))))
+    full_cfg = job(tiny_model_dir, task_file, FinetuneConfig(method="full", epochs=3))
+    full_plan = finetune.plan(finetune.prepare(full_cfg, data))  # data already read: not read again
+    assert lora_plan["params"] > full_plan["params"] == full_plan["trainable_params"]  # LoRA adds its adapters
     assert 0 < lora_plan["trainable_params"] < 0.1 * lora_plan["params"]
     assert (lora_plan["train_examples"], lora_plan["val_examples"]) == (43, 5)
     assert lora_plan["max_steps"] == 3 * lora_plan["steps_per_epoch"]
@@ -317,15 +327,16 @@ def test_plan_reports_sizes_steps_and_estimates(task_file, tiny_model_dir):
 
 
 def test_config_errors_name_the_parameter():
-    for bad, message in [
-        (dict(method="qlora"), "--method"),
-        (dict(epochs=0), "--epochs"),
-        (dict(lr=-1.0), "--lr"),
-        (dict(val_fraction=1.0), "--val-fraction"),
-        (dict(method="full", merge=True), "--merge"),
+    for bad, field in [
+        (dict(method="qlora"), "method"),
+        (dict(epochs=0), "epochs"),
+        (dict(lr=-1.0), "lr"),
+        (dict(val_fraction=1.0), "val_fraction"),
+        (dict(method="full", merge=True), "merge"),
     ]:
-        with pytest.raises(ConfigError, match=message):
+        with pytest.raises(ConfigError, match=field) as caught:
             FinetuneConfig(**bad)
+        assert caught.value.field == field
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -386,7 +397,7 @@ def test_full_finetuning_teaches_a_task(tmp_path, tiny_model_dir):
     is loose."""
     task = copy_task_csv(tmp_path / "had.csv")
     cfg = FinetuneConfig(method="full", lr=3e-3, epochs=120, batch_size=8, val_fraction=0.25, early_stop_patience=0)
-    finetune.finetune(tiny_model_dir, task, tmp_path / "run", cfg)
+    finetune.finetune(job(tiny_model_dir, task, cfg), tmp_path / "run")
     held_out = split_examples(read_task_file(task), cfg.val_fraction, cfg.seed)[1]
     table = totals(evaluate_models([tiny_model_dir, tmp_path / "run"], held_out, max_new_tokens=4))
     assert table["rows"].tolist() == [16, 16]
@@ -400,7 +411,7 @@ def test_lora_finetuning_learns_the_task_answers(tmp_path, tiny_model_dir):
     the held-out answers become far more likely."""
     task = copy_task_csv(tmp_path / "had.csv")
     cfg = FinetuneConfig(method="lora", lr=1e-2, epochs=40, batch_size=8, val_fraction=0.25, early_stop_patience=0)
-    finetune.finetune(tiny_model_dir, task, tmp_path / "run", cfg)
+    finetune.finetune(job(tiny_model_dir, task, cfg), tmp_path / "run")
     held_out = split_examples(read_task_file(task), cfg.val_fraction, cfg.seed)[1]
     before, after = totals(evaluate_models([tiny_model_dir, tmp_path / "run"], held_out, max_new_tokens=4))[
         "ref_perplexity"

@@ -101,7 +101,7 @@ def test_train_config_json_round_trip():
         (lambda: ModelConfig.from_dict({"tie_embeddings": 1}), "tie_embeddings must be of type bool, got 1"),
         (lambda: ModelConfig.from_dict([1, 2]), "expected a JSON object"),
         (lambda: TrainConfig.from_dict({"lr": True}), "lr must be a number, got True"),
-        (lambda: TrainConfig(batch_size=0), "--batch-size"),
+        (lambda: TrainConfig(batch_size=0), "batch_size must be positive"),
         (lambda: TrainConfig(lr=1e-4, min_lr=1e-3), "min_lr"),
         (lambda: preset("huge"), "huge"),
     ],
@@ -214,10 +214,10 @@ def test_interrupted_rename_still_loads_the_old_checkpoint(tmp_path, tok):
     ],
 )
 def test_damaged_checkpoint_gives_a_clear_error(tmp_path, tok, damage, message):
-    from llm.errors import USER_ERRORS
+    from llm.errors import LLMError
 
     model = random_model(vocab_size=tok.vocab_size, n_layer=2)
     directory = checkpoint.save_checkpoint(tmp_path / "ckpt", model, tok)
     damage(directory)
-    with pytest.raises(USER_ERRORS, match=message):
+    with pytest.raises(LLMError, match=message):
         checkpoint.load_model(directory)

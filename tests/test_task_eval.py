@@ -13,7 +13,8 @@ import torch
 from llm import finetune
 from llm.__main__ import main
 from llm.checkpoint import load_model
-from llm.finetune import FinetuneConfig, TaskBatches
+from llm.config import FinetuneConfig
+from llm.finetune import TaskBatches
 from llm.model import causal_lm_loss
 from llm.task_eval import evaluate_models, reference_loss, score, split_reference, totals
 from llm.tasks import Example, encode_examples, read_task_file
@@ -35,9 +36,8 @@ def task_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tuned_dir(tmp_path_factory, tiny_model_dir, task_file) -> Path:
     out = tmp_path_factory.mktemp("tuned") / "run"
-    finetune.finetune(
-        tiny_model_dir, task_file, out, FinetuneConfig(method="lora", max_steps=4, batch_size=4, lora_rank=2)
-    )
+    cfg = FinetuneConfig(base=str(tiny_model_dir), data=str(task_file), max_steps=4, batch_size=4, lora_rank=2)
+    finetune.finetune(cfg, out)
     return out
 
 

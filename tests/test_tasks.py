@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from llm.errors import ConfigError
 from llm.tasks import (
     TaskFileError,
     encode_examples,
@@ -282,7 +283,7 @@ def test_rows_longer_than_the_context_are_truncated_or_dropped_and_counted(tmp_p
     info = summary(data, dropped)
     assert (info["kept"], info["dropped"], info["drop_reasons"]) == (1, 1, {"too long": 1})
     assert summary(data, cut)["truncated"] == 1
-    with pytest.raises(ValueError, match="overflow must be one of"):
+    with pytest.raises(ConfigError, match="overflow must be one of"):
         encode_examples(data, tok, 32, overflow="wrap")
 
 
@@ -310,7 +311,7 @@ def test_split_is_seeded_disjoint_and_keeps_file_order(tmp_path):
     assert sorted(rows(train) + rows(val)) == list(range(1, 51))
     assert rows(train) == sorted(rows(train)) and rows(train) == rows(again) and rows(train) != rows(other)
     assert split_examples(data, 0.0, 3)[1].examples == []
-    with pytest.raises(ValueError, match="val_fraction"):
+    with pytest.raises(ConfigError, match="val_fraction"):
         split_examples(data, 1.0, 3)
 
 

@@ -17,6 +17,7 @@ from llm_cli import ENV, REPO, loss_curve, read_metrics, run_llm, start_llm, tra
 from llm import checkpoint, trainer
 from llm.config import TrainConfig, preset
 from llm.corpus import WindowBatches
+from llm.errors import ConfigError
 from llm.model import Transformer
 from llm.pretrain import pretrain
 from llm.trainer import MetricsLog, TrainingError, learning_rate, train
@@ -105,7 +106,7 @@ def test_sigterm_in_process_stops_cleanly_and_resume_matches(tmp_path, data_dir,
 def test_starting_over_an_existing_run_is_refused(tmp_path, data_dir):
     cfg = small_run_config(max_steps=2, eval_interval=2, ckpt_interval=2)
     pretrain(data_dir, tmp_path / "run", preset("tiny", context_length=32), cfg)
-    with pytest.raises(ValueError, match="--resume"):
+    with pytest.raises(ConfigError, match="--resume"):
         pretrain(data_dir, tmp_path / "run", preset("tiny", context_length=32), cfg)
 
 
@@ -125,7 +126,7 @@ def test_diverging_loss_raises_and_logs_an_error(tmp_path, tok, monkeypatch):
     monkeypatch.setattr(trainer, "causal_lm_loss", lambda logits, targets: logits.sum() * float("nan"))
     model = Transformer(preset("tiny", vocab_size=tok.vocab_size, context_length=16))
     batches = CyclicBatches(tok.encode("Once upon a time, Lily had a ball. " * 4), 16, 2)
-    with pytest.raises(TrainingError, match="diverged.*--lr"):
+    with pytest.raises(TrainingError, match="diverged.*learning rate"):
         train(model, tok, batches, small_run_config(), tmp_path / "run", tmp_path / "metrics.jsonl")
     assert read_metrics(tmp_path / "metrics.jsonl")[-1]["event"] == "error"
 
@@ -143,7 +144,7 @@ def test_checkpoints_record_the_run(tmp_path, tok):
     assert checkpoint.load_trainer_state(latest)["step"] == 8
     assert (best / checkpoint.WEIGHTS).is_file() and not (best / checkpoint.STATE).exists()
     assert checkpoint.read_info(best)["best_val_loss"] == pytest.approx(checkpoint.read_info(latest)["best_val_loss"])
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best", "latest"]  # no temporary leftovers
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best", "latest", "metrics.jsonl"]  # no leftovers
 
 
 # ---- end to end through the CLI, in child processes ----

@@ -68,14 +68,13 @@ def generation_threads(studio: Studio) -> int:
 
 def stream_answers(studio: Studio, refs: list[str], prompt: str, sampling: Any) -> Iterator[list[str]]:
     """Answers of all models, growing together: one piece from each model in turn."""
-    from llm.chat import user_prompt
-    from llm.generate import stream_text
+    from llm.chat import user_messages
+    from llm.generate import stream_chat
 
     streams = []
     for ref in refs:
         model, tok, _ = studio.load(ref)
-        stop = (tok.special["<|end|>"], tok.eos_id)
-        streams.append(stream_text(model, tok, user_prompt(tok, prompt), sampling, stop))
+        streams.append(stream_chat(model, tok, user_messages(prompt), sampling))
     answers = [""] * len(refs)
     live = list(range(len(refs)))
     while live:

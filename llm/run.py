@@ -1,0 +1,213 @@
+"""A run folder and its metrics file: the one owner of their layout and schema. Imports no torch, so the
+studio can read runs cheaply.
+
+    <run>/latest/          the newest checkpoint, with trainer_state.pt for resuming (llm/checkpoint.py owns
+                           what a checkpoint holds); latest.old/ exists only if a save died mid-rename
+    <run>/best/            the checkpoint with the lowest validation loss (fine-tuning; pretraining with keep_best)
+    <run>/metrics.jsonl    one JSON record a line, appended by the trainer (schema below)
+    <run>/train.log        a studio run's console output
+    <run>/finetune.json    the FinetuneConfig a studio run was started with (`finetune --config`)
+    <run>/command.json     the command line of the run's latest attempt
+
+Metrics records, each with "time" (Unix seconds):
+    train   {"step", "train_loss", "lr", "tokens_per_s", "mfu", "elapsed"}      every log_interval steps
+    eval    {"step", "val_loss", "train_eval_loss", "samples": [{"prompt", "output"}]}   (each key optional
+            but step)
+    event   {"event": "start", "step", "device", "world", "params", "trainable", "max_steps"}
+            {"event": "checkpoint", "step"}
+            {"event": "done" | "stopped" | "early_stop" | "time_limit", "step", "train_loss", "best_val_loss"}
+            {"event": "error", "step", "message", "kind"}   (kind as llm.errors: "diverged", "data", ...)
+A resumed run first drops the records after its checkpoint's step (they are about to be redone), so the
+file reads as one uninterrupted run with a "start" event for each attempt.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm.errors import ConfigError
+
+LATEST, BEST = "latest", "best"
+METRICS_FILE, LOG_FILE = "metrics.jsonl", "train.log"
+SETTINGS_FILE, COMMAND_FILE = "finetune.json", "command.json"
+CONFIG, INFO, STATE = "config.json", "info.json", "trainer_state.pt"  # inside a checkpoint (llm/checkpoint.py)
+ENDINGS = ("done", "stopped", "early_stop", "time_limit", "error")  # events that end an attempt
+FINISHED = ("done", "early_stop", "time_limit")  # endings after which the run is complete
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / CONFIG).is_file()
+
+
+@dataclass
+class Metrics:
+    """A run's metrics file, parsed into its record kinds."""
+
+    start: dict[str, Any] = field(default_factory=dict)  # the latest attempt's "start" event
+    train: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def final(self) -> dict[str, Any] | None:
+        """The event that ended the latest attempt, if it was written. A resumed run keeps the earlier
+        attempt's records up to its checkpoint (its "stopped" event too), so only events after the last
+        "start" count."""
+        starts = [i for i, e in enumerate(self.events) if e["event"] == "start"]
+        latest = self.events[starts[-1] if starts else 0 :]
+        ends = [e for e in latest if e["event"] in ENDINGS]
+        return ends[-1] if ends else None
+
+    @property
+    def step(self) -> int:
+        return max((r["step"] for r in self.train + self.evals + self.events if "step" in r), default=0)
+
+    def loss_points(self) -> list[tuple[int, float, str]]:
+        """(step, loss, curve) with curve "train" or "validation", for plots."""
+        points = [(r["step"], float(r["train_loss"]), "train") for r in self.train]
+        points += [(r["step"], float(r["val_loss"]), "validation") for r in self.evals if r.get("val_loss") is not None]
+        return points
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every whole record; a missing file or a line cut short by a killed writer are normal and skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def read_metrics(path: Path) -> Metrics:
+    metrics = Metrics()
+    for record in read_records(path):
+        if "event" in record:
+            metrics.events.append(record)
+            if record["event"] == "start":
+                metrics.start = record
+        elif "train_loss" in record:
+            metrics.train.append(record)
+        elif "step" in record:
+            metrics.evals.append(record)
+    return metrics
+
+
+class MetricsWriter:
+    """Appends records to a metrics file (one process writes it: rank 0)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def start_fresh(self) -> None:
+        self.path.write_text("")
+
+    def keep_through(self, step: int) -> None:
+        """Drop what an interrupted attempt logged after its last checkpoint (at `step`), and any line a
+        killed writer cut short."""
+        if not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def append(self, record: dict[str, Any]) -> None:
+        record = {**record, "time": round(time.time(), 3)}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, default=_json_number) + "\n")
+
+
+def _json_number(value: Any) -> Any:
+    """numpy / torch scalars as plain numbers."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+class RunDir:
+    """A run folder: where its files are, whether it can resume, and the settings it continues with."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def latest(self) -> Path:
+        """The newest checkpoint (latest.old when a save died between its two renames)."""
+        latest = self.path / LATEST
+        old = self.path / (LATEST + ".old")
+        return old if not is_checkpoint(latest) and is_checkpoint(old) else latest
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def log(self) -> Path:
+        return self.path / LOG_FILE
+
+    @property
+    def settings(self) -> Path:
+        return self.path / SETTINGS_FILE
+
+    @property
+    def command(self) -> Path:
+        return self.path / COMMAND_FILE
+
+    def checkpoints(self) -> list[Path]:
+        """The run's checkpoints that exist, the one to use first: best, then latest."""
+        return [p for p in (self.best, self.latest) if is_checkpoint(p)]
+
+    def resumable(self) -> bool:
+        """Does the run have a checkpoint with trainer state to continue from?"""
+        return (self.latest / STATE).is_file()
+
+    def has_run(self) -> bool:
+        return self.latest.exists()
+
+    def info(self, which: str = LATEST) -> dict[str, Any]:
+        """A checkpoint's info.json (what made it); {} when there is none."""
+        path = (self.latest if which == LATEST else self.path / which) / INFO
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def read_metrics(self) -> Metrics:
+        return read_metrics(self.metrics)
+
+    def check_new(self) -> None:
+        """Refuse to start a new run over an existing one."""
+        if self.has_run():
+            raise ConfigError(
+                f"{self.path} already holds a run: pass --resume to continue it, or choose another --out", field="out"
+            )
+
+    def check_resumable(self) -> None:
+        if not self.resumable():
+            raise ConfigError(f"{self.path} has no checkpoint to resume from (no {LATEST}/{STATE})", field="resume")
+
+    def resumed_train_settings(
+        self, max_steps: int | None = None, device: str | None = None, max_time: float | None = None
+    ) -> dict[str, Any]:
+        """The one resume rule, for pretraining and fine-tuning alike: the run continues with the TrainConfig
+        saved in its latest checkpoint, so its schedule, batches and seed are its own; only the budgets
+        (max_steps, max_time) and the device may change, each when given."""
+        self.check_resumable()
+        saved = dict(self.info()["train_config"])
+        changes = {"max_steps": max_steps, "device": device, "max_time": max_time}
+        return {**saved, **{k: v for k, v in changes.items() if v is not None}}
