@@ -16,7 +16,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from llm.config import DEFAULT_BASE_MODEL
+from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig
+from llm.errors import LLMError
+from llm.run import CONFIG, INFO, LATEST, RunDir, is_checkpoint
 from studio.jobs import Jobs
 from studio.store import Store, new_id
 
@@ -31,8 +33,14 @@ def plural(n: int, word: str) -> str:
     return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
+class StudioError(LLMError):
+    """A choice in the studio that cannot be used (a dataset or model that is gone, nothing chosen)."""
+
+    kind = "studio"
+
+
 def is_model_dir(path: Path) -> bool:
-    return (path / "config.json").is_file()
+    return is_checkpoint(path)
 
 
 def dir_size(path: Path) -> int:
@@ -72,6 +80,7 @@ class Studio:
         # Loaded (model, tokenizer, info) by (directory, info.json time), the most recently used last.
         self._models: OrderedDict[tuple[Path, float], tuple] = OrderedDict()
         self._model_lock = threading.Lock()
+        self._task_data: OrderedDict[tuple, Any] = OrderedDict()  # read task files by (file, version, reading)
 
     # Base model
     def base_missing(self) -> str:
@@ -92,7 +101,7 @@ class Studio:
 
         stamp = (self.base_model / "tokenizer.model").stat().st_mtime
         if self._tokenizer is None or self._tokenizer[0] != stamp:
-            context = json.loads((self.base_model / "config.json").read_text())["context_length"]
+            context = json.loads((self.base_model / CONFIG).read_text())["context_length"]
             self._tokenizer = (stamp, Tokenizer.load(self.base_model), context)
         return self._tokenizer[1], self._tokenizer[2]
 
@@ -111,8 +120,32 @@ class Studio:
     def dataset_path(self, key: str) -> Path:
         row = self.store.dataset(key)
         if row is None:
-            raise ValueError("Choose a dataset first (upload one in the Data tab, or pick a sample).")
+            raise StudioError("Choose a dataset first (upload one in the Data tab, or pick a sample).")
         return self.store.abs(row["path"])
+
+    def task_data(self, cfg: FinetuneConfig) -> Any:
+        """cfg's task file as llm.tasks reads it, read once per version of the file (the plan is redrawn at
+        every change of a field, and the file has not changed)."""
+        from llm import tasks
+
+        path = Path(cfg.data)
+        stat = path.stat() if path.is_file() else None
+        key = (
+            str(path),
+            stat and (stat.st_mtime_ns, stat.st_size),
+            cfg.format,
+            json.dumps(cfg.mapping, sort_keys=True),
+        )
+        with self._model_lock:
+            if key in self._task_data:
+                self._task_data.move_to_end(key)
+                return self._task_data[key]
+        data = tasks.read_task_file(path, cfg.format, cfg.mapping)
+        with self._model_lock:
+            self._task_data[key] = data
+            while len(self._task_data) > 4:
+                self._task_data.popitem(last=False)
+        return data
 
     # Models
     def model_dir(self, ref: str) -> Path:
@@ -121,17 +154,17 @@ class Studio:
         if kind == "base":
             row = self.store.model(key)
             if row is None or not is_model_dir(self.store.abs(row["path"])):
-                raise ValueError(self.base_missing() or f"The base model {key!r} is missing.")
+                raise StudioError(self.base_missing() or f"The base model {key!r} is missing.")
             return self.store.abs(row["path"])
         run_id, _, which = key.partition("/")
         run = self.store.run(run_id) if kind == "run" else None
         if run is None:
-            raise ValueError(f"Unknown model {ref!r}: it may have been deleted. Refresh the list.")
-        run_dir = self.store.abs(run["dir"])
-        for sub in (which,) if which else ("best", "latest"):
-            if is_model_dir(run_dir / sub):
-                return run_dir / sub
-        raise ValueError(f"{run['name']} has no checkpoint yet.")
+            raise StudioError(f"Unknown model {ref!r}: it may have been deleted. Refresh the list.")
+        run_dir = RunDir(self.store.abs(run["dir"]))
+        found = [run_dir.latest] if which == LATEST else run_dir.checkpoints()
+        if not found or not is_model_dir(found[0]):
+            raise StudioError(f"{run['name']} has no checkpoint yet.")
+        return found[0]
 
     def model_label(self, ref: str) -> str:
         return dict((v, k) for k, v in self.model_choices()).get(ref, ref)
@@ -140,13 +173,13 @@ class Studio:
         """Every model that can generate: base models, then each run's best and latest checkpoints."""
         choices = list(self.base_choices())
         for run in self.store.runs():
-            run_dir = self.store.abs(run["dir"])
-            best, latest = is_model_dir(run_dir / "best"), is_model_dir(run_dir / "latest")
-            if best or latest:
+            run_dir = RunDir(self.store.abs(run["dir"]))
+            checkpoints = run_dir.checkpoints()
+            if checkpoints:
                 choices.append((run["name"], f"run:{run['id']}"))
-            if best and latest:
-                step = json.loads((run_dir / "latest" / "info.json").read_text()).get("step", "?")
-                choices.append((f"{run['name']} · last checkpoint (step {step})", f"run:{run['id']}/latest"))
+            if len(checkpoints) == 2:
+                step = run_dir.info().get("step", "?")
+                choices.append((f"{run['name']} · last checkpoint (step {step})", f"run:{run['id']}/{LATEST}"))
         return choices
 
     def load(self, ref: str) -> tuple[Any, Any, dict]:
@@ -155,7 +188,7 @@ class Studio:
         from llm.device import pick_device
 
         path = self.model_dir(ref)
-        stamp = (path, (path / "info.json").stat().st_mtime if (path / "info.json").exists() else 0)
+        stamp = (path, (path / INFO).stat().st_mtime if (path / INFO).exists() else 0)
         with self._model_lock:
             if stamp in self._models:
                 self._models.move_to_end(stamp)
@@ -171,22 +204,30 @@ class Studio:
             for stamp in [s for s in self._models if s[0].is_relative_to(path)]:
                 del self._models[stamp]
 
-    def create_run(self, base_ref: str, dataset_id: str, settings: dict[str, Any], name: str = "") -> str:
-        """Record a queued run with its own folder (the job runner starts it). settings: FinetuneConfig
-        fields; the dataset's chosen format and columns go with them. ValueError if a choice is gone."""
-        base_dir, data_path = self.model_dir(base_ref), self.dataset_path(dataset_id)
+    def finetune_config(self, base_ref: str, dataset_id: str, settings: dict[str, Any]) -> FinetuneConfig:
+        """The whole FinetuneConfig of a run: the form's settings, the base model, and the dataset with its
+        chosen format and columns. StudioError if a choice is gone; ConfigError if a setting is wrong."""
         dataset = self.store.dataset(dataset_id)
-        name = name.strip()[:80] or f"{Path(dataset['name']).stem}-{settings['method']}-{len(self.store.runs()) + 1}"
-        config = {
+        if dataset is None:
+            raise StudioError("Choose a dataset first (upload one in the Data tab, or pick a sample).")
+        return FinetuneConfig(
             **settings,
-            "base_path": str(base_dir),
-            "data_path": str(data_path),
-            "format": dataset["format"],
-            "mapping": dataset["mapping"],
-        }
-        run_dir = self.workspace / "runs" / new_id()
-        run_dir.mkdir(parents=True)
-        return self.store.add_run(name, base_ref, dataset_id, settings["method"], config, run_dir)
+            base=str(self.model_dir(base_ref)),
+            data=str(self.store.abs(dataset["path"])),
+            format=dataset["format"],
+            mapping=dataset["mapping"] or {},
+        )
+
+    def create_run(self, base_ref: str, dataset_id: str, settings: dict[str, Any], name: str = "") -> str:
+        """Record a queued run with its own folder holding its finetune.json (the job runner starts it).
+        settings: FinetuneConfig fields chosen in the form."""
+        cfg = self.finetune_config(base_ref, dataset_id, settings)
+        dataset = self.store.dataset(dataset_id)
+        name = name.strip()[:80] or f"{Path(dataset['name']).stem}-{cfg.method}-{len(self.store.runs()) + 1}"
+        run = RunDir(self.workspace / "runs" / new_id())
+        run.path.mkdir(parents=True)
+        cfg.save(run.settings)
+        return self.store.add_run(name, base_ref, dataset_id, cfg.method, cfg.to_dict(), run.path)
 
     def delete_run(self, run_id: str) -> None:
         run = self.store.run(run_id)

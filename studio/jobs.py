@@ -1,10 +1,11 @@
-"""Fine-tuning jobs: the CLI run as a child process, one at a time, watched through its files.
+"""Fine-tuning jobs: the CLI run as a child process, one at a time, watched through its run folder.
 
-A run is `python -m llm finetune ... --metrics <run>/metrics.jsonl`, with stdout and stderr going to
-<run>/train.log (a file, not a pipe: nobody has to drain it, and it outlives the studio). The child starts
-in its own session, so closing the browser, reloading the page or even stopping the studio never stops it;
-the studio re-attaches through the process id in SQLite and the two files. Stop sends SIGTERM, which the
-trainer answers with a last checkpoint.
+A run is `python -m llm finetune --config <run>/finetune.json --out <run>`: the studio writes the run's
+FinetuneConfig as a file and the CLI reads it, so every setting travels as data. stdout and stderr go to the
+run's log file (a file, not a pipe: nobody has to drain it, and it outlives the studio). The child starts in
+its own session, so closing the browser, reloading the page or even stopping the studio never stops it; the
+studio re-attaches through the process id in SQLite and the run folder (llm.run.RunDir). Stop sends SIGTERM,
+which the trainer answers with a last checkpoint.
 
 Only one run holds the device at a time: a second one is queued and starts when the first ends. A watcher
 thread moves the queue along and notices runs that ended; a run whose process vanished without a final
@@ -16,48 +17,43 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
+from llm.run import FINISHED, RunDir
 from studio.store import ACTIVE_STATES, Store
 
-LOG, METRICS = "train.log", "metrics.jsonl"
 REPO = Path(__file__).resolve().parent.parent
 
 # The child trains with all cores but one, so the studio keeps a core for generation and the page.
 CHILD_THREADS = max(1, (os.cpu_count() or 2) - 1)
+MEMORY_HINT = "Try a smaller batch size, LoRA instead of full fine-tuning, or a lower LoRA rank."
+# How the studio names a setting in messages (the form's labels); others are spelled from the field name.
+FIELD_LABELS = {
+    "lr": "Learning rate",
+    "max_steps": "Max steps",
+    "batch_size": "Batch size",
+    "lora_rank": "LoRA rank",
+    "probes": "Probe prompts",
+    "base": "Base model",
+    "data": "Dataset",
+}
 
 
-def finetune_command(base: Path, data: Path, run_dir: Path, cfg: dict[str, Any], resume: bool) -> list[str]:
-    """The CLI command line for a run's settings (cfg: the dict stored with the run)."""
-    cmd = [sys.executable, "-m", "llm", "finetune", "--base", str(base), "--data", str(data)]
-    cmd += ["--out", str(run_dir), "--metrics", str(run_dir / METRICS), "--method", cfg["method"]]
-    if cfg.get("format", "auto") != "auto":
-        cmd += ["--format", cfg["format"]]
-    mapping = cfg.get("mapping") or {}
-    for key in ("prompt", "response", "system"):
-        if mapping.get(key):
-            cmd += [f"--{key}-column", mapping[key]]
-    for key in ("epochs", "max_steps", "lr", "batch_size", "lora_rank"):
-        if cfg.get(key) is not None:
-            cmd += ["--" + key.replace("_", "-"), str(cfg[key])]
-    if cfg.get("device"):
-        cmd += ["--device", cfg["device"]]
-    # A probe that starts with "-" would read as a flag: a leading space keeps it a value.
-    probes = [(" " + p if p.startswith("-") else p) for p in cfg.get("probes", []) if p.strip()]
-    if probes:
-        cmd += ["--probe", *probes]
-    if resume:
-        cmd.append("--resume")
-    return cmd
+def field_label(field: str | None) -> str | None:
+    return None if field is None else FIELD_LABELS.get(field, field.replace("_", " ").capitalize())
+
+
+def finetune_command(run: RunDir, resume: bool) -> list[str]:
+    """The CLI command line of a run: its settings are in its finetune.json."""
+    cmd = [sys.executable, "-m", "llm", "finetune", "--out", str(run.path)]
+    return cmd + (["--resume"] if resume else ["--config", str(run.settings)])
 
 
 def child_env() -> dict[str, str]:
@@ -65,61 +61,6 @@ def child_env() -> dict[str, str]:
     env.update(OMP_NUM_THREADS=str(CHILD_THREADS), MKL_NUM_THREADS=str(CHILD_THREADS), PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     return env
-
-
-@dataclass
-class Metrics:
-    """The parsed metrics file of a run."""
-
-    start: dict[str, Any] = field(default_factory=dict)
-    train: list[dict[str, Any]] = field(default_factory=list)  # {"step", "train_loss", "lr", "elapsed", ...}
-    evals: list[dict[str, Any]] = field(default_factory=list)  # {"step", "val_loss", "samples", ...}
-    events: list[dict[str, Any]] = field(default_factory=list)  # {"event", ...}
-
-    @property
-    def final(self) -> dict[str, Any] | None:
-        """The event that ended the latest attempt ('done', 'stopped', 'early_stop' or 'error'), if written.
-
-        A resumed run keeps the earlier attempt's lines up to its checkpoint (its 'stopped' event too), so
-        only events after the last 'start' count.
-        """
-        starts = [i for i, e in enumerate(self.events) if e["event"] == "start"]
-        latest = self.events[starts[-1] if starts else 0 :]
-        last = [e for e in latest if e["event"] in ("done", "stopped", "early_stop", "error")]
-        return last[-1] if last else None
-
-    def loss_frame(self) -> pd.DataFrame:
-        """Long format for a line plot: columns step, loss, curve ('train' or 'validation')."""
-        points = [(r["step"], r["train_loss"], "train") for r in self.train]
-        points += [(r["step"], r["val_loss"], "validation") for r in self.evals if r.get("val_loss") is not None]
-        return pd.DataFrame(points, columns=["step", "loss", "curve"])
-
-    @property
-    def step(self) -> int:
-        steps = [r["step"] for r in self.train + self.evals + self.events if "step" in r]
-        return max(steps, default=0)
-
-
-def read_metrics(path: Path) -> Metrics:
-    """Parse a metrics JSONL file; a missing file or a half-written last line are normal while a run starts."""
-    metrics = Metrics()
-    if not path.is_file():
-        return metrics
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("event") == "start":
-            metrics.start = record
-            metrics.events.append(record)
-        elif "event" in record:
-            metrics.events.append(record)
-        elif "val_loss" in record or "train_eval_loss" in record:
-            metrics.evals.append(record)
-        elif "train_loss" in record:
-            metrics.train.append(record)
-    return metrics
 
 
 def log_tail(path: Path, lines: int = 30) -> str:
@@ -131,40 +72,29 @@ def log_tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def explain(message: str, returncode: int | None = None) -> str:
-    """A failure in words, with what to try."""
-    message = message.strip()
+def explain(error: dict[str, Any] | None, returncode: int | None = None) -> str:
+    """A failed attempt in words, with what to try: from the error record the CLI wrote into the metrics
+    file (its kind and field, never its wording), or from how the process ended."""
+    if error is None:
+        if returncode in (-9, 137):
+            return f"The trainer was killed by the system, most often because memory ran out. {MEMORY_HINT}"
+        return f"The trainer ended with exit code {returncode} and no message. The log below has the details."
+    message = error.get("message", "").strip()
+    field = error.get("field")
+    if field:
+        message = f"{field_label(field)} {message}"
     if message and message[-1] not in ".!?)":
         message += "."
-    low = message.lower()
-    memory_hint = "Try a smaller batch size, LoRA instead of full fine-tuning, or a lower LoRA rank."
-    if "out of memory" in low or "can't allocate memory" in low:
-        return f"The run ran out of memory: {message} {memory_hint}"
-    if returncode in (-9, 137) and not message:
-        return f"The trainer was killed by the system, most often because memory ran out. {memory_hint}"
-    if "nan" in low.split() or "diverged" in low or "became nan" in low or "became inf" in low:
+    kind = error.get("kind")
+    if kind == "memory":
+        return f"The run ran out of memory: {message} {MEMORY_HINT}"
+    if kind == "diverged":
         return f"The training diverged: {message} Try half the learning rate."
-    if "row" in low and ("column" in low or "file" in low):
+    if kind in ("data", "columns"):
         return f"The dataset has a problem: {message} Fix the file and check it in the Data tab."
-    if "cuda is not available" in low:
-        return f"{message} Choose the device 'auto' or 'cpu'."
-    return f"The run failed: {message or 'no message.'} The log below has the details."
-
-
-def error_from_log(text: str) -> str:
-    """The CLI's one-line `error: ...`, else the last line of a traceback, else ''."""
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if line.startswith("error:"):
-            return line.removeprefix("error:").strip()
-    if any(ln.startswith("Traceback") for ln in lines):
-        return lines[-1]
-    return ""
-
-
-def resumable(run_dir: Path) -> bool:
-    """Does the run have a checkpoint with trainer state to continue from?"""
-    return (run_dir / "latest" / "trainer_state.pt").is_file()
+    if kind == "internal":
+        return f"The trainer crashed: {message} The log below has the details."
+    return f"The run failed: {message}"
 
 
 def process_alive(pid: int, marker: str) -> bool:
@@ -194,8 +124,8 @@ class Jobs:
         self.lock = threading.Lock()
         self.closed = threading.Event()
 
-    def run_dir(self, run: dict[str, Any]) -> Path:
-        return self.store.abs(run["dir"])
+    def run_dir(self, run: dict[str, Any]) -> RunDir:
+        return RunDir(self.store.abs(run["dir"]))
 
     def submit(self, run_id: str) -> str:
         """Start a queued run now if the device is free; say what happened."""
@@ -223,14 +153,11 @@ class Jobs:
     def _launch(self, run: dict[str, Any]) -> bool:
         """Start the child for a claimed run; False (run marked failed) if it could not even start."""
         run_dir = self.run_dir(run)
-        cfg = run["config"]
-        resume = bool(cfg.get("resume")) and resumable(run_dir)
-        cmd = finetune_command(Path(cfg["base_path"]), Path(cfg["data_path"]), run_dir, cfg, resume)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "command.json").write_text(json.dumps(cmd, indent=1) + "\n")
+        cmd = finetune_command(run_dir, resume=bool(run["config"].get("resume")) and run_dir.resumable())
+        run_dir.command.write_text(json.dumps(cmd, indent=1) + "\n")
         try:
-            with open(run_dir / LOG, "ab") as log:
-                log.write(f"$ {' '.join(cmd)}\n".encode())
+            with open(run_dir.log, "ab") as log:
+                log.write(f"$ {shlex.join(cmd)}\n".encode())
                 log.flush()
                 child = subprocess.Popen(
                     cmd,
@@ -262,7 +189,7 @@ class Jobs:
                 return True, None
             del self.children[pid]
             return False, code
-        return process_alive(pid, str(self.run_dir(run))), None
+        return process_alive(pid, str(self.run_dir(run).path)), None
 
     def _reconcile(self, run: dict[str, Any]) -> None:
         if run["status"] == "starting":
@@ -273,26 +200,24 @@ class Jobs:
         if alive:
             return
         run_dir = self.run_dir(run)
-        final = read_metrics(run_dir / METRICS).final
-        attempt = log_tail(run_dir / LOG, 60).rpartition("\n$ ")[2]  # this attempt's lines, after its command
-        log_error = error_from_log(attempt)
-        if final is not None and final["event"] in ("done", "early_stop"):
+        final = run_dir.read_metrics().final
+        if final is not None and final["event"] in FINISHED:
             status, message = "done", "Finished."
         elif final is not None and final["event"] == "stopped":
             status, message = "stopped", "Stopped; the last checkpoint was saved and can be resumed."
         elif final is not None:
-            status, message = "failed", explain(final.get("message", "") or log_error, code)
+            status, message = "failed", explain(final, code)
         elif run["status"] == "stopping":  # stopped while starting up, before the trainer took over SIGTERM
             status = "stopped"
             message = "Stopped before training began." + (
-                " Resume continues from its last checkpoint." if resumable(run_dir) else ""
+                " Resume continues from its last checkpoint." if run_dir.resumable() else ""
             )
-        elif log_error or (code not in (None, 0)):
-            status, message = "failed", explain(log_error, code)
+        elif code not in (None, 0):
+            status, message = "failed", explain(None, code)
         else:
             status = "interrupted"
             message = "The trainer ended without a last record: it was killed, or the machine went down."
-            if resumable(run_dir):
+            if run_dir.resumable():
                 message += " Its last checkpoint is kept: Resume continues from it."
         self.store.update_run(run["id"], status=status, message=message, finished=time.time())
 
@@ -348,7 +273,7 @@ class Jobs:
         run = self.store.run(run_id)
         assert run is not None, run_id
         run_dir = self.run_dir(run)
-        metrics = read_metrics(run_dir / METRICS)
+        metrics = run_dir.read_metrics()
         max_steps = metrics.start.get("max_steps") or run["config"].get("max_steps") or 0
         step = metrics.step
         train_elapsed = metrics.train[-1]["elapsed"] if metrics.train else 0.0
@@ -370,5 +295,5 @@ class Jobs:
             "elapsed": elapsed,
             "remaining": remaining,
             "metrics": metrics,
-            "log": log_tail(run_dir / LOG, 12),
+            "log": log_tail(run_dir.log, 12),
         }

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
+from llm.run import RunDir
 from studio.context import SAMPLES_DIR, Studio
-from studio.jobs import METRICS, read_metrics
 
 FINAL = ("done", "stopped", "failed", "interrupted")
 
@@ -27,11 +27,11 @@ def wait(studio: Studio, run_id: str, until, timeout: float = 180):
     while time.time() < deadline:
         studio.jobs.tick()
         run = studio.store.run(run_id)
-        metrics = read_metrics(studio.store.abs(run["dir"]) / METRICS)
+        metrics = RunDir(studio.store.abs(run["dir"])).read_metrics()
         if until(run, metrics):
             return run, metrics
         time.sleep(0.3)
-    log = (studio.store.abs(run["dir"]) / "train.log").read_text()
+    log = RunDir(studio.store.abs(run["dir"])).log.read_text()
     raise AssertionError(f"timed out; run is {run['status']}: {run['message']}\n{log[-2000:]}")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from studio.context import Studio
+from studio.context import Studio, StudioError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -60,7 +60,7 @@ def test_a_missing_base_model_is_explained(tmp_path):
     studio = Studio(tmp_path / "ws", tmp_path / "no-model")
     assert "base model is missing" in studio.base_missing()
     assert studio.base_choices() == [] and studio.model_choices() == []
-    with pytest.raises(ValueError, match="base model is missing"):
+    with pytest.raises(StudioError, match="base model is missing"):
         studio.model_dir("base:base")
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
-from studio.jobs import Jobs, error_from_log, explain, finetune_command, read_metrics
+from llm.config import FinetuneConfig
+from llm.run import RunDir, read_metrics
+from studio.jobs import Jobs, explain, finetune_command
 from studio.store import Store
+from studio.tabs import loss_frame
 from studio.tabs.compare import diff_panel, word_diff_html
 from studio.tabs.data import length_bins, length_histogram, safe_filename
 
@@ -98,42 +100,44 @@ def test_metrics_reader_tolerates_a_half_written_line(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 3, "train_lo')
     metrics = read_metrics(path)
     assert metrics.start["max_steps"] == 10 and metrics.step == 2 and metrics.final is None
-    frame = metrics.loss_frame()
+    frame = loss_frame(metrics)
     assert set(frame["curve"]) == {"train", "validation"} and len(frame) == 2
     assert read_metrics(tmp_path / "missing.jsonl").step == 0
 
 
-def test_failures_are_explained_in_words():
-    assert "smaller batch size" in explain("RuntimeError: CUDA out of memory. Tried to allocate 2 GiB")
-    assert "killed" in explain("", -9)
-    assert "learning rate" in explain("the training loss became nan at step 3: the run diverged.")
-    assert "Data tab" in explain("data.csv, row 4, column 'answer': empty response")
-    log = "step 1\nTraceback (most recent call last):\n  File x\nValueError: boom\n"
-    assert error_from_log(log) == "ValueError: boom"
-    assert error_from_log("loading\nerror: data.csv: no rows\n") == "data.csv: no rows"
-    assert error_from_log("step 1 | loss 2.0\n") == ""
+def test_failures_are_explained_by_their_kind_not_their_wording():
+    memory = explain({"event": "error", "message": "no room", "kind": "memory"})
+    assert "smaller batch size" in memory
+    assert "killed" in explain(None, -9)
+    assert "half the learning rate" in explain({"event": "error", "message": "loss became nan", "kind": "diverged"})
+    assert "Data tab" in explain({"event": "error", "message": "data.csv, row 4: empty response", "kind": "data"})
+    worded = explain({"event": "error", "message": "must be positive, got 0", "field": "lr", "kind": "config"})
+    assert "Learning rate must be positive, got 0" in worded and "--lr" not in worded
 
 
-def test_finetune_command_carries_every_setting(tmp_path):
-    cfg = {
-        "method": "full",
-        "epochs": 2,
-        "max_steps": 7,
-        "lr": 0.001,
-        "batch_size": 4,
-        "lora_rank": 8,
-        "probes": ["hi there", " "],
-        "format": "pairs",
-        "mapping": {"prompt": "q", "response": "a"},
-    }
-    cmd = finetune_command(Path("/m"), Path("/d.csv"), tmp_path, cfg, resume=True)
-    assert cmd[:4] == [sys.executable, "-m", "llm", "finetune"]
-    joined = " ".join(cmd)
-    for flag in ("--base /m", "--data /d.csv", "--method full", "--format pairs", "--prompt-column q"):
-        assert flag in joined
-    assert "--response-column a" in joined and "--max-steps 7" in joined and "--lr 0.001" in joined
-    assert cmd[cmd.index("--probe") + 1 :] == ["hi there", "--resume"]
-    assert cmd[cmd.index("--metrics") + 1] == str(tmp_path / "metrics.jsonl")
+def test_a_run_starts_from_its_config_file(tmp_path, monkeypatch):
+    """Every FinetuneConfig field reaches the child: the studio writes the config, the CLI reads it."""
+    from llm import __main__ as cli
+
+    cfg = FinetuneConfig(
+        base="/m", data="/d.csv", format="pairs", mapping={"prompt": "q", "response": "a"}, method="full",
+        epochs=2, max_steps=7, lr=0.001, batch_size=4, probes=["-starts with a dash", "hi"], max_eval_rows=9,
+    )  # fmt: skip
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    cfg.save(run.settings)
+    cmd = finetune_command(run, resume=False)
+    assert cmd[:4] == [sys.executable, "-m", "llm", "finetune"] and cmd[cmd.index("--config") + 1] == str(run.settings)
+    seen = {}
+
+    def capture(read: FinetuneConfig):
+        seen["cfg"] = read
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr("llm.finetune.prepare", capture)
+    assert cli.main(cmd[3:]) == 130
+    assert seen["cfg"] == cfg
+    assert finetune_command(run, resume=True)[-1] == "--resume"
 
 
 def test_a_vanished_process_marks_the_run_interrupted(tmp_path):

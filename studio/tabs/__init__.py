@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import gradio as gr
+import pandas as pd
+
+from llm.run import Metrics
+
+LOSS_COLUMNS = ["step", "loss", "curve"]
 
 
 def dropdown(**kwargs: Any) -> gr.Dropdown:
@@ -26,3 +31,8 @@ def loss_plot(**kwargs: Any) -> gr.LinePlot:
         color_map={"train": "#4f7cff", "validation": "#f5a524"},
         **kwargs,
     )
+
+
+def loss_frame(metrics: Metrics) -> pd.DataFrame:
+    """A run's loss curve for loss_plot: columns step, loss, curve ("train" or "validation")."""
+    return pd.DataFrame(metrics.loss_points(), columns=LOSS_COLUMNS)

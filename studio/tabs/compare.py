@@ -11,6 +11,8 @@ from typing import Any
 
 import gradio as gr
 
+from llm.config import SamplingConfig
+from llm.errors import LLMError
 from studio.context import Studio
 from studio.jobs import CHILD_THREADS
 from studio.store import new_id
@@ -102,7 +104,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something...", elem_id="compare-prompt")
         with gr.Row():
             temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-            top_p = gr.Slider(0.05, 1, value=0.95, step=0.05, label="Top-p")
+            top_p = gr.Slider(0.05, 1, value=SamplingConfig().top_p, step=0.05, label="Top-p")
             max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens")
             seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
         go = gr.Button("Generate side by side", variant="primary", elem_id="compare-go")
@@ -166,8 +168,6 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         return f"**Votes so far ({len(votes)}):** " + ", ".join(f"{k}: {n}" for k, n in sorted(wins.items()))
 
     def compare(refs: list[str], text: str, temp: float, p: float, tokens: float, seed_value: float):
-        from llm.generate import SamplingConfig
-
         hidden = [gr.Textbox(visible=i < 2) for i in range(MAX_MODELS)]
         refs = list(refs or [])
         if not 2 <= len(refs) <= MAX_MODELS or not (text or "").strip():
@@ -197,7 +197,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
             texts = [""] * len(refs)
             for texts in stream_answers(studio, refs, text, sampling):
                 yield *boxes(texts), "", "Generating...", gr.Radio(choices=[]), {}
-        except ValueError as e:  # a model went missing or is unreadable
+        except LLMError as e:  # a model went missing or is unreadable
             yield *boxes([""] * len(refs)), "", f"⚠ {e}", gr.Radio(choices=[]), {}
             return
         result = {"prompt": text, "models": refs, "labels": labels, "answers": texts, "settings": settings}
@@ -218,7 +218,6 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     def batch(refs: list[str], dataset_id: str, rows: float, tokens: float, seed_value: float, progress=gr.Progress()):  # noqa: B008
         """Every chosen model answers the dataset's held-out rows; a table of answers, scores and totals."""
         from llm import task_eval, tasks
-        from llm.finetune import FinetuneConfig
 
         refs = list(refs or [])
         if not refs or not dataset_id:
@@ -227,11 +226,9 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         try:
             dirs = [studio.model_dir(r) for r in refs]
             data = tasks.read_task_file(studio.dataset_path(dataset_id), row["format"], row["mapping"] or None)
-        except ValueError as e:
+        except LLMError as e:
             return f"⚠ {e}", None, None, gr.File(visible=False)
-        # The rows a fine-tune on this dataset keeps aside (same split as llm.finetune's defaults).
-        defaults = FinetuneConfig()
-        _, held_out = tasks.split_examples(data, defaults.val_fraction, defaults.seed)
+        _, held_out = tasks.split_examples(data)  # the rows a fine-tune with the default settings keeps aside
         labels = {str(d): studio.model_label(r) for d, r in zip(dirs, refs, strict=True)}
         order = list(labels)
 

@@ -28,8 +28,6 @@ FORMAT_CHOICES = [
 ]
 NONE = ""  # the "no column" choice of the mapping dropdowns
 CANNOT_USE = "### ⚠ This file cannot be used\n"
-# Errors that mean "the file reads, but the columns are not the expected ones": the user can name them.
-COLUMN_ERRORS = ("cannot tell the format", "missing column", "no column")
 
 
 def safe_filename(name: str) -> str:
@@ -42,7 +40,7 @@ def safe_filename(name: str) -> str:
 
 def friendly(message: str, path: Path, name: str) -> str:
     """A library error with the temporary upload path replaced by the file's own name."""
-    return message.replace(str(path), name).replace("--prompt-column and --response-column", "the column choices below")
+    return message.replace(str(path), name)
 
 
 def token_html(tokenizer: Any, ids: list[int], mask: list[bool]) -> str:
@@ -153,9 +151,9 @@ class Inspection:
             self.data = tasks.read_task_file(path, fmt, mapping or None)
         except tasks.TaskFileError as e:
             self.error = friendly(str(e), path, name)
-            if any(marker in self.error for marker in COLUMN_ERRORS):
+            if e.kind == "columns":
                 try:  # the file itself is fine (it reads, it has rows): offer its columns to choose from
-                    frame = tasks._read_frame(path)[0]  # the library's own reader, so the columns match
+                    frame = tasks.read_frame(path)[0]  # the library's own reader, so the columns match
                     self.columns_to_choose = [str(c) for c in frame.columns] if len(frame) else []
                 except tasks.TaskFileError:
                     pass

@@ -13,10 +13,12 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from llm.errors import LLMError
+from llm.run import Metrics, RunDir
 from studio.context import Studio, human_size, plural
-from studio.jobs import CHILD_THREADS, METRICS, Metrics
+from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES
-from studio.tabs import dropdown, loss_plot
+from studio.tabs import dropdown, loss_frame, loss_plot
 
 METHOD_CHOICES = [("LoRA: small adapters, fast, little memory", "lora"), ("Full: every weight", "full")]
 SAMPLE_COLUMNS = ["step", "prompt", "answer"]
@@ -65,7 +67,7 @@ def default_run(studio: Studio) -> str | None:
 def finetune_settings(method: str, epochs, max_steps, lr, batch_size, lora_rank, probes: str) -> dict[str, Any]:
     """The tab's values as FinetuneConfig fields; a value left at 0 or empty is left out, so the library's
     default applies (llm.finetune.FinetuneConfig is the one place the defaults live)."""
-    settings: dict[str, Any] = {"method": method or "lora"}
+    settings: dict[str, Any] = {"method": method} if method else {}
     for key, value, kind in (
         ("epochs", epochs, int),
         ("max_steps", max_steps, int),
@@ -176,17 +178,15 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     def default_probes(dataset_id: str | None) -> str:
         """The first prompts of the rows a run holds out: answers to them show what the model learned."""
         from llm import tasks
-        from llm.finetune import FinetuneConfig
 
         row = studio.store.dataset(dataset_id) if dataset_id else None
         if row is None:
             return ""
         try:
             data = tasks.read_task_file(studio.store.abs(row["path"]), row["format"], row["mapping"] or None)
-        except tasks.TaskFileError:
+        except LLMError:
             return ""
-        defaults = FinetuneConfig()
-        _, held_out = tasks.split_examples(data, defaults.val_fraction, defaults.seed)
+        _, held_out = tasks.split_examples(data)
         prompts = [
             next(m["content"] for m in reversed(e.messages) if m["role"] == "user") for e in held_out.examples[:3]
         ]
@@ -194,34 +194,27 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
 
     def make_plan(base_ref, dataset_id, *values) -> str:
         """finetune.plan for the chosen settings, or what is wrong with them."""
-        from llm import finetune, tasks
-        from llm.errors import USER_ERRORS
+        from llm import finetune
 
         if not base_ref:
             return f"⚠ {studio.base_missing() or 'Choose a base model.'}"
         if not dataset_id:
             return "⚠ Choose a dataset (Data tab: pick a sample or upload one)."
         try:
-            row = studio.store.dataset(dataset_id)
-            data = tasks.read_task_file(studio.dataset_path(dataset_id), row["format"], row["mapping"] or None)
-            cfg = finetune.FinetuneConfig(**finetune_settings(*values))
-            return plan_text(finetune.plan(studio.model_dir(base_ref), data, cfg))
-        except USER_ERRORS as e:
-            return f"⚠ {e}"
+            cfg = studio.finetune_config(base_ref, dataset_id, finetune_settings(*values))
+            return plan_text(finetune.plan(finetune.prepare(cfg, studio.task_data(cfg))))
+        except LLMError as e:
+            return f"⚠ {e.worded(field_label(e.field))}"
 
     def do_start(base_ref, dataset_id, method_value, epochs_v, steps_v, lr_v, batch_v, rank_v, probes_v, name_v):
         """Create a run and start it (or queue it behind the run that holds the device)."""
-        from llm import finetune
-        from llm.errors import USER_ERRORS
-
         if not base_ref or not dataset_id:
             return "⚠ Choose a base model and a dataset first.", gr.Dropdown()
-        try:
+        try:  # bad settings are refused here, not in the child
             settings = finetune_settings(method_value, epochs_v, steps_v, lr_v, batch_v, rank_v, probes_v)
-            finetune.FinetuneConfig(**settings)  # bad settings are refused here, not in the child
             run_id = studio.create_run(base_ref, dataset_id, settings, name_v or "")
-        except USER_ERRORS as e:
-            return f"⚠ {e}", gr.Dropdown()
+        except LLMError as e:
+            return f"⚠ {e.worded(field_label(e.field))}", gr.Dropdown()
         message = studio.jobs.submit(run_id)
         return message, gr.Dropdown(choices=run_choices(studio), value=run_id)
 
@@ -229,10 +222,10 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         """The run's state, progress, loss curve, probe answers and log; nothing is sent if nothing changed."""
         if not run_id or studio.store.run(run_id) is None:
             hint = "No run yet: choose the settings on the left and press Start."
-            empty = (hint, "", Metrics().loss_frame(), pd.DataFrame(columns=SAMPLE_COLUMNS), "")
+            empty = (hint, "", loss_frame(Metrics()), pd.DataFrame(columns=SAMPLE_COLUMNS), "")
             return *empty, gr.Button(interactive=False), gr.Button(interactive=False), gr.skip(), None
-        run_dir = studio.store.abs(studio.store.run(run_id)["dir"])
-        files = [run_dir / METRICS, run_dir / "train.log"]
+        run_dir = RunDir(studio.store.abs(studio.store.run(run_id)["dir"]))
+        files = [run_dir.metrics, run_dir.log]
         p = studio.jobs.progress(run_id)
         signature = (run_id, p["status"], p["message"], *(f.stat().st_mtime if f.exists() else 0 for f in files))
         if signature == last_seen and p["status"] not in ("running", "stopping"):
@@ -251,7 +244,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         return (
             text,
             progress_html(p),
-            p["metrics"].loss_frame(),
+            loss_frame(p["metrics"]),
             samples_frame(p),
             p["log"],
             gr.Button(interactive=active and p["status"] != "stopping"),
@@ -281,7 +274,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
 
     def library_defaults():
         """The library's defaults in the fields, when a page opens."""
-        from llm.finetune import FinetuneConfig
+        from llm.config import FinetuneConfig
 
         defaults = FinetuneConfig()
         rank = gr.Number(value=defaults.lora_rank, visible=defaults.method == "lora")
@@ -302,15 +295,16 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     def api_plan(
         base_ref: str,
         dataset_id: str,
-        method_value: str = "lora",
-        epochs_v: int = 5,
+        method_value: str = "",
+        epochs_v: int = 0,
         steps_v: int = 0,
         lr_v: float = 0.0,
         batch_v: int = 0,
-        rank_v: int = 8,
+        rank_v: int = 0,
         probes_v: str = "",
     ) -> str:
-        """The plan (device, parameters, steps, memory and time estimates) for these settings, as Markdown."""
+        """The plan (device, parameters, steps, memory and time estimates) for these settings, as Markdown;
+        a setting left at 0 or empty takes the library's default."""
         return make_plan(base_ref, dataset_id, method_value, epochs_v, steps_v, lr_v, batch_v, rank_v, probes_v)
 
     start.click(do_start, [base, dataset, *settings_inputs, name], [start_status, run], api_name="start")

@@ -16,10 +16,11 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from llm.errors import LLMError
+from llm.run import INFO, Metrics, RunDir, read_metrics
 from studio.context import Studio, dir_size, human_size, is_model_dir
-from studio.jobs import LOG, METRICS, Metrics, read_metrics
 from studio.store import ACTIVE_STATES, new_id
-from studio.tabs import dropdown, loss_plot
+from studio.tabs import dropdown, loss_frame, loss_plot
 
 TABLE_COLUMNS = ["name", "kind", "status", "base", "dataset", "steps", "best val loss", "size", "created"]
 
@@ -29,7 +30,7 @@ def _when(t: float | None) -> str:
 
 
 def _info(path: Path) -> dict[str, Any]:
-    info = path / "info.json"
+    info = path / INFO
     return json.loads(info.read_text()) if info.is_file() else {}
 
 
@@ -57,7 +58,7 @@ def model_rows(studio: Studio) -> list[dict[str, Any]]:
     labels = dict((ref, label) for label, ref in studio.model_choices())
     for run in studio.store.runs():
         run_dir = studio.store.abs(run["dir"])
-        metrics = read_metrics(run_dir / METRICS)
+        metrics = RunDir(run_dir).read_metrics()
         vals = [e["val_loss"] for e in metrics.evals if e.get("val_loss") is not None]
         rows.append(
             {
@@ -112,7 +113,7 @@ def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
     if kind == "base":
         m = studio.store.model(key)
         if m is None:
-            return "Unknown model.", Metrics().loss_frame()
+            return "Unknown model.", loss_frame(Metrics())
         path = studio.store.abs(m["path"])
         info = _info(path)
         lines = [f"### {m['name']}", f"- folder: `{path}`", f"- size on disk: {human_size(dir_size(path))}"]
@@ -120,25 +121,25 @@ def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
             lines.append(f"- ⚠ {studio.base_missing()}")
         lines += facts(info, ("params", "step", "tokens_seen", "train_loss", "best_val_loss", "wall_seconds", "data"))
         # A pretraining run keeps its metrics beside its checkpoints (run/latest -> run/metrics.jsonl).
-        metrics = next((p for p in (path / METRICS, path.parent / METRICS) if p.is_file()), path / METRICS)
-        return "\n".join(lines), read_metrics(metrics).loss_frame()
+        metrics = next((p for p in (RunDir(path).metrics, RunDir(path.parent).metrics) if p.is_file()), None)
+        return "\n".join(lines), loss_frame(read_metrics(metrics) if metrics else Metrics())
     run = studio.store.run(key)
     if run is None:
-        return "Unknown run: it may have been deleted.", Metrics().loss_frame()
-    run_dir = studio.store.abs(run["dir"])
+        return "Unknown run: it may have been deleted.", loss_frame(Metrics())
+    run_dir = RunDir(studio.store.abs(run["dir"]))
     cfg = run["config"]
-    info = _info(run_dir / "latest") or _info(run_dir / "best")  # the newest checkpoint's facts
-    metrics = read_metrics(run_dir / METRICS)
+    info = run_dir.info()  # the newest checkpoint's facts
+    metrics = run_dir.read_metrics()
     dataset = studio.store.dataset(run["dataset_id"])
     settings = run_settings(cfg, info)
     lines = [
         f"### {run['name']}",
         f"- status: **{run['status']}** {run['message']}",
         f"- base model: {studio.model_label(run['base_id'])}",
-        f"- dataset: {dataset['name'] if dataset else cfg.get('data_path')}",
+        f"- dataset: {dataset['name'] if dataset else cfg.get('data')}",
         f"- method: {'LoRA' if run['method'] == 'lora' else 'full fine-tune'}",
         f"- settings: {', '.join(f'{k} {v}' for k, v in settings.items())}",
-        f"- folder: `{run_dir}` ({human_size(dir_size(run_dir))} on disk)",
+        f"- folder: `{run_dir.path}` ({human_size(dir_size(run_dir.path))} on disk)",
         f"- started: {_when(run['started'])}, ended: {_when(run['finished']) or '—'}",
     ]
     if metrics.start:
@@ -146,7 +147,7 @@ def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
             f"- parameters: {metrics.start.get('params', 0):,} (trained: {metrics.start.get('trainable', 0):,})"
         )
     lines += facts(info, ("step", "tokens_seen", "train_loss", "best_val_loss", "wall_seconds"))
-    return "\n".join(lines), metrics.loss_frame()
+    return "\n".join(lines), loss_frame(metrics)
 
 
 def safe_stem(name: str) -> str:
@@ -169,10 +170,10 @@ def export_zip(studio: Studio, ref: str) -> Path:
         else:
             shutil.copytree(source, folder, ignore=shutil.ignore_patterns(STATE))
         if ref.startswith("run:"):
-            run_dir = source.parent
-            for name in (METRICS, LOG):
-                if (run_dir / name).is_file():
-                    shutil.copy2(run_dir / name, folder / name)
+            run = RunDir(source.parent)
+            for path in (run.metrics, run.log):
+                if path.is_file():
+                    shutil.copy2(path, folder / path.name)
         partial = target.with_suffix(".zip.tmp")
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as z:
             for f in sorted(folder.rglob("*")):
@@ -218,7 +219,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
 
     def show(ref: str | None):
         if not ref:
-            return "", Metrics().loss_frame(), ""
+            return "", loss_frame(Metrics()), ""
         text, frame = details(studio, ref)
         name = studio.model_label(ref)
         return text, frame, name
@@ -273,7 +274,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
             return gr.File(visible=False), "⚠ Pick a model first."
         try:
             path = export_zip(studio, ref)
-        except ValueError as e:
+        except LLMError as e:
             return gr.File(visible=False), f"⚠ {e}"
         return gr.File(value=str(path), visible=True), f"Zip ready: {path.name} ({human_size(path.stat().st_size)})."
 
