@@ -12,16 +12,15 @@ import os
 import platform
 import subprocess
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from llm.config import TrainConfig
-from llm.device import autocast_dtype, describe
-from llm.model import Transformer, causal_lm_loss
-from llm.trainer import make_optimizer
+from llm.device import describe
+from llm.model import Transformer
+from llm.trainer import Distributed, autocast_context, make_optimizer, train_step
 
 
 def other_training_runs() -> list[str]:
@@ -86,6 +85,22 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class RandomBatches:
+    """Random token windows (B, T) as a trainer batch source: speed does not depend on the text."""
+
+    def __init__(self, vocab_size: int, context_length: int, batch_size: int, device: torch.device, seed: int):
+        self.shape, self.vocab_size = (batch_size, context_length + 1), vocab_size
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.device = device
+
+    def train_batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        block = torch.randint(0, self.vocab_size, self.shape, device=self.device, generator=self.generator)
+        return block[:, :-1], block[:, 1:]  # (B, T) inputs, (B, T) next-token targets
+
+    def eval_batches(self, split: str, count: int):
+        raise NotImplementedError("benchmarks time training steps only")
+
+
 def time_training_steps(
     model: Transformer,
     device: torch.device,
@@ -95,7 +110,8 @@ def time_training_steps(
     compile: bool = False,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Time the trainer's step on random token batches: forward, causal_lm_loss, backward, clip, AdamW.
+    """Time the trainer's own step (llm.trainer.train_step: forward, loss, backward, clip, AdamW) on random
+    token batches.
 
     The first `warmup` steps (allocator, kernel selection, torch.compile) are run but not timed. Returns
     seconds per step and tokens/s over the timed steps, and the last loss (a sanity check: about ln V).
@@ -104,22 +120,14 @@ def time_training_steps(
     cfg = TrainConfig(batch_size=batch_size, device=str(device))
     model.to(device).train()
     optimizer = make_optimizer(model, cfg, device)
-    amp = autocast_dtype(device)
-    autocast = torch.autocast(device.type, dtype=amp) if amp else nullcontext()
+    autocast = autocast_context(device)
     run_model = torch.compile(model) if compile else model
-    T, V = model.cfg.context_length, model.cfg.vocab_size
-    generator = torch.Generator(device=device).manual_seed(seed)
+    batches = RandomBatches(model.cfg.vocab_size, model.cfg.context_length, batch_size, device, seed)
+    ddp = Distributed(device)
 
     def step() -> float:
-        block = torch.randint(0, V, (batch_size, T + 1), device=device, generator=generator)  # (B, T+1)
-        x, y = block[:, :-1], block[:, 1:]
-        with autocast:
-            loss = causal_lm_loss(run_model(x), y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return loss.item()  # the trainer reads the loss every step too, which also waits for the device
+        # The trainer reads the loss every step too, which also waits for the device.
+        return train_step(run_model, model, optimizer, batches, 0, 1, cfg.grad_clip, ddp, autocast)[0]
 
     warm_start = time.perf_counter()
     for _ in range(warmup):
@@ -134,6 +142,6 @@ def time_training_steps(
     return {
         "warmup_seconds": start - warm_start,
         "seconds_per_step": seconds / steps,
-        "tokens_per_s": batch_size * T * steps / seconds,
+        "tokens_per_s": batch_size * model.cfg.context_length * steps / seconds,
         "last_loss": loss,
     }

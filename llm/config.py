@@ -56,6 +56,14 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
+def _describe(hint: Any) -> str:
+    """A field's type in words: "a number", "a number or null", "of type list[str]"."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1:
+        return f"{_describe(args[0])} or null"
+    return "a number" if hint in (int, float) else f"of type {getattr(hint, '__name__', str(hint))}"
+
+
 def from_dict(cls, data: dict[str, Any], source: str):
     """An instance of the dataclass cls from a JSON object, every field's type checked first."""
     if not isinstance(data, dict):
@@ -67,9 +75,7 @@ def from_dict(cls, data: dict[str, Any], source: str):
         raise ConfigError(f"{source}: unknown {cls.__name__} field(s): {', '.join(unknown)}")
     for name, value in data.items():
         if not _type_ok(value, hints[name]):
-            hint = getattr(hints[name], "__name__", str(hints[name]))
-            what = "a number" if hints[name] in (int, float) else f"of type {hint}"
-            raise ConfigError(f"{source}: {name} must be {what}, got {value!r}")
+            raise ConfigError(f"{source}: {name} must be {_describe(hints[name])}, got {value!r}")
     return cls(**data)
 
 

@@ -25,11 +25,13 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from llm.textio import InputError, iter_file_documents, name_files
+from llm.errors import ConfigError, InputError
+from llm.textio import iter_file_documents, name_files
 from llm.tokenizer import Tokenizer
 
 META = "meta.json"
@@ -62,7 +64,7 @@ def _encode_batch(batch: list[tuple[str, bool, bool]], dtype: str) -> tuple[np.n
     out = {}
     for split in (False, True):
         docs = [(t, e) for t, e, v in batch if v == split]
-        ids = _worker_tok.sp.encode([t for t, _ in docs])
+        ids = _worker_tok.encode_batch([t for t, _ in docs])
         flat: list[int] = []
         for piece, (_, ends_unit) in zip(ids, docs, strict=True):
             flat.extend(piece)
@@ -155,6 +157,34 @@ class Progress:
             self.open_line = False
 
 
+def _encode_corpus(
+    files: list[Path], tok: Tokenizer, writers: dict[bool, ShardWriter], bar: Progress, workers: int, **split: Any
+) -> tuple[int, int]:
+    """Encode the corpus in a bounded pool of worker processes into the shard writers (keyed by is_val);
+    returns (text bytes encoded, tokens written). split: _batches' text_field, val_fraction and seed."""
+    done_bytes = tokens = 0
+    dtype = token_dtype(tok.vocab_size)
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tok.proto,)) as pool:
+        pending: deque[Future] = deque()
+
+        def collect() -> None:
+            nonlocal done_bytes, tokens
+            train, val, nbytes = pending.popleft().result()
+            writers[False].write(train)
+            writers[True].write(val)
+            done_bytes += nbytes
+            tokens += len(train) + len(val)
+            bar.update(done_bytes, tokens)
+
+        for batch in _batches(files, split["text_field"], split["val_fraction"], split["seed"]):
+            pending.append(pool.submit(_encode_batch, batch, dtype.name))
+            if len(pending) >= 2 * workers:  # bounded: memory stays flat however large the corpus
+                collect()
+        while pending:
+            collect()
+    return done_bytes, tokens
+
+
 def prepare(
     files: list[Path],
     tokenizer_path: str | Path,
@@ -168,48 +198,29 @@ def prepare(
 ) -> dict:
     """Tokenize files into shards under out_dir (written aside, then renamed into place). Returns meta."""
     if not 0.0 <= val_fraction < 1.0:
-        raise InputError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"must be in [0, 1), got {val_fraction}", field="val_fraction")
     tok = Tokenizer.load(tokenizer_path)
-    dtype = token_dtype(tok.vocab_size)
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out}: the output folder exists and is not empty")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    workers = workers or os.cpu_count() or 1
     writers = {False: ShardWriter(tmp, "train", shard_tokens), True: ShardWriter(tmp, "val", shard_tokens)}
     # The bar compares text bytes encoded with file sizes: only meaningful when no input is compressed.
     compressed = any(p.name.endswith((".gz", ".xz")) for p in files)
     bar = Progress(None if compressed else sum(p.stat().st_size for p in files), progress)
-    done_bytes = tokens = 0
     start = time.time()
     try:
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tok.proto,)) as pool:
-            pending: deque[Future] = deque()
-
-            def collect() -> None:
-                nonlocal done_bytes, tokens
-                train, val, nbytes = pending.popleft().result()
-                writers[False].write(train)
-                writers[True].write(val)
-                done_bytes += nbytes
-                tokens += len(train) + len(val)
-                bar.update(done_bytes, tokens)
-
-            for batch in _batches(files, text_field, val_fraction, seed):
-                pending.append(pool.submit(_encode_batch, batch, dtype.name))
-                if len(pending) >= 2 * workers:  # bounded: memory stays flat however large the corpus
-                    collect()
-            while pending:
-                collect()
+        split = dict(text_field=text_field, val_fraction=val_fraction, seed=seed)
+        done_bytes, tokens = _encode_corpus(files, tok, writers, bar, workers or os.cpu_count() or 1, **split)
         shards = {split: writers[v].close() for split, v in (("train", False), ("val", True))}
         if tokens == 0:
             raise InputError(f"the corpus is empty: no text in {name_files(files)}")
         if val_fraction > 0 and not shards["val"]:
-            raise InputError("no document was held out for validation: raise --val-fraction or add documents")
+            raise InputError("no document was held out for validation: raise the validation fraction or add documents")
         meta = {
-            "dtype": dtype.name,
+            "dtype": token_dtype(tok.vocab_size).name,
             "vocab_size": tok.vocab_size,
             "eos_id": tok.eos_id,
             "shards": shards,
@@ -274,7 +285,7 @@ class WindowBatches:
             if arrays and not usable:
                 raise InputError(
                     f"{data.directory}: the {split} split has fewer tokens than the context length "
-                    f"{context_length}; use more text or a shorter --context-length"
+                    f"{context_length}; use more text or a shorter context"
                 )
             self.splits[split] = usable
         if not self.splits["train"]:

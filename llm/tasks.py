@@ -144,33 +144,27 @@ def _json_error(path: Path, text: str, lines: bool) -> str | None:
     return None
 
 
-def read_frame(path: Path) -> tuple[pd.DataFrame, list[int], bytes]:
-    """The file as a DataFrame, the row number of each of its rows, and the file's bytes."""
-    suffix = path.suffix.lower()
-    if suffix not in READERS:
-        raise TaskFileError(f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(READERS)}")
-    if not path.is_file():
-        raise TaskFileError(f"{path}: no such file")
-    raw = path.read_bytes()
-    if suffix == ".parquet":
-        try:
-            frame = pd.read_parquet(io.BytesIO(raw))
-        except Exception as e:  # pyarrow raises several types for a damaged file
-            raise TaskFileError(f"{path}: not a readable Parquet file ({e})") from None
-        return frame, list(range(1, len(frame) + 1)), raw
-    text = _decode_utf8(path, raw)
-    if suffix in (".csv", ".tsv"):
-        try:
-            # Every cell as text, empty cells as "": numbers and "NA" stay what the user wrote.
-            frame = pd.read_csv(
-                io.StringIO(text), sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False
-            )
-        except pd.errors.EmptyDataError:
-            raise TaskFileError(f"{path}: the file is empty (no header, no rows)") from None
-        except pd.errors.ParserError as e:
-            raise TaskFileError(f"{path}: malformed {suffix[1:].upper()} ({str(e).strip()})") from None
-        return frame, list(range(1, len(frame) + 1)), raw
-    lines = suffix == ".jsonl"
+def _read_parquet(path: Path, raw: bytes) -> tuple[pd.DataFrame, list[int]]:
+    try:
+        frame = pd.read_parquet(io.BytesIO(raw))
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise TaskFileError(f"{path}: not a readable Parquet file ({e})") from None
+    return frame, list(range(1, len(frame) + 1))
+
+
+def _read_delimited(path: Path, text: str, sep: str) -> tuple[pd.DataFrame, list[int]]:
+    try:
+        # Every cell as text, empty cells as "": numbers and "NA" stay what the user wrote.
+        frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise TaskFileError(f"{path}: the file is empty (no header, no rows)") from None
+    except pd.errors.ParserError as e:
+        raise TaskFileError(f"{path}: malformed {path.suffix[1:].upper()} ({str(e).strip()})") from None
+    return frame, list(range(1, len(frame) + 1))
+
+
+def _read_json(path: Path, text: str, lines: bool) -> tuple[pd.DataFrame, list[int]]:
+    """A JSON array of objects, or JSONL (one object a line: the row number is the line number)."""
     if not lines and not text.lstrip().startswith("["):
         raise TaskFileError(_json_error(path, text, lines) or f"{path}: expected a JSON array of objects")
     try:
@@ -182,7 +176,23 @@ def read_frame(path: Path) -> tuple[pd.DataFrame, list[int], bytes]:
         raise TaskFileError(error)
     rows = [i for i, ln in enumerate(text.splitlines(), 1) if ln.strip()] if lines else list(range(1, len(frame) + 1))
     assert len(rows) == len(frame), "JSONL rows and non-blank lines disagree"
-    return frame, rows, raw
+    return frame, rows
+
+
+def read_frame(path: Path) -> tuple[pd.DataFrame, list[int], bytes]:
+    """The file as a DataFrame, the row number of each of its rows, and the file's bytes."""
+    suffix = path.suffix.lower()
+    if suffix not in READERS:
+        raise TaskFileError(f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(READERS)}")
+    if not path.is_file():
+        raise TaskFileError(f"{path}: no such file")
+    raw = path.read_bytes()
+    if suffix == ".parquet":
+        return *_read_parquet(path, raw), raw
+    text = _decode_utf8(path, raw)
+    if suffix in (".csv", ".tsv"):
+        return *_read_delimited(path, text, "\t" if suffix == ".tsv" else ","), raw
+    return *_read_json(path, text, lines=suffix == ".jsonl"), raw
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -275,6 +285,23 @@ def _text(value: Any, column: str, what: str, required: bool = True) -> str | No
     return value.strip()
 
 
+def _turn(turn: Any, i: int, column: str) -> dict[str, str]:
+    """Turn i of a conversation, {role, content} or ShareGPT's {from, value}, with the role normalised."""
+    if not isinstance(turn, dict):
+        raise _RowProblem(column, "malformed turn", f"turn {i} is {_type_name(turn)}, not an object")
+    role_key, content_key = ("role", "content") if "role" in turn else ("from", "value")
+    if role_key not in turn or content_key not in turn:
+        raise _RowProblem(column, "malformed turn", f"turn {i} needs role/content or from/value keys")
+    role = turn[role_key]
+    if not isinstance(role, str) or role.lower() not in ROLE_ALIASES:
+        raise _RowProblem(
+            column,
+            "unknown role",
+            f"turn {i} has role {role!r}; expected user/assistant/system (or ShareGPT's human/gpt)",
+        )
+    return {"role": ROLE_ALIASES[role.lower()], "content": _text(turn[content_key], column, f"turn {i} content")}
+
+
 def _turns(value: Any, column: str) -> list[dict[str, str]]:
     """A messages cell (a list of turns; a JSON string in CSV) -> [{"role", "content"}]."""
     if isinstance(value, str):
@@ -288,22 +315,7 @@ def _turns(value: Any, column: str) -> list[dict[str, str]]:
         raise _RowProblem(column, "wrong type", f"expected a list of turns, got {_type_name(value)}")
     if len(value) == 0:
         raise _RowProblem(column, "empty conversation")
-    turns = []
-    for i, turn in enumerate(value, 1):
-        if not isinstance(turn, dict):
-            raise _RowProblem(column, "malformed turn", f"turn {i} is {_type_name(turn)}, not an object")
-        role_key, content_key = ("role", "content") if "role" in turn else ("from", "value")
-        if role_key not in turn or content_key not in turn:
-            raise _RowProblem(column, "malformed turn", f"turn {i} needs role/content or from/value keys")
-        role = turn[role_key]
-        if not isinstance(role, str) or role.lower() not in ROLE_ALIASES:
-            raise _RowProblem(
-                column,
-                "unknown role",
-                f"turn {i} has role {role!r}; expected user/assistant/system (or ShareGPT's human/gpt)",
-            )
-        content = _text(turn[content_key], column, f"turn {i} content")
-        turns.append({"role": ROLE_ALIASES[role.lower()], "content": content})
+    turns = [_turn(turn, i, column) for i, turn in enumerate(value, 1)]
     if not any(t["role"] == "assistant" for t in turns):
         raise _RowProblem(column, "no assistant turn", "nothing to learn from this row")
     return turns

@@ -66,6 +66,20 @@ def _normalise_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _decode_text(decoder: codecs.IncrementalDecoder, raw: bytes, path: Path, offset: int, line_no: int) -> str:
+    """The next bytes of a file as text; binary or non-UTF-8 content is an InputError naming where."""
+    try:
+        text = decoder.decode(raw, final=not raw)  # final: a character cut off at the end is an error
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{path}: not UTF-8 text (invalid byte at offset {offset + e.start}, line {line_no}); is it a binary file?"
+        ) from None
+    if "\x00" in text:
+        where = offset + len(text[: text.index("\x00")].encode())
+        raise InputError(f"{path}: looks like a binary file (NUL byte at offset {where})")
+    return text
+
+
 def iter_lines(path: Path, whole: bool = False) -> Iterator[tuple[int, str]]:
     """(line number, normalised text with its trailing '\\n') for each line of a text file.
 
@@ -78,16 +92,7 @@ def iter_lines(path: Path, whole: bool = False) -> Iterator[tuple[int, str]]:
         with _open_binary(path) as f:
             while True:
                 raw = f.readline(MAX_LINE)
-                try:
-                    text = decoder.decode(raw, final=not raw)  # final: a character cut off at the end is an error
-                except UnicodeDecodeError as e:
-                    raise InputError(
-                        f"{path}: not UTF-8 text (invalid byte at offset {offset + e.start}, line {line_no})"
-                        "; is it a binary file?"
-                    ) from None
-                if "\x00" in text:
-                    where = offset + len(text[: text.index("\x00")].encode())
-                    raise InputError(f"{path}: looks like a binary file (NUL byte at offset {where})")
+                text = _decode_text(decoder, raw, path, offset, line_no)
                 offset += len(raw)
                 if at_start and text:
                     text, at_start = text.removeprefix("\ufeff"), False

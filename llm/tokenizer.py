@@ -8,12 +8,10 @@ text (a user typing "<|end|>" cannot forge a turn boundary); the chat template i
 from __future__ import annotations
 
 import io
-import itertools
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-import numpy as np
 import sentencepiece as spm
 
 from llm.errors import TokenizerError
@@ -60,19 +58,8 @@ class Tokenizer:
     def encode_batch(self, texts: list[str], num_threads: int = 1) -> list[list[int]]:
         return self.sp.encode(texts, num_threads=num_threads)
 
-    def encode_to_array(self, texts: list[str], eos: bool, dtype=np.uint16) -> np.ndarray:
-        """Encode texts and concatenate them (each followed by EOS when eos=True) into one array."""
-        pieces = self.sp.encode(texts)
-        if eos:
-            pieces = [p + [EOS] for p in pieces]
-        total = sum(len(p) for p in pieces)
-        return np.fromiter(itertools.chain.from_iterable(pieces), dtype=dtype, count=total)
-
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
-
-    def id_to_piece(self, i: int) -> str:
-        return self.sp.id_to_piece(int(i))
 
 
 def _training_sentences(files: list[Path], max_chars: int) -> Iterator[str]:
@@ -88,18 +75,19 @@ def _training_sentences(files: list[Path], max_chars: int) -> Iterator[str]:
 
 
 def _training_error(message: str, vocab_size: int) -> TokenizerError:
-    """SentencePiece's trainer error -> a message that says which way to change --vocab-size."""
+    """SentencePiece's trainer error -> a message that says which way to change the vocabulary size."""
     too_high = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", message)
     if too_high:
         return TokenizerError(
-            f"--vocab-size {vocab_size} is too large for this text: at most {too_high.group(1)} is possible; "
-            "use a smaller vocabulary or more text"
+            f"{vocab_size} is too large for this text: at most {too_high.group(1)} is possible; "
+            "use a smaller vocabulary or more text",
+            field="vocab_size",
         )
     too_low = re.search(r"Vocabulary size is smaller than required_chars\. \d+ vs (\d+)", message)
     if too_low:
         return TokenizerError(
-            f"--vocab-size {vocab_size} is too small for this text: its distinct characters need at least "
-            f"{too_low.group(1)}"
+            f"{vocab_size} is too small for this text: its distinct characters need at least {too_low.group(1)}",
+            field="vocab_size",
         )
     return TokenizerError(f"tokenizer training failed: {message}")
 
@@ -114,7 +102,7 @@ def train_tokenizer(
     """Train a BPE tokenizer on the text files and write <out_dir>/tokenizer.model."""
     reserved = 4 + len(CHAT_TOKENS) + 1 + 256  # pad/unk/bos/eos, chat tokens, newline, byte pieces
     if vocab_size <= reserved + 16:
-        raise TokenizerError(f"--vocab-size {vocab_size} is too small: at least {reserved + 17} is needed")
+        raise TokenizerError(f"{vocab_size} is too small: at least {reserved + 17} is needed", field="vocab_size")
     sentences = list(_training_sentences(files, max_chars))
     if not sentences:
         raise TokenizerError(f"the corpus is empty: no text in {name_files(files)}")

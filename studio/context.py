@@ -19,12 +19,13 @@ from typing import Any
 from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig
 from llm.errors import LLMError
 from llm.run import CONFIG, INFO, LATEST, RunDir, is_checkpoint
+from llm.tasks import READERS
 from studio.jobs import Jobs
 from studio.store import Store, new_id
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = REPO / "datasets" / "samples"
-DATA_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+DATA_SUFFIXES = READERS  # what llm.tasks reads
 BASE_ID = "base"
 MAX_UPLOAD_BYTES = 50_000_000  # uploads above this are refused (by Gradio at the door, and again here)
 

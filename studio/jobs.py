@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from llm.run import FINISHED, RunDir
-from studio.store import ACTIVE_STATES, Store
+from studio.store import ACTIVE_STATES, LAUNCHED_STATES, WORKING_STATES, Store
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -144,7 +144,7 @@ class Jobs:
     def tick(self) -> None:
         """Notice runs that ended, then start the next queued run if the device is free."""
         with self.lock:
-            for run in self.store.runs(("starting", "running", "stopping")):
+            for run in self.store.runs(LAUNCHED_STATES):
                 self._reconcile(run)
             while (run := self.store.claim_next_run()) is not None:
                 if self._launch(run):
@@ -230,7 +230,7 @@ class Jobs:
             if run["status"] == "queued":
                 self.store.update_run(run_id, status="stopped", message="Cancelled before it started.")
                 return f"{run['name']} was taken off the queue."
-            if run["status"] not in ("running", "stopping") or not self._alive(run)[0]:
+            if run["status"] not in WORKING_STATES or not self._alive(run)[0]:
                 return f"{run['name']} is not running."
             try:
                 os.kill(run["pid"], signal.SIGTERM)
@@ -277,14 +277,14 @@ class Jobs:
         max_steps = metrics.start.get("max_steps") or run["config"].get("max_steps") or 0
         step = metrics.step
         train_elapsed = metrics.train[-1]["elapsed"] if metrics.train else 0.0
-        if run["status"] in ("running", "stopping") and run["started"]:
+        if run["status"] in WORKING_STATES and run["started"]:
             elapsed = time.time() - run["started"]
         elif run["started"] and run["finished"]:
             elapsed = run["finished"] - run["started"]
         else:
             elapsed = 0.0
         remaining = None
-        if step and max_steps and metrics.train and run["status"] in ("running", "stopping"):
+        if step and max_steps and metrics.train and run["status"] in WORKING_STATES:
             remaining = train_elapsed / step * max(0, max_steps - step)
         return {
             "run": run,

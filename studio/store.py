@@ -64,8 +64,11 @@ CREATE TABLE IF NOT EXISTS votes (
 
 # queued -> starting -> running -> (stopping ->) done | stopped | failed; interrupted: the process vanished
 # without a final event (the machine or the process was killed); it can be resumed from its last checkpoint.
-ACTIVE_STATES = ("queued", "starting", "running", "stopping")
-FINAL_STATES = ("done", "stopped", "failed", "interrupted")
+LAUNCHED_STATES = ("starting", "running", "stopping")  # a process exists, or is being started
+WORKING_STATES = ("running", "stopping")  # the trainer is working
+ACTIVE_STATES = ("queued", *LAUNCHED_STATES)
+RESUMABLE_STATES = ("stopped", "interrupted", "failed")
+FINAL_STATES = ("done", *RESUMABLE_STATES)
 RUN_STATES = ACTIVE_STATES + FINAL_STATES
 
 

@@ -6,6 +6,7 @@ Everything is made from a seeded generator, so the tests need neither the networ
 from __future__ import annotations
 
 import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,13 @@ torch.set_num_threads(1)
 NAMES = ["Lily", "Tom", "Sam", "Mia", "Ben", "Anna", "Max", "Sue"]
 THINGS = ["ball", "cat", "tree", "cake", "boat", "hat", "dog", "book"]
 FEELINGS = ["happy", "sad", "tired", "brave", "kind"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def make_stories(n: int, seed: int = 0) -> list[str]:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from studio.app import build_app, launch
 from studio.context import SAMPLES_DIR
@@ -37,12 +37,6 @@ BAD_UPLOADS = [  # (name, content, what the page says)
 ]
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def workspace_files(workspace: Path) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import zipfile
 from pathlib import Path
@@ -11,6 +10,7 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
+from conftest import free_port
 from gradio_client import Client, handle_file
 
 from studio.app import build_app, launch
@@ -21,12 +21,6 @@ ENDPOINTS = {
     "upload", "validate", "dataset", "plan", "start", "progress", "stop", "resume", "runs",
     "compare", "vote", "batch_compare", "models", "rename", "delete", "download",
 }  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def value(output):

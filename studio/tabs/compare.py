@@ -15,7 +15,7 @@ from llm.config import SamplingConfig
 from llm.errors import LLMError
 from studio.context import Studio
 from studio.jobs import CHILD_THREADS
-from studio.store import new_id
+from studio.store import LAUNCHED_STATES, new_id
 from studio.tabs import dropdown
 
 MAX_MODELS = 4
@@ -61,7 +61,7 @@ def generation_threads(studio: Studio) -> int:
     import torch
 
     cores = os.cpu_count() or 2
-    training = bool(studio.store.runs(("starting", "running", "stopping")))
+    training = bool(studio.store.runs(LAUNCHED_STATES))
     # Batch-1 generation of a small model gains little past a few threads, and idle threads spin.
     threads = max(1, cores - CHILD_THREADS) if training else min(cores, 4)
     torch.set_num_threads(threads)

@@ -17,7 +17,7 @@ from llm.errors import LLMError
 from llm.run import Metrics, RunDir
 from studio.context import Studio, human_size, plural
 from studio.jobs import CHILD_THREADS, field_label
-from studio.store import ACTIVE_STATES
+from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
 from studio.tabs import dropdown, loss_frame, loss_plot
 
 METHOD_CHOICES = [("LoRA: small adapters, fast, little memory", "lora"), ("Full: every weight", "full")]
@@ -228,7 +228,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         files = [run_dir.metrics, run_dir.log]
         p = studio.jobs.progress(run_id)
         signature = (run_id, p["status"], p["message"], *(f.stat().st_mtime if f.exists() else 0 for f in files))
-        if signature == last_seen and p["status"] not in ("running", "stopping"):
+        if signature == last_seen and p["status"] not in WORKING_STATES:
             return (*[gr.skip()] * 8, last_seen)
         run = p["run"]
         text = f"<span class='state-badge {p['status']}'>{p['status']}</span> **{html.escape(run['name'])}**"
@@ -239,8 +239,8 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
             text += f"\n\n{start_record.get('device', '')} · {start_record.get('params', 0):,} parameters, {start_record.get('trainable', 0):,} trained"
         if signature == last_seen:  # running, files unchanged: only the clock moves
             return text, progress_html(p), *[gr.skip()] * 6, last_seen
-        active = p["status"] in ("queued", "starting", "running", "stopping")
-        can_resume = p["status"] in ("stopped", "interrupted", "failed")
+        active = p["status"] in ACTIVE_STATES
+        can_resume = p["status"] in RESUMABLE_STATES
         return (
             text,
             progress_html(p),

@@ -1,25 +1,28 @@
-"""Plot the train and validation loss of a run's metrics.jsonl into a PNG (for model cards).
+"""Plot the train and validation loss of a run's metrics file into a PNG (for model cards).
 
 pip install matplotlib   # only this script needs it
-python models/plot_metrics.py build/base-run/metrics.jsonl models/base/loss.png
+python scripts/plot_metrics.py build/base-run/metrics.jsonl models/base/loss.png
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import matplotlib
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from llm.run import read_metrics  # noqa: E402
 
 matplotlib.use("Agg")  # no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main(metrics_path: str, png_path: str) -> None:
-    records = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
-    train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r and "event" not in r]
-    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    points = read_metrics(Path(metrics_path)).loss_points()
+    train = [(step, loss) for step, loss, curve in points if curve == "train"]
+    val = [(step, loss) for step, loss, curve in points if curve == "validation"]
     assert train, f"{metrics_path}: no train_loss records"
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     ax.plot(*zip(*train, strict=True), label="train (batch)", linewidth=1, alpha=0.8)
