@@ -35,6 +35,7 @@ from llm.textio import iter_file_documents, name_files
 from llm.tokenizer import Tokenizer
 
 META = "meta.json"
+EVAL_STREAM = 10**9  # evaluation windows are seeded apart from the training steps' (steps never reach it)
 BATCH_CHARS = 1 << 20  # characters sent to a worker at once
 
 
@@ -310,6 +311,6 @@ class WindowBatches:
         """The same `count` batches every time, so evaluations along a run are comparable."""
         if not self.splits.get(split):
             return
-        rng = np.random.default_rng([self.seed, 10**9 + (split == "val")])
+        rng = np.random.default_rng([self.seed, EVAL_STREAM + (split == "val")])
         for _ in range(count):
             yield self._windows(split, rng)

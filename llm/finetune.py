@@ -41,6 +41,7 @@ TOKENS_PER_BATCH = 2048  # token positions per micro-batch at full context: sets
 EFFICIENCY = {"cpu": 0.5, "cuda": 0.25, "mps": 0.25}
 DECODE_SLOWDOWN = 20  # generating one token at a time: tiny matrix products, far below the device's rate
 MAX_WARMUP_STEPS = 100  # warmup is a tenth of the run, at most this
+EVAL_SAMPLE_STREAM = 10**9  # seeds the fixed train sample scored at evaluations, apart from the epochs' seeds
 
 
 def lora_settings(cfg: FinetuneConfig, tokenizer: Tokenizer) -> dict[str, Any]:
@@ -113,7 +114,7 @@ class TaskBatches:
             items = self.val
         else:
             size = len(self.val) or count * self.batch_size
-            order = np.random.default_rng([self.seed, 10**9]).permutation(len(self.train))[:size]
+            order = np.random.default_rng([self.seed, EVAL_SAMPLE_STREAM]).permutation(len(self.train))[:size]
             items = [self.train[i] for i in np.sort(order)]
         for start in range(0, len(items), self.batch_size):
             yield self.collate(items[start : start + self.batch_size])

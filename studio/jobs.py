@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # The child trains with all cores but one, so the studio keeps a core for generation and the page.
 CHILD_THREADS = max(1, (os.cpu_count() or 2) - 1)
+LOG_TAIL_BYTES = 32_768  # enough for the last lines of a log, however long the run
 MEMORY_HINT = "Try a smaller batch size, LoRA instead of full fine-tuning, or a lower LoRA rank."
 # How the studio names a setting in messages (the form's labels); others are spelled from the field name.
 FIELD_LABELS = {
@@ -67,7 +68,7 @@ def log_tail(path: Path, lines: int = 30) -> str:
     if not path.is_file():
         return ""
     with open(path, "rb") as f:
-        f.seek(max(0, path.stat().st_size - 32_768))
+        f.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
         text = f.read().decode("utf-8", errors="replace")
     return "\n".join(text.splitlines()[-lines:])
 

@@ -407,7 +407,7 @@ def test_full_finetuning_teaches_a_task(tmp_path, tiny_model_dir):
 
 @pytest.mark.slow
 def test_lora_finetuning_learns_the_task_answers(tmp_path, tiny_model_dir):
-    """LoRA on the 2-layer test model learns slowly (full fine-tuning is the default for small models), but
+    """LoRA on the 2-layer test model learns slowly (it trains few parameters from zero), but
     the held-out answers become far more likely."""
     task = copy_task_csv(tmp_path / "had.csv")
     cfg = FinetuneConfig(method="lora", lr=1e-2, epochs=40, batch_size=8, val_fraction=0.25, early_stop_patience=0)
