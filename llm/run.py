@@ -6,7 +6,8 @@ studio can read runs cheaply.
     <run>/best/            the checkpoint with the lowest validation loss (fine-tuning; pretraining with keep_best)
     <run>/metrics.jsonl    one JSON record a line, appended by the trainer (schema below)
     <run>/train.log        a studio run's console output
-    <run>/finetune.json    the FinetuneConfig a studio run was started with (`finetune --config`)
+    <run>/<command>.json   the config a studio run was started with (`python -m llm <command> --config`),
+                           e.g. finetune.json
     <run>/command.json     the command line of the run's latest attempt
 
 Metrics records, each with "time" (Unix seconds):
@@ -33,7 +34,7 @@ from llm.errors import ConfigError
 
 LATEST, BEST = "latest", "best"
 METRICS_FILE, LOG_FILE = "metrics.jsonl", "train.log"
-SETTINGS_FILE, COMMAND_FILE = "finetune.json", "command.json"
+COMMAND_FILE = "command.json"
 CONFIG, INFO, STATE = "config.json", "info.json", "trainer_state.pt"  # inside a checkpoint (llm/checkpoint.py)
 ENDINGS = ("done", "stopped", "early_stop", "time_limit", "error")  # events that end an attempt
 FINISHED = ("done", "early_stop", "time_limit")  # endings after which the run is complete
@@ -163,9 +164,9 @@ class RunDir:
     def log(self) -> Path:
         return self.path / LOG_FILE
 
-    @property
-    def settings(self) -> Path:
-        return self.path / SETTINGS_FILE
+    def settings(self, command: str = "finetune") -> Path:
+        """The config file a run of `python -m llm <command>` is started with."""
+        return self.path / f"{command}.json"
 
     @property
     def command(self) -> Path:

@@ -225,10 +225,15 @@ class Studio:
         cfg = self.finetune_config(base_ref, dataset_id, settings)
         dataset = self.store.dataset(dataset_id)
         name = name.strip()[:80] or f"{Path(dataset['name']).stem}-{cfg.method}-{len(self.store.runs()) + 1}"
+        return self.add_run("finetune", cfg, name, base_ref, dataset_id, cfg.method)
+
+    def add_run(self, command: str, cfg: Any, name: str, base_ref: str, dataset_id: str, method: str) -> str:
+        """A queued run of `python -m llm <command>` in a new folder holding its config file (cfg: the
+        command's config dataclass)."""
         run = RunDir(self.workspace / "runs" / new_id())
         run.path.mkdir(parents=True)
-        cfg.save(run.settings)
-        return self.store.add_run(name, base_ref, dataset_id, cfg.method, cfg.to_dict(), run.path)
+        cfg.save(run.settings(command))
+        return self.store.add_run(name, base_ref, dataset_id, method, cfg.to_dict(), run.path, command)
 
     def delete_run(self, run_id: str) -> None:
         run = self.store.run(run_id)

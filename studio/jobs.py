@@ -1,7 +1,7 @@
 """Fine-tuning jobs: the CLI run as a child process, one at a time, watched through its run folder.
 
-A run is `python -m llm finetune --config <run>/finetune.json --out <run>`: the studio writes the run's
-FinetuneConfig as a file and the CLI reads it, so every setting travels as data. stdout and stderr go to the
+A run is `python -m llm <command> --config <run>/<command>.json --out <run>` (command: finetune, ...): the
+studio writes the run's config as a file and the CLI reads it, so every setting travels as data. stdout and stderr go to the
 run's log file (a file, not a pipe: nobody has to drain it, and it outlives the studio). The child starts in
 its own session, so closing the browser, reloading the page or even stopping the studio never stops it; the
 studio re-attaches through the process id in SQLite and the run folder (llm.run.RunDir). Stop sends SIGTERM,
@@ -51,10 +51,10 @@ def field_label(field: str | None) -> str | None:
     return None if field is None else FIELD_LABELS.get(field, field.replace("_", " ").capitalize())
 
 
-def finetune_command(run: RunDir, resume: bool) -> list[str]:
-    """The CLI command line of a run: its settings are in its finetune.json."""
-    cmd = [sys.executable, "-m", "llm", "finetune", "--out", str(run.path)]
-    return cmd + (["--resume"] if resume else ["--config", str(run.settings)])
+def command_line(command: str, run: RunDir, resume: bool) -> list[str]:
+    """The CLI command line of a run: its settings are in its <command>.json; a resumed run has its own."""
+    cmd = [sys.executable, "-m", "llm", command, "--out", str(run.path)]
+    return cmd + (["--resume"] if resume else ["--config", str(run.settings(command))])
 
 
 def child_env() -> dict[str, str]:
@@ -154,7 +154,8 @@ class Jobs:
     def _launch(self, run: dict[str, Any]) -> bool:
         """Start the child for a claimed run; False (run marked failed) if it could not even start."""
         run_dir = self.run_dir(run)
-        cmd = finetune_command(run_dir, resume=bool(run["config"].get("resume")) and run_dir.resumable())
+        resume = bool(run["config"].get("resume")) and run_dir.resumable()
+        cmd = command_line(run["command"], run_dir, resume)
         run_dir.command.write_text(json.dumps(cmd, indent=1) + "\n")
         try:
             with open(run_dir.log, "ab") as log:

@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS runs (
     base_id TEXT NOT NULL,
     dataset_id TEXT NOT NULL,
     method TEXT NOT NULL,
-    config TEXT NOT NULL,                 -- the fine-tune settings, JSON
+    config TEXT NOT NULL,                 -- the run's settings (its command's config), JSON
     dir TEXT NOT NULL,                    -- run folder: latest/, best/, metrics.jsonl, train.log
     status TEXT NOT NULL,                 -- see RUN_STATES
     pid INTEGER,
@@ -49,7 +49,8 @@ CREATE TABLE IF NOT EXISTS runs (
     created REAL NOT NULL,
     queued REAL NOT NULL,                 -- when it last joined the queue (the queue's order)
     started REAL,
-    finished REAL
+    finished REAL,
+    command TEXT NOT NULL DEFAULT 'finetune'  -- the `python -m llm` command that trains it
 );
 CREATE TABLE IF NOT EXISTS votes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -85,6 +86,14 @@ class Store:
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
+            self._migrate(db)
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Bring a workspace made by an earlier studio up to this schema."""
+        columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
+        if "command" not in columns:
+            db.execute("ALTER TABLE runs ADD COLUMN command TEXT NOT NULL DEFAULT 'finetune'")
 
     @contextmanager
     def connect(self):
@@ -175,13 +184,22 @@ class Store:
         return self._rows("SELECT * FROM models ORDER BY created")
 
     # Runs
-    def add_run(self, name: str, base_id: str, dataset_id: str, method: str, config: dict, run_dir: Path) -> str:
+    def add_run(
+        self,
+        name: str,
+        base_id: str,
+        dataset_id: str,
+        method: str,
+        config: dict,
+        run_dir: Path,
+        command: str = "finetune",
+    ) -> str:
         key, now = run_dir.name, time.time()
         with self.connect() as db:
             db.execute(
-                "INSERT INTO runs (id, name, base_id, dataset_id, method, config, dir, status, created, queued) "
-                "VALUES (?,?,?,?,?,?,?,'queued',?,?)",
-                (key, name, base_id, dataset_id, method, json.dumps(config), self.rel(run_dir), now, now),
+                "INSERT INTO runs (id, name, base_id, dataset_id, method, config, dir, status, created, queued, "
+                "command) VALUES (?,?,?,?,?,?,?,'queued',?,?,?)",
+                (key, name, base_id, dataset_id, method, json.dumps(config), self.rel(run_dir), now, now, command),
             )
         return key
 

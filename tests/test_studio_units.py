@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 import threading
 
@@ -10,8 +11,8 @@ import pytest
 
 from llm.config import FinetuneConfig
 from llm.run import RunDir, read_metrics
-from studio.jobs import Jobs, explain, finetune_command
-from studio.store import Store
+from studio.jobs import Jobs, command_line, explain
+from studio.store import SCHEMA, Store
 from studio.tabs import loss_frame
 from studio.tabs.compare import diff_panel, word_diff_html
 from studio.tabs.data import length_bins, length_histogram, safe_filename
@@ -125,9 +126,10 @@ def test_a_run_starts_from_its_config_file(tmp_path, monkeypatch):
     )  # fmt: skip
     run = RunDir(tmp_path / "run")
     run.path.mkdir()
-    cfg.save(run.settings)
-    cmd = finetune_command(run, resume=False)
-    assert cmd[:4] == [sys.executable, "-m", "llm", "finetune"] and cmd[cmd.index("--config") + 1] == str(run.settings)
+    cfg.save(run.settings("finetune"))
+    cmd = command_line("finetune", run, resume=False)
+    assert cmd[:4] == [sys.executable, "-m", "llm", "finetune"]
+    assert cmd[cmd.index("--config") + 1] == str(run.path / "finetune.json")
     seen = {}
 
     def capture(read: FinetuneConfig):
@@ -137,7 +139,7 @@ def test_a_run_starts_from_its_config_file(tmp_path, monkeypatch):
     monkeypatch.setattr("llm.finetune.prepare", capture)
     assert cli.main(cmd[3:]) == 130
     assert seen["cfg"] == cfg
-    assert finetune_command(run, resume=True)[-1] == "--resume"
+    assert command_line("finetune", run, resume=True)[-1] == "--resume"
 
 
 def test_a_vanished_process_marks_the_run_interrupted(tmp_path):
@@ -170,3 +172,15 @@ def test_a_resumed_run_ignores_the_end_of_its_earlier_attempt(tmp_path):
     records = [{"event": "start", "max_steps": 9}, {"event": "stopped", "step": 3}, {"event": "start", "step": 3}]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     assert read_metrics(tmp_path / "metrics.jsonl").final is None
+
+
+def test_a_workspace_from_an_earlier_studio_is_migrated(tmp_path):
+    old_schema = SCHEMA.replace(",\n    command TEXT NOT NULL DEFAULT 'finetune'  -- the `python -m llm` command that trains it", "")
+    assert "command TEXT" not in old_schema
+    with sqlite3.connect(tmp_path / "studio.db") as db:
+        db.executescript(old_schema)
+        db.execute(
+            "INSERT INTO runs (id, name, base_id, dataset_id, method, config, dir, status, created, queued) "
+            "VALUES ('r', 'old run', 'base:base', 'd', 'lora', '{}', 'runs/r', 'done', 1, 1)"
+        )
+    assert Store(tmp_path).run("r")["command"] == "finetune", "runs made before other commands were fine-tunes"
