@@ -33,6 +33,13 @@ from llm.model import Transformer, causal_lm_loss
 from llm.run import LATEST, MetricsWriter, RunDir
 from llm.tokenizer import Tokenizer
 
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The default objective: next-token cross-entropy of model(x) (B, T, V) against y (B, T), -1 ignored."""
+    return causal_lm_loss(model(x), y)
+
 
 class BatchSource(Protocol):
     def train_batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]: ...
@@ -170,10 +177,11 @@ def train_step(
     grad_clip: float,
     ddp: Distributed,
     autocast: AbstractContextManager,
+    loss_fn: LossFn = lm_loss,
 ) -> tuple[float, int]:
     """One optimizer step over grad_accum micro-batches (this rank's share of them): forward, loss,
     backward, clip, AdamW. Returns (the mean loss over all ranks, token positions processed by all ranks).
-    run_model is model itself, or its compiled or DDP wrapper."""
+    run_model is model itself, or its compiled or DDP wrapper; loss_fn(run_model, x, y) the objective."""
     assert grad_accum % ddp.world == 0, "grad_accum must be divisible by the number of processes"
     device = ddp.device
     local_accum = grad_accum // ddp.world
@@ -183,7 +191,7 @@ def train_step(
         x, y = batches.train_batch(step, micro)
         sync = i == local_accum - 1 or ddp.world == 1  # DDP averages gradients on the last micro-batch only
         with nullcontext() if sync else run_model.no_sync(), autocast:
-            loss = causal_lm_loss(run_model(x.to(device)), y.to(device))
+            loss = loss_fn(run_model, x.to(device), y.to(device))
             (loss / local_accum).backward()
         loss_sum += loss.item()
         tokens += x.numel() * ddp.world
@@ -198,7 +206,12 @@ def train_step(
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, batches: BatchSource, count: int, ddp: Distributed, autocast: AbstractContextManager
+    model: torch.nn.Module,
+    batches: BatchSource,
+    count: int,
+    ddp: Distributed,
+    autocast: AbstractContextManager,
+    loss_fn: LossFn = lm_loss,
 ) -> dict[str, float]:
     """Mean loss on the validation split and on a fixed sample of the training split, over all ranks."""
     was_training = model.training
@@ -208,7 +221,7 @@ def evaluate(
         losses = []
         for x, y in batches.eval_batches(split, count):
             with autocast:
-                losses.append(causal_lm_loss(model(x.to(ddp.device)), y.to(ddp.device)).item())
+                losses.append(loss_fn(model, x.to(ddp.device), y.to(ddp.device)).item())
         if losses:
             result[key] = ddp.mean(sum(losses) / len(losses))
     model.train(was_training)
@@ -242,8 +255,9 @@ class Trainer:
         adapter_state: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None,
         on_eval: Callable[[Transformer, int], dict[str, Any]] | None,
         save_dtype: torch.dtype | None,
+        loss_fn: LossFn,
     ):
-        self.model, self.tokenizer, self.batches, self.cfg = model, tokenizer, batches, cfg
+        self.model, self.tokenizer, self.batches, self.cfg, self.loss_fn = model, tokenizer, batches, cfg, loss_fn
         self.run = RunDir(out_dir)
         self.info, self.adapter_state, self.on_eval, self.save_dtype = info or {}, adapter_state, on_eval, save_dtype
         self.ddp = Distributed(pick_device(cfg.device))
@@ -373,7 +387,7 @@ class Trainer:
     def evaluate_and_log(self, train_loss: float) -> bool:
         """Evaluate, keep the best checkpoint, log; True when early stopping says the run should end."""
         s, cfg = self.state, self.cfg
-        metrics = evaluate(self.model, self.batches, cfg.eval_batches, self.ddp, self.autocast)
+        metrics = evaluate(self.model, self.batches, cfg.eval_batches, self.ddp, self.autocast, self.loss_fn)
         extra = self.on_eval(self.model, s.step) if (self.on_eval and self.ddp.main) else {}
         val = metrics.get("val_loss")
         improved = val is not None and val < s.best_val
@@ -436,6 +450,7 @@ class Trainer:
                     cfg.grad_clip,
                     self.ddp,
                     self.autocast,
+                    self.loss_fn,
                 )
                 if not math.isfinite(train_loss):
                     self.ddp.close()
@@ -472,15 +487,17 @@ def train(
     adapter_state: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
     on_eval: Callable[[Transformer, int], dict[str, Any]] | None = None,
     save_dtype: torch.dtype | None = None,
+    loss_fn: LossFn = lm_loss,
 ) -> TrainResult:
     """Train `model` (weights already loaded, including when resuming) and checkpoint into the run folder
     out_dir (latest/, and best/ when cfg.keep_best); metrics go to metrics_path, by default the run's
     metrics file. adapter_state, when given, returns the adapter tensors and config to store instead of the
     full weights (LoRA). on_eval(model, step) may return extra fields to log (e.g. sample generations).
-    All ranks must call this under torchrun."""
+    loss_fn(model, x, y) is the objective, trained and evaluated (default: next-token cross-entropy; the
+    batch source decides what x and y hold). All ranks must call this under torchrun."""
     run = RunDir(out_dir)
     metrics = Path(metrics_path) if metrics_path is not None else run.metrics
     trainer = Trainer(
-        model, tokenizer, batches, cfg, run.path, metrics, resume, info, adapter_state, on_eval, save_dtype
+        model, tokenizer, batches, cfg, run.path, metrics, resume, info, adapter_state, on_eval, save_dtype, loss_fn
     )
     return trainer.fit()

@@ -175,7 +175,9 @@ def test_a_resumed_run_ignores_the_end_of_its_earlier_attempt(tmp_path):
 
 
 def test_a_workspace_from_an_earlier_studio_is_migrated(tmp_path):
-    old_schema = SCHEMA.replace(",\n    command TEXT NOT NULL DEFAULT 'finetune'  -- the `python -m llm` command that trains it", "")
+    old_schema = SCHEMA.replace(
+        ",\n    command TEXT NOT NULL DEFAULT 'finetune'  -- the `python -m llm` command that trains it", ""
+    )
     assert "command TEXT" not in old_schema
     with sqlite3.connect(tmp_path / "studio.db") as db:
         db.executescript(old_schema)
