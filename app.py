@@ -1,12 +1,38 @@
-"""Start the studio: python app.py [--host 127.0.0.1] [--port 7860] [--workspace ./workspace] [--auth user:pass]"""
+"""Start the studio: python app.py [--host 127.0.0.1] [--port 7860] [--workspace ./workspace] [--auth-file F]
+
+A login (user:password) can come from --auth-file (a file holding it), the LLM_STUDIO_AUTH environment
+variable, or --auth (convenient, but visible to anyone who lists this machine's processes).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from llm.config import DEFAULT_BASE_MODEL
+
+AUTH_VARIABLE = "LLM_STUDIO_AUTH"
+
+
+def login(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[str, str] | None:
+    """(user, password) from --auth-file, --auth or $LLM_STUDIO_AUTH (the first given), or None."""
+    if args.auth_file:
+        try:
+            given, source = Path(args.auth_file).read_text().strip(), "--auth-file"
+        except OSError as e:
+            parser.error(f"--auth-file {args.auth_file}: {e.strerror}")
+    elif args.auth:
+        given, source = args.auth, "--auth"
+    else:
+        given, source = os.environ.get(AUTH_VARIABLE, ""), AUTH_VARIABLE
+    if not given:
+        return None
+    user, sep, password = given.partition(":")
+    if not sep or not user or not password:
+        parser.error(f"{source} must look like user:password")
+    return user, password
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,14 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--base-model", default=str(DEFAULT_BASE_MODEL), help="base model folder (default: the shipped one)"
     )
-    parser.add_argument("--auth", help="require a login, given as user:password")
+    parser.add_argument("--auth", help="require a login, user:password (visible in the process list)")
+    parser.add_argument("--auth-file", help="require a login, user:password read from this file")
     args = parser.parse_args(argv)
-    auth = None
-    if args.auth:
-        user, sep, password = args.auth.partition(":")
-        if not sep or not user or not password:
-            parser.error("--auth must look like user:password")
-        auth = (user, password)
+    auth = login(parser, args)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # runs offline: no telemetry calls
 
     from studio.app import build_app, launch

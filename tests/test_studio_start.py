@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 def test_app_py_serves_with_login_and_without_a_base_model(tmp_path):
     port = free_port()
     cmd = [sys.executable, "app.py", "--port", str(port), "--workspace", str(tmp_path / "ws"),
-           "--base-model", str(tmp_path / "no-model"), "--auth", "ann:secret"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+           "--base-model", str(tmp_path / "no-model")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "LLM_STUDIO_AUTH": "ann:secret"}  # not in the process list
     log = open(tmp_path / "app.log", "w")
     start = time.time()
     app = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -37,7 +37,7 @@ def test_app_py_serves_with_login_and_without_a_base_model(tmp_path):
         else:
             raise AssertionError("the studio did not answer within 60 s")
         print(f"studio ready in {time.time() - start:.1f} s")
-        assert "Not authenticated" in response.text, "--auth: nothing is served before a login"
+        assert "Not authenticated" in response.text, "a login: nothing is served before it"
         wrong = httpx.post(f"http://127.0.0.1:{port}/login", data={"username": "ann", "password": "guess"})
         assert "Incorrect credentials" in wrong.text
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as browser:
@@ -63,3 +63,22 @@ def test_bad_app_flags_are_refused():
         [sys.executable, "app.py", "--auth", "nopassword"], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 2 and "user:password" in result.stderr
+
+
+def test_a_login_comes_from_a_file_an_environment_variable_or_the_flag(tmp_path, monkeypatch):
+    import argparse
+
+    import app
+
+    parser = argparse.ArgumentParser()
+    secret = tmp_path / "login"
+    secret.write_text("ann:from file\n")
+    args = lambda **kw: argparse.Namespace(**{"auth": None, "auth_file": None, **kw})  # noqa: E731
+    monkeypatch.setenv(app.AUTH_VARIABLE, "ann:from env")
+    assert app.login(parser, args(auth_file=str(secret))) == ("ann", "from file")
+    assert app.login(parser, args(auth="ann:flag")) == ("ann", "flag")
+    assert app.login(parser, args()) == ("ann", "from env")
+    monkeypatch.delenv(app.AUTH_VARIABLE)
+    assert app.login(parser, args()) is None
+    with pytest.raises(SystemExit):
+        app.login(parser, args(auth_file=str(tmp_path / "missing")))
