@@ -30,7 +30,7 @@ from llm.errors import CheckpointError, ConfigError, TaskFileError
 from llm.model import Transformer
 from llm.run import BEST, RunDir
 from llm.task_eval import answer
-from llm.tasks import EncodedExamples, TaskData, encode_examples, read_task_file, split_examples
+from llm.tasks import EncodedExamples, TaskData, encode_examples, read_task_file, split_examples, summary
 from llm.tokenizer import MODEL_FILE, Tokenizer
 from llm.trainer import TrainResult, train
 
@@ -136,8 +136,6 @@ class Prepared:
 
     def summary(self) -> dict[str, Any]:
         """The data check of the whole file (llm.tasks.summary) for the rows this run trains and validates on."""
-        from llm.tasks import summary
-
         return summary(self.data, self.train.combined(self.val))
 
     def validation_source(self) -> str:
@@ -157,13 +155,17 @@ def base_directory(base: str | Path) -> Path:
         raise
 
 
+def eval_rows(cfg: FinetuneConfig, n_val: int) -> int:
+    """Validation rows scored at each evaluation: all of them, or at most cfg.max_eval_rows."""
+    return min(n_val, cfg.max_eval_rows) if cfg.max_eval_rows else n_val
+
+
 def training_settings(cfg: FinetuneConfig, n_train: int, n_val: int, context_length: int) -> tuple[TrainConfig, int]:
     """(the TrainConfig a fine-tune of n_train examples runs with, steps per epoch)."""
     batch_size = cfg.batch_size or max(1, min(TOKENS_PER_BATCH // context_length, n_train // 4))
     steps_per_epoch = math.ceil(n_train / (batch_size * cfg.grad_accum))
     max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     eval_interval = max(1, min(steps_per_epoch // cfg.evals_per_epoch, max_steps))
-    eval_rows = min(n_val, cfg.max_eval_rows) if cfg.max_eval_rows else n_val
     lr = cfg.learning_rate
     train_cfg = TrainConfig(
         max_steps=max_steps,
@@ -174,7 +176,7 @@ def training_settings(cfg: FinetuneConfig, n_train: int, n_val: int, context_len
         warmup_steps=min(MAX_WARMUP_STEPS, max_steps // 10),
         weight_decay=0.0,  # no pull towards zero: the pretrained weights (or a zero adapter) are the anchor
         eval_interval=eval_interval,
-        eval_batches=max(1, math.ceil(eval_rows / batch_size)),
+        eval_batches=max(1, math.ceil(eval_rows(cfg, n_val) / batch_size)),
         ckpt_interval=eval_interval,
         log_interval=max(1, min(10, eval_interval)),
         seed=cfg.seed,
@@ -245,8 +247,8 @@ def plan(prep: Prepared) -> dict[str, Any]:
     forward = 2 * compute_params + attention
     train_tokens = tc.max_steps * tc.batch_size * tc.grad_accum * mean_len
     n_evals = tc.max_steps // tc.eval_interval + (tc.max_steps % tc.eval_interval > 0)
-    eval_rows = min(len(prep.val.items), cfg.max_eval_rows) if cfg.max_eval_rows else len(prep.val.items)
-    eval_tokens = n_evals * 2 * eval_rows * mean_len  # validation rows and an equal train sample
+    scored = eval_rows(cfg, len(prep.val.items))
+    eval_tokens = n_evals * 2 * scored * mean_len  # validation rows and an equal train sample
     probe_tokens = n_evals * len(cfg.probes) * cfg.probe_tokens
     flops = train_tokens * 3 * forward + eval_tokens * forward + probe_tokens * forward * DECODE_SLOWDOWN
     device = pick_device(cfg.device)
@@ -263,7 +265,7 @@ def plan(prep: Prepared) -> dict[str, Any]:
         "trainable_fraction": trainable / total,
         "train_examples": len(prep.train.items),
         "val_examples": len(prep.val.items),
-        "eval_rows": eval_rows,
+        "eval_rows": scored,
         "batch_size": tc.batch_size,
         "grad_accum": tc.grad_accum,
         "steps_per_epoch": prep.steps_per_epoch,
