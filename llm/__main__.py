@@ -124,6 +124,27 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(json.dumps(score.to_dict(), indent=2))
 
 
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from llm.device import pick_device
+    from llm.inspect import format_report, inspect_text
+
+    result = inspect_text(
+        args.model or [str(DEFAULT_BASE_MODEL)],
+        args.text,
+        args.prompt,
+        args.answer,
+        args.system,
+        pick_device(args.device),
+        position=args.position,
+        top_k=args.top_k,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        layer=args.layer,
+        head=args.head,
+    )
+    print(json.dumps(result, indent=1) if args.json else format_report(result))
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     import torch
 
@@ -326,6 +347,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="CSV of every answer (a .json with totals and rows is written beside it)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval_task)
+
+    p = sub.add_parser("inspect", help="tokens, per-token surprise, next-token choices and attention of a text")
+    p.add_argument("--model", action="append", help="model or run folder; twice to compare (default: shipped)")
+    p.add_argument("--text", help="the text to inspect")
+    p.add_argument("--prompt", help="with --answer: a conversation, rendered with the chat template")
+    p.add_argument("--answer", help="the assistant's answer to --prompt (its tokens are the ones scored)")
+    p.add_argument("--system", help="an optional system message before --prompt")
+    p.add_argument("--position", type=int, help="show the next-token choices after this token (-1: the last)")
+    p.add_argument("--top-k", type=int, default=10, help="next-token choices shown")
+    p.add_argument("--temperature", type=float, default=1.0, help="for the sampled next-token probabilities")
+    p.add_argument("--top-p", type=float, default=1.0, help="for the sampled next-token probabilities")
+    p.add_argument("--layer", type=int, help="show this layer's attention (from 0)")
+    p.add_argument("--head", type=int, help="with --layer: one head (default: the mean over heads)")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_inspect)
 
     for name, helptext, func in (
         ("generate", "sample text from a model", cmd_generate),
