@@ -61,7 +61,7 @@ def add_train_flags(p: argparse.ArgumentParser, defaults: TrainConfig) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from llm.config import preset
-    from llm.pretrain import pretrain
+    from llm.pretrain import DEFAULT_SAMPLE_PROMPTS, pretrain
 
     shape = {
         k: getattr(args, k)
@@ -79,7 +79,15 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     import torch
 
     pretrain(
-        args.data, args.out, model_cfg, train_cfg, args.resume, args.metrics, getattr(torch, dtype) if dtype else None
+        args.data,
+        args.out,
+        model_cfg,
+        train_cfg,
+        args.resume,
+        args.metrics,
+        getattr(torch, dtype) if dtype else None,
+        sample_prompts=args.sample_prompt or DEFAULT_SAMPLE_PROMPTS,
+        sample_tokens=args.sample_tokens,
     )
 
 
@@ -322,6 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--save-dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="dtype of saved weights")
+    p.add_argument(
+        "--sample-prompt",
+        action="append",
+        help='continued at every evaluation, logged as samples (repeatable; default "Once upon a time", "The")',
+    )
+    p.add_argument("--sample-tokens", type=int, default=48, help="tokens sampled per prompt; 0: no samples")
     add_train_flags(p, TrainConfig())
     p.set_defaults(func=cmd_pretrain)
 

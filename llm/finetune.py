@@ -27,9 +27,8 @@ from llm import checkpoint, lora
 from llm.checkpoint import CheckpointError, load_model, resolve
 from llm.config import DEFAULT_BASE_MODEL, ConfigError, ModelConfig, TrainConfig
 from llm.device import describe, measure_matmul_flops, peak_flops, pick_device
-from llm.generate import SamplingConfig
+from llm.generate import SamplingConfig, sample_logger
 from llm.model import Transformer
-from llm.task_eval import answer
 from llm.tasks import EncodedExamples, TaskData, TaskFileError, encode_examples, read_task_file, split_examples
 from llm.tokenizer import MODEL_FILE, Tokenizer
 from llm.trainer import METRICS_FILE, TrainResult, train
@@ -308,20 +307,6 @@ def plan(base: str | Path, data: TaskData, cfg: FinetuneConfig, val_data: TaskDa
     }
 
 
-def make_probe_logger(tokenizer: Tokenizer, probes: list[str], max_new_tokens: int):
-    """on_eval for the trainer: greedy answers to the probe prompts, logged as "samples"."""
-
-    def on_eval(model: Transformer, step: int) -> dict[str, Any]:
-        sampling = SamplingConfig(max_new_tokens, temperature=0.0, seed=0)  # a seed: no reseeding of torch
-        samples = [
-            {"prompt": p, "output": answer(model, tokenizer, [{"role": "user", "content": p}], sampling)}
-            for p in probes
-        ]
-        return {"samples": samples}
-
-    return on_eval
-
-
 def dataset_info(data: TaskData, train: EncodedExamples, val: EncodedExamples, val_source: str) -> dict[str, Any]:
     return {
         "name": Path(data.source).name,
@@ -421,7 +406,9 @@ def finetune(
     batches = TaskBatches(
         prep.train, prep.val, train_cfg.batch_size, train_cfg.grad_accum, cfg.seed, prep.tokenizer.pad_id
     )
-    on_eval = make_probe_logger(prep.tokenizer, cfg.probes, cfg.probe_tokens) if cfg.probes else None
+    on_eval = None
+    if cfg.probes:  # greedy answers (the seed only keeps generation off torch's global RNG)
+        on_eval = sample_logger(prep.tokenizer, cfg.probes, SamplingConfig(cfg.probe_tokens, 0.0, seed=0), chat=True)
     metrics = metrics_path if metrics_path is not None else out_dir / METRICS_FILE
     result = train(model, prep.tokenizer, batches, train_cfg, out_dir, metrics, resume, info, adapter_state, on_eval)
     if cfg.merge and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
+from llm.chat import user_prompt
 from llm.model import KVCache, Transformer
 from llm.tokenizer import Tokenizer
 
@@ -129,3 +131,32 @@ def stream_text(
             emitted = text[: len(text) - hold]
     if len(text) > len(emitted):
         yield text[len(emitted) :]
+
+
+def sample_logger(
+    tokenizer: Tokenizer, prompts: list[str], sampling: SamplingConfig, chat: bool = False
+) -> Callable[[Transformer, int, dict[str, float]], dict[str, Any]]:
+    """on_eval for the trainer: each prompt's continuation, logged as "samples": [{"prompt", "output"}].
+
+    Plain prompts continue a document (after <eos>, as in pretraining, until the next <eos>); chat=True asks
+    each prompt as a user turn and logs the answer, ending at <|end|>. Set sampling.seed: every evaluation then
+    draws the same random numbers, so the samples change only as the model learns (and torch's global RNG,
+    which drives the training run's dropout, is left alone).
+    """
+    assert sampling.seed is not None, "samples along a run are comparable only with a fixed seed"
+
+    def on_eval(model: Transformer, step: int, metrics: dict[str, float]) -> dict[str, Any]:
+        was_training = model.training
+        model.eval()
+        samples = []
+        for prompt in prompts:
+            if chat:
+                ids, stop_ids = user_prompt(tokenizer, prompt), (tokenizer.special["<|end|>"],)
+            else:
+                ids, stop_ids = [tokenizer.eos_id] + tokenizer.encode(prompt), (tokenizer.eos_id,)
+            text = "".join(stream_text(model, tokenizer, ids, sampling, stop_ids))
+            samples.append({"prompt": prompt, "output": text.strip() if chat else text})
+        model.train(was_training)
+        return {"samples": samples}
+
+    return on_eval

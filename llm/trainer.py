@@ -183,15 +183,15 @@ def train(
     resume: bool = False,
     info: dict[str, Any] | None = None,
     adapter_state: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
-    on_eval: Callable[[Transformer, int], dict[str, Any]] | None = None,
+    on_eval: Callable[[Transformer, int, dict[str, float]], dict[str, Any]] | None = None,
     save_dtype: torch.dtype | None = None,
 ) -> TrainResult:
     """Train `model` (weights already loaded, including when resuming) and checkpoint into out_dir.
 
     out_dir/latest is the newest checkpoint (with trainer_state.pt), out_dir/best the one with the lowest
     validation loss when cfg.keep_best. adapter_state, when given, returns the adapter tensors and config to
-    store instead of the full weights (LoRA). on_eval(model, step) may return extra fields to log (e.g.
-    sample generations). All ranks must call this under torchrun.
+    store instead of the full weights (LoRA). on_eval(model, step, metrics) may return extra fields to log
+    with the evaluation's metrics (e.g. sample generations, bits per byte). All ranks must call this under torchrun.
     """
     out_dir = Path(out_dir)
     device = pick_device(cfg.device)
@@ -350,7 +350,7 @@ def train(
                 )
             if step % cfg.eval_interval == 0 or step == cfg.max_steps:
                 metrics = evaluate()
-                extra = on_eval(model, step) if (on_eval and ddp.main) else {}
+                extra = on_eval(model, step, metrics) if (on_eval and ddp.main) else {}
                 val = metrics.get("val_loss")
                 improved = val is not None and val < best_val
                 if improved:
