@@ -61,7 +61,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     import torch
 
     from llm.config import preset
-    from llm.pretrain import pretrain
+    from llm.pretrain import DEFAULT_SAMPLE_PROMPTS, pretrain
     from llm.run import RunDir
 
     model_cfg = preset(args.preset, **given(args, ModelConfig))
@@ -72,7 +72,15 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         train_cfg = config_from_args(TrainConfig, args)
     dtype = SAVE_DTYPES[args.save_dtype]
     pretrain(
-        args.data, args.out, model_cfg, train_cfg, args.resume, args.metrics, getattr(torch, dtype) if dtype else None
+        args.data,
+        args.out,
+        model_cfg,
+        train_cfg,
+        args.resume,
+        args.metrics,
+        getattr(torch, dtype) if dtype else None,
+        sample_prompts=args.sample_prompt or DEFAULT_SAMPLE_PROMPTS,
+        sample_tokens=args.sample_tokens,
     )
 
 
@@ -107,6 +115,27 @@ def cmd_eval(args: argparse.Namespace) -> None:
         text = text[: args.max_chars]
     score = score_text(model, tok, text)
     print(json.dumps(score.to_dict(), indent=2))
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from llm.device import pick_device
+    from llm.inspect import format_report, inspect_text
+
+    result = inspect_text(
+        args.model or [str(DEFAULT_BASE_MODEL)],
+        args.text,
+        args.prompt,
+        args.answer,
+        args.system,
+        pick_device(args.device),
+        position=args.position,
+        top_k=args.top_k,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        layer=args.layer,
+        head=args.head,
+    )
+    print(json.dumps(result, indent=1) if args.json else format_report(result))
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -240,6 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--save-dtype", choices=list(SAVE_DTYPES), default="fp32", help="dtype of saved weights")
     p.add_argument("--metrics", help="metrics JSONL file (default: the run folder's)")
+    p.add_argument(
+        "--sample-prompt",
+        action="append",
+        help='continued at every evaluation, logged as samples (repeatable; default "Once upon a time", "The")',
+    )
+    p.add_argument("--sample-tokens", type=int, default=48, help="tokens sampled per prompt; 0: no samples")
     add_config_flags(p.add_argument_group("model shape (default: the preset's)"), ModelConfig, ("vocab_size",), False)
     add_config_flags(p.add_argument_group("training"), TrainConfig)
     p.set_defaults(func=cmd_pretrain)
@@ -271,6 +306,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="CSV of every answer (a .json with totals and rows is written beside it)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_eval_task)
+
+    p = sub.add_parser("inspect", help="tokens, per-token surprise, next-token choices and attention of a text")
+    p.add_argument("--model", action="append", help="model or run folder; twice to compare (default: shipped)")
+    p.add_argument("--text", help="the text to inspect")
+    p.add_argument("--prompt", help="with --answer: a conversation, rendered with the chat template")
+    p.add_argument("--answer", help="the assistant's answer to --prompt (its tokens are the ones scored)")
+    p.add_argument("--system", help="an optional system message before --prompt")
+    p.add_argument("--position", type=int, help="show the next-token choices after this token (-1: the last)")
+    p.add_argument("--top-k", type=int, default=10, help="next-token choices shown")
+    p.add_argument("--temperature", type=float, default=1.0, help="for the sampled next-token probabilities")
+    p.add_argument("--top-p", type=float, default=1.0, help="for the sampled next-token probabilities")
+    p.add_argument("--layer", type=int, help="show this layer's attention (from 0)")
+    p.add_argument("--head", type=int, help="with --layer: one head (default: the mean over heads)")
+    p.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("generate", help="sample text from a model")
     p.add_argument("--model", default=str(DEFAULT_BASE_MODEL), help="model or run folder (default: shipped)")

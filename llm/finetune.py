@@ -23,13 +23,12 @@ import numpy as np
 import torch
 
 from llm import checkpoint, lora
-from llm.chat import user_messages
 from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig, ModelConfig, SamplingConfig, TrainConfig
 from llm.device import describe, measure_matmul_flops, peak_flops, pick_device
 from llm.errors import CheckpointError, ConfigError, TaskFileError
+from llm.generate import sample_logger
 from llm.model import Transformer
 from llm.run import BEST, RunDir
-from llm.task_eval import answer
 from llm.tasks import EncodedExamples, TaskData, encode_examples, read_task_file, split_examples, summary
 from llm.tokenizer import MODEL_FILE, Tokenizer
 from llm.trainer import TrainResult, train
@@ -278,17 +277,6 @@ def plan(prep: Prepared) -> dict[str, Any]:
     }
 
 
-def make_probe_logger(tokenizer: Tokenizer, probes: list[str], max_new_tokens: int):
-    """on_eval for the trainer: greedy answers to the probe prompts, logged as "samples"."""
-
-    def on_eval(model: Transformer, step: int) -> dict[str, Any]:
-        sampling = SamplingConfig(max_new_tokens, temperature=0.0, seed=0)  # a seed: no reseeding of torch
-        samples = [{"prompt": p, "output": answer(model, tokenizer, user_messages(p), sampling)} for p in probes]
-        return {"samples": samples}
-
-    return on_eval
-
-
 def dataset_info(prep: Prepared) -> dict[str, Any]:
     data, train, val = prep.data, prep.train, prep.val
     return {
@@ -381,7 +369,9 @@ def _train(
     batches = TaskBatches(
         prep.train, prep.val, train_cfg.batch_size, train_cfg.grad_accum, cfg.seed, tokenizer.pad_id, cfg.max_eval_rows
     )
-    on_eval = make_probe_logger(tokenizer, cfg.probes, cfg.probe_tokens) if cfg.probes else None
+    on_eval = None
+    if cfg.probes:  # greedy answers (the seed only keeps generation off torch's global RNG)
+        on_eval = sample_logger(tokenizer, cfg.probes, SamplingConfig(cfg.probe_tokens, 0.0, seed=0), chat=True)
     result = train(model, tokenizer, batches, train_cfg, out_dir, metrics_path, resume, info, adapter_state, on_eval)
     if cfg.merge and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes
         merge_best(out_dir)

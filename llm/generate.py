@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
 from llm.chat import prompt_ids as chat_prompt_ids
 from llm.chat import stop_ids as chat_stop_ids
+from llm.chat import user_messages
 from llm.config import SamplingConfig
 from llm.model import KVCache, Transformer
 from llm.tokenizer import Tokenizer
@@ -117,3 +119,32 @@ def stream_chat(
 ) -> Iterator[str]:
     """The model's next assistant turn in a conversation, streamed; it ends by the one chat stop rule."""
     yield from stream_text(model, tokenizer, chat_prompt_ids(tokenizer, messages), cfg, chat_stop_ids(tokenizer))
+
+
+def sample_logger(
+    tokenizer: Tokenizer, prompts: list[str], sampling: SamplingConfig, chat: bool = False
+) -> Callable[[Transformer, int, dict[str, float]], dict[str, Any]]:
+    """on_eval for the trainer: each prompt's continuation, logged as "samples": [{"prompt", "output"}].
+
+    Plain prompts continue a document (after <eos>, as in pretraining, until the next <eos>); chat=True asks
+    each prompt as a user turn and logs the answer, ending by the one chat stop rule. Set sampling.seed: every evaluation then
+    draws the same random numbers, so the samples change only as the model learns (and torch's global RNG,
+    which drives the training run's dropout, is left alone).
+    """
+    assert sampling.seed is not None, "samples along a run are comparable only with a fixed seed"
+
+    def on_eval(model: Transformer, step: int, metrics: dict[str, float]) -> dict[str, Any]:
+        was_training = model.training
+        model.eval()
+        samples = []
+        for prompt in prompts:
+            if chat:
+                text = "".join(stream_chat(model, tokenizer, user_messages(prompt), sampling))
+            else:
+                ids = [tokenizer.eos_id] + tokenizer.encode(prompt)
+                text = "".join(stream_text(model, tokenizer, ids, sampling, (tokenizer.eos_id,)))
+            samples.append({"prompt": prompt, "output": text.strip() if chat else text})
+        model.train(was_training)
+        return {"samples": samples}
+
+    return on_eval

@@ -61,6 +61,23 @@ class KVCache:
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
 
+def attention_with_weights(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention written out, for inspection: the fused kernel computes the same output without ever
+    holding the weights. q (B, H, T, D) at positions past..past+T-1; k, v (B, Hkv, past+T, D), where Hkv
+    divides H (key/value heads shared by groups of query heads). Returns (output (B, H, T, D), weights
+    (B, H, T, past+T)); no dropout, so it is for evaluation only."""
+    T, S = q.size(2), k.size(2)
+    if k.size(1) != q.size(1):
+        k = k.repeat_interleave(q.size(1) // k.size(1), dim=1)
+        v = v.repeat_interleave(q.size(1) // v.size(1), dim=1)
+    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.size(-1))  # (B, H, T, S)
+    allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(diagonal=past)  # query i sees keys <= past+i
+    weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    return (weights @ v.float()).type_as(q), weights
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -70,6 +87,8 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
+        self.keep_weights = False  # set by llm.inspect: compute the attention weights explicitly and keep them
+        self.weights: torch.Tensor | None = None  # (B, H, T, past+T) of the last forward, when keep_weights
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
@@ -83,7 +102,9 @@ class Attention(nn.Module):
             past = cache.length
             k, v = cache.store(layer, k, v)  # (B, H, past+T, D)
         dropout = self.dropout if self.training else 0.0
-        if past == 0:
+        if self.keep_weights:
+            y, self.weights = attention_with_weights(q, k, v, past)
+        elif past == 0:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
             # Query i (absolute position past+i) may see keys 0..past+i.

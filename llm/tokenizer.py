@@ -61,6 +61,10 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.sp.decode([int(i) for i in ids])
 
+    def id_to_piece(self, i: int) -> str:
+        """The vocabulary entry of an id, as SentencePiece spells it ("▁the", "<0xE4>", "<|user|>")."""
+        return self.sp.id_to_piece(int(i))
+
 
 def _training_sentences(files: list[Path], max_chars: int) -> Iterator[str]:
     """Non-empty lines of the inputs, at most max_chars in total (enough to learn merges)."""

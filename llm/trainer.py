@@ -253,7 +253,7 @@ class Trainer:
         resume: bool,
         info: dict[str, Any] | None,
         adapter_state: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None,
-        on_eval: Callable[[Transformer, int], dict[str, Any]] | None,
+        on_eval: Callable[[Transformer, int, dict[str, float]], dict[str, Any]] | None,
         save_dtype: torch.dtype | None,
         loss_fn: LossFn,
     ):
@@ -388,7 +388,7 @@ class Trainer:
         """Evaluate, keep the best checkpoint, log; True when early stopping says the run should end."""
         s, cfg = self.state, self.cfg
         metrics = evaluate(self.model, self.batches, cfg.eval_batches, self.ddp, self.autocast, self.loss_fn)
-        extra = self.on_eval(self.model, s.step) if (self.on_eval and self.ddp.main) else {}
+        extra = self.on_eval(self.model, s.step, metrics) if (self.on_eval and self.ddp.main) else {}
         val = metrics.get("val_loss")
         improved = val is not None and val < s.best_val
         if improved:
@@ -485,14 +485,15 @@ def train(
     resume: bool = False,
     info: dict[str, Any] | None = None,
     adapter_state: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
-    on_eval: Callable[[Transformer, int], dict[str, Any]] | None = None,
+    on_eval: Callable[[Transformer, int, dict[str, float]], dict[str, Any]] | None = None,
     save_dtype: torch.dtype | None = None,
     loss_fn: LossFn = lm_loss,
 ) -> TrainResult:
     """Train `model` (weights already loaded, including when resuming) and checkpoint into the run folder
     out_dir (latest/, and best/ when cfg.keep_best); metrics go to metrics_path, by default the run's
     metrics file. adapter_state, when given, returns the adapter tensors and config to store instead of the
-    full weights (LoRA). on_eval(model, step) may return extra fields to log (e.g. sample generations).
+    full weights (LoRA). on_eval(model, step, metrics) may return extra fields to log with the evaluation's
+    metrics (e.g. sample generations, bits per byte).
     loss_fn(model, x, y) is the objective, trained and evaluated (default: next-token cross-entropy; the
     batch source decides what x and y hold). All ranks must call this under torchrun."""
     run = RunDir(out_dir)
