@@ -25,6 +25,22 @@ class InputError(ValueError):
     """Bad input text; the message names the file and, where it can, the line or byte offset."""
 
 
+def wide_encoding(head: bytes) -> str | None:
+    """'UTF-16' or 'UTF-32' when the first bytes of a file show that encoding (a byte-order mark, or the NUL
+    bytes that every ASCII character carries in it), else None. Such files are not UTF-8: name the fix."""
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "UTF-32"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "UTF-16"
+    sample = head[:4096]
+    # ASCII text in UTF-16 is every other byte NUL; real UTF-8 text has none (a binary file has them anywhere).
+    if len(sample) >= 4 and sample.count(0) >= len(sample) // 3:
+        even, odd = sample[0::2].count(0), sample[1::2].count(0)
+        if min(even, odd) <= max(even, odd) // 10:
+            return "UTF-16"
+    return None
+
+
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Files, folders (searched recursively for text files) and glob patterns -> a sorted file list."""
     files: list[Path] = []
@@ -80,6 +96,8 @@ def iter_lines(path: Path, whole: bool = False) -> Iterator[tuple[int, str]]:
         with _open_binary(path) as f:
             while True:
                 raw = f.readline(MAX_LINE)
+                if offset == 0 and (wide := wide_encoding(raw)):
+                    raise InputError(f"{path}: the file is saved as {wide}: save it as UTF-8")
                 try:
                     text = decoder.decode(raw, final=not raw)  # final: a character cut off at the end is an error
                 except UnicodeDecodeError as e:
@@ -109,6 +127,8 @@ def iter_lines(path: Path, whole: bool = False) -> Iterator[tuple[int, str]]:
                 line_no, pending = line_no + 1, ""
     except (OSError, EOFError, lzma.LZMAError) as e:
         raise InputError(f"{path}: cannot read ({e})") from None
+    except MemoryError:
+        raise InputError(f"{path}, line {line_no}: a line too long to hold in memory") from None
 
 
 def iter_documents(files: list[Path], text_field: str = "text") -> Iterator[str]:
@@ -133,6 +153,8 @@ def iter_file_documents(path: Path, text_field: str = "text") -> Iterator[tuple[
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise InputError(f"{path}, line {line_no}: malformed JSON ({e.msg})") from None
+            except (RecursionError, MemoryError):
+                raise InputError(f"{path}, line {line_no}: JSON nested too deeply or too large to read") from None
             value = record.get(text_field) if isinstance(record, dict) else None
             if not isinstance(value, str):
                 raise InputError(f"{path}, line {line_no}: no string field {text_field!r} in this record")
