@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,36 @@ def _from_dict(cls, data: dict[str, Any], source: str):
         if not isinstance(value, allowed) or (isinstance(value, bool) and kind is not bool):
             what = "a number" if kind in (int, float) else f"of type {kind.__name__}"
             raise ConfigError(f"{source}: {name} must be {what}, got {value!r}")
-    return cls(**data)
+    try:
+        return cls(**data)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+MAX_SIZE = 2**31 - 1  # any size field above this is a mistake (and would overflow tensor sizes)
+
+
+def _check_model_fields(cfg: ModelConfig) -> None:
+    """Every ModelConfig field's type and range, so a wrong config.json is refused before a model is built."""
+    sizes = {name: 1 for name in ("vocab_size", "context_length", "n_layer", "n_head", "d_model")}
+    for name, low in {**sizes, "mlp_hidden": 0}.items():  # mlp_hidden 0: the default width
+        value = getattr(cfg, name)
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise ConfigError(f"model config: {name} must be a whole number, got {value!r}")
+        if not low <= value <= MAX_SIZE:
+            raise ConfigError(f"model config: {name} must be in [{low}, {MAX_SIZE}], got {value}")
+    if not isinstance(cfg.tie_embeddings, bool):
+        raise ConfigError(f"model config: tie_embeddings must be true or false, got {cfg.tie_embeddings!r}")
+    ranges = {"rope_theta": (0.0, math.inf), "norm_eps": (0.0, 1.0), "dropout": (0.0, 1.0)}
+    for name, (low, high) in ranges.items():
+        value = getattr(cfg, name)
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise ConfigError(f"model config: {name} must be a number, got {value!r}")
+        # dropout may be 0; the others must be above 0. NaN fails every comparison, so it lands here too.
+        above_low = value >= low if name == "dropout" else value > low
+        if not (above_low and value < high and math.isfinite(value)):
+            bracket = "[" if name == "dropout" else "("
+            raise ConfigError(f"model config: {name} must be in {bracket}{low:g}, {high:g}), got {value}")
 
 
 @dataclass
@@ -50,15 +81,11 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "context_length", "n_layer", "n_head", "d_model"):
-            if int(getattr(self, name)) <= 0:
-                raise ConfigError(f"model config: {name} must be positive, got {getattr(self, name)}")
+        _check_model_fields(self)
         if self.d_model % self.n_head:
             raise ConfigError(f"model config: d_model={self.d_model} must be divisible by n_head={self.n_head}")
         if (self.d_model // self.n_head) % 2:
             raise ConfigError("model config: the head size d_model/n_head must be even for rotary embeddings")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model config: dropout must be in [0, 1), got {self.dropout}")
         if self.mlp_hidden == 0:
             self.mlp_hidden = 64 * ((8 * self.d_model // 3 + 63) // 64)
 
@@ -79,9 +106,11 @@ class ModelConfig:
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
         try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as e:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid JSON (nested too deeply)") from None
         return cls.from_dict(data, str(path))
 
 

@@ -9,6 +9,7 @@ import torch
 from llm import checkpoint
 from llm.config import ConfigError, ModelConfig, TrainConfig
 from llm.corpus import TokenData, WindowBatches
+from llm.device import check_model_fits, pick_device
 from llm.model import Transformer
 from llm.tokenizer import Tokenizer
 from llm.trainer import METRICS_FILE, TrainResult, train
@@ -41,6 +42,8 @@ def pretrain(
         raise ConfigError(f"{out_dir} already holds a run: pass --resume to continue it, or choose another --out")
     if model_cfg.vocab_size != data.meta["vocab_size"]:
         model_cfg = ModelConfig(**{**model_cfg.to_dict(), "vocab_size": data.meta["vocab_size"]})
+    # Weights, gradients and AdamW's two moments must fit before anything is allocated.
+    check_model_fits(model_cfg, pick_device(train_cfg.device), copies=4, what="pretraining")
     torch.manual_seed(train_cfg.seed)
     model = Transformer(model_cfg)
     if resume:
