@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llm.config import ModelConfig
+from llm.device import check_model_fits
 from llm.errors import CheckpointError, ConfigError
 from llm.model import Transformer
 from llm.run import CONFIG, INFO, STATE, RunDir, is_checkpoint
@@ -31,6 +33,17 @@ from llm.tokenizer import MODEL_FILE, Tokenizer
 
 WEIGHTS = "model.safetensors"
 ADAPTER, ADAPTER_CONFIG = "adapter.safetensors", "adapter.json"
+TEMPORARY = re.compile(r"\..+\.tmp-(\d+)")  # write_dir's working name for <name>: .<name>.tmp-<pid>
+# What the trainer reads back from trainer_state.pt (llm/trainer.py), and the types it expects.
+TRAINER_STATE_KEYS = {
+    "step": int,
+    "train_config": dict,
+    "optimizer": dict,
+    "elapsed": (int, float),
+    "best_val": (int, float),
+    "patience_used": int,
+    "rng": (list, tuple),
+}
 
 
 def resolve(path: str | Path) -> Path:
@@ -52,10 +65,44 @@ def weights_to_save(model: Transformer, dtype: torch.dtype | None = None) -> dic
     return {k: (v.to(dtype) if dtype and v.is_floating_point() else v).contiguous().cpu() for k, v in state.items()}
 
 
+def _writer_alive(pid: int) -> bool:
+    """Whether process pid may still be writing a temporary directory: it exists and, where /proc tells, it is
+    a Python process (a pid reused by another program after a kill does not keep a stale directory alive)."""
+    if pid == os.getpid():
+        return True
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if Path("/proc/self/cmdline").exists():
+        try:
+            return b"python" in cmdline.read_bytes().lower()
+        except OSError:  # no such process (or it ended while we looked)
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+def remove_stale_temporaries(parent: str | Path) -> list[Path]:
+    """Delete the .<name>.tmp-<pid> directories in parent that write_dir left when its process was killed
+    (the process is gone); return them. Saving calls this, and so does resuming (load_trainer_state)."""
+    parent = Path(parent)
+    stale = []
+    for path in parent.glob(".*.tmp-*") if parent.is_dir() else []:
+        match = TEMPORARY.fullmatch(path.name)
+        if match and path.is_dir() and not _writer_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            stale.append(path)
+    return stale
+
+
 def write_dir(target: str | Path, files: dict[str, Any]) -> Path:
     """Write {name: bytes | str | tensor dict | callable(path)} into target atomically."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(target.parent)
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -127,9 +174,19 @@ def load_weights(model: Transformer, path: Path) -> None:
     model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
 
 
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # malformed JSON, not UTF-8, nested too deeply
+        raise CheckpointError(f"{path}: not a readable JSON file ({type(e).__name__})") from None
+
+
 def read_info(directory: Path) -> dict[str, Any]:
     path = directory / INFO
-    return json.loads(path.read_text()) if path.is_file() else {}
+    info = _read_json(path) if path.is_file() else {}
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(info).__name__}")
+    return info
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, Tokenizer, dict]:
@@ -140,6 +197,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
             raise CheckpointError(f"{directory}: the model directory is missing {name}")
     try:
         cfg = ModelConfig.load(directory / CONFIG)
+        # Built on the CPU from the weights file read beside it (2 copies), then moved to the device.
+        check_model_fits(cfg, torch.device("cpu"), copies=2, what=f"{directory}: the model")
+        if torch.device(device).type != "cpu":
+            check_model_fits(cfg, torch.device(device), what=f"{directory}: the model")
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
     tokenizer = Tokenizer.load(directory / MODEL_FILE)
@@ -165,7 +226,9 @@ def load_with_adapter(directory: Path) -> Transformer:
     """A LoRA checkpoint as its base model with the adapter applied, unmerged (so it can keep training)."""
     from llm import lora
 
-    adapter_cfg = json.loads((directory / ADAPTER_CONFIG).read_text())
+    adapter_cfg = _read_json(directory / ADAPTER_CONFIG)
+    if not (isinstance(adapter_cfg, dict) and isinstance(adapter_cfg.get("base"), str)):
+        raise CheckpointError(f"{directory / ADAPTER_CONFIG}: not an adapter config (no base model named)")
     base = Path(adapter_cfg["base"])
     if not base.is_absolute():
         base = (directory / base).resolve()
@@ -176,7 +239,34 @@ def load_with_adapter(directory: Path) -> Transformer:
 
 
 def load_trainer_state(directory: Path) -> dict[str, Any]:
+    """The trainer state saved beside a checkpoint, for resuming. The file is loaded with torch's safe loader
+    (tensors and plain data only: a file that asks to run code is refused) and checked for what the trainer
+    reads back. Resuming starts here, so the run folder's stale temporary directories are cleaned first."""
     path = directory / STATE
+    remove_stale_temporaries(directory.parent)
     if not path.is_file():
         raise CheckpointError(f"{directory}: no {STATE} to resume from")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    refused = f"{path}: not a trainer state this project wrote, so the run cannot be resumed from it"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # damaged, truncated, or holding objects the safe loader refuses
+        # torch's message ends with advice to load the file unsafely: give only what it refused, if anything.
+        refusal = re.search(r"GLOBAL ([\w.]+)", str(e))
+        why = (
+            f"it refers to code, {refusal.group(1)}, which is never loaded"
+            if refusal
+            else f"damaged or truncated: {type(e).__name__}"
+        )
+        raise CheckpointError(f"{refused} ({why})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{refused} (it holds {type(state).__name__}, not a dictionary)")
+    missing = [key for key in TRAINER_STATE_KEYS if key not in state]
+    wrong = [key for key, kind in TRAINER_STATE_KEYS.items() if key in state and not isinstance(state[key], kind)]
+    if missing or wrong:
+        problems = ([f"missing {', '.join(missing)}"] if missing else []) + (
+            [f"wrong type: {', '.join(wrong)}"] if wrong else []
+        )
+        raise CheckpointError(f"{refused} ({'; '.join(problems)})")
+    if not state["rng"] or not all(isinstance(r, torch.Tensor) and r.dtype == torch.uint8 for r in state["rng"]):
+        raise CheckpointError(f"{refused} (rng is not a list of random generator states)")
+    return state

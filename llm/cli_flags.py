@@ -52,7 +52,7 @@ def given(args: argparse.Namespace, cls) -> dict[str, Any]:
 
 def config_from_args(cls, args: argparse.Namespace, base: dict[str, Any] | None = None, **overrides: Any):
     """cls from base (e.g. a config file's fields), then the flags given, then overrides."""
-    return cls.from_dict({**(base or {}), **given(args, cls), **overrides}, "command line")
+    return cls.from_dict({**(base or {}), **given(args, cls), **overrides})
 
 
 def flag_for(field: str) -> str:

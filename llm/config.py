@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
@@ -64,26 +66,62 @@ def _describe(hint: Any) -> str:
     return "a number" if hint in (int, float) else f"of type {getattr(hint, '__name__', str(hint))}"
 
 
-def from_dict(cls, data: dict[str, Any], source: str):
-    """An instance of the dataclass cls from a JSON object, every field's type checked first."""
+def from_dict(cls, data: dict[str, Any], source: str | None = None):
+    """An instance of the dataclass cls from a JSON object, every field's type checked first. With a source
+    (a file), every error message starts with it; without, a range error keeps its field for a front end."""
+    where = source or cls.__name__
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a JSON object of {cls.__name__} fields, got {type(data).__name__}")
+        raise ConfigError(f"{where}: expected a JSON object of {cls.__name__} fields, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - fields)
     if unknown:
-        raise ConfigError(f"{source}: unknown {cls.__name__} field(s): {', '.join(unknown)}")
+        raise ConfigError(f"{where}: unknown {cls.__name__} field(s): {', '.join(unknown)}")
     for name, value in data.items():
         if not _type_ok(value, hints[name]):
-            raise ConfigError(f"{source}: {name} must be {_describe(hints[name])}, got {value!r}")
-    return cls(**data)
+            raise ConfigError(f"{where}: {name} must be {_describe(hints[name])}, got {value!r}")
+    if source is None:
+        return cls(**data)
+    try:
+        return cls(**data)
+    except ConfigError as e:  # a file's value: say which file
+        raise ConfigError(f"{source}: {e}") from None
+
+
+MAX_SIZE = 2**31 - 1  # any size field above this is a mistake (and would overflow tensor sizes)
+
+
+def _check_model_fields(cfg: ModelConfig) -> None:
+    """Every ModelConfig field's type and range, so a wrong config.json is refused before a model is built."""
+    sizes = {name: 1 for name in ("vocab_size", "context_length", "n_layer", "n_head", "d_model")}
+    for name, low in {**sizes, "mlp_hidden": 0}.items():  # mlp_hidden 0: the default width
+        value = getattr(cfg, name)
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise ConfigError(f"must be a whole number, got {value!r}", field=name)
+        if not low <= value <= MAX_SIZE:
+            raise ConfigError(f"must be in [{low}, {MAX_SIZE}], got {value}", field=name)
+    if not isinstance(cfg.tie_embeddings, bool):
+        raise ConfigError(f"must be true or false, got {cfg.tie_embeddings!r}", field="tie_embeddings")
+    ranges = {"rope_theta": (0.0, math.inf), "norm_eps": (0.0, 1.0), "dropout": (0.0, 1.0)}
+    for name, (low, high) in ranges.items():
+        value = getattr(cfg, name)
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+            raise ConfigError(f"must be a number, got {value!r}", field=name)
+        # dropout may be 0; the others must be above 0. NaN fails every comparison, so it lands here too.
+        above_low = value >= low if name == "dropout" else value > low
+        if not (above_low and value < high and math.isfinite(value)):
+            bracket = "[" if name == "dropout" else "("
+            raise ConfigError(f"must be in {bracket}{low:g}, {high:g}), got {value}", field=name)
 
 
 def load_json(cls, path: str | Path):
+    """cls from a JSON file; any way the file can be wrong is a ConfigError naming it."""
     try:
-        data = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as e:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid JSON (nested too deeply)") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read it ({e.strerror})") from None
     return from_dict(cls, data, str(path))
@@ -97,7 +135,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str | None = None):
-        return from_dict(cls, data, source or cls.__name__)
+        return from_dict(cls, data, source)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
@@ -140,13 +178,11 @@ class ModelConfig(Config):
     dropout: float = setting(0.0, "dropout rate while training")
 
     def __post_init__(self) -> None:
-        check_positive(self, "vocab_size", "context_length", "n_layer", "n_head", "d_model")
+        _check_model_fields(self)
         if self.d_model % self.n_head:
             raise ConfigError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}", field="d_model")
         if (self.d_model // self.n_head) % 2:
             raise ConfigError("the head size d_model/n_head must be even for rotary embeddings", field="n_head")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"must be in [0, 1), got {self.dropout}", field="dropout")
         if self.mlp_hidden == 0:
             self.mlp_hidden = 64 * ((8 * self.d_model // 3 + 63) // 64)
 

@@ -1,11 +1,14 @@
-"""Choosing the device and knowing how fast it can go."""
+"""Choosing the device, knowing how fast it can go, and whether a model fits in its memory."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import time
 
 import torch
 
+from llm.config import ModelConfig
 from llm.errors import ConfigError
 
 # Dense bf16 tensor-core peaks (FLOP/s) of common GPUs, from the vendors' data sheets.
@@ -65,3 +68,83 @@ def peak_flops(device: torch.device) -> float:
             if key in name:
                 return flops
     return measure_matmul_flops(device)
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on the device, or None where that cannot be known."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    if device.type == "mps":
+        return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+    if device.type != "cpu":
+        return None
+    try:  # Linux: what the kernel can hand out without swapping (free memory plus reclaimable caches)
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+@dataclasses.dataclass
+class ModelMemory:
+    """A Transformer's fp32 parameters (count, and bytes by part) and buffers (bytes)."""
+
+    n_parameters: int
+    embedding_bytes: int  # the token embedding, and the output projection when it is not tied
+    layer_bytes: int  # all transformer blocks and the final norm
+    buffer_bytes: int  # the rotary cos and sin tables, (context_length, head_dim/2) each
+
+    @property
+    def parameter_bytes(self) -> int:
+        return self.embedding_bytes + self.layer_bytes
+
+
+def model_memory(cfg: ModelConfig) -> ModelMemory:
+    """The memory llm.model.Transformer(cfg) takes, by arithmetic on the config: nothing is allocated, and it
+    takes microseconds for any shape (building on the meta device costs seconds of torch imports on first
+    use). tests/test_hostile_inputs.py checks it against real models: change both together."""
+    C, D, H = cfg.d_model, cfg.head_dim, cfg.mlp_hidden
+    kv_width = (getattr(cfg, "n_kv_head", None) or cfg.n_head) * D  # keys and values: fewer heads when grouped
+    attention = 2 * C * C + 2 * C * kv_width  # wq, wo (C x C); wk, wv (C x kv_width)
+    block = attention + 3 * C * H + 2 * C  # + SwiGLU's gate, up and down projections + two RMSNorm weights
+    embedding = cfg.vocab_size * C * (1 if cfg.tie_embeddings else 2)
+    layers = cfg.n_layer * block + C  # + the final norm
+    fp32 = 4
+    return ModelMemory(
+        n_parameters=embedding + layers,
+        embedding_bytes=fp32 * embedding,
+        layer_bytes=fp32 * layers,
+        buffer_bytes=fp32 * 2 * cfg.context_length * (D // 2),
+    )
+
+
+def size_text(n: float) -> str:
+    """Bytes for people: '512 MB', '17.2 GB'."""
+    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB"
+
+
+def check_model_fits(cfg: ModelConfig, device: torch.device, copies: int = 1, what: str = "the model") -> int:
+    """Refuse (ConfigError, with the numbers) a model whose parameters and buffers exceed the memory available
+    on the device, before anything is allocated; return the bytes needed. copies: how many parameter-sized
+    tensors the work holds (loading reads the weights file beside the model: 2; training keeps weights,
+    gradients and AdamW's two moments: 4). Activations come on top: passing is necessary, not sufficient."""
+    memory = model_memory(cfg)
+    needed = copies * memory.parameter_bytes + memory.buffer_bytes
+    available = available_memory(device)
+    if available is not None and needed > available:
+        raise ConfigError(
+            f"{what} needs {size_text(needed)} of memory but {device.type} has {size_text(available)} available: "
+            f"{memory.n_parameters:,} parameters ({copies} x {size_text(memory.parameter_bytes)}; embeddings "
+            f"{size_text(memory.embedding_bytes)} at vocab_size {cfg.vocab_size:,} x d_model {cfg.d_model:,}, "
+            f"{cfg.n_layer:,} layers {size_text(memory.layer_bytes)}) and rotary tables of "
+            f"{size_text(memory.buffer_bytes)} (context_length {cfg.context_length:,} x head size {cfg.head_dim:,}); "
+            "choose a smaller model"
+        )
+    return needed

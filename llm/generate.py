@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -92,14 +93,21 @@ def stream_text(
     stop_ids: tuple[int, ...] = (),
     use_cache: bool = True,
 ) -> Iterator[str]:
-    """Yield pieces of generated text as they become whole characters, ending at a stop string or id."""
-    new: list[int] = []
+    """Yield pieces of generated text as they become whole characters, ending at a stop string or id.
+
+    Only valid characters are ever shown. Tokens are joined as bytes (byte-fallback tokens carry one byte of
+    a character each) and decoded as UTF-8 incrementally: the bytes of a character still incomplete wait for
+    the rest, and bytes that cannot be part of any character (a continuation byte with no lead byte, a lead
+    byte followed by something else, a character cut off when generation ends) are dropped, never shown
+    as U+FFFD.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
     text = emitted = ""
     for token in generate_ids(model, prompt_ids, cfg, stop_ids, use_cache):
-        new.append(token)
-        text = tokenizer.decode(new)
-        if text.endswith("\ufffd"):
-            continue  # a multi-byte character is still incomplete
+        piece = decoder.decode(tokenizer.token_bytes(token))
+        if not piece:
+            continue  # a multi-byte character is still incomplete (or the bytes were dropped)
+        text += piece
         hits = [h for s in cfg.stop if s and (h := text.find(s, max(0, len(emitted) - len(s)))) >= 0]
         if hits:
             if min(hits) > len(emitted):
@@ -110,6 +118,7 @@ def stream_text(
         if len(text) - hold > len(emitted):
             yield text[len(emitted) : len(text) - hold]
             emitted = text[: len(text) - hold]
+    text += decoder.decode(b"", final=True)  # drops a character left incomplete
     if len(text) > len(emitted):
         yield text[len(emitted) :]
 

@@ -16,6 +16,7 @@ import torch
 from llm import checkpoint
 from llm.config import ModelConfig, SamplingConfig, TrainConfig
 from llm.corpus import TokenData, WindowBatches
+from llm.device import check_model_fits, pick_device
 from llm.errors import ConfigError
 from llm.generate import sample_logger
 from llm.model import Transformer
@@ -92,6 +93,8 @@ def pretrain(
         run.check_new()
     if model_cfg.vocab_size != data.meta["vocab_size"]:
         model_cfg = ModelConfig(**{**model_cfg.to_dict(), "vocab_size": data.meta["vocab_size"]})
+    # Weights, gradients and AdamW's two moments must fit before anything is allocated.
+    check_model_fits(model_cfg, pick_device(train_cfg.device), copies=4, what="pretraining")
     torch.manual_seed(train_cfg.seed)
     model = Transformer(model_cfg)
     if resume:

@@ -17,10 +17,12 @@ field, unknown role, ...) is dropped and reported as a Problem with its row and 
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,9 +34,11 @@ import pandas as pd
 from llm.chat import render
 from llm.config import OVERFLOW, TASK_FORMATS, FinetuneConfig
 from llm.errors import ConfigError, TaskFileError
+from llm.textio import wide_encoding
 from llm.tokenizer import Tokenizer
 
 READERS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+BYTE_FALLBACK_WARNING = 0.5  # warn when more than this share of a dataset's tokens are byte-fallback pieces
 
 # Column names recognised without a mapping, in order of preference (compared case-insensitively).
 PROMPT_NAMES = ("prompt", "question", "input", "instruction", "query", "user")
@@ -85,6 +89,7 @@ class EncodedExamples:
     lengths: list[int]  # each item's full token length, before truncation
     truncated: list[int]  # rows cut to the context length
     dropped: list[Problem]  # rows left out here (too long, or nothing left to train on after truncation)
+    byte_tokens: int = 0  # byte-fallback tokens among the kept items' tokens before truncation (see lengths)
 
     def combined(self, other: EncodedExamples) -> EncodedExamples:
         """Both sets as one (e.g. a run's train and validation rows, for one data summary)."""
@@ -108,6 +113,9 @@ class _RowProblem(Exception):
 
 
 def _decode_utf8(path: Path, raw: bytes) -> str:
+    wide = wide_encoding(raw)
+    if wide:
+        raise TaskFileError(f"{path}: the file is saved as {wide}: save it as UTF-8")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -119,29 +127,152 @@ def _decode_utf8(path: Path, raw: bytes) -> str:
     return text.removeprefix("\ufeff")
 
 
-def _json_error(path: Path, text: str, lines: bool) -> str | None:
-    """Where a JSON / JSONL text goes wrong (line and column), or None if the json module accepts it."""
-    if lines:
-        for line_no, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                return f"{path}, line {line_no}, column {e.colno}: malformed JSON ({e.msg})"
-            if not isinstance(record, dict):
-                return f"{path}, line {line_no}: expected a JSON object, got {_type_name(record)}"
-        return None
-    try:
-        records = json.loads(text)
-    except json.JSONDecodeError as e:
-        return f"{path}, line {e.lineno}, column {e.colno}: malformed JSON ({e.msg})"
-    if not isinstance(records, list):
-        return f"{path}: expected a JSON array of objects, got {_type_name(records)} (for one object a line use .jsonl)"
-    for i, record in enumerate(records, 1):
-        if not isinstance(record, dict):
-            return f"{path}, row {i}: expected a JSON object, got {_type_name(record)}"
+class _Object(dict):
+    """A parsed JSON object that remembers the first key it held twice (json keeps the last value silently)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]):
+        super().__init__(pairs)
+        self.repeated = None
+        if len(self) < len(pairs):  # the dict kept one value of a repeated key
+            self.repeated = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+
+
+def _repeated_key(value: Any) -> str | None:
+    """The first key held twice by any object inside a parsed JSON value (walked without recursion)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _Object) and item.repeated is not None:
+            return item.repeated
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return None
+
+
+def _too_deep(text: str, limit: int = 500) -> tuple[int, int]:
+    """(line, column) where brackets outside strings first nest deeper than limit (1-based)."""
+    depth = 0
+    for match in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]', text):
+        token = match.group()
+        depth += 1 if token in "[{" else -1 if token in "]}" else 0
+        if depth > limit:
+            start = match.start()
+            line_start = text.rfind("\n", 0, start) + 1
+            return text.count("\n", 0, start) + 1, start - line_start + 1
+    return 1, 1
+
+
+def _load_json(path: Path, text: str, line_no: int | None = None) -> Any:
+    """json.loads with every failure as a TaskFileError naming the line and column (line_no: a JSONL line)."""
+    try:
+        return json.loads(text, object_pairs_hook=_Object)
+    except json.JSONDecodeError as e:
+        line, column, message = line_no or e.lineno, e.colno, f"malformed JSON ({e.msg})"
+    except RecursionError:
+        (line, column), message = _too_deep(text), "JSON nested too deeply to read"
+        line = line_no or line
+    raise TaskFileError(f"{path}, line {line}, column {column}: {message}")
+
+
+def _looks_like_jsonl(text: str) -> bool:
+    """Whether text holds one JSON object a line (two or more of them)."""
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    try:
+        return len(lines) > 1 and all(isinstance(json.loads(ln), dict) for ln in lines)
+    except (ValueError, RecursionError):
+        return False
+
+
+def _check_records(path: Path, records: list[Any], rows: list[int], row_word: str) -> None:
+    """Each record must be an object that holds no key twice."""
+    for row, record in zip(rows, records, strict=True):
+        if not isinstance(record, dict):
+            array = row_word == "line" and isinstance(record, list) and row == rows[0]
+            hint = " (a JSON array of objects belongs in a .json file)" if array else ""
+            raise TaskFileError(f"{path}, {row_word} {row}: expected a JSON object, got {_type_name(record)}{hint}")
+        repeated = _repeated_key(record)
+        if repeated is not None:
+            raise TaskFileError(
+                f"{path}, {row_word} {row}, column {repeated!r}: the key appears twice in one record; keep one"
+            )
+
+
+def _check_json(path: Path, text: str, lines: bool) -> None:
+    """Refuse a JSON / JSONL text that is not an array / lines of objects, naming the line and column (the json
+    module's own reading: pandas accepts some shapes silently, such as a line holding an array or a key twice)."""
+    if lines:
+        numbered = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+        if len(numbered) > 1 and numbered[0][1].lstrip().startswith("["):
+            try:
+                json.loads(text)
+            except (ValueError, RecursionError):
+                pass  # not one JSON array either: report the first bad line below
+            else:
+                raise TaskFileError(
+                    f"{path}: this is a JSON array, not JSON Lines (one object a line): rename it to .json"
+                )
+        records = [_load_json(path, ln, i) for i, ln in numbered]
+        _check_records(path, records, [i for i, _ in numbered], "line")
+        return
+    try:
+        records = _load_json(path, text)
+    except TaskFileError:
+        if _looks_like_jsonl(text):
+            raise TaskFileError(
+                f"{path}: this is JSON Lines (one object a line), not a JSON array: rename it to .jsonl"
+            ) from None
+        raise
+    if not isinstance(records, list):
+        raise TaskFileError(
+            f"{path}: expected a JSON array of objects, got {_type_name(records)} (for one object a line use .jsonl)"
+        )
+    _check_records(path, records, list(range(1, len(records) + 1)), "row")
+
+
+def _csv_header_error(path: Path, text: str, sep: str) -> str | None:
+    """A column name used twice in the header (pandas would rename the second one silently)."""
+    header = next(csv.reader(io.StringIO(text), delimiter=sep), [])
+    positions: dict[str, list[int]] = {}
+    for i, name in enumerate(header, 1):
+        if name.strip():
+            positions.setdefault(name.strip(), []).append(i)
+    for name, where in positions.items():
+        if len(where) > 1:
+            return (
+                f"{path}, header, column {name!r}: the name is used {len(where)} times (columns "
+                f"{', '.join(map(str, where))}); give each column its own name"
+            )
+    return None
+
+
+def read_frame(path: Path) -> tuple[pd.DataFrame, list[int], bytes]:
+    """The file as a DataFrame, the row number of each of its rows, and the file's bytes. Any failure to
+    read it (a parser's own, deep nesting, memory) is a TaskFileError about the file, never a traceback."""
+    if path.is_dir():
+        raise TaskFileError(f"{path}: is a folder, not a file; give the task file itself")
+    suffix = path.suffix.lower()
+    if suffix not in READERS:
+        raise TaskFileError(f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(READERS)}")
+    if not path.is_file():
+        raise TaskFileError(f"{path}: no such file")
+    try:
+        raw = path.read_bytes()
+        if suffix == ".parquet":
+            return *_read_parquet(path, raw), raw
+        text = _decode_utf8(path, raw)
+        if suffix in (".csv", ".tsv"):
+            return *_read_delimited(path, text, "\t" if suffix == ".tsv" else ","), raw
+        return *_read_json(path, text, lines=suffix == ".jsonl"), raw
+    except TaskFileError:
+        raise
+    except MemoryError:
+        raise TaskFileError(f"{path}: too large to read with the memory available") from None
+    except RecursionError:
+        raise TaskFileError(f"{path}: nested too deeply to read") from None
+    except Exception as e:  # a parser's own failure: still a message about the file, never a traceback
+        raise TaskFileError(f"{path}: cannot read the file ({type(e).__name__}: {e})") from None
 
 
 def _read_parquet(path: Path, raw: bytes) -> tuple[pd.DataFrame, list[int]]:
@@ -160,39 +291,22 @@ def _read_delimited(path: Path, text: str, sep: str) -> tuple[pd.DataFrame, list
         raise TaskFileError(f"{path}: the file is empty (no header, no rows)") from None
     except pd.errors.ParserError as e:
         raise TaskFileError(f"{path}: malformed {path.suffix[1:].upper()} ({str(e).strip()})") from None
+    error = _csv_header_error(path, text, sep)
+    if error:
+        raise TaskFileError(error)
     return frame, list(range(1, len(frame) + 1))
 
 
 def _read_json(path: Path, text: str, lines: bool) -> tuple[pd.DataFrame, list[int]]:
     """A JSON array of objects, or JSONL (one object a line: the row number is the line number)."""
-    if not lines and not text.lstrip().startswith("["):
-        raise TaskFileError(_json_error(path, text, lines) or f"{path}: expected a JSON array of objects")
+    _check_json(path, text, lines)
     try:
         frame = pd.read_json(io.StringIO(text), lines=lines, orient="records", dtype=False)
     except (ValueError, TypeError) as e:
-        raise TaskFileError(_json_error(path, text, lines) or f"{path}: unreadable JSON ({e})") from None
-    error = _json_error(path, text, lines)  # pandas accepts some shapes (e.g. a line holding an array) silently
-    if error:
-        raise TaskFileError(error)
+        raise TaskFileError(f"{path}: unreadable JSON ({e})") from None
     rows = [i for i, ln in enumerate(text.splitlines(), 1) if ln.strip()] if lines else list(range(1, len(frame) + 1))
     assert len(rows) == len(frame), "JSONL rows and non-blank lines disagree"
     return frame, rows
-
-
-def read_frame(path: Path) -> tuple[pd.DataFrame, list[int], bytes]:
-    """The file as a DataFrame, the row number of each of its rows, and the file's bytes."""
-    suffix = path.suffix.lower()
-    if suffix not in READERS:
-        raise TaskFileError(f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(READERS)}")
-    if not path.is_file():
-        raise TaskFileError(f"{path}: no such file")
-    raw = path.read_bytes()
-    if suffix == ".parquet":
-        return *_read_parquet(path, raw), raw
-    text = _decode_utf8(path, raw)
-    if suffix in (".csv", ".tsv"):
-        return *_read_delimited(path, text, "\t" if suffix == ".tsv" else ","), raw
-    return *_read_json(path, text, lines=suffix == ".jsonl"), raw
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -282,6 +396,10 @@ def _text(value: Any, column: str, what: str, required: bool = True) -> str | No
         return None
     if not isinstance(value, str):
         raise _RowProblem(column, "wrong type", f"{what} should be text, got {_type_name(value)}")
+    if "\x00" in value:
+        raise _RowProblem(
+            column, "NUL character", f"{what} holds a NUL byte at character {value.index(chr(0))}; is it binary?"
+        )
     return value.strip()
 
 
@@ -309,6 +427,8 @@ def _turns(value: Any, column: str) -> list[dict[str, str]]:
             value = json.loads(value)
         except json.JSONDecodeError as e:
             raise _RowProblem(column, "malformed JSON", f"{e.msg} at character {e.pos}") from None
+        except RecursionError:
+            raise _RowProblem(column, "malformed JSON", "nested too deeply to read") from None
     if _is_missing(value):
         raise _RowProblem(column, "empty conversation")
     if not isinstance(value, (list, tuple, np.ndarray)):
@@ -316,8 +436,16 @@ def _turns(value: Any, column: str) -> list[dict[str, str]]:
     if len(value) == 0:
         raise _RowProblem(column, "empty conversation")
     turns = [_turn(turn, i, column) for i, turn in enumerate(value, 1)]
-    if not any(t["role"] == "assistant" for t in turns):
+    roles = [t["role"] for t in turns]
+    if "assistant" not in roles:
         raise _RowProblem(column, "no assistant turn", "nothing to learn from this row")
+    # An answer needs a question: training on an assistant turn that answers nothing teaches the model to
+    # talk without being asked, and generation always asks with a user turn (llm.chat.prompt_ids).
+    if "user" not in roles:
+        raise _RowProblem(column, "no user turn", "the conversation holds only assistant (and system) turns")
+    first_answer = roles.index("assistant")
+    if roles.index("user") > first_answer:
+        raise _RowProblem(column, "assistant turn first", f"turn {first_answer + 1} answers before any user turn asks")
     return turns
 
 
@@ -383,28 +511,38 @@ def encode_examples(
     data: TaskData, tokenizer: Tokenizer, context_length: int, overflow: str = "truncate"
 ) -> EncodedExamples:
     """Render each example with the chat template. A sequence of n ids trains on n-1 predictions, so up to
-    context_length + 1 ids fit; a longer one is cut there (overflow="truncate") or dropped ("drop")."""
+    context_length + 1 ids fit; a longer one is cut to that (overflow="truncate") or dropped ("drop").
+
+    Truncation keeps the start and cuts the end, so a long answer is learnt from its beginning. When the prompt
+    alone fills the context (nothing of the answer would be left), the start is cut instead: the row keeps
+    the end of its prompt and its whole last answer, as generation sees a long prompt (its last
+    context_length tokens). A row whose last answer alone does not fit either is dropped."""
     if overflow not in OVERFLOW:
         raise ConfigError(f"must be one of {OVERFLOW}, got {overflow!r}", field="overflow")
     limit = context_length + 1
     out = EncodedExamples([], [], [], [], [])
+    assistant = tokenizer.special["<|assistant|>"]
     for example in data.examples:
         ids, mask = render(tokenizer, example.messages)
-        n = len(ids)
+        full_ids, n = ids, len(ids)
         if n > limit:
             if overflow == "drop":
                 out.dropped.append(Problem(example.row, None, "too long", f"{n} tokens; the context holds {limit}"))
                 continue
-            ids, mask = ids[:limit], mask[:limit]
-            if not any(mask[1:]):
-                out.dropped.append(
-                    Problem(example.row, None, "too long", f"the prompt alone fills the context of {limit} tokens")
-                )
-                continue
+            if any(mask[1:limit]):
+                ids, mask = ids[:limit], mask[:limit]
+            else:
+                answer = n - max(i for i, t in enumerate(ids) if t == assistant)  # the last answer and its marker
+                if answer > limit:
+                    detail = f"the prompt fills the context of {limit} tokens, and the answer alone takes {answer}"
+                    out.dropped.append(Problem(example.row, None, "too long", detail))
+                    continue
+                ids, mask = ids[-limit:], mask[-limit:]
             out.truncated.append(example.row)
         out.items.append((ids, mask))
         out.rows.append(example.row)
         out.lengths.append(n)
+        out.byte_tokens += int(tokenizer.byte_ids[full_ids].sum())
     return out
 
 
@@ -429,10 +567,20 @@ def split_examples(
 
 
 def summary(data: TaskData, encoded: EncodedExamples) -> dict[str, Any]:
-    """Rows kept and dropped (with reasons), truncations and token length statistics."""
+    """Rows kept and dropped (with reasons), truncations, token length statistics, and warnings about the data
+    as the model's tokenizer sees it."""
     dropped = data.problems + encoded.dropped
     lengths = np.array(encoded.lengths or [0])
     trained = sum(sum(mask[1:]) for _, mask in encoded.items)
+    byte_share = encoded.byte_tokens / max(1, int(lengths.sum()))
+    warnings = []
+    if byte_share > BYTE_FALLBACK_WARNING:
+        warnings.append(
+            f"{byte_share:.0%} of the tokens are single bytes (byte fallback): the model's tokenizer has no pieces "
+            f"for most of this text's characters (a language or script it was not trained on), so examples are "
+            f"long (median {np.median(lengths):.0f} tokens) and made of tokens the model has hardly seen; "
+            "expect poor answers, or use a base model whose tokenizer knows this text"
+        )
     return {
         "source": data.source,
         "format": data.format,
@@ -454,4 +602,6 @@ def summary(data: TaskData, encoded: EncodedExamples) -> dict[str, Any]:
             "total": int(lengths.sum()),
             "trained": int(trained),
         },
+        "byte_fallback_share": round(byte_share, 3),
+        "warnings": warnings,
     }

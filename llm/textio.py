@@ -23,6 +23,22 @@ MAX_LINE = 1 << 20  # bytes read at once; longer lines arrive in pieces
 MAX_DOC_CHARS = 1 << 20  # a paragraph longer than this is cut into several documents
 
 
+def wide_encoding(head: bytes) -> str | None:
+    """'UTF-16' or 'UTF-32' when the first bytes of a file show that encoding (a byte-order mark, or the NUL
+    bytes that every ASCII character carries in it), else None. Such files are not UTF-8: name the fix."""
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "UTF-32"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "UTF-16"
+    sample = head[:4096]
+    # ASCII text in UTF-16 is every other byte NUL; real UTF-8 text has none (a binary file has them anywhere).
+    if len(sample) >= 4 and sample.count(0) >= len(sample) // 3:
+        even, odd = sample[0::2].count(0), sample[1::2].count(0)
+        if min(even, odd) <= max(even, odd) // 10:
+            return "UTF-16"
+    return None
+
+
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Files, folders (searched recursively for text files) and glob patterns -> a sorted file list."""
     files: list[Path] = []
@@ -68,6 +84,8 @@ def _normalise_newlines(text: str) -> str:
 
 def _decode_text(decoder: codecs.IncrementalDecoder, raw: bytes, path: Path, offset: int, line_no: int) -> str:
     """The next bytes of a file as text; binary or non-UTF-8 content is an InputError naming where."""
+    if offset == 0 and (wide := wide_encoding(raw)):
+        raise InputError(f"{path}: the file is saved as {wide}: save it as UTF-8")
     try:
         text = decoder.decode(raw, final=not raw)  # final: a character cut off at the end is an error
     except UnicodeDecodeError as e:
@@ -112,6 +130,8 @@ def iter_lines(path: Path, whole: bool = False) -> Iterator[tuple[int, str]]:
                 line_no, pending = line_no + 1, ""
     except (OSError, EOFError, lzma.LZMAError) as e:
         raise InputError(f"{path}: cannot read ({e})") from None
+    except MemoryError:
+        raise InputError(f"{path}, line {line_no}: a line too long to hold in memory") from None
 
 
 def iter_documents(files: list[Path], text_field: str = "text") -> Iterator[str]:
@@ -130,16 +150,7 @@ def iter_file_documents(path: Path, text_field: str = "text") -> Iterator[tuple[
     """
     if ".jsonl" in path.name:
         for line_no, line in iter_lines(path, whole=True):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}, line {line_no}: malformed JSON ({e.msg})") from None
-            value = record.get(text_field) if isinstance(record, dict) else None
-            if not isinstance(value, str):
-                raise InputError(f"{path}, line {line_no}: no string field {text_field!r} in this record")
-            if value.strip():
+            if line.strip() and (value := _jsonl_text(path, line_no, line, text_field)).strip():
                 yield _normalise_newlines(value), True
         return
     previous = None
@@ -149,6 +160,20 @@ def iter_file_documents(path: Path, text_field: str = "text") -> Iterator[tuple[
         previous = paragraph
     if previous is not None:
         yield previous.rstrip("\n") + "\n", True
+
+
+def _jsonl_text(path: Path, line_no: int, line: str, text_field: str) -> str:
+    """The text field of one JSONL record; a malformed record is an InputError naming its line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}, line {line_no}: malformed JSON ({e.msg})") from None
+    except (RecursionError, MemoryError):
+        raise InputError(f"{path}, line {line_no}: JSON nested too deeply or too large to read") from None
+    value = record.get(text_field) if isinstance(record, dict) else None
+    if not isinstance(value, str):
+        raise InputError(f"{path}, line {line_no}: no string field {text_field!r} in this record")
+    return value
 
 
 def _paragraphs(path: Path) -> Iterator[str]:

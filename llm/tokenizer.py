@@ -7,11 +7,13 @@ text (a user typing "<|end|>" cannot forge a turn boundary); the chat template i
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import numpy as np
 import sentencepiece as spm
 
 from llm.errors import TokenizerError
@@ -64,6 +66,28 @@ class Tokenizer:
     def id_to_piece(self, i: int) -> str:
         """The vocabulary entry of an id, as SentencePiece spells it ("▁the", "<0xE4>", "<|user|>")."""
         return self.sp.id_to_piece(int(i))
+
+    def token_bytes(self, i: int) -> bytes:
+        """The UTF-8 bytes a token stands for: one raw byte for a byte-fallback piece (decode() would turn a
+        byte that is not part of a valid character into U+FFFD), else the piece's text (b"" for control tokens).
+        Streaming joins these and decodes them as characters become whole."""
+        if self.sp.IsByte(int(i)):
+            return bytes([int(self.sp.id_to_piece(int(i))[1:-1], 16)])  # the piece is written "<0xE4>"
+        return self.sp.decode([int(i)]).encode("utf-8")
+
+    @functools.cached_property
+    def byte_ids(self) -> np.ndarray:
+        """A boolean mask over the vocabulary: True for the 256 byte-fallback pieces."""
+        return np.array([self.sp.IsByte(i) for i in range(self.vocab_size)], dtype=bool)
+
+
+def byte_fallback_share(tokenizer: Tokenizer, texts: Iterable[str]) -> float:
+    """The share of the tokens of texts that are byte-fallback pieces: characters the tokenizer has no piece
+    for, spelt byte by byte (a Chinese character is 3 tokens in a tokenizer trained on English). A high share
+    means long sequences and a model that has barely seen such tokens. 0.0 for no tokens."""
+    counts = [(int(tokenizer.byte_ids[ids].sum()), len(ids)) for ids in map(tokenizer.encode, texts)]
+    total = sum(n for _, n in counts)
+    return sum(b for b, _ in counts) / total if total else 0.0
 
 
 def _training_sentences(files: list[Path], max_chars: int) -> Iterator[str]:

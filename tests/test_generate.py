@@ -162,6 +162,29 @@ def test_multibyte_characters_stream_whole(tok):
     assert not any("\ufffd" in piece for piece in out)
 
 
+def one_byte(tok: Tokenizer, value: int) -> int:
+    return tok.sp.piece_to_id(f"<0x{value:02X}>")
+
+
+@pytest.mark.parametrize(
+    "script, expected",
+    [
+        (lambda t: pieces_of(t, "Tom") + [one_byte(t, 0x80)] + pieces_of(t, " sat"), "Tom sat"),  # no lead byte
+        (lambda t: pieces_of(t, "Tom") + byte_ids(t, "好")[:2] + pieces_of(t, " sat"), "Tom sat"),  # lead, then text
+        (lambda t: byte_ids(t, "好")[:1] + byte_ids(t, "😀") + pieces_of(t, "!"), "😀!"),  # cut off by a new lead
+        (lambda t: pieces_of(t, "Tom") + [one_byte(t, 0xFF), one_byte(t, 0xC0)] + pieces_of(t, "!"), "Tom!"),  # never
+        (lambda t: pieces_of(t, "Tom") + byte_ids(t, "😀")[:3], "Tom"),  # a character left incomplete at the end
+    ],
+)
+def test_invalid_byte_sequences_never_show_as_replacement_characters(tok, script, expected):
+    """The rule: bytes of a character wait until it is whole; bytes that cannot become part of one are dropped."""
+    ids = script(tok)
+    assert "\ufffd" in tok.decode(ids)  # what a plain decode shows
+    out = stream(tok, ids, [])
+    assert "".join(out) == expected
+    assert all(piece and "\ufffd" not in piece for piece in out)
+
+
 def test_stop_string_made_of_byte_tokens(tok):
     out = stream(tok, pieces_of(tok, "Tom") + byte_ids(tok, "😀") + pieces_of(tok, "!"), ["😀"])
     assert "".join(out) == "Tom"

@@ -287,10 +287,23 @@ def test_rows_longer_than_the_context_are_truncated_or_dropped_and_counted(tmp_p
         encode_examples(data, tok, 32, overflow="wrap")
 
 
-def test_a_prompt_that_fills_the_context_leaves_nothing_to_train(tmp_path, tok):
-    path = write(tmp_path, "t.csv", f"question,answer\n{'Tom had a ball. ' * 40},yes\n")
+def test_a_prompt_that_fills_the_context_is_cut_from_the_start_so_the_answer_survives(tmp_path, tok):
+    """Cutting the end would leave nothing of the answer: the row keeps the end of its prompt and the whole
+    answer with its <|end|>, as generation sees a long prompt (its last context_length tokens)."""
+    story = "Tom had a ball. " * 40
+    path = write(tmp_path, "t.csv", f"question,answer\n{story},yes\nWhat is big?,{story}\n{story},{story}\n")
     cut = encode_examples(read_task_file(path), tok, 32)
-    assert not cut.items and cut.dropped[0].reason == "too long" and "prompt alone" in cut.dropped[0].detail
+    assert cut.rows == [1, 2] and cut.truncated == [1, 2]
+    ids, mask = cut.items[0]
+    answer = tok.encode(" yes") + [tok.special["<|end|>"]]
+    assert len(ids) == 33 and ids[-len(answer) :] == answer and ids[-len(answer) - 1] == tok.special["<|assistant|>"]
+    assert [i for i, m in zip(ids, mask, strict=True) if m] == answer  # the whole answer is trained, no prompt
+    question = [tok.eos_id, tok.special["<|user|>"], *tok.encode(" What is big?")]
+    assert cut.items[1][0][: len(question)] == question  # a long answer: the end is cut, as before
+    assert [str(p) for p in cut.dropped] == [
+        f"row 3: too long (the prompt fills the context of 33 tokens, and the answer alone takes "
+        f"{len(tok.encode(' ' + story.strip())) + 2})"
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------

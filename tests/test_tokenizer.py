@@ -36,6 +36,13 @@ def test_concatenated_encodings_decode_to_concatenated_text(tok):
     assert tok.decode(ids) == "".join(SAMPLES)
 
 
+def test_token_bytes_join_to_the_decoded_text(tok):
+    """Streaming decodes the tokens' bytes incrementally: for valid text they must give what decode() gives."""
+    ids = [i for text in SAMPLES for i in tok.encode(text)] + [tok.special["<|end|>"], tok.eos_id]
+    assert b"".join(tok.token_bytes(i) for i in ids).decode("utf-8") == tok.decode(ids)
+    assert int(tok.byte_ids.sum()) == 256 and tok.byte_ids[tok.sp.piece_to_id("<0xE4>")]
+
+
 def test_batch_encoding_matches_single(tok):
     assert tok.encode_batch(SAMPLES) == [tok.encode(s) for s in SAMPLES]
 
