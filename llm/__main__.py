@@ -163,6 +163,8 @@ def print_data_summary(info: dict) -> None:
         f"{info['dropped']} dropped, {info['truncated']} truncated to the context; "
         f"tokens per example min {tokens['min']} / median {tokens['median']:.0f} / max {tokens['max']}"
     )
+    for warning in info.get("warnings", []):
+        print(f"  warning: {warning}")
     for problem in info["problems"][:10]:
         print(f"  dropped {problem}")
     if len(info["problems"]) > 10:

@@ -24,7 +24,7 @@ import torch
 
 from llm import checkpoint, lora
 from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig, ModelConfig, SamplingConfig, TrainConfig
-from llm.device import describe, measure_matmul_flops, peak_flops, pick_device
+from llm.device import check_model_fits, describe, measure_matmul_flops, peak_flops, pick_device
 from llm.errors import CheckpointError, ConfigError, TaskFileError
 from llm.generate import sample_logger
 from llm.model import Transformer
@@ -193,6 +193,8 @@ def prepare(cfg: FinetuneConfig, data: TaskData | None = None) -> Prepared:
         raise ConfigError("is required: the task file to fine-tune on", field="data")
     base_dir = base_directory(cfg.base)
     model_cfg = ModelConfig.load(base_dir / checkpoint.CONFIG)
+    if cfg.method == "full":  # weights, gradients and AdamW's two moments, all full size
+        check_model_fits(model_cfg, pick_device(cfg.device), copies=4, what=f"full fine-tuning of {base_dir}")
     tokenizer = Tokenizer.load(base_dir / MODEL_FILE)
     data = data if data is not None else read_task_file(cfg.data, cfg.format, cfg.mapping)
     if cfg.val_data:
