@@ -42,6 +42,7 @@ CSS = """
 .state-badge.stopping { background: #fff1d6; color: #8a5a00; }
 .state-badge.done { background: #dcfce7; color: #166534; }
 .state-badge.failed, .state-badge.interrupted { background: #fee2e2; color: #991b1b; }
+.state-badge.cancelled { background: var(--neutral-200); color: var(--neutral-600); }
 .plan { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 4px 12px; }
 """
 
