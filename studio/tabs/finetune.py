@@ -515,7 +515,9 @@ def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace)
     user_edits = [c.input for c in (ui.base, ui.dataset, *fields)]
     gr.on(user_edits, plan, [ui.base, ui.dataset, *fields], ui.plan, trigger_mode="always_last", **LIGHT)
     # The unsaved form lives in the browser: kept by a script, no server round trip.
-    gr.on([*user_edits, ui.name.input], None, [ui.base, ui.dataset, *fields, ui.name], ui.saved, js=SAVE_FORM_JS)
+    # .change: forms filled by a handler (a run's settings, a preset) are kept too; no server round trip.
+    changes = [c.change for c in (ui.base, ui.dataset, *fields, ui.name)]
+    gr.on(changes, None, [ui.base, ui.dataset, *fields, ui.name], ui.saved, js=SAVE_FORM_JS)
     ui.dataset.input(functools.partial(default_probes, studio), ui.dataset, ui.fields["probes"], **LIGHT).then(
         plan, [ui.base, ui.dataset, *fields], ui.plan, **LIGHT
     )
