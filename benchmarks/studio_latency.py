@@ -31,8 +31,14 @@ sys.path.insert(0, str(REPO))
 from benchmarks.common import print_table, write_json  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]  # fmt: skip  (as tests/test_browser_e2e.py)
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]  # fmt: skip  (as tests/test_browser_e2e.py)
 TABS = ["4 · Models", "1 · Data", "2 · Fine-tune"]
 # Events in flight, seen from the page: the Gradio client joins the queue (POST queue/join, which answers
 # an event_id) and reads every result from one stream (queue/data, "process_completed" messages). A script

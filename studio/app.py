@@ -95,9 +95,9 @@ def launch(
     """Serve the studio locally (never through a public share link)."""
     studio: Studio = demo.studio
     demo.queue(default_concurrency_limit=2)
-    # torch takes seconds to import: load it in the background once the server is up, so the page is
-    # served first and the first plan or answer is quick.
-    warm_up = threading.Timer(2.0, lambda: __import__("llm.finetune"))
+    # torch takes seconds to import, and the first plan reads and encodes a dataset: do both in the background
+    # once the server is up, so the page is served first and the first plan or answer is quick.
+    warm_up = threading.Timer(2.0, finetune.warm_up, args=(studio,))
     warm_up.daemon = True
     warm_up.start()
     return demo.launch(

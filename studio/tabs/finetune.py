@@ -16,6 +16,7 @@ import threading
 import typing
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -40,7 +41,8 @@ ADVANCED_FIELDS = (
 )  # fmt: skip
 FORM_FIELDS = BASIC_FIELDS + ADVANCED_FIELDS
 MAX_PROBES = 5
-FORM_STORAGE_KEY = "studio-finetune-form"  # the browser's localStorage key of the unsaved form
+FORM_STORAGE_KEY = "studio-finetune-form"
+NO_RUN = "no run"  # what a page without a run last drew  # the browser's localStorage key of the unsaved form
 
 
 def clock(seconds: float | None) -> str:
@@ -195,30 +197,39 @@ def settings_table(studio: Studio, run: dict[str, Any]) -> str:
 
 class PlanCache:
     """Plans by (settings, file versions): the plan is redrawn at every change of a field, and four open
-    pages ask for the same plan; reading and encoding the data once per version keeps that cheap."""
+    pages ask for the same plan; reading and encoding the data once per version keeps that cheap. One plan is
+    computed at a time: pages opening together wait for the first one's plan instead of each computing it (on
+    a busy CPU, in parallel, they all took as long as the four together)."""
 
     def __init__(self, size: int = 32):
-        self.size, self.plans, self.lock = size, OrderedDict(), threading.Lock()
+        self.size, self.plans = size, OrderedDict()
+        self.lock, self.computing = threading.Lock(), threading.Lock()
+
+    def cached(self, key: str) -> str | None:
+        with self.lock:
+            if key in self.plans:
+                self.plans.move_to_end(key)
+            return self.plans.get(key)
 
     def get(self, studio: Studio, cfg: FinetuneConfig) -> str:
         from llm import finetune
 
         key = json.dumps(cfg.to_dict(), sort_keys=True) + str(version(cfg.data)) + str(version(cfg.base))
-        with self.lock:
-            if key in self.plans:
-                self.plans.move_to_end(key)
-                return self.plans[key]
-        text = plan_text(finetune.plan(finetune.prepare(cfg, studio.task_data(cfg))))
-        with self.lock:
-            self.plans[key] = text
-            while len(self.plans) > self.size:
-                self.plans.popitem(last=False)
+        if (text := self.cached(key)) is not None:
+            return text
+        with self.computing:
+            if (text := self.cached(key)) is not None:  # another page computed it while this one waited
+                return text
+            text = plan_text(finetune.plan(finetune.prepare(cfg, studio.task_data(cfg))))
+            with self.lock:
+                self.plans[key] = text
+                while len(self.plans) > self.size:
+                    self.plans.popitem(last=False)
         return text
 
 
 def version(path: str) -> tuple:
     """A file's or folder's (modification time, size), to notice a changed file."""
-    from pathlib import Path
 
     p = Path(path)
     stat = (p / "info.json" if p.is_dir() else p).stat() if p.exists() else None
@@ -244,13 +255,20 @@ def make_plan(studio: Studio, base_ref: str | None, dataset_id: str | None, *val
 
 def default_probes(studio: Studio, dataset_id: str | None) -> str:
     """The first distinct prompts of the rows a run holds out: answers to them show what the model learned."""
-    from llm import tasks
-
     row = studio.store.dataset(dataset_id) if dataset_id else None
     if row is None:
         return ""
+    path = studio.store.abs(row["path"])
+    return held_out_prompts(str(path), version(str(path)), row["format"], json.dumps(row["mapping"] or {}))
+
+
+@functools.lru_cache(maxsize=16)
+def held_out_prompts(path: str, file_version: tuple, fmt: str, mapping: str) -> str:
+    """default_probes for one version of a file (file_version is part of the cache key only)."""
+    from llm import tasks
+
     try:
-        data = tasks.read_task_file(studio.store.abs(row["path"]), row["format"], row["mapping"] or None)
+        data = tasks.read_task_file(Path(path), fmt, json.loads(mapping) or None)
     except LLMError:
         return ""
     _, held_out = tasks.split_examples(data)
@@ -283,6 +301,11 @@ def open_form(studio: Studio, saved: Any, run_id: str | None):
         saved.get("name", ""),
         make_plan(studio, base_ref, dataset_id, *values),
     )
+
+
+def warm_up(studio: Studio) -> None:
+    """Import torch and compute the plan a fresh page opens with, once, before the pages ask for it."""
+    open_form(studio, {}, None)
 
 
 def from_run(studio: Studio, run_id: str | None):
@@ -370,11 +393,13 @@ def refresh(studio: Studio, run_id: str | None, last_seen: Any):
     changed (the run's row and its files' times are compared before any file is read); while the run works
     and its files are unchanged, only the clock moves."""
     run = studio.store.run(run_id) if run_id else None
+    if run is None and last_seen == NO_RUN:
+        return (*[gr.skip()] * 8, last_seen)
     if run is None:
         hint = "No run yet: choose the settings on the left and press Start."
         empty = (hint, "", loss_frame(Metrics()), pd.DataFrame(columns=SAMPLE_COLUMNS), "")
         off = gr.Button(interactive=False)
-        return *empty, off, gr.Button(value="Resume", interactive=False), gr.skip(), None
+        return *empty, off, gr.Button(value="Resume", interactive=False), gr.skip(), NO_RUN
     signature = (run_id, run["status"], run["message"], run["name"], *studio.jobs.file_times(run))
     if signature == last_seen and run["status"] not in WORKING_STATES:
         return (*[gr.skip()] * 8, last_seen)
@@ -521,7 +546,7 @@ def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace)
     ui.dataset.input(functools.partial(default_probes, studio), ui.dataset, ui.fields["probes"], **LIGHT).then(
         plan, [ui.base, ui.dataset, *fields], ui.plan, **LIGHT
     )
-    ui.fields["method"].change(
+    ui.fields["method"].input(
         lambda m: gr.Number(visible=m == "lora"), ui.fields["method"], ui.fields["lora_rank"], **LIGHT
     )
     ui.reuse.click(
@@ -584,14 +609,8 @@ def wire_run(studio: Studio, ui: SimpleNamespace) -> None:
     )
 
 
-def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
-    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    ui = SimpleNamespace()
-    with gr.Tab("2 · Fine-tune", id="finetune") as tab:
-        layout(ui)
-    wire_form(studio, demo, tab, ui)
-    wire_presets(studio, tab, ui)
-    wire_run(studio, ui)
+def api_functions(studio: Studio) -> dict[str, Callable]:
+    """The tab's plain API functions by endpoint name (typed signatures: gradio_client shows them)."""
 
     def presets() -> dict[str, dict[str, Any]]:
         """Every saved preset: its FinetuneConfig settings by name."""
@@ -651,3 +670,14 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         return store_preset(studio, name, chosen)
 
     return {"plan": plan, "start": start, "runs": runs, "presets": presets, "save_preset": save_preset_api}
+
+
+def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
+    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
+    ui = SimpleNamespace()
+    with gr.Tab("2 · Fine-tune", id="finetune") as tab:
+        layout(ui)
+    wire_form(studio, demo, tab, ui)
+    wire_presets(studio, tab, ui)
+    wire_run(studio, ui)
+    return api_functions(studio)

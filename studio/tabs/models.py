@@ -323,9 +323,10 @@ class Handlers:
         return gr.File(value=str(path), visible=True), f"Zip ready: {path.name} ({human_size(path.stat().st_size)})."
 
 
-def wire(demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace, h: Handlers) -> None:
+def wire(tab: gr.Tab, ui: SimpleNamespace, h: Handlers) -> None:
     shown = [ui.table, ui.pick, ui.about, ui.curve, ui.new_name, ui.compare_pick]
-    for event in (tab.select, demo.load, ui.refresh.click):
+    # Filled when shown (a page opens on the first tab): opening a page costs no listing of every run.
+    for event in (tab.select, ui.refresh.click):
         event(h.listing, [ui.pick, ui.compare_pick], shown, **LIGHT)
     ui.pick.change(h.show, ui.pick, [ui.about, ui.curve, ui.new_name], **LIGHT)
     ui.compare_pick.change(
@@ -343,7 +344,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     ui = SimpleNamespace()
     with gr.Tab("4 · Models", id="models") as tab:
         layout(ui)
-    wire(demo, tab, ui, Handlers(studio))
+    wire(tab, ui, Handlers(studio))
 
     def api_models() -> list[dict[str, Any]]:
         """Every model and run as plain records (the ref names it in other calls)."""
