@@ -540,12 +540,13 @@ def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace)
     user_edits = [c.input for c in (ui.base, ui.dataset, *fields)]
     gr.on(user_edits, plan, [ui.base, ui.dataset, *fields], ui.plan, trigger_mode="always_last", **LIGHT)
     # The unsaved form lives in the browser: kept by a script, no server round trip.
-    # .change: forms filled by a handler (a run's settings, a preset) are kept too; no server round trip.
-    changes = [c.change for c in (ui.base, ui.dataset, *fields, ui.name)]
-    gr.on(changes, None, [ui.base, ui.dataset, *fields, ui.name], ui.saved, js=SAVE_FORM_JS)
-    ui.dataset.input(functools.partial(default_probes, studio), ui.dataset, ui.fields["probes"], **LIGHT).then(
-        plan, [ui.base, ui.dataset, *fields], ui.plan, **LIGHT
-    )
+    # Kept on the user's edits (.change would also fire while a reloaded page starts, before the kept form is
+    # read back, and overwrite it with the defaults); a form filled by a handler is kept by a .then below.
+    form = [ui.base, ui.dataset, *fields, ui.name]
+    gr.on([*user_edits, ui.name.change], None, form, ui.saved, js=SAVE_FORM_JS)
+    probes = ui.dataset.input(functools.partial(default_probes, studio), ui.dataset, ui.fields["probes"], **LIGHT)
+    probes.then(plan, [ui.base, ui.dataset, *fields], ui.plan, **LIGHT)
+    probes.then(None, form, ui.saved, js=SAVE_FORM_JS)
     ui.fields["method"].input(
         lambda m: gr.Number(visible=m == "lora"), ui.fields["method"], ui.fields["lora_rank"], **LIGHT
     )
@@ -554,7 +555,7 @@ def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace)
         ui.run,
         [ui.base, ui.dataset, *fields, ui.name, ui.plan, ui.start_status],
         **LIGHT,
-    )
+    ).then(None, form, ui.saved, js=SAVE_FORM_JS)
 
 
 def wire_presets(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
@@ -571,7 +572,7 @@ def wire_presets(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
         [ui.preset, ui.base, ui.dataset],
         [*fields, ui.plan, ui.start_status],
         **LIGHT,
-    )
+    ).then(None, [ui.base, ui.dataset, *fields, ui.name], ui.saved, js=SAVE_FORM_JS)
 
 
 def wire_run(studio: Studio, ui: SimpleNamespace) -> None:
