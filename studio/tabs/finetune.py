@@ -324,11 +324,15 @@ def from_run(studio: Studio, run_id: str | None):
     )
 
 
-# The form as the browser keeps it: a script (no server round trip) writes {base, dataset, fields, name}.
-SAVE_FORM_JS = f"""(base, dataset, ...rest) => {{
+# The form as the browser keeps it: a script (no server round trip) writes {base, dataset, fields, name} on
+# every change, once the page has read the kept form back (before that, a reloaded page's fields start at
+# the defaults, and keeping those would lose the user's form).
+SAVE_FORM_JS = f"""(kept, base, dataset, ...rest) => {{
+  if (!window.studioFormRestored) return kept;
   const names = {json.dumps(list(FORM_FIELDS))};
   return {{base, dataset, fields: Object.fromEntries(names.map((n, i) => [n, rest[i]])), name: rest[names.length]}};
 }}"""
+RESTORED_JS = "() => { window.studioFormRestored = true; }"
 
 
 def saved_settings(saved: dict[str, Any]) -> dict[str, Any]:
@@ -533,20 +537,19 @@ def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace)
     fields = [ui.fields[name] for name in FORM_FIELDS]
     opened = [ui.base, ui.dataset, ui.run, *fields, ui.name, ui.plan]
     for event in (tab.select, demo.load):
-        event(functools.partial(open_form, studio), [ui.saved, ui.run], opened, **LIGHT)
+        event(functools.partial(open_form, studio), [ui.saved, ui.run], opened, **LIGHT).then(
+            None, None, None, js=RESTORED_JS
+        )
     plan = functools.partial(make_plan, studio)
     # .input (the user's changes), not .change: a handler that fills the form returns its plan itself, so
     # filling 20 fields does not ask for 20 plans.
     user_edits = [c.input for c in (ui.base, ui.dataset, *fields)]
     gr.on(user_edits, plan, [ui.base, ui.dataset, *fields], ui.plan, trigger_mode="always_last", **LIGHT)
     # The unsaved form lives in the browser: kept by a script, no server round trip.
-    # Kept on the user's edits (.change would also fire while a reloaded page starts, before the kept form is
-    # read back, and overwrite it with the defaults); a form filled by a handler is kept by a .then below.
-    form = [ui.base, ui.dataset, *fields, ui.name]
-    gr.on([*user_edits, ui.name.change], None, form, ui.saved, js=SAVE_FORM_JS)
+    form = [ui.saved, ui.base, ui.dataset, *fields, ui.name]
+    gr.on([c.change for c in form[1:]], None, form, ui.saved, js=SAVE_FORM_JS)
     probes = ui.dataset.input(functools.partial(default_probes, studio), ui.dataset, ui.fields["probes"], **LIGHT)
     probes.then(plan, [ui.base, ui.dataset, *fields], ui.plan, **LIGHT)
-    probes.then(None, form, ui.saved, js=SAVE_FORM_JS)
     ui.fields["method"].input(
         lambda m: gr.Number(visible=m == "lora"), ui.fields["method"], ui.fields["lora_rank"], **LIGHT
     )
@@ -555,7 +558,7 @@ def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace)
         ui.run,
         [ui.base, ui.dataset, *fields, ui.name, ui.plan, ui.start_status],
         **LIGHT,
-    ).then(None, form, ui.saved, js=SAVE_FORM_JS)
+    )
 
 
 def wire_presets(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
@@ -572,7 +575,7 @@ def wire_presets(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
         [ui.preset, ui.base, ui.dataset],
         [*fields, ui.plan, ui.start_status],
         **LIGHT,
-    ).then(None, [ui.base, ui.dataset, *fields, ui.name], ui.saved, js=SAVE_FORM_JS)
+    )
 
 
 def wire_run(studio: Studio, ui: SimpleNamespace) -> None:
