@@ -277,6 +277,8 @@ class FinetuneConfig(Config):
     lr: float | None = setting(None, "learning rate (default: 3e-3 for LoRA, 1e-3 for full)")
     batch_size: int = setting(0, "examples per step (0: from the context length, at most a quarter of them)")
     grad_accum: int = setting(1, "micro-batches per optimizer step")
+    warmup_steps: int | None = setting(None, "learning-rate warmup steps (default: a tenth of the steps, at most 100)")
+    weight_decay: float = setting(0.0, "AdamW weight decay (0: none; the pretrained weights are the anchor)")
     lora_rank: int = setting(8, "LoRA rank")
     lora_alpha: float = setting(16.0, "LoRA scale numerator (the update is alpha/rank * B A)")
     lora_dropout: float = setting(0.05, "dropout on the LoRA input")
@@ -297,7 +299,9 @@ class FinetuneConfig(Config):
         check_choice(self, "overflow", OVERFLOW)
         check_choice(self, "format", ("auto", *TASK_FORMATS))
         check_positive(self, "epochs", "grad_accum", "lora_rank", "evals_per_epoch", "probe_tokens")
-        check_not_negative(self, "max_steps", "batch_size", "early_stop_patience", "max_eval_rows")
+        check_not_negative(self, "max_steps", "batch_size", "early_stop_patience", "max_eval_rows", "weight_decay")
+        if self.warmup_steps is not None:
+            check_not_negative(self, "warmup_steps")
         if self.lr is not None:
             check_positive(self, "lr")
         if not 0.0 <= self.lora_dropout < 1.0:

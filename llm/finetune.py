@@ -172,8 +172,8 @@ def training_settings(cfg: FinetuneConfig, n_train: int, n_val: int, context_len
         grad_accum=cfg.grad_accum,
         lr=lr,
         min_lr=lr / 10,
-        warmup_steps=min(MAX_WARMUP_STEPS, max_steps // 10),
-        weight_decay=0.0,  # no pull towards zero: the pretrained weights (or a zero adapter) are the anchor
+        warmup_steps=min(MAX_WARMUP_STEPS, max_steps // 10) if cfg.warmup_steps is None else cfg.warmup_steps,
+        weight_decay=cfg.weight_decay,  # default 0: the pretrained weights (or a zero adapter) are the anchor
         eval_interval=eval_interval,
         eval_batches=max(1, math.ceil(eval_rows(cfg, n_val) / batch_size)),
         ckpt_interval=eval_interval,

@@ -278,7 +278,9 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             run_model = DistributedDataParallel(run_model, device_ids=device_ids)
         self.run_model = run_model
-        self.peak = peak_flops(self.device) if self.ddp.main else 1.0
+        # MFU only where the peak is well defined: a CPU's peak would be a short matmul timed once, which on a
+        # shared machine reads low and gave MFU above 100%; CPU runs log tokens/s alone.
+        self.peak = peak_flops(self.device) if self.ddp.main and self.device.type != "cpu" else None
         self.resumed = resume
 
     def _restore(self) -> TrainState:
@@ -370,18 +372,15 @@ class Trainer:
         now = time.time()
         tps = self.tokens_since_log / max(now - self.last_log, 1e-9)
         self.last_log, self.tokens_since_log = now, 0
-        mfu = tps * self.model.flops_per_token() / self.peak
+        mfu = tps * self.model.flops_per_token() / self.peak if self.peak else None
         step = self.state.step
+        record = {"step": step, "train_loss": round(train_loss, 5), "lr": lr, "tokens_per_s": round(tps)}
+        if mfu is not None:
+            record["mfu"] = round(mfu, 4)
         self.log.write(
-            {
-                "step": step,
-                "train_loss": round(train_loss, 5),
-                "lr": lr,
-                "tokens_per_s": round(tps),
-                "mfu": round(mfu, 4),
-                "elapsed": round(self.elapsed(), 1),
-            },
-            f"step {step:6d} | loss {train_loss:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s | mfu {mfu:.1%}",
+            {**record, "elapsed": round(self.elapsed(), 1)},
+            f"step {step:6d} | loss {train_loss:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s"
+            + (f" | mfu {mfu:.1%}" if mfu is not None else ""),
         )
 
     def evaluate_and_log(self, train_loss: float) -> bool:

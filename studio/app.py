@@ -42,6 +42,7 @@ CSS = """
 .state-badge.stopping { background: #fff1d6; color: #8a5a00; }
 .state-badge.done { background: #dcfce7; color: #166534; }
 .state-badge.failed, .state-badge.interrupted { background: #fee2e2; color: #991b1b; }
+.state-badge.cancelled { background: var(--neutral-200); color: var(--neutral-600); }
 .plan { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 4px 12px; }
 """
 
@@ -94,9 +95,9 @@ def launch(
     """Serve the studio locally (never through a public share link)."""
     studio: Studio = demo.studio
     demo.queue(default_concurrency_limit=2)
-    # torch takes seconds to import: load it in the background once the server is up, so the page is
-    # served first and the first plan or answer is quick.
-    warm_up = threading.Timer(2.0, lambda: __import__("llm.finetune"))
+    # torch takes seconds to import, and the first plan reads and encodes a dataset: do both in the background
+    # once the server is up, so the page is served first and the first plan or answer is quick.
+    warm_up = threading.Timer(2.0, finetune.warm_up, args=(studio,))
     warm_up.daemon = True
     warm_up.start()
     return demo.launch(

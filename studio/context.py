@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = REPO / "datasets" / "samples"
 DATA_SUFFIXES = READERS  # what llm.tasks reads
 BASE_ID = "base"
+MAX_NAME_CHARS = 80
 MAX_UPLOAD_BYTES = 50_000_000  # uploads above this are refused (by Gradio at the door, and again here)
 
 
@@ -38,6 +39,36 @@ class StudioError(LLMError):
     """A choice in the studio that cannot be used (a dataset or model that is gone, nothing chosen)."""
 
     kind = "studio"
+
+
+def memory_now() -> str:
+    """What the training device has in use now: the GPU's name and memory, else the CPU's threads and RAM."""
+    import os
+
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            return (
+                f"GPU {torch.cuda.get_device_name()}: {human_size(total - free)} of {human_size(total)} memory "
+                f"in use, {human_size(free)} free"
+            )
+    except ImportError:  # the page may ask before torch is imported: the CPU's figures need none of it
+        pass
+    meminfo = Path("/proc/meminfo")
+    if meminfo.is_file():  # kB figures; MemAvailable counts what the kernel can free (caches)
+        fields = {
+            k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in meminfo.read_text().splitlines())
+        }
+        total, free = fields["MemTotal"], fields.get("MemAvailable", fields.get("MemFree", 0))
+    else:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return (
+        f"CPU, {plural(os.cpu_count() or 1, 'core')}: {human_size(total - free)} of {human_size(total)} memory "
+        f"in use, {human_size(free)} free"
+    )
 
 
 def is_model_dir(path: Path) -> bool:
@@ -219,13 +250,52 @@ class Studio:
             mapping=dataset["mapping"] or {},
         )
 
+    def check_name(self, name: str, ref: str | None = None) -> str:
+        """name trimmed, if it can name a model or run: printable, at most MAX_NAME_CHARS characters, and used
+        by no other base model or run (in any case; ref: the one being renamed). StudioError otherwise."""
+        name = (name or "").strip()
+        if not name:
+            raise StudioError("is empty: type a name", field="name")
+        if not name.isprintable():
+            raise StudioError(
+                "may hold printable characters only (no tabs, line breaks or control characters)", field="name"
+            )
+        if len(name) > MAX_NAME_CHARS:
+            raise StudioError(f"is {len(name)} characters long; at most {MAX_NAME_CHARS}", field="name")
+        for other, taken in self.store.names():
+            if other != ref and taken.casefold() == name.casefold():
+                raise StudioError(f"{name!r} is taken by another model or run: choose another name", field="name")
+        return name
+
+    def free_name(self, stem: str) -> str:
+        """stem-1, stem-2, ...: the first that no model or run uses."""
+        taken = {name.casefold() for _, name in self.store.names()}
+        n = 1
+        while f"{stem}-{n}".casefold() in taken:
+            n += 1
+        return f"{stem}-{n}"
+
     def create_run(self, base_ref: str, dataset_id: str, settings: dict[str, Any], name: str = "") -> str:
         """Record a queued run with its own folder holding its finetune.json (the job runner starts it).
-        settings: FinetuneConfig fields chosen in the form."""
+        settings: FinetuneConfig fields chosen in the form; name: checked by check_name, else made up."""
         cfg = self.finetune_config(base_ref, dataset_id, settings)
         dataset = self.store.dataset(dataset_id)
-        name = name.strip()[:80] or f"{Path(dataset['name']).stem}-{cfg.method}-{len(self.store.runs()) + 1}"
+        stem = f"{Path(dataset['name']).stem}-{cfg.method}"[: MAX_NAME_CHARS - 6]
+        name = self.check_name(name) if (name or "").strip() else self.free_name(stem)
         return self.add_run("finetune", cfg, name, base_ref, dataset_id, cfg.method)
+
+    def rename(self, ref: str, name: str) -> str:
+        """Rename the base model or run ref names; the new name, or StudioError (unknown ref, bad name)."""
+        kind, _, key = (ref or "").partition(":")
+        exists = self.store.model(key) if kind == "base" else self.store.run(key) if kind == "run" else None
+        if exists is None:
+            raise StudioError(f"unknown model {ref!r}: it may have been deleted. Refresh the list.")
+        name = self.check_name(name, ref)
+        if kind == "base":
+            self.store.update_model(key, name=name)
+        else:
+            self.store.update_run(key, name=name)
+        return name
 
     def add_run(self, command: str, cfg: Any, name: str, base_ref: str, dataset_id: str, method: str) -> str:
         """A queued run of `python -m llm <command>` in a new folder holding its config file (cfg: the

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llm.run import FINISHED, RunDir
+from llm.run import FINISHED, Metrics, RunDir, read_metrics
 from studio.store import ACTIVE_STATES, LAUNCHED_STATES, WORKING_STATES, Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -98,6 +98,16 @@ def explain(error: dict[str, Any] | None, returncode: int | None = None) -> str:
     return f"The run failed: {message}"
 
 
+def wall_time(run: dict[str, Any]) -> float:
+    """Seconds a run has trained across its attempts: its earlier attempts' (the checkpoint it resumed from
+    counts them) plus its latest attempt's, up to now while it works, else up to when it ended."""
+    attempt = run.get("attempt_started") or run["started"]
+    if attempt is None:
+        return 0.0
+    end = time.time() if run["status"] in WORKING_STATES else run["finished"]
+    return (run.get("elapsed_before") or 0.0) + max(0.0, (end or attempt) - attempt)
+
+
 def process_alive(pid: int, marker: str) -> bool:
     """Is pid a live (not zombie) process whose command line contains marker (guards against pid reuse)?"""
     proc = Path(f"/proc/{pid}")
@@ -124,9 +134,31 @@ class Jobs:
         self.children: dict[int, subprocess.Popen] = {}  # processes this studio started, to reap them
         self.lock = threading.Lock()
         self.closed = threading.Event()
+        self.lock_metrics = threading.Lock()
+        self._metrics: dict[tuple[str, int, int], Metrics] = {}  # by (file, mtime, size); one version a file
 
     def run_dir(self, run: dict[str, Any]) -> RunDir:
         return RunDir(self.store.abs(run["dir"]))
+
+    def file_times(self, run: dict[str, Any]) -> tuple[int, ...]:
+        """The run's metrics and log files' (modification time, size): unchanged means nothing new to show."""
+        run_dir = self.run_dir(run)
+        stats = [path.stat() if path.exists() else None for path in (run_dir.metrics, run_dir.log)]
+        return tuple(x for st in stats for x in ((st.st_mtime_ns, st.st_size) if st else (0, 0)))
+
+    def metrics(self, run: dict[str, Any]) -> Metrics:
+        """The run's metrics, read again only when the file changed (many pages ask every second)."""
+        path = self.run_dir(run).metrics
+        st = path.stat() if path.exists() else None
+        key = (str(path), st.st_mtime_ns if st else 0, st.st_size if st else 0)
+        with self.lock_metrics:
+            if key in self._metrics:
+                return self._metrics[key]
+        metrics = read_metrics(path)
+        with self.lock_metrics:
+            self._metrics = {k: v for k, v in self._metrics.items() if k[0] != key[0]}
+            self._metrics[key] = metrics
+        return metrics
 
     def submit(self, run_id: str) -> str:
         """Start a queued run now if the device is free; say what happened."""
@@ -174,8 +206,16 @@ class Jobs:
             self.store.update_run(run["id"], status="failed", message=f"could not start the trainer: {e}")
             return False
         self.children[child.pid] = child
+        # Wall time across attempts: what the checkpoint it resumes from had trained, plus this attempt's.
+        before = float(run_dir.info().get("wall_seconds", 0.0)) if resume else 0.0
         self.store.update_run(
-            run["id"], status="running", pid=child.pid, started=time.time(), finished=None, message=""
+            run["id"],
+            status="running",
+            pid=child.pid,
+            attempt_started=time.time(),
+            elapsed_before=before,
+            finished=None,
+            message="",
         )
         return True
 
@@ -195,7 +235,8 @@ class Jobs:
 
     def _reconcile(self, run: dict[str, Any]) -> None:
         if run["status"] == "starting":
-            if run["pid"] is None and time.time() - (run["started"] or 0) > 60:  # a studio died while launching it
+            launched = run["attempt_started"] or run["started"] or 0
+            if run["pid"] is None and time.time() - launched > 60:  # a studio died while launching it
                 self.store.update_run(run["id"], status="queued")
             return
         alive, code = self._alive(run)
@@ -230,7 +271,15 @@ class Jobs:
             if run is None:
                 return "No such run."
             if run["status"] == "queued":
-                self.store.update_run(run_id, status="stopped", message="Cancelled before it started.")
+                # Never started (or queued again after a stop): a resumable run keeps its checkpoint.
+                resumable = run["config"].get("resume") and self.run_dir(run).resumable()
+                status = "stopped" if resumable else "cancelled"
+                message = (
+                    "Taken off the queue; Resume continues from its last checkpoint."
+                    if resumable
+                    else ("Cancelled while queued: it never started. Start again queues it from the beginning.")
+                )
+                self.store.update_run(run_id, status=status, message=message, finished=time.time())
                 return f"{run['name']} was taken off the queue."
             if run["status"] not in WORKING_STATES or not self._alive(run)[0]:
                 return f"{run['name']} is not running."
@@ -250,7 +299,8 @@ class Jobs:
             return f"{run['name']} is already {run['status']}."
         if run["status"] == "done":
             return f"{run['name']} has finished; start a new run to train more."
-        config = {**run["config"], "resume": True}
+        # A cancelled run never trained: it starts again from the beginning.
+        config = {**run["config"], "resume": run["status"] != "cancelled"}
         self.store.update_run(run_id, config=config, status="queued", message="", pid=None, queued=time.time())
         return self.submit(run_id)
 
@@ -275,16 +325,10 @@ class Jobs:
         run = self.store.run(run_id)
         assert run is not None, run_id
         run_dir = self.run_dir(run)
-        metrics = run_dir.read_metrics()
+        metrics = self.metrics(run)
         max_steps = metrics.start.get("max_steps") or run["config"].get("max_steps") or 0
         step = metrics.step
         train_elapsed = metrics.train[-1]["elapsed"] if metrics.train else 0.0
-        if run["status"] in WORKING_STATES and run["started"]:
-            elapsed = time.time() - run["started"]
-        elif run["started"] and run["finished"]:
-            elapsed = run["finished"] - run["started"]
-        else:
-            elapsed = 0.0
         remaining = None
         if step and max_steps and metrics.train and run["status"] in WORKING_STATES:
             remaining = train_elapsed / step * max(0, max_steps - step)
@@ -294,7 +338,7 @@ class Jobs:
             "message": run["message"],
             "step": step,
             "max_steps": max_steps,
-            "elapsed": elapsed,
+            "elapsed": wall_time(run),
             "remaining": remaining,
             "metrics": metrics,
             "log": log_tail(run_dir.log, 12),

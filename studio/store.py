@@ -48,9 +48,11 @@ CREATE TABLE IF NOT EXISTS runs (
     message TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL,
     queued REAL NOT NULL,                 -- when it last joined the queue (the queue's order)
-    started REAL,
+    started REAL,                         -- when its first attempt started (kept across Stop/Resume)
     finished REAL,
-    command TEXT NOT NULL DEFAULT 'finetune'  -- the `python -m llm` command that trains it
+    command TEXT NOT NULL DEFAULT 'finetune', -- the `python -m llm` command that trains it
+    attempt_started REAL,                 -- when its latest attempt started
+    elapsed_before REAL NOT NULL DEFAULT 0    -- seconds trained by its earlier attempts (checkpoint wall_seconds)
 );
 CREATE TABLE IF NOT EXISTS votes (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -61,15 +63,21 @@ CREATE TABLE IF NOT EXISTS votes (
     settings TEXT NOT NULL,               -- JSON sampling settings (seed included)
     winner TEXT NOT NULL                  -- the preferred model ref, or 'tie'
 );
+CREATE TABLE IF NOT EXISTS presets (     -- saved Fine-tune form settings, by name
+    name TEXT PRIMARY KEY COLLATE NOCASE,
+    settings TEXT NOT NULL,               -- FinetuneConfig fields, JSON
+    created REAL NOT NULL
+);
 """
 
 # queued -> starting -> running -> (stopping ->) done | stopped | failed; interrupted: the process vanished
 # without a final event (the machine or the process was killed); it can be resumed from its last checkpoint.
+# queued -> cancelled: taken off the queue before it started (nothing to resume; it can be started again).
 LAUNCHED_STATES = ("starting", "running", "stopping")  # a process exists, or is being started
 WORKING_STATES = ("running", "stopping")  # the trainer is working
 ACTIVE_STATES = ("queued", *LAUNCHED_STATES)
 RESUMABLE_STATES = ("stopped", "interrupted", "failed")
-FINAL_STATES = ("done", *RESUMABLE_STATES)
+FINAL_STATES = ("done", "cancelled", *RESUMABLE_STATES)
 RUN_STATES = ACTIVE_STATES + FINAL_STATES
 
 
@@ -92,8 +100,13 @@ class Store:
     def _migrate(db: sqlite3.Connection) -> None:
         """Bring a workspace made by an earlier studio up to this schema."""
         columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
-        if "command" not in columns:
-            db.execute("ALTER TABLE runs ADD COLUMN command TEXT NOT NULL DEFAULT 'finetune'")
+        for column, kind in (
+            ("command", "TEXT NOT NULL DEFAULT 'finetune'"),
+            ("attempt_started", "REAL"),
+            ("elapsed_before", "REAL NOT NULL DEFAULT 0"),
+        ):
+            if column not in columns:
+                db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
 
     @contextmanager
     def connect(self):
@@ -237,7 +250,10 @@ class Store:
                     None if busy else db.execute("SELECT * FROM runs WHERE status='queued' ORDER BY queued").fetchone()
                 )
                 if row is not None:
-                    db.execute("UPDATE runs SET status='starting', started=? WHERE id=?", (time.time(), row["id"]))
+                    db.execute(  # `started` is the first attempt's: a resumed run keeps it
+                        "UPDATE runs SET status='starting', started=COALESCE(started, ?), attempt_started=? WHERE id=?",
+                        (now := time.time(), now, row["id"]),
+                    )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -249,6 +265,26 @@ class Store:
     def delete_run(self, key: str) -> None:
         with self.connect() as db:
             db.execute("DELETE FROM runs WHERE id = ?", (key,))
+
+    def names(self) -> list[tuple[str, str]]:
+        """(ref, name) of every base model and run: names are unique across both."""
+        rows = self._rows("SELECT 'base:' || id AS ref, name FROM models UNION ALL SELECT 'run:' || id, name FROM runs")
+        return [(r["ref"], r["name"]) for r in rows]
+
+    # Presets
+    def save_preset(self, name: str, settings: dict[str, Any]) -> None:
+        """Save settings under name (a preset of the same name, in any case, is replaced)."""
+        with self.connect() as db, db:
+            db.execute("DELETE FROM presets WHERE name = ?", (name,))
+            db.execute(
+                "INSERT INTO presets (name, settings, created) VALUES (?,?,?)",
+                (name, json.dumps(settings), time.time()),
+            )
+
+    def presets(self) -> dict[str, dict[str, Any]]:
+        """Every preset's settings by name, in name order."""
+        rows = self._rows("SELECT name, settings FROM presets ORDER BY name COLLATE NOCASE")
+        return {r["name"]: json.loads(r["settings"]) for r in rows}
 
     # Votes
     def add_vote(self, prompt: str, models: list[str], answers: list[str], settings: dict, winner: str) -> int:

@@ -8,6 +8,7 @@ and step go to test-artifacts/; the README's tab screenshots in docs/screenshots
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -17,6 +18,7 @@ from conftest import free_port
 
 from studio.app import build_app, launch
 from studio.context import SAMPLES_DIR
+from studio.tabs.finetune import FORM_STORAGE_KEY
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -75,6 +77,19 @@ def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
+def expect_lines(page, plot: str) -> None:
+    """The plot has drawn at least one line (an SVG path with a nonempty d), not only an empty frame: a loss
+    column read as text draws category labels and no line."""
+    from playwright.sync_api import expect
+
+    lines = page.locator(f"{plot} g.mark-line path")
+    expect(lines.first).to_be_attached()
+    page.wait_for_function(
+        "sel => [...document.querySelectorAll(sel)].some(p => (p.getAttribute('d') || '').length > 10)",
+        arg=f"{plot} g.mark-line path",
+    )
+
+
 def test_upload_finetune_reload_and_compare(page):
     from playwright.sync_api import expect
 
@@ -115,16 +130,37 @@ def test_upload_finetune_reload_and_compare(page):
     open_tab(page, "2 · Fine-tune")
     page.locator("#ft-dataset input").click()
     page.get_by_role("option", name=re.compile(r"^opposites\.csv \(sample")).click()
+    probes = page.locator("#ft-probes textarea")
+    expect(probes).not_to_have_value("")
+    lines = probes.input_value().splitlines()
+    assert len(lines) == len(set(lines)), f"each probe prompt once: {lines}"
     page.locator("#ft-max-steps input").fill("60")
     page.locator("#ft-batch-size input").fill("64")
     expect(page.locator("#ft-plan")).to_contain_text("Estimated memory")
     expect(page.locator("#ft-plan")).to_contain_text("60 (")
+    expect(page.locator("#ft-plan")).to_contain_text(re.compile(r"In use now:.*memory in use"))
+    page.get_by_text("Advanced settings").click()  # collapsed: the library's defaults, with their help
+    expect(page.locator("#ft-warmup-steps")).to_contain_text("learning-rate warmup steps")
+    expect(page.locator("#ft-grad-accum input")).to_have_value("1")
+    kept = f"localStorage.getItem({json.dumps(FORM_STORAGE_KEY)})"  # encrypted by Gradio: compare, not read
+    before = page.evaluate(kept)
     page.locator("#ft-name textarea, #ft-name input").first.fill("opposites-ft")
+
+    # A reload keeps the unsaved form (it lives in the browser), not the defaults.
+    page.wait_for_function(f"before => {kept} !== before", arg=before)
+    page.reload()
+    open_tab(page, "2 · Fine-tune")
+    expect(page.locator("#ft-max-steps input")).to_have_value("60")
+    expect(page.locator("#ft-batch-size input")).to_have_value("64")
+    expect(page.locator("#ft-name textarea, #ft-name input").first).to_have_value("opposites-ft")
+    expect(page.locator("#ft-dataset input")).to_have_value(re.compile(r"^opposites\.csv \(sample"))
+    expect(page.locator("#ft-plan")).to_contain_text("60 (")
+
     page.locator("#ft-start").click()
     expect(page.locator("#ft-state")).to_contain_text("running", timeout=60_000)
     progress = page.locator("#ft-progress")
     expect(progress).to_contain_text(re.compile(r"step [1-9]\d* of 60"), timeout=180_000)
-    expect(page.locator("#ft-loss canvas, #ft-loss svg").first).to_be_visible()
+    expect_lines(page, "#ft-loss")  # the first points of a run draw lines
     page.screenshot(path=str(ARTIFACTS / "finetune-running.png"), full_page=True)
 
     # Reload mid-run: the page re-attaches to the run (its state lives in SQLite and files, not the page).
@@ -136,7 +172,17 @@ def test_upload_finetune_reload_and_compare(page):
     expect(page.locator("#ft-state")).to_contain_text("done", timeout=300_000)
     expect(progress).to_contain_text("step 60 of 60")
     expect(page.locator("#ft-log textarea")).to_have_value(re.compile("done at step 60"))
+    assert "mfu" not in page.locator("#ft-log textarea").input_value(), "no MFU on a CPU"
+    expect_lines(page, "#ft-loss")
     page.screenshot(path=str(SCREENSHOTS / "finetune.png"), full_page=True)
+
+    # The run's own settings, and a new run from them.
+    page.get_by_text("Settings of this run").click()
+    expect(page.locator("#ft-run-settings-table")).to_contain_text(re.compile(r"Max steps\s*60"))
+    page.locator("#ft-max-steps input").fill("5")
+    page.locator("#ft-reuse").click()
+    expect(page.locator("#ft-max-steps input")).to_have_value("60")
+    expect(page.locator("#ft-start-status")).to_contain_text("opposites-ft")
 
     # 3. Compare: base and fine-tuned, same prompt and seed, side by side.
     open_tab(page, "3 · Compare")
@@ -162,5 +208,13 @@ def test_upload_finetune_reload_and_compare(page):
     page.get_by_role("option", name=re.compile("^opposites-ft")).click()
     expect(page.get_by_text("dataset: opposites.csv")).to_be_visible()
     expect(page.get_by_text("status: done")).to_be_visible()
+    expect_lines(page, "#models-loss")
     page.wait_for_timeout(700)  # let the closing option list fade out of the screenshot
     page.screenshot(path=str(SCREENSHOTS / "models.png"), full_page=True)
+
+    # Several runs' curves on one chart, their settings side by side.
+    page.get_by_text("Compare runs: loss curves").click()
+    page.locator("#models-compare-pick input").click()
+    page.get_by_role("option", name=re.compile("^opposites-ft")).click()
+    expect_lines(page, "#models-compare-loss")
+    expect(page.locator("#models-compare-table")).to_contain_text("max_steps")

@@ -20,6 +20,7 @@ MAX_UPLOAD = 100_000  # bytes: small, so the oversized-upload test needs no big 
 ENDPOINTS = {
     "upload", "validate", "dataset", "plan", "start", "progress", "stop", "resume", "runs",
     "compare", "vote", "batch_compare", "models", "rename", "delete", "download",
+    "save_preset", "presets", "loss_curves",
 }  # fmt: skip
 
 
@@ -162,9 +163,34 @@ def test_plan_reports_device_sizes_and_estimates(app):
     assert "⚠" in app.client.predict("base:base", "", api_name="/plan")
 
 
+def test_plan_takes_advanced_settings_and_says_what_is_in_use(app):
+    text = app.client.predict(
+        "base:base", "sample-opposites", "lora", 1, 0, 0, 8, 4, "", '{"grad_accum": 2}', api_name="/plan"
+    )
+    assert "In use now:** CPU" in text and "memory in use" in text
+    bad = app.client.predict(
+        "base:base", "sample-opposites", "lora", 1, 0, 0, 8, 4, "", '{"warmup_steps": -1}', api_name="/plan"
+    )
+    assert "⚠ Warmup steps must be" in bad
+
+
+def test_presets_are_saved_in_the_workspace(app):
+    out = app.client.predict(
+        "short runs", '{"method": "full", "epochs": 2, "probes": ["Hi?"]}', api_name="/save_preset"
+    )
+    assert "Saved the preset" in out
+    assert "⚠ Epochs must be" in app.client.predict("bad", '{"epochs": 0}', api_name="/save_preset")
+    assert app.client.predict(api_name="/presets")["short runs"]["epochs"] == 2
+    assert app.studio.store.presets()["short runs"]["method"] == "full"
+
+
 def test_progress_without_a_run_says_how_to_start_one(app):
     out = Client(app.url, verbose=False).predict("", api_name="/progress")
     assert "No run yet" in out[0]
+    curve = value(out[2])
+    assert curve["datatypes"]["loss"] == "quantitative" and curve["datatypes"]["step"] == "quantitative", (
+        "an empty loss frame must still have numeric columns, or the plot draws category labels and no line"
+    )
     assert "Choose a run first" in app.client.predict("", api_name="/stop")
 
 
@@ -193,6 +219,22 @@ def test_models_lists_the_base_model(app):
     rows = app.client.predict(api_name="/models")
     base = next(r for r in rows if r["ref"] == "base:base")
     assert base["status"] == "ready" and base["kind"] == "base model"
+
+
+def test_names_must_be_unique_and_a_missing_model_is_not_renamed(app):
+    taken = "Other base (shipped)"
+    app.studio.store.set_model("other", taken, app.studio.base_model)  # a second entry with its own name
+    out = app.client.predict("base:base", taken.upper() + "  ", api_name="/rename")
+    assert out[0].startswith("⚠ Name") and "taken" in out[0] and "Renamed" not in out[0]
+    out = app.client.predict("run:nope", "fresh name", api_name="/rename")
+    assert "unknown model" in out[0] and "Renamed" not in out[0]
+    assert "at most 80" in app.client.predict("base:base", "x" * 81, api_name="/rename")[0]
+    message, _ = app.client.predict(
+        "base:base", "sample-opposites", "lora", 1, 1, 0, 8, 4, "", taken, api_name="/start"
+    )
+    assert "taken" in message and not any(r["name"] == taken for r in app.studio.store.runs())
+    with app.studio.store.connect() as db:
+        db.execute("DELETE FROM models WHERE id = 'other'")
 
 
 def test_the_base_model_cannot_be_deleted(app):
@@ -226,6 +268,9 @@ def test_finetune_progress_compare_batch_and_model_actions(app):
     assert any(r["id"] == run_id and r["status"] == "done" for r in c.predict(api_name="/runs"))
 
     ref = f"run:{run_id}"
+    points = c.predict([ref, "run:gone"], api_name="/loss_curves")
+    assert {p["curve"] for p in points} == {"tiny-run: train", "tiny-run: validation"}
+    assert all(isinstance(p["loss"], float) and isinstance(p["step"], int) for p in points)
     out = c.predict(["base:base", ref], "Opposite of up?", 0, 1, 16, 0, api_name="/compare")
     assert value(out[0]) is not None and out[1]["label"] == "tiny-run"
     note, totals, table, csv_file = c.predict(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import sqlite3
 import sys
 import threading
+import time
 
 import pytest
 
@@ -175,14 +178,166 @@ def test_a_resumed_run_ignores_the_end_of_its_earlier_attempt(tmp_path):
 
 
 def test_a_workspace_from_an_earlier_studio_is_migrated(tmp_path):
-    old_schema = SCHEMA.replace(
-        ",\n    command TEXT NOT NULL DEFAULT 'finetune'  -- the `python -m llm` command that trains it", ""
-    )
-    assert "command TEXT" not in old_schema
+    old_schema = re.sub(r",\n    command TEXT[^;]*?\n\);", "\n);", SCHEMA, count=1)  # runs before these columns
+    assert "command TEXT" not in old_schema and "attempt_started" not in old_schema
     with sqlite3.connect(tmp_path / "studio.db") as db:
         db.executescript(old_schema)
         db.execute(
             "INSERT INTO runs (id, name, base_id, dataset_id, method, config, dir, status, created, queued) "
             "VALUES ('r', 'old run', 'base:base', 'd', 'lora', '{}', 'runs/r', 'done', 1, 1)"
         )
-    assert Store(tmp_path).run("r")["command"] == "finetune", "runs made before other commands were fine-tunes"
+    run = Store(tmp_path).run("r")
+    assert run["command"] == "finetune", "runs made before other commands were fine-tunes"
+    assert run["attempt_started"] is None and run["elapsed_before"] == 0
+
+
+def test_the_loss_frame_is_numeric_even_when_empty_or_ragged():
+    """An object column is drawn as category labels and no line: step must be int and loss float always."""
+    import gradio as gr
+
+    from llm.run import Metrics
+
+    plot = gr.LinePlot(x="step", y="loss", color="curve")
+    empty = plot.postprocess(loss_frame(Metrics()))
+    assert empty.datatypes == {"step": "quantitative", "loss": "quantitative", "curve": "nominal"}
+    metrics = Metrics()
+    metrics.train = [{"step": 1, "train_loss": 2}, {"step": 2, "train_loss": 1.5}]  # an int loss, as JSON may give
+    metrics.evals = [{"step": 2, "val_loss": 1.7}, {"step": 2}]  # an evaluation without a validation loss
+    frame = loss_frame(metrics, "run-a")
+    assert frame["step"].dtype == "int64" and frame["loss"].dtype == "float64"
+    assert list(frame["curve"]) == ["run-a: train", "run-a: train", "run-a: validation"]
+    assert plot.postprocess(frame).datatypes["loss"] == "quantitative"
+
+
+def test_the_form_is_built_from_finetune_config():
+    import dataclasses
+
+    import gradio as gr
+
+    from studio.tabs.finetune import FORM_FIELDS, field_component, form_settings, form_values
+
+    fields = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
+    assert set(FORM_FIELDS) <= set(fields), "every field the form offers is a FinetuneConfig field"
+    with gr.Blocks():
+        for name in FORM_FIELDS:
+            component = field_component(name)
+            assert component.info == fields[name].metadata["help"], name
+    defaults = form_values({})
+    assert dict(zip(FORM_FIELDS, defaults, strict=True))["epochs"] == FinetuneConfig().epochs
+    settings = form_settings(dict(zip(FORM_FIELDS, defaults, strict=True)))
+    assert FinetuneConfig(**settings) == FinetuneConfig(), "the form's defaults are the library's"
+    chosen = {"method": "full", "epochs": 3, "lr": 0.002, "grad_accum": 2, "lora_targets": ["wq"], "probes": ["a", "b"]}
+    again = form_settings(dict(zip(FORM_FIELDS, form_values(chosen), strict=True)))
+    assert {k: again[k] for k in chosen} == chosen, "a run's settings fill the form and come back unchanged"
+    assert "lr" not in form_settings({"lr": 0}) and form_settings({"max_steps": 0.0}) == {"max_steps": 0}
+
+
+def test_warmup_and_weight_decay_reach_the_trainer():
+    from llm.finetune import training_settings
+
+    default, _ = training_settings(FinetuneConfig(max_steps=50), 100, 10, 64)
+    assert default.warmup_steps == 5 and default.weight_decay == 0.0
+    chosen, _ = training_settings(FinetuneConfig(max_steps=50, warmup_steps=0, weight_decay=0.1), 100, 10, 64)
+    assert chosen.warmup_steps == 0 and chosen.weight_decay == 0.1
+
+
+def test_probe_prompts_are_distinct():
+    from types import SimpleNamespace
+
+    from studio.tabs.finetune import probe_prompts
+
+    def example(prompt):
+        return SimpleNamespace(messages=[{"role": "user", "content": prompt}, {"role": "assistant", "content": "x"}])
+
+    rows = [example("Give the story a title."), example("Give the story a title."), example("Why?\nSay"), example("c")]
+    assert probe_prompts(rows) == ["Give the story a title.", "Why? Say", "c"]
+
+
+def test_names_are_unique_trimmed_printable_and_short(tmp_path, tiny_model_dir):
+    from studio.context import SAMPLES_DIR, Studio, StudioError
+
+    studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
+    settings = {"max_steps": 1, "probes": []}
+    first = studio.create_run("base:base", "sample-opposites", settings)
+    second = studio.create_run("base:base", "sample-opposites", settings)
+    assert (
+        studio.store.run(first)["name"] == "opposites-lora-1" and studio.store.run(second)["name"] == "opposites-lora-2"
+    )
+    studio.rename(f"run:{first}", "  Mine  ")
+    assert studio.store.run(first)["name"] == "Mine", "trimmed"
+    assert studio.free_name("opposites-lora") == "opposites-lora-1", "a freed name is offered again"
+    for bad, why in [
+        ("BASE", "taken"),
+        ("mine", "taken"),
+        ("a\tb", "printable"),
+        ("x" * 81, "at most 80"),
+        (" ", "empty"),
+    ]:
+        with pytest.raises(StudioError, match=why):
+            studio.rename(f"run:{second}", bad)
+    with pytest.raises(StudioError, match="taken"):
+        studio.create_run("base:base", "sample-opposites", settings, "MINE")
+    studio.rename(f"run:{first}", "MINE")  # its own name in another case is fine
+    with pytest.raises(StudioError, match="unknown model"):
+        studio.rename("run:nope", "new")
+
+
+def test_a_run_cancelled_while_queued_can_start_again(tmp_path):
+    store = Store(tmp_path)
+    run_id = store.add_run("r", "base:base", "d", "lora", {}, tmp_path / "runs" / "r")
+    jobs = Jobs(store)
+    jobs.stop(run_id)
+    run = store.run(run_id)
+    assert run["status"] == "cancelled" and "never started" in run["message"] and run["finished"]
+    from studio.tabs.models import dates_line
+
+    assert "never started" in dates_line(run) and "started: ," not in dates_line(run)
+    jobs.submit = lambda key: "Queued."  # queue it again without starting a trainer
+    jobs.resume(run_id)
+    run = store.run(run_id)
+    assert run["status"] == "queued" and run["config"]["resume"] is False, "it never trained: it starts over"
+
+
+def test_wall_time_spans_attempts_and_the_first_start_is_kept(tmp_path):
+    from studio.jobs import wall_time
+
+    store = Store(tmp_path)
+    run_id = store.add_run("r", "base:base", "d", "lora", {}, tmp_path / "runs" / "r")
+    first = store.claim_next_run()
+    store.update_run(run_id, status="stopped", finished=time.time())
+    store.update_run(run_id, status="queued")
+    second = store.claim_next_run()
+    assert second["started"] == first["started"] and second["attempt_started"] >= first["attempt_started"]
+    now = time.time()
+    run = {
+        "status": "running",
+        "started": now - 500,
+        "attempt_started": now - 10,
+        "finished": None,
+        "elapsed_before": 300.0,
+    }
+    assert 309 <= wall_time(run) <= 312, "the earlier attempts' 300 s, then this one's 10 s"
+    assert wall_time({**run, "status": "stopped", "finished": now - 5}) == pytest.approx(305, abs=1)
+
+
+def test_the_logged_command_can_be_pasted(tmp_path, monkeypatch):
+    """The log's first line is the command, shell-quoted: shlex.split gives back the argv that ran."""
+    store = Store(tmp_path)
+    run_dir = RunDir(tmp_path / "runs" / "r")
+    run_dir.path.mkdir(parents=True)
+    FinetuneConfig(probes=["Have a nice day! it's $HOME"]).save(run_dir.settings("finetune"))
+    store.add_run("r", "base:base", "d", "lora", {}, run_dir.path)
+
+    class FakeChild:
+        pid = 2**22 + 4321
+
+        def __init__(self, cmd, **kwargs):
+            self.cmd = cmd
+
+        def poll(self):
+            return None
+
+    monkeypatch.setattr("studio.jobs.subprocess.Popen", FakeChild)
+    Jobs(store).tick()
+    line = run_dir.log.read_text().splitlines()[0]
+    assert line.startswith("$ ") and shlex.split(line[2:]) == json.loads(run_dir.command.read_text())

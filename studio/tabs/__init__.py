@@ -10,6 +10,10 @@ import pandas as pd
 from llm.run import Metrics
 
 LOSS_COLUMNS = ["step", "loss", "curve"]
+# Events that only read (tab fills, dropdown changes, the plan, refresh timers): no queue of their own to
+# wait in, so four open pages, a running fine-tune or a generation never hold them up. Generation and batch
+# scoring keep a concurrency limit.
+LIGHT: dict[str, Any] = {"api_visibility": "private", "concurrency_limit": None}
 
 
 def dropdown(**kwargs: Any) -> gr.Dropdown:
@@ -33,6 +37,12 @@ def loss_plot(**kwargs: Any) -> gr.LinePlot:
     )
 
 
-def loss_frame(metrics: Metrics) -> pd.DataFrame:
-    """A run's loss curve for loss_plot: columns step, loss, curve ("train" or "validation")."""
-    return pd.DataFrame(metrics.loss_points(), columns=LOSS_COLUMNS)
+def loss_frame(metrics: Metrics, run: str | None = None) -> pd.DataFrame:
+    """A run's loss curve for loss_plot: columns step (int), loss (float), curve ("train" or "validation",
+    or "<run>: train" ... when run names it). The types are set every time: an empty frame, or one with a
+    missing value, would otherwise have object columns, which the plot draws as category labels, no lines."""
+    frame = pd.DataFrame(metrics.loss_points(), columns=LOSS_COLUMNS).dropna()
+    frame = frame.astype({"step": "int64", "loss": "float64", "curve": "str"})
+    if run is not None:
+        frame["curve"] = run + ": " + frame["curve"]
+    return frame

@@ -1,27 +1,48 @@
-"""Fine-tune tab: choose a base model, a dataset and a few settings, see the plan, start, and watch the run.
+"""Fine-tune tab: choose a base model, a dataset and the settings, see the plan, start, and watch the run.
 
 The run is a child process (studio.jobs); this tab only reads its state from SQLite and its files, every
-second, so a reloaded page re-attaches to a running job.
+second, so a reloaded page re-attaches to a running job. The form's fields are FinetuneConfig's fields (its
+defaults and help text); the page keeps the unsaved form in the browser (gr.BrowserState), so a reload does
+not lose it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import html
+import json
+import threading
+import typing
+from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
+from llm.config import ALL_PROJECTIONS, OVERFLOW, FinetuneConfig
 from llm.errors import LLMError
-from llm.run import Metrics, RunDir
-from studio.context import Studio, human_size, plural
+from llm.run import Metrics
+from studio.context import Studio, StudioError, human_size, memory_now, plural
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
-from studio.tabs import dropdown, loss_frame, loss_plot
+from studio.tabs import LIGHT, dropdown, loss_frame, loss_plot
 
 METHOD_CHOICES = [("LoRA: small adapters, fast, little memory", "lora"), ("Full: every weight", "full")]
 SAMPLE_COLUMNS = ["step", "prompt", "answer"]
+# The form: FinetuneConfig fields, the first always in view, the others under "Advanced settings".
+BASIC_FIELDS = ("method", "epochs", "max_steps", "lr", "batch_size", "lora_rank", "probes")
+ADVANCED_FIELDS = (
+    "grad_accum", "warmup_steps", "weight_decay", "lora_alpha", "lora_dropout", "lora_targets",
+    "val_fraction", "evals_per_epoch", "max_eval_rows", "early_stop_patience", "seed", "overflow", "probe_tokens",
+)  # fmt: skip
+FORM_FIELDS = BASIC_FIELDS + ADVANCED_FIELDS
+MAX_PROBES = 5
+FORM_STORAGE_KEY = "studio-finetune-form"
+NO_RUN = "no run"  # what a page without a run last drew  # the browser's localStorage key of the unsaved form
 
 
 def clock(seconds: float | None) -> str:
@@ -64,21 +85,76 @@ def default_run(studio: Studio) -> str | None:
     return (active or runs or [{"id": None}])[0]["id"]
 
 
-def finetune_settings(method: str, epochs, max_steps, lr, batch_size, lora_rank, probes: str) -> dict[str, Any]:
-    """The tab's values as FinetuneConfig fields; a value left at 0 or empty is left out, so the library's
-    default applies (llm.finetune.FinetuneConfig is the one place the defaults live)."""
-    settings: dict[str, Any] = {"method": method} if method else {}
-    for key, value, kind in (
-        ("epochs", epochs, int),
-        ("max_steps", max_steps, int),
-        ("lr", lr, float),
-        ("batch_size", batch_size, int),
-        ("lora_rank", lora_rank, int),
-    ):
-        if value:
-            settings[key] = kind(value)
-    settings["probes"] = [line.strip() for line in (probes or "").splitlines() if line.strip()][:5]
+def probe_prompts(examples: list[Any], n: int = 3) -> list[str]:
+    """The first n distinct last user turns of examples, on one line each (rows often share an instruction,
+    e.g. "Give the story a title.", and the same probe twice shows nothing new)."""
+    prompts: list[str] = []
+    for example in examples:
+        prompt = next(m["content"] for m in reversed(example.messages) if m["role"] == "user").replace("\n", " ")
+        if prompt not in prompts:
+            prompts.append(prompt)
+        if len(prompts) == n:
+            break
+    return prompts
+
+
+# The form, built from FinetuneConfig's fields
+def config_fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(FinetuneConfig)}
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def field_component(name: str) -> gr.components.Component:
+    """The form's input for a FinetuneConfig field: its label, its help text and its default."""
+    f = config_fields()[name]
+    default, hint = field_default(f), typing.get_type_hints(FinetuneConfig)[name]
+    common = {"label": field_label(name), "info": f.metadata["help"], "elem_id": f"ft-{name.replace('_', '-')}"}
+    if name == "method":
+        return gr.Radio(METHOD_CHOICES, value=default, **common)
+    if name == "overflow":
+        return gr.Radio(list(OVERFLOW), value=default, **common)
+    if name == "lora_targets":
+        return gr.CheckboxGroup(list(ALL_PROJECTIONS), value=default, **common)
+    if name == "probes":
+        common["label"] = "Probe prompts (one a line): answered at every evaluation"
+        return gr.Textbox(value="\n".join(default), lines=3, **common)
+    if hint is bool:
+        return gr.Checkbox(value=default, **common)
+    integer = int in typing.get_args(hint) or hint is int
+    return gr.Number(value=default, precision=0 if integer else None, minimum=0, **common)
+
+
+def form_settings(values: dict[str, Any]) -> dict[str, Any]:
+    """The form's values as FinetuneConfig fields. An empty value is left out (the library's default applies,
+    FinetuneConfig being the one place the defaults live); so is a learning rate of 0 (its default depends
+    on the method)."""
+    hints = typing.get_type_hints(FinetuneConfig)
+    settings: dict[str, Any] = {}
+    for name, value in values.items():
+        if value is None or value == "" or (name == "lr" and not value):
+            continue
+        if name == "probes":
+            settings[name] = [line.strip() for line in str(value).splitlines() if line.strip()][:MAX_PROBES]
+        elif hints[name] in (int, int | None):
+            settings[name] = int(value)
+        elif hints[name] in (float, float | None):
+            settings[name] = float(value)
+        else:
+            settings[name] = value
     return settings
+
+
+def form_values(settings: dict[str, Any]) -> list[Any]:
+    """FinetuneConfig fields (a run's config, a preset) as the form's values, in FORM_FIELDS order; a field
+    not given shows its default."""
+    fields, values = config_fields(), []
+    for name in FORM_FIELDS:
+        value = settings.get(name, field_default(fields[name]))
+        values.append("\n".join(value) if name == "probes" else value)
+    return values
 
 
 def device_text(device: str) -> str:
@@ -104,195 +180,451 @@ def plan_text(plan: dict[str, Any]) -> str:
     )
 
 
-def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
-    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    with gr.Tab("2 · Fine-tune", id="finetune") as tab:
-        with gr.Row():
-            with gr.Column(scale=2, min_width=320):
-                gr.Markdown("#### Settings")
-                base = dropdown(label="Base model", elem_id="ft-base")
-                dataset = dropdown(label="Dataset", elem_id="ft-dataset")
-                method = gr.Radio(METHOD_CHOICES, label="Method", elem_id="ft-method")
-                with gr.Row():
-                    epochs = gr.Number(
-                        value=0, precision=0, minimum=0, maximum=100, label="Epochs", elem_id="ft-epochs"
-                    )
-                    max_steps = gr.Number(
-                        value=0, precision=0, minimum=0, label="Max steps (0: from epochs)", elem_id="ft-max-steps"
-                    )
-                with gr.Row():
-                    lr = gr.Number(value=0, minimum=0, label="Learning rate (0: default)")
-                    batch_size = gr.Number(
-                        value=0, precision=0, minimum=0, label="Batch size (0: auto)", elem_id="ft-batch-size"
-                    )
-                    lora_rank = gr.Number(value=0, precision=0, minimum=0, maximum=256, label="LoRA rank")
-                probes = gr.Textbox(
-                    label="Probe prompts (one a line): answered at every evaluation",
-                    lines=3,
-                    elem_id="ft-probes",
-                )
-                name = gr.Textbox(label="Run name (optional)", placeholder="e.g. qa-lora-1", elem_id="ft-name")
-                plan = gr.Markdown(elem_classes="plan", elem_id="ft-plan")
-                start = gr.Button("Start fine-tuning", variant="primary", elem_id="ft-start")
-                start_status = gr.Markdown(elem_id="ft-start-status")
-            with gr.Column(scale=3, min_width=420):
-                gr.Markdown("#### Run")
-                run = dropdown(label="Run", elem_id="ft-run")
-                with gr.Row():
-                    stop = gr.Button("Stop", variant="stop", size="md", interactive=False, elem_id="ft-stop")
-                    resume = gr.Button("Resume", size="md", interactive=False, elem_id="ft-resume")
-                state = gr.Markdown(elem_id="ft-state")
-                bar = gr.HTML(elem_id="ft-progress")
-                curve = loss_plot(elem_id="ft-loss")
-                samples = gr.Dataframe(
-                    headers=SAMPLE_COLUMNS,
-                    label="Probe answers at the latest evaluations",
-                    interactive=False,
-                    wrap=True,
-                    max_height=260,
-                    column_widths=["10%", "35%", "55%"],
-                )
-                log = gr.Textbox(
-                    label="Log", lines=8, max_lines=8, autoscroll=True, interactive=False, elem_id="ft-log"
-                )
-        timer = gr.Timer(1.0)
-        seen = gr.State(None)  # what this page last drew, so an unchanged run sends nothing
+def settings_table(studio: Studio, run: dict[str, Any]) -> str:
+    """The settings a run was started with (its FinetuneConfig), as a Markdown table."""
+    config = run["config"]
+    dataset = studio.store.dataset(run["dataset_id"])
+    rows = [
+        ("Base model", studio.model_label(run["base_id"])),
+        ("Dataset", dataset["name"] if dataset else f"{config.get('data', '')} (deleted)"),
+    ]
+    rows += [(field_label(name), config.get(name, "default")) for name in FORM_FIELDS if name != "probes"]
+    rows.append(("Probe prompts", " · ".join(config.get("probes", [])) or "none"))
+    lines = ["| setting | value |", "|---|---|"]
+    lines += [f"| {label} | {html.escape(str('default' if v is None else v))} |" for label, v in rows]
+    return "\n".join(lines)
 
-    settings_inputs = [method, epochs, max_steps, lr, batch_size, lora_rank, probes]
 
-    def choices(base_ref: str | None, dataset_id: str | None, run_id: str | None):
-        """Fresh choices; the page's picks are kept, else those of the newest run, else the first."""
-        bases, datasets, runs = studio.model_choices(), studio.dataset_choices(), run_choices(studio)
-        latest = (studio.store.runs() or [{}])[0]
+class PlanCache:
+    """Plans by (settings, file versions): the plan is redrawn at every change of a field, and four open
+    pages ask for the same plan; reading and encoding the data once per version keeps that cheap. One plan is
+    computed at a time: pages opening together wait for the first one's plan instead of each computing it (on
+    a busy CPU, in parallel, they all took as long as the four together)."""
 
-        def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None) -> str | None:
-            keys = [k for _, k in options]
-            return value if value in keys else fallback if fallback in keys else (keys[0] if keys else None)
+    def __init__(self, size: int = 32):
+        self.size, self.plans = size, OrderedDict()
+        self.lock, self.computing = threading.Lock(), threading.Lock()
 
-        return (
-            gr.Dropdown(choices=bases, value=keep(base_ref, bases, latest.get("base_id"))),
-            gr.Dropdown(choices=datasets, value=keep(dataset_id, datasets, latest.get("dataset_id"))),
-            gr.Dropdown(choices=runs, value=keep(run_id, runs, default_run(studio))),
-        )
+    def cached(self, key: str) -> str | None:
+        with self.lock:
+            if key in self.plans:
+                self.plans.move_to_end(key)
+            return self.plans.get(key)
 
-    def default_probes(dataset_id: str | None) -> str:
-        """The first prompts of the rows a run holds out: answers to them show what the model learned."""
-        from llm import tasks
-
-        row = studio.store.dataset(dataset_id) if dataset_id else None
-        if row is None:
-            return ""
-        try:
-            data = tasks.read_task_file(studio.store.abs(row["path"]), row["format"], row["mapping"] or None)
-        except LLMError:
-            return ""
-        _, held_out = tasks.split_examples(data)
-        prompts = [
-            next(m["content"] for m in reversed(e.messages) if m["role"] == "user") for e in held_out.examples[:3]
-        ]
-        return "\n".join(p.replace("\n", " ") for p in prompts)
-
-    def make_plan(base_ref, dataset_id, *values) -> str:
-        """finetune.plan for the chosen settings, or what is wrong with them."""
+    def get(self, studio: Studio, cfg: FinetuneConfig) -> str:
         from llm import finetune
 
-        if not base_ref:
-            return f"⚠ {studio.base_missing() or 'Choose a base model.'}"
-        if not dataset_id:
-            return "⚠ Choose a dataset (Data tab: pick a sample or upload one)."
-        try:
-            cfg = studio.finetune_config(base_ref, dataset_id, finetune_settings(*values))
-            return plan_text(finetune.plan(finetune.prepare(cfg, studio.task_data(cfg))))
-        except LLMError as e:
-            return f"⚠ {e.worded(field_label(e.field))}"
+        key = json.dumps(cfg.to_dict(), sort_keys=True) + str(version(cfg.data)) + str(version(cfg.base))
+        if (text := self.cached(key)) is not None:
+            return text
+        with self.computing:
+            if (text := self.cached(key)) is not None:  # another page computed it while this one waited
+                return text
+            text = plan_text(finetune.plan(finetune.prepare(cfg, studio.task_data(cfg))))
+            with self.lock:
+                self.plans[key] = text
+                while len(self.plans) > self.size:
+                    self.plans.popitem(last=False)
+        return text
 
-    def do_start(base_ref, dataset_id, method_value, epochs_v, steps_v, lr_v, batch_v, rank_v, probes_v, name_v):
-        """Create a run and start it (or queue it behind the run that holds the device)."""
-        if not base_ref or not dataset_id:
-            return "⚠ Choose a base model and a dataset first.", gr.Dropdown()
-        try:  # bad settings are refused here, not in the child
-            settings = finetune_settings(method_value, epochs_v, steps_v, lr_v, batch_v, rank_v, probes_v)
-            run_id = studio.create_run(base_ref, dataset_id, settings, name_v or "")
-        except LLMError as e:
-            return f"⚠ {e.worded(field_label(e.field))}", gr.Dropdown()
-        message = studio.jobs.submit(run_id)
-        return message, gr.Dropdown(choices=run_choices(studio), value=run_id)
 
-    def refresh(run_id: str | None, last_seen: Any):
-        """The run's state, progress, loss curve, probe answers and log; nothing is sent if nothing changed."""
-        if not run_id or studio.store.run(run_id) is None:
-            hint = "No run yet: choose the settings on the left and press Start."
-            empty = (hint, "", loss_frame(Metrics()), pd.DataFrame(columns=SAMPLE_COLUMNS), "")
-            return *empty, gr.Button(interactive=False), gr.Button(interactive=False), gr.skip(), None
-        run_dir = RunDir(studio.store.abs(studio.store.run(run_id)["dir"]))
-        files = [run_dir.metrics, run_dir.log]
-        p = studio.jobs.progress(run_id)
-        signature = (run_id, p["status"], p["message"], *(f.stat().st_mtime if f.exists() else 0 for f in files))
-        if signature == last_seen and p["status"] not in WORKING_STATES:
-            return (*[gr.skip()] * 8, last_seen)
-        run = p["run"]
-        text = f"<span class='state-badge {p['status']}'>{p['status']}</span> **{html.escape(run['name'])}**"
-        if p["message"]:
-            text += f" — {p['message']}"
-        start_record = p["metrics"].start
-        if start_record:
-            text += f"\n\n{start_record.get('device', '')} · {start_record.get('params', 0):,} parameters, {start_record.get('trainable', 0):,} trained"
-        if signature == last_seen:  # running, files unchanged: only the clock moves
-            return text, progress_html(p), *[gr.skip()] * 6, last_seen
-        active = p["status"] in ACTIVE_STATES
-        can_resume = p["status"] in RESUMABLE_STATES
-        return (
-            text,
-            progress_html(p),
-            loss_frame(p["metrics"]),
-            samples_frame(p),
-            p["log"],
-            gr.Button(interactive=active and p["status"] != "stopping"),
-            gr.Button(interactive=can_resume),
-            # The labels carry each run's state; refreshed only when it changes (an open list would close).
-            gr.Dropdown(choices=run_choices(studio)) if not last_seen or last_seen[1] != p["status"] else gr.skip(),
-            signature,
-        )
+def version(path: str) -> tuple:
+    """A file's or folder's (modification time, size), to notice a changed file."""
 
-    def do_stop(run_id: str | None) -> str:
-        return studio.jobs.stop(run_id) if run_id else "Choose a run first."
+    p = Path(path)
+    stat = (p / "info.json" if p.is_dir() else p).stat() if p.exists() else None
+    return (stat.st_mtime_ns, stat.st_size) if stat else ()
 
-    def do_resume(run_id: str | None) -> str:
-        return studio.jobs.resume(run_id) if run_id else "Choose a run first."
 
-    def api_runs() -> list[dict[str, Any]]:
-        """Every run: id, name, status, message, base, dataset and settings."""
-        return [
-            {
-                k: r[k]
-                for k in ("id", "name", "status", "message", "base_id", "dataset_id", "method", "config", "created")
-            }
-            for r in studio.store.runs()
-        ]
+PLANS = PlanCache()
 
-    choice_outputs = [base, dataset, run]
 
-    def library_defaults():
-        """The library's defaults in the fields, when a page opens."""
-        from llm.config import FinetuneConfig
+def make_plan(studio: Studio, base_ref: str | None, dataset_id: str | None, *values: Any) -> str:
+    """The plan for the chosen settings, or what is wrong with them; then what the device has in use now."""
+    if not base_ref:
+        return f"⚠ {studio.base_missing() or 'Choose a base model.'}"
+    if not dataset_id:
+        return "⚠ Choose a dataset (Data tab: pick a sample or upload one)."
+    try:
+        cfg = studio.finetune_config(base_ref, dataset_id, form_settings(dict(zip(FORM_FIELDS, values, strict=True))))
+        text = PLANS.get(studio, cfg)
+    except LLMError as e:
+        return f"⚠ {e.worded(field_label(e.field))}"
+    return f"{text}\n- **In use now:** {memory_now()}"
 
-        defaults = FinetuneConfig()
-        rank = gr.Number(value=defaults.lora_rank, visible=defaults.method == "lora")
-        return gr.Radio(value=defaults.method), gr.Number(value=defaults.epochs), rank
 
-    demo.load(library_defaults, None, [method, epochs, lora_rank], api_visibility="private")
+def default_probes(studio: Studio, dataset_id: str | None) -> str:
+    """The first distinct prompts of the rows a run holds out: answers to them show what the model learned."""
+    row = studio.store.dataset(dataset_id) if dataset_id else None
+    if row is None:
+        return ""
+    path = studio.store.abs(row["path"])
+    return held_out_prompts(str(path), version(str(path)), row["format"], json.dumps(row["mapping"] or {}))
+
+
+@functools.lru_cache(maxsize=16)
+def held_out_prompts(path: str, file_version: tuple, fmt: str, mapping: str) -> str:
+    """default_probes for one version of a file (file_version is part of the cache key only)."""
+    from llm import tasks
+
+    try:
+        data = tasks.read_task_file(Path(path), fmt, json.loads(mapping) or None)
+    except LLMError:
+        return ""
+    _, held_out = tasks.split_examples(data)
+    return "\n".join(probe_prompts(held_out.examples))
+
+
+def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None) -> str | None:
+    """value if it is among the options, else fallback if it is, else the first option."""
+    keys = [k for _, k in options]
+    return value if value in keys else fallback if fallback in keys else (keys[0] if keys else None)
+
+
+def open_form(studio: Studio, saved: Any, run_id: str | None):
+    """A page opens or the tab is shown: fresh choices, the form as this browser left it (else the defaults
+    and the newest run's base and dataset), and its plan."""
+    saved = saved if isinstance(saved, dict) else {}
+    bases, datasets, runs = studio.model_choices(), studio.dataset_choices(), run_choices(studio)
+    latest = (studio.store.runs() or [{}])[0]
+    base_ref = keep(saved.get("base"), bases, latest.get("base_id"))
+    dataset_id = keep(saved.get("dataset"), datasets, latest.get("dataset_id"))
+    settings = saved_settings(saved)
+    values = form_values(settings)
+    if "probes" not in settings:
+        values[FORM_FIELDS.index("probes")] = default_probes(studio, dataset_id)
+    return (
+        gr.Dropdown(choices=bases, value=base_ref),
+        gr.Dropdown(choices=datasets, value=dataset_id),
+        gr.Dropdown(choices=runs, value=keep(run_id, runs, default_run(studio))),
+        *values,
+        saved.get("name", ""),
+        make_plan(studio, base_ref, dataset_id, *values),
+    )
+
+
+def warm_up(studio: Studio) -> None:
+    """Import torch and compute the plan a fresh page opens with, once, before the pages ask for it."""
+    open_form(studio, {}, None)
+
+
+def from_run(studio: Studio, run_id: str | None):
+    """'Start a new run from these': the selected run's base, dataset and settings in the form."""
+    run = studio.store.run(run_id) if run_id else None
+    if run is None:
+        return *[gr.skip()] * (len(FORM_FIELDS) + 4), "Choose a run first."
+    values = form_values(run["config"])
+    return (
+        gr.Dropdown(value=run["base_id"]),
+        gr.Dropdown(value=run["dataset_id"]),
+        *values,
+        "",
+        make_plan(studio, run["base_id"], run["dataset_id"], *values),
+        f"The form holds **{html.escape(run['name'])}**'s settings: change what you like, then press Start.",
+    )
+
+
+# The form as the browser keeps it: a script (no server round trip) writes {base, dataset, fields, name} on
+# every change, once the page has read the kept form back (before that, a reloaded page's fields start at
+# the defaults, and keeping those would lose the user's form).
+SAVE_FORM_JS = f"""(kept, base, dataset, ...rest) => {{
+  if (!window.studioFormRestored) return kept;
+  const names = {json.dumps(list(FORM_FIELDS))};
+  return {{base, dataset, fields: Object.fromEntries(names.map((n, i) => [n, rest[i]])), name: rest[names.length]}};
+}}"""
+RESTORED_JS = "() => { window.studioFormRestored = true; }"
+
+
+def saved_settings(saved: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a form the browser kept; {} if it cannot be read (e.g. kept by an older studio)."""
+    fields = saved.get("fields")
+    if not isinstance(fields, dict):
+        return {}
+    try:
+        return form_settings({k: v for k, v in fields.items() if k in FORM_FIELDS})
+    except (TypeError, ValueError):
+        return {}
+
+
+def start_run(studio: Studio, base_ref: str | None, dataset_id: str | None, settings: dict, name: str):
+    """Create a run and start it (or queue it behind the run that holds the device): (what happened, the
+    run's id or None)."""
+    if not base_ref or not dataset_id:
+        return "⚠ Choose a base model and a dataset first.", None
+    try:  # bad settings are refused here, not in the child
+        run_id = studio.create_run(base_ref, dataset_id, settings, name or "")
+    except LLMError as e:
+        return f"⚠ {e.worded(field_label(e.field))}", None
+    return studio.jobs.submit(run_id), run_id
+
+
+def form_start(studio: Studio, base_ref: str | None, dataset_id: str | None, *values: Any):
+    """Start: values are the form's fields in FORM_FIELDS order, then the run's name."""
+    try:
+        settings = form_settings(dict(zip(FORM_FIELDS, values[:-1], strict=True)))
+    except (TypeError, ValueError) as e:
+        return f"⚠ {e}", gr.Dropdown()
+    message, run_id = start_run(studio, base_ref, dataset_id, settings, values[-1])
+    return message, gr.Dropdown(choices=run_choices(studio), value=run_id) if run_id else gr.Dropdown()
+
+
+def api_values(basic: tuple, advanced: str) -> dict[str, Any]:
+    """The form's values from an API call: basic holds BASIC_FIELDS' values (0 for epochs or LoRA rank: the
+    default), advanced more FinetuneConfig fields as a JSON object. StudioError if advanced is not one."""
+    try:
+        extra = json.loads(advanced) if advanced else {}
+    except json.JSONDecodeError:
+        extra = None
+    if not isinstance(extra, dict) or not set(extra) <= set(FORM_FIELDS):
+        raise StudioError(f"must be a JSON object of the settings {', '.join(FORM_FIELDS)}", field="advanced")
+    given = dict(zip(BASIC_FIELDS, basic, strict=True))
+    given |= {name: given[name] or None for name in ("epochs", "lora_rank")}
+    return given | extra
+
+
+def run_state_text(p: dict[str, Any]) -> str:
+    text = f"<span class='state-badge {p['status']}'>{p['status']}</span> **{html.escape(p['run']['name'])}**"
+    if p["message"]:
+        text += f" — {p['message']}"
+    start = p["metrics"].start
+    if start:
+        text += f"\n\n{start.get('device', '')} · {start.get('params', 0):,} parameters, {start.get('trainable', 0):,} trained"
+    return text
+
+
+def refresh(studio: Studio, run_id: str | None, last_seen: Any):
+    """The run's state, progress, loss curve, probe answers, log and buttons. Nothing is sent when nothing
+    changed (the run's row and its files' times are compared before any file is read); while the run works
+    and its files are unchanged, only the clock moves."""
+    run = studio.store.run(run_id) if run_id else None
+    if run is None and last_seen == NO_RUN:
+        return (*[gr.skip()] * 8, last_seen)
+    if run is None:
+        hint = "No run yet: choose the settings on the left and press Start."
+        empty = (hint, "", loss_frame(Metrics()), pd.DataFrame(columns=SAMPLE_COLUMNS), "")
+        off = gr.Button(interactive=False)
+        return *empty, off, gr.Button(value="Resume", interactive=False), gr.skip(), NO_RUN
+    signature = (run_id, run["status"], run["message"], run["name"], *studio.jobs.file_times(run))
+    if signature == last_seen and run["status"] not in WORKING_STATES:
+        return (*[gr.skip()] * 8, last_seen)
+    p = studio.jobs.progress(run_id)
+    if signature == last_seen:  # working, files unchanged: only the clock moves
+        return gr.skip(), progress_html(p), *[gr.skip()] * 6, last_seen
+    active = p["status"] in ACTIVE_STATES
+    again = p["status"] == "cancelled"
+    return (
+        run_state_text(p),
+        progress_html(p),
+        loss_frame(p["metrics"]),
+        samples_frame(p),
+        p["log"],
+        gr.Button(interactive=active and p["status"] != "stopping"),
+        gr.Button(value="Start again" if again else "Resume", interactive=again or p["status"] in RESUMABLE_STATES),
+        # The labels carry each run's state; refreshed only when it changes (an open list would close).
+        gr.Dropdown(choices=run_choices(studio)) if not last_seen or last_seen[1:4] != signature[1:4] else gr.skip(),
+        signature,
+    )
+
+
+def api_plan(studio: Studio, base_ref: str, dataset_id: str, basic: tuple, advanced: str) -> str:
+    """The /plan endpoint (see api_values)."""
+    try:
+        given = api_values(basic, advanced)
+    except LLMError as e:
+        return f"⚠ {e.worded(field_label(e.field))}"
+    return make_plan(studio, base_ref, dataset_id, *[given.get(name) for name in FORM_FIELDS])
+
+
+def api_runs(studio: Studio) -> list[dict[str, Any]]:
+    """Every run: id, name, status, message, base, dataset and settings."""
+    keys = ("id", "name", "status", "message", "base_id", "dataset_id", "method", "config", "created")
+    return [{k: r[k] for k in keys} for r in studio.store.runs()]
+
+
+def store_preset(studio: Studio, preset_name: str, settings: dict[str, Any]) -> str:
+    """Save settings (FinetuneConfig fields) as a preset named preset_name (the same name replaces it)."""
+    name = (preset_name or "").strip()
+    if not name or not name.isprintable() or len(name) > 80:
+        return "⚠ A preset needs a name: printable, at most 80 characters."
+    try:
+        FinetuneConfig(**settings)
+    except LLMError as e:
+        return f"⚠ {e.worded(field_label(e.field))}"
+    studio.store.save_preset(name, settings)
+    return f"Saved the preset **{html.escape(name)}**."
+
+
+def save_preset(studio: Studio, preset_name: str, *values: Any):
+    """The form's settings saved as a preset; the presets offered again."""
+    message = store_preset(studio, preset_name, form_settings(dict(zip(FORM_FIELDS, values, strict=True))))
+    name = (preset_name or "").strip()
+    return message, gr.Dropdown(
+        choices=list(studio.store.presets()), value=name if name in studio.store.presets() else None
+    )
+
+
+def load_preset(studio: Studio, preset_name: str | None, base_ref: str | None, dataset_id: str | None):
+    """The form filled from a saved preset, with its plan."""
+    settings = studio.store.presets().get(preset_name or "")
+    if settings is None:
+        return *[gr.skip()] * (len(FORM_FIELDS) + 1), "⚠ Choose a saved preset."
+    values = form_values(settings)
+    return (
+        *values,
+        make_plan(studio, base_ref, dataset_id, *values),
+        f"Loaded the preset **{html.escape(preset_name)}**.",
+    )
+
+
+# Layout
+def layout_form(ui: SimpleNamespace) -> None:
+    gr.Markdown("#### Settings")
+    ui.base = dropdown(label="Base model", elem_id="ft-base")
+    ui.dataset = dropdown(label="Dataset", elem_id="ft-dataset")
+    ui.fields = {name: field_component(name) for name in BASIC_FIELDS}
+    with gr.Accordion("Advanced settings", open=False, elem_id="ft-advanced"):
+        for name in ADVANCED_FIELDS:
+            ui.fields[name] = field_component(name)
+    with gr.Accordion("Presets", open=False, elem_id="ft-presets"):
+        with gr.Row():
+            ui.preset = dropdown(label="Saved presets", scale=3, elem_id="ft-preset")
+            ui.preset_load = gr.Button("Fill the form", scale=1, elem_classes="inline-button")
+        with gr.Row():
+            ui.preset_name = gr.Textbox(label="Save these settings as", scale=3, elem_id="ft-preset-name")
+            ui.preset_save = gr.Button("Save preset", scale=1, elem_classes="inline-button", elem_id="ft-preset-save")
+    ui.name = gr.Textbox(label="Run name (optional)", placeholder="e.g. qa-lora-1", elem_id="ft-name")
+    ui.plan = gr.Markdown(elem_classes="plan", elem_id="ft-plan")
+    ui.start = gr.Button("Start fine-tuning", variant="primary", elem_id="ft-start")
+    ui.start_status = gr.Markdown(elem_id="ft-start-status")
+
+
+def layout_run(ui: SimpleNamespace) -> None:
+    gr.Markdown("#### Run")
+    ui.run = dropdown(label="Run", elem_id="ft-run")
+    with gr.Row():
+        ui.stop = gr.Button("Stop", variant="stop", size="md", interactive=False, elem_id="ft-stop")
+        ui.resume = gr.Button("Resume", size="md", interactive=False, elem_id="ft-resume")
+    ui.state = gr.Markdown(elem_id="ft-state")
+    ui.bar = gr.HTML(elem_id="ft-progress")
+    ui.curve = loss_plot(elem_id="ft-loss")
+    with gr.Accordion("Settings of this run", open=False, elem_id="ft-run-settings"):
+        ui.run_settings = gr.Markdown(elem_id="ft-run-settings-table")
+        ui.reuse = gr.Button("Start a new run from these", size="sm", elem_id="ft-reuse")
+    ui.samples = gr.Dataframe(
+        headers=SAMPLE_COLUMNS,
+        label="Probe answers at the latest evaluations",
+        interactive=False,
+        wrap=True,
+        max_height=260,
+        column_widths=["10%", "35%", "55%"],
+    )
+    ui.log = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True, interactive=False, elem_id="ft-log")
+
+
+def layout(ui: SimpleNamespace) -> None:
+    with gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            layout_form(ui)
+        with gr.Column(scale=3, min_width=420):
+            layout_run(ui)
+    ui.timer = gr.Timer(1.0)
+    ui.seen = gr.State(None)  # what this page last drew, so an unchanged run sends nothing
+    ui.saved = gr.BrowserState({}, storage_key=FORM_STORAGE_KEY)
+
+
+# Events
+def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
+    fields = [ui.fields[name] for name in FORM_FIELDS]
+    opened = [ui.base, ui.dataset, ui.run, *fields, ui.name, ui.plan]
     for event in (tab.select, demo.load):
-        event(choices, [base, dataset, run], choice_outputs, api_visibility="private").then(
-            make_plan, [base, dataset, *settings_inputs], plan, api_visibility="private"
+        event(functools.partial(open_form, studio), [ui.saved, ui.run], opened, **LIGHT).then(
+            None, None, None, js=RESTORED_JS
         )
-    dataset.change(default_probes, dataset, probes, api_visibility="private")
-    for component in (base, dataset, *settings_inputs):
-        component.change(
-            make_plan, [base, dataset, *settings_inputs], plan, trigger_mode="always_last", api_visibility="private"
-        )
-    method.change(lambda m: gr.Number(visible=m == "lora"), method, lora_rank, api_visibility="private")
+    plan = functools.partial(make_plan, studio)
+    # .input (the user's changes), not .change: a handler that fills the form returns its plan itself, so
+    # filling 20 fields does not ask for 20 plans.
+    user_edits = [c.input for c in (ui.base, ui.dataset, *fields)]
+    gr.on(user_edits, plan, [ui.base, ui.dataset, *fields], ui.plan, trigger_mode="always_last", **LIGHT)
+    # The unsaved form lives in the browser: kept by a script, no server round trip.
+    form = [ui.saved, ui.base, ui.dataset, *fields, ui.name]
+    gr.on([c.change for c in form[1:]], None, form, ui.saved, js=SAVE_FORM_JS)
+    probes = ui.dataset.input(functools.partial(default_probes, studio), ui.dataset, ui.fields["probes"], **LIGHT)
+    probes.then(plan, [ui.base, ui.dataset, *fields], ui.plan, **LIGHT)
+    ui.fields["method"].input(
+        lambda m: gr.Number(visible=m == "lora"), ui.fields["method"], ui.fields["lora_rank"], **LIGHT
+    )
+    ui.reuse.click(
+        functools.partial(from_run, studio),
+        ui.run,
+        [ui.base, ui.dataset, *fields, ui.name, ui.plan, ui.start_status],
+        **LIGHT,
+    )
 
-    def api_plan(
+
+def wire_presets(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
+    fields = [ui.fields[name] for name in FORM_FIELDS]
+    tab.select(lambda: gr.Dropdown(choices=list(studio.store.presets())), None, ui.preset, **LIGHT)
+    ui.preset_save.click(
+        functools.partial(save_preset, studio),
+        [ui.preset_name, *fields],
+        [ui.start_status, ui.preset],
+        **LIGHT,
+    )
+    ui.preset_load.click(
+        functools.partial(load_preset, studio),
+        [ui.preset, ui.base, ui.dataset],
+        [*fields, ui.plan, ui.start_status],
+        **LIGHT,
+    )
+
+
+def wire_run(studio: Studio, ui: SimpleNamespace) -> None:
+    fields = [ui.fields[name] for name in FORM_FIELDS]
+    ui.start.click(
+        functools.partial(form_start, studio),
+        [ui.base, ui.dataset, *fields, ui.name],
+        [ui.start_status, ui.run],
+        **LIGHT,
+    )
+    monitor = [ui.state, ui.bar, ui.curve, ui.samples, ui.log, ui.stop, ui.resume, ui.run, ui.seen]
+    show = functools.partial(refresh, studio)
+    ui.run.change(lambda r: show(r, None), ui.run, monitor, **LIGHT)
+    ui.run.change(
+        lambda r: settings_table(studio, studio.store.run(r)) if r and studio.store.run(r) else "",
+        ui.run,
+        ui.run_settings,
+        **LIGHT,
+    )
+    # Reading a run's files is cheap: ticks from many open pages never wait for each other.
+    ui.timer.tick(show, [ui.run, ui.seen], monitor, show_progress="hidden", concurrency_limit=None, api_name="progress")
+    ui.stop.click(
+        lambda r: studio.jobs.stop(r) if r else "Choose a run first.",
+        ui.run,
+        ui.start_status,
+        api_name="stop",
+        concurrency_limit=None,
+    )
+    ui.resume.click(
+        lambda r: studio.jobs.resume(r) if r else "Choose a run first.",
+        ui.run,
+        ui.start_status,
+        api_name="resume",
+        concurrency_limit=None,
+    )
+
+
+def api_functions(studio: Studio) -> dict[str, Callable]:
+    """The tab's plain API functions by endpoint name (typed signatures: gradio_client shows them)."""
+
+    def presets() -> dict[str, dict[str, Any]]:
+        """Every saved preset: its FinetuneConfig settings by name."""
+        return studio.store.presets()
+
+    def runs() -> list[dict[str, Any]]:
+        """Every run: id, name, status, message, base, dataset and settings."""
+        return api_runs(studio)
+
+    def plan(
         base_ref: str,
         dataset_id: str,
         method_value: str = "",
@@ -302,16 +634,54 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         batch_v: int = 0,
         rank_v: int = 0,
         probes_v: str = "",
+        advanced: str = "",
     ) -> str:
-        """The plan (device, parameters, steps, memory and time estimates) for these settings, as Markdown;
-        a setting left at 0 or empty takes the library's default."""
-        return make_plan(base_ref, dataset_id, method_value, epochs_v, steps_v, lr_v, batch_v, rank_v, probes_v)
+        """The plan (device, parameters, steps, memory and time estimates, and the memory in use now) for these
+        settings, as Markdown; a setting left at 0 or empty takes the library's default. advanced: more
+        FinetuneConfig fields as a JSON object, e.g. {"grad_accum": 2}."""
+        basic = (method_value, epochs_v, steps_v, lr_v, batch_v, rank_v, probes_v)
+        return api_plan(studio, base_ref, dataset_id, basic, advanced)
 
-    start.click(do_start, [base, dataset, *settings_inputs, name], [start_status, run], api_name="start")
-    monitor = [state, bar, curve, samples, log, stop, resume, run, seen]
-    run.change(lambda r: refresh(r, None), run, monitor, api_visibility="private")
-    # Reading a run's files is cheap: ticks from many open pages never wait for each other.
-    timer.tick(refresh, [run, seen], monitor, show_progress="hidden", concurrency_limit=None, api_name="progress")
-    stop.click(do_stop, run, start_status, api_name="stop")
-    resume.click(do_resume, run, start_status, api_name="resume")
-    return {"plan": api_plan, "runs": api_runs}
+    def start(
+        base_ref: str,
+        dataset_id: str,
+        method_value: str = "",
+        epochs_v: int = 0,
+        steps_v: int = 0,
+        lr_v: float = 0.0,
+        batch_v: int = 0,
+        rank_v: int = 0,
+        probes_v: str = "",
+        name: str = "",
+        advanced: str = "",
+    ) -> tuple[str, str | None]:
+        """Start a run with these settings (as /plan; name: optional, unique): (what happened, the run's id)."""
+        try:
+            given = api_values((method_value, epochs_v, steps_v, lr_v, batch_v, rank_v, probes_v), advanced)
+            settings = form_settings({k: v for k, v in given.items() if v is not None})
+        except LLMError as e:
+            return f"⚠ {e.worded(field_label(e.field))}", None
+        return start_run(studio, base_ref, dataset_id, settings, name)
+
+    def save_preset_api(name: str, settings: str) -> str:
+        """Save settings (a JSON object of FinetuneConfig fields, e.g. {"epochs": 2}) as the preset name."""
+        try:
+            values = json.loads(settings)
+            assert isinstance(values, dict)
+            chosen = form_settings({k: v for k, v in values.items() if k in FORM_FIELDS})
+        except (json.JSONDecodeError, AssertionError, TypeError, ValueError):
+            return "⚠ The settings must be a JSON object of FinetuneConfig fields."
+        return store_preset(studio, name, chosen)
+
+    return {"plan": plan, "start": start, "runs": runs, "presets": presets, "save_preset": save_preset_api}
+
+
+def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
+    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
+    ui = SimpleNamespace()
+    with gr.Tab("2 · Fine-tune", id="finetune") as tab:
+        layout(ui)
+    wire_form(studio, demo, tab, ui)
+    wire_presets(studio, tab, ui)
+    wire_run(studio, ui)
+    return api_functions(studio)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -19,8 +21,9 @@ import pandas as pd
 from llm.errors import LLMError
 from llm.run import INFO, Metrics, RunDir, read_metrics
 from studio.context import Studio, dir_size, human_size, is_model_dir
+from studio.jobs import field_label
 from studio.store import ACTIVE_STATES, new_id
-from studio.tabs import dropdown, loss_frame, loss_plot
+from studio.tabs import LIGHT, dropdown, loss_frame, loss_plot
 
 TABLE_COLUMNS = ["name", "kind", "status", "base", "dataset", "steps", "best val loss", "size", "created"]
 
@@ -140,7 +143,7 @@ def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
         f"- method: {'LoRA' if run['method'] == 'lora' else 'full fine-tune'}",
         f"- settings: {', '.join(f'{k} {v}' for k, v in settings.items())}",
         f"- folder: `{run_dir.path}` ({human_size(dir_size(run_dir.path))} on disk)",
-        f"- started: {_when(run['started'])}, ended: {_when(run['finished']) or '—'}",
+        dates_line(run),
     ]
     if metrics.start:
         lines.append(
@@ -182,114 +185,174 @@ def export_zip(studio: Studio, ref: str) -> Path:
     return target
 
 
-def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
-    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    with gr.Tab("4 · Models", id="models") as tab:
-        gr.Markdown("Every base model and fine-tuning run in this workspace. Pick one to see how it was made.")
-        table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, elem_id="models-table")
-        with gr.Row():
-            pick = dropdown(label="Model or run", scale=4, elem_id="models-pick")
-            refresh = gr.Button("↻ Refresh", scale=0, min_width=140, size="sm", elem_classes="inline-button")
-        with gr.Row():
-            with gr.Column(scale=3):
-                about = gr.Markdown()
-            with gr.Column(scale=4):
-                curve = loss_plot(x_title="step")
-        with gr.Row():
-            new_name = gr.Textbox(label="New name", scale=3)
-            rename = gr.Button("Rename", scale=1, elem_classes="inline-button")
-            download = gr.Button("Download as zip", scale=1, elem_classes="inline-button")
-            delete = gr.Button("Delete…", variant="stop", scale=1, elem_classes="inline-button")
-        with gr.Row(visible=False) as confirm_row:
-            confirm_text = gr.Markdown()
-            confirm = gr.Button("Yes, delete it", variant="stop", scale=0)
-            cancel = gr.Button("Cancel", scale=0)
-        status = gr.Markdown()
-        zip_file = gr.File(label="Zip", interactive=False, visible=False)
+def dates_line(run: dict[str, Any]) -> str:
+    """When a run was queued, first started and ended (a cancelled run never started)."""
+    if run["started"] is None:
+        ended = f", {run['status']}: {_when(run['finished'])}" if run["finished"] else ""
+        return f"- queued: {_when(run['created'])}, never started{ended}"
+    return f"- started: {_when(run['started'])}, ended: {_when(run['finished']) or '—'}"
 
-    def listing(selected: str | None = None):
-        """The table, the choices (the selected model kept, else the newest run) and its details."""
-        rows = model_rows(studio)
+
+def compare_runs(studio: Studio, refs: list[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The loss curves of several runs on one chart (a color for each run's train and validation curves),
+    and their settings side by side: one row a setting, one column a run."""
+    from studio.tabs.finetune import FORM_FIELDS
+
+    curves, columns = [], {}
+    for ref in refs or []:
+        run = studio.store.run(ref.partition(":")[2].partition("/")[0])
+        if run is None:
+            continue
+        curves.append(loss_frame(RunDir(studio.store.abs(run["dir"])).read_metrics(), run["name"]))
+        dataset = studio.store.dataset(run["dataset_id"])
+        column = {"dataset": dataset["name"] if dataset else "(deleted)", "status": run["status"]}
+        column |= {name: run["config"].get(name) for name in FORM_FIELDS}
+        columns[run["name"]] = {k: "default" if v is None else str(v) for k, v in column.items()}
+    frame = pd.concat(curves, ignore_index=True) if curves else loss_frame(Metrics())
+    table = pd.DataFrame(columns).rename_axis("setting").reset_index() if columns else pd.DataFrame(columns=["setting"])
+    return frame, table
+
+
+def layout(ui: SimpleNamespace) -> None:
+    gr.Markdown("Every base model and fine-tuning run in this workspace. Pick one to see how it was made.")
+    ui.table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, elem_id="models-table")
+    with gr.Row():
+        ui.pick = dropdown(label="Model or run", scale=4, elem_id="models-pick")
+        ui.refresh = gr.Button("↻ Refresh", scale=0, min_width=140, size="sm", elem_classes="inline-button")
+    with gr.Row():
+        with gr.Column(scale=3):
+            ui.about = gr.Markdown(elem_id="models-about")
+        with gr.Column(scale=4):
+            ui.curve = loss_plot(x_title="step", elem_id="models-loss")
+    with gr.Row():
+        ui.new_name = gr.Textbox(label="New name", scale=3, elem_id="models-new-name")
+        ui.rename = gr.Button("Rename", scale=1, elem_classes="inline-button", elem_id="models-rename")
+        ui.download = gr.Button("Download as zip", scale=1, elem_classes="inline-button")
+        ui.delete = gr.Button("Delete…", variant="stop", scale=1, elem_classes="inline-button")
+    with gr.Row(visible=False) as ui.confirm_row:
+        ui.confirm_text = gr.Markdown()
+        ui.confirm = gr.Button("Yes, delete it", variant="stop", scale=0)
+        ui.cancel = gr.Button("Cancel", scale=0)
+    ui.status = gr.Markdown(elem_id="models-status")
+    ui.zip_file = gr.File(label="Zip", interactive=False, visible=False)
+    with gr.Accordion("Compare runs: loss curves on one chart, settings side by side", open=False):
+        ui.compare_pick = dropdown(label="Runs", multiselect=True, elem_id="models-compare-pick")
+        ui.compare_curve = gr.LinePlot(
+            x="step", y="loss", color="curve", label="Loss of each run (train and validation)", height=320,
+            elem_id="models-compare-loss",
+        )  # fmt: skip
+        ui.compare_table = gr.Dataframe(interactive=False, wrap=True, elem_id="models-compare-table")
+
+
+class Handlers:
+    """The tab's event handlers over one studio."""
+
+    def __init__(self, studio: Studio):
+        self.studio = studio
+
+    def listing(self, selected: str | None = None, compared: list[str] | None = None):
+        """The table, the choices (the selected model kept, else the newest run), its details, and the runs
+        offered for comparison."""
+        rows = model_rows(self.studio)
         refs = [r["ref"] for r in rows]
         runs = [ref for ref in refs if ref.startswith("run:")]
         value = selected if selected in refs else (runs or refs or [None])[0]
         frame = pd.DataFrame([{k: r[k] for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
         choices = [(f"{r['name']} — {r['kind']}", r["ref"]) for r in rows]
-        return frame, gr.Dropdown(choices=choices, value=value), *show(value)
+        run_choices = [(r["name"], r["ref"]) for r in rows if r["ref"] in runs]
+        kept = [ref for ref in compared or [] if ref in runs]
+        return (
+            frame,
+            gr.Dropdown(choices=choices, value=value),
+            *self.show(value),
+            gr.Dropdown(choices=run_choices, value=kept),
+        )
 
-    def show(ref: str | None):
+    def show(self, ref: str | None):
         if not ref:
             return "", loss_frame(Metrics()), ""
-        text, frame = details(studio, ref)
-        name = studio.model_label(ref)
-        return text, frame, name
+        text, frame = details(self.studio, ref)
+        return text, frame, self.studio.model_label(ref)
 
-    def do_rename(ref: str | None, name: str):
-        name = (name or "").strip()
-        if not ref or not name:
-            return "⚠ Pick a model and type its new name.", *listing(ref)
-        if len(name) > 80:
-            return "⚠ Names are at most 80 characters.", *listing(ref)
-        kind, _, key = ref.partition(":")
-        if kind == "base":
-            studio.store.update_model(key, name=name)
-        else:
-            studio.store.update_run(key, name=name)
-        return f"Renamed to **{name}**.", *listing(ref)
+    def rename(self, ref: str | None, name: str):
+        try:
+            name = self.studio.rename(ref or "", name)
+        except LLMError as e:
+            return f"⚠ {e.worded(field_label(e.field))}", *self.listing(ref)
+        return f"Renamed to **{name}**.", *self.listing(ref)
 
-    def deletable(ref: str | None) -> tuple[dict | None, str]:
+    def deletable(self, ref: str | None) -> tuple[dict | None, str]:
         """(the run a ref names, '') if it may be deleted, else (None, why not)."""
         kind, _, key = (ref or "").partition(":")
         if not ref:
             return None, "⚠ Pick a model first."
         if kind == "base":
             return None, "The base model cannot be deleted from the studio."
-        run = studio.store.run(key.partition("/")[0])
+        run = self.studio.store.run(key.partition("/")[0])
         if run is None:
             return None, "That run no longer exists."
         if run["status"] in ACTIVE_STATES:
             return None, f"⚠ {run['name']} is {run['status']}: stop it first."
         return run, ""
 
-    def ask_delete(ref: str | None):
-        run, why = deletable(ref)
+    def ask_delete(self, ref: str | None):
+        run, why = self.deletable(ref)
         if run is None:
             return gr.Row(visible=False), "", why
-        size = human_size(dir_size(studio.store.abs(run["dir"])))
+        size = human_size(dir_size(self.studio.store.abs(run["dir"])))
         return (
             gr.Row(visible=True),
             f"Delete **{run['name']}** and its {size} of checkpoints? This cannot be undone.",
             "",
         )
 
-    def do_delete(ref: str | None):
-        run, why = deletable(ref)
+    def delete(self, ref: str | None):
+        run, why = self.deletable(ref)
         if run is None:
-            return gr.Row(visible=False), why, *listing(ref)
-        studio.delete_run(run["id"])
-        return gr.Row(visible=False), f"Deleted {run['name']}.", *listing()
+            return gr.Row(visible=False), why, *self.listing(ref)
+        self.studio.delete_run(run["id"])
+        return gr.Row(visible=False), f"Deleted {run['name']}.", *self.listing()
 
-    def do_download(ref: str | None):
+    def download(self, ref: str | None):
         if not ref:
             return gr.File(visible=False), "⚠ Pick a model first."
         try:
-            path = export_zip(studio, ref)
+            path = export_zip(self.studio, ref)
         except LLMError as e:
             return gr.File(visible=False), f"⚠ {e}"
         return gr.File(value=str(path), visible=True), f"Zip ready: {path.name} ({human_size(path.stat().st_size)})."
 
-    shown = [table, pick, about, curve, new_name]
-    for event in (tab.select, demo.load, refresh.click):
-        event(listing, [pick], shown, api_visibility="private")
-    pick.change(show, pick, [about, curve, new_name], api_visibility="private")
-    rename.click(do_rename, [pick, new_name], [status, *shown], api_name="rename")
-    delete.click(ask_delete, pick, [confirm_row, confirm_text, status], api_visibility="private")
-    cancel.click(lambda: gr.Row(visible=False), None, confirm_row, api_visibility="private")
-    confirm.click(do_delete, pick, [confirm_row, status, *shown], api_name="delete")
-    download.click(do_download, pick, [zip_file, status], api_name="download")
+
+def wire(tab: gr.Tab, ui: SimpleNamespace, h: Handlers) -> None:
+    shown = [ui.table, ui.pick, ui.about, ui.curve, ui.new_name, ui.compare_pick]
+    # Filled when shown (a page opens on the first tab): opening a page costs no listing of every run.
+    for event in (tab.select, ui.refresh.click):
+        event(h.listing, [ui.pick, ui.compare_pick], shown, **LIGHT)
+    ui.pick.change(h.show, ui.pick, [ui.about, ui.curve, ui.new_name], **LIGHT)
+    ui.compare_pick.change(
+        functools.partial(compare_runs, h.studio), ui.compare_pick, [ui.compare_curve, ui.compare_table], **LIGHT
+    )
+    ui.rename.click(h.rename, [ui.pick, ui.new_name], [ui.status, *shown], api_name="rename", concurrency_limit=None)
+    ui.delete.click(h.ask_delete, ui.pick, [ui.confirm_row, ui.confirm_text, ui.status], **LIGHT)
+    ui.cancel.click(lambda: gr.Row(visible=False), None, ui.confirm_row, **LIGHT)
+    ui.confirm.click(h.delete, ui.pick, [ui.confirm_row, ui.status, *shown], api_name="delete")
+    ui.download.click(h.download, ui.pick, [ui.zip_file, ui.status], api_name="download")
+
+
+def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
+    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
+    ui = SimpleNamespace()
+    with gr.Tab("4 · Models", id="models") as tab:
+        layout(ui)
+    wire(tab, ui, Handlers(studio))
 
     def api_models() -> list[dict[str, Any]]:
         """Every model and run as plain records (the ref names it in other calls)."""
         return model_rows(studio)
 
-    return {"models": api_models}
+    def loss_curves(refs: list[str]) -> list[dict[str, Any]]:
+        """The loss points of several runs (refs "run:<id>"): records with step, loss and curve ("<run name>:
+        train" or "<run name>: validation"), as the Models tab draws them on one chart."""
+        return compare_runs(studio, refs)[0].to_dict(orient="records")
+
+    return {"models": api_models, "loss_curves": loss_curves}

@@ -1,0 +1,224 @@
+"""How quickly the studio answers several open pages, idle and with a fine-tune training.
+
+Starts the studio (`python app.py`) on a free port over a temporary workspace, opens 1 and then 4 pages at
+once in headless Chromium (Debian's, driven by Playwright), and measures per page:
+    usable      from the start of the page load until the Fine-tune tab's plan box is filled
+    tab switch  from a click on a tab until its events have answered (no output left pending), median over
+                switches between Fine-tune, Models and Data
+first idle, then while a fine-tune started through the API (a large max_steps) trains; the run is stopped at
+the end. Prints a table and, with --json FILE, writes the figures.
+
+    python benchmarks/studio_latency.py [--pages 1 4] [--switches 6] [--base-model models/base] [--json F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.common import print_table, write_json  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]  # fmt: skip  (as tests/test_browser_e2e.py)
+TABS = ["4 · Models", "1 · Data", "2 · Fine-tune"]
+# Events in flight, seen from the page: the Gradio client joins the queue (POST queue/join, which answers
+# an event_id) and reads every result from one stream (queue/data, "process_completed" messages). A script
+# run before the page's own wraps fetch to keep the set of event ids not yet completed.
+TRACK_EVENTS = """(() => {
+  const pending = new Set(), completed = new Set();
+  window.__studio = {pending, joins: 0};
+  const fetch0 = window.fetch;
+  window.fetch = async (...args) => {
+    const url = String((args[0] && args[0].url) || args[0]);
+    const res = await fetch0(...args);
+    if (url.includes('queue/join')) {
+      window.__studio.joins += 1;
+      res.clone().json().then(j => { if (j.event_id && !completed.has(j.event_id)) pending.add(j.event_id); })
+        .catch(() => {});
+    } else if (url.includes('queue/data') && res.body) {
+      const decoder = new TextDecoder();
+      let text = '';
+      const watch = new TransformStream({transform(chunk, out) {
+        text += decoder.decode(chunk, {stream: true});
+        let end;
+        while ((end = text.indexOf('\\n')) >= 0) {
+          const line = text.slice(0, end);
+          text = text.slice(end + 1);
+          if (!line.startsWith('data:')) continue;
+          try {
+            const m = JSON.parse(line.slice(5));
+            if (m.msg === 'process_completed') { completed.add(m.event_id); pending.delete(m.event_id); }
+          } catch (e) {}
+        }
+        out.enqueue(chunk);
+      }});
+      return new Response(res.body.pipeThrough(watch), {status: res.status, statusText: res.statusText,
+                                                         headers: res.headers});
+    }
+    return res;
+  };
+})()"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_studio(workspace: Path, base_model: str, port: int) -> subprocess.Popen:
+    """The studio as users run it, in its own process; returns once it answers HTTP."""
+    import httpx
+
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
+    cmd = [sys.executable, "app.py", "--workspace", str(workspace), "--base-model", base_model, "--port", str(port)]
+    server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError("the studio did not start within 120 s")
+
+
+async def settle(page, joins_before: int) -> None:
+    """Wait until the click's events have joined the queue (none within 1 s: a tab without events) and every
+    event in flight has completed (a timer's tick in flight counts: the page is not idle)."""
+    try:
+        await page.wait_for_function(f"() => window.__studio.joins > {joins_before}", timeout=1_000)
+    except Exception:  # noqa: BLE001 (playwright's TimeoutError): the tab sent nothing
+        return
+    await page.wait_for_function("() => window.__studio.pending.size === 0", timeout=120_000)
+
+
+async def measure_page(browser, url: str, switches: int) -> dict[str, Any]:
+    """One page: time to usable, then the tab switches."""
+    context = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    await context.add_init_script(TRACK_EVENTS)
+    page = await context.new_page()
+    t0 = time.perf_counter()
+    await page.goto(url)
+    await page.get_by_role("tab", name="2 · Fine-tune").click()
+    await page.locator("#ft-plan").get_by_text("Estimated memory").wait_for(timeout=120_000)
+    usable = time.perf_counter() - t0
+    await page.wait_for_function("() => window.__studio.pending.size === 0", timeout=120_000)
+    times = []
+    for k in range(switches):
+        tab = TABS[k % len(TABS)]
+        joins = await page.evaluate("window.__studio.joins")
+        t0 = time.perf_counter()
+        await page.get_by_role("tab", name=tab).click()
+        await settle(page, joins)
+        times.append(time.perf_counter() - t0)
+    await context.close()
+    return {"usable_s": usable, "tab_switch_s": times}
+
+
+async def measure(url: str, pages: int, switches: int) -> dict[str, Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        results = await asyncio.gather(*[measure_page(browser, url, switches) for _ in range(pages)])
+        await browser.close()
+    usable = [r["usable_s"] for r in results]
+    switch = [t for r in results for t in r["tab_switch_s"]]
+    return {
+        "pages": pages,
+        "usable_s": usable,
+        "usable_max_s": max(usable),
+        "tab_switch_median_s": statistics.median(switch),
+        "tab_switch_max_s": max(switch),
+    }
+
+
+def start_training(url: str) -> str:
+    """A long fine-tune through the API: it trains while the pages are measured."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    message, run_id = client.predict(
+        "base:base", "sample-opposites", "lora", 0, 1_000_000, 0, 0, 0, "", "bench-run", api_name="/start"
+    )
+    assert run_id, message
+    deadline = time.time() + 180
+    while time.time() < deadline:  # measure once it trains, not while it starts
+        progress = client.predict(run_id, api_name="/progress")
+        if "step <b>" in str(progress[1]) and "step <b>0</b>" not in str(progress[1]):
+            return run_id
+        time.sleep(1)
+    raise RuntimeError("the fine-tune did not start training within 180 s")
+
+
+def stop_training(url: str, run_id: str) -> None:
+    """Stop the run and wait until its trainer has ended (it outlives the studio otherwise)."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    client.predict(run_id, api_name="/stop")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if all(r["status"] not in ("running", "stopping") for r in client.predict(api_name="/runs")):
+            return
+        time.sleep(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pages", type=int, nargs="+", default=[1, 4])
+    parser.add_argument("--switches", type=int, default=6, help="tab switches per page")
+    parser.add_argument("--base-model", default=str(REPO / "models" / "base"))
+    parser.add_argument("--json", help="write the figures to this file")
+    args = parser.parse_args()
+    rows, report = [], {"cpus": os.cpu_count(), "load_before": os.getloadavg(), "results": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/"
+        server = start_studio(Path(tmp) / "workspace", args.base_model, port)
+        try:
+            for training in (False, True):
+                run_id = start_training(url) if training else None
+                for pages in args.pages:
+                    result = asyncio.run(measure(url, pages, args.switches)) | {"training": training}
+                    report["results"].append(result)
+                    rows.append([
+                        "training" if training else "idle", pages, f"{result['usable_max_s']:.2f}",
+                        f"{statistics.median(result['usable_s']):.2f}", f"{result['tab_switch_median_s']:.2f}",
+                        f"{result['tab_switch_max_s']:.2f}",
+                    ])  # fmt: skip
+                if run_id:
+                    stop_training(url, run_id)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    report["load_after"] = os.getloadavg()
+    headers = ["load", "pages", "usable max s", "usable median s", "tab switch median s", "tab switch max s"]
+    print_table(headers, rows)
+    print(f"load average before {report['load_before']}, after {report['load_after']} ({report['cpus']} CPUs)")
+    write_json(args.json, report)
+
+
+if __name__ == "__main__":
+    main()
