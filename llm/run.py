@@ -11,7 +11,7 @@ studio can read runs cheaply.
     <run>/command.json     the command line of the run's latest attempt
 
 Metrics records, each with "time" (Unix seconds):
-    train   {"step", "train_loss", "lr", "tokens_per_s", "mfu", "elapsed"}      every log_interval steps
+    train   {"step", "train_loss", "lr", "tokens_per_s", "elapsed", "mfu" (GPU only)}   every log_interval steps
     eval    {"step", "val_loss", "train_eval_loss", "samples": [{"prompt", "output"}]}   (each key optional
             but step)
     event   {"event": "start", "step", "device", "world", "params", "trainable", "max_steps"}

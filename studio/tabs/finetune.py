@@ -171,7 +171,12 @@ def plan_text(plan: dict[str, Any]) -> str:
         for line in [
             f"**Device:** {device_text(plan['device'])}",
             f"**Parameters:** {plan['params']:,} · trained: {plan['trainable_params']:,} ({share:.1%})",
-            f"**Examples:** {plan['train_examples']} to train on, {plan['val_examples']} held out to validate",
+            f"**Examples:** {plan['train_examples']} to train on, {plan['val_examples']} held out to validate"
+            + (
+                f" (each evaluation scores {plan['eval_rows']} of them)"
+                if plan["eval_rows"] < plan["val_examples"]
+                else ""
+            ),
             f"**Steps:** {plan['max_steps']} ({plan['epochs']:.1f} epochs of {plan['steps_per_epoch']}, "
             f"batch {plan['batch_size']}) · learning rate {plan['lr']:g}",
             f"**Estimated memory:** {human_size(plan['est_memory_bytes'])} · **estimated time:** "
