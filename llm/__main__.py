@@ -117,7 +117,8 @@ def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
         overrides["sample_prompts"] = args.sample_prompt
     if args.sample_tokens is not None:
         overrides["sample_tokens"] = args.sample_tokens
-    model = {**saved.get("model", {}), **given(args, ModelConfig)}
+    shape = {k: v for k, v in given(args, ModelConfig).items() if k != "vocab_size"}  # --vocab-size: the tokenizer's
+    model = {**saved.get("model", {}), **shape}
     train = {**saved.get("train", {}), **training}
     return config_from_args(PretrainConfig, args, saved, model=model, train=train, **overrides)
 

@@ -59,7 +59,7 @@ def test_pretrain_the_sample_book_then_fine_tune_and_look_inside(page):  # noqa:
 
     # Inside: the base and the book model on the same text.
     open_tab(page, "Inside")
-    choose(page, "in-model-b", "oz-tiny")
+    choose(page, "in-model-b", re.compile(r"^oz-tiny$"))
     page.locator("#in-text textarea").fill("The Scarecrow <said> hello & goodbye.")
     page.locator("#in-go").click()
     expect(page.locator("#in-status")).to_contain_text("2 model(s)")
