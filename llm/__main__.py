@@ -19,10 +19,12 @@ from llm.config import (
     TASK_FORMATS,
     FinetuneConfig,
     ModelConfig,
+    PretrainConfig,
     SamplingConfig,
     TrainConfig,
     load_json,
 )
+from llm.errors import ConfigError
 
 SAVE_DTYPES = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
 
@@ -60,28 +62,65 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def cmd_pretrain(args: argparse.Namespace) -> None:
     import torch
 
+    from llm import pretrain as lib
     from llm.config import preset
-    from llm.pretrain import DEFAULT_SAMPLE_PROMPTS, pretrain
     from llm.run import RunDir
 
-    model_cfg = preset(args.preset, **given(args, ModelConfig))
+    dtype = SAVE_DTYPES[args.save_dtype]
+    save_dtype = getattr(torch, dtype) if dtype else None
+    budgets = {k: v for k, v in given(args, TrainConfig).items() if k in ("max_steps", "max_time", "device")}
+    if args.config or args.inputs:  # from raw text: tokenizer, shards and training in one command
+        if args.resume:
+            raise ConfigError("continues the run with its own settings: give --out and --resume only", field="config")
+        cfg = pretrain_config(args)
+        plan = lib.plan(cfg)
+        print(
+            f"pretraining a {plan['params']:,}-parameter model ({cfg.preset}, vocabulary {plan['vocab_size']:,}) on "
+            f"{plan['device']}: {plan['max_steps']} steps of {plan['tokens_per_step']:,} tokens, about "
+            f"{plan['est_seconds']:.0f} s",
+            flush=True,
+        )
+        lib.pretrain_text(cfg, args.out, args.metrics, save_dtype, progress=True)
+        return
+    if args.resume and not args.data:  # the run knows its data (a run from raw text keeps it inside)
+        lib.resume(args.out, **budgets, metrics_path=args.metrics, save_dtype=save_dtype)
+        return
+    if not args.data:
+        raise ConfigError("is required: a folder made by `prepare` (or --input text files, or --config)", field="data")
+    model_cfg = preset(args.preset or "mini", **given(args, ModelConfig))
     if args.resume:  # the run's own settings; only the budgets and the device given here change
-        budgets = {k: v for k, v in given(args, TrainConfig).items() if k in ("max_steps", "max_time", "device")}
         train_cfg = TrainConfig.from_dict(RunDir(args.out).resumed_train_settings(**budgets))
     else:
         train_cfg = config_from_args(TrainConfig, args)
-    dtype = SAVE_DTYPES[args.save_dtype]
-    pretrain(
+    lib.pretrain(
         args.data,
         args.out,
         model_cfg,
         train_cfg,
         args.resume,
         args.metrics,
-        getattr(torch, dtype) if dtype else None,
-        sample_prompts=args.sample_prompt or DEFAULT_SAMPLE_PROMPTS,
-        sample_tokens=args.sample_tokens,
+        save_dtype,
+        sample_prompts=args.sample_prompt or lib.DEFAULT_SAMPLE_PROMPTS,
+        sample_tokens=lib.DEFAULT_SAMPLE_TOKENS if args.sample_tokens is None else args.sample_tokens,
     )
+
+
+def pretrain_config(args: argparse.Namespace) -> PretrainConfig:
+    """PretrainConfig from --config's file, then the flags given: its own, the shape's (into model) and the
+    training's (budgets into their fields, the rest into train)."""
+    saved = load_json(PretrainConfig, args.config).to_dict() if args.config else {}
+    training = given(args, TrainConfig)
+    overrides = {k: training.pop(k) for k in ("max_steps", "max_time") if k in training}
+    if args.preset:
+        overrides["preset"] = args.preset
+    if args.sample_prompt:
+        overrides["sample_prompts"] = args.sample_prompt
+    if args.sample_tokens is not None:
+        overrides["sample_tokens"] = args.sample_tokens
+    shape = {k: v for k, v in given(args, ModelConfig).items() if k != "vocab_size"}  # --vocab-size: the tokenizer's
+    model = {**saved.get("model", {}), **shape}
+    train = {**saved.get("train", {}), **training}
+    return config_from_args(PretrainConfig, args, saved, model=model, train=train, **overrides)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -264,10 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("pretrain", help="train a transformer from scratch on prepared data")
-    p.add_argument("--data", required=True, help="a folder made by `prepare`")
+    p = sub.add_parser("pretrain", help="train a transformer from scratch: on prepared data, or on raw text")
+    p.add_argument("--data", help="a folder made by `prepare` (or give --input text, or --config)")
     p.add_argument("--out", required=True, help="run folder: checkpoints in latest/ (and best/)")
-    p.add_argument("--preset", default="mini", help=f"model shape: {', '.join(PRESETS)} (default mini)")
+    p.add_argument("--config", help="a PretrainConfig JSON file (flags given as well override it)")
+    p.add_argument("--preset", help=f"model shape: {', '.join(PRESETS)} (default: mini; from raw text: micro)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("--save-dtype", choices=list(SAVE_DTYPES), default="fp32", help="dtype of saved weights")
     p.add_argument("--metrics", help="metrics JSONL file (default: the run folder's)")
@@ -276,7 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help='continued at every evaluation, logged as samples (repeatable; default "Once upon a time", "The")',
     )
-    p.add_argument("--sample-tokens", type=int, default=48, help="tokens sampled per prompt; 0: no samples")
+    p.add_argument("--sample-tokens", type=int, help="tokens sampled per prompt (default 48); 0: no samples")
+    raw = "from raw text (tokenizer and shards made in <out>/data)"
+    skip = ("preset", "max_steps", "max_time", "sample_prompts", "sample_tokens")
+    add_config_flags(p.add_argument_group(raw), PretrainConfig, skip)
     add_config_flags(p.add_argument_group("model shape (default: the preset's)"), ModelConfig, ("vocab_size",), False)
     add_config_flags(p.add_argument_group("training"), TrainConfig)
     p.set_defaults(func=cmd_pretrain)

@@ -57,9 +57,9 @@ def config_from_args(cls, args: argparse.Namespace, base: dict[str, Any] | None 
 
 def flag_for(field: str) -> str:
     """How the CLI names a config field in messages (--lr for lr, --probe for probes)."""
-    from llm.config import FinetuneConfig, ModelConfig, SamplingConfig, TrainConfig
+    from llm.config import FinetuneConfig, ModelConfig, PretrainConfig, SamplingConfig, TrainConfig
 
-    for cls in (FinetuneConfig, TrainConfig, ModelConfig, SamplingConfig):
+    for cls in (FinetuneConfig, TrainConfig, ModelConfig, SamplingConfig, PretrainConfig):
         named = {f.name: flag_name(f) for f in dataclasses.fields(cls)}
         if field in named:
             return named[field]

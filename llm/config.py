@@ -28,6 +28,7 @@ ALL_PROJECTIONS = ATTENTION_PROJECTIONS + ("w_gate", "w_up", "w_down")
 METHODS = ("lora", "full")
 OVERFLOW = ("truncate", "drop")  # what to do with a task row longer than the context
 TASK_FORMATS = ("pairs", "alpaca", "messages")
+SAMPLE_PROMPTS = ("Once upon a time", "The")  # continued at each evaluation of a pretraining run
 
 
 def setting(default: Any, help: str, **metadata: Any) -> Any:
@@ -194,6 +195,7 @@ class ModelConfig(Config):
 # Named model shapes. vocab_size and context_length come from the data / flags when training.
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(n_layer=2, n_head=2, d_model=64, context_length=128),  # tests: ~0.3M params at vocab 1k
+    "micro": dict(n_layer=4, n_head=4, d_model=128, context_length=128),  # ~1M params at vocab 2k: a book on a CPU
     "mini": dict(n_layer=4, n_head=4, d_model=256, context_length=256),  # ~4M params at vocab 4k
     "small": dict(n_layer=6, n_head=6, d_model=384, context_length=256),  # ~12M params at vocab 4k
     "gpt2": dict(n_layer=12, n_head=12, d_model=768, context_length=1024, mlp_hidden=2048),  # ~124M at 50k
@@ -322,3 +324,47 @@ class FinetuneConfig(Config):
 
 
 DEFAULT_LR = {"lora": 3e-3, "full": 1e-3}
+BUDGETS = ("max_steps", "max_time")  # PretrainConfig's own fields, not in its train dict
+
+
+@dataclass
+class PretrainConfig(Config):
+    """A pretraining run from raw text, whole: the text, the tokenizer, the model shape and the budget. The
+    studio writes it to <run>/pretrain.json and starts `python -m llm pretrain --config <run>/pretrain.json
+    --out <run>`; the tokenizer and the token shards are made once, in <run>/data.
+
+    The model shape is a preset with `model` overriding ModelConfig fields; `train` holds any other
+    TrainConfig field (checked by TrainConfig). What is not given is derived from the budget (llm.pretrain.
+    training_settings): about ten evaluations, a checkpoint at each, a warmup of a tenth of the run."""
+
+    inputs: list[str] = setting([], "text files, folders or globs: .txt .txt.gz .txt.xz .jsonl", flag="--input")
+    text_field: str = setting("text", "the field of .jsonl records holding the text")
+    tokenizer: str = setting("", "reuse the tokenizer of this model or run folder (empty: train a new one)")
+    vocab_size: int = setting(2048, "vocabulary of the new tokenizer")
+    val_fraction: float = setting(0.05, "share of the documents (paragraphs) held out for validation")
+    preset: str = setting("micro", f"model shape: {', '.join(PRESETS)}")
+    model: dict[str, Any] = setting({}, "ModelConfig fields overriding the preset's (n_layer, d_model, ...)", cli=False)
+    max_steps: int = setting(0, "optimizer steps (0: as many as the plan expects in max_time; without one, 1000)")
+    max_time: float = setting(300.0, "stop (with a checkpoint) after this many seconds of training; 0: no limit")
+    train: dict[str, Any] = setting({}, "other TrainConfig fields (batch_size, lr, ...)", cli=False)
+    sample_prompts: list[str] = setting(
+        list(SAMPLE_PROMPTS), "continued at every evaluation (fixed seed)", flag="--sample-prompt"
+    )
+    sample_tokens: int = setting(48, "tokens sampled per prompt at every evaluation; 0: no samples")
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ConfigError("is required: the text to pretrain on", field="inputs")
+        check_positive(self, "vocab_size")
+        check_not_negative(self, "max_steps", "max_time", "sample_tokens")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"must be in [0, 1), got {self.val_fraction}", field="val_fraction")
+        shape = {f.name for f in dataclasses.fields(ModelConfig)} - {"vocab_size"}  # vocab_size: the tokenizer's
+        unknown = sorted(set(self.model) - shape)
+        if unknown:
+            raise ConfigError(f"has unknown ModelConfig field(s): {', '.join(unknown)}", field="model")
+        preset(self.preset, **self.model)  # a ConfigError naming the preset or the shape field
+        both = sorted(set(BUDGETS) & set(self.train))
+        if both:
+            raise ConfigError(f"{', '.join(both)} belong in the config itself, not in train", field="train")
+        TrainConfig.from_dict(self.train, "train")  # each field's type and range

@@ -6,6 +6,7 @@ studio can read runs cheaply.
     <run>/best/            the checkpoint with the lowest validation loss (fine-tuning; pretraining with keep_best)
     <run>/metrics.jsonl    one JSON record a line, appended by the trainer (schema below)
     <run>/train.log        a studio run's console output
+    <run>/data/            a run pretrained from raw text: its tokenizer and token shards, made once
     <run>/<command>.json   the config a studio run was started with (`python -m llm <command> --config`),
                            e.g. finetune.json
     <run>/command.json     the command line of the run's latest attempt
@@ -35,6 +36,7 @@ from llm.errors import ConfigError
 LATEST, BEST = "latest", "best"
 METRICS_FILE, LOG_FILE = "metrics.jsonl", "train.log"
 COMMAND_FILE = "command.json"
+DATA = "data"
 CONFIG, INFO, STATE = "config.json", "info.json", "trainer_state.pt"  # inside a checkpoint (llm/checkpoint.py)
 ENDINGS = ("done", "stopped", "early_stop", "time_limit", "error")  # events that end an attempt
 FINISHED = ("done", "early_stop", "time_limit")  # endings after which the run is complete
@@ -159,6 +161,10 @@ class RunDir:
     @property
     def metrics(self) -> Path:
         return self.path / METRICS_FILE
+
+    @property
+    def data(self) -> Path:
+        return self.path / DATA
 
     @property
     def log(self) -> Path:

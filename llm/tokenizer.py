@@ -22,6 +22,8 @@ from llm.textio import iter_documents, name_files
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 MODEL_FILE = "tokenizer.model"
+# pad/unk/bos/eos, the chat tokens, newline and the 256 byte pieces, and room for a few merges
+MIN_VOCAB_SIZE = 4 + len(CHAT_TOKENS) + 1 + 256 + 17
 
 
 class Tokenizer:
@@ -90,10 +92,10 @@ def byte_fallback_share(tokenizer: Tokenizer, texts: Iterable[str]) -> float:
     return sum(b for b, _ in counts) / total if total else 0.0
 
 
-def _training_sentences(files: list[Path], max_chars: int) -> Iterator[str]:
+def _training_sentences(files: list[Path], max_chars: int, text_field: str = "text") -> Iterator[str]:
     """Non-empty lines of the inputs, at most max_chars in total (enough to learn merges)."""
     seen = 0
-    for doc in iter_documents(files):
+    for doc in iter_documents(files, text_field):
         for line in doc.split("\n"):
             if line.strip():
                 yield line
@@ -126,12 +128,13 @@ def train_tokenizer(
     vocab_size: int = 4096,
     max_chars: int = 200_000_000,
     num_threads: int = 2,
+    text_field: str = "text",
 ) -> Tokenizer:
-    """Train a BPE tokenizer on the text files and write <out_dir>/tokenizer.model."""
-    reserved = 4 + len(CHAT_TOKENS) + 1 + 256  # pad/unk/bos/eos, chat tokens, newline, byte pieces
-    if vocab_size <= reserved + 16:
-        raise TokenizerError(f"{vocab_size} is too small: at least {reserved + 17} is needed", field="vocab_size")
-    sentences = list(_training_sentences(files, max_chars))
+    """Train a BPE tokenizer on the text files (the text_field of .jsonl records) and write
+    <out_dir>/tokenizer.model."""
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise TokenizerError(f"{vocab_size} is too small: at least {MIN_VOCAB_SIZE} is needed", field="vocab_size")
+    sentences = list(_training_sentences(files, max_chars, text_field))
     if not sentences:
         raise TokenizerError(f"the corpus is empty: no text in {name_files(files)}")
     model = io.BytesIO()

@@ -1,0 +1,297 @@
+"""Inside view: what a model reads and why it answers. For a text (or a prompt and an answer) and one or two
+models: the tokens, each token's surprise (and, with two models, which tokens the second made more or less
+likely), the next-token choices at a position before and after temperature and top-p, and one layer's
+attention as a heatmap.
+
+No ML here: llm.inspect computes everything (the same report as `python -m llm inspect --json`); this tab
+renders it as HTML, every piece of text escaped.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from llm.errors import LLMError
+from studio.context import Studio, StudioError
+from studio.jobs import field_label
+from studio.tabs import dropdown
+
+NO_MODEL = ""  # the second model's "none" choice
+BANDS = ("#dbe4ff", "#fde2c4", "#d3f9d8", "#f3d9fa", "#fff3bf")  # token colour bands, in turn
+MAX_BITS = 12.0  # surprise at which the colour is fullest
+MAX_DELTA = 4.0  # a difference of bits at which the colour is fullest
+MAX_ATTENTION = 64  # positions shown in the heatmap
+TOKEN_STYLE = "border-radius:3px;padding:1px 0;margin:0 1px 2px 0;display:inline-block;white-space:pre"
+BOX = "font-family:var(--font-mono);font-size:13px;line-height:1.9;border:1px solid var(--border-color-primary);"
+BOX += "border-radius:8px;padding:8px 10px;margin-bottom:8px"
+
+
+def shown(row: dict[str, Any]) -> str:
+    """A token as it reads on the page: its text, a control token's name, newlines and tabs made visible."""
+    text = row["piece"] if row["special"] else row["text"]
+    return html.escape(text.replace("\n", "↵").replace("\t", "→"))
+
+
+def token_span(row: dict[str, Any], background: str, extra: str = "") -> str:
+    title = f"#{row['index']} · id {row['id']} · {row['piece']}{extra}"
+    span = f"<span class='tok' title='{html.escape(title, quote=True)}' style='{TOKEN_STYLE};background:{background}'>"
+    return span + shown(row) + "</span>" + ("<br>" if row["text"].endswith("\n") else "")
+
+
+def tokens_html(report: dict[str, Any]) -> str:
+    """The text split into its tokens, colour-banded, ids on hover; tokens against characters."""
+    rows = report["rows"]
+    spans = "".join(token_span(r, BANDS[i % len(BANDS)]) for i, r in enumerate(rows))
+    n, chars = report["tokens"], report["characters"]
+    head = (
+        f"<div class='inside-count'><b>{n:,}</b> tokens for <b>{chars:,}</b> characters "
+        f"({chars / max(n, 1):.2f} characters per token). Hover a token for its id.</div>"
+    )
+    return head + f"<div class='inside-tokens' style='{BOX}'>{spans}</div>"
+
+
+def heat(value: float, top: float, rgb: str) -> str:
+    share = max(0.0, min(1.0, value / top))
+    return f"rgba({rgb},{0.08 + 0.8 * share:.2f})"
+
+
+def surprise_html(report: dict[str, Any]) -> str:
+    """Each token coloured by its bits under each model; with two, the difference: green where the second
+    model finds the token more likely, red where less."""
+    rows, models = report["rows"], report["models"]
+    parts = []
+    for k, summary in enumerate(report["summary"]):
+        key = "bits" if k == 0 else "bits_2"
+        spans = "".join(
+            token_span(
+                r, heat(r[key], MAX_BITS, "229,72,77") if r["scored"] else "transparent", f" · {r[key]:.2f} bits"
+            )
+            for r in rows
+        )
+        bpb = f", {summary['bits_per_byte']:.3f} bits per byte" if summary["bits_per_byte"] is not None else ""
+        parts.append(
+            f"<div class='inside-model'><b>{html.escape(models[k])}</b>: mean surprise "
+            f"<b>{summary['mean_bits']:.3f}</b> bits per token over {summary['scored_tokens']} tokens{bpb}</div>"
+            f"<div class='inside-surprise' style='{BOX}'>{spans}</div>"
+        )
+    if len(models) == 2:
+        spans = []
+        for r in rows:
+            delta = r["delta_bits"]
+            colour = heat(abs(delta), MAX_DELTA, "34,197,94" if delta < 0 else "229,72,77")
+            spans.append(token_span(r, colour if r["scored"] else "transparent", f" · {delta:+.2f} bits"))
+        parts.append(
+            f"<div class='inside-model'><b>Difference</b>: <span style='background:rgba(34,197,94,.5)'>green</span>"
+            f" tokens {html.escape(models[1])} finds more likely than {html.escape(models[0])}, "
+            f"<span style='background:rgba(229,72,77,.5)'>red</span> less likely (hover for the bits)</div>"
+            f"<div class='inside-delta' style='{BOX}'>{''.join(spans)}</div>"
+        )
+    legend = (
+        "<div style='font-size:12px'>Surprise: −log₂ p(token | the tokens before it); darker is more surprising.</div>"
+    )
+    return legend + "".join(parts)
+
+
+def next_token_html(report: dict[str, Any]) -> str:
+    """Per model: the top next tokens with their probability before and after temperature and top-p."""
+    views = report.get("next_token") or []
+    parts = []
+    for view in views:
+        rows = "".join(
+            f"<tr><td>{c['rank']}</td><td><code>{html.escape(repr(c['text'])[1:-1])}</code></td>"
+            f"<td style='min-width:160px'><div style='background:#4f7cff;height:10px;width:{100 * c['probability']:.1f}%'>"
+            f"</div>{c['probability']:.4f}</td><td>{c['sampled_probability']:.4f}</td></tr>"
+            for c in view["candidates"]
+        )
+        actual = view["actual"]
+        after = (
+            f"<div>The text goes on with <code>{html.escape(repr(actual['piece'])[1:-1])}</code>: rank "
+            f"{actual['rank']}, p {actual['probability']:.4f}</div>"
+            if actual
+            else ""
+        )
+        parts.append(
+            f"<div class='inside-next'><b>{html.escape(view['model'])}</b> after token #{view['position']} "
+            f"<code>{html.escape(repr(view['after'])[1:-1])}</code> (temperature {view['temperature']:g}, top-p "
+            f"{view['top_p']:g}: {view['kept']:,} tokens can be drawn)<table><tr><th>rank</th><th>token</th>"
+            f"<th>p</th><th>p after temperature and top-p</th></tr>{rows}</table>{after}</div>"
+        )
+    return "".join(parts)
+
+
+def attention_html(views: list[dict[str, Any]]) -> str:
+    """Heatmaps: rows are the tokens that look (queries), columns the tokens they look at (keys)."""
+    parts = []
+    for view in views:
+        if "error" in view:
+            parts.append(f"<div class='inside-attention'>⚠ {html.escape(view['error'])}</div>")
+            continue
+        labels, weights = view["labels"][:MAX_ATTENTION], view["weights"][:MAX_ATTENTION]
+        cut = len(view["labels"]) > MAX_ATTENTION
+        label = [html.escape(t.replace("\n", "↵")) for t in labels]
+        cell = "width:14px;height:14px;padding:0;border:0"
+        header = "".join(
+            f"<th style='writing-mode:vertical-rl;font-weight:normal;font-size:11px'>{t}</th>" for t in label
+        )
+        body = "".join(
+            f"<tr><th style='text-align:right;font-weight:normal;font-size:11px;white-space:pre'>{label[q]}</th>"
+            + "".join(
+                f"<td title='{label[q]} → {label[k]}: {w:.2f}' style='{cell};background:rgba(79,124,255,{w:.2f})'></td>"
+                for k, w in enumerate(row[: len(labels)])
+            )
+            + "</tr>"
+            for q, row in enumerate(weights)
+        )
+        head = "mean over heads" if view["head"] is None else f"head {view['head']}"
+        note = f" (the first {MAX_ATTENTION} positions)" if cut else ""
+        parts.append(
+            f"<div class='inside-attention'><b>{html.escape(view['model'])}</b>: layer {view['layer']}, {head}"
+            f"{note}. Each row is a token; its colours show where it looks (a row sums to 1).<div "
+            f"style='overflow:auto'><table style='border-collapse:collapse'><tr><th></th>{header}</tr>{body}"
+            "</table></div></div>"
+        )
+    return "".join(parts)
+
+
+def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
+    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
+    with gr.Tab("Inside", id="inside") as tab:
+        gr.Markdown(
+            "See what a model reads and why it answers: the **tokens** of a text, how **surprised** the model is "
+            "by each (with two models: what the second learned), the **next token** it would pick, and where it "
+            "**attends**."
+        )
+        with gr.Row():
+            model_a = dropdown(label="Model", elem_id="in-model-a")
+            model_b = dropdown(label="Second model (optional: compare token by token)", elem_id="in-model-b")
+        mode = gr.Radio([("A text", "text"), ("A prompt and an answer", "chat")], value="text", label="Read")
+        text = gr.Textbox(label="Text", lines=3, value="Once upon a time, there was a girl.", elem_id="in-text")
+        with gr.Row(visible=False) as chat_row:
+            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="in-prompt")
+            answer = gr.Textbox(label="Answer", lines=2, elem_id="in-answer")
+        with gr.Row():
+            position = gr.Number(value=-1, precision=0, label="Next token after token # (-1: the last)")
+            top_k = gr.Number(value=10, precision=0, minimum=1, maximum=50, label="Top k")
+            temperature = gr.Number(value=0.8, minimum=0, label="Temperature")
+            top_p = gr.Number(value=0.95, minimum=0.01, maximum=1, label="Top-p")
+            layer = gr.Number(value=0, precision=0, minimum=0, label="Attention layer")
+            head = gr.Number(value=-1, precision=0, minimum=-1, label="Head (-1: mean of all)")
+        go = gr.Button("Look inside", variant="primary", elem_id="in-go")
+        status = gr.Markdown(elem_id="in-status")
+        with gr.Tabs():
+            with gr.Tab("Tokens"):
+                tokens_view = gr.HTML(elem_id="in-tokens")
+            with gr.Tab("Surprise"):
+                surprise_view = gr.HTML(elem_id="in-surprise")
+            with gr.Tab("Next token"):
+                next_view = gr.HTML(elem_id="in-next")
+            with gr.Tab("Attention"):
+                attention_view = gr.HTML(elem_id="in-attention")
+
+    def choices(a: str | None, b: str | None):
+        models = studio.model_choices()
+        keys = [k for _, k in models]
+        a = a if a in keys else (keys[0] if keys else None)
+        return (
+            gr.Dropdown(choices=models, value=a),
+            gr.Dropdown(choices=[("(none)", NO_MODEL), *models], value=b if b in keys else NO_MODEL),
+        )
+
+    def inspect(
+        refs: list[str],
+        mode_value: str,
+        text_value: str,
+        prompt_value: str,
+        answer_value: str,
+        position_value: int,
+        top_k_value: int,
+        temperature_value: float,
+        top_p_value: float,
+        layer_value: int,
+        head_value: int,
+    ) -> dict[str, Any]:
+        """llm.inspect's report for one or two loaded models (cached by the studio), with the attention of
+        each model or what keeps it from being shown."""
+        from llm import inspect as lib
+
+        if not refs:
+            raise StudioError("Choose a model.")
+        loaded = [lib.Loaded(studio.model_label(ref), *studio.load(ref)[:2]) for ref in refs]
+        if len(loaded) == 2 and loaded[0].tokenizer.proto != loaded[1].tokenizer.proto:
+            raise StudioError(
+                f"{loaded[0].name} and {loaded[1].name} use different tokenizers, so their tokens cannot be "
+                "compared one by one: choose a model and one trained from it."
+            )
+        if mode_value == "chat":
+            tokens = lib.tokenize(loaded[0].tokenizer, prompt=prompt_value or None, answer=answer_value or None)
+        else:
+            tokens = lib.tokenize(loaded[0].tokenizer, text=text_value or "")
+        settings = dict(top_k=int(top_k_value), temperature=float(temperature_value), top_p=float(top_p_value))
+        report = lib.report(loaded, tokens, int(position_value), **settings)
+        views = []
+        for m in loaded:
+            try:
+                views.append(
+                    {"model": m.name, **lib.attention(m.model, tokens, int(layer_value), head_or_none(head_value))}
+                )
+            except LLMError as e:
+                views.append({"model": m.name, "error": e.worded(field_label(e.field))})
+        report["attention"] = views
+        return report
+
+    def head_or_none(value: float | None) -> int | None:
+        return None if value is None or value < 0 else int(value)
+
+    def look(a, b, *values):
+        refs = [r for r in (a, b) if r]
+        try:
+            report = inspect(refs, *values)
+        except LLMError as e:
+            return f"⚠ {e.worded(field_label(e.field))}", *[gr.skip()] * 4
+        done = f"{len(report['models'])} model(s) · {report['tokens']} tokens"
+        return (
+            done,
+            tokens_html(report),
+            surprise_html(report),
+            next_token_html(report),
+            attention_html(report["attention"]),
+        )
+
+    def api_inspect(
+        model: str,
+        text: str = "",
+        second_model: str = "",
+        prompt: str = "",
+        answer: str = "",
+        position: int = -1,
+        top_k: int = 10,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        layer: int = 0,
+        head: int = -1,
+    ) -> dict[str, Any]:
+        """The Inside view's data as JSON (llm.inspect.report): tokens with their bits under each model
+        (and delta_bits with two), next-token choices after `position`, and one layer's attention. Models are
+        refs ("base:base", "run:<id>"); a text, or a prompt and an answer."""
+        try:
+            refs = [r for r in (model, second_model) if r]
+            mode_value = "chat" if prompt or answer else "text"
+            return inspect(refs, mode_value, text, prompt, answer, position, top_k, temperature, top_p, layer, head)
+        except LLMError as e:
+            raise gr.Error(e.worded(field_label(e.field))) from None
+
+    inputs = [model_a, model_b, mode, text, prompt, answer, position, top_k, temperature, top_p, layer, head]
+    for event in (tab.select, demo.load):
+        event(choices, [model_a, model_b], [model_a, model_b], api_visibility="private")
+    mode.change(
+        lambda m: (gr.Textbox(visible=m == "text"), gr.Row(visible=m == "chat")),
+        mode,
+        [text, chat_row],
+        api_visibility="private",
+    )
+    go.click(look, inputs, [status, tokens_view, surprise_view, next_view, attention_view], api_name="inside")
+    return {"inspect": api_inspect}

@@ -1,0 +1,369 @@
+"""Pretrain tab: a model from raw text. Pick the sample book or upload a text, choose the tokenizer, the model
+size and a budget (steps or minutes), see the plan, start, and watch it learn to write.
+
+The run is `python -m llm pretrain --config <run>/pretrain.json --out <run>` through the same job runner and
+queue as fine-tunes (studio.jobs): stop, resume and re-attach after a reload work the same. Each evaluation's
+samples (fixed prompts, fixed seed) make the timeline; the finished run is a model like any other (the
+Fine-tune tab's base picker, Compare, Models, Inside).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from llm.config import PRESETS, PretrainConfig
+from llm.errors import LLMError
+from llm.run import Metrics
+from studio.context import Studio, StudioError, human_size
+from studio.jobs import CHILD_THREADS, field_label
+from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
+from studio.tabs import dropdown, loss_frame, loss_plot
+from studio.tabs.data import safe_filename
+from studio.tabs.finetune import clock, device_text, progress_html
+from studio.texts import TEXT_SUFFIXES, store_text, text_choices, text_path
+
+COMMAND = "pretrain"
+NEW_TOKENIZER = "new"
+PRESET_HELP = {
+    "tiny": "tiny: 2 layers × 64 (seconds; for trying the steps)",
+    "micro": "micro: 4 layers × 128 (a book in minutes on a CPU)",
+    "mini": "mini: 4 layers × 256",
+    "small": "small: 6 layers × 384",
+    "gpt2": "gpt2: 12 layers × 768 (a GPU)",
+}
+BUDGETS = [("Time (minutes)", "time"), ("Steps", "steps")]
+TIMELINE_EVALS = 12  # evaluations shown in the timeline, newest first
+
+
+def presets(cuda: bool) -> list[tuple[str, str]]:
+    """The model sizes offered: the large ones only when there is a GPU."""
+    return [(PRESET_HELP.get(name, name), name) for name in PRESETS if cuda or name != "gpt2"]
+
+
+def tokenizer_choices(studio: Studio) -> list[tuple[str, str]]:
+    return [("Train a new one on this text", NEW_TOKENIZER)] + [
+        (f"Reuse the tokenizer of {label}", ref) for label, ref in studio.model_choices()
+    ]
+
+
+def pretrain_config(
+    studio: Studio,
+    text_key: str | None,
+    tokenizer_ref: str | None,
+    vocab_size: float | None,
+    preset: str | None,
+    budget: str | None,
+    minutes: float | None,
+    steps: float | None,
+    prompts: str | None,
+) -> PretrainConfig:
+    """The form's values as a PretrainConfig; a value left empty takes the library's default. StudioError or
+    ConfigError (naming the field) when something cannot be used."""
+    settings: dict[str, Any] = {"inputs": [str(text_path(studio, text_key))]}
+    if tokenizer_ref and tokenizer_ref != NEW_TOKENIZER:
+        settings["tokenizer"] = str(studio.model_dir(tokenizer_ref))
+    elif vocab_size:
+        settings["vocab_size"] = int(vocab_size)
+    if preset:
+        settings["preset"] = preset
+    if budget == "steps":
+        if not steps or steps <= 0:
+            raise StudioError("Steps must be a positive number.")
+        settings.update(max_steps=int(steps), max_time=0.0)
+    elif minutes:
+        if minutes <= 0:
+            raise StudioError("Minutes must be a positive number.")
+        settings.update(max_time=float(minutes) * 60, max_steps=0)
+    lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()][:5]
+    if lines:
+        settings["sample_prompts"] = lines
+    return PretrainConfig(**settings)
+
+
+def plan_text(plan: dict[str, Any]) -> str:
+    shape = plan["shape"]
+    budget = f"{plan['max_steps']:,} steps"
+    if plan["steps_from_time"]:
+        budget = f"{clock(plan['max_time'])} of training: about {plan['max_steps']:,} steps"
+    elif plan["max_time"]:
+        budget += f", at most {clock(plan['max_time'])}"
+    epochs = f" · about {plan['est_epochs']:.1f} passes over the text" if plan["est_epochs"] else ""
+    text = f"{human_size(plan['text_bytes'])} of text" if plan["text_bytes"] else "compressed text"
+    return "\n".join(
+        f"- {line}"
+        for line in [
+            f"**Device:** {device_text(plan['device'])}",
+            f"**Model:** {plan['params']:,} parameters ({plan['preset']}: {shape['n_layer']} layers × "
+            f"{shape['d_model']}, {shape['n_head']} heads, context {shape['context_length']} tokens)",
+            f"**Tokenizer:** {html.escape(plan['tokenizer'])} · vocabulary {plan['vocab_size']:,}",
+            f"**Text:** {text}, about {plan['est_text_tokens'] or 0:,} tokens; {plan['val_fraction']:.0%} held out to validate",
+            f"**Budget:** {budget} of {plan['tokens_per_step']:,} tokens (batch {plan['batch_size']}){epochs} · "
+            f"learning rate {plan['lr']:g} · {plan['evaluations']} evaluations with samples",
+            f"**Estimated memory:** {human_size(plan['est_memory_bytes'])} · **estimated time:** "
+            f"{clock(plan['est_seconds'])} (about {plan['est_tokens_per_s']:,} tokens/s)",
+        ]
+    )
+
+
+def timeline(metrics: Metrics, evals: int = TIMELINE_EVALS) -> list[dict[str, Any]]:
+    """The evaluations' samples, newest first: step, losses, bits per byte, and each prompt's text."""
+    return [
+        {
+            "step": r["step"],
+            "val_loss": r.get("val_loss"),
+            "train_loss": r.get("train_eval_loss"),
+            "val_bits_per_byte": r.get("val_bits_per_byte"),
+            "samples": [{"prompt": s["prompt"], "text": s["output"]} for s in r.get("samples", [])],
+        }
+        for r in reversed(metrics.evals[-evals:])
+    ]
+
+
+def timeline_html(entries: list[dict[str, Any]]) -> str:
+    """Sample cards, newest first: the prompt in bold, the model's continuation after it (all text escaped)."""
+    if not entries:
+        return "<div class='pt-empty'>The samples appear here at each evaluation: gibberish first, then words.</div>"
+
+    def number(value: float | None, digits: int = 3) -> str:
+        return "—" if value is None else f"{value:.{digits}f}"
+
+    cards = []
+    for e in entries:
+        head = (
+            f"step <b>{e['step']}</b> · val loss {number(e['val_loss'])} · train loss {number(e['train_loss'])} · "
+            f"<b>{number(e['val_bits_per_byte'])}</b> bits per byte"
+        )
+        texts = "".join(
+            "<div class='pt-sample' style='white-space:pre-wrap;margin:2px 0'>"
+            f"<b>{html.escape(s['prompt'])}</b>{html.escape(s['text'])}</div>"
+            for s in e["samples"]
+        )
+        cards.append(
+            "<div class='pt-card' style='border:1px solid var(--border-color-primary);border-radius:8px;"
+            f"padding:6px 10px;margin-bottom:6px'><div class='pt-head' style='font-size:12px;"
+            f"color:var(--body-text-color-subdued)'>{head}</div>{texts}</div>"
+        )
+    return "".join(cards)
+
+
+def run_choices(studio: Studio) -> list[tuple[str, str]]:
+    return [(f"{r['name']} · {r['status']}", r["id"]) for r in studio.store.runs() if r["command"] == COMMAND]
+
+
+def default_run(studio: Studio) -> str | None:
+    runs = [r for r in studio.store.runs() if r["command"] == COMMAND]
+    active = [r for r in runs if r["status"] in ACTIVE_STATES and r["status"] != "queued"]
+    return (active or runs or [{"id": None}])[0]["id"]
+
+
+def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
+    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
+    with gr.Tab("Pretrain", id="pretrain") as tab:
+        gr.Markdown(
+            "Train a model **from scratch** on a text: it learns to write like it. Start with the sample book "
+            "(5 minutes on a laptop CPU gives words), or upload your own text."
+        )
+        with gr.Row():
+            with gr.Column(scale=2, min_width=320):
+                gr.Markdown("#### Text and settings")
+                text = dropdown(label="Text", elem_id="pt-text")
+                upload = gr.File(
+                    label=f"Upload a text ({', '.join(TEXT_SUFFIXES)}, UTF-8, up to "
+                    f"{human_size(studio.max_upload_bytes)})",
+                    file_types=[".txt", ".gz", ".jsonl"],
+                    height=110,
+                    elem_id="pt-upload",
+                )
+                text_status = gr.Markdown(elem_id="pt-text-status")
+                tokenizer = dropdown(label="Tokenizer", elem_id="pt-tokenizer")
+                vocab = gr.Number(precision=0, label="Vocabulary size (a new tokenizer)", elem_id="pt-vocab")
+                preset = gr.Radio(presets(cuda=True), label="Model size", elem_id="pt-preset")  # narrowed at load
+                budget = gr.Radio(BUDGETS, value="time", label="Budget", elem_id="pt-budget")
+                with gr.Row():
+                    minutes = gr.Number(minimum=0, label="Minutes", elem_id="pt-minutes")
+                    steps = gr.Number(value=300, precision=0, label="Steps", visible=False, elem_id="pt-steps")
+                prompts = gr.Textbox(
+                    label="Sample prompts (one a line): continued at every evaluation",
+                    lines=2,
+                    elem_id="pt-prompts",
+                )
+                name = gr.Textbox(label="Run name (optional)", placeholder="e.g. oz-micro", elem_id="pt-name")
+                plan = gr.Markdown(elem_classes="plan", elem_id="pt-plan")
+                start = gr.Button("Start pretraining", variant="primary", elem_id="pt-start")
+                start_status = gr.Markdown(elem_id="pt-start-status")
+            with gr.Column(scale=3, min_width=420):
+                gr.Markdown("#### Watch it learn to write")
+                run = dropdown(label="Run", elem_id="pt-run")
+                with gr.Row():
+                    stop = gr.Button("Stop", variant="stop", size="md", interactive=False, elem_id="pt-stop")
+                    resume = gr.Button("Resume", size="md", interactive=False, elem_id="pt-resume")
+                state = gr.Markdown(elem_id="pt-state")
+                bar = gr.HTML(elem_id="pt-progress")
+                curve = loss_plot(elem_id="pt-loss")
+                samples = gr.HTML(elem_id="pt-timeline")
+                log = gr.Textbox(
+                    label="Log", lines=6, max_lines=6, autoscroll=True, interactive=False, elem_id="pt-log"
+                )
+        timer = gr.Timer(1.0)
+        seen = gr.State(None)  # what this page last drew, so an unchanged run sends nothing
+
+    form = [text, tokenizer, vocab, preset, budget, minutes, steps, prompts]
+
+    def defaults():
+        """The library's defaults in the fields, when a page opens."""
+        import torch
+
+        cfg = PretrainConfig(inputs=["-"])
+        return (
+            gr.Number(value=cfg.vocab_size),
+            gr.Radio(choices=presets(torch.cuda.is_available()), value=cfg.preset),
+            gr.Number(value=cfg.max_time / 60),
+            "\n".join(cfg.sample_prompts),
+        )
+
+    def choices(text_key: str | None, tokenizer_ref: str | None, run_id: str | None):
+        texts, tokenizers, runs = text_choices(studio), tokenizer_choices(studio), run_choices(studio)
+
+        def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None = None) -> str | None:
+            keys = [k for _, k in options]
+            return value if value in keys else fallback if fallback in keys else (keys[0] if keys else None)
+
+        return (
+            gr.Dropdown(choices=texts, value=keep(text_key, texts)),
+            gr.Dropdown(choices=tokenizers, value=keep(tokenizer_ref, tokenizers)),
+            gr.Dropdown(choices=runs, value=keep(run_id, runs, default_run(studio))),
+        )
+
+    def make_plan(*values) -> str:
+        """llm.pretrain.plan for the chosen settings, or what is wrong with them."""
+        from llm import pretrain
+
+        try:
+            return plan_text(pretrain.plan(pretrain_config(studio, *values), threads=CHILD_THREADS))
+        except LLMError as e:
+            return f"⚠ {e.worded(field_label(e.field))}"
+
+    def do_upload(file: str | None):
+        """Check an uploaded text; a usable one is kept in the workspace and chosen."""
+        if not file:
+            return gr.Dropdown(), gr.File(value=None), ""
+        source = Path(file)
+        name = safe_filename(source.name)
+        try:
+            info = store_text(studio, source, name)
+        except LLMError as e:
+            return gr.Dropdown(), gr.File(value=None), f"⚠ This text cannot be used: {e.message}"
+        return (
+            gr.Dropdown(choices=text_choices(studio), value=info.key),
+            gr.File(value=None),
+            f"✓ {html.escape(info.describe())}",
+        )
+
+    def do_start(*values):
+        """Create a pretraining run and start it (or queue it behind the run that holds the device)."""
+        *settings, name_value = values
+        try:
+            cfg = pretrain_config(studio, *settings)
+            text_name = Path(cfg.inputs[0]).name
+            run_name = (name_value or "").strip()[
+                :80
+            ] or f"{Path(text_name).stem}-{cfg.preset}-{len(studio.store.runs()) + 1}"
+            base_ref = settings[1] if cfg.tokenizer else ""
+            run_id = studio.add_run(COMMAND, cfg, run_name, base_ref, f"text:{text_name}", COMMAND)
+        except LLMError as e:
+            return f"⚠ {e.worded(field_label(e.field))}", gr.Dropdown()
+        return studio.jobs.submit(run_id), gr.Dropdown(choices=run_choices(studio), value=run_id)
+
+    def refresh(run_id: str | None, last_seen: Any):
+        """The run's state, progress, loss curve, sample timeline and log; nothing is sent if nothing changed."""
+        if not run_id or studio.store.run(run_id) is None:
+            hint = "No pretraining run yet: choose a text and press Start."
+            empty = (hint, "", loss_frame(Metrics()), timeline_html([]), "")
+            return *empty, gr.Button(interactive=False), gr.Button(interactive=False), gr.skip(), None
+        p = studio.jobs.progress(run_id)
+        run_dir = studio.jobs.run_dir(p["run"])
+        files = [run_dir.metrics, run_dir.log]
+        signature = (run_id, p["status"], p["message"], *(f.stat().st_mtime if f.exists() else 0 for f in files))
+        if signature == last_seen and p["status"] not in WORKING_STATES:
+            return (*[gr.skip()] * 8, last_seen)
+        text_value = f"<span class='state-badge {p['status']}'>{p['status']}</span> **{html.escape(p['run']['name'])}**"
+        if p["message"]:
+            text_value += f" — {html.escape(p['message'])}"
+        start_record = p["metrics"].start
+        if start_record:
+            text_value += f"\n\n{start_record.get('device', '')} · {start_record.get('params', 0):,} parameters"
+        if signature == last_seen:  # running, files unchanged: only the clock moves
+            return text_value, progress_html(p), *[gr.skip()] * 6, last_seen
+        return (
+            text_value,
+            progress_html(p),
+            loss_frame(p["metrics"]),
+            timeline_html(timeline(p["metrics"])),
+            p["log"],
+            gr.Button(interactive=p["status"] in ACTIVE_STATES and p["status"] != "stopping"),
+            gr.Button(interactive=p["status"] in RESUMABLE_STATES),
+            gr.Dropdown(choices=run_choices(studio)) if not last_seen or last_seen[1] != p["status"] else gr.skip(),
+            signature,
+        )
+
+    def api_plan(
+        text_key: str,
+        tokenizer_ref: str = NEW_TOKENIZER,
+        vocab_size: int = 0,
+        preset_name: str = "",
+        budget_kind: str = "time",
+        minutes_value: float = 0.0,
+        steps_value: int = 0,
+        sample_prompts: str = "",
+    ) -> str:
+        """The plan (device, parameters, tokens per step, steps, memory and time) of a pretraining run, as
+        Markdown; a value left at 0 or empty takes the library's default."""
+        return make_plan(
+            text_key, tokenizer_ref, vocab_size, preset_name, budget_kind, minutes_value, steps_value, sample_prompts
+        )
+
+    def api_timeline(run_id: str) -> list[dict[str, Any]]:
+        """A pretraining run's evaluations, newest first: step, val_loss, train_loss, val_bits_per_byte and
+        samples (prompt, text)."""
+        run = studio.store.run(run_id)
+        if run is None:
+            raise gr.Error(f"No run {run_id!r}.")
+        return timeline(studio.jobs.run_dir(run).read_metrics(), evals=10**6)
+
+    def api_texts() -> list[dict[str, str]]:
+        """The texts to pretrain on: key and label."""
+        return [{"key": key, "label": label} for label, key in text_choices(studio)]
+
+    demo.load(defaults, None, [vocab, preset, minutes, prompts], api_visibility="private")
+    for event in (tab.select, demo.load):
+        event(choices, [text, tokenizer, run], [text, tokenizer, run], api_visibility="private").then(
+            make_plan, form, plan, api_visibility="private"
+        )
+    for component in form:
+        component.change(make_plan, form, plan, trigger_mode="always_last", api_visibility="private")
+    budget.change(
+        lambda b: (gr.Number(visible=b == "time"), gr.Number(visible=b == "steps")),
+        budget,
+        [minutes, steps],
+        api_visibility="private",
+    )
+    tokenizer.change(lambda t: gr.Number(visible=t == NEW_TOKENIZER), tokenizer, vocab, api_visibility="private")
+    upload.upload(do_upload, upload, [text, upload, text_status], api_name="pretrain_upload")
+    start.click(do_start, [*form, name], [start_status, run], api_name="pretrain_start")
+    monitor = [state, bar, curve, samples, log, stop, resume, run, seen]
+    run.change(lambda r: refresh(r, None), run, monitor, api_visibility="private")
+    timer.tick(
+        refresh, [run, seen], monitor, show_progress="hidden", concurrency_limit=None, api_name="pretrain_progress"
+    )
+    stop.click(
+        lambda r: studio.jobs.stop(r) if r else "Choose a run first.", run, start_status, api_visibility="private"
+    )
+    resume.click(
+        lambda r: studio.jobs.resume(r) if r else "Choose a run first.", run, start_status, api_visibility="private"
+    )
+    return {"pretrain_plan": api_plan, "pretrain_timeline": api_timeline, "pretrain_texts": api_texts}

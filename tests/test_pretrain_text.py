@@ -1,0 +1,158 @@
+"""Pretraining from raw text in one command: PretrainConfig, plan, the tokenizer and shards made once in
+<run>/data, samples at each evaluation, a time budget that stops with a checkpoint, and resume."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from llm_cli import run_llm
+
+from llm import pretrain as lib
+from llm.config import PretrainConfig
+from llm.errors import ConfigError, InputError
+from llm.run import RunDir
+from llm.tokenizer import Tokenizer
+
+TINY = {"context_length": 32}
+TRAIN = {"batch_size": 4, "eval_batches": 1}
+
+
+def run_cli(*args: object) -> None:
+    result = run_llm(*args)
+    assert result.returncode == 0, result.stderr
+
+
+def config(story_file, **changes) -> PretrainConfig:
+    settings = dict(
+        inputs=[str(story_file)],
+        vocab_size=400,
+        val_fraction=0.1,
+        preset="tiny",
+        model=TINY,
+        train=TRAIN,
+        max_steps=6,
+        max_time=0.0,
+        sample_prompts=["Once upon a time", "Tom"],
+        sample_tokens=6,
+    )
+    return PretrainConfig(**{**settings, **changes})
+
+
+def test_config_round_trips_through_its_file(tmp_path, story_file):
+    cfg = config(story_file)
+    cfg.save(tmp_path / "pretrain.json")
+    assert PretrainConfig.load(tmp_path / "pretrain.json") == cfg
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"inputs": []}, "inputs"),
+        ({"preset": "huge"}, "preset"),
+        ({"model": {"vocab_size": 99}}, "model"),
+        ({"model": {"d_model": 60, "n_head": 4}}, "n_head"),  # head size 15 is odd: no rotary embedding
+        ({"train": {"max_steps": 5}}, "train"),  # a budget is the config's own field
+        ({"train": {"lr": -1.0}}, "lr"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+    ],
+)
+def test_bad_settings_name_their_field(story_file, changes, field):
+    with pytest.raises(ConfigError) as caught:
+        config(story_file, **changes)
+    assert caught.value.field == field
+
+
+def test_the_plan_sizes_the_run_before_anything_is_made(tmp_path, story_file):
+    plan = lib.plan(config(story_file, max_steps=40))
+    assert plan["max_steps"] == 40 and not plan["steps_from_time"]
+    assert plan["tokens_per_step"] == 4 * 32 and plan["vocab_size"] == 400
+    assert plan["evaluations"] == 10 and plan["est_seconds"] > 0 and plan["est_memory_bytes"] > 4 * plan["params"]
+    assert plan["est_epochs"] > 0 and plan["text_bytes"] == story_file.stat().st_size
+    # Only a time budget: the steps the device is expected to do in it (a little more; the limit stops it).
+    short, long = (lib.plan(config(story_file, max_steps=0, max_time=t)) for t in (5.0, 50.0))
+    assert short["steps_from_time"] and 1 <= short["max_steps"] < long["max_steps"]
+    assert long["est_seconds"] <= 50.0
+    assert not list(tmp_path.iterdir()), "planning writes nothing"
+
+
+def test_a_missing_text_or_tokenizer_is_a_clear_error(tmp_path, story_file):
+    with pytest.raises(InputError, match="no such file"):
+        lib.plan(config(story_file, inputs=[str(tmp_path / "gone.txt")]))
+    with pytest.raises(ConfigError) as caught:
+        lib.plan(config(story_file, tokenizer=str(tmp_path / "nothing")))
+    assert caught.value.field == "tokenizer"
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [("bin.txt", b"text\x00\x01binary", "binary"), ("latin1.txt", "café au lait\n".encode("latin-1"), "not UTF-8")],
+)
+def test_binary_or_non_utf8_text_is_refused_and_leaves_no_data(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    out = tmp_path / "run"
+    with pytest.raises(InputError, match=message):
+        lib.pretrain_text(PretrainConfig(inputs=[str(path)], vocab_size=300), out)
+    assert not RunDir(out).data.exists() and not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_cli_config_trains_a_tokenizer_and_logs_samples(tmp_path, story_file):
+    cfg = config(story_file)
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg.save(run / "pretrain.json")
+    run_cli("pretrain", "--config", run / "pretrain.json", "--out", run)
+    data = RunDir(run).data
+    assert Tokenizer.load(data).vocab_size == 400 and (data / "meta.json").is_file()
+    metrics = RunDir(run).read_metrics()
+    assert metrics.final["event"] == "done" and metrics.step == 6
+    samples = [e for e in metrics.evals if e.get("samples")]
+    assert len(samples) == 6, "an evaluation (with samples) at every step of a 6-step run"
+    assert [s["prompt"] for s in samples[-1]["samples"]] == ["Once upon a time", "Tom"]
+    assert all(e["val_bits_per_byte"] > 0 for e in metrics.evals)
+    info = RunDir(run).info()
+    assert info["kind"] == "pretrained" and info["pretrain"]["inputs"] == [str(story_file.resolve())]
+    assert RunDir(run).best.is_dir(), "the best checkpoint is kept: the studio offers it as a base"
+
+
+def test_reusing_a_models_tokenizer(tmp_path, story_file, tiny_model_dir):
+    gz = tmp_path / "stories.txt.gz"
+    gz.write_bytes(gzip.compress(story_file.read_bytes()))
+    run = tmp_path / "run"
+    result = lib.pretrain_text(config(gz, tokenizer=str(tiny_model_dir), max_steps=2), run)
+    assert result.step == 2
+    assert (RunDir(run).data / "tokenizer.model").read_bytes() == (tiny_model_dir / "tokenizer.model").read_bytes()
+
+
+def test_jsonl_text_field(tmp_path, story_file):
+    path = tmp_path / "stories.jsonl"
+    stories = story_file.read_text().split("\n\n")
+    path.write_text("".join(json.dumps({"body": s, "n": i}) + "\n" for i, s in enumerate(stories)))
+    with pytest.raises(InputError, match="no string field 'text'"):
+        lib.pretrain_text(config(path, max_steps=1), tmp_path / "bad")
+    lib.pretrain_text(config(path, text_field="body", max_steps=1), tmp_path / "good")
+    assert RunDir(tmp_path / "good").read_metrics().final["event"] == "done"
+
+
+@pytest.mark.slow
+def test_time_limit_stops_with_a_checkpoint_and_resume_continues(tmp_path, story_file):
+    run = tmp_path / "run"
+    run_cli(
+        "pretrain", "--input", story_file, "--out", run, "--preset", "tiny", "--context-length", "32",
+        "--vocab-size", "400", "--batch-size", "4", "--max-steps", "3000", "--max-time", "1.5", "--sample-tokens", "4",
+    )  # fmt: skip
+    metrics = RunDir(run).read_metrics()
+    stopped = metrics.final
+    assert stopped["event"] == "time_limit" and 0 < stopped["step"] < 3000
+    assert RunDir(run).info()["step"] == stopped["step"], "the checkpoint is at the step the time ran out"
+    meta = (RunDir(run).data / "meta.json").stat().st_mtime_ns
+    run_cli("pretrain", "--out", run, "--resume", "--max-steps", str(stopped["step"] + 5), "--max-time", "0")
+    metrics = RunDir(run).read_metrics()
+    assert metrics.final["event"] == "done" and metrics.step == stopped["step"] + 5
+    assert len([e for e in metrics.events if e["event"] == "start"]) == 2
+    assert (RunDir(run).data / "meta.json").stat().st_mtime_ns == meta, "the data is made once"
+    assert metrics.evals[-1]["samples"][0]["prompt"] == "Once upon a time", "the run's own sample prompts"
+    refused = run_llm("pretrain", "--config", run / "pretrain.json", "--out", run, "--resume")
+    assert refused.returncode == 2 and "--config continues the run with its own settings" in refused.stderr
