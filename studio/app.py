@@ -70,7 +70,8 @@ def build_app(
     studio.jobs.watch(watch_interval)
     with gr.Blocks(title="LLM Studio") as demo:
         gr.Markdown(
-            "# LLM Studio\nFine-tune a small language model on your own examples, then compare it with the base model.",
+            "# LLM Studio\nPretrain a small language model on your own text, fine-tune it on your examples, compare "
+            "models side by side and look inside them.",
             elem_id="studio-header",
         )
         missing = studio.base_missing()

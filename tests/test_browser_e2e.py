@@ -206,7 +206,7 @@ def test_upload_finetune_reload_and_compare(page):
     expect(page.locator("#models-table")).to_contain_text("opposites-ft")
     page.locator("#models-pick input").click()
     page.get_by_role("option", name=re.compile("^opposites-ft")).click()
-    expect(page.get_by_text("dataset: opposites.csv")).to_be_visible()
+    expect(page.get_by_text("data: opposites.csv")).to_be_visible()
     expect(page.get_by_text("status: done")).to_be_visible()
     expect_lines(page, "#models-loss")
     page.wait_for_timeout(700)  # let the closing option list fade out of the screenshot

@@ -37,6 +37,25 @@ def _info(path: Path) -> dict[str, Any]:
     return json.loads(info.read_text()) if info.is_file() else {}
 
 
+def run_kind(run: dict[str, Any]) -> str:
+    """What made a run, in words: pretraining from text, or tuning a base with LoRA or every weight."""
+    if run["command"] == "pretrain":
+        return "pretrained from text"
+    method = "LoRA" if run["method"] == "lora" else "full"
+    return f"{'preference-tuned' if run['command'] == 'prefer' else 'fine-tuned'} ({method})"
+
+
+def run_data_name(studio: Studio, run: dict[str, Any]) -> str:
+    """The dataset (or pretraining text) a run trained on, by name."""
+    dataset = studio.store.dataset(run["dataset_id"])
+    if dataset is not None:
+        return dataset["name"]
+    source = run["config"].get("data") or run["config"].get("inputs")
+    if isinstance(source, list):
+        source = ", ".join(Path(s).name for s in source)
+    return Path(source).name if isinstance(source, str) and source else "(deleted)"
+
+
 def model_rows(studio: Studio) -> list[dict[str, Any]]:
     """One row per base model and per run, newest runs first."""
     rows = []
@@ -57,7 +76,6 @@ def model_rows(studio: Studio) -> list[dict[str, Any]]:
                 "created": _when(m["created"]),
             }
         )
-    datasets = {d["id"]: d["name"] for d in studio.store.datasets()}
     labels = dict((ref, label) for label, ref in studio.model_choices())
     for run in studio.store.runs():
         run_dir = studio.store.abs(run["dir"])
@@ -67,10 +85,10 @@ def model_rows(studio: Studio) -> list[dict[str, Any]]:
             {
                 "ref": f"run:{run['id']}",
                 "name": run["name"],
-                "kind": f"fine-tuned ({'LoRA' if run['method'] == 'lora' else 'full'})",
+                "kind": run_kind(run),
                 "status": run["status"],
                 "base": labels.get(run["base_id"], run["base_id"]),
-                "dataset": datasets.get(run["dataset_id"], "(deleted)"),
+                "dataset": run_data_name(studio, run),
                 "steps": metrics.step or None,
                 "best val loss": round(min(vals), 4) if vals else None,
                 "size": human_size(dir_size(run_dir)),
@@ -133,14 +151,13 @@ def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
     cfg = run["config"]
     info = run_dir.info()  # the newest checkpoint's facts
     metrics = run_dir.read_metrics()
-    dataset = studio.store.dataset(run["dataset_id"])
     settings = run_settings(cfg, info)
     lines = [
         f"### {run['name']}",
         f"- status: **{run['status']}** {run['message']}",
-        f"- base model: {studio.model_label(run['base_id'])}",
-        f"- dataset: {dataset['name'] if dataset else cfg.get('data')}",
-        f"- method: {'LoRA' if run['method'] == 'lora' else 'full fine-tune'}",
+        f"- base model: {studio.model_label(run['base_id']) if run['base_id'] else '(none: trained from scratch)'}",
+        f"- data: {run_data_name(studio, run)}",
+        f"- made by: {run_kind(run)}",
         f"- settings: {', '.join(f'{k} {v}' for k, v in settings.items())}",
         f"- folder: `{run_dir.path}` ({human_size(dir_size(run_dir.path))} on disk)",
         dates_line(run),
