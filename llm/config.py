@@ -282,3 +282,63 @@ class FinetuneConfig(Config):
 
 
 DEFAULT_LR = {"lora": 3e-3, "full": 1e-3}
+
+
+@dataclass
+class PreferConfig(Config):
+    """A preference-tuning run (DPO), whole: the model to tune, the preference pairs, and how. Like a
+    fine-tune, it is written to <run>/prefer.json and run as `python -m llm prefer --config <run>/prefer.json
+    --out <run>`."""
+
+    base: str = setting(str(DEFAULT_BASE_MODEL), "model to tune (and the frozen reference): a model or run folder")
+    data: str = setting("", "preference pairs: prompt/chosen/rejected or instruction/input/chosen/rejected")
+    method: str = setting("lora", "lora (small adapters; the reference is the model without them) or full")
+    beta: float = setting(0.1, "DPO beta: how far the tuned model may move from the reference (larger: less)")
+    sft_weight: float = setting(
+        1.0, "weight of an added next-token loss on the chosen answers (0: pure DPO; a base model needs it)"
+    )
+    epochs: int = setting(3, "passes over the training pairs")
+    max_steps: int = setting(0, "optimizer steps (0: from epochs)")
+    lr: float | None = setting(None, "learning rate (default: 1e-3 for LoRA, 1e-4 for full)")
+    batch_size: int = setting(0, "pairs per step (0: from the context length, at most a quarter of them)")
+    grad_accum: int = setting(1, "micro-batches per optimizer step")
+    lora_rank: int = setting(8, "LoRA rank")
+    lora_alpha: float = setting(16.0, "LoRA scale numerator (the update is alpha/rank * B A)")
+    lora_dropout: float = setting(0.0, "dropout on the LoRA input")
+    lora_targets: list[str] = setting(list(ALL_PROJECTIONS), f"projections to adapt, of {' '.join(ALL_PROJECTIONS)}")
+    val_fraction: float = setting(0.1, "share of the pairs held out (validation loss, reward accuracy)")
+    seed: int = setting(1337, "split, shuffle and initialisation seed")
+    device: str = setting("auto", "auto, cpu, cuda or mps")
+    early_stop_patience: int = setting(0, "evaluations without a lower validation loss before stopping; 0: never")
+    evals_per_epoch: int = setting(2, "evaluations per epoch")
+    max_eval_rows: int = setting(256, "held-out pairs scored at each evaluation, at most (0: all)")
+    overflow: str = setting("truncate", "pairs longer than the context: truncate or drop")
+    probes: list[str] = setting([], "prompts answered (greedy) at every evaluation", flag="--probe")
+    probe_tokens: int = setting(48, "tokens of each probe answer")
+    merge: bool = setting(False, "LoRA: store the best model as merged full weights instead of an adapter")
+
+    def __post_init__(self) -> None:
+        check_choice(self, "method", METHODS)
+        check_choice(self, "overflow", OVERFLOW)
+        check_positive(self, "beta", "epochs", "grad_accum", "lora_rank", "evals_per_epoch", "probe_tokens")
+        check_not_negative(self, "sft_weight", "max_steps", "batch_size", "early_stop_patience", "max_eval_rows")
+        if self.lr is not None:
+            check_positive(self, "lr")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"must be in [0, 1), got {self.lora_dropout}", field="lora_dropout")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"must be in [0, 1), got {self.val_fraction}", field="val_fraction")
+        unknown = sorted(set(self.lora_targets) - set(ALL_PROJECTIONS))
+        if unknown or not self.lora_targets:
+            raise ConfigError(f"unknown {unknown}; choose from {', '.join(ALL_PROJECTIONS)}", field="lora_targets")
+        if self.merge and self.method != "lora":
+            raise ConfigError("applies to LoRA runs only (a full tune already stores full weights)", field="merge")
+
+    @property
+    def learning_rate(self) -> float:
+        """lr, or the method's default, lower than fine-tuning's: DPO's gradient grows with the margin it has
+        not reached yet and a large step overshoots into degenerate answers (datasets/README.md)."""
+        return self.lr if self.lr is not None else DEFAULT_PREFER_LR[self.method]
+
+
+DEFAULT_PREFER_LR = {"lora": 1e-3, "full": 1e-4}

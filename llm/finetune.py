@@ -24,7 +24,7 @@ import torch
 
 from llm import checkpoint, lora
 from llm.chat import user_messages
-from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig, ModelConfig, SamplingConfig, TrainConfig
+from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig, ModelConfig, PreferConfig, SamplingConfig, TrainConfig
 from llm.device import describe, measure_matmul_flops, peak_flops, pick_device
 from llm.errors import CheckpointError, ConfigError, TaskFileError
 from llm.model import Transformer
@@ -44,7 +44,7 @@ MAX_WARMUP_STEPS = 100  # warmup is a tenth of the run, at most this
 EVAL_SAMPLE_STREAM = 10**9  # seeds the fixed train sample scored at evaluations, apart from the epochs' seeds
 
 
-def lora_settings(cfg: FinetuneConfig, tokenizer: Tokenizer) -> dict[str, Any]:
+def lora_settings(cfg: FinetuneConfig | PreferConfig, tokenizer: Tokenizer) -> dict[str, Any]:
     """lora.apply_lora's arguments (stored in adapter.json). The chat control tokens' embedding rows train
     too: pretraining never saw those tokens, and without them a LoRA model cannot learn to stop."""
     return {
@@ -157,8 +157,11 @@ def base_directory(base: str | Path) -> Path:
         raise
 
 
-def training_settings(cfg: FinetuneConfig, n_train: int, n_val: int, context_length: int) -> tuple[TrainConfig, int]:
-    """(the TrainConfig a fine-tune of n_train examples runs with, steps per epoch)."""
+def training_settings(
+    cfg: FinetuneConfig | PreferConfig, n_train: int, n_val: int, context_length: int
+) -> tuple[TrainConfig, int]:
+    """(the TrainConfig a fine-tune of n_train examples (or a preference run of n_train pairs) runs with,
+    steps per epoch)."""
     batch_size = cfg.batch_size or max(1, min(TOKENS_PER_BATCH // context_length, n_train // 4))
     steps_per_epoch = math.ceil(n_train / (batch_size * cfg.grad_accum))
     max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch

@@ -302,8 +302,9 @@ def _turn(turn: Any, i: int, column: str) -> dict[str, str]:
     return {"role": ROLE_ALIASES[role.lower()], "content": _text(turn[content_key], column, f"turn {i} content")}
 
 
-def _turns(value: Any, column: str) -> list[dict[str, str]]:
-    """A messages cell (a list of turns; a JSON string in CSV) -> [{"role", "content"}]."""
+def _turns(value: Any, column: str, need_answer: bool = True) -> list[dict[str, str]]:
+    """A messages cell (a list of turns; a JSON string in CSV) -> [{"role", "content"}]. need_answer: a row
+    without an assistant turn is a problem (a prompt conversation may have none)."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -316,7 +317,7 @@ def _turns(value: Any, column: str) -> list[dict[str, str]]:
     if len(value) == 0:
         raise _RowProblem(column, "empty conversation")
     turns = [_turn(turn, i, column) for i, turn in enumerate(value, 1)]
-    if not any(t["role"] == "assistant" for t in turns):
+    if need_answer and not any(t["role"] == "assistant" for t in turns):
         raise _RowProblem(column, "no assistant turn", "nothing to learn from this row")
     return turns
 
