@@ -19,6 +19,7 @@ from llm.config import (
     TASK_FORMATS,
     FinetuneConfig,
     ModelConfig,
+    PreferConfig,
     PretrainConfig,
     SamplingConfig,
     TrainConfig,
@@ -235,6 +236,56 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     print(f'try it: python -m llm generate --model {args.out} --chat --temperature 0 --prompt "..."')
 
 
+def cmd_prefer(args: argparse.Namespace) -> None:
+    from llm import prefer
+
+    if args.resume:
+        budgets = given(args, PreferConfig)
+        result = prefer.resume(args.out, budgets.get("max_steps"), budgets.get("device"), args.metrics)
+    else:
+        saved = load_json(PreferConfig, args.config).to_dict() if args.config else {}
+        prep = prefer.prepare(config_from_args(PreferConfig, args, saved))
+        info, tc = prefer.summary(prep), prep.train_cfg
+        print(
+            f"{info['path']}: {info['rows']} rows, {info['dropped']} dropped, {info['truncated']} truncated; "
+            f"{info['train_pairs']} train / {info['val_pairs']} held-out pairs"
+        )
+        for problem in info["problems"][:10]:
+            print(f"  dropped {problem}")
+        print(
+            f"DPO ({prep.cfg.method}, beta {prep.cfg.beta:g}) of {prep.base_dir}: {tc.max_steps} steps "
+            f"(batch {tc.batch_size} pairs, lr {tc.lr:g})"
+        )
+        result = prefer.prefer(prep, args.out, args.metrics)
+    best = f", best validation loss {result.best_val_loss:.4f}" if result.best_val_loss < float("inf") else ""
+    print(f"{result.reason} at step {result.step}{best}: the model is in {args.out}")
+    print(f"compare it with its base: python -m llm eval-prefer --model {args.out} --data PAIRS --rule RULE")
+
+
+def cmd_eval_prefer(args: argparse.Namespace) -> None:
+    from llm import prefer_eval, tasks
+    from llm.preferences import read_preference_file
+
+    rule = prefer_eval.parse_rule(args.rule)
+    defaults = PreferConfig()
+    data = read_preference_file(args.data)
+    if args.split != "all":
+        val_fraction = defaults.val_fraction if args.val_fraction is None else args.val_fraction
+        train, val = tasks.split_examples(data, val_fraction, defaults.seed if args.seed is None else args.seed)
+        data = val if args.split == "val" else train
+    print(f"{args.data}: {len(data.examples)} prompts ({args.split}), rule {rule}", flush=True)
+    totals, table = prefer_eval.win_rate(
+        args.model, args.base, data, rule, args.rows, args.seed or 0, args.max_new_tokens, device=args.device
+    )
+    print(json.dumps(totals, indent=2))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out, index=False)
+        out.with_suffix(".json").write_text(json.dumps({"totals": totals, "rows": table.to_dict("records")}) + "\n")
+        print(f"rows in {out}, totals and rows in {out.with_suffix('.json')}")
+
+
 def cmd_eval_task(args: argparse.Namespace) -> None:
     from llm import task_eval, tasks
     from llm.finetune import base_directory
@@ -339,6 +390,30 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p.add_argument_group("fine-tuning"), FinetuneConfig, ("data", "format"))
     p.set_defaults(func=cmd_finetune)
 
+    p = sub.add_parser("prefer", help="tune a model on preference pairs (DPO; LoRA or full)")
+    p.add_argument("--out", required=True, help="run folder: checkpoints in latest/ and best/")
+    p.add_argument("--config", help="a PreferConfig JSON file (flags given as well override it)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out with its own settings")
+    p.add_argument("--metrics", help="metrics JSONL file (default: the run folder's)")
+    add_config_flags(p.add_argument_group("preference tuning"), PreferConfig)
+    p.set_defaults(func=cmd_prefer)
+
+    p = sub.add_parser("eval-prefer", help="win rate of a preference-tuned model over its base under a rule")
+    p.add_argument("--model", required=True, help="the tuned model or run folder")
+    p.add_argument("--base", help="the model to compare with (default: the tuned model's base)")
+    p.add_argument("--data", required=True, help="preference file whose prompts are asked")
+    p.add_argument(
+        "--rule", required=True, help="shorter, longer, ends-with-question, contains:TEXT, regex:PATTERN ..."
+    )
+    p.add_argument("--rows", type=int, default=None, help="ask a seeded sample of N prompts (default: all)")
+    p.add_argument("--split", choices=["all", "train", "val"], default="val", help="prompts of a run's split")
+    p.add_argument("--val-fraction", type=float, help="for --split (default: prefer's)")
+    p.add_argument("--seed", type=int, help="split and row sample seed (default: prefer's)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--out", help="CSV of every answer (a .json with totals and rows is written beside it)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval_prefer)
+
     p = sub.add_parser("eval-task", help="answer and score a task dataset; several models: a before/after table")
     p.add_argument("--model", action="append", help="model or run folder (repeatable; default: the shipped base)")
     add_task_data_flags(p, required=True)
@@ -392,7 +467,7 @@ def record_error(args: argparse.Namespace, error: Exception) -> None:
     from llm.errors import LLMError
     from llm.run import MetricsWriter, RunDir
 
-    if args.command not in ("pretrain", "finetune") or not Path(args.out).is_dir():
+    if args.command not in ("pretrain", "finetune", "prefer") or not Path(args.out).is_dir():
         return
     path = Path(args.metrics) if args.metrics else RunDir(args.out).metrics
     record = {"event": "error", "message": str(error), "kind": "internal"}

@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from llm.errors import ConfigError
 
@@ -264,19 +264,18 @@ class SamplingConfig(Config):
 
 
 @dataclass
-class FinetuneConfig(Config):
-    """A fine-tuning run, whole: what to tune, on which data, and how. The studio writes it to
-    <run>/finetune.json and starts `python -m llm finetune --config <run>/finetune.json --out <run>`."""
+class TuningConfig(Config):
+    """What fine-tuning and preference tuning share: the model to tune, the data, and how (LoRA or every
+    weight, the schedule, evaluations and probes). Each subclass sets default_lr and adds its own fields."""
+
+    default_lr: ClassVar[dict[str, float]]
 
     base: str = setting(str(DEFAULT_BASE_MODEL), "base model or run folder")
-    data: str = setting("", "task file: .csv .tsv .json .jsonl .parquet")
-    format: str = setting("auto", "pairs, alpaca or messages (auto: detected from the columns)")
-    mapping: dict[str, str] = setting({}, "columns by role: prompt, response, system, messages", cli=False)
-    val_data: str = setting("", "a validation file (default: hold out val_fraction of the data)")
+    data: str = setting("", "the training file")
     method: str = setting("lora", "lora (small adapters) or full (every weight)")
     epochs: int = setting(10, "passes over the training examples")
     max_steps: int = setting(0, "optimizer steps (0: from epochs)")
-    lr: float | None = setting(None, "learning rate (default: 3e-3 for LoRA, 1e-3 for full)")
+    lr: float | None = setting(None, "learning rate (default: the method's)")
     batch_size: int = setting(0, "examples per step (0: from the context length, at most a quarter of them)")
     grad_accum: int = setting(1, "micro-batches per optimizer step")
     warmup_steps: int | None = setting(None, "learning-rate warmup steps (default: a tenth of the steps, at most 100)")
@@ -299,7 +298,6 @@ class FinetuneConfig(Config):
     def __post_init__(self) -> None:
         check_choice(self, "method", METHODS)
         check_choice(self, "overflow", OVERFLOW)
-        check_choice(self, "format", ("auto", *TASK_FORMATS))
         check_positive(self, "epochs", "grad_accum", "lora_rank", "evals_per_epoch", "probe_tokens")
         check_not_negative(self, "max_steps", "batch_size", "early_stop_patience", "max_eval_rows", "weight_decay")
         if self.warmup_steps is not None:
@@ -314,16 +312,68 @@ class FinetuneConfig(Config):
         if unknown or not self.lora_targets:
             raise ConfigError(f"unknown {unknown}; choose from {', '.join(ALL_PROJECTIONS)}", field="lora_targets")
         if self.merge and self.method != "lora":
-            raise ConfigError("applies to LoRA runs only (a full fine-tune already stores full weights)", field="merge")
+            raise ConfigError("applies to LoRA runs only (a full tune already stores full weights)", field="merge")
 
     @property
     def learning_rate(self) -> float:
-        """lr, or the method's default: LoRA trains few parameters from zero and takes a larger step; full
-        fine-tuning moves every pretrained weight and wants a smaller one (datasets/README.md)."""
-        return self.lr if self.lr is not None else DEFAULT_LR[self.method]
+        """lr, or the method's default (default_lr)."""
+        return self.lr if self.lr is not None else self.default_lr[self.method]
 
 
-DEFAULT_LR = {"lora": 3e-3, "full": 1e-3}
+@dataclass
+class FinetuneConfig(TuningConfig):
+    """A fine-tuning run, whole: what to tune, on which data, and how. The studio writes it to
+    <run>/finetune.json and starts `python -m llm finetune --config <run>/finetune.json --out <run>`.
+
+    The default learning rates: LoRA trains few parameters from zero and takes a larger step; full
+    fine-tuning moves every pretrained weight and wants a smaller one (datasets/README.md)."""
+
+    default_lr: ClassVar[dict[str, float]] = {"lora": 3e-3, "full": 1e-3}
+
+    data: str = setting("", "task file: .csv .tsv .json .jsonl .parquet")
+    lr: float | None = setting(None, "learning rate (default: 3e-3 for LoRA, 1e-3 for full)")
+    format: str = setting("auto", "pairs, alpaca or messages (auto: detected from the columns)")
+    mapping: dict[str, str] = setting({}, "columns by role: prompt, response, system, messages", cli=False)
+    val_data: str = setting("", "a validation file (default: hold out val_fraction of the data)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice(self, "format", ("auto", *TASK_FORMATS))
+
+
+@dataclass
+class PreferConfig(TuningConfig):
+    """A preference-tuning run (DPO), whole: the model to tune, the preference pairs, and how. Like a
+    fine-tune, it is written to <run>/prefer.json and run as `python -m llm prefer --config <run>/prefer.json
+    --out <run>`.
+
+    The default learning rates are lower than fine-tuning's: DPO's gradient grows with the margin it has not
+    reached yet and a large step overshoots into degenerate answers (datasets/README.md)."""
+
+    default_lr: ClassVar[dict[str, float]] = {"lora": 1e-3, "full": 1e-4}
+
+    base: str = setting(str(DEFAULT_BASE_MODEL), "model to tune (and the frozen reference): a model or run folder")
+    data: str = setting("", "preference pairs: prompt/chosen/rejected or instruction/input/chosen/rejected")
+    method: str = setting("lora", "lora (small adapters; the reference is the model without them) or full")
+    epochs: int = setting(3, "passes over the training pairs")
+    lr: float | None = setting(None, "learning rate (default: 1e-3 for LoRA, 1e-4 for full)")
+    batch_size: int = setting(0, "pairs per step (0: from the context length, at most a quarter of them)")
+    lora_dropout: float = setting(0.0, "dropout on the LoRA input")
+    val_fraction: float = setting(0.1, "share of the pairs held out (validation loss, reward accuracy)")
+    early_stop_patience: int = setting(0, "evaluations without a lower validation loss before stopping; 0: never")
+    max_eval_rows: int = setting(256, "held-out pairs scored at each evaluation, at most (0: all)")
+    overflow: str = setting("truncate", "pairs longer than the context: truncate or drop")
+    beta: float = setting(0.1, "DPO beta: how far the tuned model may move from the reference (larger: less)")
+    sft_weight: float = setting(
+        1.0, "weight of an added next-token loss on the chosen answers (0: pure DPO; a base model needs it)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(self, "beta")
+        check_not_negative(self, "sft_weight")
+
+
 BUDGETS = ("max_steps", "max_time")  # PretrainConfig's own fields, not in its train dict
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from llm import checkpoint, lora
-from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig, ModelConfig, SamplingConfig, TrainConfig
+from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig, ModelConfig, PreferConfig, SamplingConfig, TrainConfig
 from llm.device import check_model_fits, describe, measure_matmul_flops, peak_flops, pick_device
 from llm.errors import CheckpointError, ConfigError, TaskFileError
 from llm.generate import sample_logger
@@ -43,7 +43,7 @@ MAX_WARMUP_STEPS = 100  # warmup is a tenth of the run, at most this
 EVAL_SAMPLE_STREAM = 10**9  # seeds the fixed train sample scored at evaluations, apart from the epochs' seeds
 
 
-def lora_settings(cfg: FinetuneConfig, tokenizer: Tokenizer) -> dict[str, Any]:
+def lora_settings(cfg: FinetuneConfig | PreferConfig, tokenizer: Tokenizer) -> dict[str, Any]:
     """lora.apply_lora's arguments (stored in adapter.json). The chat control tokens' embedding rows train
     too: pretraining never saw those tokens, and without them a LoRA model cannot learn to stop."""
     return {
@@ -154,13 +154,16 @@ def base_directory(base: str | Path) -> Path:
         raise
 
 
-def eval_rows(cfg: FinetuneConfig, n_val: int) -> int:
+def eval_rows(cfg: FinetuneConfig | PreferConfig, n_val: int) -> int:
     """Validation rows scored at each evaluation: all of them, or at most cfg.max_eval_rows."""
     return min(n_val, cfg.max_eval_rows) if cfg.max_eval_rows else n_val
 
 
-def training_settings(cfg: FinetuneConfig, n_train: int, n_val: int, context_length: int) -> tuple[TrainConfig, int]:
-    """(the TrainConfig a fine-tune of n_train examples runs with, steps per epoch)."""
+def training_settings(
+    cfg: FinetuneConfig | PreferConfig, n_train: int, n_val: int, context_length: int
+) -> tuple[TrainConfig, int]:
+    """(the TrainConfig a fine-tune of n_train examples (or a preference run of n_train pairs) runs with,
+    steps per epoch)."""
     batch_size = cfg.batch_size or max(1, min(TOKENS_PER_BATCH // context_length, n_train // 4))
     steps_per_epoch = math.ceil(n_train / (batch_size * cfg.grad_accum))
     max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -279,6 +282,12 @@ def plan(prep: Prepared) -> dict[str, Any]:
     }
 
 
+def make_probe_logger(tokenizer: Tokenizer, probes: list[str], max_new_tokens: int):
+    """on_eval for the trainer: greedy answers to the probe prompts, logged as "samples" (the seed only keeps
+    generation off torch's global RNG)."""
+    return sample_logger(tokenizer, probes, SamplingConfig(max_new_tokens, 0.0, seed=0), chat=True)
+
+
 def dataset_info(prep: Prepared) -> dict[str, Any]:
     data, train, val = prep.data, prep.train, prep.val
     return {
@@ -371,9 +380,7 @@ def _train(
     batches = TaskBatches(
         prep.train, prep.val, train_cfg.batch_size, train_cfg.grad_accum, cfg.seed, tokenizer.pad_id, cfg.max_eval_rows
     )
-    on_eval = None
-    if cfg.probes:  # greedy answers (the seed only keeps generation off torch's global RNG)
-        on_eval = sample_logger(tokenizer, cfg.probes, SamplingConfig(cfg.probe_tokens, 0.0, seed=0), chat=True)
+    on_eval = make_probe_logger(tokenizer, cfg.probes, cfg.probe_tokens) if cfg.probes else None
     result = train(model, tokenizer, batches, train_cfg, out_dir, metrics_path, resume, info, adapter_state, on_eval)
     if cfg.merge and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes
         merge_best(out_dir)

@@ -3,7 +3,9 @@
 A frozen linear layer W (out, in) gets a trainable update  x -> W x + (alpha / r) * B A dropout(x),  with
 A (r, in) random and B (out, r) zero, so training starts exactly at the base model. Only A and B learn: a
 small fraction of the parameters, and an adapter file a small fraction of the model's. merge_lora folds
-B A into W, giving back a plain model with the same outputs and no extra cost at inference.
+B A into W, giving back a plain model with the same outputs and no extra cost at inference. Inside
+`with disabled(model):` the adapters add nothing, so the model computes its base model's outputs (preference
+tuning's frozen reference, without a second copy of the weights).
 
 The embeddings stay frozen, but a few tokens may get trainable rows (apply_lora's tokens): the chat control
 tokens never occur in pretraining text, so their embeddings carry nothing a model could use to begin a turn or
@@ -13,6 +15,8 @@ to end an answer with <|end|>. A delta on those rows is trained and stored with 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,8 +38,11 @@ class LoRALinear(nn.Module):
         self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # as nn.Linear initialises its weight
         self.dropout = nn.Dropout(dropout)
+        self.enabled = True  # False inside disabled(): the base layer alone
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return self.base(x)
         # x (..., in) -> (..., r) -> (..., out)
         return self.base(x) + (self.dropout(x) @ self.lora_a.t() @ self.lora_b.t()) * self.scale
 
@@ -53,6 +60,7 @@ class TokenRows(nn.Module):
         super().__init__()
         self.register_buffer("tokens", torch.tensor(tokens, dtype=torch.long), persistent=False)
         self.lora_rows = nn.Parameter(torch.zeros(len(tokens), dim))
+        self.enabled = True  # False inside disabled(): no delta
 
     def added_to(self, weight: torch.Tensor) -> torch.Tensor:
         """weight (V, C) with the delta added to the rows of the tokens (a new tensor)."""
@@ -69,6 +77,8 @@ class EmbeddingWithRows(nn.Module):
         return self.base.weight
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if not self.rows.enabled:
+            return self.base(idx)
         # idx (B, T) -> (B, T, C); (B, T, k) one-hot matches of the chosen tokens pick their delta rows.
         match = (idx[..., None] == self.rows.tokens).to(self.rows.lora_rows.dtype)
         return self.base(idx) + match @ self.rows.lora_rows
@@ -80,6 +90,8 @@ class HeadWithRows(nn.Module):
         self.base, self.rows = base, rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.rows.enabled:
+            return self.base(x)
         # x (B, T, C) -> logits (B, T, V); the chosen tokens' logits get x . delta added.
         return self.base(x).index_add(-1, self.rows.tokens, x @ self.rows.lora_rows.t())
 
@@ -116,6 +128,21 @@ def apply_lora(
         model.lm_head = HeadWithRows(head, rows if tied else TokenRows(tokens, embedding.embedding_dim))
         wrapped += ["tok_emb", "lm_head"]
     return wrapped
+
+
+@contextmanager
+def disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Switch every adapter of model off for the duration (its outputs are then exactly the base model's),
+    and back to what each was after. A model without adapters is unchanged."""
+    adapters = [m for m in model.modules() if isinstance(m, (LoRALinear, TokenRows))]
+    before = [m.enabled for m in adapters]
+    for m in adapters:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m, enabled in zip(adapters, before, strict=True):
+            m.enabled = enabled
 
 
 def adapter_tensors(model: nn.Module) -> dict[str, torch.Tensor]:

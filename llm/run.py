@@ -13,7 +13,8 @@ studio can read runs cheaply.
 
 Metrics records, each with "time" (Unix seconds):
     train   {"step", "train_loss", "lr", "tokens_per_s", "elapsed", "mfu" (GPU only)}   every log_interval steps
-    eval    {"step", "val_loss", "train_eval_loss", "samples": [{"prompt", "output"}]}   (each key optional
+    eval    {"step", "val_loss", "train_eval_loss", "samples": [{"prompt", "output"}],
+             "reward_margin", "reward_accuracy" (preference runs: on the held-out pairs)}   (each key optional
             but step)
     event   {"event": "start", "step", "device", "world", "params", "trainable", "max_steps"}
             {"event": "checkpoint", "step"}

@@ -420,8 +420,9 @@ def _turn(turn: Any, i: int, column: str) -> dict[str, str]:
     return {"role": ROLE_ALIASES[role.lower()], "content": _text(turn[content_key], column, f"turn {i} content")}
 
 
-def _turns(value: Any, column: str) -> list[dict[str, str]]:
-    """A messages cell (a list of turns; a JSON string in CSV) -> [{"role", "content"}]."""
+def _turns(value: Any, column: str, need_answer: bool = True) -> list[dict[str, str]]:
+    """A messages cell (a list of turns; a JSON string in CSV) -> [{"role", "content"}]. need_answer: a row
+    without an assistant turn is a problem (a prompt conversation may have none)."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -437,13 +438,13 @@ def _turns(value: Any, column: str) -> list[dict[str, str]]:
         raise _RowProblem(column, "empty conversation")
     turns = [_turn(turn, i, column) for i, turn in enumerate(value, 1)]
     roles = [t["role"] for t in turns]
-    if "assistant" not in roles:
+    if need_answer and "assistant" not in roles:
         raise _RowProblem(column, "no assistant turn", "nothing to learn from this row")
     # An answer needs a question: training on an assistant turn that answers nothing teaches the model to
     # talk without being asked, and generation always asks with a user turn (llm.chat.prompt_ids).
     if "user" not in roles:
         raise _RowProblem(column, "no user turn", "the conversation holds only assistant (and system) turns")
-    first_answer = roles.index("assistant")
+    first_answer = roles.index("assistant") if "assistant" in roles else len(roles)
     if roles.index("user") > first_answer:
         raise _RowProblem(column, "assistant turn first", f"turn {first_answer + 1} answers before any user turn asks")
     return turns
