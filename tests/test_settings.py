@@ -13,7 +13,7 @@ from llm import finetune, task_eval, tasks
 from llm.__main__ import build_parser, main
 from llm.chat import stop_ids, user_messages
 from llm.cli_flags import cli_fields, flag_name
-from llm.config import FinetuneConfig, ModelConfig, SamplingConfig, TrainConfig
+from llm.config import FinetuneConfig, ModelConfig, PreferConfig, PretrainConfig, SamplingConfig, TrainConfig
 from llm.errors import ConfigError, LLMError
 from llm.generate import stream_chat
 
@@ -27,6 +27,8 @@ def parser_flags(command: str) -> set[str]:
     "command, configs, skipped",
     [
         ("finetune", [FinetuneConfig], set()),
+        ("prefer", [PreferConfig], set()),
+        ("pretrain", [PretrainConfig], set()),
         ("pretrain", [TrainConfig, ModelConfig], {"vocab_size"}),
         ("generate", [SamplingConfig], set()),
     ],
