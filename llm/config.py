@@ -417,4 +417,4 @@ class PretrainConfig(Config):
         both = sorted(set(BUDGETS) & set(self.train))
         if both:
             raise ConfigError(f"{', '.join(both)} belong in the config itself, not in train", field="train")
-        TrainConfig.from_dict(self.train, "train")  # each field's type and range
+        TrainConfig.from_dict(self.train)  # each field's type and range (errors keep their field)
