@@ -42,6 +42,7 @@ class ModelConfig:
     context_length: int = 256
     n_layer: int = 4
     n_head: int = 4
+    n_kv_head: int = 0  # key/value heads (grouped-query attention); 0 or n_head: ordinary multi-head attention
     d_model: int = 256
     mlp_hidden: int = 0  # 0: SwiGLU's usual 8/3 * d_model, rounded up to a multiple of 64
     tie_embeddings: bool = True
@@ -55,6 +56,8 @@ class ModelConfig:
                 raise ConfigError(f"model config: {name} must be positive, got {getattr(self, name)}")
         if self.d_model % self.n_head:
             raise ConfigError(f"model config: d_model={self.d_model} must be divisible by n_head={self.n_head}")
+        if self.n_kv_head < 0 or self.n_head % (self.n_kv_head or self.n_head):
+            raise ConfigError(f"model config: n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}")
         if (self.d_model // self.n_head) % 2:
             raise ConfigError("model config: the head size d_model/n_head must be even for rotary embeddings")
         if not 0.0 <= self.dropout < 1.0:
@@ -65,6 +68,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_head, or n_head when it is 0."""
+        return self.n_kv_head or self.n_head
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from llm.chat import prompt_ids, render
+from llm.chat import prompt_ids, render, stop_ids
 from llm.checkpoint import load_model, resolve
 from llm.device import pick_device
 from llm.generate import SamplingConfig, stream_text
@@ -66,7 +66,7 @@ def answer(model: Transformer, tokenizer: Tokenizer, messages: list[dict[str, st
     was_training = model.training
     model.eval()
     ids = prompt_ids(tokenizer, messages)
-    text = "".join(stream_text(model, tokenizer, ids, sampling, (tokenizer.special["<|end|>"],)))
+    text = "".join(stream_text(model, tokenizer, ids, sampling, stop_ids(tokenizer)))
     model.train(was_training)
     return text.strip()
 
