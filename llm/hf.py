@@ -22,6 +22,7 @@ are read, so importing never unpickles anything.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -35,7 +36,6 @@ from safetensors import SafetensorError, safe_open
 from llm import checkpoint
 from llm.checkpoint import CheckpointError
 from llm.config import ConfigError, ModelConfig
-from llm.model import Transformer
 from llm.tokenizer import CHAT_TEMPLATE_FILE, CHAT_TOKENS, MODEL_FILE, Tokenizer, TokenizerError
 
 HF_WEIGHTS, HF_INDEX = "model.safetensors", "model.safetensors.index.json"
@@ -160,11 +160,24 @@ def config_from_hf(config: dict[str, Any], source: Path) -> ModelConfig:
         raise HFFormatError(f"{source}: {e}") from None
 
 
+def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """{our name: shape} of every stored tensor of llm.model.Transformer(cfg), from the config alone (nothing is
+    allocated; tests/test_hf.py checks it against a built model)."""
+    C, V, H, kv = cfg.d_model, cfg.vocab_size, cfg.mlp_hidden, cfg.kv_heads * cfg.head_dim
+    block = {"attn_norm.weight": (C,), "attn.wq.weight": (C, C), "attn.wk.weight": (kv, C)}
+    block |= {"attn.wv.weight": (kv, C), "attn.wo.weight": (C, C), "mlp_norm.weight": (C,)}
+    block |= {"mlp.w_gate.weight": (H, C), "mlp.w_up.weight": (H, C), "mlp.w_down.weight": (C, H)}
+    shapes = {"tok_emb.weight": (V, C), "norm.weight": (C,)}
+    for i in range(cfg.n_layer):
+        shapes |= {f"blocks.{i}.{name}": shape for name, shape in block.items()}
+    if not cfg.tie_embeddings:
+        shapes["lm_head.weight"] = (V, C)
+    return shapes
+
+
 def parameter_count(cfg: ModelConfig) -> int:
-    """Parameters of a model of this shape, from the config alone (nothing allocated)."""
-    C, V, kv = cfg.d_model, cfg.vocab_size, cfg.kv_heads * cfg.head_dim
-    per_layer = 2 * C + 2 * C * C + 2 * C * kv + 3 * C * cfg.mlp_hidden
-    return V * C * (1 if cfg.tie_embeddings else 2) + cfg.n_layer * per_layer + C
+    """Parameters of a model of this shape (tied embeddings counted once)."""
+    return sum(math.prod(shape) for shape in weight_shapes(cfg).values())
 
 
 # --- weights ---
@@ -491,7 +504,7 @@ def import_hf(src: str | Path, out_dir: str | Path, memory_limit: int | None = N
     shapes = {}
     with ExitStack() as stack:
         handles = _open_all(stack, set(files.values()))
-        reference = _expected_shapes(cfg)
+        reference = weight_shapes(cfg)
         for ours, theirs in names.items():
             piece = handles[files[theirs]].get_slice(theirs)
             shape, dtype = tuple(piece.get_shape()), _torch_dtype(piece.get_dtype(), theirs)
@@ -517,12 +530,6 @@ def import_hf(src: str | Path, out_dir: str | Path, memory_limit: int | None = N
                 checkpoint.WEIGHTS: lambda path: write_safetensors(path, tensors, shapes),
             },
         )
-
-
-def _expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """{our name: shape} of a model of this shape, built on the meta device (no memory allocated)."""
-    with torch.device("meta"):
-        return {name: tuple(t.shape) for name, t in Transformer(cfg).state_dict().items()}
 
 
 def _open_all(stack: ExitStack, paths: set[Path]) -> dict[Path, Any]:

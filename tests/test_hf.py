@@ -279,7 +279,9 @@ def test_refusals_name_what_is_wrong(tmp_path, llama_folder):
         attempt()
     (folder / "tokenizer.model").write_bytes((llama_folder / "tokenizer.model").read_bytes())
     with pytest.raises(hf.HFFormatError, match=r"0\.21B parameters need 0\.8 GiB in fp32, more than the 0\.5 GiB"):
-        (folder / "config.json").write_text(json.dumps(config | {"hidden_size": 8192, "head_dim": 2048, "num_hidden_layers": 1}))
+        (folder / "config.json").write_text(
+            json.dumps(config | {"hidden_size": 8192, "head_dim": 2048, "num_hidden_layers": 1})
+        )
         hf.import_hf(folder, tmp_path / "out", memory_limit=2**29)
     with pytest.raises(hf.HFFormatError, match="no model.safetensors"):
         attempt()
@@ -290,6 +292,16 @@ def test_old_config_files_mean_multi_head_attention():
     assert cfg.n_kv_head == 0 and cfg.kv_heads == 4
     with pytest.raises(ValueError, match="multiple of n_kv_head=3"):
         ModelConfig(n_head=4, n_kv_head=3, d_model=64)
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_weight_shapes_from_the_config_match_the_model(shape):
+    cfg = ModelConfig(vocab_size=300, n_layer=2, n_head=4, d_model=64, mlp_hidden=96, **shape)
+    built = {name: tuple(t.shape) for name, t in Transformer(cfg).state_dict().items()}
+    if cfg.tie_embeddings:
+        del built["lm_head.weight"]  # stored once, as tok_emb.weight
+    assert hf.weight_shapes(cfg) == built
+    assert hf.parameter_count(cfg) == Transformer(cfg).num_params()
 
 
 def test_gqa_cached_generation_equals_uncached(our_tok):
