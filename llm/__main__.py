@@ -136,7 +136,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         pieces = stream_chat(model, tok, user_messages(args.prompt), sampling)
     else:
         print(args.prompt, end="", flush=True)
-        ids = [tok.eos_id] + tok.encode(args.prompt)
+        ids = [tok.start_id] + tok.encode(args.prompt)
         pieces = stream_text(model, tok, ids, sampling, (tok.eos_id,), use_cache=not args.no_cache)
     for piece in pieces:
         print(piece, end="", flush=True)
@@ -183,12 +183,32 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     from llm.checkpoint import load_model, resolve, save_checkpoint
 
+    if args.format == "hf":
+        from llm.hf import export_hf
+
+        dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype or "fp32"]
+        target = export_hf(args.model, args.out, dtype)
+        size = sum(f.stat().st_size for f in target.iterdir())
+        print(f"{resolve(args.model)} -> {target} (Hugging Face LlamaForCausalLM, {size / 1e6:.1f} MB)")
+        return
+    args.dtype = args.dtype or "fp16"
     source = resolve(args.model)
     model, tok, info = load_model(source)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     target = save_checkpoint(args.out, model, tok, {**info, "exported_from": str(source)}, dtype=dtype)
     size = sum(f.stat().st_size for f in target.iterdir())
     print(f"{source} -> {target} ({args.dtype}, {size / 1e6:.1f} MB, no trainer state)")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from llm.hf import import_hf
+
+    target = import_hf(args.source, args.out)
+    info = json.loads((target / "info.json").read_text())
+    print(
+        f"{args.source} -> {target} ({info['params'] / 1e6:.1f}M parameters, {info['dtype']}, chat template: "
+        f"{info['chat_template']})"
+    )
 
 
 def task_mapping(args: argparse.Namespace) -> dict[str, str]:
@@ -375,11 +395,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p.add_argument_group("training"), TrainConfig)
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("export", help="copy a checkpoint without its trainer state, optionally in fp16/bf16")
-    p.add_argument("--model", required=True, help="model or run folder")
+    p = sub.add_parser("export", help="copy a checkpoint without its trainer state, or as a Hugging Face folder")
+    p.add_argument("--model", required=True, help="model or run folder (a LoRA run is merged into its base)")
     p.add_argument("--out", required=True)
-    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp16")
+    p.add_argument("--format", choices=["ours", "hf"], default="ours", help="hf: a LlamaForCausalLM folder")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], help="default fp16 (ours), fp32 (hf)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="a local Hugging Face Llama folder (SentencePiece tokenizer) -> a model")
+    p.add_argument(
+        "--from", dest="source", required=True, help="folder with config.json, *.safetensors, tokenizer.model"
+    )
+    p.add_argument("--out", required=True, help="the new model directory")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("finetune", help="fine-tune a model on a task dataset (LoRA or full)")
     p.add_argument("--out", required=True, help="run folder: checkpoints in latest/ and best/")

@@ -6,6 +6,10 @@ It opens with the end-of-text token, as every document does in pretraining. The 
 inserted by id (they are control symbols: no text encodes to them). Training counts the loss only on
 assistant text and the <|end|> after it, so the model learns to answer and to stop, not to write prompts.
 
+A model imported from the Hugging Face format (llm/hf.py) keeps its own chat template: its tokenizer carries
+the Jinja text, which render() fills in as Hugging Face's apply_chat_template does (same ids), finding the
+trained-on assistant turns by rendering the conversation's prefixes.
+
 Each text is encoded with a space in front, the way words appear in running text: the tokenizer adds no
 such prefix itself, and without it a message's first word becomes rare fragments ("small" -> s, m, all
 instead of "▁small") that a fine-tune must learn from scratch (LoRA on datasets/samples/opposites.csv: 88%
@@ -14,13 +18,27 @@ exact match without the space, 100% with it). Generated answers therefore begin 
 
 from __future__ import annotations
 
-from llm.tokenizer import Tokenizer
+import functools
+import json
+import re
+
+import jinja2
+import jinja2.ext
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from llm.tokenizer import Tokenizer, TokenizerError
 
 ROLES = ("system", "user", "assistant")
 
 
+class ChatTemplateError(TokenizerError):
+    """An imported chat template cannot render a conversation."""
+
+
 def render(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[bool]]:
     """Messages [{"role", "content"}] -> (token ids, trained-on mask of the same length)."""
+    if tokenizer.chat_template:
+        return render_with_template(tokenizer, messages)
     ids, mask = [tokenizer.eos_id], [False]
     end = tokenizer.special["<|end|>"]
     for message in messages:
@@ -35,6 +53,8 @@ def render(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> tuple[list[i
 
 def prompt_ids(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> list[int]:
     """The ids that ask the model for the next assistant turn."""
+    if tokenizer.chat_template:
+        return encode_rendered(tokenizer, template_text(tokenizer, messages, add_generation_prompt=True))
     ids, _ = render(tokenizer, messages)
     return ids + [tokenizer.special["<|assistant|>"]]
 
@@ -45,6 +65,79 @@ def user_messages(prompt: str, system: str | None = None) -> list[dict[str, str]
 
 
 def stop_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
-    """Where an answer ends: at <|end|>, or at <eos> for a model that never learned <|end|> (a base model
-    writes <eos> where a story ends). The one rule for chat, comparisons and task scoring alike."""
+    """Where an answer ends. Under an imported chat template, at EOS (its turns end with it). Under ours, at
+    <|end|>, or at <eos> for a model that never learned <|end|> (a base model writes <eos> where a story
+    ends). The one rule for chat, comparisons and task scoring alike."""
+    if tokenizer.chat_template:
+        return (tokenizer.eos_id,)
     return (tokenizer.special["<|end|>"], tokenizer.eos_id)
+
+
+# --- imported chat templates (Jinja, rendered as transformers renders them) ---
+
+
+def _raise(message: str) -> None:
+    raise jinja2.TemplateError(message)
+
+
+@functools.cache
+def _compile(template: str) -> jinja2.Template:
+    # The environment of transformers' apply_chat_template: sandboxed, trim_blocks and lstrip_blocks.
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    env.globals["raise_exception"] = _raise
+    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, indent=indent, ensure_ascii=False)
+    return env.from_string(template)
+
+
+def template_text(tokenizer: Tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    """The conversation as the tokenizer's chat template writes it (control tokens as their text, e.g. <s>)."""
+    assert tokenizer.chat_template, "the tokenizer has no chat template"
+    piece = tokenizer.id_to_piece
+    try:
+        return _compile(tokenizer.chat_template).render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=piece(tokenizer.bos_id) if tokenizer.bos_id >= 0 else "",
+            eos_token=piece(tokenizer.eos_id) if tokenizer.eos_id >= 0 else "",
+        )
+    except jinja2.TemplateError as e:
+        raise ChatTemplateError(f"{tokenizer.source}: the chat template cannot render this conversation: {e}") from None
+
+
+@functools.lru_cache(maxsize=4)
+def _control_pattern(tokenizer: Tokenizer) -> re.Pattern:
+    """A regex that finds the control tokens' texts (<s>, </s>, <unk> ...), longest first."""
+    sp = tokenizer.sp
+    pieces = [sp.id_to_piece(i) for i in range(tokenizer.vocab_size) if sp.IsControl(i) or sp.IsUnknown(i)]
+    return re.compile("(" + "|".join(re.escape(p) for p in sorted(pieces, key=len, reverse=True)) + ")")
+
+
+def encode_rendered(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Rendered template text -> ids: a control token's text becomes its id and the text between them is encoded
+    as usual, each part on its own (as a Hugging Face tokenizer treats its special tokens)."""
+    ids = []
+    for i, part in enumerate(_control_pattern(tokenizer).split(text)):
+        if i % 2:  # the pattern's captured matches sit at odd positions
+            ids.append(tokenizer.sp.piece_to_id(part))
+        elif part:
+            ids += tokenizer.encode(part)
+    return ids
+
+
+def render_with_template(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[bool]]:
+    """(ids, mask) under the tokenizer's chat template. An assistant turn's tokens are those between the
+    conversation before it (with the generation prompt) and the conversation through it."""
+    ids = encode_rendered(tokenizer, template_text(tokenizer, messages))
+    mask = [False] * len(ids)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = encode_rendered(tokenizer, template_text(tokenizer, messages[:i], add_generation_prompt=True))
+        through = encode_rendered(tokenizer, template_text(tokenizer, messages[: i + 1]))
+        if ids[: len(through)] != through or through[: len(before)] != before:
+            raise ChatTemplateError(
+                f"{tokenizer.source}: the chat template does not render the start of a conversation as the start "
+                f"of the whole (message {i}), so its assistant turns cannot be found"
+            )
+        mask[len(before) : len(through)] = [True] * (len(through) - len(before))
+    return ids, mask

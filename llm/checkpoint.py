@@ -4,7 +4,7 @@ A model directory holds
   config.json          the ModelConfig
   model.safetensors    the weights (no pickle: loading never runs code); or, for a LoRA adapter stored alone,
   adapter.safetensors  + adapter.json naming the base model directory it applies to
-  tokenizer.model      the SentencePiece tokenizer
+  tokenizer.model      the SentencePiece tokenizer (and chat_template.jinja for an imported model: llm/hf.py)
   info.json            what made it: base model, dataset, method, hyperparameters, metrics
   trainer_state.pt     optimizer, step and RNG state for --resume (tensors and plain data only)
 
@@ -139,7 +139,7 @@ def save_checkpoint(
     """Save a model directory. With adapter=(tensors, adapter_config), only the adapter is stored."""
     files: dict[str, Any] = {
         CONFIG: json.dumps(model.cfg.to_dict(), indent=2) + "\n",
-        MODEL_FILE: tokenizer.proto,
+        **tokenizer.files(),
         INFO: json.dumps(info or {}, indent=2, default=str) + "\n",
     }
     if adapter is None:

@@ -171,6 +171,7 @@ class ModelConfig(Config):
     context_length: int = setting(256, "tokens the model sees at once")
     n_layer: int = setting(4, "transformer blocks")
     n_head: int = setting(4, "attention heads")
+    n_kv_head: int = setting(0, "key/value heads (grouped-query attention); 0 or n_head: ordinary multi-head")
     d_model: int = setting(256, "width of the residual stream")
     mlp_hidden: int = setting(0, "SwiGLU hidden width (0: 8/3 d_model, rounded up to a multiple of 64)")
     tie_embeddings: bool = setting(True, "share the input embedding with the output layer")
@@ -181,7 +182,9 @@ class ModelConfig(Config):
     def __post_init__(self) -> None:
         _check_model_fields(self)
         if self.d_model % self.n_head:
-            raise ConfigError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}", field="d_model")
+            raise ConfigError(f"must be divisible by n_head={self.n_head}, got {self.d_model}", field="d_model")
+        if self.n_kv_head < 0 or self.n_head % (self.n_kv_head or self.n_head):
+            raise ConfigError(f"must divide n_head={self.n_head}, got {self.n_kv_head}", field="n_kv_head")
         if (self.d_model // self.n_head) % 2:
             raise ConfigError("the head size d_model/n_head must be even for rotary embeddings", field="n_head")
         if self.mlp_hidden == 0:
@@ -190,6 +193,11 @@ class ModelConfig(Config):
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_head, or n_head when it is 0."""
+        return self.n_kv_head or self.n_head
 
 
 # Named model shapes. vocab_size and context_length come from the data / flags when training.

@@ -54,10 +54,10 @@ def score_tokens(model: Transformer, ids: list[int], batch_size: int = 8) -> tup
 
 
 def score_text(model: Transformer, tokenizer: Tokenizer, text: str, batch_size: int = 8) -> TextScore:
-    """Score a text. The first token is conditioned on an end-of-text token, so every token is counted."""
+    """Score a text. The first token is conditioned on the start token (EOS for ours), so every token is counted."""
     if not text:
         raise InputError("cannot evaluate an empty text")
-    ids = [tokenizer.eos_id] + tokenizer.encode(text)
+    ids = [tokenizer.start_id] + tokenizer.encode(text)
     total, count = score_tokens(model, ids, batch_size)
     n_bytes = len(text.encode("utf-8"))
     loss = total / count

@@ -47,13 +47,13 @@ class KVCache:
     """Keys and values of the positions seen so far, preallocated to the context length."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
-        shape = (batch_size, cfg.n_head, cfg.context_length, cfg.head_dim)
+        shape = (batch_size, cfg.kv_heads, cfg.context_length, cfg.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.length = 0  # positions already stored; the next token sits at this position
 
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append k, v (B, H, T, D) at self.length and return all keys/values so far (B, H, length+T, D)."""
+        """Append k, v (B, Hkv, T, D) at self.length and return all keys/values so far (B, Hkv, length+T, D)."""
         start, end = self.length, self.length + k.size(2)
         assert end <= self.keys[layer].size(2), "KV cache overflow: the sequence exceeds the context length"
         self.keys[layer][:, :, start:end] = k
@@ -81,10 +81,10 @@ def attention_with_weights(
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         self.wq = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.wk = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
-        self.wv = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
         self.keep_weights = False  # set by llm.inspect: compute the attention weights explicitly and keep them
@@ -92,15 +92,18 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         B, T, C = x.shape
-        # (B, T, C) -> (B, H, T, D)
+        # (B, T, C) -> (B, H, T, D); keys and values have Hkv <= H heads (grouped-query attention)
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         past = 0
         if cache is not None:
             past = cache.length
-            k, v = cache.store(layer, k, v)  # (B, H, past+T, D)
+            k, v = cache.store(layer, k, v)  # (B, Hkv, past+T, D)
+        if self.n_kv_head != self.n_head:  # each group of H/Hkv query heads shares one key/value head
+            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, H, past+T, D)
+            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         dropout = self.dropout if self.training else 0.0
         if self.keep_weights:
             y, self.weights = attention_with_weights(q, k, v, past)

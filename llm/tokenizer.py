@@ -3,6 +3,9 @@
 Byte fallback means no text is ever unknown: characters outside the vocabulary become their UTF-8 bytes, so
 any Unicode string round-trips. The chat tokens are *control* symbols: encode() never produces them from
 text (a user typing "<|end|>" cannot forge a turn boundary); the chat template inserts them by id.
+
+A tokenizer imported with a model of the Llama family (llm/hf.py) has no chat tokens: it brings its own chat
+template (chat_template.jinja beside tokenizer.model), which llm/chat.py renders instead of the built-in one.
 """
 
 from __future__ import annotations
@@ -24,23 +27,31 @@ CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 MODEL_FILE = "tokenizer.model"
 # pad/unk/bos/eos, the chat tokens, newline and the 256 byte pieces, and room for a few merges
 MIN_VOCAB_SIZE = 4 + len(CHAT_TOKENS) + 1 + 256 + 17
+CHAT_TEMPLATE_FILE = "chat_template.jinja"  # an imported model's own chat template (Jinja, as Hugging Face's)
 
 
 class Tokenizer:
-    def __init__(self, model_proto: bytes, source: str = "tokenizer"):
+    def __init__(self, model_proto: bytes, source: str = "tokenizer", chat_template: str | None = None):
         self.source = source
         self.proto = model_proto
+        self.chat_template = chat_template
         self.sp = spm.SentencePieceProcessor()
         try:
             self.sp.LoadFromSerializedProto(model_proto)
         except Exception:
             raise TokenizerError(f"{source}: not a SentencePiece model file") from None
         self.vocab_size = self.sp.vocab_size()
-        self.special = {tok: self.sp.piece_to_id(tok) for tok in CHAT_TOKENS}
-        missing = [t for t, i in self.special.items() if i == UNK]
-        if missing:
-            raise TokenizerError(f"{source}: the tokenizer lacks the reserved tokens {missing}")
-        self.eos_id, self.bos_id, self.pad_id = EOS, BOS, PAD
+        self.special = {tok: self.sp.piece_to_id(tok) for tok in CHAT_TOKENS if self.sp.piece_to_id(tok) != UNK}
+        if chat_template is None and len(self.special) < len(CHAT_TOKENS):
+            missing = sorted(set(CHAT_TOKENS) - set(self.special))
+            raise TokenizerError(
+                f"{source}: the tokenizer lacks the reserved tokens {missing} and has no chat template"
+            )
+        self.eos_id, self.bos_id = self.sp.eos_id(), self.sp.bos_id()
+        self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else self.eos_id  # padding is never trained on
+        # Our documents are separated by EOS, so every sequence starts with it; Llama-family tokenizers (imported,
+        # without our chat tokens) start a sequence with BOS.
+        self.start_id = self.eos_id if chat_template is None else self.bos_id
 
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
@@ -49,12 +60,21 @@ class Tokenizer:
             path = path / MODEL_FILE
         if not path.is_file():
             raise TokenizerError(f"tokenizer not found: {path}")
-        return cls(path.read_bytes(), str(path))
+        template = path.with_name(CHAT_TEMPLATE_FILE)
+        return cls(path.read_bytes(), str(path), template.read_text() if template.is_file() else None)
+
+    def files(self) -> dict[str, bytes | str]:
+        """The files that hold this tokenizer in a model directory: {name: content}."""
+        return {MODEL_FILE: self.proto} | ({CHAT_TEMPLATE_FILE: self.chat_template} if self.chat_template else {})
 
     def save(self, directory: str | Path) -> Path:
-        target = Path(directory) / MODEL_FILE
-        target.write_bytes(self.proto)
-        return target
+        for name, content in self.files().items():
+            target = Path(directory) / name
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                target.write_text(content)
+        return Path(directory) / MODEL_FILE
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
