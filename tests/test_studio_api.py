@@ -20,7 +20,7 @@ MAX_UPLOAD = 100_000  # bytes: small, so the oversized-upload test needs no big 
 ENDPOINTS = {
     "upload", "validate", "dataset", "plan", "start", "progress", "stop", "resume", "runs",
     "compare", "vote", "batch_compare", "models", "rename", "delete", "download",
-    "save_preset", "presets", "loss_curves",
+    "save_preset", "presets", "loss_curves", "download_hf",
 }  # fmt: skip
 
 
@@ -291,6 +291,10 @@ def test_finetune_progress_compare_batch_and_model_actions(app):
     assert "opposites-lora/metrics.jsonl" in names and not any("trainer_state" in n for n in names)
     info = json.loads(zipfile.ZipFile(zip_path).read("opposites-lora/info.json"))
     assert info["method"] == "lora" and info["dataset"]["name"] == "opposites.csv"
+    hf_zip = zipfile.ZipFile(value(c.predict(ref, api_name="/download_hf")[0]))
+    hf_config = json.loads(hf_zip.read("opposites-lora-hf/config.json"))
+    assert hf_config["architectures"] == ["LlamaForCausalLM"], "a Hugging Face folder, the LoRA merged in"
+    assert {"opposites-lora-hf/tokenizer.json", "opposites-lora-hf/model.safetensors"} <= set(hf_zip.namelist())
     run_dir = app.studio.store.abs(app.studio.store.run(run_id)["dir"])
     assert "Deleted" in c.predict(ref, api_name="/delete")[0]
     assert app.studio.store.run(run_id) is None and not run_dir.exists()

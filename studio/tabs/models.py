@@ -174,21 +174,17 @@ def safe_stem(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "model"
 
 
-def export_zip(studio: Studio, ref: str) -> Path:
-    """A zip holding a standalone model folder (a LoRA adapter merged into its base), plus the run's log."""
-    from llm.checkpoint import ADAPTER_CONFIG, STATE, load_model, save_checkpoint
-
+def export_zip(studio: Studio, ref: str, hugging_face: bool = False) -> Path:
+    """A zip holding a standalone model folder (a LoRA adapter merged into its base), plus a run's metrics
+    and log; with hugging_face, the folder is the Hugging Face Llama format (llm.hf.export_hf) that
+    `transformers` and llama.cpp's converter read."""
     source = studio.model_dir(ref)
-    label = safe_stem(studio.model_label(ref))
+    label = safe_stem(studio.model_label(ref)) + ("-hf" if hugging_face else "")
     exports = studio.workspace / "exports"
     target = exports / f"{label}-{new_id()}.zip"
     with tempfile.TemporaryDirectory(dir=exports) as tmp:
         folder = Path(tmp) / label
-        if (source / ADAPTER_CONFIG).is_file():
-            model, tok, info = load_model(source)
-            save_checkpoint(folder, model, tok, {**info, "merged_from": str(source)})
-        else:
-            shutil.copytree(source, folder, ignore=shutil.ignore_patterns(STATE))
+        write_model_folder(source, folder, hugging_face)
         if ref.startswith("run:"):
             run = RunDir(source.parent)
             for path in (run.metrics, run.log):
@@ -200,6 +196,19 @@ def export_zip(studio: Studio, ref: str) -> Path:
                 z.write(f, f.relative_to(folder.parent))
         os.replace(partial, target)
     return target
+
+
+def write_model_folder(source: Path, folder: Path, hugging_face: bool) -> None:
+    from llm.checkpoint import ADAPTER_CONFIG, STATE, load_model, save_checkpoint
+    from llm.hf import export_hf
+
+    if hugging_face:
+        export_hf(source, folder)
+    elif (source / ADAPTER_CONFIG).is_file():
+        model, tok, info = load_model(source)
+        save_checkpoint(folder, model, tok, {**info, "merged_from": str(source)})
+    else:
+        shutil.copytree(source, folder, ignore=shutil.ignore_patterns(STATE))
 
 
 def dates_line(run: dict[str, Any]) -> str:
@@ -245,6 +254,9 @@ def layout(ui: SimpleNamespace) -> None:
         ui.new_name = gr.Textbox(label="New name", scale=3, elem_id="models-new-name")
         ui.rename = gr.Button("Rename", scale=1, elem_classes="inline-button", elem_id="models-rename")
         ui.download = gr.Button("Download as zip", scale=1, elem_classes="inline-button")
+        ui.download_hf = gr.Button(
+            "Hugging Face folder (zip)", scale=1, elem_classes="inline-button", elem_id="models-download-hf"
+        )
         ui.delete = gr.Button("Delete…", variant="stop", scale=1, elem_classes="inline-button")
     with gr.Row(visible=False) as ui.confirm_row:
         ui.confirm_text = gr.Markdown()
@@ -330,14 +342,18 @@ class Handlers:
         self.studio.delete_run(run["id"])
         return gr.Row(visible=False), f"Deleted {run['name']}.", *self.listing()
 
-    def download(self, ref: str | None):
+    def download(self, ref: str | None, hugging_face: bool = False):
         if not ref:
             return gr.File(visible=False), "⚠ Pick a model first."
         try:
-            path = export_zip(self.studio, ref)
+            path = export_zip(self.studio, ref, hugging_face)
         except LLMError as e:
             return gr.File(visible=False), f"⚠ {e}"
         return gr.File(value=str(path), visible=True), f"Zip ready: {path.name} ({human_size(path.stat().st_size)})."
+
+    def download_hf(self, ref: str | None):
+        """The model as a Hugging Face folder (zip): transformers loads it; llama.cpp converts it to GGUF."""
+        return self.download(ref, hugging_face=True)
 
 
 def wire(tab: gr.Tab, ui: SimpleNamespace, h: Handlers) -> None:
@@ -354,6 +370,7 @@ def wire(tab: gr.Tab, ui: SimpleNamespace, h: Handlers) -> None:
     ui.cancel.click(lambda: gr.Row(visible=False), None, ui.confirm_row, **LIGHT)
     ui.confirm.click(h.delete, ui.pick, [ui.confirm_row, ui.status, *shown], api_name="delete")
     ui.download.click(h.download, ui.pick, [ui.zip_file, ui.status], api_name="download")
+    ui.download_hf.click(h.download_hf, ui.pick, [ui.zip_file, ui.status], api_name="download_hf")
 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
