@@ -61,7 +61,8 @@ CREATE TABLE IF NOT EXISTS votes (
     models TEXT NOT NULL,                 -- JSON list of model refs, in column order
     answers TEXT NOT NULL,                -- JSON list of answers, same order
     settings TEXT NOT NULL,               -- JSON sampling settings (seed included)
-    winner TEXT NOT NULL                  -- the preferred model ref, or 'tie'
+    winner TEXT NOT NULL,                 -- the preferred model ref, or 'tie'
+    comparison TEXT                       -- the comparison voted on: one vote each, a new vote replaces it
 );
 CREATE TABLE IF NOT EXISTS presets (     -- saved Fine-tune form settings, by name
     name TEXT PRIMARY KEY COLLATE NOCASE,
@@ -107,6 +108,9 @@ class Store:
         ):
             if column not in columns:
                 db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+        if "comparison" not in {row[1] for row in db.execute("PRAGMA table_info(votes)")}:
+            db.execute("ALTER TABLE votes ADD COLUMN comparison TEXT")
+        db.execute("CREATE UNIQUE INDEX IF NOT EXISTS votes_by_comparison ON votes(comparison)")
 
     @contextmanager
     def connect(self):
@@ -287,13 +291,25 @@ class Store:
         return {r["name"]: json.loads(r["settings"]) for r in rows}
 
     # Votes
-    def add_vote(self, prompt: str, models: list[str], answers: list[str], settings: dict, winner: str) -> int:
+    def add_vote(
+        self, prompt: str, models: list[str], answers: list[str], settings: dict, winner: str, comparison: str
+    ) -> None:
+        """Record the vote on a comparison; voting again on the same comparison replaces its vote."""
         with self.connect() as db:
-            cur = db.execute(
-                "INSERT INTO votes (created, prompt, models, answers, settings, winner) VALUES (?,?,?,?,?,?)",
-                (time.time(), prompt, json.dumps(models), json.dumps(answers), json.dumps(settings), winner),
+            db.execute(
+                "INSERT INTO votes (created, prompt, models, answers, settings, winner, comparison) "
+                "VALUES (?,?,?,?,?,?,?) ON CONFLICT(comparison) DO UPDATE SET winner = excluded.winner, "
+                "created = excluded.created",
+                (
+                    time.time(),
+                    prompt,
+                    json.dumps(models),
+                    json.dumps(answers),
+                    json.dumps(settings),
+                    winner,
+                    comparison,
+                ),
             )
-            return int(cur.lastrowid)
 
     def votes(self) -> list[dict[str, Any]]:
         rows = self._rows("SELECT * FROM votes ORDER BY id")

@@ -30,7 +30,8 @@ def test_store_persists_datasets_runs_and_votes(tmp_path):
     upload = store.workspace / "datasets" / "x" / "mine.csv"
     key = store.add_dataset("mine.csv", upload, "upload", "pairs", {"prompt": "q"}, 3)
     run_id = store.add_run("r1", "base:base", key, "lora", {"lr": 0.01}, store.workspace / "runs" / "r1")
-    store.add_vote("p", ["base:base", f"run:{run_id}"], ["a", "b"], {"seed": 0}, f"run:{run_id}")
+    store.add_vote("p", ["base:base", f"run:{run_id}"], ["a", "b"], {"seed": 0}, f"run:{run_id}", "c1")
+    store.add_vote("p", ["base:base", f"run:{run_id}"], ["a", "b"], {"seed": 0}, "base:base", "c1")  # changed
 
     again = Store(tmp_path / "ws")  # a restarted studio sees everything
     assert {d["id"] for d in again.datasets()} == {"sample-qa", key}
@@ -39,7 +40,8 @@ def test_store_persists_datasets_runs_and_votes(tmp_path):
     assert again.abs(mine["path"]) == upload.resolve()
     assert mine["mapping"] == {"prompt": "q"} and mine["rows"] == 3
     assert again.run(run_id)["config"] == {"lr": 0.01} and again.run(run_id)["status"] == "queued"
-    assert again.votes()[0]["answers"] == ["a", "b"]
+    (vote,) = again.votes()  # one vote per comparison: the second replaced the first
+    assert vote["answers"] == ["a", "b"] and vote["winner"] == "base:base"
 
     sample.unlink()
     again.sync_samples([])

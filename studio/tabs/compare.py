@@ -17,9 +17,9 @@ from studio.context import Studio
 from studio.jobs import CHILD_THREADS
 from studio.store import LAUNCHED_STATES, new_id
 from studio.tabs import dropdown
+from studio.votes import TIE
 
 MAX_MODELS = 4
-TIE = "tie"
 
 
 def word_diff_html(reference: str, other: str) -> str:
@@ -200,7 +200,14 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         except LLMError as e:  # a model went missing or is unreadable
             yield *boxes([""] * len(refs)), "", f"⚠ {e}", gr.Radio(choices=[]), {}
             return
-        result = {"prompt": text, "models": refs, "labels": labels, "answers": texts, "settings": settings}
+        result = {
+            "id": new_id(),  # the comparison: a second vote on it replaces the first
+            "prompt": text,
+            "models": refs,
+            "labels": labels,
+            "answers": texts,
+            "settings": settings,
+        }
         vote_choices = [(label, ref) for label, ref in zip(labels, refs, strict=True)] + [("Tie / both bad", TIE)]
         device = next(studio.load(refs[0])[0].parameters()).device
         where = f"{threads} CPU threads" if device.type == "cpu" else device.type
@@ -212,7 +219,9 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
             return "⚠ Generate answers first, then vote."
         if winner not in result["models"] + [TIE]:
             return "⚠ Pick the better answer first."
-        studio.store.add_vote(result["prompt"], result["models"], result["answers"], result["settings"], winner)
+        studio.store.add_vote(
+            result["prompt"], result["models"], result["answers"], result["settings"], winner, result["id"]
+        )
         return "Vote saved. " + tally_text()
 
     def batch(refs: list[str], dataset_id: str, rows: float, tokens: float, seed_value: float, progress=gr.Progress()):  # noqa: B008

@@ -1,0 +1,123 @@
+"""Votes tab: every vote cast in Compare, their export as preference pairs, and "Tune on my votes": a
+preference run (`python -m llm prefer`, DPO) on them, through the same queue as fine-tunes."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from llm.config import PreferConfig
+from llm.errors import LLMError
+from studio.context import Studio, plural
+from studio.jobs import field_label
+from studio.tabs import LIGHT, dropdown
+from studio.votes import MIN_PAIRS, TIE, export_votes, preference_pairs
+
+VOTE_COLUMNS = ["when", "prompt", "models", "better", "answers", "seed"]
+PROBES = 3  # voted prompts answered at every evaluation of a preference run
+
+
+def vote_rows(studio: Studio) -> pd.DataFrame:
+    rows = []
+    for vote in reversed(studio.store.votes()):
+        labels = [studio.model_label(m) for m in vote["models"]]
+        rows.append(
+            {
+                "when": datetime.datetime.fromtimestamp(vote["created"]).strftime("%Y-%m-%d %H:%M"),
+                "prompt": vote["prompt"],
+                "models": " | ".join(labels),
+                "better": "tie / both bad" if vote["winner"] == TIE else studio.model_label(vote["winner"]),
+                "answers": "\n---\n".join(vote["answers"]),
+                "seed": vote["settings"].get("seed"),
+            }
+        )
+    return pd.DataFrame(rows, columns=VOTE_COLUMNS)
+
+
+def summary(studio: Studio) -> str:
+    votes = studio.store.votes()
+    pairs, ties = preference_pairs(votes)
+    text = f"**{plural(len(votes), 'vote')}**: {plural(len(pairs), 'preference pair')}, {plural(len(ties), 'tie')}."
+    if len(pairs) < MIN_PAIRS:
+        text += (
+            f" ⚠ A preference run learns little from fewer than {MIN_PAIRS} pairs: vote on more comparisons in "
+            "Compare (each vote between n answers gives n-1 pairs)."
+        )
+    return text
+
+
+def tune_on_votes(studio: Studio, base_ref: str | None, max_steps: float, name: str) -> tuple[str, str | None]:
+    """Export the votes and queue a preference run on them; (message, run id)."""
+    votes = studio.store.votes()
+    if not base_ref:
+        return "⚠ Choose the model to tune.", None
+    exported = export_votes(votes, studio.workspace / "exports")
+    if exported.n_pairs == 0:
+        return "⚠ No preference pairs yet: vote in Compare (a tie gives none).", None
+    try:
+        probes = list(dict.fromkeys(v["prompt"] for v in votes))[:PROBES]
+        cfg = PreferConfig(
+            base=str(studio.model_dir(base_ref)), data=str(exported.pairs), max_steps=int(max_steps or 0), probes=probes
+        )
+        label = studio.check_name(name) if (name or "").strip() else studio.free_name("votes-dpo")
+        run_id = studio.add_run("prefer", cfg, label, base_ref, "votes", cfg.method)
+    except LLMError as e:
+        return f"⚠ {e.worded(field_label(e.field))}", None
+    queued = studio.jobs.submit(run_id)
+    warning = (
+        f" (only {plural(exported.n_pairs, 'pair')}: expect a small change)" if exported.n_pairs < MIN_PAIRS else ""
+    )
+    return f"{queued} Preference run on {plural(exported.n_pairs, 'pair')}{warning}; follow it in Fine-tune.", run_id
+
+
+def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
+    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
+    with gr.Tab("Votes", id="votes") as tab:
+        gr.Markdown(
+            "The votes you cast in **Compare**. Export them as preference pairs, or tune a model on them: it "
+            "learns to prefer the answers you preferred (DPO), and appears in Compare when it is done."
+        )
+        counts = gr.Markdown(elem_id="votes-summary")
+        table = gr.Dataframe(headers=VOTE_COLUMNS, interactive=False, wrap=True, max_height=360, elem_id="votes-table")
+        with gr.Row():
+            export = gr.Button("Export as preference pairs (JSONL)", elem_id="votes-export")
+            files = gr.File(label="Pairs, conversational pairs and ties", file_count="multiple", visible=False)
+        with gr.Row():
+            base = dropdown(label="Model to tune (and the reference it must not drift far from)", scale=3)
+            max_steps = gr.Number(value=0, precision=0, minimum=0, label="Max steps (0: from epochs)", scale=1)
+            name = gr.Textbox(label="Run name (optional)", scale=2)
+        tune = gr.Button("Tune on my votes", variant="primary", elem_id="votes-tune")
+        status = gr.Markdown(elem_id="votes-status")
+
+    def show():
+        choices = studio.model_choices()
+        runs = [ref for _, ref in choices if ref.startswith("run:")]
+        default = (runs or [ref for _, ref in choices] or [None])[0]
+        return summary(studio), vote_rows(studio), gr.Dropdown(choices=choices, value=default)
+
+    def do_export():
+        exported = export_votes(studio.store.votes(), studio.workspace / "exports")
+        paths = [str(p) for p in (exported.pairs, exported.conversations, exported.ties)]
+        note = f"Exported {plural(exported.n_pairs, 'pair')} and {plural(exported.n_ties, 'tie')}."
+        return gr.File(value=paths, visible=True), note
+
+    def do_tune(base_ref: str | None, steps: float, run_name: str) -> str:
+        return tune_on_votes(studio, base_ref, steps, run_name)[0]
+
+    def api_export_votes() -> dict[str, Any]:
+        """Write the votes as preference pairs; the files' paths and counts."""
+        exported = export_votes(studio.store.votes(), studio.workspace / "exports")
+        return {k: str(v) if hasattr(v, "name") else v for k, v in vars(exported).items()}
+
+    def api_votes() -> list[dict[str, Any]]:
+        """Every vote: prompt, models, answers, settings (seed included), winner."""
+        return studio.store.votes()
+
+    tab.select(show, None, [counts, table, base], **LIGHT)
+    export.click(do_export, None, [files, status], **LIGHT)
+    tune.click(do_tune, [base, max_steps, name], status, api_name="tune_on_votes")
+    return {"export_votes": api_export_votes, "votes": api_votes}
