@@ -9,7 +9,7 @@ import gradio as gr
 
 from llm.config import DEFAULT_BASE_MODEL
 from studio.context import MAX_UPLOAD_BYTES, SAMPLES_DIR, Studio
-from studio.tabs import compare, data, finetune, inside, models, pretrain, votes
+from studio.tabs import chat, compare, data, finetune, inside, models, pretrain, votes
 
 CSS = """
 .gradio-container { max-width: 1400px !important; }
@@ -78,7 +78,7 @@ def build_app(
         gr.Markdown(f"⚠ {missing}", visible=bool(missing), elem_classes="banner", elem_id="base-missing")
         apis = {}
         with gr.Tabs():
-            for tab in (data, pretrain, finetune, compare, votes, models, inside):
+            for tab in (data, pretrain, finetune, compare, chat, votes, models, inside):
                 apis |= tab.build(studio, demo)
         for name, fn in apis.items():  # outside the Tabs: a Tabs block may hold only tabs
             gr.api(fn, api_name=name)

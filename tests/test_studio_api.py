@@ -20,7 +20,7 @@ MAX_UPLOAD = 100_000  # bytes: small, so the oversized-upload test needs no big 
 ENDPOINTS = {
     "upload", "validate", "dataset", "plan", "start", "progress", "stop", "resume", "runs",
     "compare", "vote", "batch_compare", "models", "rename", "delete", "download",
-    "save_preset", "presets", "loss_curves", "download_hf", "votes", "export_votes", "tune_on_votes",
+    "save_preset", "presets", "loss_curves", "download_hf", "votes", "export_votes", "tune_on_votes", "chat",
 }  # fmt: skip
 
 
@@ -213,6 +213,19 @@ def test_compare_answers_side_by_side_and_votes_are_stored(app):
     assert len(app.studio.store.votes()) == votes + 1
     assert vote["prompt"] == "Once upon a time" and vote["answers"] == [first, second]
     assert vote["settings"]["seed"] == 7 and vote["winner"] == "base:base"
+    assert "Vote saved" in client.predict("tie", api_name="/vote")  # a second vote on the same comparison
+    assert len(app.studio.store.votes()) == votes + 1 and app.studio.store.votes()[-1]["winner"] == "tie"
+    exported = app.client.predict(api_name="/export_votes")
+    assert exported["n_ties"] >= 1 and Path(exported["pairs"]).is_file()
+
+
+def test_chat_keeps_the_conversation(app):
+    history, status, box = app.client.predict("base:base", "", [], "Once upon a time", 0, 1, 8, 0, api_name="/chat")
+    assert [m["role"] for m in history] == ["user", "assistant"] and status == "" and box == ""
+    history, _, _ = app.client.predict("base:base", "Be brief.", history, "And then?", 0, 1, 8, 0, api_name="/chat")
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    _, status, _ = app.client.predict(None, "", [], "Hi", 0, 1, 8, 0, api_name="/chat")
+    assert "Choose a model" in status
 
 
 def test_models_lists_the_base_model(app):
