@@ -79,6 +79,19 @@ def dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a spreadsheet reads a cell starting so as a formula
+
+
+def spreadsheet_safe(frame: Any) -> Any:
+    """A copy of a DataFrame whose text cells cannot run as spreadsheet formulas when a CSV of it is opened:
+    a cell that starts with = + - @ (or a tab or carriage return) gets a leading apostrophe, as OWASP advises."""
+
+    def escape(value: Any) -> Any:
+        return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+    return frame.map(escape)
+
+
 def human_size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":

@@ -343,3 +343,14 @@ def test_the_logged_command_can_be_pasted(tmp_path, monkeypatch):
     Jobs(store).tick()
     line = run_dir.log.read_text().splitlines()[0]
     assert line.startswith("$ ") and shlex.split(line[2:]) == json.loads(run_dir.command.read_text())
+
+
+def test_csv_cells_never_run_as_spreadsheet_formulas():
+    import pandas as pd
+
+    from studio.context import spreadsheet_safe
+
+    frame = pd.DataFrame({"answer": ["=HYPERLINK(1)", "+1", "-2", "@SUM(A1)", "fine", "a=b"], "row": range(6)})
+    safe = spreadsheet_safe(frame)
+    assert safe["answer"].tolist() == ["'=HYPERLINK(1)", "'+1", "'-2", "'@SUM(A1)", "fine", "a=b"]
+    assert safe["row"].tolist() == list(range(6)) and frame["answer"][0] == "=HYPERLINK(1)", "a copy; numbers kept"

@@ -13,7 +13,7 @@ import gradio as gr
 
 from llm.config import SamplingConfig
 from llm.errors import LLMError
-from studio.context import Studio
+from studio.context import Studio, spreadsheet_safe
 from studio.jobs import CHILD_THREADS
 from studio.store import LAUNCHED_STATES, new_id
 from studio.tabs import dropdown
@@ -118,6 +118,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                     interactive=False,
                     buttons=["copy"],
                     visible=i < 2,
+                    autoscroll=False,  # an answer is read from its first words
                     elem_classes="answer",
                 )
                 for i in range(MAX_MODELS)
@@ -253,7 +254,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         table["model"] = table["model"].map(labels)
         totals["model"] = totals["model"].map(labels)
         path = studio.workspace / "compare" / f"batch-{new_id()}.csv"
-        table.to_csv(path, index=False)
+        spreadsheet_safe(table).to_csv(path, index=False)
         shown = table.drop(columns=["ref_tokens"]).round({"f1": 3, "ref_loss": 3})
         note = (
             f"Scored {table['row'].nunique()} held-out rows of {row['name']} with {len(order)} models (greedy answers)."
