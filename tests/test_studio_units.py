@@ -354,3 +354,14 @@ def test_csv_cells_never_run_as_spreadsheet_formulas():
     safe = spreadsheet_safe(frame)
     assert safe["answer"].tolist() == ["'=HYPERLINK(1)", "'+1", "'-2", "'@SUM(A1)", "fine", "a=b"]
     assert safe["row"].tolist() == list(range(6)) and frame["answer"][0] == "=HYPERLINK(1)", "a copy; numbers kept"
+
+
+def test_previews_show_whole_characters_only(tok):
+    from studio.tabs.data import token_html
+
+    ids = tok.encode("猫 cat")  # byte-fallback pieces: the test tokenizer never saw Chinese
+    assert len(ids) > 3
+    for cut in range(1, len(ids) + 1):  # every cut, including inside the character's three bytes
+        shown = token_html(tok, ids[:cut], [False] * cut)
+        assert "\ufffd" not in shown and "�" not in shown
+    assert "猫" in token_html(tok, ids, [False] * len(ids))

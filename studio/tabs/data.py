@@ -52,7 +52,9 @@ def token_html(tokenizer: Any, ids: list[int], mask: list[bool]) -> str:
 
     def flush() -> None:
         if run:
-            text = html.escape(tokenizer.decode(run))
+            # Whole characters only: a run may begin or end inside a character that byte-fallback pieces
+            # spell (a cut row, a Chinese character split at the trained part's edge): its bytes are dropped.
+            text = html.escape(b"".join(tokenizer.token_bytes(i) for i in run).decode("utf-8", errors="ignore"))
             parts.append(f"<span class='trained'>{text}</span>" if run_trained else f"<span>{text}</span>")
             run.clear()
 
@@ -98,10 +100,9 @@ def preview_html(data: Any, encoded: Any, tokenizer: Any, context_length: int | 
         return legend + "".join(cards)
     truncated = set(encoded.truncated)
     for (ids, mask), row, n in list(zip(encoded.items, encoded.rows, encoded.lengths, strict=True))[:PREVIEW_EXAMPLES]:
-        cut = f" · cut from {n} to {context_length + 1} tokens" if row in truncated else ""
+        size = f"{n} tokens, cut to fit the context" if row in truncated else f"{n} tokens"
         cards.append(
-            f"<div class='example'><div class='row-no'>row {row} · {min(n, len(ids))} tokens{cut}</div>"
-            f"{token_html(tokenizer, ids, mask)}</div>"
+            f"<div class='example'><div class='row-no'>row {row} · {size}</div>{token_html(tokenizer, ids, mask)}</div>"
         )
     return legend + "".join(cards)
 
