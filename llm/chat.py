@@ -10,6 +10,11 @@ A model imported from the Hugging Face format (llm/hf.py) keeps its own chat tem
 the Jinja text, which render() fills in as Hugging Face's apply_chat_template does (same ids), finding the
 trained-on assistant turns by rendering the conversation's prefixes.
 
+Tool use: a tool's result is a turn of its own (role "tool"), rendered as a user-side turn whose text
+starts with "Tool result:" (the tokenizer reserves no tool token, and a new one would change the shipped
+model's vocabulary); it is never trained on. A tool call is the assistant's turn (its JSON is the text the
+model learns to write), and the tools on offer are part of the system turn (llm.tasks does both).
+
 Each text is encoded with a space in front, the way words appear in running text: the tokenizer adds no
 such prefix itself, and without it a message's first word becomes rare fragments ("small" -> s, m, all
 instead of "▁small") that a fine-tune must learn from scratch (LoRA on datasets/samples/opposites.csv: 88%
@@ -28,7 +33,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from llm.tokenizer import Tokenizer, TokenizerError
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+TOOL_RESULT = "Tool result:"  # how a tool's result begins: it is read as a user-side turn
+TURN_TOKEN = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>", "tool": "<|user|>"}
 
 
 class ChatTemplateError(TokenizerError):
@@ -44,9 +51,10 @@ def render(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> tuple[list[i
     for message in messages:
         role = message["role"]
         assert role in ROLES, f"unknown role {role!r}"
-        body = tokenizer.encode(" " + message["content"]) + [end]
+        text = f"{TOOL_RESULT} {message['content']}" if role == "tool" else message["content"]
+        body = tokenizer.encode(" " + text) + [end]
         trained = role == "assistant"
-        ids += [tokenizer.special[f"<|{role}|>"]] + body
+        ids += [tokenizer.special[TURN_TOKEN[role]]] + body
         mask += [False] + [trained] * len(body)
     return ids, mask
 

@@ -46,9 +46,24 @@ RESPONSE_NAMES = ("response", "answer", "output", "completion", "target", "assis
 SYSTEM_NAMES = ("system", "system_prompt")
 MESSAGES_NAMES = ("messages", "conversations", "conversation")
 # Which mapping keys each format accepts.
-MAPPING_KEYS = {"pairs": ("prompt", "response", "system"), "alpaca": ("system",), "messages": ("messages", "system")}
-# Turn roles: the chat template's own, and ShareGPT's.
-ROLE_ALIASES = {"user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
+MAPPING_KEYS = {
+    "pairs": ("prompt", "response", "system"),
+    "alpaca": ("system",),
+    "messages": ("messages", "system", "tools"),
+}
+# Turn roles: the chat template's own, ShareGPT's and OpenAI's (tool use included: see llm/chat.py).
+ROLE_ALIASES = {
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "system": "system",
+    "function_call": "assistant",  # ShareGPT tool use (glaive): the call is what the model learns to write
+    "observation": "tool",  # ... and the tool's result, read, never trained on
+    "tool": "tool",  # OpenAI's tool result
+    "function": "tool",  # OpenAI's older name for it
+}
+TOOLS_NAMES = ("tools", "functions")  # a column of tool definitions: they join the system turn
 
 
 @dataclass
@@ -350,9 +365,9 @@ def _columns_for(path: Path, fmt: str, columns: list[str], mapping: dict[str, st
     wanted = {
         "pairs": {"prompt": PROMPT_NAMES, "response": RESPONSE_NAMES, "system": SYSTEM_NAMES},
         "alpaca": {"instruction": ("instruction",), "input": ("input",), "output": ("output",), "system": SYSTEM_NAMES},
-        "messages": {"messages": MESSAGES_NAMES, "system": SYSTEM_NAMES},
+        "messages": {"messages": MESSAGES_NAMES, "system": SYSTEM_NAMES, "tools": TOOLS_NAMES},
     }[fmt]
-    optional = {"system", "input"}
+    optional = {"system", "input", "tools"}
     chosen = {}
     for key, names in wanted.items():
         column = mapping.get(key) or _find(columns, names)
@@ -415,9 +430,15 @@ def _turn(turn: Any, i: int, column: str) -> dict[str, str]:
         raise _RowProblem(
             column,
             "unknown role",
-            f"turn {i} has role {role!r}; expected user/assistant/system (or ShareGPT's human/gpt)",
+            f"turn {i} has role {role!r}; expected user/assistant/system/tool (or ShareGPT's human/gpt/"
+            "function_call/observation)",
         )
-    return {"role": ROLE_ALIASES[role.lower()], "content": _text(turn[content_key], column, f"turn {i} content")}
+    role = ROLE_ALIASES[role.lower()]
+    calls = turn.get("tool_calls") if role == "assistant" else None
+    if calls:  # OpenAI's tool calls: the model learns to write them, as JSON after any text
+        text = _text(turn[content_key], column, f"turn {i} content", required=False)
+        return {"role": role, "content": "\n".join(filter(None, [text, json.dumps(calls, ensure_ascii=False)]))}
+    return {"role": role, "content": _text(turn[content_key], column, f"turn {i} content")}
 
 
 def _turns(value: Any, column: str, need_answer: bool = True) -> list[dict[str, str]]:
@@ -468,7 +489,22 @@ def _row_messages(fmt: str, record: dict[str, Any], cols: dict[str, str]) -> lis
         messages = _turns(record[cols["messages"]], cols["messages"])
         if messages[0]["role"] == "system":
             system = None  # the conversation brings its own
+        tools = _tools(record[cols["tools"]], cols["tools"]) if "tools" in cols else None
+        if tools and messages[0]["role"] == "system":
+            messages[0] = {"role": "system", "content": f"{messages[0]['content']}\n{tools}"}
+        elif tools:
+            system = f"{system}\n{tools}" if system else tools
     return ([{"role": "system", "content": system}] if system else []) + messages
+
+
+def _tools(value: Any, column: str) -> str | None:
+    """A tools cell (JSON text or a list of tool definitions) as the system turn's text, or None."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, (list, dict)):
+        value = json.dumps(value, ensure_ascii=False)
+    text = _text(value, column, "tools", required=False)
+    return f"Tools you can call: {text}" if text and text not in ("[]", "{}") else None
 
 
 def read_task_file(path: str | Path, format: str = "auto", mapping: dict[str, str] | None = None) -> TaskData:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from llm.chat import render
 from llm.errors import ConfigError
 from llm.tasks import (
     TaskFileError,
@@ -166,8 +167,8 @@ def test_unknown_roles_are_reported_with_their_row(tmp_path):
     assert [e.row for e in data.examples] == [1, 3]
     (problem,) = data.problems
     assert str(problem) == (
-        "row 2, column 'messages': unknown role (turn 2 has role 'narrator'; expected user/assistant/system "
-        "(or ShareGPT's human/gpt))"
+        "row 2, column 'messages': unknown role (turn 2 has role 'narrator'; expected user/assistant/system/tool "
+        "(or ShareGPT's human/gpt/function_call/observation))"
     )
 
 
@@ -352,3 +353,53 @@ def test_the_sample_datasets_read_cleanly():
     assert all(not d.problems for d in formats.values())
     assert 300 <= len(formats["opposites.csv"].examples) <= 600
     assert any(len(e.messages) > 2 for e in formats["stories.jsonl"].examples)
+
+
+def glaive_rows(n: int) -> list[dict]:
+    """ShareGPT tool-use rows as glaive writes them: human, function_call, observation, gpt, and a tools column."""
+    tools = json.dumps([{"name": "get_weather", "parameters": {"city": {"type": "string"}}}])
+    rows = []
+    for i in range(n):
+        call = json.dumps({"name": "get_weather", "arguments": {"city": f"Town{i}"}})
+        turns = [
+            {"from": "human", "value": f"What is the weather in Town{i}?"},
+            {"from": "function_call", "value": call},
+            {"from": "observation", "value": json.dumps({"temperature": 20 + i % 10})},
+            {"from": "gpt", "value": f"It is {20 + i % 10} degrees in Town{i}."},
+        ]
+        rows.append({"conversations": turns, "tools": tools if i % 3 else "[]"})
+    return rows
+
+
+def test_tool_use_conversations_keep_their_rows_and_train_on_calls_and_answers(tmp_path, tok):
+    path = tmp_path / "glaive.jsonl"
+    rows = glaive_rows(40) + [{"conversations": [{"from": "robot", "value": "x"}], "tools": "[]"}]  # one bad row
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = read_task_file(path)
+    assert len(data.examples) == 40 and [str(p) for p in data.problems] == [
+        "row 41, column 'conversations': unknown role (turn 1 has role 'robot'; expected user/assistant/system/tool "
+        "(or ShareGPT's human/gpt/function_call/observation))"
+    ], "every row but the bad one is kept, and the bad one is listed"
+    first = data.examples[1].messages
+    assert [m["role"] for m in first] == ["system", "user", "assistant", "tool", "assistant"]
+    assert first[0]["content"].startswith("Tools you can call: ") and "get_weather" in first[0]["content"]
+    assert [m["role"] for m in data.examples[0].messages][0] == "user", "no tools on offer: no system turn"
+    ids, mask = render(tok, first)
+    trained = tok.decode([i for i, m in zip(ids, mask, strict=True) if m])
+    assert '"get_weather"' in trained and "degrees in Town1" in trained, "the call and the answer are learnt"
+    assert "temperature" not in trained and "Tool result:" in tok.decode(ids), "the tool's result is read, not learnt"
+
+
+def test_openai_tool_calls_are_the_assistant_turn(tmp_path):
+    calls = [{"type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}}]
+    messages = [
+        {"role": "user", "content": "1+2?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "content": "3"},
+        {"role": "assistant", "content": "It is 3."},
+    ]
+    path = tmp_path / "openai.jsonl"
+    path.write_text(json.dumps({"messages": messages}) + "\n")
+    (example,) = read_task_file(path).examples
+    assert [m["role"] for m in example.messages] == ["user", "assistant", "tool", "assistant"]
+    assert json.loads(example.messages[1]["content"]) == calls
