@@ -21,7 +21,7 @@ from llm.errors import LLMError
 from llm.run import CONFIG, INFO, LATEST, RunDir, is_checkpoint
 from llm.tasks import READERS
 from studio.jobs import Jobs
-from studio.store import Store, new_id
+from studio.store import ACTIVE_STATES, Store, new_id
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = REPO / "datasets" / "samples"
@@ -191,6 +191,22 @@ class Studio:
             while len(self._task_data) > 4:
                 self._task_data.popitem(last=False)
         return data
+
+    def delete_dataset(self, key: str | None) -> str:
+        """Delete an uploaded dataset and its file; samples, and datasets a queued or running run uses, stay."""
+        row = self.store.dataset(key) if key else None
+        if row is None:
+            raise StudioError("Pick a dataset first.")
+        if row["source"] == "sample":
+            raise StudioError(f"{row['name']} is a sample that ships with the studio: it cannot be deleted.")
+        users = [r["name"] for r in self.store.runs(ACTIVE_STATES) if r["dataset_id"] == key]
+        if users:
+            raise StudioError(f"{row['name']} is used by {', '.join(users)}: stop or finish that run first.")
+        path = self.store.abs(row["path"])
+        self.store.delete_dataset(key)
+        if path.parent.parent == self.workspace / "datasets":  # the upload's own folder, <workspace>/datasets/<id>
+            shutil.rmtree(path.parent, ignore_errors=True)
+        return f"Deleted {row['name']}."
 
     # Models
     def model_dir(self, ref: str) -> Path:

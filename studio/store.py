@@ -177,6 +177,10 @@ class Store:
             row["mapping"] = json.loads(row["mapping"])
         return rows
 
+    def delete_dataset(self, key: str) -> None:
+        with self.connect() as db:
+            db.execute("DELETE FROM datasets WHERE id = ?", (key,))
+
     def update_dataset(self, key: str, **fields: Any) -> None:
         if "mapping" in fields:
             fields["mapping"] = json.dumps(fields["mapping"] or {})

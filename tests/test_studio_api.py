@@ -20,7 +20,7 @@ MAX_UPLOAD = 100_000  # bytes: small, so the oversized-upload test needs no big 
 ENDPOINTS = {
     "upload", "validate", "dataset", "plan", "start", "progress", "stop", "resume", "runs",
     "compare", "vote", "batch_compare", "models", "rename", "delete", "download",
-    "save_preset", "presets", "loss_curves", "download_hf", "votes", "export_votes", "tune_on_votes", "chat",
+    "save_preset", "presets", "loss_curves", "download_hf", "votes", "export_votes", "tune_on_votes", "chat", "delete_dataset",
 }  # fmt: skip
 
 

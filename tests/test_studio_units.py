@@ -365,3 +365,33 @@ def test_previews_show_whole_characters_only(tok):
         shown = token_html(tok, ids[:cut], [False] * cut)
         assert "\ufffd" not in shown and "�" not in shown
     assert "猫" in token_html(tok, ids, [False] * len(ids))
+
+
+def test_an_upload_can_be_deleted_unless_a_run_uses_it(tmp_path, tiny_model_dir):
+    from studio.context import SAMPLES_DIR, Studio, StudioError
+
+    studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
+    with pytest.raises(StudioError, match="sample"):
+        studio.delete_dataset("sample-opposites")
+    folder = studio.workspace / "datasets" / "up1"
+    folder.mkdir(parents=True)
+    (folder / "mine.csv").write_text("question,answer\nhi,hello\nbye,ciao\n")
+    key = studio.store.add_dataset("mine.csv", folder / "mine.csv", "upload", "auto", {}, 2, key="up1")
+    run_id = studio.store.add_run("r", "base:base", key, "lora", {}, tmp_path / "ws" / "runs" / "r")
+    with pytest.raises(StudioError, match="used by r"):
+        studio.delete_dataset(key)
+    studio.store.update_run(run_id, status="done")
+    assert studio.delete_dataset(key) == "Deleted mine.csv."
+    assert studio.store.dataset(key) is None and not folder.exists()
+
+
+def test_the_preview_pages_through_every_example(tmp_path):
+    from llm.tasks import read_task_file
+    from studio.tabs.data import PREVIEW_EXAMPLES, preview_html
+
+    path = tmp_path / "rows.csv"
+    path.write_text("question,answer\n" + "".join(f"q{i},a{i}\n" for i in range(1, 3 * PREVIEW_EXAMPLES + 2)))
+    data = read_task_file(path)
+    second = preview_html(data, None, None, None, page=2)
+    assert "Page 2 of 4" in second and f"row {PREVIEW_EXAMPLES + 1}<" in second and "row 1<" not in second
+    assert f"row {3 * PREVIEW_EXAMPLES + 1}<" in preview_html(data, None, None, None, page=99), "the last page"

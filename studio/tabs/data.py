@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from llm.errors import LLMError
 from studio.context import DATA_SUFFIXES, Studio, human_size, plural
 from studio.store import new_id
 from studio.tabs import dropdown
@@ -85,21 +86,26 @@ def messages_html(messages: list[dict[str, str]]) -> str:
     )
 
 
-def preview_html(data: Any, encoded: Any, tokenizer: Any, context_length: int | None) -> str:
+def preview_html(data: Any, encoded: Any, tokenizer: Any, context_length: int | None, page: int = 1) -> str:
+    """The examples of one page (PREVIEW_EXAMPLES a page), as the model sees them."""
+    n = len(encoded.items) if encoded is not None else len(data.examples)
+    pages = max(1, math.ceil(n / PREVIEW_EXAMPLES))
+    page = min(max(1, int(page or 1)), pages)
+    shown = slice((page - 1) * PREVIEW_EXAMPLES, page * PREVIEW_EXAMPLES)
     legend = (
-        "<div class='preview-legend'>As the model sees them: <span class='tok-special'>control tokens</span> "
-        "mark the turns; the <span class='trained'>highlighted part</span> is what it learns to write "
-        "(the loss counts only there).</div>"
+        f"<div class='preview-legend'>Page {page} of {pages}. As the model sees them: "
+        "<span class='tok-special'>control tokens</span> mark the turns; the <span class='trained'>highlighted "
+        "part</span> is what it learns to write (the loss counts only there).</div>"
     )
     cards = []
     if encoded is None:
-        for example in data.examples[:PREVIEW_EXAMPLES]:
+        for example in data.examples[shown]:
             cards.append(
                 f"<div class='example'><div class='row-no'>row {example.row}</div>{messages_html(example.messages)}</div>"
             )
         return legend + "".join(cards)
     truncated = set(encoded.truncated)
-    for (ids, mask), row, n in list(zip(encoded.items, encoded.rows, encoded.lengths, strict=True))[:PREVIEW_EXAMPLES]:
+    for (ids, mask), row, n in list(zip(encoded.items, encoded.rows, encoded.lengths, strict=True))[shown]:
         size = f"{n} tokens, cut to fit the context" if row in truncated else f"{n} tokens"
         cards.append(
             f"<div class='example'><div class='row-no'>row {row} · {size}</div>{token_html(tokenizer, ids, mask)}</div>"
@@ -298,6 +304,10 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                     elem_id="data-hist",
                 )
         problems = gr.Dataframe(label="Dropped rows", visible=False, interactive=False, wrap=True, max_height=300)
+        with gr.Row():
+            page = gr.Number(value=1, precision=0, minimum=1, label="Preview page", scale=1, elem_id="data-page")
+            delete = gr.Button("Delete this upload", variant="stop", scale=0, elem_classes="inline-button")
+            deleted = gr.Markdown(elem_id="data-deleted")
         pending = gr.State(None)  # an upload whose columns the user still has to name: {"path", "name"}
 
     views = [status, fmt, prompt_col, response_col, system_col, preview, hist, problems]
@@ -384,6 +394,26 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         studio.store.update_dataset(dataset_id, format=format_choice, mapping=mapping, rows=inspection.kept)
         return [choices(dataset_id), gr.File(), None, *inspection.outputs()]
 
+    def show_page(dataset_id: str | None, page_number: float) -> str:
+        row = studio.store.dataset(dataset_id) if dataset_id else None
+        if row is None:
+            return ""
+        inspection = Inspection(studio, studio.store.abs(row["path"]), row["name"], row["format"], row["mapping"])
+        if inspection.error:
+            return ""
+        return preview_html(
+            inspection.data, inspection.encoded, inspection.tokenizer, inspection.context_length, int(page_number or 1)
+        )
+
+    def do_delete(dataset_id: str | None):
+        try:
+            message = studio.delete_dataset(dataset_id)
+        except LLMError as e:
+            return gr.Dropdown(), f"⚠ {e}"
+        return choices(None), message
+
+    page.change(show_page, [dataset, page], preview, api_visibility="private", concurrency_limit=None)
+    delete.click(do_delete, dataset, [dataset, deleted], api_name="delete_dataset")
     tab.select(on_load, dataset, [dataset, *views], api_visibility="private")
     demo.load(on_load, dataset, [dataset, *views], api_visibility="private")
     dataset.input(lambda d: [None, *show(d)], dataset, [pending, *views], api_name="dataset")
