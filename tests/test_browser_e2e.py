@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -127,7 +128,7 @@ def test_upload_finetune_reload_and_compare(page):
     assert not (studio.workspace.parent / "x.csv").exists() and not (studio.workspace.parent.parent / "x.csv").exists()
 
     # 2. Fine-tune: the plan, then a short run with a live plot and progress.
-    open_tab(page, "2 · Fine-tune")
+    open_tab(page, "3 · Fine-tune")
     page.locator("#ft-dataset input").click()
     page.get_by_role("option", name=re.compile(r"^opposites\.csv \(sample")).click()
     probes = page.locator("#ft-probes textarea")
@@ -149,7 +150,7 @@ def test_upload_finetune_reload_and_compare(page):
     # A reload keeps the unsaved form (it lives in the browser), not the defaults.
     page.wait_for_function(f"before => {kept} !== before", arg=before)
     page.reload()
-    open_tab(page, "2 · Fine-tune")
+    open_tab(page, "3 · Fine-tune")
     expect(page.locator("#ft-max-steps input")).to_have_value("60")
     expect(page.locator("#ft-batch-size input")).to_have_value("64")
     expect(page.locator("#ft-name textarea, #ft-name input").first).to_have_value("opposites-ft")
@@ -166,7 +167,7 @@ def test_upload_finetune_reload_and_compare(page):
     # Reload mid-run: the page re-attaches to the run (its state lives in SQLite and files, not the page).
     run = studio.store.runs()[0]
     page.reload()
-    open_tab(page, "2 · Fine-tune")
+    open_tab(page, "3 · Fine-tune")
     expect(page.locator("#ft-state")).to_contain_text("opposites-ft")
     assert studio.store.run(run["id"])["status"] in ("running", "done"), "a reload never stops a run"
     expect(page.locator("#ft-state")).to_contain_text("done", timeout=300_000)
@@ -185,7 +186,7 @@ def test_upload_finetune_reload_and_compare(page):
     expect(page.locator("#ft-start-status")).to_contain_text("opposites-ft")
 
     # 3. Compare: base and fine-tuned, same prompt and seed, side by side.
-    open_tab(page, "3 · Compare")
+    open_tab(page, "4 · Compare")
     expect(page.locator("#compare-models")).to_contain_text("opposites-ft")
     page.locator("#compare-prompt textarea").fill("Opposite of up?")
     page.locator("#compare-go").click()
@@ -201,8 +202,42 @@ def test_upload_finetune_reload_and_compare(page):
     assert studio.store.votes()[-1]["winner"] == f"run:{run['id']}"
     page.screenshot(path=str(SCREENSHOTS / "compare.png"), full_page=True)
 
-    # 4. Models: the run with its settings, metrics and loss curve.
-    open_tab(page, "4 · Models")
+    # 5. Chat: two turns with the fine-tuned model; the conversation is kept.
+    open_tab(page, "5 · Chat")
+    expect(page.locator("#chat-model input")).to_have_value(re.compile("opposites-ft"))
+    page.locator("#chat-message textarea").fill("What is the opposite of up?")
+    page.locator("#chat-send").click()
+    expect(page.locator("#chat-log")).to_contain_text("What is the opposite of up?")
+    expect(page.locator("#chat-message textarea")).to_have_value("")
+    page.locator("#chat-message textarea").fill("And of big?")
+    page.locator("#chat-send").click()
+    expect(page.locator("#chat-log")).to_contain_text("And of big?")
+    expect(page.locator("#chat-log")).to_contain_text("What is the opposite of up?")
+    page.screenshot(path=str(SCREENSHOTS / "chat.png"), full_page=True)
+
+    # 6. Votes: the vote cast in Compare, exported as preference pairs, and a preference run on it.
+    open_tab(page, "6 · Votes")
+    expect(page.locator("#votes-summary")).to_contain_text("1 vote")
+    expect(page.locator("#votes-table")).to_contain_text("Opposite of up?")
+    page.locator("#votes-export").click()
+    expect(page.locator("#votes-status")).to_contain_text("Exported 1 pair")
+    page.locator("#votes-max-steps input").fill("2")
+    page.locator("#votes-tune").click()
+    expect(page.locator("#votes-status")).to_contain_text("Preference run on 1 pair")
+    page.screenshot(path=str(SCREENSHOTS / "votes.png"), full_page=True)
+    tuned = next(r for r in studio.store.runs() if r["command"] == "prefer")
+    deadline = time.time() + 240
+    while studio.store.run(tuned["id"])["status"] not in ("done", "failed") and time.time() < deadline:
+        time.sleep(1)
+    assert studio.store.run(tuned["id"])["status"] == "done", studio.store.run(tuned["id"])["message"]
+    open_tab(page, "4 · Compare")
+    page.get_by_role("button", name="↻ Refresh list").first.click()
+    page.locator("#compare-models input").click()
+    expect(page.get_by_role("option", name=tuned["name"])).to_be_visible()
+    page.keyboard.press("Escape")
+
+    # 7. Models: the run with its settings, metrics and loss curve.
+    open_tab(page, "7 · Models")
     expect(page.locator("#models-table")).to_contain_text("opposites-ft")
     page.locator("#models-pick input").click()
     page.get_by_role("option", name=re.compile("^opposites-ft")).click()

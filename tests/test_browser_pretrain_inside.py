@@ -25,7 +25,7 @@ def test_pretrain_the_sample_book_then_fine_tune_and_look_inside(page):  # noqa:
 
     studio = page.studio
     expect.set_options(timeout=30_000)
-    open_tab(page, "Pretrain")
+    open_tab(page, "2 · Pretrain")
     expect(page.locator("#pt-text input")).to_have_value(re.compile(r"^marvelous_land_of_oz\.txt"))
     expect(page.locator("#pt-plan")).to_contain_text("of training: about")  # the default: a time budget
 
@@ -51,14 +51,14 @@ def test_pretrain_the_sample_book_then_fine_tune_and_look_inside(page):  # noqa:
     page.screenshot(path=str(ARTIFACTS / "pretrain.png"), full_page=True)
 
     # The result is a base model in Fine-tune.
-    open_tab(page, "2 · Fine-tune")
+    open_tab(page, "3 · Fine-tune")
     page.locator("#ft-base input").click()
     expect(page.get_by_role("option", name=re.compile(r"^oz-tiny"))).to_have_count(2)  # best, and the last
     page.get_by_role("option", name="oz-tiny", exact=True).click()
     expect(page.locator("#ft-plan")).to_contain_text("Estimated memory")
 
     # Inside: the base and the book model on the same text.
-    open_tab(page, "Inside")
+    open_tab(page, "8 · Inside")
     choose(page, "in-model-b", re.compile(r"^oz-tiny$"))
     page.locator("#in-text textarea").fill("The Scarecrow <said> hello & goodbye.")
     page.locator("#in-go").click()

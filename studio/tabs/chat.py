@@ -63,7 +63,7 @@ def reply(
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
     defaults = SamplingConfig()
-    with gr.Tab("Chat", id="chat") as tab:
+    with gr.Tab("5 · Chat", id="chat") as tab:
         with gr.Row():
             model = dropdown(label="Model", scale=4, elem_id="chat-model")
             refresh = gr.Button("↻ Refresh list", scale=0, min_width=140, size="sm", elem_classes="inline-button")

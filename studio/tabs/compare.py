@@ -91,7 +91,7 @@ def stream_answers(studio: Studio, refs: list[str], prompt: str, sampling: Any) 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name (none)."""
-    with gr.Tab("3 · Compare", id="compare") as tab:
+    with gr.Tab("4 · Compare", id="compare") as tab:
         gr.Markdown(
             "Ask several models the same question with the same sampling settings and seed, and see how their "
             "answers differ. Pick the base model and your fine-tuned model to see what fine-tuning changed."

@@ -684,7 +684,7 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
     ui = SimpleNamespace()
-    with gr.Tab("2 · Fine-tune", id="finetune") as tab:
+    with gr.Tab("3 · Fine-tune", id="finetune") as tab:
         layout(ui)
     wire_form(studio, demo, tab, ui)
     wire_presets(studio, tab, ui)

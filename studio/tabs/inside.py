@@ -159,7 +159,7 @@ def attention_html(views: list[dict[str, Any]]) -> str:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    with gr.Tab("Inside", id="inside") as tab:
+    with gr.Tab("8 · Inside", id="inside") as tab:
         gr.Markdown(
             "See what a model reads and why it answers: the **tokens** of a text, how **surprised** the model is "
             "by each (with two models: what the second learned), the **next token** it would pick, and where it "

@@ -376,7 +376,7 @@ def wire(tab: gr.Tab, ui: SimpleNamespace, h: Handlers) -> None:
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
     ui = SimpleNamespace()
-    with gr.Tab("4 · Models", id="models") as tab:
+    with gr.Tab("7 · Models", id="models") as tab:
         layout(ui)
     wire(tab, ui, Handlers(studio))
 

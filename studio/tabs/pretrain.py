@@ -163,7 +163,7 @@ def default_run(studio: Studio) -> str | None:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    with gr.Tab("Pretrain", id="pretrain") as tab:
+    with gr.Tab("2 · Pretrain", id="pretrain") as tab:
         gr.Markdown(
             "Train a model **from scratch** on a text: it learns to write like it. Start with the sample book "
             "(5 minutes on a laptop CPU gives words), or upload your own text."

@@ -76,7 +76,7 @@ def tune_on_votes(studio: Studio, base_ref: str | None, max_steps: float, name: 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    with gr.Tab("Votes", id="votes") as tab:
+    with gr.Tab("6 · Votes", id="votes") as tab:
         gr.Markdown(
             "The votes you cast in **Compare**. Export them as preference pairs, or tune a model on them: it "
             "learns to prefer the answers you preferred (DPO), and appears in Compare when it is done."
@@ -88,7 +88,9 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
             files = gr.File(label="Pairs, conversational pairs and ties", file_count="multiple", visible=False)
         with gr.Row():
             base = dropdown(label="Model to tune (and the reference it must not drift far from)", scale=3)
-            max_steps = gr.Number(value=0, precision=0, minimum=0, label="Max steps (0: from epochs)", scale=1)
+            max_steps = gr.Number(
+                value=0, precision=0, minimum=0, label="Max steps (0: from epochs)", scale=1, elem_id="votes-max-steps"
+            )
             name = gr.Textbox(label="Run name (optional)", scale=2)
         tune = gr.Button("Tune on my votes", variant="primary", elem_id="votes-tune")
         status = gr.Markdown(elem_id="votes-status")
