@@ -118,6 +118,19 @@ def test_bad_task_files_get_a_message_with_the_place_and_nothing_is_written(tmp_
     assert list(tmp_path.iterdir()) == [path]
 
 
+@pytest.mark.parametrize("name,content,message", BAD_FILES, ids=[case[0] for case in BAD_FILES])
+def test_the_cli_refuses_every_bad_task_file_with_exit_code_2(tmp_path, capsys, tiny_model_dir, name, content, message):
+    from llm.__main__ import main
+
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    args = ["finetune", "--base", str(tiny_model_dir), "--data", str(path), "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and re.search(message, err) and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name], "nothing written"
+
+
 def test_a_folder_given_as_a_task_file_is_named_a_folder(tmp_path):
     for name in ("data.csv", "data"):
         (tmp_path / name).mkdir()

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from conftest import free_port
 from gradio_client import Client, handle_file
+from test_hostile_inputs import BAD_FILES as HOSTILE_FILES
 
 from studio.app import build_app, launch
 from studio.context import SAMPLES_DIR
@@ -102,6 +103,27 @@ def test_a_bad_upload_is_explained_and_leaves_the_workspace_unchanged(app, tmp_p
     assert message in status and "Traceback" not in status
     assert str(tmp_path) not in status, "the message names the file, not a temporary path"
     assert snapshot(app.workspace) == before and len(app.studio.store.datasets()) == rows
+
+
+# The task-file types the upload accepts, within this app's upload limit (Gradio refuses larger files at the door).
+HOSTILE_UPLOADS = [
+    (name, content, message)
+    for name, content, message in HOSTILE_FILES
+    if name.rsplit(".", 1)[-1] in ("csv", "tsv", "json", "jsonl") and len(content) <= MAX_UPLOAD
+]
+
+
+@pytest.mark.parametrize("name,content,message", HOSTILE_UPLOADS, ids=[case[0] for case in HOSTILE_UPLOADS])
+def test_every_hostile_file_uploaded_is_explained_and_the_server_stays_up(app, tmp_path, name, content, message):
+    """The bad-file matrix of tests/test_hostile_inputs.py through the studio's upload endpoint."""
+    path = tmp_path / name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before, rows = snapshot(app.workspace), len(app.studio.store.datasets())
+    status = upload(app, path)[2]
+    assert "Traceback" not in status and str(tmp_path) not in status
+    assert "cannot be used" in status or "which columns" in status, status
+    assert snapshot(app.workspace) == before and len(app.studio.store.datasets()) == rows
+    assert app.client.predict(api_name="/models"), "the server still answers"
 
 
 def test_a_file_of_another_type_is_refused(app, tmp_path):
