@@ -28,7 +28,8 @@ from llm.device import check_model_fits, describe, measure_matmul_flops, peak_fl
 from llm.errors import CheckpointError, ConfigError, TaskFileError
 from llm.generate import sample_logger
 from llm.model import Transformer
-from llm.run import BEST, RunDir
+from llm.run import BEST, MetricsWriter, RunDir
+from llm.task_eval import answer, split_reference
 from llm.tasks import EncodedExamples, TaskData, encode_examples, read_task_file, split_examples, summary
 from llm.tokenizer import MODEL_FILE, Tokenizer
 from llm.trainer import TrainResult, train
@@ -40,6 +41,7 @@ TOKENS_PER_BATCH = 2048  # token positions per micro-batch at full context: sets
 EFFICIENCY = {"cpu": 0.5, "cuda": 0.25, "mps": 0.25}
 DECODE_SLOWDOWN = 20  # generating one token at a time: tiny matrix products, far below the device's rate
 MAX_WARMUP_STEPS = 100  # warmup is a tenth of the run, at most this
+EMPTY_CHECK_ROWS, EMPTY_CHECK_TOKENS = 16, 8  # training prompts answered when a run ends, tokens each
 EVAL_SAMPLE_STREAM = 10**9  # seeds the fixed train sample scored at evaluations, apart from the epochs' seeds
 
 
@@ -382,6 +384,19 @@ def _train(
     )
     on_eval = make_probe_logger(tokenizer, cfg.probes, cfg.probe_tokens) if cfg.probes else None
     result = train(model, tokenizer, batches, train_cfg, out_dir, metrics_path, resume, info, adapter_state, on_eval)
-    if cfg.merge and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes
-        merge_best(out_dir)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes
+        rows = set(prep.train.rows[:EMPTY_CHECK_ROWS])
+        empty = empty_answers(model, tokenizer, [e for e in prep.data.examples if e.row in rows])
+        MetricsWriter(Path(metrics_path) if metrics_path else RunDir(out_dir).metrics).append(
+            {"event": "answers", "step": result.step, "empty": empty, "rows": len(rows)}
+        )
+        if cfg.merge:
+            merge_best(out_dir)
     return result
+
+
+def empty_answers(model: Transformer, tokenizer: Tokenizer, examples: list) -> int:
+    """How many of the examples' prompts the model answers with nothing (greedy): a fine-tune that learnt to
+    stop at once (answers cut away by truncation, an end token learnt as the answer) shows here."""
+    sampling = SamplingConfig(EMPTY_CHECK_TOKENS, temperature=0.0, seed=0)
+    return sum(not answer(model, tokenizer, split_reference(e)[0], sampling) for e in examples)

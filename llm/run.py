@@ -20,6 +20,8 @@ Metrics records, each with "time" (Unix seconds):
             {"event": "checkpoint", "step"}
             {"event": "done" | "stopped" | "early_stop" | "time_limit", "step", "train_loss", "best_val_loss"}
             {"event": "error", "step", "message", "kind"}   (kind as llm.errors: "diverged", "data", ...)
+            {"event": "answers", "step", "empty", "rows"}   (fine-tuning's end: empty greedy answers to
+                                                             training prompts, of rows asked)
 A resumed run first drops the records after its checkpoint's step (they are about to be redone), so the
 file reads as one uninterrupted run with a "start" event for each attempt.
 """

@@ -64,6 +64,18 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def empty_answers_warning(run: RunDir) -> str:
+    """A warning when most of a finished fine-tune's answers to its own training prompts are empty."""
+    answers = [e for e in run.read_metrics().events if e["event"] == "answers"]
+    if not answers or answers[-1]["empty"] <= answers[-1]["rows"] / 2:
+        return ""
+    last = answers[-1]
+    return (
+        f" ⚠ {last['empty']} of {last['rows']} answers to training prompts are empty: the model learnt to stop "
+        "at once. Check in the Data tab that the answers fit the context."
+    )
+
+
 def log_tail(path: Path, lines: int = 30) -> str:
     if not path.is_file():
         return ""
@@ -245,7 +257,7 @@ class Jobs:
         run_dir = self.run_dir(run)
         final = run_dir.read_metrics().final
         if final is not None and final["event"] in FINISHED:
-            status, message = "done", "Finished."
+            status, message = "done", "Finished." + empty_answers_warning(run_dir)
         elif final is not None and final["event"] == "stopped":
             status, message = "stopped", "Stopped; the last checkpoint was saved and can be resumed."
         elif final is not None:

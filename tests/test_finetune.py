@@ -417,3 +417,24 @@ def test_lora_finetuning_learns_the_task_answers(tmp_path, tiny_model_dir):
         "ref_perplexity"
     ].tolist()
     assert after < before / 10, (before, after)
+
+
+def test_a_run_whose_answers_are_mostly_empty_says_so(tmp_path, tok, monkeypatch, capsys):
+    from test_generate import ScriptedModel
+
+    from llm.tasks import Example
+    from studio.jobs import empty_answers_warning
+
+    examples = [
+        Example(i, [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello"}]) for i in range(4)
+    ]
+    stops_at_once = ScriptedModel([tok.special["<|end|>"]], tok.vocab_size)
+    assert finetune.empty_answers(stops_at_once, tok, examples) == 4
+    answers = ScriptedModel(tok.encode(" Hello"), tok.vocab_size)
+    assert finetune.empty_answers(answers, tok, examples) == 0
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"event": "answers", "step": 9, "empty": 14, "rows": 16}) + "\n")
+    from llm.run import RunDir
+
+    assert "14 of 16 answers to training prompts are empty" in empty_answers_warning(RunDir(run))

@@ -72,7 +72,7 @@ def assert_same_curve(run: Path, reference: Path) -> None:
     records, expected = read_metrics(run / "metrics.jsonl"), read_metrics(reference / "metrics.jsonl")
     assert train_steps(records) == list(range(1, STEPS + 1)), "every step logged once"
     assert loss_curve(records) == pytest.approx(loss_curve(expected), abs=1e-6)
-    assert records[-1]["event"] == "done"
+    assert [r["event"] for r in records if r.get("event") in ("done", "stopped", "error")][-1] == "done"
 
 
 @pytest.mark.slow
