@@ -242,12 +242,12 @@ def test_compare_answers_side_by_side_and_votes_are_stored(app):
 
 
 def test_chat_keeps_the_conversation(app):
-    history, status, box = app.client.predict("base:base", "", [], "Once upon a time", 0, 1, 8, 0, api_name="/chat")
-    assert [m["role"] for m in history] == ["user", "assistant"] and status == "" and box == ""
-    history, _, _ = app.client.predict("base:base", "Be brief.", history, "And then?", 0, 1, 8, 0, api_name="/chat")
-    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
-    _, status, _ = app.client.predict(None, "", [], "Hi", 0, 1, 8, 0, api_name="/chat")
-    assert "Choose a model" in status
+    first = app.client.predict("base:base", "", [], "Once upon a time", 0, 1, 8, 0, api_name="/chat")
+    assert [m["role"] for m in first["history"]] == ["user", "assistant"] and first["status"].startswith("Answered")
+    second = app.client.predict("base:base", "Be brief.", first["history"], "And then?", 0, 1, 8, 0, api_name="/chat")
+    assert [m["role"] for m in second["history"]] == ["user", "assistant", "user", "assistant"]
+    assert second["history"][:2] == first["history"]
+    assert "Choose a model" in app.client.predict(None, "", [], "Hi", 0, 1, 8, 0, api_name="/chat")["status"]
 
 
 def test_models_lists_the_base_model(app):

@@ -53,11 +53,11 @@ def reply(
         generation_threads(studio)
         for piece in stream_chat(model, tok, messages, SamplingConfig(**sampling)):
             shown[-1]["content"] += piece
-            yield shown, ""
+            yield shown, "Writing..."
     except LLMError as e:
         yield history, f"⚠ {e}"
         return
-    yield shown, ""
+    yield shown, f"Answered by {studio.model_label(ref)}."
 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
@@ -81,26 +81,49 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         with gr.Row():
             clear = gr.Button("New conversation", size="sm")
             status = gr.Markdown(elem_id="chat-status")
+        asked = gr.State("")  # the message being answered (inside the tab: a State directly in Tabs breaks them)
 
     def choices():
         options = studio.model_choices()
         runs = [ref for _, ref in options if ref.startswith("run:")]
         return gr.Dropdown(choices=options, value=(runs or [ref for _, ref in options] or [None])[0])
 
-    def respond(ref, system_text, history, text, temp, p, tokens, seed_value):
-        sampling = {
+    def sampling(temp: float, p: float, tokens: float, seed_value: float) -> dict[str, Any]:
+        return {
             "temperature": float(temp),
             "top_p": float(p),
             "max_new_tokens": int(tokens),
             "seed": int(seed_value or 0),
         }
-        for shown, note in reply(studio, ref, system_text, history, text, sampling):
-            yield shown, note, ""
 
-    inputs = [model, system, chatbot, message, temperature, top_p, max_new, seed]
+    def take(text: str) -> tuple[str, str]:
+        """The typed message moves out of the box at once, so typing the next one while this answer streams
+        is never overwritten."""
+        return "", text
+
+    def respond(ref, system_text, history, text, temp, p, tokens, seed_value):
+        yield from reply(studio, ref, system_text, history, text, sampling(temp, p, tokens, seed_value))
+
+    def api_chat(
+        ref: str,
+        system_text: str,
+        history: list[dict[str, Any]],
+        text: str,
+        temp: float = 0.0,
+        p: float = 1.0,
+        tokens: int = 128,
+        seed_value: int = 0,
+    ) -> dict[str, Any]:
+        """The conversation (history: [{"role", "content"}]) with the model's answer to text added, and a status."""
+        *_, (shown, note) = reply(studio, ref, system_text, history, text, sampling(temp, p, tokens, seed_value))
+        return {"history": shown, "status": note}
+
     for event in (tab.select, refresh.click):
         event(choices, None, model, **LIGHT)
-    send.click(respond, inputs, [chatbot, status, message], api_name="chat")
-    message.submit(respond, inputs, [chatbot, status, message], api_visibility="private")
+    for trigger in (send.click, message.submit):
+        trigger(take, message, [message, asked], **LIGHT).then(
+            respond, [model, system, chatbot, asked, temperature, top_p, max_new, seed], [chatbot, status],
+            api_visibility="private",
+        )  # fmt: skip
     clear.click(lambda: ([], ""), None, [chatbot, status], **LIGHT)
-    return {}
+    return {"chat": api_chat}
