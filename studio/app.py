@@ -77,6 +77,9 @@ def build_app(
         missing = studio.base_missing()
         gr.Markdown(f"⚠ {missing}", visible=bool(missing), elem_classes="banner", elem_id="base-missing")
         apis = {}
+        # The Fine-tune form as this browser left it (read by that tab). It lives outside the tabs: a tab's
+        # components are mounted, and a BrowserState read from localStorage, only when the tab is first shown.
+        demo.kept_form = gr.BrowserState({}, storage_key=finetune.FORM_STORAGE_KEY)
         with gr.Tabs():
             for tab in (data, pretrain, finetune, compare, chat, votes, models, inside):
                 apis |= tab.build(studio, demo)

@@ -129,6 +129,7 @@ def test_upload_finetune_reload_and_compare(page):
 
     # 2. Fine-tune: the plan, then a short run with a live plot and progress.
     open_tab(page, "3 · Fine-tune")
+    expect(page.locator("#ft-plan")).to_contain_text("Estimated memory")  # a user waits for the form, then types
     page.locator("#ft-dataset input").click()
     page.get_by_role("option", name=re.compile(r"^opposites\.csv \(sample")).click()
     probes = page.locator("#ft-probes textarea")

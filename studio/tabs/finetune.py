@@ -308,6 +308,16 @@ def open_form(studio: Studio, saved: Any, run_id: str | None):
     )
 
 
+def fresh_choices(studio: Studio):
+    """The base models, datasets and runs as they are now (other tabs and pages add them); the values stay the
+    page's own (a value that is gone is reported by the handler that uses it)."""
+    return (
+        gr.Dropdown(choices=studio.model_choices()),
+        gr.Dropdown(choices=studio.dataset_choices()),
+        gr.Dropdown(choices=run_choices(studio)),
+    )
+
+
 def warm_up(studio: Studio) -> None:
     """Import torch and compute the plan a fresh page opens with, once, before the pages ask for it."""
     open_form(studio, {}, None)
@@ -526,7 +536,7 @@ def layout_run(ui: SimpleNamespace) -> None:
     ui.log = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True, interactive=False, elem_id="ft-log")
 
 
-def layout(ui: SimpleNamespace) -> None:
+def layout(ui: SimpleNamespace, demo: gr.Blocks) -> None:
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
             layout_form(ui)
@@ -534,17 +544,20 @@ def layout(ui: SimpleNamespace) -> None:
             layout_run(ui)
     ui.timer = gr.Timer(1.0)
     ui.seen = gr.State(None)  # what this page last drew, so an unchanged run sends nothing
-    ui.saved = gr.BrowserState({}, storage_key=FORM_STORAGE_KEY)
+    ui.saved = demo.kept_form  # outside the tabs: a tab's components load only when it is first shown
 
 
 # Events
 def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     fields = [ui.fields[name] for name in FORM_FIELDS]
     opened = [ui.base, ui.dataset, ui.run, *fields, ui.name, ui.plan]
-    for event in (tab.select, demo.load):
-        event(functools.partial(open_form, studio), [ui.saved, ui.run], opened, **LIGHT).then(
-            None, None, None, js=RESTORED_JS
-        )
+    # The page opens: the form as this browser left it, then saving starts. Showing the tab again only
+    # refreshes the choices, so an answer that arrives late never overwrites what the user typed meanwhile.
+    demo.load(functools.partial(open_form, studio), [ui.saved, ui.run], opened, **LIGHT).then(
+        None, None, None, js=RESTORED_JS
+    )
+    choices = [ui.base, ui.dataset, ui.run]
+    tab.select(functools.partial(fresh_choices, studio), None, choices, **LIGHT)
     plan = functools.partial(make_plan, studio)
     # .input (the user's changes), not .change: a handler that fills the form returns its plan itself, so
     # filling 20 fields does not ask for 20 plans.
@@ -685,7 +698,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
     ui = SimpleNamespace()
     with gr.Tab("3 · Fine-tune", id="finetune") as tab:
-        layout(ui)
+        layout(ui, demo)
     wire_form(studio, demo, tab, ui)
     wire_presets(studio, tab, ui)
     wire_run(studio, ui)
