@@ -231,6 +231,20 @@ def print_data_summary(info: dict) -> None:
         print(f"  ... and {len(info['problems']) - 10} more ({info['drop_reasons']})")
 
 
+def print_run_end(out: str, result) -> None:
+    """How a tuning run ended, and a warning when most of its answers to training prompts were empty."""
+    from llm.run import RunDir
+
+    answers = [e for e in RunDir(out).read_metrics().events if e["event"] == "answers"]
+    if answers and answers[-1]["empty"] > answers[-1]["rows"] / 2:
+        print(
+            f"warning: {answers[-1]['empty']} of {answers[-1]['rows']} greedy answers to training prompts are "
+            "empty: the model learnt to stop at once (check that the answers fit the context in the data summary)"
+        )
+    best = f", best validation loss {result.best_val_loss:.4f}" if result.best_val_loss < float("inf") else ""
+    print(f"{result.reason} at step {result.step}{best}: the model is in {out}")
+
+
 def cmd_finetune(args: argparse.Namespace) -> None:
     from llm import finetune
 
@@ -251,16 +265,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             f"about {plan['est_seconds']:.0f} s"
         )
         result = finetune.finetune(prep, args.out, args.metrics)
-    from llm.run import RunDir
-
-    answers = [e for e in RunDir(args.out).read_metrics().events if e["event"] == "answers"]
-    if answers and answers[-1]["empty"] > answers[-1]["rows"] / 2:
-        print(
-            f"warning: {answers[-1]['empty']} of {answers[-1]['rows']} greedy answers to training prompts are "
-            "empty: the model learnt to stop at once (check that the answers fit the context in the data summary)"
-        )
-    best = f", best validation loss {result.best_val_loss:.4f}" if result.best_val_loss < float("inf") else ""
-    print(f"{result.reason} at step {result.step}{best}: the model is in {args.out}")
+    print_run_end(args.out, result)
     print(f'try it: python -m llm generate --model {args.out} --chat --temperature 0 --prompt "..."')
 
 
@@ -285,16 +290,7 @@ def cmd_prefer(args: argparse.Namespace) -> None:
             f"(batch {tc.batch_size} pairs, lr {tc.lr:g})"
         )
         result = prefer.prefer(prep, args.out, args.metrics)
-    from llm.run import RunDir
-
-    answers = [e for e in RunDir(args.out).read_metrics().events if e["event"] == "answers"]
-    if answers and answers[-1]["empty"] > answers[-1]["rows"] / 2:
-        print(
-            f"warning: {answers[-1]['empty']} of {answers[-1]['rows']} greedy answers to training prompts are "
-            "empty: the model learnt to stop at once (check that the answers fit the context in the data summary)"
-        )
-    best = f", best validation loss {result.best_val_loss:.4f}" if result.best_val_loss < float("inf") else ""
-    print(f"{result.reason} at step {result.step}{best}: the model is in {args.out}")
+    print_run_end(args.out, result)
     print(f"compare it with its base: python -m llm eval-prefer --model {args.out} --data PAIRS --rule RULE")
 
 
