@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -355,17 +356,22 @@ def resume(
     return _train(prep, model, train_cfg, run.path, metrics_path, resume=True)
 
 
+def adapter_saver(
+    model: Transformer, cfg: FinetuneConfig | PreferConfig, base_dir: Path, tokenizer: Tokenizer
+) -> Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None:
+    """For a LoRA run, the trainer's adapter_state: the adapter's tensors and adapter.json (naming the base)
+    to store in each checkpoint instead of the full weights; None for a full fine-tune."""
+    if cfg.method != "lora":
+        return None
+    adapter_cfg = {"base": str(base_dir.resolve()), "lora": lora_settings(cfg, tokenizer)}
+    return lambda: (lora.adapter_tensors(model), adapter_cfg)
+
+
 def _train(
     prep: Prepared, model: Transformer, train_cfg: TrainConfig, out_dir: Path, metrics_path, resume: bool
 ) -> TrainResult:
     cfg, tokenizer = prep.cfg, prep.tokenizer
-    adapter_state = None
-    if cfg.method == "lora":
-        adapter_cfg = {"base": str(prep.base_dir.resolve()), "lora": lora_settings(cfg, tokenizer)}
-
-        def adapter_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-            return lora.adapter_tensors(model), adapter_cfg
-
+    adapter_state = adapter_saver(model, cfg, prep.base_dir, tokenizer)
     info = {
         "kind": "finetuned",
         "base": str(prep.base_dir.resolve()),

@@ -38,7 +38,15 @@ import torch.nn.functional as F
 from llm import checkpoint, lora
 from llm.config import ModelConfig, PreferConfig, TrainConfig
 from llm.errors import ConfigError, TaskFileError
-from llm.finetune import TaskBatches, base_directory, lora_settings, make_probe_logger, merge_best, training_settings
+from llm.finetune import (
+    TaskBatches,
+    adapter_saver,
+    base_directory,
+    lora_settings,
+    make_probe_logger,
+    merge_best,
+    training_settings,
+)
 from llm.model import Transformer, causal_lm_loss
 from llm.preferences import EncodedPairs, PreferenceData, encode_pairs, read_preference_file
 from llm.run import RunDir
@@ -233,13 +241,7 @@ def _train(
     resume: bool,
 ) -> TrainResult:
     cfg, tokenizer = prep.cfg, prep.tokenizer
-    adapter_state = None
-    if cfg.method == "lora":
-        adapter_cfg = {"base": str(prep.base_dir.resolve()), "lora": lora_settings(cfg, tokenizer)}
-
-        def adapter_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-            return lora.adapter_tensors(model), adapter_cfg
-
+    adapter_state = adapter_saver(model, cfg, prep.base_dir, tokenizer)
     info = {
         "kind": KIND,
         "base": str(prep.base_dir.resolve()),
