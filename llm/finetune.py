@@ -192,16 +192,22 @@ def training_settings(
     return train_cfg, steps_per_epoch
 
 
+def open_base(cfg: FinetuneConfig | PreferConfig) -> tuple[Path, ModelConfig, Tokenizer]:
+    """(directory, shape, tokenizer) of the model a tuning run starts from, checked before anything is loaded:
+    full tuning must fit the weights, gradients and AdamW's two moments, all full size."""
+    base_dir = base_directory(cfg.base)
+    model_cfg = ModelConfig.load(base_dir / checkpoint.CONFIG)
+    if cfg.method == "full":
+        check_model_fits(model_cfg, pick_device(cfg.device), copies=4, what=f"full tuning of {base_dir}")
+    return base_dir, model_cfg, Tokenizer.load(base_dir / MODEL_FILE)
+
+
 def prepare(cfg: FinetuneConfig, data: TaskData | None = None) -> Prepared:
     """Read (unless data is given), split and encode the task data for the base model, and derive the
     training settings. Writes nothing."""
     if not cfg.data and data is None:
         raise ConfigError("is required: the task file to fine-tune on", field="data")
-    base_dir = base_directory(cfg.base)
-    model_cfg = ModelConfig.load(base_dir / checkpoint.CONFIG)
-    if cfg.method == "full":  # weights, gradients and AdamW's two moments, all full size
-        check_model_fits(model_cfg, pick_device(cfg.device), copies=4, what=f"full fine-tuning of {base_dir}")
-    tokenizer = Tokenizer.load(base_dir / MODEL_FILE)
+    base_dir, model_cfg, tokenizer = open_base(cfg)
     data = data if data is not None else read_task_file(cfg.data, cfg.format, cfg.mapping)
     if cfg.val_data:
         train_data, val_data = data, read_task_file(cfg.val_data, data.format, cfg.mapping)

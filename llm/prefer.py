@@ -41,17 +41,17 @@ from llm.errors import ConfigError, TaskFileError
 from llm.finetune import (
     TaskBatches,
     adapter_saver,
-    base_directory,
     lora_settings,
     make_probe_logger,
     merge_best,
+    open_base,
     training_settings,
 )
 from llm.model import Transformer, causal_lm_loss
 from llm.preferences import EncodedPairs, PreferenceData, encode_pairs, read_preference_file
 from llm.run import RunDir
 from llm.tasks import split_examples
-from llm.tokenizer import MODEL_FILE, Tokenizer
+from llm.tokenizer import Tokenizer
 from llm.trainer import TrainResult, train
 
 KIND = "preferred"  # info.json "kind" of a preference-tuned checkpoint
@@ -158,9 +158,7 @@ def prepare(cfg: PreferConfig, data: PreferenceData | None = None) -> Prepared:
     settings (as fine-tuning does: llm.finetune.training_settings). Writes nothing."""
     if not cfg.data and data is None:
         raise ConfigError("is required: the preference file to tune on", field="data")
-    base_dir = base_directory(cfg.base)
-    model_cfg = ModelConfig.load(base_dir / checkpoint.CONFIG)
-    tokenizer = Tokenizer.load(base_dir / MODEL_FILE)
+    base_dir, model_cfg, tokenizer = open_base(cfg)
     data = data if data is not None else read_preference_file(cfg.data)
     train_data, val_data = split_examples(data, cfg.val_fraction, cfg.seed)
     T = model_cfg.context_length

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from llm.run import read_records
 
 REPO = Path(__file__).resolve().parent.parent
 # One thread a process: the runs are tiny, and every run of a comparison must do its arithmetic the same way.
@@ -29,9 +30,8 @@ def start_llm(*args: object) -> subprocess.Popen:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+    """Every whole record of a metrics file, in order (the library's own reader)."""
+    return read_records(path)
 
 
 def wait_for(path: Path, proc: subprocess.Popen, ready, timeout: float = 120) -> list[dict]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from llm_cli import ENV, REPO, loss_curve, run_llm
+from llm_cli import ENV, REPO, loss_curve, read_metrics, run_llm
 from safetensors.torch import load_file
 
 from llm import checkpoint, finetune, lora
@@ -173,10 +173,6 @@ def test_merged_model_matches_base_plus_adapter(tiny_model_dir):
 
 # ----------------------------------------------------------------------------------------------------------
 # Runs
-
-
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_lora_run_stores_adapters_records_its_origin_and_logs_probes(tmp_path, task_file, tiny_model_dir):
