@@ -158,6 +158,9 @@ def check_not_negative(cfg: Any, *names: str) -> None:
             raise ConfigError(f"must be >= 0, got {getattr(cfg, name)}", field=name)
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
 def check_choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
     if getattr(cfg, name) not in choices:
         raise ConfigError(f"must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}", field=name)
@@ -240,6 +243,9 @@ class TrainConfig(Config):
     seed: int = setting(1337, "random seed")
     device: str = setting("auto", "auto, cpu, cuda or mps")
     compile: bool = setting(False, "torch.compile the model (worth it on a GPU)")
+    precision: str = setting(
+        "auto", "auto (bf16 autocast on a GPU, fp32 on a CPU), fp32, or bf16 (a GPU or a CPU with bf16 units)"
+    )
     early_stop_patience: int = setting(0, "evaluations without a better val loss before stopping; 0: never")
     keep_best: bool = setting(False, "also keep the checkpoint with the lowest val loss in <out>/best")
     extra: dict[str, Any] = setting({}, "recorded with the run (e.g. dataset, method)", cli=False)
@@ -250,6 +256,7 @@ class TrainConfig(Config):
         check_not_negative(self, "warmup_steps", "max_time", "ckpt_seconds", "min_lr", "early_stop_patience")
         if self.min_lr > self.lr:
             raise ConfigError(f"must not exceed lr ({self.lr}), got {self.min_lr}", field="min_lr")
+        check_choice(self, "precision", PRECISIONS)
 
 
 @dataclass

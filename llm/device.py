@@ -36,11 +36,24 @@ def describe(device: torch.device) -> str:
     return device.type
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA only: on CPUs without bf16 units it is many times slower than fp32."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+def has_bf16(device: torch.device) -> bool:
+    """Whether bf16 matrix products run natively here (a recent GPU, or a CPU with AVX512-BF16 or AMX)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for a precision setting. "auto" is bf16 on CUDA only: on a CPU bf16 helps only with
+    bf16 units (and is many times slower than fp32 without), so a CPU run asks for it by name."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        if not has_bf16(device):
+            raise ConfigError(f"{describe(device)} has no native bf16; use fp32", field="precision")
         return torch.bfloat16
-    return None
+    assert precision == "auto", precision
+    return torch.bfloat16 if device.type == "cuda" and has_bf16(device) else None
 
 
 def measure_matmul_flops(device: torch.device, size: int = 1024, seconds: float = 0.5) -> float:

@@ -1,9 +1,9 @@
 """The one training loop, shared by pretraining and fine-tuning.
 
 AdamW with weight-decay groups, linear warmup then cosine decay, gradient accumulation, gradient clipping,
-bf16 autocast on CUDA, optional torch.compile, periodic evaluation, atomic checkpoints (every ckpt_interval
-steps and every ckpt_seconds), resume, DDP under torchrun, a time budget (max_time), and a clean stop on
-SIGTERM / Ctrl-C (a last checkpoint is written first). Progress goes to the console and to the run's
+bf16 autocast (on CUDA, or asked for on a CPU with bf16 units), optional torch.compile, periodic evaluation,
+atomic checkpoints (every ckpt_interval steps and every ckpt_seconds), resume, DDP under torchrun, a time
+budget (max_time), and a clean stop on SIGTERM / Ctrl-C (a last checkpoint is written first). Progress goes to the console and to the run's
 metrics file (llm/run.py owns its schema).
 
     train() -> Trainer: restore state -> [train_step -> log -> evaluate -> checkpoint]* -> final event
@@ -73,8 +73,8 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda" or None)
 
 
-def autocast_context(device: torch.device) -> AbstractContextManager:
-    amp = autocast_dtype(device)
+def autocast_context(device: torch.device, precision: str = "auto") -> AbstractContextManager:
+    amp = autocast_dtype(device, precision)
     return torch.autocast(device.type, dtype=amp) if amp else nullcontext()
 
 
@@ -271,7 +271,7 @@ class Trainer:
         self.optimizer = make_optimizer(model, cfg, self.device)
         self.state = self._restore() if resume else TrainState()
         self.log = MetricsLog(metrics_path, self.ddp.main, self.state.step if resume else None)
-        self.autocast = autocast_context(self.device)
+        self.autocast = autocast_context(self.device, cfg.precision)
         self.trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         run_model: torch.nn.Module = torch.compile(model) if cfg.compile else model
         if self.ddp.world > 1:
@@ -354,6 +354,8 @@ class Trainer:
 
     def log_start(self) -> None:
         where, params, s = describe(self.device), self.model.num_params(), self.state
+        amp = autocast_dtype(self.device, self.cfg.precision)
+        where += " bf16" if amp == torch.bfloat16 else " fp32"
         self.log.write(
             {
                 "event": "start",

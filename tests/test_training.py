@@ -17,6 +17,7 @@ from llm_cli import ENV, REPO, loss_curve, read_metrics, run_llm, start_llm, tra
 from llm import checkpoint, trainer
 from llm.config import TrainConfig, preset
 from llm.corpus import WindowBatches
+from llm.device import autocast_dtype, has_bf16
 from llm.errors import ConfigError
 from llm.model import Transformer
 from llm.pretrain import pretrain
@@ -55,6 +56,28 @@ def test_tiny_model_overfits_a_tiny_text(tmp_path, tok):
     assert result.train_loss < 0.5  # nats per token, after 80 steps of 4 x 32 tokens
     assert [r for r in records if "val_loss" in r][-1]["val_loss"] < 0.5
     assert result.reason == "done" and result.step == 80
+
+
+@pytest.mark.skipif(not has_bf16(torch.device("cpu")), reason="this CPU has no native bf16")
+def test_bf16_precision_on_a_cpu_with_bf16_units_also_overfits(tmp_path, tok):
+    ids = tok.encode(" ".join(make_stories(8, seed=42)))
+    torch.manual_seed(0)
+    model = Transformer(preset("tiny", vocab_size=tok.vocab_size, context_length=32))
+    cfg = TrainConfig(max_steps=80, batch_size=4, lr=1e-2, min_lr=1e-3, warmup_steps=10, precision="bf16")
+    cfg.eval_interval, cfg.eval_batches = 80, 4
+    result = train(model, tok, CyclicBatches(ids, 32, 4), cfg, tmp_path / "run", tmp_path / "metrics.jsonl")
+    start = next(r for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("event") == "start")
+    assert start["device"].endswith("bf16")
+    assert next(model.parameters()).dtype == torch.float32  # autocast: the weights stay fp32
+    assert result.train_loss < 0.5
+
+
+def test_precision_is_checked():
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(precision="fp16")
+    assert err.value.field == "precision"
+    assert autocast_dtype(torch.device("cpu"), "auto") is None  # a CPU trains in fp32 unless asked
+    assert autocast_dtype(torch.device("cpu"), "fp32") is None
 
 
 def test_learning_rate_warms_up_then_decays_to_min_lr():
