@@ -39,7 +39,7 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]  # fmt: skip  (as tests/test_browser_e2e.py)
-TABS = ["4 · Models", "1 · Data", "2 · Fine-tune"]
+TABS = ["7 · Models", "1 · Data", "3 · Fine-tune"]
 # Events in flight, seen from the page: the Gradio client joins the queue (POST queue/join, which answers
 # an event_id) and reads every result from one stream (queue/data, "process_completed" messages). A script
 # run before the page's own wraps fetch to keep the set of event ids not yet completed.
@@ -120,7 +120,7 @@ async def measure_page(browser, url: str, switches: int) -> dict[str, Any]:
     page = await context.new_page()
     t0 = time.perf_counter()
     await page.goto(url)
-    await page.get_by_role("tab", name="2 · Fine-tune").click()
+    await page.get_by_role("tab", name="3 · Fine-tune").click()
     await page.locator("#ft-plan").get_by_text("Estimated memory").wait_for(timeout=120_000)
     usable = time.perf_counter() - t0
     await page.wait_for_function("() => window.__studio.pending.size === 0", timeout=120_000)

@@ -43,6 +43,16 @@ CSS = """
 .state-badge.done { background: #dcfce7; color: #166534; }
 .state-badge.failed, .state-badge.interrupted { background: #fee2e2; color: #991b1b; }
 .state-badge.cancelled { background: var(--neutral-200); color: var(--neutral-600); }
+.chart-title { font-size: 13px; font-weight: 600; margin: 2px 0 4px; }
+.chart-legend { font-size: 12px; margin-bottom: 4px; color: var(--body-text-color-subdued); }
+.chart-key { margin-right: 12px; white-space: nowrap; }
+.chart-key i { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 4px; }
+.chart-empty { font-size: 13px; color: var(--body-text-color-subdued); padding: 24px 0; }
+.chart svg { max-height: 340px; }
+.chart svg .grid { stroke: var(--border-color-primary); stroke-width: 1; }
+.chart svg .tick { font-size: 11px; fill: var(--body-text-color-subdued); }
+.chart svg .axis-title { font-size: 12px; fill: var(--body-text-color-subdued); }
+.chart svg .line { fill: none; stroke-width: 2; stroke-linejoin: round; }
 .plan { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 4px 12px; }
 """
 

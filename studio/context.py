@@ -28,7 +28,7 @@ SAMPLES_DIR = REPO / "datasets" / "samples"
 DATA_SUFFIXES = READERS  # what llm.tasks reads
 BASE_ID = "base"
 MAX_NAME_CHARS = 80
-MAX_UPLOAD_BYTES = 50_000_000  # uploads above this are refused (by Gradio at the door, and again here)
+MAX_UPLOAD_BYTES = 50 * 2**20  # uploads above this are refused (by Gradio at the door, and again here)
 
 
 def plural(n: int, word: str) -> str:
@@ -98,6 +98,11 @@ def human_size(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
     raise AssertionError("unreachable")
+
+
+def upload_limit(n: int) -> str:
+    """The upload limit in binary units, as Gradio words its own refusal ("... size of 50.0 Mb")."""
+    return f"{n / 2**20:.3g} MiB" if n >= 2**20 else f"{n / 2**10:.3g} KiB"
 
 
 class Studio:

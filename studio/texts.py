@@ -14,7 +14,7 @@ from pathlib import Path
 
 from llm.errors import LLMError
 from llm.textio import iter_file_documents
-from studio.context import REPO, Studio, StudioError, human_size, plural
+from studio.context import REPO, Studio, StudioError, human_size, plural, upload_limit
 from studio.store import new_id
 
 SAMPLE_TEXTS = REPO / "datasets" / "pretrain"
@@ -81,7 +81,7 @@ def text_path(studio: Studio, key: str | None) -> Path:
 def store_text(studio: Studio, source: Path, name: str) -> TextInfo:
     """Check an uploaded text and keep a copy in the workspace; nothing is kept when it cannot be used."""
     if source.stat().st_size > studio.max_upload_bytes:
-        raise StudioError(f"{name} is larger than the upload limit of {human_size(studio.max_upload_bytes)}.")
+        raise StudioError(f"{name} is larger than the upload limit of {upload_limit(studio.max_upload_bytes)}.")
     info = read_text(source, name)
     key, folder = new_id(), texts_dir(studio)
     folder.mkdir(exist_ok=True)

@@ -18,6 +18,7 @@ from studio.jobs import Jobs, command_line, explain
 from studio.store import SCHEMA, Store
 from studio.tabs import loss_frame
 from studio.tabs.compare import diff_panel, word_diff_html
+from studio.charts import line_chart, nice_ticks
 from studio.tabs.data import length_bins, length_histogram, safe_filename
 
 
@@ -193,22 +194,33 @@ def test_a_workspace_from_an_earlier_studio_is_migrated(tmp_path):
     assert run["attempt_started"] is None and run["elapsed_before"] == 0
 
 
-def test_the_loss_frame_is_numeric_even_when_empty_or_ragged():
-    """An object column is drawn as category labels and no line: step must be int and loss float always."""
-    import gradio as gr
-
+def test_the_loss_chart_draws_numeric_lines_even_when_empty_or_ragged():
+    """Loss values read as text would be drawn as category labels and no line: step must be int and loss
+    float always, and the chart draws one polyline a curve with its points in step order."""
     from llm.run import Metrics
+    from studio.tabs import loss_chart
 
-    plot = gr.LinePlot(x="step", y="loss", color="curve")
-    empty = plot.postprocess(loss_frame(Metrics()))
-    assert empty.datatypes == {"step": "quantitative", "loss": "quantitative", "curve": "nominal"}
+    assert "No loss values yet" in loss_chart(loss_frame(Metrics()))
     metrics = Metrics()
-    metrics.train = [{"step": 1, "train_loss": 2}, {"step": 2, "train_loss": 1.5}]  # an int loss, as JSON may give
+    metrics.train = [{"step": 2, "train_loss": 1.5}, {"step": 1, "train_loss": 2}]  # an int loss, as JSON may give
     metrics.evals = [{"step": 2, "val_loss": 1.7}, {"step": 2}]  # an evaluation without a validation loss
     frame = loss_frame(metrics, "run-a")
     assert frame["step"].dtype == "int64" and frame["loss"].dtype == "float64"
     assert list(frame["curve"]) == ["run-a: train", "run-a: train", "run-a: validation"]
-    assert plot.postprocess(frame).datatypes["loss"] == "quantitative"
+    chart = loss_chart(frame)
+    lines = dict(re.findall(r"data-series='([^']*)' points='([^']*)'", chart))
+    assert set(lines) == {"run-a: train", "run-a: validation"}
+    train = [tuple(map(float, p.split(","))) for p in lines["run-a: train"].split()]
+    assert len(train) == 2 and train[0][0] < train[1][0], "left to right in step order"
+    assert train[0][1] < train[1][1], "loss 2 is drawn above loss 1.5 (SVG y grows downwards)"
+    with pytest.raises(AssertionError):
+        line_chart(frame.astype({"loss": "str"}), "step", "loss", "curve", "text values are refused")
+
+
+def test_nice_ticks_are_round_and_cover_the_range():
+    assert nice_ticks(0, 9.3) == [0, 2, 4, 6, 8, 10]
+    assert nice_ticks(1.62, 2.91) == [1.5, 2.0, 2.5, 3.0]
+    assert nice_ticks(5, 5) == [5, 5.2, 5.4, 5.6, 5.8, 6.0], "a flat line still gets an axis"
 
 
 def test_the_form_is_built_from_finetune_config():

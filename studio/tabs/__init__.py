@@ -8,6 +8,7 @@ import gradio as gr
 import pandas as pd
 
 from llm.run import Metrics
+from studio.charts import line_chart
 
 LOSS_COLUMNS = ["step", "loss", "curve"]
 # Events that only read (tab fills, dropdown changes, the plan, refresh timers): no queue of their own to
@@ -23,18 +24,17 @@ def dropdown(**kwargs: Any) -> gr.Dropdown:
     return gr.Dropdown(allow_custom_value=True, **kwargs)
 
 
-def loss_plot(**kwargs: Any) -> gr.LinePlot:
-    """A run's train/validation loss curve, fed a DataFrame with columns step, loss, curve."""
-    return gr.LinePlot(
-        x="step",
-        y="loss",
-        color="curve",
-        label="Loss (blue: training batches, orange: validation)",
-        colors_in_legend=[],  # Gradio cuts a legend below the plot off; the label says it
-        height=300,
-        color_map={"train": "#4f7cff", "validation": "#f5a524"},
-        **kwargs,
-    )
+LOSS_COLORS = {"train": "#4f7cff", "validation": "#f5a524"}
+
+
+def loss_plot(**kwargs: Any) -> gr.HTML:
+    """Where a loss chart goes: fed loss_chart(frame) (an SVG drawn on the server, see studio/charts.py)."""
+    return gr.HTML(loss_chart(loss_frame(Metrics())), elem_classes="chart-box", **kwargs)
+
+
+def loss_chart(frame: pd.DataFrame, title: str = "Loss (nats per token)") -> str:
+    """The loss curves of loss_frame(): one line a curve (train batches, validation, per run when named)."""
+    return line_chart(frame, "step", "loss", "curve", title, LOSS_COLORS, empty="No loss values yet.")
 
 
 def loss_frame(metrics: Metrics, run: str | None = None) -> pd.DataFrame:

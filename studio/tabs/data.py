@@ -9,16 +9,19 @@ import re
 import shutil
 import unicodedata
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
 import pandas as pd
 
 from llm.errors import LLMError
-from studio.context import DATA_SUFFIXES, Studio, human_size, plural
+from studio.charts import bar_chart
+from studio.context import DATA_SUFFIXES, Studio, plural, upload_limit
 from studio.store import new_id
-from studio.tabs import dropdown
+from studio.tabs import LIGHT, dropdown
 
 PREVIEW_EXAMPLES = 6
 FORMAT_CHOICES = [
@@ -27,6 +30,7 @@ FORMAT_CHOICES = [
     ("alpaca", "alpaca"),
     ("chat messages", "messages"),
 ]
+LENGTH_COLORS = {"fits the context": "#4f7cff", "cut by the context": "#e5484d"}
 NONE = ""  # the "no column" choice of the mapping dropdowns
 CANNOT_USE = "### ⚠ This file cannot be used\n"
 
@@ -122,12 +126,19 @@ def bin_width(top: int, bins: int = 16) -> int:
 
 def length_bins(context_length: int) -> tuple[int, list[str]]:
     """(bin width, bin labels) of the length histogram: round bins up to twice what the context holds, then
-    one bin for anything longer. They depend on the context only, so the plot's category order is set once
-    (Gradio 6 does not redraw a bar plot whose category order changes in an update)."""
+    one bin for anything longer. They depend on the context only, so two datasets' charts compare."""
     limit = context_length + 1  # ids a training sequence holds (context_length predictions)
     width = bin_width(2 * limit, bins=8)
     starts = range(0, 2 * limit, width)
     return width, [f"{s}–{s + width - 1}" for s in starts] + [f"{starts[-1] + width}+"]
+
+
+def length_chart(lengths: list[int], context_length: int) -> str:
+    """The length histogram as a stacked bar chart (red: examples the context would cut)."""
+    frame = length_histogram(lengths, context_length)
+    labels = length_bins(context_length)[1]
+    stacks = {key: frame[frame["length"] == key]["examples"].tolist() for key in LENGTH_COLORS}
+    return bar_chart(labels, stacks, LENGTH_COLORS, "Token lengths of the examples", "tokens", "examples")
 
 
 def length_histogram(lengths: list[int], context_length: int) -> pd.DataFrame:
@@ -227,7 +238,7 @@ class Inspection:
                 gr.Radio(value="pairs"),
                 *[gr.Dropdown(choices=columns, value=NONE, visible=True)] * 3,
                 "",
-                gr.BarPlot(visible=False),
+                gr.HTML(visible=False),
                 gr.Dataframe(visible=False),
             ]
         if self.error:
@@ -238,16 +249,16 @@ class Inspection:
                 gr.Dropdown(),
                 gr.Dropdown(),
                 "",
-                gr.BarPlot(value=None),
+                gr.HTML(visible=False),
                 gr.Dataframe(visible=False),
             ]
         data = self.data
         columns = [("(none)", NONE)] + [(c, c) for c in data.columns]
         pairs = data.format == "pairs"
         col = dict(data.mapping)
-        hist = gr.BarPlot(value=None, visible=False)
+        hist = gr.HTML(visible=False)
         if self.encoded is not None:
-            hist = gr.BarPlot(value=length_histogram(self.encoded.lengths, self.context_length), visible=True)
+            hist = gr.HTML(length_chart(self.encoded.lengths, self.context_length), visible=True)
         problems = self.problems()
         return [
             self.status(),
@@ -261,173 +272,208 @@ class Inspection:
         ]
 
 
+def pick(studio: Studio, selected: str | None) -> str | None:
+    keys = [k for _, k in studio.dataset_choices()]
+    return selected if selected in keys else (keys[0] if keys else None)
+
+
+def choices(studio: Studio, selected: str | None = None) -> gr.Dropdown:
+    return gr.Dropdown(choices=studio.dataset_choices(), value=pick(studio, selected))
+
+
+def nothing_shown(status: str) -> list:
+    """Values for VIEWS with no dataset: the status only, nothing of another file left on the page."""
+    return [status, gr.Radio(value="auto"), *[gr.Dropdown(visible=False)] * 3, "", gr.HTML(visible=False),
+            gr.Dataframe(visible=False)]  # fmt: skip
+
+
+def show(studio: Studio, dataset_id: str | None) -> list:
+    """Values for VIEWS: a stored dataset with its stored settings."""
+    row = studio.store.dataset(dataset_id) if dataset_id else None
+    if row is None:
+        return nothing_shown("Pick or upload a dataset.")
+    return Inspection(studio, studio.store.abs(row["path"]), row["name"], row["format"], row["mapping"]).outputs()
+
+
+def on_load(studio: Studio, dataset_id: str | None) -> list:
+    chosen = pick(studio, dataset_id)
+    return [choices(studio, chosen), *show(studio, chosen)]
+
+
+def store_upload(studio: Studio, source: Path, name: str, fmt_value: str, mapping: dict[str, str], kept: int) -> str:
+    """Copy a checked upload into the workspace under a fresh id; returns the dataset id."""
+    key = new_id()
+    folder = studio.workspace / "datasets" / key
+    target = folder / name
+    assert target.resolve().is_relative_to(studio.workspace / "datasets"), target
+    folder.mkdir(parents=True)
+    part = folder / f".{name}.part"
+    shutil.copyfile(source, part)
+    os.replace(part, target)  # a half-copied file never carries the dataset's name
+    return studio.store.add_dataset(name, target, "upload", fmt_value, mapping, kept, key=key)
+
+
+def refused(message: str) -> list:
+    """[dataset, upload, pending, *VIEWS] for a refused upload: the message, and nothing of the previous
+    file left on the page (its preview, histogram or dropped rows would read as this file's)."""
+    return [gr.Dropdown(), gr.File(value=None), None, *nothing_shown(f"{CANNOT_USE}{message}")]
+
+
+def too_large(studio: Studio, name: str) -> list:
+    """A file over the upload limit (Gradio refuses it in the browser before any upload; see UPLOAD_WATCH)."""
+    return refused(f"{name or 'The file'} is larger than the upload limit of {upload_limit(studio.max_upload_bytes)}.")
+
+
+def do_upload(studio: Studio, file: str | None, dataset_id: str | None) -> list:
+    """Check an uploaded file. A usable one is copied into the workspace and listed; one whose columns
+    need naming waits (outside the workspace) for Apply; anything else is explained and left out."""
+    if not file:
+        return [gr.Dropdown(), gr.File(), None, *show(studio, dataset_id)]
+    source = Path(file)
+    name = safe_filename(source.name)
+    if Path(name).suffix not in DATA_SUFFIXES:
+        return refused(f"{name}: unsupported file type; use one of {', '.join(DATA_SUFFIXES)}.")
+    if source.stat().st_size > studio.max_upload_bytes:
+        return too_large(studio, name)
+    inspection = Inspection(studio, source, name, "auto", None, stored=False)
+    if inspection.columns_to_choose:
+        pending = {"path": str(source), "name": name}
+        return [gr.Dropdown(), gr.File(), pending, *inspection.outputs()]
+    if inspection.error:
+        return [gr.Dropdown(), gr.File(value=None), None, *inspection.outputs()]
+    key = store_upload(studio, source, name, "auto", {}, inspection.kept)
+    return [choices(studio, key), gr.File(value=None), None, *inspection.outputs()]
+
+
+def do_validate(studio: Studio, pending, dataset_id, format_choice: str, prompt: str, response: str, system: str):
+    """Read the waiting upload (else the chosen dataset) with the chosen format and columns; a waiting
+    upload that now works is stored, a stored dataset keeps the settings."""
+    mapping = {k: v for k, v in (("prompt", prompt), ("response", response), ("system", system)) if v}
+    if format_choice != "pairs":
+        mapping = {}
+    if pending:
+        source, name = Path(pending["path"]), pending["name"]
+        inspection = Inspection(studio, source, name, format_choice, mapping, stored=False)
+        if inspection.error:
+            return [gr.Dropdown(), gr.File(), pending, *inspection.outputs()]
+        key = store_upload(studio, source, name, format_choice, mapping, inspection.kept)
+        return [choices(studio, key), gr.File(value=None), None, *inspection.outputs()]
+    row = studio.store.dataset(dataset_id) if dataset_id else None
+    if row is None:
+        return [gr.Dropdown(), gr.File(), None, "⚠ Pick or upload a dataset first.", *[gr.skip()] * 7]
+    inspection = Inspection(studio, studio.store.abs(row["path"]), row["name"], format_choice, mapping)
+    if inspection.error:
+        return [gr.Dropdown(), gr.File(), None, *inspection.outputs()]
+    studio.store.update_dataset(dataset_id, format=format_choice, mapping=mapping, rows=inspection.kept)
+    return [choices(studio, dataset_id), gr.File(), None, *inspection.outputs()]
+
+
+def show_page(studio: Studio, dataset_id: str | None, page_number: float) -> str:
+    row = studio.store.dataset(dataset_id) if dataset_id else None
+    if row is None:
+        return ""
+    inspection = Inspection(studio, studio.store.abs(row["path"]), row["name"], row["format"], row["mapping"])
+    if inspection.error:
+        return ""
+    return preview_html(
+        inspection.data, inspection.encoded, inspection.tokenizer, inspection.context_length, int(page_number or 1)
+    )
+
+
+def do_delete(studio: Studio, dataset_id: str | None):
+    try:
+        message = studio.delete_dataset(dataset_id)
+    except LLMError as e:
+        return gr.Dropdown(), f"⚠ {e}"
+    return choices(studio, None), message
+
+
+# Gradio refuses a file over max_file_size in the browser, and no server event tells the tab: this watches
+# the upload's file input and, for a file over the limit, presses a hidden button whose event clears the
+# previous file's results and says why the file was refused.
+UPLOAD_WATCH = """() => {
+  if (window.studioUploadWatch) return;
+  window.studioUploadWatch = true;
+  document.addEventListener("change", (event) => {
+    const input = event.target;
+    if (!input.matches || !input.matches("#data-upload input[type=file]")) return;
+    const big = [...input.files].find((file) => file.size > LIMIT);
+    if (!big) return;
+    window.studioRefusedUpload = big.name;
+    document.querySelector("#data-upload-refused").click();
+  }, true);
+}"""
+
+
+def source_row(studio: Studio, ui: SimpleNamespace) -> None:
+    with gr.Row(equal_height=True):
+        ui.dataset = dropdown(label="Dataset", scale=3, elem_id="data-dataset")
+        ui.upload = gr.File(
+            label=f"Upload a dataset (up to {upload_limit(studio.max_upload_bytes)})",
+            file_types=list(DATA_SUFFIXES),
+            scale=2,
+            height=120,
+            elem_id="data-upload",
+        )
+    ui.refused = gr.Button(visible="hidden", elem_id="data-upload-refused")
+    ui.refused_name = gr.Textbox(visible="hidden")
+
+
+def format_row(ui: SimpleNamespace) -> None:
+    with gr.Row():
+        ui.fmt = gr.Radio(FORMAT_CHOICES, value="auto", label="Format", scale=3)
+        ui.prompt_col = dropdown(label="Prompt column", visible=False, scale=1)
+        ui.response_col = dropdown(label="Response column", visible=False, scale=1)
+        ui.system_col = dropdown(label="System column (optional)", visible=False, scale=1)
+        ui.apply = gr.Button("Apply", scale=0, min_width=120, elem_classes="inline-button", elem_id="data-apply")
+
+
+def results(ui: SimpleNamespace) -> None:
+    """Status, the preview, the length histogram, the dropped rows, paging and delete."""
+    ui.status = gr.Markdown(elem_id="data-status")
+    with gr.Row():
+        with gr.Column(scale=3):
+            ui.preview = gr.HTML(elem_classes="preview", elem_id="data-preview")
+        with gr.Column(scale=2):
+            ui.hist = gr.HTML(visible=False, elem_classes="chart-box", elem_id="data-hist")
+    ui.problems = gr.Dataframe(label="Dropped rows", visible=False, interactive=False, wrap=True, max_height=300)
+    with gr.Row():
+        ui.page = gr.Number(value=1, precision=0, minimum=1, label="Preview page", scale=1, elem_id="data-page")
+        ui.delete = gr.Button("Delete this upload", variant="stop", scale=0, elem_classes="inline-button")
+        ui.deleted = gr.Markdown(elem_id="data-deleted")
+
+
+def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
+    views = [ui.status, ui.fmt, ui.prompt_col, ui.response_col, ui.system_col, ui.preview, ui.hist, ui.problems]
+    loaded, uploaded = [ui.dataset, *views], [ui.dataset, ui.upload, ui.pending, *views]
+    ui.page.change(partial(show_page, studio), [ui.dataset, ui.page], ui.preview, **LIGHT)
+    ui.delete.click(partial(do_delete, studio), ui.dataset, [ui.dataset, ui.deleted], api_name="delete_dataset")
+    tab.select(partial(on_load, studio), ui.dataset, loaded, **LIGHT)
+    demo.load(partial(on_load, studio), ui.dataset, loaded, **LIGHT)
+    demo.load(None, js=UPLOAD_WATCH.replace("LIMIT", str(studio.max_upload_bytes)))
+    ui.dataset.input(lambda d: [None, *show(studio, d)], ui.dataset, [ui.pending, *views], api_name="dataset")
+    ui.upload.upload(partial(do_upload, studio), [ui.upload, ui.dataset], uploaded, api_name="upload")
+    ui.refused.click(
+        partial(too_large, studio), ui.refused_name, uploaded, js="() => [window.studioRefusedUpload || '']", **LIGHT
+    )
+    columns = [ui.prompt_col, ui.response_col, ui.system_col]
+    ui.apply.click(
+        partial(do_validate, studio), [ui.pending, ui.dataset, ui.fmt, *columns], uploaded, api_name="validate"
+    )
+    ui.fmt.input(lambda f: [gr.Dropdown(visible=f == "pairs")] * 3, ui.fmt, columns, **LIGHT)
+
+
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name (none)."""
-    loaded = studio.preview_tokenizer()  # (tokenizer, context length) of the base model, or None
+    ui = SimpleNamespace()
     with gr.Tab("1 · Data", id="data") as tab:
         gr.Markdown(
             "Pick a sample dataset or upload your own: a table of prompts and answers (CSV, TSV, JSON, JSONL or "
             "Parquet), alpaca-style instruction/input/output records, or chat conversations."
         )
-        with gr.Row(equal_height=True):
-            dataset = dropdown(label="Dataset", scale=3, elem_id="data-dataset")
-            upload = gr.File(
-                label=f"Upload a dataset (up to {human_size(studio.max_upload_bytes)})",
-                file_types=list(DATA_SUFFIXES),
-                scale=2,
-                height=120,
-                elem_id="data-upload",
-            )
-        with gr.Row():
-            fmt = gr.Radio(FORMAT_CHOICES, value="auto", label="Format", scale=3)
-            prompt_col = dropdown(label="Prompt column", visible=False, scale=1)
-            response_col = dropdown(label="Response column", visible=False, scale=1)
-            system_col = dropdown(label="System column (optional)", visible=False, scale=1)
-            apply = gr.Button("Apply", scale=0, min_width=120, elem_classes="inline-button", elem_id="data-apply")
-        status = gr.Markdown(elem_id="data-status")
-        with gr.Row():
-            with gr.Column(scale=3):
-                preview = gr.HTML(elem_classes="preview", elem_id="data-preview")
-            with gr.Column(scale=2):
-                hist = gr.BarPlot(
-                    x="tokens",
-                    y="examples",
-                    color="length",
-                    color_map={"fits the context": "#4f7cff", "cut by the context": "#e5484d"},
-                    label="Token lengths (red: longer than the context)",
-                    colors_in_legend=[],  # Gradio cuts a legend below the plot off; the label says it
-                    x_title="tokens",
-                    sort=length_bins(loaded[1])[1] if loaded else None,
-                    x_label_angle=-30,
-                    height=320,
-                    visible=False,
-                    elem_id="data-hist",
-                )
-        problems = gr.Dataframe(label="Dropped rows", visible=False, interactive=False, wrap=True, max_height=300)
-        with gr.Row():
-            page = gr.Number(value=1, precision=0, minimum=1, label="Preview page", scale=1, elem_id="data-page")
-            delete = gr.Button("Delete this upload", variant="stop", scale=0, elem_classes="inline-button")
-            deleted = gr.Markdown(elem_id="data-deleted")
-        pending = gr.State(None)  # an upload whose columns the user still has to name: {"path", "name"}
-
-    views = [status, fmt, prompt_col, response_col, system_col, preview, hist, problems]
-
-    def pick(selected: str | None) -> str | None:
-        keys = [k for _, k in studio.dataset_choices()]
-        return selected if selected in keys else (keys[0] if keys else None)
-
-    def choices(selected: str | None = None):
-        return gr.Dropdown(choices=studio.dataset_choices(), value=pick(selected))
-
-    def show(dataset_id: str | None):
-        """A stored dataset with its stored settings."""
-        row = studio.store.dataset(dataset_id) if dataset_id else None
-        if row is None:
-            return [
-                "Pick or upload a dataset.",
-                gr.Radio(value="auto"),
-                *[gr.Dropdown(visible=False)] * 3,
-                "",
-                gr.BarPlot(visible=False),
-                gr.Dataframe(visible=False),
-            ]
-        return Inspection(studio, studio.store.abs(row["path"]), row["name"], row["format"], row["mapping"]).outputs()
-
-    def on_load(dataset_id: str | None):
-        chosen = pick(dataset_id)
-        return [choices(chosen), *show(chosen)]
-
-    def store_upload(source: Path, name: str, fmt_value: str, mapping: dict[str, str], kept: int) -> str:
-        """Copy a checked upload into the workspace under a fresh id; returns the dataset id."""
-        key = new_id()
-        folder = studio.workspace / "datasets" / key
-        target = folder / name
-        assert target.resolve().is_relative_to(studio.workspace / "datasets"), target
-        folder.mkdir(parents=True)
-        partial = folder / f".{name}.part"
-        shutil.copyfile(source, partial)
-        os.replace(partial, target)  # a half-copied file never carries the dataset's name
-        return studio.store.add_dataset(name, target, "upload", fmt_value, mapping, kept, key=key)
-
-    def do_upload(file: str | None, dataset_id: str | None):
-        """Check an uploaded file. A usable one is copied into the workspace and listed; one whose columns
-        need naming waits (outside the workspace) for Apply; anything else is explained and left out."""
-        if not file:
-            return [gr.Dropdown(), gr.File(), None, *show(dataset_id)]
-        source = Path(file)
-        name = safe_filename(source.name)
-        refused = [gr.Dropdown(), gr.File(value=None), None]
-        if Path(name).suffix not in DATA_SUFFIXES:
-            message = f"{name}: unsupported file type; use one of {', '.join(DATA_SUFFIXES)}."
-            return [*refused, f"{CANNOT_USE}{message}", *[gr.skip()] * 7]
-        if source.stat().st_size > studio.max_upload_bytes:
-            message = f"{name} is larger than the upload limit of {human_size(studio.max_upload_bytes)}."
-            return [*refused, f"{CANNOT_USE}{message}", *[gr.skip()] * 7]
-        inspection = Inspection(studio, source, name, "auto", None, stored=False)
-        if inspection.columns_to_choose:
-            pending = {"path": str(source), "name": name}
-            return [gr.Dropdown(), gr.File(), pending, *inspection.outputs()]
-        if inspection.error:
-            return [*refused, *inspection.outputs()]
-        key = store_upload(source, name, "auto", {}, inspection.kept)
-        return [choices(key), gr.File(value=None), None, *inspection.outputs()]
-
-    def do_validate(pending, dataset_id: str | None, format_choice: str, prompt: str, response: str, system: str):
-        """Read the waiting upload (else the chosen dataset) with the chosen format and columns; a waiting
-        upload that now works is stored, a stored dataset keeps the settings."""
-        mapping = {k: v for k, v in (("prompt", prompt), ("response", response), ("system", system)) if v}
-        if format_choice != "pairs":
-            mapping = {}
-        if pending:
-            source, name = Path(pending["path"]), pending["name"]
-            inspection = Inspection(studio, source, name, format_choice, mapping, stored=False)
-            if inspection.error:
-                return [gr.Dropdown(), gr.File(), pending, *inspection.outputs()]
-            key = store_upload(source, name, format_choice, mapping, inspection.kept)
-            return [choices(key), gr.File(value=None), None, *inspection.outputs()]
-        row = studio.store.dataset(dataset_id) if dataset_id else None
-        if row is None:
-            return [gr.Dropdown(), gr.File(), None, "⚠ Pick or upload a dataset first.", *[gr.skip()] * 7]
-        inspection = Inspection(studio, studio.store.abs(row["path"]), row["name"], format_choice, mapping)
-        if inspection.error:
-            return [gr.Dropdown(), gr.File(), None, *inspection.outputs()]
-        studio.store.update_dataset(dataset_id, format=format_choice, mapping=mapping, rows=inspection.kept)
-        return [choices(dataset_id), gr.File(), None, *inspection.outputs()]
-
-    def show_page(dataset_id: str | None, page_number: float) -> str:
-        row = studio.store.dataset(dataset_id) if dataset_id else None
-        if row is None:
-            return ""
-        inspection = Inspection(studio, studio.store.abs(row["path"]), row["name"], row["format"], row["mapping"])
-        if inspection.error:
-            return ""
-        return preview_html(
-            inspection.data, inspection.encoded, inspection.tokenizer, inspection.context_length, int(page_number or 1)
-        )
-
-    def do_delete(dataset_id: str | None):
-        try:
-            message = studio.delete_dataset(dataset_id)
-        except LLMError as e:
-            return gr.Dropdown(), f"⚠ {e}"
-        return choices(None), message
-
-    page.change(show_page, [dataset, page], preview, api_visibility="private", concurrency_limit=None)
-    delete.click(do_delete, dataset, [dataset, deleted], api_name="delete_dataset")
-    tab.select(on_load, dataset, [dataset, *views], api_visibility="private")
-    demo.load(on_load, dataset, [dataset, *views], api_visibility="private")
-    dataset.input(lambda d: [None, *show(d)], dataset, [pending, *views], api_name="dataset")
-    upload.upload(do_upload, [upload, dataset], [dataset, upload, pending, *views], api_name="upload")
-    apply.click(
-        do_validate,
-        [pending, dataset, fmt, prompt_col, response_col, system_col],
-        [dataset, upload, pending, *views],
-        api_name="validate",
-    )
-    fmt.input(
-        lambda f: [gr.Dropdown(visible=f == "pairs")] * 3,
-        fmt,
-        [prompt_col, response_col, system_col],
-        api_visibility="private",
-    )
+        source_row(studio, ui)
+        format_row(ui)
+        results(ui)
+        ui.pending = gr.State(None)  # an upload whose columns the user still has to name: {"path", "name"}
+    wire(studio, demo, tab, ui)
     return {}

@@ -29,7 +29,7 @@ from llm.run import Metrics
 from studio.context import Studio, StudioError, human_size, memory_now, plural
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
-from studio.tabs import LIGHT, dropdown, loss_frame, loss_plot
+from studio.tabs import LIGHT, dropdown, loss_chart, loss_frame, loss_plot
 
 METHOD_CHOICES = [("LoRA: small adapters, fast, little memory", "lora"), ("Full: every weight", "full")]
 SAMPLE_COLUMNS = ["step", "prompt", "answer"]
@@ -408,29 +408,30 @@ def run_state_text(p: dict[str, Any]) -> str:
 
 
 def refresh(studio: Studio, run_id: str | None, last_seen: Any):
-    """The run's state, progress, loss curve, probe answers, log and buttons. Nothing is sent when nothing
-    changed (the run's row and its files' times are compared before any file is read); while the run works
-    and its files are unchanged, only the clock moves."""
+    """The run's state, progress, loss curve, probe answers, log and buttons, and whether the 1-second timer
+    ticks (only while the run works: a page with nothing running sends nothing). Nothing is sent when
+    nothing changed (the run's row and its files' times are compared before any file is read); while the run
+    works and its files are unchanged, only the clock moves."""
     run = studio.store.run(run_id) if run_id else None
     if run is None and last_seen == NO_RUN:
-        return (*[gr.skip()] * 8, last_seen)
+        return (*[gr.skip()] * 8, last_seen, gr.Timer(active=False))
     if run is None:
         hint = "No run yet: choose the settings on the left and press Start."
-        empty = (hint, "", loss_frame(Metrics()), pd.DataFrame(columns=SAMPLE_COLUMNS), "")
+        empty = (hint, "", loss_chart(loss_frame(Metrics())), pd.DataFrame(columns=SAMPLE_COLUMNS), "")
         off = gr.Button(interactive=False)
-        return *empty, off, gr.Button(value="Resume", interactive=False), gr.skip(), NO_RUN
+        return *empty, off, gr.Button(value="Resume", interactive=False), gr.skip(), NO_RUN, gr.Timer(active=False)
     signature = (run_id, run["status"], run["message"], run["name"], *studio.jobs.file_times(run))
-    if signature == last_seen and run["status"] not in WORKING_STATES:
-        return (*[gr.skip()] * 8, last_seen)
+    if signature == last_seen and run["status"] not in WORKING_STATES:  # a queued run keeps the timer going
+        return (*[gr.skip()] * 8, last_seen, gr.Timer(active=run["status"] in ACTIVE_STATES))
     p = studio.jobs.progress(run_id)
     if signature == last_seen:  # working, files unchanged: only the clock moves
-        return gr.skip(), progress_html(p), *[gr.skip()] * 6, last_seen
+        return gr.skip(), progress_html(p), *[gr.skip()] * 6, last_seen, gr.skip()
     active = p["status"] in ACTIVE_STATES
     again = p["status"] == "cancelled"
     return (
         run_state_text(p),
         progress_html(p),
-        loss_frame(p["metrics"]),
+        loss_chart(loss_frame(p["metrics"])),
         samples_frame(p),
         p["log"],
         gr.Button(interactive=active and p["status"] != "stopping"),
@@ -438,6 +439,7 @@ def refresh(studio: Studio, run_id: str | None, last_seen: Any):
         # The labels carry each run's state; refreshed only when it changes (an open list would close).
         gr.Dropdown(choices=run_choices(studio)) if not last_seen or last_seen[1:4] != signature[1:4] else gr.skip(),
         signature,
+        gr.Timer(active=active),
     )
 
 
@@ -542,7 +544,7 @@ def layout(ui: SimpleNamespace, demo: gr.Blocks) -> None:
             layout_form(ui)
         with gr.Column(scale=3, min_width=420):
             layout_run(ui)
-    ui.timer = gr.Timer(1.0)
+    ui.timer = gr.Timer(1.0, active=False)  # set going by refresh() while the shown run works
     ui.seen = gr.State(None)  # what this page last drew, so an unchanged run sends nothing
     ui.saved = demo.kept_form  # outside the tabs: a tab's components load only when it is first shown
 
@@ -604,7 +606,7 @@ def wire_run(studio: Studio, ui: SimpleNamespace) -> None:
         [ui.start_status, ui.run],
         **LIGHT,
     )
-    monitor = [ui.state, ui.bar, ui.curve, ui.samples, ui.log, ui.stop, ui.resume, ui.run, ui.seen]
+    monitor = [ui.state, ui.bar, ui.curve, ui.samples, ui.log, ui.stop, ui.resume, ui.run, ui.seen, ui.timer]
     show = functools.partial(refresh, studio)
     ui.run.change(lambda r: show(r, None), ui.run, monitor, **LIGHT)
     ui.run.change(

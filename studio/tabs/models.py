@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import os
 import re
@@ -23,7 +22,7 @@ from llm.run import INFO, Metrics, RunDir, read_metrics
 from studio.context import Studio, dir_size, human_size, is_model_dir
 from studio.jobs import field_label
 from studio.store import ACTIVE_STATES, new_id
-from studio.tabs import LIGHT, dropdown, loss_frame, loss_plot
+from studio.tabs import LIGHT, dropdown, loss_chart, loss_frame, loss_plot
 
 TABLE_COLUMNS = ["name", "kind", "status", "base", "dataset", "steps", "best val loss", "size", "created"]
 
@@ -134,7 +133,7 @@ def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
     if kind == "base":
         m = studio.store.model(key)
         if m is None:
-            return "Unknown model.", loss_frame(Metrics())
+            return "Unknown model.", loss_chart(loss_frame(Metrics()))
         path = studio.store.abs(m["path"])
         info = _info(path)
         lines = [f"### {m['name']}", f"- folder: `{path}`", f"- size on disk: {human_size(dir_size(path))}"]
@@ -143,10 +142,10 @@ def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
         lines += facts(info, ("params", "step", "tokens_seen", "train_loss", "best_val_loss", "wall_seconds", "data"))
         # A pretraining run keeps its metrics beside its checkpoints (run/latest -> run/metrics.jsonl).
         metrics = next((p for p in (RunDir(path).metrics, RunDir(path.parent).metrics) if p.is_file()), None)
-        return "\n".join(lines), loss_frame(read_metrics(metrics) if metrics else Metrics())
+        return "\n".join(lines), loss_chart(loss_frame(read_metrics(metrics) if metrics else Metrics()))
     run = studio.store.run(key)
     if run is None:
-        return "Unknown run: it may have been deleted.", loss_frame(Metrics())
+        return "Unknown run: it may have been deleted.", loss_chart(loss_frame(Metrics()))
     run_dir = RunDir(studio.store.abs(run["dir"]))
     cfg = run["config"]
     info = run_dir.info()  # the newest checkpoint's facts
@@ -167,7 +166,7 @@ def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
             f"- parameters: {metrics.start.get('params', 0):,} (trained: {metrics.start.get('trainable', 0):,})"
         )
     lines += facts(info, ("step", "tokens_seen", "train_loss", "best_val_loss", "wall_seconds"))
-    return "\n".join(lines), loss_frame(metrics)
+    return "\n".join(lines), loss_chart(loss_frame(metrics))
 
 
 def safe_stem(name: str) -> str:
@@ -266,10 +265,7 @@ def layout(ui: SimpleNamespace) -> None:
     ui.zip_file = gr.File(label="Zip", interactive=False, visible=False)
     with gr.Accordion("Compare runs: loss curves on one chart, settings side by side", open=False):
         ui.compare_pick = dropdown(label="Runs", multiselect=True, elem_id="models-compare-pick")
-        ui.compare_curve = gr.LinePlot(
-            x="step", y="loss", color="curve", label="Loss of each run (train and validation)", height=320,
-            elem_id="models-compare-loss",
-        )  # fmt: skip
+        ui.compare_curve = gr.HTML(elem_classes="chart-box", elem_id="models-compare-loss")
         ui.compare_table = gr.Dataframe(interactive=False, wrap=True, elem_id="models-compare-table")
 
 
@@ -297,9 +293,14 @@ class Handlers:
             gr.Dropdown(choices=run_choices, value=kept),
         )
 
+    def compare(self, refs: list[str] | None) -> tuple[str, pd.DataFrame]:
+        frame, table = compare_runs(self.studio, refs)
+        chart = loss_chart(frame, "Loss of each run (train and validation)")
+        return chart if refs else "", table
+
     def show(self, ref: str | None):
         if not ref:
-            return "", loss_frame(Metrics()), ""
+            return "", loss_chart(loss_frame(Metrics())), ""
         text, frame = details(self.studio, ref)
         return text, frame, self.studio.model_label(ref)
 
@@ -362,9 +363,7 @@ def wire(tab: gr.Tab, ui: SimpleNamespace, h: Handlers) -> None:
     for event in (tab.select, ui.refresh.click):
         event(h.listing, [ui.pick, ui.compare_pick], shown, **LIGHT)
     ui.pick.change(h.show, ui.pick, [ui.about, ui.curve, ui.new_name], **LIGHT)
-    ui.compare_pick.change(
-        functools.partial(compare_runs, h.studio), ui.compare_pick, [ui.compare_curve, ui.compare_table], **LIGHT
-    )
+    ui.compare_pick.change(h.compare, ui.compare_pick, [ui.compare_curve, ui.compare_table], **LIGHT)
     ui.rename.click(h.rename, [ui.pick, ui.new_name], [ui.status, *shown], api_name="rename", concurrency_limit=None)
     ui.delete.click(h.ask_delete, ui.pick, [ui.confirm_row, ui.confirm_text, ui.status], **LIGHT)
     ui.cancel.click(lambda: gr.Row(visible=False), None, ui.confirm_row, **LIGHT)

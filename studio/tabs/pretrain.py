@@ -22,7 +22,7 @@ from llm.run import Metrics
 from studio.context import Studio, StudioError, human_size
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
-from studio.tabs import dropdown, loss_frame, loss_plot
+from studio.tabs import dropdown, loss_chart, loss_frame, loss_plot
 from studio.tabs.data import safe_filename
 from studio.tabs.finetune import clock, device_text, progress_html
 from studio.texts import TEXT_SUFFIXES, store_text, text_choices, text_path
@@ -283,7 +283,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         """The run's state, progress, loss curve, sample timeline and log; nothing is sent if nothing changed."""
         if not run_id or studio.store.run(run_id) is None:
             hint = "No pretraining run yet: choose a text and press Start."
-            empty = (hint, "", loss_frame(Metrics()), timeline_html([]), "")
+            empty = (hint, "", loss_chart(loss_frame(Metrics())), timeline_html([]), "")
             return *empty, gr.Button(interactive=False), gr.Button(interactive=False), gr.skip(), None
         p = studio.jobs.progress(run_id)
         run_dir = studio.jobs.run_dir(p["run"])
@@ -302,7 +302,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         return (
             text_value,
             progress_html(p),
-            loss_frame(p["metrics"]),
+            loss_chart(loss_frame(p["metrics"])),
             timeline_html(timeline(p["metrics"])),
             p["log"],
             gr.Button(interactive=p["status"] in ACTIVE_STATES and p["status"] != "stopping"),
