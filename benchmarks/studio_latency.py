@@ -6,7 +6,9 @@ once in headless Chromium (Debian's, driven by Playwright), and measures per pag
     tab switch  from a click on a tab until its events have answered (no output left pending), median over
                 switches between Fine-tune, Models and Data
 first idle, then while a fine-tune started through the API (a large max_steps) trains; the run is stopped at
-the end. Prints a table and, with --json FILE, writes the figures.
+the end. The same is measured for a bare Gradio page (one tab holding one Markdown, nothing else): the floor
+that Gradio and Chromium set on this machine, the reference the studio's figures are read against. Prints a
+table and, with --json FILE, writes the figures.
 
     python benchmarks/studio_latency.py [--pages 1 4] [--switches 6] [--base-model models/base] [--json F]
 """
@@ -85,12 +87,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The reference page: what "usable" waits for (a tab named like the studio's, the plan's text) and nothing else.
+BARE_APP = """
+import sys, gradio as gr
+with gr.Blocks() as demo:
+    with gr.Tabs():
+        with gr.Tab("1 · Data"):
+            gr.Markdown("A bare page")
+        with gr.Tab("3 · Fine-tune"):
+            gr.Markdown("Estimated memory", elem_id="ft-plan")
+        with gr.Tab("7 · Models"):
+            gr.Markdown("Nothing")
+demo.launch(server_port=int(sys.argv[1]))
+"""
+
+
 def start_studio(workspace: Path, base_model: str, port: int) -> subprocess.Popen:
     """The studio as users run it, in its own process; returns once it answers HTTP."""
+    cmd = [sys.executable, "app.py", "--workspace", str(workspace), "--base-model", base_model, "--port", str(port)]
+    return start_server(cmd, port)
+
+
+def start_server(cmd: list[str], port: int) -> subprocess.Popen:
     import httpx
 
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False")
-    cmd = [sys.executable, "app.py", "--workspace", str(workspace), "--base-model", base_model, "--port", str(port)]
     server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -100,7 +121,7 @@ def start_studio(workspace: Path, base_model: str, port: int) -> subprocess.Pope
         except httpx.HTTPError:
             time.sleep(0.5)
     server.kill()
-    raise RuntimeError("the studio did not start within 120 s")
+    raise RuntimeError(f"{cmd[1]} did not start within 120 s")
 
 
 async def settle(page, joins_before: int) -> None:
@@ -194,27 +215,32 @@ def main() -> None:
     args = parser.parse_args()
     rows, report = [], {"cpus": os.cpu_count(), "load_before": os.getloadavg(), "results": []}
     with tempfile.TemporaryDirectory() as tmp:
-        port = free_port()
-        url = f"http://127.0.0.1:{port}/"
-        server = start_studio(Path(tmp) / "workspace", args.base_model, port)
+        ports = {"bare Gradio": free_port(), "studio": free_port()}
+        urls = {app: f"http://127.0.0.1:{port}/" for app, port in ports.items()}
+        servers = [
+            start_server([sys.executable, "-c", BARE_APP, str(ports["bare Gradio"])], ports["bare Gradio"]),
+            start_studio(Path(tmp) / "workspace", args.base_model, ports["studio"]),
+        ]
         try:
             for training in (False, True):
-                run_id = start_training(url) if training else None
-                for pages in args.pages:
-                    result = asyncio.run(measure(url, pages, args.switches)) | {"training": training}
-                    report["results"].append(result)
-                    rows.append([
-                        "training" if training else "idle", pages, f"{result['usable_max_s']:.2f}",
-                        f"{statistics.median(result['usable_s']):.2f}", f"{result['tab_switch_median_s']:.2f}",
-                        f"{result['tab_switch_max_s']:.2f}",
-                    ])  # fmt: skip
+                run_id = start_training(urls["studio"]) if training else None
+                for app, url in urls.items():
+                    for pages in args.pages:
+                        result = asyncio.run(measure(url, pages, args.switches)) | {"training": training, "app": app}
+                        report["results"].append(result)
+                        rows.append([
+                            "training" if training else "idle", app, pages, f"{result['usable_max_s']:.2f}",
+                            f"{statistics.median(result['usable_s']):.2f}", f"{result['tab_switch_median_s']:.2f}",
+                            f"{result['tab_switch_max_s']:.2f}",
+                        ])  # fmt: skip
                 if run_id:
-                    stop_training(url, run_id)
+                    stop_training(urls["studio"], run_id)
         finally:
-            server.terminate()
-            server.wait(timeout=30)
+            for server in servers:
+                server.terminate()
+                server.wait(timeout=30)
     report["load_after"] = os.getloadavg()
-    headers = ["load", "pages", "usable max s", "usable median s", "tab switch median s", "tab switch max s"]
+    headers = ["load", "page", "pages", "usable max s", "usable median s", "tab switch median s", "tab switch max s"]
     print_table(headers, rows)
     print(f"load average before {report['load_before']}, after {report['load_after']} ({report['cpus']} CPUs)")
     write_json(args.json, report)

@@ -308,6 +308,14 @@ def open_form(studio: Studio, saved: Any, run_id: str | None):
     )
 
 
+def show_tab(studio: Studio, saved: Any, run_id: str | None, opened: bool):
+    """[base, dataset, run, *fields, name, plan, opened]: the opened form the first time the tab is shown,
+    the fresh choices (and nothing of the form) after that."""
+    if opened:
+        return (*fresh_choices(studio), *[gr.skip()] * (len(FORM_FIELDS) + 2), True)
+    return (*open_form(studio, saved, run_id), True)
+
+
 def fresh_choices(studio: Studio):
     """The base models, datasets and runs as they are now (other tabs and pages add them); the values stay the
     page's own (a value that is gone is reported by the handler that uses it)."""
@@ -546,20 +554,21 @@ def layout(ui: SimpleNamespace, demo: gr.Blocks) -> None:
             layout_run(ui)
     ui.timer = gr.Timer(1.0, active=False)  # set going by refresh() while the shown run works
     ui.seen = gr.State(None)  # what this page last drew, so an unchanged run sends nothing
+    ui.opened = gr.State(False)  # whether this page has shown the tab (and filled the form) yet
     ui.saved = demo.kept_form  # outside the tabs: a tab's components load only when it is first shown
 
 
 # Events
-def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
+def wire_form(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     fields = [ui.fields[name] for name in FORM_FIELDS]
     opened = [ui.base, ui.dataset, ui.run, *fields, ui.name, ui.plan]
-    # The page opens: the form as this browser left it, then saving starts. Showing the tab again only
-    # refreshes the choices, so an answer that arrives late never overwrites what the user typed meanwhile.
-    demo.load(functools.partial(open_form, studio), [ui.saved, ui.run], opened, **LIGHT).then(
-        None, None, None, js=RESTORED_JS
+    # The tab is first shown: the form as this browser left it, then saving starts (a page that never shows
+    # the tab costs nothing). Showing it again only refreshes the choices, so an answer that arrives late
+    # never overwrites what the user typed meanwhile.
+    shown = tab.select(
+        functools.partial(show_tab, studio), [ui.saved, ui.run, ui.opened], [*opened, ui.opened], **LIGHT
     )
-    choices = [ui.base, ui.dataset, ui.run]
-    tab.select(functools.partial(fresh_choices, studio), None, choices, **LIGHT)
+    shown.then(None, None, None, js=RESTORED_JS)
     plan = functools.partial(make_plan, studio)
     # .input (the user's changes), not .change: a handler that fills the form returns its plan itself, so
     # filling 20 fields does not ask for 20 plans.
@@ -701,7 +710,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     ui = SimpleNamespace()
     with gr.Tab("3 · Fine-tune", id="finetune") as tab:
         layout(ui, demo)
-    wire_form(studio, demo, tab, ui)
+    wire_form(studio, tab, ui)
     wire_presets(studio, tab, ui)
     wire_run(studio, ui)
     return api_functions(studio)
