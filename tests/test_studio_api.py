@@ -54,6 +54,17 @@ def upload(app, path: Path, client: Client | None = None):
     return (client or app.client).predict(handle_file(path), None, api_name="/upload")
 
 
+def test_deleting_an_upload_shows_the_next_dataset_and_a_sample_stays(app, tmp_path):
+    path = tmp_path / "gone.csv"
+    path.write_text("question,answer\nUp?,down\nIn?,out\n")
+    key = value(upload(app, path)[0])
+    out = app.client.predict(key, api_name="/delete_dataset")
+    assert out[1] == "Deleted gone.csv." and value(out[0]) != key and app.studio.store.dataset(key) is None
+    assert "gone.csv" not in out[2] and "examples ready" in out[2], "the view shows the next dataset, not the gone one"
+    out = app.client.predict("sample-opposites", api_name="/delete_dataset")
+    assert "sample" in out[1] and app.studio.store.dataset("sample-opposites") is not None
+
+
 def test_every_endpoint_has_a_name(app):
     named = {
         name.lstrip("/") for name in app.client.view_api(print_info=False, return_format="dict")["named_endpoints"]

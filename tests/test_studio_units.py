@@ -14,11 +14,11 @@ import pytest
 
 from llm.config import FinetuneConfig
 from llm.run import RunDir, read_metrics
+from studio.charts import line_chart, nice_ticks
 from studio.jobs import Jobs, command_line, explain
 from studio.store import SCHEMA, Store
 from studio.tabs import loss_frame
 from studio.tabs.compare import diff_panel, word_diff_html
-from studio.charts import line_chart, nice_ticks
 from studio.tabs.data import length_bins, length_histogram, safe_filename
 
 
@@ -407,3 +407,20 @@ def test_the_preview_pages_through_every_example(tmp_path):
     second = preview_html(data, None, None, None, page=2)
     assert "Page 2 of 4" in second and f"row {PREVIEW_EXAMPLES + 1}<" in second and "row 1<" not in second
     assert f"row {3 * PREVIEW_EXAMPLES + 1}<" in preview_html(data, None, None, None, page=99), "the last page"
+
+
+def test_showing_the_data_tab_again_sends_nothing_unless_something_changed(tmp_path, tiny_model_dir):
+    import gradio as gr
+
+    from studio.context import SAMPLES_DIR, Studio
+    from studio.tabs.data import on_load
+
+    studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
+    first = on_load(studio, None)
+    chosen, seen = first[0].value, first[-1]
+    assert "examples ready" in first[1] and seen is not None
+    again = on_load(studio, chosen, seen)
+    assert all(isinstance(v, type(gr.skip())) for v in again[:-1]) and again[-1] == seen
+    studio.store.update_dataset(chosen, rows=1)  # another page applied other settings
+    changed = on_load(studio, chosen, seen)
+    assert isinstance(changed[1], str) and changed[-1] != seen, "drawn again"

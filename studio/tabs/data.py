@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import inspect
 import math
 import os
 import re
@@ -31,6 +32,7 @@ FORMAT_CHOICES = [
     ("chat messages", "messages"),
 ]
 LENGTH_COLORS = {"fits the context": "#4f7cff", "cut by the context": "#e5484d"}
+VIEWS = ["status", "fmt", "prompt_col", "response_col", "system_col", "preview", "hist", "problems"]
 NONE = ""  # the "no column" choice of the mapping dropdowns
 CANNOT_USE = "### ⚠ This file cannot be used\n"
 
@@ -295,9 +297,24 @@ def show(studio: Studio, dataset_id: str | None) -> list:
     return Inspection(studio, studio.store.abs(row["path"]), row["name"], row["format"], row["mapping"]).outputs()
 
 
-def on_load(studio: Studio, dataset_id: str | None) -> list:
+def shown_signature(studio: Studio, dataset_id: str | None) -> tuple:
+    """What the tab's view depends on: the choices, and the chosen dataset's settings and file."""
+    row = studio.store.dataset(dataset_id) if dataset_id else None
+    path = studio.store.abs(row["path"]) if row else None
+    stamp = path.stat().st_mtime_ns if path and path.exists() else None
+    settings = (row["format"], sorted(row["mapping"].items()), row["rows"]) if row else None
+    return (tuple(studio.dataset_choices()), dataset_id, settings, stamp)
+
+
+def on_load(studio: Studio, dataset_id: str | None, seen: tuple | None = None) -> list:
+    """[dataset, *VIEWS, seen]: the chosen dataset (else the first) as stored. Showing the tab again sends
+    nothing when nothing it shows changed (re-drawing a preview and a chart costs the browser more than any
+    other part of a tab switch)."""
     chosen = pick(studio, dataset_id)
-    return [choices(studio, chosen), *show(studio, chosen)]
+    signature = shown_signature(studio, chosen)
+    if chosen == dataset_id and signature == seen:
+        return [gr.skip()] * (1 + len(VIEWS)) + [seen]
+    return [choices(studio, chosen), *show(studio, chosen), signature]
 
 
 def store_upload(studio: Studio, source: Path, name: str, fmt_value: str, mapping: dict[str, str], kept: int) -> str:
@@ -380,12 +397,14 @@ def show_page(studio: Studio, dataset_id: str | None, page_number: float) -> str
     )
 
 
-def do_delete(studio: Studio, dataset_id: str | None):
+def do_delete(studio: Studio, dataset_id: str | None) -> list:
+    """[dataset, deleted, *VIEWS]: the upload deleted (not while a run uses it), the next dataset shown."""
     try:
         message = studio.delete_dataset(dataset_id)
     except LLMError as e:
-        return gr.Dropdown(), f"⚠ {e}"
-    return choices(studio, None), message
+        return [gr.Dropdown(), f"⚠ {e}", *[gr.skip()] * len(VIEWS)]
+    chosen = pick(studio, None)
+    return [choices(studio, chosen), message, *show(studio, chosen)]
 
 
 # Gradio refuses a file over max_file_size in the browser, and no server event tells the tab: this watches
@@ -443,23 +462,36 @@ def results(ui: SimpleNamespace) -> None:
         ui.deleted = gr.Markdown(elem_id="data-deleted")
 
 
+def forgetting(handler: Callable[..., list], studio: Studio) -> Callable[..., list]:
+    """The handler's outputs, then None for the tab's `seen` state."""
+
+    def run(*args: Any) -> list:
+        return [*handler(studio, *args), None]
+
+    # The API page describes the endpoint by the handler's parameters and docstring.
+    run.__signature__ = inspect.signature(partial(handler, studio))
+    run.__doc__ = handler.__doc__
+    return run
+
+
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
-    views = [ui.status, ui.fmt, ui.prompt_col, ui.response_col, ui.system_col, ui.preview, ui.hist, ui.problems]
-    loaded, uploaded = [ui.dataset, *views], [ui.dataset, ui.upload, ui.pending, *views]
+    views = [getattr(ui, name) for name in VIEWS]
+    loaded, uploaded = [ui.dataset, *views, ui.seen], [ui.dataset, ui.upload, ui.pending, *views, ui.seen]
     ui.page.change(partial(show_page, studio), [ui.dataset, ui.page], ui.preview, **LIGHT)
-    ui.delete.click(partial(do_delete, studio), ui.dataset, [ui.dataset, ui.deleted], api_name="delete_dataset")
-    tab.select(partial(on_load, studio), ui.dataset, loaded, **LIGHT)
+    # Every event that changes the view forgets what was last shown: the next tab switch draws it afresh.
+    deleted = [ui.dataset, ui.deleted, *views, ui.seen]
+    ui.delete.click(forgetting(do_delete, studio), ui.dataset, deleted, api_name="delete_dataset")
+    tab.select(partial(on_load, studio), [ui.dataset, ui.seen], loaded, **LIGHT)
     demo.load(partial(on_load, studio), ui.dataset, loaded, **LIGHT)
     demo.load(None, js=UPLOAD_WATCH.replace("LIMIT", str(studio.max_upload_bytes)))
-    ui.dataset.input(lambda d: [None, *show(studio, d)], ui.dataset, [ui.pending, *views], api_name="dataset")
-    ui.upload.upload(partial(do_upload, studio), [ui.upload, ui.dataset], uploaded, api_name="upload")
-    ui.refused.click(
-        partial(too_large, studio), ui.refused_name, uploaded, js="() => [window.studioRefusedUpload || '']", **LIGHT
-    )
+    shown = [ui.pending, *views, ui.seen]
+    ui.dataset.input(lambda d: [None, *show(studio, d), None], ui.dataset, shown, api_name="dataset")
+    ui.upload.upload(forgetting(do_upload, studio), [ui.upload, ui.dataset], uploaded, api_name="upload")
+    watched = "() => [window.studioRefusedUpload || '']"
+    ui.refused.click(forgetting(too_large, studio), ui.refused_name, uploaded, js=watched, **LIGHT)
     columns = [ui.prompt_col, ui.response_col, ui.system_col]
-    ui.apply.click(
-        partial(do_validate, studio), [ui.pending, ui.dataset, ui.fmt, *columns], uploaded, api_name="validate"
-    )
+    validate_inputs = [ui.pending, ui.dataset, ui.fmt, *columns]
+    ui.apply.click(forgetting(do_validate, studio), validate_inputs, uploaded, api_name="validate")
     ui.fmt.input(lambda f: [gr.Dropdown(visible=f == "pairs")] * 3, ui.fmt, columns, **LIGHT)
 
 
@@ -475,5 +507,6 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         format_row(ui)
         results(ui)
         ui.pending = gr.State(None)  # an upload whose columns the user still has to name: {"path", "name"}
+        ui.seen = gr.State(None)  # shown_signature() of what the view last drew on opening or showing the tab
     wire(studio, demo, tab, ui)
     return {}
