@@ -424,3 +424,18 @@ def test_showing_the_data_tab_again_sends_nothing_unless_something_changed(tmp_p
     studio.store.update_dataset(chosen, rows=1)  # another page applied other settings
     changed = on_load(studio, chosen, seen)
     assert isinstance(changed[1], str) and changed[-1] != seen, "drawn again"
+
+
+def test_showing_the_models_tab_again_sends_nothing_unless_something_changed(tmp_path, tiny_model_dir):
+    import gradio as gr
+
+    from studio.context import SAMPLES_DIR, Studio
+    from studio.tabs.models import Handlers
+
+    handlers = Handlers(Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR))
+    first = handlers.listing()
+    chosen, seen = first[1].value, first[-1]
+    again = handlers.listing(chosen, [], seen)
+    assert all(isinstance(v, type(gr.skip())) for v in again[:-1]) and again[-1] == seen
+    handlers.studio.store.set_model("other", "another base", tiny_model_dir)  # another page added a model
+    assert handlers.listing(chosen, [], seen)[-1] != seen

@@ -263,6 +263,7 @@ def layout(ui: SimpleNamespace) -> None:
         ui.cancel = gr.Button("Cancel", scale=0)
     ui.status = gr.Markdown(elem_id="models-status")
     ui.zip_file = gr.File(label="Zip", interactive=False, visible=False)
+    ui.seen = gr.State(None)  # the signature of what listing() last drew
     with gr.Accordion("Compare runs: loss curves on one chart, settings side by side", open=False):
         ui.compare_pick = dropdown(label="Runs", multiselect=True, elem_id="models-compare-pick")
         ui.compare_curve = gr.HTML(elem_classes="chart-box", elem_id="models-compare-loss")
@@ -275,22 +276,28 @@ class Handlers:
     def __init__(self, studio: Studio):
         self.studio = studio
 
-    def listing(self, selected: str | None = None, compared: list[str] | None = None):
-        """The table, the choices (the selected model kept, else the newest run), its details, and the runs
-        offered for comparison."""
+    def listing(self, selected: str | None = None, compared: list[str] | None = None, seen: Any = None):
+        """The table, the choices (the selected model kept, else the newest run), its details, the runs
+        offered for comparison, and what was drawn: showing the tab again sends nothing when none of it
+        changed (drawing the table and a chart is most of a tab switch's cost in the browser)."""
         rows = model_rows(self.studio)
         refs = [r["ref"] for r in rows]
         runs = [ref for ref in refs if ref.startswith("run:")]
         value = selected if selected in refs else (runs or refs or [None])[0]
+        kept = [ref for ref in compared or [] if ref in runs]
+        run = self.studio.store.run(value.partition(":")[2].partition("/")[0]) if value in runs else None
+        signature = (json.dumps(rows, default=str), value, kept, self.studio.jobs.file_times(run) if run else ())
+        if signature == seen and value == selected:
+            return (*[gr.skip()] * 6, seen)
         frame = pd.DataFrame([{k: r[k] for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
         choices = [(f"{r['name']} — {r['kind']}", r["ref"]) for r in rows]
         run_choices = [(r["name"], r["ref"]) for r in rows if r["ref"] in runs]
-        kept = [ref for ref in compared or [] if ref in runs]
         return (
             frame,
             gr.Dropdown(choices=choices, value=value),
             *self.show(value),
             gr.Dropdown(choices=run_choices, value=kept),
+            signature,
         )
 
     def compare(self, refs: list[str] | None) -> tuple[str, pd.DataFrame]:
@@ -358,10 +365,10 @@ class Handlers:
 
 
 def wire(tab: gr.Tab, ui: SimpleNamespace, h: Handlers) -> None:
-    shown = [ui.table, ui.pick, ui.about, ui.curve, ui.new_name, ui.compare_pick]
+    shown = [ui.table, ui.pick, ui.about, ui.curve, ui.new_name, ui.compare_pick, ui.seen]
     # Filled when shown (a page opens on the first tab): opening a page costs no listing of every run.
     for event in (tab.select, ui.refresh.click):
-        event(h.listing, [ui.pick, ui.compare_pick], shown, **LIGHT)
+        event(h.listing, [ui.pick, ui.compare_pick, ui.seen], shown, **LIGHT)
     ui.pick.change(h.show, ui.pick, [ui.about, ui.curve, ui.new_name], **LIGHT)
     ui.compare_pick.change(h.compare, ui.compare_pick, [ui.compare_curve, ui.compare_table], **LIGHT)
     ui.rename.click(h.rename, [ui.pick, ui.new_name], [ui.status, *shown], api_name="rename", concurrency_limit=None)
