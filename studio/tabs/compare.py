@@ -16,7 +16,7 @@ from llm.errors import LLMError
 from studio.context import Studio, spreadsheet_safe
 from studio.jobs import CHILD_THREADS
 from studio.store import LAUNCHED_STATES, new_id
-from studio.tabs import dropdown
+from studio.tabs import LIGHT, dropdown
 from studio.votes import TIE
 
 MAX_MODELS = 4
@@ -262,8 +262,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         return note, totals.round(3), shown, gr.File(value=str(path), visible=True)
 
     outputs = [models, batch_data, tally]
-    tab.select(choices, outputs=outputs, api_visibility="private")
-    demo.load(choices, outputs=outputs, api_visibility="private")
+    tab.select(choices, outputs=outputs, **LIGHT)  # when shown: a page that never shows the tab costs nothing
     refresh.click(choices, outputs=outputs, api_visibility="private")
     go.click(
         compare,

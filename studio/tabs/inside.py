@@ -18,7 +18,7 @@ import gradio as gr
 from llm.errors import LLMError
 from studio.context import Studio, StudioError
 from studio.jobs import field_label
-from studio.tabs import dropdown
+from studio.tabs import LIGHT, dropdown
 
 NO_MODEL = ""  # the second model's "none" choice
 BANDS = ("#dbe4ff", "#fde2c4", "#d3f9d8", "#f3d9fa", "#fff3bf")  # token colour bands, in turn
@@ -285,8 +285,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
             raise gr.Error(e.worded(field_label(e.field))) from None
 
     inputs = [model_a, model_b, mode, text, prompt, answer, position, top_k, temperature, top_p, layer, head]
-    for event in (tab.select, demo.load):
-        event(choices, [model_a, model_b], [model_a, model_b], api_visibility="private")
+    tab.select(choices, [model_a, model_b], [model_a, model_b], **LIGHT)  # when shown, not when a page opens
     mode.change(
         lambda m: (gr.Textbox(visible=m == "text"), gr.Row(visible=m == "chat")),
         mode,

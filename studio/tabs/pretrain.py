@@ -19,10 +19,10 @@ import gradio as gr
 from llm.config import PRESETS, PretrainConfig
 from llm.errors import LLMError
 from llm.run import Metrics
-from studio.context import Studio, StudioError, human_size
+from studio.context import Studio, StudioError, human_size, upload_limit
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
-from studio.tabs import dropdown, loss_chart, loss_frame, loss_plot
+from studio.tabs import LIGHT, dropdown, loss_chart, loss_frame, loss_plot
 from studio.tabs.data import safe_filename
 from studio.tabs.finetune import clock, device_text, progress_html
 from studio.texts import TEXT_SUFFIXES, store_text, text_choices, text_path
@@ -161,6 +161,10 @@ def default_run(studio: Studio) -> str | None:
     return (active or runs or [{"id": None}])[0]["id"]
 
 
+DEFAULTS = PretrainConfig(inputs=["-"])  # the library's defaults, shown in a new form
+NO_RUN = "no run"  # `seen` once the page shows that there is no run
+
+
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
     with gr.Tab("2 · Pretrain", id="pretrain") as tab:
@@ -174,20 +178,24 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                 text = dropdown(label="Text", elem_id="pt-text")
                 upload = gr.File(
                     label=f"Upload a text ({', '.join(TEXT_SUFFIXES)}, UTF-8, up to "
-                    f"{human_size(studio.max_upload_bytes)})",
+                    f"{upload_limit(studio.max_upload_bytes)})",
                     file_types=[".txt", ".gz", ".jsonl"],
                     height=110,
                     elem_id="pt-upload",
                 )
                 text_status = gr.Markdown(elem_id="pt-text-status")
                 tokenizer = dropdown(label="Tokenizer", elem_id="pt-tokenizer")
-                vocab = gr.Number(precision=0, label="Vocabulary size (a new tokenizer)", elem_id="pt-vocab")
-                preset = gr.Radio(presets(cuda=True), label="Model size", elem_id="pt-preset")  # narrowed at load
+                vocab = gr.Number(
+                    DEFAULTS.vocab_size, precision=0, label="Vocabulary size (a new tokenizer)", elem_id="pt-vocab"
+                )
+                # Every size, narrowed when the tab is shown (whether there is a GPU needs torch imported).
+                preset = gr.Radio(presets(cuda=True), value=DEFAULTS.preset, label="Model size", elem_id="pt-preset")
                 budget = gr.Radio(BUDGETS, value="time", label="Budget", elem_id="pt-budget")
                 with gr.Row():
-                    minutes = gr.Number(minimum=0, label="Minutes", elem_id="pt-minutes")
+                    minutes = gr.Number(DEFAULTS.max_time / 60, minimum=0, label="Minutes", elem_id="pt-minutes")
                     steps = gr.Number(value=300, precision=0, label="Steps", visible=False, elem_id="pt-steps")
                 prompts = gr.Textbox(
+                    "\n".join(DEFAULTS.sample_prompts),
                     label="Sample prompts (one a line): continued at every evaluation",
                     lines=2,
                     elem_id="pt-prompts",
@@ -209,24 +217,15 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                 log = gr.Textbox(
                     label="Log", lines=6, max_lines=6, autoscroll=True, interactive=False, elem_id="pt-log"
                 )
-        timer = gr.Timer(1.0)
+        timer = gr.Timer(1.0, active=False)  # set going by refresh() while the shown run is queued or works
         seen = gr.State(None)  # what this page last drew, so an unchanged run sends nothing
 
     form = [text, tokenizer, vocab, preset, budget, minutes, steps, prompts]
 
-    def defaults():
-        """The library's defaults in the fields, when a page opens."""
+    def choices(text_key: str | None, tokenizer_ref: str | None, run_id: str | None):
+        """The texts, tokenizers, runs and model sizes as they are now; the page's values kept."""
         import torch
 
-        cfg = PretrainConfig(inputs=["-"])
-        return (
-            gr.Number(value=cfg.vocab_size),
-            gr.Radio(choices=presets(torch.cuda.is_available()), value=cfg.preset),
-            gr.Number(value=cfg.max_time / 60),
-            "\n".join(cfg.sample_prompts),
-        )
-
-    def choices(text_key: str | None, tokenizer_ref: str | None, run_id: str | None):
         texts, tokenizers, runs = text_choices(studio), tokenizer_choices(studio), run_choices(studio)
 
         def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None = None) -> str | None:
@@ -237,6 +236,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
             gr.Dropdown(choices=texts, value=keep(text_key, texts)),
             gr.Dropdown(choices=tokenizers, value=keep(tokenizer_ref, tokenizers)),
             gr.Dropdown(choices=runs, value=keep(run_id, runs, default_run(studio))),
+            gr.Radio(choices=presets(torch.cuda.is_available())),
         )
 
     def make_plan(*values) -> str:
@@ -282,15 +282,19 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     def refresh(run_id: str | None, last_seen: Any):
         """The run's state, progress, loss curve, sample timeline and log; nothing is sent if nothing changed."""
         if not run_id or studio.store.run(run_id) is None:
+            if last_seen == NO_RUN:
+                return (*[gr.skip()] * 8, last_seen, gr.Timer(active=False))
             hint = "No pretraining run yet: choose a text and press Start."
             empty = (hint, "", loss_chart(loss_frame(Metrics())), timeline_html([]), "")
-            return *empty, gr.Button(interactive=False), gr.Button(interactive=False), gr.skip(), None
+            off = gr.Button(interactive=False)
+            return *empty, off, off, gr.skip(), NO_RUN, gr.Timer(active=False)
         p = studio.jobs.progress(run_id)
         run_dir = studio.jobs.run_dir(p["run"])
         files = [run_dir.metrics, run_dir.log]
         signature = (run_id, p["status"], p["message"], *(f.stat().st_mtime if f.exists() else 0 for f in files))
+        ticking = gr.Timer(active=p["status"] in ACTIVE_STATES)
         if signature == last_seen and p["status"] not in WORKING_STATES:
-            return (*[gr.skip()] * 8, last_seen)
+            return (*[gr.skip()] * 8, last_seen, ticking)
         text_value = f"<span class='state-badge {p['status']}'>{p['status']}</span> **{html.escape(p['run']['name'])}**"
         if p["message"]:
             text_value += f" — {html.escape(p['message'])}"
@@ -298,7 +302,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         if start_record:
             text_value += f"\n\n{start_record.get('device', '')} · {start_record.get('params', 0):,} parameters"
         if signature == last_seen:  # running, files unchanged: only the clock moves
-            return text_value, progress_html(p), *[gr.skip()] * 6, last_seen
+            return text_value, progress_html(p), *[gr.skip()] * 6, last_seen, gr.skip()
         return (
             text_value,
             progress_html(p),
@@ -309,6 +313,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
             gr.Button(interactive=p["status"] in RESUMABLE_STATES),
             gr.Dropdown(choices=run_choices(studio)) if not last_seen or last_seen[1] != p["status"] else gr.skip(),
             signature,
+            ticking,
         )
 
     def api_plan(
@@ -339,13 +344,11 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         """The texts to pretrain on: key and label."""
         return [{"key": key, "label": label} for label, key in text_choices(studio)]
 
-    demo.load(defaults, None, [vocab, preset, minutes, prompts], api_visibility="private")
-    for event in (tab.select, demo.load):
-        event(choices, [text, tokenizer, run], [text, tokenizer, run], api_visibility="private").then(
-            make_plan, form, plan, api_visibility="private"
-        )
-    for component in form:
-        component.change(make_plan, form, plan, trigger_mode="always_last", api_visibility="private")
+    # Filled when the tab is shown, not when a page opens: a page that never shows it costs nothing.
+    shown = tab.select(choices, [text, tokenizer, run], [text, tokenizer, run, preset], **LIGHT)
+    shown.then(make_plan, form, plan, **LIGHT)
+    # .input (the user's changes), not .change: filling the form asks for one plan, not one a field.
+    gr.on([component.input for component in form], make_plan, form, plan, trigger_mode="always_last", **LIGHT)
     budget.change(
         lambda b: (gr.Number(visible=b == "time"), gr.Number(visible=b == "steps")),
         budget,
@@ -353,9 +356,11 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         api_visibility="private",
     )
     tokenizer.change(lambda t: gr.Number(visible=t == NEW_TOKENIZER), tokenizer, vocab, api_visibility="private")
-    upload.upload(do_upload, upload, [text, upload, text_status], api_name="pretrain_upload")
+    upload.upload(do_upload, upload, [text, upload, text_status], api_name="pretrain_upload").then(
+        make_plan, form, plan, **LIGHT
+    )
     start.click(do_start, [*form, name], [start_status, run], api_name="pretrain_start")
-    monitor = [state, bar, curve, samples, log, stop, resume, run, seen]
+    monitor = [state, bar, curve, samples, log, stop, resume, run, seen, timer]
     run.change(lambda r: refresh(r, None), run, monitor, api_visibility="private")
     timer.tick(
         refresh, [run, seen], monitor, show_progress="hidden", concurrency_limit=None, api_name="pretrain_progress"
