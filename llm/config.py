@@ -159,6 +159,8 @@ def check_not_negative(cfg: Any, *names: str) -> None:
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+EARLY_STOP_METRICS = ("loss", "exact")
+EXACT_MATCH_ROWS = 64  # held-out rows answered at each evaluation when early stopping follows exact match
 
 
 def check_choice(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
@@ -247,6 +249,11 @@ class TrainConfig(Config):
         "auto", "auto (bf16 autocast on a GPU, fp32 on a CPU), fp32, or bf16 (a GPU or a CPU with bf16 units)"
     )
     early_stop_patience: int = setting(0, "evaluations without a better val loss before stopping; 0: never")
+    select_metric: str = setting(
+        "val_loss",
+        "what picks the best checkpoint and early stopping: val_loss (lower is better) or a value an evaluation "
+        "hook logs, higher is better (fine-tuning's val_exact)",
+    )
     keep_best: bool = setting(False, "also keep the checkpoint with the lowest val loss in <out>/best")
     extra: dict[str, Any] = setting({}, "recorded with the run (e.g. dataset, method)", cli=False)
 
@@ -351,9 +358,16 @@ class FinetuneConfig(TuningConfig):
     mapping: dict[str, str] = setting({}, "columns by role: prompt, response, system, messages", cli=False)
     val_data: str = setting("", "a validation file (default: hold out val_fraction of the data)")
 
+    early_stop_metric: str = setting(
+        "loss",
+        "what picks the best checkpoint and stops early: loss (validation loss) or exact (exact match of greedy "
+        f"answers to up to {EXACT_MATCH_ROWS} held-out rows, ties broken by loss)",
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice(self, "format", ("auto", *TASK_FORMATS))
+        check_choice(self, "early_stop_metric", EARLY_STOP_METRICS)
 
 
 @dataclass

@@ -24,14 +24,22 @@ import numpy as np
 import torch
 
 from llm import checkpoint, lora
-from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig, ModelConfig, PreferConfig, SamplingConfig, TrainConfig
+from llm.config import (
+    DEFAULT_BASE_MODEL,
+    EXACT_MATCH_ROWS,
+    FinetuneConfig,
+    ModelConfig,
+    PreferConfig,
+    SamplingConfig,
+    TrainConfig,
+)
 from llm.device import check_model_fits, describe, measure_matmul_flops, peak_flops, pick_device
 from llm.errors import CheckpointError, ConfigError, TaskFileError
 from llm.generate import sample_logger
 from llm.model import Transformer
 from llm.run import BEST, MetricsWriter, RunDir
-from llm.task_eval import answer, split_reference
-from llm.tasks import EncodedExamples, TaskData, encode_examples, read_task_file, split_examples, summary
+from llm.task_eval import answer, score, split_reference
+from llm.tasks import EncodedExamples, Example, TaskData, encode_examples, read_task_file, split_examples, summary
 from llm.tokenizer import MODEL_FILE, Tokenizer
 from llm.trainer import TrainResult, train
 
@@ -42,6 +50,7 @@ TOKENS_PER_BATCH = 2048  # token positions per micro-batch at full context: sets
 EFFICIENCY = {"cpu": 0.5, "cuda": 0.25, "mps": 0.25}
 DECODE_SLOWDOWN = 20  # generating one token at a time: tiny matrix products, far below the device's rate
 MAX_WARMUP_STEPS = 100  # warmup is a tenth of the run, at most this
+EXACT_EXTRA_TOKENS = 8  # room beyond the reference answer when exact match is scored at evaluations
 EMPTY_CHECK_ROWS, EMPTY_CHECK_TOKENS = 16, 8  # training prompts answered when a run ends, tokens each
 EVAL_SAMPLE_STREAM = 10**9  # seeds the fixed train sample scored at evaluations, apart from the epochs' seeds
 
@@ -133,6 +142,7 @@ class Prepared:
     data: TaskData  # the whole file
     train: EncodedExamples
     val: EncodedExamples
+    val_examples: list[Example]  # the rows of `val`, as conversations (exact-match scoring answers them)
     train_cfg: TrainConfig
     steps_per_epoch: int
 
@@ -163,7 +173,7 @@ def eval_rows(cfg: FinetuneConfig | PreferConfig, n_val: int) -> int:
 
 
 def training_settings(
-    cfg: FinetuneConfig | PreferConfig, n_train: int, n_val: int, context_length: int
+    cfg: FinetuneConfig | PreferConfig, n_train: int, n_val: int, context_length: int, select_metric: str = "val_loss"
 ) -> tuple[TrainConfig, int]:
     """(the TrainConfig a fine-tune of n_train examples (or a preference run of n_train pairs) runs with,
     steps per epoch)."""
@@ -187,6 +197,7 @@ def training_settings(
         seed=cfg.seed,
         device=cfg.device,
         early_stop_patience=cfg.early_stop_patience if n_val else 0,
+        select_metric=select_metric,
         keep_best=True,
     )
     return train_cfg, steps_per_epoch
@@ -218,8 +229,13 @@ def prepare(cfg: FinetuneConfig, data: TaskData | None = None) -> Prepared:
     val_enc = encode_examples(val_data, tokenizer, T, cfg.overflow)
     if not train_enc.items:
         raise TaskFileError(f"{data.source}: no training example is left after dropping rows longer than the context")
-    train_cfg, steps_per_epoch = training_settings(cfg, len(train_enc.items), len(val_enc.items), T)
-    return Prepared(cfg, base_dir, model_cfg, tokenizer, data, train_enc, val_enc, train_cfg, steps_per_epoch)
+    kept = set(val_enc.rows)
+    val_examples = [example for example in val_data.examples if example.row in kept]
+    select = "val_exact" if cfg.early_stop_metric == "exact" else "val_loss"
+    train_cfg, steps_per_epoch = training_settings(cfg, len(train_enc.items), len(val_enc.items), T, select)
+    return Prepared(
+        cfg, base_dir, model_cfg, tokenizer, data, train_enc, val_enc, val_examples, train_cfg, steps_per_epoch
+    )
 
 
 def parameter_counts(model_cfg: ModelConfig, cfg: FinetuneConfig, tokenizer: Tokenizer) -> tuple[int, int]:
@@ -263,6 +279,9 @@ def plan(prep: Prepared) -> dict[str, Any]:
     scored = eval_rows(cfg, len(prep.val.items))
     eval_tokens = n_evals * 2 * scored * mean_len  # validation rows and an equal train sample
     probe_tokens = n_evals * len(cfg.probes) * cfg.probe_tokens
+    if cfg.early_stop_metric == "exact":  # each scored row's answer: its reference's length and a margin
+        answers = [sum(mask) + EXACT_EXTRA_TOKENS for _, mask in prep.val.items[:EXACT_MATCH_ROWS]]
+        probe_tokens += n_evals * sum(answers)
     flops = train_tokens * 3 * forward + eval_tokens * forward + probe_tokens * forward * DECODE_SLOWDOWN
     device = pick_device(cfg.device)
     longest = max(trained_lengths)
@@ -289,6 +308,37 @@ def plan(prep: Prepared) -> dict[str, Any]:
         "est_memory_bytes": int(memory),
         "est_seconds": round(flops / device_rate(device.type), 1),
     }
+
+
+def exact_match_scorer(tokenizer: Tokenizer, examples: list[Example]):
+    """on_eval for the trainer: greedy answers to up to EXACT_MATCH_ROWS held-out rows, scored against their
+    reference answers; logs val_exact (the share answered exactly, after normalisation) and val_f1."""
+    chosen = examples[:EXACT_MATCH_ROWS]
+    assert chosen, "exact match needs held-out rows"
+
+    def on_eval(model: Transformer, step: int, metrics: dict[str, float]) -> dict[str, Any]:
+        scores = []
+        for example in chosen:
+            messages, reference = split_reference(example)
+            room = len(tokenizer.encode(reference)) + EXACT_EXTRA_TOKENS  # enough to answer, and to overshoot
+            scores.append(score(answer(model, tokenizer, messages, SamplingConfig(room, 0.0, seed=0)), reference))
+        exact = sum(s["exact"] for s in scores) / len(scores)
+        return {"val_exact": round(exact, 4), "val_f1": round(sum(s["f1"] for s in scores) / len(scores), 4)}
+
+    return on_eval
+
+
+def evaluation_hook(prep: Prepared):
+    """on_eval for the trainer: the probes' answers and, when early stopping follows exact match, the
+    held-out rows' scores; None when there is nothing to do at an evaluation."""
+    cfg, hooks = prep.cfg, []
+    if cfg.probes:
+        hooks.append(make_probe_logger(prep.tokenizer, cfg.probes, cfg.probe_tokens))
+    if cfg.early_stop_metric == "exact" and prep.val_examples:
+        hooks.append(exact_match_scorer(prep.tokenizer, prep.val_examples))
+    if not hooks:
+        return None
+    return lambda model, step, metrics: {k: v for hook in hooks for k, v in hook(model, step, metrics).items()}
 
 
 def make_probe_logger(tokenizer: Tokenizer, probes: list[str], max_new_tokens: int):
@@ -394,7 +444,7 @@ def _train(
     batches = TaskBatches(
         prep.train, prep.val, train_cfg.batch_size, train_cfg.grad_accum, cfg.seed, tokenizer.pad_id, cfg.max_eval_rows
     )
-    on_eval = make_probe_logger(tokenizer, cfg.probes, cfg.probe_tokens) if cfg.probes else None
+    on_eval = evaluation_hook(prep)
     result = train(model, tokenizer, batches, train_cfg, out_dir, metrics_path, resume, info, adapter_state, on_eval)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes
         rows = set(prep.train.rows[:EMPTY_CHECK_ROWS])

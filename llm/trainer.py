@@ -236,7 +236,20 @@ class TrainState:
     tokens_seen: int = 0  # token positions processed (task batches are padded only to their longest row)
     elapsed_before: float = 0.0  # seconds trained by earlier attempts of the run
     best_val: float = float("inf")
-    patience_used: int = 0  # evaluations since the best validation loss
+    best_score: float = float("inf")  # selection_score() of the best checkpoint (lower is better)
+    patience_used: int = 0  # evaluations since the best score
+
+
+def selection_score(metric: str, metrics: dict[str, float], extra: dict[str, Any]) -> float | None:
+    """The number that picks the best checkpoint, lower is better: the validation loss, or minus a value the
+    evaluation hook logged (e.g. val_exact, a share in [0, 1]). Equal shares are told apart by the loss,
+    weighted so that it never outweighs one row of a share: 1e-4 x (a loss capped at 10) <= 1e-3 < 1/256."""
+    val = metrics.get("val_loss")
+    if metric == "val_loss":
+        return val
+    if extra.get(metric) is None:
+        return None
+    return -float(extra[metric]) + 1e-4 * min(val if val is not None else 10.0, 10.0)
 
 
 class Trainer:
@@ -297,6 +310,7 @@ class Trainer:
             tokens_seen=saved.get("tokens_seen", saved["step"] * tokens_per_step),
             elapsed_before=saved["elapsed"],
             best_val=saved["best_val"],
+            best_score=saved.get("best_score", saved["best_val"]),  # a state from before select_metric
             patience_used=saved["patience_used"],
         )
 
@@ -331,6 +345,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "elapsed": self.elapsed(),
             "best_val": s.best_val,
+            "best_score": s.best_score,
             "patience_used": s.patience_used,
             "tokens_seen": s.tokens_seen,
             "rng": rng,
@@ -391,14 +406,18 @@ class Trainer:
         metrics = evaluate(self.model, self.batches, cfg.eval_batches, self.ddp, self.autocast, self.loss_fn)
         extra = self.on_eval(self.model, s.step, metrics) if (self.on_eval and self.ddp.main) else {}
         val = metrics.get("val_loss")
-        improved = val is not None and val < s.best_val
+        if val is not None:
+            s.best_val = min(s.best_val, val)
+        score = selection_score(cfg.select_metric, metrics, extra)
+        improved = score is not None and score < s.best_score
         if improved:
-            s.best_val, s.patience_used = val, 0
+            s.best_score, s.patience_used = score, 0
             if cfg.keep_best:
                 self.save("best", train_loss, with_state=False)
-        elif val is not None:
+        elif score is not None:
             s.patience_used += 1
-        text = " | ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        scores = {k: v for k, v in extra.items() if isinstance(v, float)}  # e.g. val_exact (not the samples)
+        text = " | ".join(f"{k} {v:.4f}" for k, v in {**metrics, **scores}.items())
         self.log.write(
             {"step": s.step, **{k: round(v, 5) for k, v in metrics.items()}, **extra},
             f"eval step {s.step} | {text}{' (best)' if improved else ''}",

@@ -212,6 +212,30 @@ def test_full_run_stores_full_weights_and_keeps_the_best(tmp_path, task_file, ti
     assert (tmp_path / "m.jsonl").is_file() and not (out / "metrics.jsonl").exists()
 
 
+def test_early_stopping_on_exact_match_keeps_the_checkpoint_that_answers_best(tmp_path, task_file, tiny_model_dir):
+    out, metrics_path = tmp_path / "run", tmp_path / "m.jsonl"
+    cfg = quick(early_stop_metric="exact", max_steps=12, lr=1e-2, early_stop_patience=0)
+    finetune.finetune(job(tiny_model_dir, task_file, cfg), out, metrics_path)
+    evals = read_metrics(metrics_path)
+    evals = [r for r in evals if "val_exact" in r]
+    assert len(evals) >= 3 and all(0 <= r["val_exact"] <= 1 and 0 <= r["val_f1"] <= 1 for r in evals)
+    best = max(evals, key=lambda r: (r["val_exact"], -r["val_loss"]))  # the first such, on a tie of both
+    assert checkpoint.read_info(out / "best")["step"] == best["step"]
+
+
+def test_the_selection_score_prefers_exact_match_and_breaks_ties_by_loss():
+    from llm.trainer import selection_score
+
+    assert selection_score("val_loss", {"val_loss": 1.5}, {}) == 1.5
+    better = selection_score("val_exact", {"val_loss": 9.0}, {"val_exact": 0.5})
+    worse = selection_score("val_exact", {"val_loss": 0.1}, {"val_exact": 0.25})
+    assert better < worse, "one more row answered exactly outweighs any loss"
+    assert selection_score("val_exact", {"val_loss": 1.0}, {"val_exact": 0.5}) < better, "a tie: the lower loss"
+    assert selection_score("val_exact", {"val_loss": 1.0}, {}) is None, "nothing scored: no checkpoint is better"
+    with pytest.raises(ConfigError):
+        FinetuneConfig(early_stop_metric="accuracy")
+
+
 def test_merge_stores_full_weights_equal_to_the_adapter(tmp_path, task_file, tiny_model_dir):
     out = tmp_path / "run"
     finetune.finetune(job(tiny_model_dir, task_file, quick(merge=True, lora_dropout=0.0)), out)

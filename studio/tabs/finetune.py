@@ -23,7 +23,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from llm.config import ALL_PROJECTIONS, OVERFLOW, FinetuneConfig
+from llm.config import ALL_PROJECTIONS, EARLY_STOP_METRICS, OVERFLOW, FinetuneConfig
 from llm.errors import LLMError
 from llm.run import Metrics
 from studio.context import Studio, StudioError, human_size, memory_now, plural
@@ -37,7 +37,8 @@ SAMPLE_COLUMNS = ["step", "prompt", "answer"]
 BASIC_FIELDS = ("method", "epochs", "max_steps", "lr", "batch_size", "lora_rank", "probes")
 ADVANCED_FIELDS = (
     "grad_accum", "warmup_steps", "weight_decay", "lora_alpha", "lora_dropout", "lora_targets",
-    "val_fraction", "evals_per_epoch", "max_eval_rows", "early_stop_patience", "seed", "overflow", "probe_tokens",
+    "val_fraction", "evals_per_epoch", "max_eval_rows", "early_stop_patience", "early_stop_metric", "seed",
+    "overflow", "probe_tokens",
 )  # fmt: skip
 FORM_FIELDS = BASIC_FIELDS + ADVANCED_FIELDS
 MAX_PROBES = 5
@@ -116,6 +117,8 @@ def field_component(name: str) -> gr.components.Component:
         return gr.Radio(METHOD_CHOICES, value=default, **common)
     if name == "overflow":
         return gr.Radio(list(OVERFLOW), value=default, **common)
+    if name == "early_stop_metric":
+        return gr.Radio(list(EARLY_STOP_METRICS), value=default, **common)
     if name == "lora_targets":
         return gr.CheckboxGroup(list(ALL_PROJECTIONS), value=default, **common)
     if name == "probes":
