@@ -1,7 +1,8 @@
 """The task suite: held-out exact match and F1 of a base model and of its default fine-tune, per task family.
 
     python datasets/tasks/make_tasks.py                      # the seven families (seeded)
-    python benchmarks/task_suite.py [--base models/base] [--families plural extract] [--json F]
+    python benchmarks/task_suite.py [--base models/base] [--families plural extract] [--early-stop-metric exact]
+                                    [--json F]
 
 For each family (datasets/tasks/<family>.jsonl): the held-out rows are the split a fine-tune keeps aside
 (llm.tasks.split_examples, FinetuneConfig's defaults); the base model answers them greedily, then a fine-tune
@@ -28,7 +29,7 @@ from make_tasks import FAMILIES, HELD_OUT_FAMILIES  # noqa: E402
 
 from benchmarks.common import machine_info, print_machine, print_table, write_json  # noqa: E402
 from llm import finetune, task_eval, tasks  # noqa: E402
-from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig  # noqa: E402
+from llm.config import DEFAULT_BASE_MODEL, EARLY_STOP_METRICS, FinetuneConfig  # noqa: E402
 from llm.device import pick_device  # noqa: E402
 
 TASKS_DIR = REPO / "datasets" / "tasks"
@@ -41,7 +42,7 @@ def held_out_scores(model_dir: Path, held_out: tasks.TaskData) -> dict[str, floa
     return {"exact_match": float(totals["exact_match"]), "f1": float(totals["f1"])}
 
 
-def measure_family(family: str, base: Path, runs: Path) -> dict:
+def measure_family(family: str, base: Path, runs: Path, early_stop_metric: str) -> dict:
     path = TASKS_DIR / f"{family}.jsonl"
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run python datasets/tasks/make_tasks.py first")
@@ -49,7 +50,8 @@ def measure_family(family: str, base: Path, runs: Path) -> dict:
     _, held_out = tasks.split_examples(data)
     before = held_out_scores(base, held_out)
     start = time.time()
-    result = finetune.finetune(FinetuneConfig(base=str(base), data=str(path)), runs / family)
+    cfg = FinetuneConfig(base=str(base), data=str(path), early_stop_metric=early_stop_metric)
+    result = finetune.finetune(cfg, runs / family)
     seconds = time.time() - start
     after = held_out_scores(runs / family, held_out)
     return {
@@ -69,6 +71,12 @@ def main() -> None:
     parser.add_argument("--base", default=str(DEFAULT_BASE_MODEL), help="the base model (default: shipped)")
     parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    parser.add_argument(
+        "--early-stop-metric",
+        choices=EARLY_STOP_METRICS,
+        default=FinetuneConfig().early_stop_metric,
+        help="the one setting the suite varies (default: the library's)",
+    )
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     if args.threads:
@@ -78,7 +86,7 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for family in args.families:
-            results.append(measure_family(family, Path(args.base), Path(tmp)))
+            results.append(measure_family(family, Path(args.base), Path(tmp), args.early_stop_metric))
             r = results[-1]
             print(f"{family}: exact {r['base']['exact_match']:.0%} -> {r['tuned']['exact_match']:.0%} "
                   f"in {r['finetune_seconds']:.0f} s", flush=True)  # fmt: skip
@@ -99,7 +107,8 @@ def main() -> None:
         print(f"median held-out exact match, families used for tuning decisions: {statistics.median(tuned):.0%}")
     if honest:
         print(f"held-out exact match, families kept out of tuning: {', '.join(f'{x:.0%}' for x in honest)}")
-    write_json(args.json, {"machine": info, "base": args.base, "results": results})
+    report = {"machine": info, "base": args.base, "early_stop_metric": args.early_stop_metric, "results": results}
+    write_json(args.json, report)
 
 
 if __name__ == "__main__":
