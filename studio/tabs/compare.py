@@ -7,6 +7,8 @@ import html
 import os
 import re
 from collections.abc import Callable, Iterator
+from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -89,198 +91,217 @@ def stream_answers(studio: Studio, refs: list[str], prompt: str, sampling: Any) 
         yield list(answers)
 
 
+def choices(studio: Studio) -> tuple:
+    """The models (the base and the newest run chosen), the datasets (the newest run's chosen) and the votes."""
+    model_list = studio.model_choices()
+    refs = [v for _, v in model_list]
+    default = refs[:1] + [r for r in refs if r.startswith("run:")][:1]  # the base and the newest run
+    datasets = studio.dataset_choices()
+    keys = [k for _, k in datasets]
+    latest = (studio.store.runs() or [{}])[0].get("dataset_id")
+    return (
+        gr.Dropdown(choices=model_list, value=default if len(default) == 2 else refs[:2]),
+        gr.Dropdown(choices=datasets, value=latest if latest in keys else (keys[0] if keys else None)),
+        tally_text(studio),
+    )
+
+
+def tally_text(studio: Studio) -> str:
+    votes = studio.store.votes()
+    if not votes:
+        return ""
+    wins: dict[str, int] = {}
+    for v in votes:
+        label = "tie" if v["winner"] == TIE else studio.model_label(v["winner"])
+        wins[label] = wins.get(label, 0) + 1
+    return f"**Votes so far ({len(votes)}):** " + ", ".join(f"{k}: {n}" for k, n in sorted(wins.items()))
+
+
+def answer_boxes(labels: list[str], texts: list[str]) -> list:
+    """The answer boxes' updates: one a chosen model, the rest hidden."""
+    return [
+        gr.Textbox(value=texts[i], label=labels[i], visible=True)
+        if i < len(labels)
+        else gr.Textbox(visible=False, value="")
+        for i in range(MAX_MODELS)
+    ]
+
+
+def compare(studio: Studio, refs: list[str], text: str, temp: float, p: float, tokens: float, seed_value: float):
+    """[*answers, diff, status, vote, last], streamed: every chosen model answers the prompt with the same
+    sampling settings and seed; then the word diff and the vote's choices."""
+    refs = list(refs or [])
+    if not 2 <= len(refs) <= MAX_MODELS or not (text or "").strip():
+        problem = "Choose 2 to 4 models." if not 2 <= len(refs) <= MAX_MODELS else "Write a prompt first."
+        yield *[gr.Textbox(visible=i < 2) for i in range(MAX_MODELS)], "", f"⚠ {problem}", gr.Radio(choices=[]), {}
+        return
+    labels = [studio.model_label(r) for r in refs]
+    settings = {
+        "temperature": float(temp),
+        "top_p": float(p),
+        "max_new_tokens": int(tokens),
+        "seed": int(seed_value or 0),
+    }
+    sampling = SamplingConfig(**settings)  # one config, so every model samples alike
+    yield *answer_boxes(labels, [""] * len(refs)), "", "Loading models...", gr.Radio(choices=[]), {}
+    try:
+        threads = generation_threads(studio)
+        texts = [""] * len(refs)
+        for texts in stream_answers(studio, refs, text, sampling):
+            yield *answer_boxes(labels, texts), "", "Generating...", gr.Radio(choices=[]), {}
+    except LLMError as e:  # a model went missing or is unreadable
+        yield *answer_boxes(labels, [""] * len(refs)), "", f"⚠ {e}", gr.Radio(choices=[]), {}
+        return
+    result = {
+        "id": new_id(),  # the comparison: a second vote on it replaces the first
+        "prompt": text,
+        "models": refs,
+        "labels": labels,
+        "answers": texts,
+        "settings": settings,
+    }
+    vote_choices = [(label, ref) for label, ref in zip(labels, refs, strict=True)] + [("Tie / both bad", TIE)]
+    device = next(studio.load(refs[0])[0].parameters()).device
+    where = f"{threads} CPU threads" if device.type == "cpu" else device.type
+    note = f"Done: same prompt, seed {settings['seed']} and settings for every model ({where})."
+    yield *answer_boxes(labels, texts), diff_panel(labels, texts), note, gr.Radio(vote_choices, value=None), result
+
+
+def record_vote(studio: Studio, result: dict, winner: str | None) -> str:
+    if not result:
+        return "⚠ Generate answers first, then vote."
+    if winner not in result["models"] + [TIE]:
+        return "⚠ Pick the better answer first."
+    studio.store.add_vote(
+        result["prompt"], result["models"], result["answers"], result["settings"], winner, result["id"]
+    )
+    return "Vote saved. " + tally_text(studio)
+
+
+def batch(
+    studio: Studio,
+    refs: list[str],
+    dataset_id: str,
+    rows: float,
+    tokens: float,
+    seed_value: float,
+    progress=gr.Progress(),  # noqa: B008 (Gradio's way of asking for a progress bar)
+):
+    """Every chosen model answers the dataset's held-out rows; a table of answers, scores and totals."""
+    from llm import task_eval, tasks
+
+    refs = list(refs or [])
+    if not refs or not dataset_id:
+        return "⚠ Choose at least one model and a dataset.", None, None, gr.File(visible=False)
+    row = studio.store.dataset(dataset_id)
+    try:
+        dirs = [studio.model_dir(r) for r in refs]
+        data = tasks.read_task_file(studio.dataset_path(dataset_id), row["format"], row["mapping"] or None)
+    except LLMError as e:
+        return f"⚠ {e}", None, None, gr.File(visible=False)
+    _, held_out = tasks.split_examples(data)  # the rows a fine-tune with the default settings keeps aside
+    labels = {str(d): studio.model_label(r) for d, r in zip(dirs, refs, strict=True)}
+    order = list(labels)
+
+    def report(model: str, done: int, total: int) -> None:
+        step = order.index(model) * total + done
+        progress(step / (total * len(order)), desc=f"{labels[model]}: row {done} of {total}")
+
+    generation_threads(studio)
+    table = task_eval.evaluate_models(
+        order, held_out, rows=int(rows), seed=int(seed_value or 0), max_new_tokens=int(tokens), progress=report
+    )
+    totals = task_eval.totals(table)
+    table["model"] = table["model"].map(labels)
+    totals["model"] = totals["model"].map(labels)
+    path = studio.workspace / "compare" / f"batch-{new_id()}.csv"
+    spreadsheet_safe(table).to_csv(path, index=False)
+    shown = table.drop(columns=["ref_tokens"]).round({"f1": 3, "ref_loss": 3})
+    note = f"Scored {table['row'].nunique()} held-out rows of {row['name']} with {len(order)} models (greedy answers)."
+    return note, totals.round(3), shown, gr.File(value=str(path), visible=True)
+
+
+def layout_question(ui: SimpleNamespace) -> None:
+    """The models, the prompt, the sampling settings, the answers side by side, their diff and the vote."""
+    with gr.Row():
+        ui.models = dropdown(
+            label="Models (2 to 4)", multiselect=True, max_choices=MAX_MODELS, scale=4, elem_id="compare-models"
+        )
+        ui.refresh = gr.Button("↻ Refresh list", scale=0, min_width=140, size="sm", elem_classes="inline-button")
+    ui.prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something...", elem_id="compare-prompt")
+    with gr.Row():
+        ui.temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+        ui.top_p = gr.Slider(0.05, 1, value=SamplingConfig().top_p, step=0.05, label="Top-p")
+        ui.max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens")
+        ui.seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+    ui.go = gr.Button("Generate side by side", variant="primary", elem_id="compare-go")
+    ui.status = gr.Markdown()
+    with gr.Row(equal_height=True):
+        ui.answers = [
+            gr.Textbox(
+                label=f"Model {i + 1}",
+                lines=8,
+                max_lines=20,
+                interactive=False,
+                buttons=["copy"],
+                visible=i < 2,
+                autoscroll=False,  # an answer is read from its first words
+                elem_classes="answer",
+            )
+            for i in range(MAX_MODELS)
+        ]
+    ui.diff = gr.HTML(elem_classes="diff")
+    ui.last = gr.State({})
+    with gr.Row():
+        ui.vote = gr.Radio(label="Which answer is better?", choices=[], scale=4, elem_id="compare-vote")
+        ui.save_vote = gr.Button("Save vote", scale=0, min_width=140, elem_classes="inline-button")
+    ui.tally = gr.Markdown()
+
+
+def layout_batch(ui: SimpleNamespace) -> None:
+    with gr.Accordion("Batch: score every chosen model on a dataset's held-out rows", open=False):
+        gr.Markdown(
+            "Runs the held-out rows of a dataset (the rows a fine-tune keeps aside for validation) through "
+            "every chosen model, greedily, and scores each answer against the reference."
+        )
+        with gr.Row():
+            ui.batch_data = dropdown(label="Dataset", scale=3)
+            ui.batch_rows = gr.Slider(1, 200, value=20, step=1, label="Rows (at most)")
+            ui.batch_tokens = gr.Slider(8, 512, value=64, step=8, label="Max new tokens")
+        ui.batch_go = gr.Button("Run batch comparison")
+        ui.batch_status = gr.Markdown()
+        ui.batch_totals = gr.Dataframe(label="Totals per model", interactive=False)
+        ui.batch_table = gr.Dataframe(label="Answers and scores", interactive=False, wrap=True, max_height=420)
+        ui.batch_file = gr.File(label="Download CSV", interactive=False, visible=False)
+
+
+def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
+    outputs = [ui.models, ui.batch_data, ui.tally]
+    fill = partial(choices, studio)
+    tab.select(fill, outputs=outputs, **LIGHT)  # when shown: a page that never shows the tab costs nothing
+    ui.refresh.click(fill, outputs=outputs, api_visibility="private")
+    asked = [ui.models, ui.prompt, ui.temperature, ui.top_p, ui.max_new, ui.seed]
+    answered = [*ui.answers, ui.diff, ui.status, ui.vote, ui.last]
+    ui.go.click(partial(compare, studio), asked, answered, api_name="compare")
+    ui.prompt.submit(partial(compare, studio), asked, answered, api_visibility="private")
+    ui.save_vote.click(partial(record_vote, studio), [ui.last, ui.vote], ui.tally, api_name="vote")
+    ui.batch_go.click(
+        partial(batch, studio),
+        [ui.models, ui.batch_data, ui.batch_rows, ui.batch_tokens, ui.seed],
+        [ui.batch_status, ui.batch_totals, ui.batch_table, ui.batch_file],
+        api_name="batch_compare",
+    )
+
+
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name (none)."""
+    ui = SimpleNamespace()
     with gr.Tab("4 · Compare", id="compare") as tab:
         gr.Markdown(
             "Ask several models the same question with the same sampling settings and seed, and see how their "
             "answers differ. Pick the base model and your fine-tuned model to see what fine-tuning changed."
         )
-        with gr.Row():
-            models = dropdown(
-                label="Models (2 to 4)", multiselect=True, max_choices=MAX_MODELS, scale=4, elem_id="compare-models"
-            )
-            refresh = gr.Button("↻ Refresh list", scale=0, min_width=140, size="sm", elem_classes="inline-button")
-        prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something...", elem_id="compare-prompt")
-        with gr.Row():
-            temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-            top_p = gr.Slider(0.05, 1, value=SamplingConfig().top_p, step=0.05, label="Top-p")
-            max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens")
-            seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
-        go = gr.Button("Generate side by side", variant="primary", elem_id="compare-go")
-        status = gr.Markdown()
-        with gr.Row(equal_height=True):
-            answers = [
-                gr.Textbox(
-                    label=f"Model {i + 1}",
-                    lines=8,
-                    max_lines=20,
-                    interactive=False,
-                    buttons=["copy"],
-                    visible=i < 2,
-                    autoscroll=False,  # an answer is read from its first words
-                    elem_classes="answer",
-                )
-                for i in range(MAX_MODELS)
-            ]
-        diff = gr.HTML(elem_classes="diff")
-        last = gr.State({})
-        with gr.Row():
-            vote = gr.Radio(label="Which answer is better?", choices=[], scale=4, elem_id="compare-vote")
-            save_vote = gr.Button("Save vote", scale=0, min_width=140, elem_classes="inline-button")
-        tally = gr.Markdown()
-
-        with gr.Accordion("Batch: score every chosen model on a dataset's held-out rows", open=False):
-            gr.Markdown(
-                "Runs the held-out rows of a dataset (the rows a fine-tune keeps aside for validation) through "
-                "every chosen model, greedily, and scores each answer against the reference."
-            )
-            with gr.Row():
-                batch_data = dropdown(label="Dataset", scale=3)
-                batch_rows = gr.Slider(1, 200, value=20, step=1, label="Rows (at most)")
-                batch_tokens = gr.Slider(8, 512, value=64, step=8, label="Max new tokens")
-            batch_go = gr.Button("Run batch comparison")
-            batch_status = gr.Markdown()
-            batch_totals = gr.Dataframe(label="Totals per model", interactive=False)
-            batch_table = gr.Dataframe(label="Answers and scores", interactive=False, wrap=True, max_height=420)
-            batch_file = gr.File(label="Download CSV", interactive=False, visible=False)
-
-    def choices() -> tuple:
-        model_list = studio.model_choices()
-        refs = [v for _, v in model_list]
-        default = refs[:1] + [r for r in refs if r.startswith("run:")][:1]  # the base and the newest run
-        datasets = studio.dataset_choices()
-        keys = [k for _, k in datasets]
-        latest = (studio.store.runs() or [{}])[0].get("dataset_id")
-        return (
-            gr.Dropdown(choices=model_list, value=default if len(default) == 2 else refs[:2]),
-            gr.Dropdown(choices=datasets, value=latest if latest in keys else (keys[0] if keys else None)),
-            tally_text(),
-        )
-
-    def tally_text() -> str:
-        votes = studio.store.votes()
-        if not votes:
-            return ""
-        wins: dict[str, int] = {}
-        for v in votes:
-            label = "tie" if v["winner"] == TIE else studio.model_label(v["winner"])
-            wins[label] = wins.get(label, 0) + 1
-        return f"**Votes so far ({len(votes)}):** " + ", ".join(f"{k}: {n}" for k, n in sorted(wins.items()))
-
-    def compare(refs: list[str], text: str, temp: float, p: float, tokens: float, seed_value: float):
-        hidden = [gr.Textbox(visible=i < 2) for i in range(MAX_MODELS)]
-        refs = list(refs or [])
-        if not 2 <= len(refs) <= MAX_MODELS or not (text or "").strip():
-            problem = "Choose 2 to 4 models." if not 2 <= len(refs) <= MAX_MODELS else "Write a prompt first."
-            yield *hidden, "", f"⚠ {problem}", gr.Radio(choices=[]), {}
-            return
-        labels = [studio.model_label(r) for r in refs]
-        settings = {
-            "temperature": float(temp),
-            "top_p": float(p),
-            "max_new_tokens": int(tokens),
-            "seed": int(seed_value or 0),
-        }
-        sampling = SamplingConfig(**settings)  # one config, so every model samples alike
-
-        def boxes(texts: list[str]) -> list:
-            return [
-                gr.Textbox(value=texts[i], label=labels[i], visible=True)
-                if i < len(refs)
-                else gr.Textbox(visible=False, value="")
-                for i in range(MAX_MODELS)
-            ]
-
-        yield *boxes([""] * len(refs)), "", "Loading models...", gr.Radio(choices=[]), {}
-        try:
-            threads = generation_threads(studio)
-            texts = [""] * len(refs)
-            for texts in stream_answers(studio, refs, text, sampling):
-                yield *boxes(texts), "", "Generating...", gr.Radio(choices=[]), {}
-        except LLMError as e:  # a model went missing or is unreadable
-            yield *boxes([""] * len(refs)), "", f"⚠ {e}", gr.Radio(choices=[]), {}
-            return
-        result = {
-            "id": new_id(),  # the comparison: a second vote on it replaces the first
-            "prompt": text,
-            "models": refs,
-            "labels": labels,
-            "answers": texts,
-            "settings": settings,
-        }
-        vote_choices = [(label, ref) for label, ref in zip(labels, refs, strict=True)] + [("Tie / both bad", TIE)]
-        device = next(studio.load(refs[0])[0].parameters()).device
-        where = f"{threads} CPU threads" if device.type == "cpu" else device.type
-        note = f"Done: same prompt, seed {settings['seed']} and settings for every model ({where})."
-        yield *boxes(texts), diff_panel(labels, texts), note, gr.Radio(choices=vote_choices, value=None), result
-
-    def record_vote(result: dict, winner: str | None) -> str:
-        if not result:
-            return "⚠ Generate answers first, then vote."
-        if winner not in result["models"] + [TIE]:
-            return "⚠ Pick the better answer first."
-        studio.store.add_vote(
-            result["prompt"], result["models"], result["answers"], result["settings"], winner, result["id"]
-        )
-        return "Vote saved. " + tally_text()
-
-    def batch(refs: list[str], dataset_id: str, rows: float, tokens: float, seed_value: float, progress=gr.Progress()):  # noqa: B008
-        """Every chosen model answers the dataset's held-out rows; a table of answers, scores and totals."""
-        from llm import task_eval, tasks
-
-        refs = list(refs or [])
-        if not refs or not dataset_id:
-            return "⚠ Choose at least one model and a dataset.", None, None, gr.File(visible=False)
-        row = studio.store.dataset(dataset_id)
-        try:
-            dirs = [studio.model_dir(r) for r in refs]
-            data = tasks.read_task_file(studio.dataset_path(dataset_id), row["format"], row["mapping"] or None)
-        except LLMError as e:
-            return f"⚠ {e}", None, None, gr.File(visible=False)
-        _, held_out = tasks.split_examples(data)  # the rows a fine-tune with the default settings keeps aside
-        labels = {str(d): studio.model_label(r) for d, r in zip(dirs, refs, strict=True)}
-        order = list(labels)
-
-        def report(model: str, done: int, total: int) -> None:
-            step = order.index(model) * total + done
-            progress(step / (total * len(order)), desc=f"{labels[model]}: row {done} of {total}")
-
-        generation_threads(studio)
-        table = task_eval.evaluate_models(
-            order, held_out, rows=int(rows), seed=int(seed_value or 0), max_new_tokens=int(tokens), progress=report
-        )
-        totals = task_eval.totals(table)
-        table["model"] = table["model"].map(labels)
-        totals["model"] = totals["model"].map(labels)
-        path = studio.workspace / "compare" / f"batch-{new_id()}.csv"
-        spreadsheet_safe(table).to_csv(path, index=False)
-        shown = table.drop(columns=["ref_tokens"]).round({"f1": 3, "ref_loss": 3})
-        note = (
-            f"Scored {table['row'].nunique()} held-out rows of {row['name']} with {len(order)} models (greedy answers)."
-        )
-        return note, totals.round(3), shown, gr.File(value=str(path), visible=True)
-
-    outputs = [models, batch_data, tally]
-    tab.select(choices, outputs=outputs, **LIGHT)  # when shown: a page that never shows the tab costs nothing
-    refresh.click(choices, outputs=outputs, api_visibility="private")
-    go.click(
-        compare,
-        [models, prompt, temperature, top_p, max_new, seed],
-        [*answers, diff, status, vote, last],
-        api_name="compare",
-    )
-    prompt.submit(
-        compare,
-        [models, prompt, temperature, top_p, max_new, seed],
-        [*answers, diff, status, vote, last],
-        api_visibility="private",
-    )
-    save_vote.click(record_vote, [last, vote], tally, api_name="vote")
-    batch_go.click(
-        batch,
-        [models, batch_data, batch_rows, batch_tokens, seed],
-        [batch_status, batch_totals, batch_table, batch_file],
-        api_name="batch_compare",
-    )
+        layout_question(ui)
+        layout_batch(ui)
+    wire(studio, tab, ui)
     return {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
+from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -157,109 +159,131 @@ def attention_html(views: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+def choices(studio: Studio, a: str | None, b: str | None):
+    models = studio.model_choices()
+    keys = [k for _, k in models]
+    a = a if a in keys else (keys[0] if keys else None)
+    return (
+        gr.Dropdown(choices=models, value=a),
+        gr.Dropdown(choices=[("(none)", NO_MODEL), *models], value=b if b in keys else NO_MODEL),
+    )
+
+
+def head_or_none(value: float | None) -> int | None:
+    return None if value is None or value < 0 else int(value)
+
+
+def inspect(
+    studio: Studio,
+    refs: list[str],
+    mode_value: str,
+    text_value: str,
+    prompt_value: str,
+    answer_value: str,
+    position_value: int,
+    top_k_value: int,
+    temperature_value: float,
+    top_p_value: float,
+    layer_value: int,
+    head_value: int,
+) -> dict[str, Any]:
+    """llm.inspect's report for one or two loaded models (cached by the studio), with the attention of each
+    model or what keeps it from being shown."""
+    from llm import inspect as lib
+
+    if not refs:
+        raise StudioError("Choose a model.")
+    loaded = [lib.Loaded(studio.model_label(ref), *studio.load(ref)[:2]) for ref in refs]
+    if len(loaded) == 2 and loaded[0].tokenizer.proto != loaded[1].tokenizer.proto:
+        raise StudioError(
+            f"{loaded[0].name} and {loaded[1].name} use different tokenizers, so their tokens cannot be "
+            "compared one by one: choose a model and one trained from it."
+        )
+    if mode_value == "chat":
+        tokens = lib.tokenize(loaded[0].tokenizer, prompt=prompt_value or None, answer=answer_value or None)
+    else:
+        tokens = lib.tokenize(loaded[0].tokenizer, text=text_value or "")
+    settings = dict(top_k=int(top_k_value), temperature=float(temperature_value), top_p=float(top_p_value))
+    report = lib.report(loaded, tokens, int(position_value), **settings)
+    views = []
+    for m in loaded:
+        try:
+            views.append(
+                {"model": m.name, **lib.attention(m.model, tokens, int(layer_value), head_or_none(head_value))}
+            )
+        except LLMError as e:
+            views.append({"model": m.name, "error": e.worded(field_label(e.field))})
+    report["attention"] = views
+    return report
+
+
+def look(studio: Studio, a: str | None, b: str | None, *values) -> tuple:
+    """[status, tokens, surprise, next token, attention] for the chosen models and text."""
+    refs = [r for r in (a, b) if r]
+    try:
+        report = inspect(studio, refs, *values)
+    except LLMError as e:
+        return f"⚠ {e.worded(field_label(e.field))}", *[gr.skip()] * 4
+    done = f"{len(report['models'])} model(s) · {report['tokens']} tokens"
+    views = (tokens_html(report), surprise_html(report), next_token_html(report), attention_html(report["attention"]))
+    return done, *views
+
+
+def layout(ui: SimpleNamespace) -> None:
+    with gr.Row():
+        ui.model_a = dropdown(label="Model", elem_id="in-model-a")
+        ui.model_b = dropdown(label="Second model (optional: compare token by token)", elem_id="in-model-b")
+    ui.mode = gr.Radio([("A text", "text"), ("A prompt and an answer", "chat")], value="text", label="Read")
+    ui.text = gr.Textbox(label="Text", lines=3, value="Once upon a time, there was a girl.", elem_id="in-text")
+    with gr.Row(visible=False) as ui.chat_row:
+        ui.prompt = gr.Textbox(label="Prompt", lines=2, elem_id="in-prompt")
+        ui.answer = gr.Textbox(label="Answer", lines=2, elem_id="in-answer")
+    with gr.Row():
+        ui.position = gr.Number(value=-1, precision=0, label="Next token after token # (-1: the last)")
+        ui.top_k = gr.Number(value=10, precision=0, minimum=1, maximum=50, label="Top k")
+        ui.temperature = gr.Number(value=0.8, minimum=0, label="Temperature")
+        ui.top_p = gr.Number(value=0.95, minimum=0.01, maximum=1, label="Top-p")
+        ui.layer = gr.Number(value=0, precision=0, minimum=0, label="Attention layer")
+        ui.head = gr.Number(value=-1, precision=0, minimum=-1, label="Head (-1: mean of all)")
+    ui.go = gr.Button("Look inside", variant="primary", elem_id="in-go")
+    ui.status = gr.Markdown(elem_id="in-status")
+    with gr.Tabs():
+        with gr.Tab("Tokens"):
+            ui.tokens_view = gr.HTML(elem_id="in-tokens")
+        with gr.Tab("Surprise"):
+            ui.surprise_view = gr.HTML(elem_id="in-surprise")
+        with gr.Tab("Next token"):
+            ui.next_view = gr.HTML(elem_id="in-next")
+        with gr.Tab("Attention"):
+            ui.attention_view = gr.HTML(elem_id="in-attention")
+
+
+def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
+    picked = [ui.model_a, ui.model_b]
+    tab.select(partial(choices, studio), picked, picked, **LIGHT)  # when shown, not when a page opens
+    ui.mode.change(
+        lambda m: (gr.Textbox(visible=m == "text"), gr.Row(visible=m == "chat")),
+        ui.mode,
+        [ui.text, ui.chat_row],
+        api_visibility="private",
+    )
+    settings = [ui.position, ui.top_k, ui.temperature, ui.top_p, ui.layer, ui.head]
+    inputs = [*picked, ui.mode, ui.text, ui.prompt, ui.answer, *settings]
+    views = [ui.status, ui.tokens_view, ui.surprise_view, ui.next_view, ui.attention_view]
+    ui.go.click(partial(look, studio), inputs, views, api_name="inside")
+
+
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
+    ui = SimpleNamespace()
     with gr.Tab("8 · Inside", id="inside") as tab:
         gr.Markdown(
             "See what a model reads and why it answers: the **tokens** of a text, how **surprised** the model is "
             "by each (with two models: what the second learned), the **next token** it would pick, and where it "
             "**attends**."
         )
-        with gr.Row():
-            model_a = dropdown(label="Model", elem_id="in-model-a")
-            model_b = dropdown(label="Second model (optional: compare token by token)", elem_id="in-model-b")
-        mode = gr.Radio([("A text", "text"), ("A prompt and an answer", "chat")], value="text", label="Read")
-        text = gr.Textbox(label="Text", lines=3, value="Once upon a time, there was a girl.", elem_id="in-text")
-        with gr.Row(visible=False) as chat_row:
-            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="in-prompt")
-            answer = gr.Textbox(label="Answer", lines=2, elem_id="in-answer")
-        with gr.Row():
-            position = gr.Number(value=-1, precision=0, label="Next token after token # (-1: the last)")
-            top_k = gr.Number(value=10, precision=0, minimum=1, maximum=50, label="Top k")
-            temperature = gr.Number(value=0.8, minimum=0, label="Temperature")
-            top_p = gr.Number(value=0.95, minimum=0.01, maximum=1, label="Top-p")
-            layer = gr.Number(value=0, precision=0, minimum=0, label="Attention layer")
-            head = gr.Number(value=-1, precision=0, minimum=-1, label="Head (-1: mean of all)")
-        go = gr.Button("Look inside", variant="primary", elem_id="in-go")
-        status = gr.Markdown(elem_id="in-status")
-        with gr.Tabs():
-            with gr.Tab("Tokens"):
-                tokens_view = gr.HTML(elem_id="in-tokens")
-            with gr.Tab("Surprise"):
-                surprise_view = gr.HTML(elem_id="in-surprise")
-            with gr.Tab("Next token"):
-                next_view = gr.HTML(elem_id="in-next")
-            with gr.Tab("Attention"):
-                attention_view = gr.HTML(elem_id="in-attention")
-
-    def choices(a: str | None, b: str | None):
-        models = studio.model_choices()
-        keys = [k for _, k in models]
-        a = a if a in keys else (keys[0] if keys else None)
-        return (
-            gr.Dropdown(choices=models, value=a),
-            gr.Dropdown(choices=[("(none)", NO_MODEL), *models], value=b if b in keys else NO_MODEL),
-        )
-
-    def inspect(
-        refs: list[str],
-        mode_value: str,
-        text_value: str,
-        prompt_value: str,
-        answer_value: str,
-        position_value: int,
-        top_k_value: int,
-        temperature_value: float,
-        top_p_value: float,
-        layer_value: int,
-        head_value: int,
-    ) -> dict[str, Any]:
-        """llm.inspect's report for one or two loaded models (cached by the studio), with the attention of
-        each model or what keeps it from being shown."""
-        from llm import inspect as lib
-
-        if not refs:
-            raise StudioError("Choose a model.")
-        loaded = [lib.Loaded(studio.model_label(ref), *studio.load(ref)[:2]) for ref in refs]
-        if len(loaded) == 2 and loaded[0].tokenizer.proto != loaded[1].tokenizer.proto:
-            raise StudioError(
-                f"{loaded[0].name} and {loaded[1].name} use different tokenizers, so their tokens cannot be "
-                "compared one by one: choose a model and one trained from it."
-            )
-        if mode_value == "chat":
-            tokens = lib.tokenize(loaded[0].tokenizer, prompt=prompt_value or None, answer=answer_value or None)
-        else:
-            tokens = lib.tokenize(loaded[0].tokenizer, text=text_value or "")
-        settings = dict(top_k=int(top_k_value), temperature=float(temperature_value), top_p=float(top_p_value))
-        report = lib.report(loaded, tokens, int(position_value), **settings)
-        views = []
-        for m in loaded:
-            try:
-                views.append(
-                    {"model": m.name, **lib.attention(m.model, tokens, int(layer_value), head_or_none(head_value))}
-                )
-            except LLMError as e:
-                views.append({"model": m.name, "error": e.worded(field_label(e.field))})
-        report["attention"] = views
-        return report
-
-    def head_or_none(value: float | None) -> int | None:
-        return None if value is None or value < 0 else int(value)
-
-    def look(a, b, *values):
-        refs = [r for r in (a, b) if r]
-        try:
-            report = inspect(refs, *values)
-        except LLMError as e:
-            return f"⚠ {e.worded(field_label(e.field))}", *[gr.skip()] * 4
-        done = f"{len(report['models'])} model(s) · {report['tokens']} tokens"
-        return (
-            done,
-            tokens_html(report),
-            surprise_html(report),
-            next_token_html(report),
-            attention_html(report["attention"]),
-        )
+        layout(ui)
+    wire(studio, tab, ui)
 
     def api_inspect(
         model: str,
@@ -280,17 +304,9 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         try:
             refs = [r for r in (model, second_model) if r]
             mode_value = "chat" if prompt or answer else "text"
-            return inspect(refs, mode_value, text, prompt, answer, position, top_k, temperature, top_p, layer, head)
+            values = (text, prompt, answer, position, top_k, temperature, top_p, layer, head)
+            return inspect(studio, refs, mode_value, *values)
         except LLMError as e:
             raise gr.Error(e.worded(field_label(e.field))) from None
 
-    inputs = [model_a, model_b, mode, text, prompt, answer, position, top_k, temperature, top_p, layer, head]
-    tab.select(choices, [model_a, model_b], [model_a, model_b], **LIGHT)  # when shown, not when a page opens
-    mode.change(
-        lambda m: (gr.Textbox(visible=m == "text"), gr.Row(visible=m == "chat")),
-        mode,
-        [text, chat_row],
-        api_visibility="private",
-    )
-    go.click(look, inputs, [status, tokens_view, surprise_view, next_view, attention_view], api_name="inside")
     return {"inspect": api_inspect}

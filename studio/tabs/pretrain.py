@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -165,156 +167,199 @@ DEFAULTS = PretrainConfig(inputs=["-"])  # the library's defaults, shown in a ne
 NO_RUN = "no run"  # `seen` once the page shows that there is no run
 
 
-def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
-    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    with gr.Tab("2 · Pretrain", id="pretrain") as tab:
-        gr.Markdown(
-            "Train a model **from scratch** on a text: it learns to write like it. Start with the sample book "
-            "(5 minutes on a laptop CPU gives words), or upload your own text."
-        )
-        with gr.Row():
-            with gr.Column(scale=2, min_width=320):
-                gr.Markdown("#### Text and settings")
-                text = dropdown(label="Text", elem_id="pt-text")
-                upload = gr.File(
-                    label=f"Upload a text ({', '.join(TEXT_SUFFIXES)}, UTF-8, up to "
-                    f"{upload_limit(studio.max_upload_bytes)})",
-                    file_types=[".txt", ".gz", ".jsonl"],
-                    height=110,
-                    elem_id="pt-upload",
-                )
-                text_status = gr.Markdown(elem_id="pt-text-status")
-                tokenizer = dropdown(label="Tokenizer", elem_id="pt-tokenizer")
-                vocab = gr.Number(
-                    DEFAULTS.vocab_size, precision=0, label="Vocabulary size (a new tokenizer)", elem_id="pt-vocab"
-                )
-                # Every size, narrowed when the tab is shown (whether there is a GPU needs torch imported).
-                preset = gr.Radio(presets(cuda=True), value=DEFAULTS.preset, label="Model size", elem_id="pt-preset")
-                budget = gr.Radio(BUDGETS, value="time", label="Budget", elem_id="pt-budget")
-                with gr.Row():
-                    minutes = gr.Number(DEFAULTS.max_time / 60, minimum=0, label="Minutes", elem_id="pt-minutes")
-                    steps = gr.Number(value=300, precision=0, label="Steps", visible=False, elem_id="pt-steps")
-                prompts = gr.Textbox(
-                    "\n".join(DEFAULTS.sample_prompts),
-                    label="Sample prompts (one a line): continued at every evaluation",
-                    lines=2,
-                    elem_id="pt-prompts",
-                )
-                name = gr.Textbox(label="Run name (optional)", placeholder="e.g. oz-micro", elem_id="pt-name")
-                plan = gr.Markdown(elem_classes="plan", elem_id="pt-plan")
-                start = gr.Button("Start pretraining", variant="primary", elem_id="pt-start")
-                start_status = gr.Markdown(elem_id="pt-start-status")
-            with gr.Column(scale=3, min_width=420):
-                gr.Markdown("#### Watch it learn to write")
-                run = dropdown(label="Run", elem_id="pt-run")
-                with gr.Row():
-                    stop = gr.Button("Stop", variant="stop", size="md", interactive=False, elem_id="pt-stop")
-                    resume = gr.Button("Resume", size="md", interactive=False, elem_id="pt-resume")
-                state = gr.Markdown(elem_id="pt-state")
-                bar = gr.HTML(elem_id="pt-progress")
-                curve = loss_plot(elem_id="pt-loss")
-                samples = gr.HTML(elem_id="pt-timeline")
-                log = gr.Textbox(
-                    label="Log", lines=6, max_lines=6, autoscroll=True, interactive=False, elem_id="pt-log"
-                )
-        timer = gr.Timer(1.0, active=False)  # set going by refresh() while the shown run is queued or works
-        seen = gr.State(None)  # what this page last drew, so an unchanged run sends nothing
+def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None = None) -> str | None:
+    """The value if it is still offered, else the fallback if offered, else the first option."""
+    keys = [k for _, k in options]
+    return value if value in keys else fallback if fallback in keys else (keys[0] if keys else None)
 
-    form = [text, tokenizer, vocab, preset, budget, minutes, steps, prompts]
 
-    def choices(text_key: str | None, tokenizer_ref: str | None, run_id: str | None):
-        """The texts, tokenizers, runs and model sizes as they are now; the page's values kept."""
-        import torch
+def choices(studio: Studio, text_key: str | None, tokenizer_ref: str | None, run_id: str | None):
+    """The texts, tokenizers, runs and model sizes as they are now; the page's values kept."""
+    import torch
 
-        texts, tokenizers, runs = text_choices(studio), tokenizer_choices(studio), run_choices(studio)
+    texts, tokenizers, runs = text_choices(studio), tokenizer_choices(studio), run_choices(studio)
+    return (
+        gr.Dropdown(choices=texts, value=keep(text_key, texts)),
+        gr.Dropdown(choices=tokenizers, value=keep(tokenizer_ref, tokenizers)),
+        gr.Dropdown(choices=runs, value=keep(run_id, runs, default_run(studio))),
+        gr.Radio(choices=presets(torch.cuda.is_available())),
+    )
 
-        def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None = None) -> str | None:
-            keys = [k for _, k in options]
-            return value if value in keys else fallback if fallback in keys else (keys[0] if keys else None)
 
-        return (
-            gr.Dropdown(choices=texts, value=keep(text_key, texts)),
-            gr.Dropdown(choices=tokenizers, value=keep(tokenizer_ref, tokenizers)),
-            gr.Dropdown(choices=runs, value=keep(run_id, runs, default_run(studio))),
-            gr.Radio(choices=presets(torch.cuda.is_available())),
-        )
+def make_plan(studio: Studio, *values) -> str:
+    """llm.pretrain.plan for the chosen settings, or what is wrong with them."""
+    from llm import pretrain
 
-    def make_plan(*values) -> str:
-        """llm.pretrain.plan for the chosen settings, or what is wrong with them."""
-        from llm import pretrain
+    try:
+        return plan_text(pretrain.plan(pretrain_config(studio, *values), threads=CHILD_THREADS))
+    except LLMError as e:
+        return f"⚠ {e.worded(field_label(e.field))}"
 
-        try:
-            return plan_text(pretrain.plan(pretrain_config(studio, *values), threads=CHILD_THREADS))
-        except LLMError as e:
-            return f"⚠ {e.worded(field_label(e.field))}"
 
-    def do_upload(file: str | None):
-        """Check an uploaded text; a usable one is kept in the workspace and chosen."""
-        if not file:
-            return gr.Dropdown(), gr.File(value=None), ""
-        source = Path(file)
-        name = safe_filename(source.name)
-        try:
-            info = store_text(studio, source, name)
-        except LLMError as e:
-            return gr.Dropdown(), gr.File(value=None), f"⚠ This text cannot be used: {e.message}"
-        return (
-            gr.Dropdown(choices=text_choices(studio), value=info.key),
-            gr.File(value=None),
-            f"✓ {html.escape(info.describe())}",
-        )
+def do_upload(studio: Studio, file: str | None):
+    """Check an uploaded text; a usable one is kept in the workspace and chosen."""
+    if not file:
+        return gr.Dropdown(), gr.File(value=None), ""
+    source = Path(file)
+    name = safe_filename(source.name)
+    try:
+        info = store_text(studio, source, name)
+    except LLMError as e:
+        return gr.Dropdown(), gr.File(value=None), f"⚠ This text cannot be used: {e.message}"
+    return (
+        gr.Dropdown(choices=text_choices(studio), value=info.key),
+        gr.File(value=None),
+        f"✓ {html.escape(info.describe())}",
+    )
 
-    def do_start(*values):
-        """Create a pretraining run and start it (or queue it behind the run that holds the device)."""
-        *settings, name_value = values
-        try:
-            cfg = pretrain_config(studio, *settings)
-            text_name = Path(cfg.inputs[0]).name
-            run_name = (name_value or "").strip()[
-                :80
-            ] or f"{Path(text_name).stem}-{cfg.preset}-{len(studio.store.runs()) + 1}"
-            base_ref = settings[1] if cfg.tokenizer else ""
-            run_id = studio.add_run(COMMAND, cfg, run_name, base_ref, f"text:{text_name}", COMMAND)
-        except LLMError as e:
-            return f"⚠ {e.worded(field_label(e.field))}", gr.Dropdown()
-        return studio.jobs.submit(run_id), gr.Dropdown(choices=run_choices(studio), value=run_id)
 
-    def refresh(run_id: str | None, last_seen: Any):
-        """The run's state, progress, loss curve, sample timeline and log; nothing is sent if nothing changed."""
-        if not run_id or studio.store.run(run_id) is None:
-            if last_seen == NO_RUN:
-                return (*[gr.skip()] * 8, last_seen, gr.Timer(active=False))
-            hint = "No pretraining run yet: choose a text and press Start."
-            empty = (hint, "", loss_chart(loss_frame(Metrics())), timeline_html([]), "")
-            off = gr.Button(interactive=False)
-            return *empty, off, off, gr.skip(), NO_RUN, gr.Timer(active=False)
-        p = studio.jobs.progress(run_id)
-        run_dir = studio.jobs.run_dir(p["run"])
-        files = [run_dir.metrics, run_dir.log]
-        signature = (run_id, p["status"], p["message"], *(f.stat().st_mtime if f.exists() else 0 for f in files))
-        ticking = gr.Timer(active=p["status"] in ACTIVE_STATES)
-        if signature == last_seen and p["status"] not in WORKING_STATES:
-            return (*[gr.skip()] * 8, last_seen, ticking)
-        text_value = f"<span class='state-badge {p['status']}'>{p['status']}</span> **{html.escape(p['run']['name'])}**"
-        if p["message"]:
-            text_value += f" — {html.escape(p['message'])}"
-        start_record = p["metrics"].start
-        if start_record:
-            text_value += f"\n\n{start_record.get('device', '')} · {start_record.get('params', 0):,} parameters"
-        if signature == last_seen:  # running, files unchanged: only the clock moves
-            return text_value, progress_html(p), *[gr.skip()] * 6, last_seen, gr.skip()
-        return (
-            text_value,
-            progress_html(p),
-            loss_chart(loss_frame(p["metrics"])),
-            timeline_html(timeline(p["metrics"])),
-            p["log"],
-            gr.Button(interactive=p["status"] in ACTIVE_STATES and p["status"] != "stopping"),
-            gr.Button(interactive=p["status"] in RESUMABLE_STATES),
-            gr.Dropdown(choices=run_choices(studio)) if not last_seen or last_seen[1] != p["status"] else gr.skip(),
-            signature,
-            ticking,
-        )
+def do_start(studio: Studio, *values):
+    """Create a pretraining run and start it (or queue it behind the run that holds the device)."""
+    *settings, name_value = values
+    try:
+        cfg = pretrain_config(studio, *settings)
+        text_name = Path(cfg.inputs[0]).name
+        default_name = f"{Path(text_name).stem}-{cfg.preset}-{len(studio.store.runs()) + 1}"
+        run_name = (name_value or "").strip()[:80] or default_name
+        base_ref = settings[1] if cfg.tokenizer else ""
+        run_id = studio.add_run(COMMAND, cfg, run_name, base_ref, f"text:{text_name}", COMMAND)
+    except LLMError as e:
+        return f"⚠ {e.worded(field_label(e.field))}", gr.Dropdown()
+    return studio.jobs.submit(run_id), gr.Dropdown(choices=run_choices(studio), value=run_id)
+
+
+def state_text(p: dict[str, Any]) -> str:
+    """The run's state badge, name, message, device and size."""
+    text = f"<span class='state-badge {p['status']}'>{p['status']}</span> **{html.escape(p['run']['name'])}**"
+    if p["message"]:
+        text += f" — {html.escape(p['message'])}"
+    start_record = p["metrics"].start
+    if start_record:
+        text += f"\n\n{start_record.get('device', '')} · {start_record.get('params', 0):,} parameters"
+    return text
+
+
+def refresh(studio: Studio, run_id: str | None, last_seen: Any):
+    """The run's state, progress, loss curve, sample timeline and log, and whether the 1-second timer ticks
+    (only while the run is queued or works); nothing is sent if nothing changed."""
+    if not run_id or studio.store.run(run_id) is None:
+        if last_seen == NO_RUN:
+            return (*[gr.skip()] * 8, last_seen, gr.Timer(active=False))
+        hint = "No pretraining run yet: choose a text and press Start."
+        empty = (hint, "", loss_chart(loss_frame(Metrics())), timeline_html([]), "")
+        off = gr.Button(interactive=False)
+        return *empty, off, off, gr.skip(), NO_RUN, gr.Timer(active=False)
+    p = studio.jobs.progress(run_id)
+    run_dir = studio.jobs.run_dir(p["run"])
+    files = [run_dir.metrics, run_dir.log]
+    signature = (run_id, p["status"], p["message"], *(f.stat().st_mtime if f.exists() else 0 for f in files))
+    ticking = gr.Timer(active=p["status"] in ACTIVE_STATES)
+    if signature == last_seen and p["status"] not in WORKING_STATES:
+        return (*[gr.skip()] * 8, last_seen, ticking)
+    if signature == last_seen:  # running, files unchanged: only the clock moves
+        return state_text(p), progress_html(p), *[gr.skip()] * 6, last_seen, gr.skip()
+    return (
+        state_text(p),
+        progress_html(p),
+        loss_chart(loss_frame(p["metrics"])),
+        timeline_html(timeline(p["metrics"])),
+        p["log"],
+        gr.Button(interactive=p["status"] in ACTIVE_STATES and p["status"] != "stopping"),
+        gr.Button(interactive=p["status"] in RESUMABLE_STATES),
+        gr.Dropdown(choices=run_choices(studio)) if not last_seen or last_seen[1] != p["status"] else gr.skip(),
+        signature,
+        ticking,
+    )
+
+
+def layout_form(studio: Studio, ui: SimpleNamespace) -> None:
+    """The text, tokenizer, size, budget and prompts; the plan and the start button."""
+    gr.Markdown("#### Text and settings")
+    ui.text = dropdown(label="Text", elem_id="pt-text")
+    ui.upload = gr.File(
+        label=f"Upload a text ({', '.join(TEXT_SUFFIXES)}, UTF-8, up to {upload_limit(studio.max_upload_bytes)})",
+        file_types=[".txt", ".gz", ".jsonl"],
+        height=110,
+        elem_id="pt-upload",
+    )
+    ui.text_status = gr.Markdown(elem_id="pt-text-status")
+    ui.tokenizer = dropdown(label="Tokenizer", elem_id="pt-tokenizer")
+    ui.vocab = gr.Number(
+        DEFAULTS.vocab_size, precision=0, label="Vocabulary size (a new tokenizer)", elem_id="pt-vocab"
+    )
+    # Every size, narrowed when the tab is shown (whether there is a GPU needs torch imported).
+    ui.preset = gr.Radio(presets(cuda=True), value=DEFAULTS.preset, label="Model size", elem_id="pt-preset")
+    ui.budget = gr.Radio(BUDGETS, value="time", label="Budget", elem_id="pt-budget")
+    with gr.Row():
+        ui.minutes = gr.Number(DEFAULTS.max_time / 60, minimum=0, label="Minutes", elem_id="pt-minutes")
+        ui.steps = gr.Number(value=300, precision=0, label="Steps", visible=False, elem_id="pt-steps")
+    ui.prompts = gr.Textbox(
+        "\n".join(DEFAULTS.sample_prompts),
+        label="Sample prompts (one a line): continued at every evaluation",
+        lines=2,
+        elem_id="pt-prompts",
+    )
+    ui.name = gr.Textbox(label="Run name (optional)", placeholder="e.g. oz-micro", elem_id="pt-name")
+    ui.plan = gr.Markdown(elem_classes="plan", elem_id="pt-plan")
+    ui.start = gr.Button("Start pretraining", variant="primary", elem_id="pt-start")
+    ui.start_status = gr.Markdown(elem_id="pt-start-status")
+
+
+def layout_run(ui: SimpleNamespace) -> None:
+    """The run picker, stop/resume, progress, loss chart, sample timeline and log."""
+    gr.Markdown("#### Watch it learn to write")
+    ui.run = dropdown(label="Run", elem_id="pt-run")
+    with gr.Row():
+        ui.stop = gr.Button("Stop", variant="stop", size="md", interactive=False, elem_id="pt-stop")
+        ui.resume = gr.Button("Resume", size="md", interactive=False, elem_id="pt-resume")
+    ui.state = gr.Markdown(elem_id="pt-state")
+    ui.bar = gr.HTML(elem_id="pt-progress")
+    ui.curve = loss_plot(elem_id="pt-loss")
+    ui.samples = gr.HTML(elem_id="pt-timeline")
+    ui.log = gr.Textbox(label="Log", lines=6, max_lines=6, autoscroll=True, interactive=False, elem_id="pt-log")
+
+
+def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
+    form = [ui.text, ui.tokenizer, ui.vocab, ui.preset, ui.budget, ui.minutes, ui.steps, ui.prompts]
+    plan = partial(make_plan, studio)
+    # Filled when the tab is shown, not when a page opens: a page that never shows it costs nothing.
+    picked = [ui.text, ui.tokenizer, ui.run]
+    tab.select(partial(choices, studio), picked, [*picked, ui.preset], **LIGHT).then(plan, form, ui.plan, **LIGHT)
+    # .input (the user's changes), not .change: filling the form asks for one plan, not one a field.
+    gr.on([component.input for component in form], plan, form, ui.plan, trigger_mode="always_last", **LIGHT)
+    ui.budget.change(
+        lambda b: (gr.Number(visible=b == "time"), gr.Number(visible=b == "steps")),
+        ui.budget,
+        [ui.minutes, ui.steps],
+        api_visibility="private",
+    )
+    ui.tokenizer.change(
+        lambda t: gr.Number(visible=t == NEW_TOKENIZER), ui.tokenizer, ui.vocab, api_visibility="private"
+    )
+    uploaded = [ui.text, ui.upload, ui.text_status]
+    ui.upload.upload(partial(do_upload, studio), ui.upload, uploaded, api_name="pretrain_upload").then(
+        plan, form, ui.plan, **LIGHT
+    )
+    ui.start.click(partial(do_start, studio), [*form, ui.name], [ui.start_status, ui.run], api_name="pretrain_start")
+    monitor = [ui.state, ui.bar, ui.curve, ui.samples, ui.log, ui.stop, ui.resume, ui.run, ui.seen, ui.timer]
+    show = partial(refresh, studio)
+    ui.run.change(lambda r: show(r, None), ui.run, monitor, api_visibility="private")
+    ui.timer.tick(
+        show, [ui.run, ui.seen], monitor, show_progress="hidden", concurrency_limit=None, api_name="pretrain_progress"
+    )
+    ui.stop.click(
+        lambda r: studio.jobs.stop(r) if r else "Choose a run first.", ui.run, ui.start_status, api_visibility="private"
+    )
+    ui.resume.click(
+        lambda r: studio.jobs.resume(r) if r else "Choose a run first.",
+        ui.run,
+        ui.start_status,
+        api_visibility="private",
+    )
+
+
+def api_functions(studio: Studio) -> dict[str, Callable]:
+    """The tab's plain API functions, registered by name."""
 
     def api_plan(
         text_key: str,
@@ -328,9 +373,8 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     ) -> str:
         """The plan (device, parameters, tokens per step, steps, memory and time) of a pretraining run, as
         Markdown; a value left at 0 or empty takes the library's default."""
-        return make_plan(
-            text_key, tokenizer_ref, vocab_size, preset_name, budget_kind, minutes_value, steps_value, sample_prompts
-        )
+        values = (text_key, tokenizer_ref, vocab_size, preset_name, budget_kind, minutes_value, steps_value)
+        return make_plan(studio, *values, sample_prompts)
 
     def api_timeline(run_id: str) -> list[dict[str, Any]]:
         """A pretraining run's evaluations, newest first: step, val_loss, train_loss, val_bits_per_byte and
@@ -344,31 +388,23 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         """The texts to pretrain on: key and label."""
         return [{"key": key, "label": label} for label, key in text_choices(studio)]
 
-    # Filled when the tab is shown, not when a page opens: a page that never shows it costs nothing.
-    shown = tab.select(choices, [text, tokenizer, run], [text, tokenizer, run, preset], **LIGHT)
-    shown.then(make_plan, form, plan, **LIGHT)
-    # .input (the user's changes), not .change: filling the form asks for one plan, not one a field.
-    gr.on([component.input for component in form], make_plan, form, plan, trigger_mode="always_last", **LIGHT)
-    budget.change(
-        lambda b: (gr.Number(visible=b == "time"), gr.Number(visible=b == "steps")),
-        budget,
-        [minutes, steps],
-        api_visibility="private",
-    )
-    tokenizer.change(lambda t: gr.Number(visible=t == NEW_TOKENIZER), tokenizer, vocab, api_visibility="private")
-    upload.upload(do_upload, upload, [text, upload, text_status], api_name="pretrain_upload").then(
-        make_plan, form, plan, **LIGHT
-    )
-    start.click(do_start, [*form, name], [start_status, run], api_name="pretrain_start")
-    monitor = [state, bar, curve, samples, log, stop, resume, run, seen, timer]
-    run.change(lambda r: refresh(r, None), run, monitor, api_visibility="private")
-    timer.tick(
-        refresh, [run, seen], monitor, show_progress="hidden", concurrency_limit=None, api_name="pretrain_progress"
-    )
-    stop.click(
-        lambda r: studio.jobs.stop(r) if r else "Choose a run first.", run, start_status, api_visibility="private"
-    )
-    resume.click(
-        lambda r: studio.jobs.resume(r) if r else "Choose a run first.", run, start_status, api_visibility="private"
-    )
     return {"pretrain_plan": api_plan, "pretrain_timeline": api_timeline, "pretrain_texts": api_texts}
+
+
+def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
+    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
+    ui = SimpleNamespace()
+    with gr.Tab("2 · Pretrain", id="pretrain") as tab:
+        gr.Markdown(
+            "Train a model **from scratch** on a text: it learns to write like it. Start with the sample book "
+            "(5 minutes on a laptop CPU gives words), or upload your own text."
+        )
+        with gr.Row():
+            with gr.Column(scale=2, min_width=320):
+                layout_form(studio, ui)
+            with gr.Column(scale=3, min_width=420):
+                layout_run(ui)
+        ui.timer = gr.Timer(1.0, active=False)  # set going by refresh() while the shown run is queued or works
+        ui.seen = gr.State(None)  # what this page last drew, so an unchanged run sends nothing
+    wire(studio, tab, ui)
+    return api_functions(studio)
