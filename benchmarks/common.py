@@ -109,6 +109,7 @@ def time_training_steps(
     warmup: int,
     compile: bool = False,
     seed: int = 0,
+    precision: str = "auto",
 ) -> dict[str, float]:
     """Time the trainer's own step (llm.trainer.train_step: forward, loss, backward, clip, AdamW) on random
     token batches.
@@ -120,7 +121,7 @@ def time_training_steps(
     cfg = TrainConfig(batch_size=batch_size, device=str(device))
     model.to(device).train()
     optimizer = make_optimizer(model, cfg, device)
-    autocast = autocast_context(device)
+    autocast = autocast_context(device, precision)
     run_model = torch.compile(model) if compile else model
     batches = RandomBatches(model.cfg.vocab_size, model.cfg.context_length, batch_size, device, seed)
     ddp = Distributed(device)
