@@ -72,6 +72,14 @@ def test_every_endpoint_has_a_name(app):
     assert ENDPOINTS <= named, f"missing: {ENDPOINTS - named}"
 
 
+def test_every_endpoint_is_described_by_its_own_docstring(app):
+    """Gradio describes an endpoint by its function's docstring: a bare functools.partial would give
+    functools' own ("partial(func, *args, **keywords) - new function ...")."""
+    endpoints = app.client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    generic = {name for name, info in endpoints.items() if "partial(func" in json.dumps(info)}
+    assert not generic, f"described as functools.partial: {sorted(generic)}"
+
+
 def test_the_samples_are_offered_out_of_the_box(app):
     ids = {d["id"] for d in app.studio.store.datasets()}
     assert {f"sample-{p.stem}" for p in SAMPLES_DIR.glob("*") if p.suffix in (".csv", ".json", ".jsonl")} <= ids

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import gradio as gr
@@ -15,6 +17,14 @@ LOSS_COLUMNS = ["step", "loss", "curve"]
 # wait in, so four open pages, a running fine-tune or a generation never hold them up. Generation and batch
 # scoring keep a concurrency limit.
 LIGHT: dict[str, Any] = {"api_visibility": "private", "concurrency_limit": None}
+
+
+def bound(handler: Callable, studio: Any) -> Callable:
+    """The handler with the studio bound as its first argument, its docstring kept: Gradio describes a
+    public endpoint by its function's docstring, and a bare functools.partial's is functools' own."""
+    fn = partial(handler, studio)
+    fn.__doc__ = handler.__doc__
+    return fn
 
 
 def dropdown(**kwargs: Any) -> gr.Dropdown:

@@ -7,7 +7,6 @@ import html
 import os
 import re
 from collections.abc import Callable, Iterator
-from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,7 +17,7 @@ from llm.errors import LLMError
 from studio.context import Studio, spreadsheet_safe
 from studio.jobs import CHILD_THREADS
 from studio.store import LAUNCHED_STATES, new_id
-from studio.tabs import LIGHT, dropdown
+from studio.tabs import LIGHT, bound, dropdown
 from studio.votes import TIE
 
 MAX_MODELS = 4
@@ -277,16 +276,18 @@ def layout_batch(ui: SimpleNamespace) -> None:
 
 def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     outputs = [ui.models, ui.batch_data, ui.tally]
-    fill = partial(choices, studio)
+    fill = bound(choices, studio)
     tab.select(fill, outputs=outputs, **LIGHT)  # when shown: a page that never shows the tab costs nothing
     ui.refresh.click(fill, outputs=outputs, api_visibility="private")
     asked = [ui.models, ui.prompt, ui.temperature, ui.top_p, ui.max_new, ui.seed]
     answered = [*ui.answers, ui.diff, ui.status, ui.vote, ui.last]
-    ui.go.click(partial(compare, studio), asked, answered, api_name="compare")
-    ui.prompt.submit(partial(compare, studio), asked, answered, api_visibility="private")
-    ui.save_vote.click(partial(record_vote, studio), [ui.last, ui.vote], ui.tally, api_name="vote")
+    # One function for the button and Enter: Gradio queues by function, so one generation runs at a time.
+    ask = bound(compare, studio)
+    ui.go.click(ask, asked, answered, api_name="compare")
+    ui.prompt.submit(ask, asked, answered, api_visibility="private")
+    ui.save_vote.click(bound(record_vote, studio), [ui.last, ui.vote], ui.tally, api_name="vote")
     ui.batch_go.click(
-        partial(batch, studio),
+        bound(batch, studio),
         [ui.models, ui.batch_data, ui.batch_rows, ui.batch_tokens, ui.seed],
         [ui.batch_status, ui.batch_totals, ui.batch_table, ui.batch_file],
         api_name="batch_compare",

@@ -10,7 +10,6 @@ import re
 import shutil
 import unicodedata
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -22,7 +21,7 @@ from llm.errors import LLMError
 from studio.charts import bar_chart
 from studio.context import DATA_SUFFIXES, Studio, plural, upload_limit
 from studio.store import new_id
-from studio.tabs import LIGHT, dropdown
+from studio.tabs import LIGHT, bound, dropdown
 
 PREVIEW_EXAMPLES = 6
 FORMAT_CHOICES = [
@@ -469,7 +468,7 @@ def forgetting(handler: Callable[..., list], studio: Studio) -> Callable[..., li
         return [*handler(studio, *args), None]
 
     # The API page describes the endpoint by the handler's parameters and docstring.
-    run.__signature__ = inspect.signature(partial(handler, studio))
+    run.__signature__ = inspect.signature(bound(handler, studio))
     run.__doc__ = handler.__doc__
     return run
 
@@ -477,12 +476,12 @@ def forgetting(handler: Callable[..., list], studio: Studio) -> Callable[..., li
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     views = [getattr(ui, name) for name in VIEWS]
     loaded, uploaded = [ui.dataset, *views, ui.seen], [ui.dataset, ui.upload, ui.pending, *views, ui.seen]
-    ui.page.change(partial(show_page, studio), [ui.dataset, ui.page], ui.preview, **LIGHT)
+    ui.page.change(bound(show_page, studio), [ui.dataset, ui.page], ui.preview, **LIGHT)
     # Every event that changes the view forgets what was last shown: the next tab switch draws it afresh.
     deleted = [ui.dataset, ui.deleted, *views, ui.seen]
     ui.delete.click(forgetting(do_delete, studio), ui.dataset, deleted, api_name="delete_dataset")
-    tab.select(partial(on_load, studio), [ui.dataset, ui.seen], loaded, **LIGHT)
-    demo.load(partial(on_load, studio), ui.dataset, loaded, **LIGHT)
+    tab.select(bound(on_load, studio), [ui.dataset, ui.seen], loaded, **LIGHT)
+    demo.load(bound(on_load, studio), ui.dataset, loaded, **LIGHT)
     demo.load(None, js=UPLOAD_WATCH.replace("LIMIT", str(studio.max_upload_bytes)))
     shown = [ui.pending, *views, ui.seen]
     ui.dataset.input(lambda d: [None, *show(studio, d), None], ui.dataset, shown, api_name="dataset")

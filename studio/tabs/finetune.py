@@ -29,7 +29,7 @@ from llm.run import Metrics
 from studio.context import Studio, StudioError, human_size, memory_now, plural
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
-from studio.tabs import LIGHT, dropdown, loss_chart, loss_frame, loss_plot
+from studio.tabs import LIGHT, bound, dropdown, loss_chart, loss_frame, loss_plot
 
 METHOD_CHOICES = [("LoRA: small adapters, fast, little memory", "lora"), ("Full: every weight", "full")]
 SAMPLE_COLUMNS = ["step", "prompt", "answer"]
@@ -568,11 +568,9 @@ def wire_form(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     # The tab is first shown: the form as this browser left it, then saving starts (a page that never shows
     # the tab costs nothing). Showing it again only refreshes the choices, so an answer that arrives late
     # never overwrites what the user typed meanwhile.
-    shown = tab.select(
-        functools.partial(show_tab, studio), [ui.saved, ui.run, ui.opened], [*opened, ui.opened], **LIGHT
-    )
+    shown = tab.select(bound(show_tab, studio), [ui.saved, ui.run, ui.opened], [*opened, ui.opened], **LIGHT)
     shown.then(None, None, None, js=RESTORED_JS)
-    plan = functools.partial(make_plan, studio)
+    plan = bound(make_plan, studio)
     # .input (the user's changes), not .change: a handler that fills the form returns its plan itself, so
     # filling 20 fields does not ask for 20 plans.
     user_edits = [c.input for c in (ui.base, ui.dataset, *fields)]
@@ -580,13 +578,13 @@ def wire_form(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     # The unsaved form lives in the browser: kept by a script, no server round trip.
     form = [ui.saved, ui.base, ui.dataset, *fields, ui.name]
     gr.on([c.change for c in form[1:]], None, form, ui.saved, js=SAVE_FORM_JS)
-    probes = ui.dataset.input(functools.partial(default_probes, studio), ui.dataset, ui.fields["probes"], **LIGHT)
+    probes = ui.dataset.input(bound(default_probes, studio), ui.dataset, ui.fields["probes"], **LIGHT)
     probes.then(plan, [ui.base, ui.dataset, *fields], ui.plan, **LIGHT)
     ui.fields["method"].input(
         lambda m: gr.Number(visible=m == "lora"), ui.fields["method"], ui.fields["lora_rank"], **LIGHT
     )
     ui.reuse.click(
-        functools.partial(from_run, studio),
+        bound(from_run, studio),
         ui.run,
         [ui.base, ui.dataset, *fields, ui.name, ui.plan, ui.start_status],
         **LIGHT,
@@ -597,13 +595,13 @@ def wire_presets(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     fields = [ui.fields[name] for name in FORM_FIELDS]
     tab.select(lambda: gr.Dropdown(choices=list(studio.store.presets())), None, ui.preset, **LIGHT)
     ui.preset_save.click(
-        functools.partial(save_preset, studio),
+        bound(save_preset, studio),
         [ui.preset_name, *fields],
         [ui.start_status, ui.preset],
         **LIGHT,
     )
     ui.preset_load.click(
-        functools.partial(load_preset, studio),
+        bound(load_preset, studio),
         [ui.preset, ui.base, ui.dataset],
         [*fields, ui.plan, ui.start_status],
         **LIGHT,
@@ -613,13 +611,13 @@ def wire_presets(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
 def wire_run(studio: Studio, ui: SimpleNamespace) -> None:
     fields = [ui.fields[name] for name in FORM_FIELDS]
     ui.start.click(
-        functools.partial(form_start, studio),
+        bound(form_start, studio),
         [ui.base, ui.dataset, *fields, ui.name],
         [ui.start_status, ui.run],
         **LIGHT,
     )
     monitor = [ui.state, ui.bar, ui.curve, ui.samples, ui.log, ui.stop, ui.resume, ui.run, ui.seen, ui.timer]
-    show = functools.partial(refresh, studio)
+    show = bound(refresh, studio)
     ui.run.change(lambda r: show(r, None), ui.run, monitor, **LIGHT)
     ui.run.change(
         lambda r: settings_table(studio, studio.store.run(r)) if r and studio.store.run(r) else "",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
-from functools import partial
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,7 +19,7 @@ import gradio as gr
 from llm.errors import LLMError
 from studio.context import Studio, StudioError
 from studio.jobs import field_label
-from studio.tabs import LIGHT, dropdown
+from studio.tabs import LIGHT, bound, dropdown
 
 NO_MODEL = ""  # the second model's "none" choice
 BANDS = ("#dbe4ff", "#fde2c4", "#d3f9d8", "#f3d9fa", "#fff3bf")  # token colour bands, in turn
@@ -260,7 +259,7 @@ def layout(ui: SimpleNamespace) -> None:
 
 def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     picked = [ui.model_a, ui.model_b]
-    tab.select(partial(choices, studio), picked, picked, **LIGHT)  # when shown, not when a page opens
+    tab.select(bound(choices, studio), picked, picked, **LIGHT)  # when shown, not when a page opens
     ui.mode.change(
         lambda m: (gr.Textbox(visible=m == "text"), gr.Row(visible=m == "chat")),
         ui.mode,
@@ -270,7 +269,7 @@ def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     settings = [ui.position, ui.top_k, ui.temperature, ui.top_p, ui.layer, ui.head]
     inputs = [*picked, ui.mode, ui.text, ui.prompt, ui.answer, *settings]
     views = [ui.status, ui.tokens_view, ui.surprise_view, ui.next_view, ui.attention_view]
-    ui.go.click(partial(look, studio), inputs, views, api_name="inside")
+    ui.go.click(bound(look, studio), inputs, views, api_name="inside")
 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -24,7 +23,7 @@ from llm.run import Metrics
 from studio.context import Studio, StudioError, human_size, upload_limit
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
-from studio.tabs import LIGHT, dropdown, loss_chart, loss_frame, loss_plot
+from studio.tabs import LIGHT, bound, dropdown, loss_chart, loss_frame, loss_plot
 from studio.tabs.data import safe_filename
 from studio.tabs.finetune import clock, device_text, progress_html
 from studio.texts import TEXT_SUFFIXES, store_text, text_choices, text_path
@@ -321,10 +320,10 @@ def layout_run(ui: SimpleNamespace) -> None:
 
 def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     form = [ui.text, ui.tokenizer, ui.vocab, ui.preset, ui.budget, ui.minutes, ui.steps, ui.prompts]
-    plan = partial(make_plan, studio)
+    plan = bound(make_plan, studio)
     # Filled when the tab is shown, not when a page opens: a page that never shows it costs nothing.
     picked = [ui.text, ui.tokenizer, ui.run]
-    tab.select(partial(choices, studio), picked, [*picked, ui.preset], **LIGHT).then(plan, form, ui.plan, **LIGHT)
+    tab.select(bound(choices, studio), picked, [*picked, ui.preset], **LIGHT).then(plan, form, ui.plan, **LIGHT)
     # .input (the user's changes), not .change: filling the form asks for one plan, not one a field.
     gr.on([component.input for component in form], plan, form, ui.plan, trigger_mode="always_last", **LIGHT)
     ui.budget.change(
@@ -337,12 +336,12 @@ def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
         lambda t: gr.Number(visible=t == NEW_TOKENIZER), ui.tokenizer, ui.vocab, api_visibility="private"
     )
     uploaded = [ui.text, ui.upload, ui.text_status]
-    ui.upload.upload(partial(do_upload, studio), ui.upload, uploaded, api_name="pretrain_upload").then(
+    ui.upload.upload(bound(do_upload, studio), ui.upload, uploaded, api_name="pretrain_upload").then(
         plan, form, ui.plan, **LIGHT
     )
-    ui.start.click(partial(do_start, studio), [*form, ui.name], [ui.start_status, ui.run], api_name="pretrain_start")
+    ui.start.click(bound(do_start, studio), [*form, ui.name], [ui.start_status, ui.run], api_name="pretrain_start")
     monitor = [ui.state, ui.bar, ui.curve, ui.samples, ui.log, ui.stop, ui.resume, ui.run, ui.seen, ui.timer]
-    show = partial(refresh, studio)
+    show = bound(refresh, studio)
     ui.run.change(lambda r: show(r, None), ui.run, monitor, api_visibility="private")
     ui.timer.tick(
         show, [ui.run, ui.seen], monitor, show_progress="hidden", concurrency_limit=None, api_name="pretrain_progress"
