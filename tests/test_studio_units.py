@@ -439,3 +439,16 @@ def test_showing_the_models_tab_again_sends_nothing_unless_something_changed(tmp
     assert all(isinstance(v, type(gr.skip())) for v in again[:-1]) and again[-1] == seen
     handlers.studio.store.set_model("other", "another base", tiny_model_dir)  # another page added a model
     assert handlers.listing(chosen, [], seen)[-1] != seen
+
+
+def test_a_tab_switch_stops_the_timers_of_the_tabs_behind():
+    import gradio as gr
+
+    from studio.app import stop_hidden_timers
+
+    with gr.Blocks():
+        timers = {"3 · Fine-tune": gr.Timer(1.0), "2 · Pretrain": gr.Timer(1.0)}
+    event = gr.SelectData(None, {"value": "3 · Fine-tune", "index": 2})
+    shown, behind = stop_hidden_timers(timers)(event)
+    assert isinstance(shown, type(gr.skip())), "the shown tab's timer is left to its own refresh"
+    assert behind.active is False

@@ -41,6 +41,7 @@ ADVANCED_FIELDS = (
     "overflow", "probe_tokens",
 )  # fmt: skip
 FORM_FIELDS = BASIC_FIELDS + ADVANCED_FIELDS
+TAB_LABEL = "3 · Fine-tune"
 MAX_PROBES = 5
 FORM_STORAGE_KEY = "studio-finetune-form"
 NO_RUN = "no run"  # what a page without a run last drew  # the browser's localStorage key of the unsaved form
@@ -436,7 +437,7 @@ def refresh(studio: Studio, run_id: str | None, last_seen: Any):
         return (*[gr.skip()] * 8, last_seen, gr.Timer(active=run["status"] in ACTIVE_STATES))
     p = studio.jobs.progress(run_id)
     if signature == last_seen:  # working, files unchanged: only the clock moves
-        return gr.skip(), progress_html(p), *[gr.skip()] * 6, last_seen, gr.skip()
+        return gr.skip(), progress_html(p), *[gr.skip()] * 6, last_seen, gr.Timer(active=True)
     active = p["status"] in ACTIVE_STATES
     again = p["status"] == "cancelled"
     return (
@@ -627,6 +628,8 @@ def wire_run(studio: Studio, ui: SimpleNamespace) -> None:
     )
     # Reading a run's files is cheap: ticks from many open pages never wait for each other.
     ui.timer.tick(show, [ui.run, ui.seen], monitor, show_progress="hidden", concurrency_limit=None, api_name="progress")
+    # Shown again: the timer goes again if the run works (app.py stops it while another tab is in front).
+    ui.tab.select(show, [ui.run, ui.seen], monitor, show_progress="hidden", **LIGHT)
     ui.stop.click(
         lambda r: studio.jobs.stop(r) if r else "Choose a run first.",
         ui.run,
@@ -709,8 +712,10 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
     ui = SimpleNamespace()
-    with gr.Tab("3 · Fine-tune", id="finetune") as tab:
+    with gr.Tab(TAB_LABEL, id="finetune") as tab:
         layout(ui, demo)
+    ui.tab = tab
+    demo.tab_timers[TAB_LABEL] = ui.timer
     wire_form(studio, tab, ui)
     wire_presets(studio, tab, ui)
     wire_run(studio, ui)

@@ -29,6 +29,7 @@ from studio.tabs.finetune import clock, device_text, progress_html
 from studio.texts import TEXT_SUFFIXES, store_text, text_choices, text_path
 
 COMMAND = "pretrain"
+TAB_LABEL = "2 · Pretrain"
 NEW_TOKENIZER = "new"
 PRESET_HELP = {
     "tiny": "tiny: 2 layers × 64 (seconds; for trying the steps)",
@@ -256,7 +257,7 @@ def refresh(studio: Studio, run_id: str | None, last_seen: Any):
     if signature == last_seen and p["status"] not in WORKING_STATES:
         return (*[gr.skip()] * 8, last_seen, ticking)
     if signature == last_seen:  # running, files unchanged: only the clock moves
-        return state_text(p), progress_html(p), *[gr.skip()] * 6, last_seen, gr.skip()
+        return state_text(p), progress_html(p), *[gr.skip()] * 6, last_seen, gr.Timer(active=True)
     return (
         state_text(p),
         progress_html(p),
@@ -346,6 +347,8 @@ def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     ui.timer.tick(
         show, [ui.run, ui.seen], monitor, show_progress="hidden", concurrency_limit=None, api_name="pretrain_progress"
     )
+    # Shown again: the timer goes again if the run works (app.py stops it while another tab is in front).
+    tab.select(show, [ui.run, ui.seen], monitor, show_progress="hidden", **LIGHT)
     ui.stop.click(
         lambda r: studio.jobs.stop(r) if r else "Choose a run first.", ui.run, ui.start_status, api_visibility="private"
     )
@@ -393,7 +396,7 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
     ui = SimpleNamespace()
-    with gr.Tab("2 · Pretrain", id="pretrain") as tab:
+    with gr.Tab(TAB_LABEL, id="pretrain") as tab:
         gr.Markdown(
             "Train a model **from scratch** on a text: it learns to write like it. Start with the sample book "
             "(5 minutes on a laptop CPU gives words), or upload your own text."
@@ -405,5 +408,6 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                 layout_run(ui)
         ui.timer = gr.Timer(1.0, active=False)  # set going by refresh() while the shown run is queued or works
         ui.seen = gr.State(None)  # what this page last drew, so an unchanged run sends nothing
+    demo.tab_timers[TAB_LABEL] = ui.timer
     wire(studio, tab, ui)
     return api_functions(studio)
