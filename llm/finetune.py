@@ -313,15 +313,15 @@ def plan(prep: Prepared) -> dict[str, Any]:
 def exact_match_scorer(tokenizer: Tokenizer, examples: list[Example]):
     """on_eval for the trainer: greedy answers to up to EXACT_MATCH_ROWS held-out rows, scored against their
     reference answers; logs val_exact (the share answered exactly, after normalisation) and val_f1."""
-    chosen = examples[:EXACT_MATCH_ROWS]
-    assert chosen, "exact match needs held-out rows"
+    rows = [split_reference(example) for example in examples[:EXACT_MATCH_ROWS]]  # (conversation, reference)
+    assert rows, "exact match needs held-out rows"
+    # Enough tokens to give the reference answer, and to overshoot it.
+    sampling = [SamplingConfig(len(tokenizer.encode(ref)) + EXACT_EXTRA_TOKENS, 0.0, seed=0) for _, ref in rows]
 
     def on_eval(model: Transformer, step: int, metrics: dict[str, float]) -> dict[str, Any]:
         scores = []
-        for example in chosen:
-            messages, reference = split_reference(example)
-            room = len(tokenizer.encode(reference)) + EXACT_EXTRA_TOKENS  # enough to answer, and to overshoot
-            scores.append(score(answer(model, tokenizer, messages, SamplingConfig(room, 0.0, seed=0)), reference))
+        for (messages, reference), settings in zip(rows, sampling, strict=True):
+            scores.append(score(answer(model, tokenizer, messages, settings), reference))
         exact = sum(s["exact"] for s in scores) / len(scores)
         return {"val_exact": round(exact, 4), "val_f1": round(sum(s["f1"] for s in scores) / len(scores), 4)}
 

@@ -3,8 +3,8 @@
 AdamW with weight-decay groups, linear warmup then cosine decay, gradient accumulation, gradient clipping,
 bf16 autocast (on CUDA, or asked for on a CPU with bf16 units), optional torch.compile, periodic evaluation,
 atomic checkpoints (every ckpt_interval steps and every ckpt_seconds), resume, DDP under torchrun, a time
-budget (max_time), and a clean stop on SIGTERM / Ctrl-C (a last checkpoint is written first). Progress goes to the console and to the run's
-metrics file (llm/run.py owns its schema).
+budget (max_time), and a clean stop on SIGTERM / Ctrl-C (a last checkpoint is written first). Progress goes
+to the console and to the run's metrics file (llm/run.py owns its schema).
 
     train() -> Trainer: restore state -> [train_step -> log -> evaluate -> checkpoint]* -> final event
 """
@@ -369,8 +369,7 @@ class Trainer:
 
     def log_start(self) -> None:
         where, params, s = describe(self.device), self.model.num_params(), self.state
-        amp = autocast_dtype(self.device, self.cfg.precision)
-        where += " bf16" if amp == torch.bfloat16 else " fp32"
+        where += " bf16" if autocast_dtype(self.device, self.cfg.precision) == torch.bfloat16 else " fp32"
         self.log.write(
             {
                 "event": "start",
@@ -405,6 +404,9 @@ class Trainer:
         s, cfg = self.state, self.cfg
         metrics = evaluate(self.model, self.batches, cfg.eval_batches, self.ddp, self.autocast, self.loss_fn)
         extra = self.on_eval(self.model, s.step, metrics) if (self.on_eval and self.ddp.main) else {}
+        # The hook runs on the main process only: every process decides on its values (e.g. val_exact), so
+        # early stopping ends them all at the same step.
+        extra = self.ddp.gather(extra)[0]
         val = metrics.get("val_loss")
         if val is not None:
             s.best_val = min(s.best_val, val)

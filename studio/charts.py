@@ -16,6 +16,7 @@ import pandas as pd
 
 WIDTH, HEIGHT = 640, 300  # the viewBox; the SVG scales to its column's width
 LEFT, RIGHT, TOP, BOTTOM = 56, 12, 10, 44  # margins for the axes' tick labels and titles
+PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM  # the plotting area inside them
 PALETTE = ["#4f7cff", "#f5a524", "#22c55e", "#e5484d", "#a855f7", "#14b8a6", "#ec4899", "#64748b"]
 MAX_POINTS = 600  # per line: longer series are thinned (evenly, keeping the last point) before drawing
 
@@ -64,29 +65,45 @@ def axes(
     """The grid, tick labels and titles for these values; returns (svg, x -> px, y -> px)."""
     x_ticks, y_ticks = nice_ticks(min(xs), max(xs)), nice_ticks(min(ys), max(ys))
     x0, x1, y0, y1 = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def px(x: float) -> float:
-        return LEFT + (x - x0) / (x1 - x0) * plot_w
+        return LEFT + (x - x0) / (x1 - x0) * PLOT_W
 
     def py(y: float) -> float:
-        return TOP + plot_h - (y - y0) / (y1 - y0) * plot_h
+        return TOP + PLOT_H - (y - y0) / (y1 - y0) * PLOT_H
 
-    parts = []
-    for t in y_ticks:
-        parts.append(f"<line class='grid' x1='{LEFT}' x2='{WIDTH - RIGHT}' y1='{py(t):.1f}' y2='{py(t):.1f}'/>")
-        parts.append(f"<text class='tick' x='{LEFT - 6}' y='{py(t) + 4:.1f}' text-anchor='end'>{tick_label(t)}</text>")
+    parts = [value_axis(y_ticks, py)]
     for t in x_ticks:
-        parts.append(
-            f"<text class='tick' x='{px(t):.1f}' y='{TOP + plot_h + 16}' text-anchor='middle'>{tick_label(t)}</text>"
-        )
-    parts.append(
-        f"<text class='axis-title' x='{LEFT + plot_w / 2}' y='{HEIGHT - 6}' text-anchor='middle'>"
+        parts.append(x_tick(px(t), tick_label(t)))
+    parts.append(axis_titles(x_title, y_title))
+    return "".join(parts), px, py
+
+
+def value_axis(ticks: list[float], py: Callable[[float], float]) -> str:
+    """Horizontal grid lines at the y ticks, labelled on the left."""
+    return "".join(
+        f"<line class='grid' x1='{LEFT}' x2='{WIDTH - RIGHT}' y1='{py(t):.1f}' y2='{py(t):.1f}'/>"
+        f"<text class='tick' x='{LEFT - 6}' y='{py(t) + 4:.1f}' text-anchor='end'>{tick_label(t)}</text>"
+        for t in ticks
+    )
+
+
+def x_tick(x: float, label: str) -> str:
+    return f"<text class='tick' x='{x:.1f}' y='{TOP + PLOT_H + 16}' text-anchor='middle'>{html.escape(label)}</text>"
+
+
+def axis_titles(x_title: str, y_title: str) -> str:
+    return (
+        f"<text class='axis-title' x='{LEFT + PLOT_W / 2}' y='{HEIGHT - 6}' text-anchor='middle'>"
         f"{html.escape(x_title)}</text>"
-        f"<text class='axis-title' transform='translate(14 {TOP + plot_h / 2}) rotate(-90)' text-anchor='middle'>"
+        f"<text class='axis-title' transform='translate(14 {TOP + PLOT_H / 2}) rotate(-90)' text-anchor='middle'>"
         f"{html.escape(y_title)}</text>"
     )
-    return "".join(parts), px, py
+
+
+def framed(title: str, colors: dict[str, str], body: str) -> str:
+    """A chart: its title, its legend and the SVG."""
+    return f"<div class='chart'><div class='chart-title'>{html.escape(title)}</div>{legend(colors)}{svg(body, title)}</div>"
 
 
 def svg(body: str, label: str) -> str:
@@ -128,10 +145,7 @@ def line_chart(
                 f"<title>{label}: {x} {a:g}, {y} {b:.4g}</title></circle>"
                 for a, b in points
             ]
-    body = grid + "".join(lines)
-    return (
-        f"<div class='chart'><div class='chart-title'>{html.escape(title)}</div>{legend(color)}{svg(body, title)}</div>"
-    )
+    return framed(title, color, grid + "".join(lines))
 
 
 def bar_chart(
@@ -141,16 +155,12 @@ def bar_chart(
     assert all(len(counts) == len(labels) for counts in stacks.values()), "a count for every label"
     totals = [sum(counts[i] for counts in stacks.values()) for i in range(len(labels))]
     y_ticks = nice_ticks(0, max(max(totals, default=0), 5))  # counts: whole-number ticks
-    plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    slot = plot_w / max(1, len(labels))
+    slot = PLOT_W / max(1, len(labels))
 
     def py(v: float) -> float:
-        return TOP + plot_h - v / y_ticks[-1] * plot_h
+        return TOP + PLOT_H - v / y_ticks[-1] * PLOT_H
 
-    parts = []
-    for t in y_ticks:
-        parts.append(f"<line class='grid' x1='{LEFT}' x2='{WIDTH - RIGHT}' y1='{py(t):.1f}' y2='{py(t):.1f}'/>")
-        parts.append(f"<text class='tick' x='{LEFT - 6}' y='{py(t) + 4:.1f}' text-anchor='end'>{tick_label(t)}</text>")
+    parts = [value_axis(y_ticks, py)]
     for i, label in enumerate(labels):
         base, left = 0, LEFT + i * slot + slot * 0.12
         for key, counts in stacks.items():
@@ -162,14 +172,6 @@ def bar_chart(
                     f"{counts[i]} ({html.escape(key)})</title></rect>"
                 )
                 base += counts[i]
-        centre = LEFT + (i + 0.5) * slot
-        parts.append(
-            f"<text class='tick' x='{centre:.1f}' y='{TOP + plot_h + 14}' text-anchor='middle'>{html.escape(label)}</text>"
-        )
-    parts.append(
-        f"<text class='axis-title' x='{LEFT + plot_w / 2}' y='{HEIGHT - 6}' text-anchor='middle'>"
-        f"{html.escape(x_title)}</text>"
-        f"<text class='axis-title' transform='translate(14 {TOP + plot_h / 2}) rotate(-90)' text-anchor='middle'>"
-        f"{html.escape(y_title)}</text>"
-    )
-    return f"<div class='chart'><div class='chart-title'>{html.escape(title)}</div>{legend(colors)}{svg(''.join(parts), title)}</div>"
+        parts.append(x_tick(LEFT + (i + 0.5) * slot, label))
+    parts.append(axis_titles(x_title, y_title))
+    return framed(title, colors, "".join(parts))

@@ -281,7 +281,7 @@ def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     ui.refresh.click(fill, outputs=outputs, api_visibility="private")
     asked = [ui.models, ui.prompt, ui.temperature, ui.top_p, ui.max_new, ui.seed]
     answered = [*ui.answers, ui.diff, ui.status, ui.vote, ui.last]
-    # One function for the button and Enter: Gradio queues by function, so one generation runs at a time.
+    # One function for the button and Enter: Gradio queues by function, so both share one concurrency limit.
     ask = bound(compare, studio)
     ui.go.click(ask, asked, answered, api_name="compare")
     ui.prompt.submit(ask, asked, answered, api_visibility="private")

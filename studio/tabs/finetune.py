@@ -43,8 +43,8 @@ ADVANCED_FIELDS = (
 FORM_FIELDS = BASIC_FIELDS + ADVANCED_FIELDS
 TAB_LABEL = "3 · Fine-tune"
 MAX_PROBES = 5
-FORM_STORAGE_KEY = "studio-finetune-form"
-NO_RUN = "no run"  # what a page without a run last drew  # the browser's localStorage key of the unsaved form
+FORM_STORAGE_KEY = "studio-finetune-form"  # the browser's localStorage key of the unsaved form
+NO_RUN = "no run"  # what a page without a run last drew
 
 
 def clock(seconds: float | None) -> str:

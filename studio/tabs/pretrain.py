@@ -25,7 +25,7 @@ from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
 from studio.tabs import LIGHT, bound, dropdown, loss_chart, loss_frame, loss_plot
 from studio.tabs.data import safe_filename
-from studio.tabs.finetune import clock, device_text, progress_html
+from studio.tabs.finetune import NO_RUN, clock, device_text, progress_html
 from studio.texts import TEXT_SUFFIXES, store_text, text_choices, text_path
 
 COMMAND = "pretrain"
@@ -164,7 +164,6 @@ def default_run(studio: Studio) -> str | None:
 
 
 DEFAULTS = PretrainConfig(inputs=["-"])  # the library's defaults, shown in a new form
-NO_RUN = "no run"  # `seen` once the page shows that there is no run
 
 
 def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None = None) -> str | None:
