@@ -220,7 +220,9 @@ class Studio:
         if kind == "base":
             row = self.store.model(key)
             if row is None or not is_model_dir(self.store.abs(row["path"])):
-                raise StudioError(self.base_missing() or f"The base model {key!r} is missing.")
+                known = ", ".join(ref for _, ref in self.base_choices())
+                unknown = f"Unknown model {ref!r}: the base models are {known}." if row is None else ""
+                raise StudioError(self.base_missing() or unknown or f"The base model {key!r} is missing.")
             return self.store.abs(row["path"])
         run_id, _, which = key.partition("/")
         run = self.store.run(run_id) if kind == "run" else None

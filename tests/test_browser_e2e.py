@@ -86,6 +86,21 @@ def expect_lines(page, plot: str) -> None:
     )
 
 
+def events_sent(page, action, settle_ms: int = 1500) -> list[int]:
+    """The Gradio events (fn_index of each queue/join) the page sends while action() runs and settle_ms after."""
+    sent = []
+
+    def on_request(request):
+        if "/queue/join" in request.url:
+            sent.append(json.loads(request.post_data or "{}").get("fn_index"))
+
+    page.on("request", on_request)
+    action()
+    page.wait_for_timeout(settle_ms)
+    page.remove_listener("request", on_request)
+    return sent
+
+
 def test_upload_finetune_reload_and_compare(page):
     from playwright.sync_api import expect
 
@@ -113,6 +128,8 @@ def test_upload_finetune_reload_and_compare(page):
         assert workspace_files(studio.workspace) == before, name
         page.reload()  # a clean page for the next file (and toasts gone)
         expect(status).to_contain_text("examples ready")  # loaded again
+    # A page opens with one event: the Data tab's fill.
+    assert len(events_sent(page, lambda: (page.reload(), expect(status).to_contain_text("examples ready")))) == 1
     # A file over the limit: Gradio refuses it in the browser; the page says so, and the previous file's
     # preview and histogram do not stay on screen as if they were this file's.
     expect(page.locator("#data-preview .example").first).to_be_visible()
@@ -131,9 +148,13 @@ def test_upload_finetune_reload_and_compare(page):
     assert len(stored) == 1 and stored[0].is_relative_to(studio.workspace / "datasets")
     assert not (studio.workspace.parent / "x.csv").exists() and not (studio.workspace.parent.parent / "x.csv").exists()
 
-    # 2. Fine-tune: the plan, then a short run with a live plot and progress.
-    open_tab(page, "3 · Fine-tune")
-    expect(page.locator("#ft-plan")).to_contain_text("Estimated memory")  # a user waits for the form, then types
+    # 2. Fine-tune: the plan, then a short run with a live plot and progress. Every event costs the browser
+    # a pass over the page's state: showing the tab sends the app's timer stop and one event of its own.
+    def show_finetune():
+        open_tab(page, "3 · Fine-tune")
+        expect(page.locator("#ft-plan")).to_contain_text("Estimated memory")  # a user waits, then types
+
+    assert len(events_sent(page, show_finetune)) == 2
     page.locator("#ft-dataset input").click()
     page.get_by_role("option", name=re.compile(r"^opposites\.csv \(sample")).click()
     probes = page.locator("#ft-probes textarea")

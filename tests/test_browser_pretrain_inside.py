@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from test_browser_e2e import ARTIFACTS, open_tab, page  # noqa: F401  (page is the fixture)
+from test_browser_e2e import ARTIFACTS, events_sent, open_tab, page  # noqa: F401  (page is the fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -25,9 +25,14 @@ def test_pretrain_the_sample_book_then_fine_tune_and_look_inside(page):  # noqa:
 
     studio = page.studio
     expect.set_options(timeout=30_000)
-    open_tab(page, "2 · Pretrain")
-    expect(page.locator("#pt-text input")).to_have_value(re.compile(r"^marvelous_land_of_oz\.txt"))
-    expect(page.locator("#pt-plan")).to_contain_text("of training: about")  # the default: a time budget
+    expect(page.locator("#data-status")).to_contain_text("examples ready")  # the page has opened
+
+    def show_pretrain():  # one event of the tab's own (and the app's timer stop) fills it: choices, plan, run
+        open_tab(page, "2 · Pretrain")
+        expect(page.locator("#pt-text input")).to_have_value(re.compile(r"^marvelous_land_of_oz\.txt"))
+        expect(page.locator("#pt-plan")).to_contain_text("of training: about")  # the default: a time budget
+
+    assert len(events_sent(page, show_pretrain)) == 2
 
     # A tiny budget: the tiny preset, the base model's tokenizer (so Inside can compare the two), 12 steps.
     choose(page, "pt-tokenizer", re.compile(r"^Reuse the tokenizer of base"))

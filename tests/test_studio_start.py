@@ -82,3 +82,9 @@ def test_a_login_comes_from_a_file_an_environment_variable_or_the_flag(tmp_path,
     assert app.login(parser, args()) is None
     with pytest.raises(SystemExit):
         app.login(parser, args(auth_file=str(tmp_path / "missing")))
+
+
+def test_an_unknown_base_model_ref_is_named_with_the_known_ones(tmp_path, tiny_model_dir):
+    studio = Studio(tmp_path / "ws", tiny_model_dir)
+    with pytest.raises(StudioError, match=r"Unknown model 'base': the base models are base:\w+"):
+        studio.model_dir("base")

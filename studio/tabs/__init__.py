@@ -34,6 +34,18 @@ def dropdown(**kwargs: Any) -> gr.Dropdown:
     return gr.Dropdown(allow_custom_value=True, **kwargs)
 
 
+def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None = None) -> str | None:
+    """value if it is still offered, else fallback if it is, else the first option (None when none)."""
+    keys = [k for _, k in options]
+    return value if value in keys else fallback if fallback in keys else (keys[0] if keys else None)
+
+
+def chosen(choices: list[tuple[str, str]], value: str | None) -> gr.Dropdown:
+    """A dropdown update: these choices, value chosen. No value when it is None: None set on an empty
+    dropdown counts as a change and would fire its .change handlers for nothing."""
+    return gr.Dropdown(choices=choices, value=value) if value is not None else gr.Dropdown(choices=choices)
+
+
 LOSS_COLORS = {"train": "#4f7cff", "validation": "#f5a524"}
 
 

@@ -480,8 +480,8 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
     # Every event that changes the view forgets what was last shown: the next tab switch draws it afresh.
     deleted = [ui.dataset, ui.deleted, *views, ui.seen]
     ui.delete.click(forgetting(do_delete, studio), ui.dataset, deleted, api_name="delete_dataset")
+    # Gradio selects the first tab as the page opens: this fills the tab then, and when it is shown again.
     tab.select(bound(on_load, studio), [ui.dataset, ui.seen], loaded, **LIGHT)
-    demo.load(bound(on_load, studio), ui.dataset, loaded, **LIGHT)
     demo.load(None, js=UPLOAD_WATCH.replace("LIMIT", str(studio.max_upload_bytes)))
     shown = [ui.pending, *views, ui.seen]
     ui.dataset.input(lambda d: [None, *show(studio, d), None], ui.dataset, shown, api_name="dataset")

@@ -29,7 +29,7 @@ from llm.run import Metrics
 from studio.context import Studio, StudioError, human_size, memory_now, plural
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
-from studio.tabs import LIGHT, bound, dropdown, loss_chart, loss_frame, loss_plot
+from studio.tabs import LIGHT, bound, chosen, dropdown, keep, loss_chart, loss_frame, loss_plot
 
 METHOD_CHOICES = [("LoRA: small adapters, fast, little memory", "lora"), ("Full: every weight", "full")]
 SAMPLE_COLUMNS = ["step", "prompt", "answer"]
@@ -284,17 +284,12 @@ def held_out_prompts(path: str, file_version: tuple, fmt: str, mapping: str) -> 
     return "\n".join(probe_prompts(held_out.examples))
 
 
-def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None) -> str | None:
-    """value if it is among the options, else fallback if it is, else the first option."""
-    keys = [k for _, k in options]
-    return value if value in keys else fallback if fallback in keys else (keys[0] if keys else None)
-
-
 def open_form(studio: Studio, saved: Any, run_id: str | None):
     """A page opens or the tab is shown: fresh choices, the form as this browser left it (else the defaults
     and the newest run's base and dataset), and its plan."""
     saved = saved if isinstance(saved, dict) else {}
     bases, datasets, runs = studio.model_choices(), studio.dataset_choices(), run_choices(studio)
+    run_id = keep(run_id, runs, default_run(studio))
     latest = (studio.store.runs() or [{}])[0]
     base_ref = keep(saved.get("base"), bases, latest.get("base_id"))
     dataset_id = keep(saved.get("dataset"), datasets, latest.get("dataset_id"))
@@ -305,19 +300,27 @@ def open_form(studio: Studio, saved: Any, run_id: str | None):
     return (
         gr.Dropdown(choices=bases, value=base_ref),
         gr.Dropdown(choices=datasets, value=dataset_id),
-        gr.Dropdown(choices=runs, value=keep(run_id, runs, default_run(studio))),
+        chosen(runs, run_id),
         *values,
         saved.get("name", ""),
         make_plan(studio, base_ref, dataset_id, *values),
     )
 
 
-def show_tab(studio: Studio, saved: Any, run_id: str | None, opened: bool):
-    """[base, dataset, run, *fields, name, plan, opened]: the opened form the first time the tab is shown,
-    the fresh choices (and nothing of the form) after that."""
+def show_tab(studio: Studio, saved: Any, run_id: str | None, opened: bool, last_seen: Any):
+    """The tab is shown, in one event: [base, dataset, run, *fields, name, plan, opened, presets, *monitor]
+    (monitor as refresh() returns it, less the run list). The first time, the form as this browser left it
+    and its run; after that the fresh choices (and nothing of the form: an answer that arrives late must not
+    overwrite what the user typed meanwhile). The monitor draws the run (nothing when unchanged) and starts
+    the timer again if the run works."""
     if opened:
-        return (*fresh_choices(studio), *[gr.skip()] * (len(FORM_FIELDS) + 2), True)
-    return (*open_form(studio, saved, run_id), True)
+        form = (*fresh_choices(studio), *[gr.skip()] * (len(FORM_FIELDS) + 2))
+    else:
+        form = open_form(studio, saved, run_id)
+        run_id = keep(run_id, run_choices(studio), default_run(studio))  # the run open_form chose
+    state, bar, curve, samples, log, stop, resume, _, seen, timer = refresh(studio, run_id, last_seen)
+    presets = gr.Dropdown(choices=list(studio.store.presets()))
+    return (*form, True, presets, state, bar, curve, samples, log, stop, resume, seen, timer)
 
 
 def fresh_choices(studio: Studio):
@@ -455,6 +458,13 @@ def refresh(studio: Studio, run_id: str | None, last_seen: Any):
     )
 
 
+def run_chosen(studio: Studio, run_id: str | None, last_seen: Any):
+    """A run is chosen or started: refresh()'s monitor (nothing when this page drew it already) and the
+    settings it was started with."""
+    run = studio.store.run(run_id) if run_id else None
+    return (*refresh(studio, run_id, last_seen), settings_table(studio, run) if run else "")
+
+
 def api_plan(studio: Studio, base_ref: str, dataset_id: str, basic: tuple, advanced: str) -> str:
     """The /plan endpoint (see api_values)."""
     try:
@@ -563,50 +573,72 @@ def layout(ui: SimpleNamespace, demo: gr.Blocks) -> None:
 
 
 # Events
+def kept_form(ui: SimpleNamespace) -> list[gr.components.Component]:
+    """SAVE_FORM_JS's inputs: the kept form, then what it keeps."""
+    return [ui.saved, ui.base, ui.dataset, *[ui.fields[name] for name in FORM_FIELDS], ui.name]
+
+
+def keep_form(event: Any, ui: SimpleNamespace) -> None:
+    """After event (a handler that fills the form), the browser keeps the form as it now is."""
+    event.then(None, kept_form(ui), ui.saved, js=SAVE_FORM_JS)
+
+
 def wire_form(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     fields = [ui.fields[name] for name in FORM_FIELDS]
     opened = [ui.base, ui.dataset, ui.run, *fields, ui.name, ui.plan]
     # The tab is first shown: the form as this browser left it, then saving starts (a page that never shows
     # the tab costs nothing). Showing it again only refreshes the choices, so an answer that arrives late
     # never overwrites what the user typed meanwhile.
-    shown = tab.select(bound(show_tab, studio), [ui.saved, ui.run, ui.opened], [*opened, ui.opened], **LIGHT)
+    monitor = [ui.state, ui.bar, ui.curve, ui.samples, ui.log, ui.stop, ui.resume, ui.seen, ui.timer]
+    shown = tab.select(
+        bound(show_tab, studio),
+        [ui.saved, ui.run, ui.opened, ui.seen],
+        [*opened, ui.opened, ui.preset, *monitor],
+        show_progress="hidden",
+        **LIGHT,
+    )
     shown.then(None, None, None, js=RESTORED_JS)
     plan = bound(make_plan, studio)
     # .input (the user's changes), not .change: a handler that fills the form returns its plan itself, so
     # filling 20 fields does not ask for 20 plans.
     user_edits = [c.input for c in (ui.base, ui.dataset, *fields)]
     gr.on(user_edits, plan, [ui.base, ui.dataset, *fields], ui.plan, trigger_mode="always_last", **LIGHT)
-    # The unsaved form lives in the browser: kept by a script, no server round trip.
-    form = [ui.saved, ui.base, ui.dataset, *fields, ui.name]
-    gr.on([c.change for c in form[1:]], None, form, ui.saved, js=SAVE_FORM_JS)
+    # The unsaved form lives in the browser: a script keeps it, no server round trip, after each user edit
+    # and after each handler that fills the form (a script on every field's .change would run once a field
+    # as the form is filled). A text box's .input misses text entered at once (as the browser test's fill
+    # enters it), so text boxes save on .change.
+    form = kept_form(ui)
+    edits = [c.change if isinstance(c, gr.Textbox) else c.input for c in form[1:]]
+    gr.on(edits, None, form, ui.saved, js=SAVE_FORM_JS)
     probes = ui.dataset.input(bound(default_probes, studio), ui.dataset, ui.fields["probes"], **LIGHT)
-    probes.then(plan, [ui.base, ui.dataset, *fields], ui.plan, **LIGHT)
+    keep_form(probes.then(plan, [ui.base, ui.dataset, *fields], ui.plan, **LIGHT), ui)
     ui.fields["method"].input(
         lambda m: gr.Number(visible=m == "lora"), ui.fields["method"], ui.fields["lora_rank"], **LIGHT
     )
-    ui.reuse.click(
+    reused = ui.reuse.click(
         bound(from_run, studio),
         ui.run,
         [ui.base, ui.dataset, *fields, ui.name, ui.plan, ui.start_status],
         **LIGHT,
     )
+    keep_form(reused, ui)
 
 
-def wire_presets(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
+def wire_presets(studio: Studio, ui: SimpleNamespace) -> None:
     fields = [ui.fields[name] for name in FORM_FIELDS]
-    tab.select(lambda: gr.Dropdown(choices=list(studio.store.presets())), None, ui.preset, **LIGHT)
     ui.preset_save.click(
         bound(save_preset, studio),
         [ui.preset_name, *fields],
         [ui.start_status, ui.preset],
         **LIGHT,
     )
-    ui.preset_load.click(
+    loaded = ui.preset_load.click(
         bound(load_preset, studio),
         [ui.preset, ui.base, ui.dataset],
         [*fields, ui.plan, ui.start_status],
         **LIGHT,
     )
+    keep_form(loaded, ui)
 
 
 def wire_run(studio: Studio, ui: SimpleNamespace) -> None:
@@ -618,18 +650,10 @@ def wire_run(studio: Studio, ui: SimpleNamespace) -> None:
         **LIGHT,
     )
     monitor = [ui.state, ui.bar, ui.curve, ui.samples, ui.log, ui.stop, ui.resume, ui.run, ui.seen, ui.timer]
-    show = bound(refresh, studio)
-    ui.run.change(lambda r: show(r, None), ui.run, monitor, **LIGHT)
-    ui.run.change(
-        lambda r: settings_table(studio, studio.store.run(r)) if r and studio.store.run(r) else "",
-        ui.run,
-        ui.run_settings,
-        **LIGHT,
-    )
+    ui.run.change(bound(run_chosen, studio), [ui.run, ui.seen], [*monitor, ui.run_settings], **LIGHT)
     # Reading a run's files is cheap: ticks from many open pages never wait for each other.
+    show = bound(refresh, studio)
     ui.timer.tick(show, [ui.run, ui.seen], monitor, show_progress="hidden", concurrency_limit=None, api_name="progress")
-    # Shown again: the timer goes again if the run works (app.py stops it while another tab is in front).
-    ui.tab.select(show, [ui.run, ui.seen], monitor, show_progress="hidden", **LIGHT)
     ui.stop.click(
         lambda r: studio.jobs.stop(r) if r else "Choose a run first.",
         ui.run,
@@ -717,6 +741,6 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     ui.tab = tab
     demo.tab_timers[TAB_LABEL] = ui.timer
     wire_form(studio, tab, ui)
-    wire_presets(studio, tab, ui)
+    wire_presets(studio, ui)
     wire_run(studio, ui)
     return api_functions(studio)

@@ -369,7 +369,8 @@ def wire(tab: gr.Tab, ui: SimpleNamespace, h: Handlers) -> None:
     # Filled when shown (a page opens on the first tab): opening a page costs no listing of every run.
     for event in (tab.select, ui.refresh.click):
         event(h.listing, [ui.pick, ui.compare_pick, ui.seen], shown, **LIGHT)
-    ui.pick.change(h.show, ui.pick, [ui.about, ui.curve, ui.new_name], **LIGHT)
+    # .input: every handler that sets the pick (listing, rename, delete) draws its details itself.
+    ui.pick.input(h.show, ui.pick, [ui.about, ui.curve, ui.new_name], **LIGHT)
     ui.compare_pick.change(h.compare, ui.compare_pick, [ui.compare_curve, ui.compare_table], **LIGHT)
     ui.rename.click(h.rename, [ui.pick, ui.new_name], [ui.status, *shown], api_name="rename", concurrency_limit=None)
     ui.delete.click(h.ask_delete, ui.pick, [ui.confirm_row, ui.confirm_text, ui.status], **LIGHT)

@@ -23,7 +23,7 @@ from llm.run import Metrics
 from studio.context import Studio, StudioError, human_size, upload_limit
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
-from studio.tabs import LIGHT, bound, dropdown, loss_chart, loss_frame, loss_plot
+from studio.tabs import LIGHT, bound, chosen, dropdown, keep, loss_chart, loss_frame, loss_plot
 from studio.tabs.data import safe_filename
 from studio.tabs.finetune import NO_RUN, clock, device_text, progress_html
 from studio.texts import TEXT_SUFFIXES, store_text, text_choices, text_path
@@ -166,22 +166,26 @@ def default_run(studio: Studio) -> str | None:
 DEFAULTS = PretrainConfig(inputs=["-"])  # the library's defaults, shown in a new form
 
 
-def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None = None) -> str | None:
-    """The value if it is still offered, else the fallback if offered, else the first option."""
-    keys = [k for _, k in options]
-    return value if value in keys else fallback if fallback in keys else (keys[0] if keys else None)
+def show_tab(studio: Studio, *values: Any):
+    """The tab is shown, in one event. values: the form (text, tokenizer, vocab, preset, budget, minutes, steps,
+    prompts), the run and what the monitor last drew. Returns [text, tokenizer, run, preset, vocab, plan,
+    *monitor]: the texts, tokenizers, runs and model sizes as they are now (the page's values kept), the
+    plan, and refresh()'s monitor less the run list (it starts the timer again if the run works)."""
+    import torch  # whether there is a GPU: torch is imported on first use, not when the studio starts
 
-
-def choices(studio: Studio, text_key: str | None, tokenizer_ref: str | None, run_id: str | None):
-    """The texts, tokenizers, runs and model sizes as they are now; the page's values kept."""
-    import torch
-
+    *form, run_id, last_seen = values
     texts, tokenizers, runs = text_choices(studio), tokenizer_choices(studio), run_choices(studio)
+    form[0], form[1] = keep(form[0], texts), keep(form[1], tokenizers)
+    run_id = keep(run_id, runs, default_run(studio))
+    state, bar, curve, samples, log, stop, resume, _, seen, timer = refresh(studio, run_id, last_seen)
     return (
-        gr.Dropdown(choices=texts, value=keep(text_key, texts)),
-        gr.Dropdown(choices=tokenizers, value=keep(tokenizer_ref, tokenizers)),
-        gr.Dropdown(choices=runs, value=keep(run_id, runs, default_run(studio))),
+        chosen(texts, form[0]),
+        chosen(tokenizers, form[1]),
+        chosen(runs, run_id),
         gr.Radio(choices=presets(torch.cuda.is_available())),
+        gr.Number(visible=form[1] == NEW_TOKENIZER),
+        make_plan(studio, *form),
+        *(state, bar, curve, samples, log, stop, resume, seen, timer),
     )
 
 
@@ -321,33 +325,31 @@ def layout_run(ui: SimpleNamespace) -> None:
 def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     form = [ui.text, ui.tokenizer, ui.vocab, ui.preset, ui.budget, ui.minutes, ui.steps, ui.prompts]
     plan = bound(make_plan, studio)
-    # Filled when the tab is shown, not when a page opens: a page that never shows it costs nothing.
-    picked = [ui.text, ui.tokenizer, ui.run]
-    tab.select(bound(choices, studio), picked, [*picked, ui.preset], **LIGHT).then(plan, form, ui.plan, **LIGHT)
+    monitor = [ui.state, ui.bar, ui.curve, ui.samples, ui.log, ui.stop, ui.resume, ui.run, ui.seen, ui.timer]
+    # Filled when the tab is shown, not when a page opens (a page that never shows it costs nothing), in one
+    # event: every event costs the browser a pass over the whole page's state.
+    shown = [ui.text, ui.tokenizer, ui.run, ui.preset, ui.vocab, ui.plan, *[c for c in monitor if c is not ui.run]]
+    tab.select(bound(show_tab, studio), [*form, ui.run, ui.seen], shown, show_progress="hidden", **LIGHT)
     # .input (the user's changes), not .change: filling the form asks for one plan, not one a field.
     gr.on([component.input for component in form], plan, form, ui.plan, trigger_mode="always_last", **LIGHT)
-    ui.budget.change(
+    ui.budget.input(
         lambda b: (gr.Number(visible=b == "time"), gr.Number(visible=b == "steps")),
         ui.budget,
         [ui.minutes, ui.steps],
-        api_visibility="private",
+        **LIGHT,
     )
-    ui.tokenizer.change(
-        lambda t: gr.Number(visible=t == NEW_TOKENIZER), ui.tokenizer, ui.vocab, api_visibility="private"
-    )
+    ui.tokenizer.input(lambda t: gr.Number(visible=t == NEW_TOKENIZER), ui.tokenizer, ui.vocab, **LIGHT)
     uploaded = [ui.text, ui.upload, ui.text_status]
     ui.upload.upload(bound(do_upload, studio), ui.upload, uploaded, api_name="pretrain_upload").then(
         plan, form, ui.plan, **LIGHT
     )
     ui.start.click(bound(do_start, studio), [*form, ui.name], [ui.start_status, ui.run], api_name="pretrain_start")
-    monitor = [ui.state, ui.bar, ui.curve, ui.samples, ui.log, ui.stop, ui.resume, ui.run, ui.seen, ui.timer]
     show = bound(refresh, studio)
-    ui.run.change(lambda r: show(r, None), ui.run, monitor, api_visibility="private")
+    # A run chosen or started: drawn (nothing is sent when the tab's opening drew it already).
+    ui.run.change(show, [ui.run, ui.seen], monitor, **LIGHT)
     ui.timer.tick(
         show, [ui.run, ui.seen], monitor, show_progress="hidden", concurrency_limit=None, api_name="pretrain_progress"
     )
-    # Shown again: the timer goes again if the run works (app.py stops it while another tab is in front).
-    tab.select(show, [ui.run, ui.seen], monitor, show_progress="hidden", **LIGHT)
     ui.stop.click(
         lambda r: studio.jobs.stop(r) if r else "Choose a run first.", ui.run, ui.start_status, api_visibility="private"
     )
