@@ -67,15 +67,6 @@ def theme() -> gr.themes.Theme:
     )
 
 
-def stop_hidden_timers(timers: dict[str, gr.Timer]):
-    """For the tabs' select event: every registered timer stopped but the shown tab's (left as it is)."""
-
-    def stop(evt: gr.SelectData) -> list:
-        return [gr.skip() if evt.value == label else gr.Timer(active=False) for label in timers]
-
-    return stop
-
-
 def build_app(
     workspace: str | Path = "workspace",
     base_model: str | Path = DEFAULT_BASE_MODEL,
@@ -99,13 +90,9 @@ def build_app(
         # The Fine-tune form as this browser left it (read by that tab). It lives outside the tabs: a tab's
         # components are mounted, and a BrowserState read from localStorage, only when the tab is first shown.
         demo.kept_form = gr.BrowserState({}, storage_key=finetune.FORM_STORAGE_KEY)
-        demo.tab_timers = {}  # tab label -> the refresh timer a tab registers (Fine-tune, Pretrain)
-        with gr.Tabs() as tabs:
+        with gr.Tabs():
             for tab in (data, pretrain, finetune, compare, chat, votes, models, inside):
                 apis |= tab.build(studio, demo)
-        # A timer ticks whichever tab is in front: stop the others' (a tab shown again starts its own).
-        timers = list(demo.tab_timers.values())
-        tabs.select(stop_hidden_timers(demo.tab_timers), None, timers, api_visibility="private", concurrency_limit=None)
         for name, fn in apis.items():  # outside the Tabs: a Tabs block may hold only tabs
             gr.api(fn, api_name=name)
     demo.studio = studio  # for launch() and tests

@@ -149,12 +149,12 @@ def test_upload_finetune_reload_and_compare(page):
     assert not (studio.workspace.parent / "x.csv").exists() and not (studio.workspace.parent.parent / "x.csv").exists()
 
     # 2. Fine-tune: the plan, then a short run with a live plot and progress. Every event costs the browser
-    # a pass over the page's state: showing the tab sends the app's timer stop and one event of its own.
+    # a pass over the page's state: showing the tab sends one event.
     def show_finetune():
         open_tab(page, "3 · Fine-tune")
         expect(page.locator("#ft-plan")).to_contain_text("Estimated memory")  # a user waits, then types
 
-    assert len(events_sent(page, show_finetune)) == 2
+    assert len(events_sent(page, show_finetune)) == 1
     page.locator("#ft-dataset input").click()
     page.get_by_role("option", name=re.compile(r"^opposites\.csv \(sample")).click()
     probes = page.locator("#ft-probes textarea")

@@ -441,14 +441,16 @@ def test_showing_the_models_tab_again_sends_nothing_unless_something_changed(tmp
     assert handlers.listing(chosen, [], seen)[-1] != seen
 
 
-def test_a_tab_switch_stops_the_timers_of_the_tabs_behind():
+def test_a_timer_whose_tab_is_behind_stops_itself_and_sends_nothing(tmp_path, tiny_model_dir):
     import gradio as gr
 
-    from studio.app import stop_hidden_timers
+    from studio.context import SAMPLES_DIR, Studio
+    from studio.tabs import finetune, pretrain
 
-    with gr.Blocks():
-        timers = {"3 · Fine-tune": gr.Timer(1.0), "2 · Pretrain": gr.Timer(1.0)}
-    event = gr.SelectData(None, {"value": "3 · Fine-tune", "index": 2})
-    shown, behind = stop_hidden_timers(timers)(event)
-    assert isinstance(shown, type(gr.skip())), "the shown tab's timer is left to its own refresh"
-    assert behind.active is False
+    studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
+    for tab in (finetune, pretrain):
+        *parts, timer = tab.tick(studio, None, None, behind=True)
+        assert all(isinstance(p, type(gr.skip())) for p in parts), tab.__name__
+        assert timer.active is False
+        state, *_ = tab.tick(studio, None, None)  # shown, and from the API: the view refresh() draws
+        assert state.startswith("No "), state

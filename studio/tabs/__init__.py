@@ -34,6 +34,21 @@ def dropdown(**kwargs: Any) -> gr.Dropdown:
     return gr.Dropdown(allow_custom_value=True, **kwargs)
 
 
+def behind_flag() -> gr.Checkbox:
+    """A hidden input that a timer's script fills (see ticks_while_shown): whether the timer's tab is behind."""
+    return gr.Checkbox(False, visible=False, label="behind (set by the page: is the tab behind another?)")
+
+
+def ticks_while_shown(element_id: str) -> str:
+    """The script run before each tick of a timer whose inputs are (run, seen, behind): behind is set to
+    whether element_id (a part of the timer's tab) is off screen. A Gradio timer ticks whatever tab is in
+    front; the tick then stops it, and showing the tab starts it again."""
+    return f"""(run, seen) => {{
+  const shown = document.getElementById({element_id!r});
+  return [run, seen, !(shown && shown.offsetParent)];
+}}"""
+
+
 def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None = None) -> str | None:
     """value if it is still offered, else fallback if it is, else the first option (None when none)."""
     keys = [k for _, k in options]

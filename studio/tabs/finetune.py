@@ -29,7 +29,18 @@ from llm.run import Metrics
 from studio.context import Studio, StudioError, human_size, memory_now, plural
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
-from studio.tabs import LIGHT, bound, chosen, dropdown, keep, loss_chart, loss_frame, loss_plot
+from studio.tabs import (
+    LIGHT,
+    behind_flag,
+    bound,
+    chosen,
+    dropdown,
+    keep,
+    loss_chart,
+    loss_frame,
+    loss_plot,
+    ticks_while_shown,
+)
 
 METHOD_CHOICES = [("LoRA: small adapters, fast, little memory", "lora"), ("Full: every weight", "full")]
 SAMPLE_COLUMNS = ["step", "prompt", "answer"]
@@ -422,6 +433,14 @@ def run_state_text(p: dict[str, Any]) -> str:
     return text
 
 
+def tick(studio: Studio, run_id: str | None, last_seen: Any = None, behind: bool = False):
+    """The run's view as refresh() gives it; behind (set by the page, False from the API): the tab is behind
+    another, and the timer stops instead (the tab starts it again when shown)."""
+    if behind:
+        return (*[gr.skip()] * 9, gr.Timer(active=False))
+    return refresh(studio, run_id, last_seen)
+
+
 def refresh(studio: Studio, run_id: str | None, last_seen: Any):
     """The run's state, progress, loss curve, probe answers, log and buttons, and whether the 1-second timer
     ticks (only while the run works: a page with nothing running sends nothing). Nothing is sent when
@@ -568,6 +587,7 @@ def layout(ui: SimpleNamespace, demo: gr.Blocks) -> None:
             layout_run(ui)
     ui.timer = gr.Timer(1.0, active=False)  # set going by refresh() while the shown run works
     ui.seen = gr.State(None)  # what this page last drew, so an unchanged run sends nothing
+    ui.behind = behind_flag()
     ui.opened = gr.State(False)  # whether this page has shown the tab (and filled the form) yet
     ui.saved = demo.kept_form  # outside the tabs: a tab's components load only when it is first shown
 
@@ -652,8 +672,15 @@ def wire_run(studio: Studio, ui: SimpleNamespace) -> None:
     monitor = [ui.state, ui.bar, ui.curve, ui.samples, ui.log, ui.stop, ui.resume, ui.run, ui.seen, ui.timer]
     ui.run.change(bound(run_chosen, studio), [ui.run, ui.seen], [*monitor, ui.run_settings], **LIGHT)
     # Reading a run's files is cheap: ticks from many open pages never wait for each other.
-    show = bound(refresh, studio)
-    ui.timer.tick(show, [ui.run, ui.seen], monitor, show_progress="hidden", concurrency_limit=None, api_name="progress")
+    ui.timer.tick(
+        bound(tick, studio),
+        [ui.run, ui.seen, ui.behind],
+        monitor,
+        js=ticks_while_shown("ft-state"),
+        show_progress="hidden",
+        concurrency_limit=None,
+        api_name="progress",
+    )
     ui.stop.click(
         lambda r: studio.jobs.stop(r) if r else "Choose a run first.",
         ui.run,
@@ -739,7 +766,6 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     with gr.Tab(TAB_LABEL, id="finetune") as tab:
         layout(ui, demo)
     ui.tab = tab
-    demo.tab_timers[TAB_LABEL] = ui.timer
     wire_form(studio, tab, ui)
     wire_presets(studio, ui)
     wire_run(studio, ui)

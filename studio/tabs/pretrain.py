@@ -23,7 +23,18 @@ from llm.run import Metrics
 from studio.context import Studio, StudioError, human_size, upload_limit
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
-from studio.tabs import LIGHT, bound, chosen, dropdown, keep, loss_chart, loss_frame, loss_plot
+from studio.tabs import (
+    LIGHT,
+    behind_flag,
+    bound,
+    chosen,
+    dropdown,
+    keep,
+    loss_chart,
+    loss_frame,
+    loss_plot,
+    ticks_while_shown,
+)
 from studio.tabs.data import safe_filename
 from studio.tabs.finetune import NO_RUN, clock, device_text, progress_html
 from studio.texts import TEXT_SUFFIXES, store_text, text_choices, text_path
@@ -242,6 +253,14 @@ def state_text(p: dict[str, Any]) -> str:
     return text
 
 
+def tick(studio: Studio, run_id: str | None, last_seen: Any = None, behind: bool = False):
+    """The run's view as refresh() gives it; behind (set by the page, False from the API): the tab is behind
+    another, and the timer stops instead (the tab starts it again when shown)."""
+    if behind:
+        return (*[gr.skip()] * 9, gr.Timer(active=False))
+    return refresh(studio, run_id, last_seen)
+
+
 def refresh(studio: Studio, run_id: str | None, last_seen: Any):
     """The run's state, progress, loss curve, sample timeline and log, and whether the 1-second timer ticks
     (only while the run is queued or works); nothing is sent if nothing changed."""
@@ -348,7 +367,13 @@ def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     # A run chosen or started: drawn (nothing is sent when the tab's opening drew it already).
     ui.run.change(show, [ui.run, ui.seen], monitor, **LIGHT)
     ui.timer.tick(
-        show, [ui.run, ui.seen], monitor, show_progress="hidden", concurrency_limit=None, api_name="pretrain_progress"
+        bound(tick, studio),
+        [ui.run, ui.seen, ui.behind],
+        monitor,
+        js=ticks_while_shown("pt-state"),
+        show_progress="hidden",
+        concurrency_limit=None,
+        api_name="pretrain_progress",
     )
     ui.stop.click(
         lambda r: studio.jobs.stop(r) if r else "Choose a run first.", ui.run, ui.start_status, api_visibility="private"
@@ -409,6 +434,6 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                 layout_run(ui)
         ui.timer = gr.Timer(1.0, active=False)  # set going by refresh() while the shown run is queued or works
         ui.seen = gr.State(None)  # what this page last drew, so an unchanged run sends nothing
-    demo.tab_timers[TAB_LABEL] = ui.timer
+        ui.behind = behind_flag()
     wire(studio, tab, ui)
     return api_functions(studio)
