@@ -296,11 +296,10 @@ def held_out_prompts(path: str, file_version: tuple, fmt: str, mapping: str) -> 
 
 
 def open_form(studio: Studio, saved: Any, run_id: str | None):
-    """A page opens or the tab is shown: fresh choices, the form as this browser left it (else the defaults
-    and the newest run's base and dataset), and its plan."""
+    """The tab is first shown: fresh choices with run_id chosen, the form as this browser left it (else the
+    defaults and the newest run's base and dataset), and its plan."""
     saved = saved if isinstance(saved, dict) else {}
     bases, datasets, runs = studio.model_choices(), studio.dataset_choices(), run_choices(studio)
-    run_id = keep(run_id, runs, default_run(studio))
     latest = (studio.store.runs() or [{}])[0]
     base_ref = keep(saved.get("base"), bases, latest.get("base_id"))
     dataset_id = keep(saved.get("dataset"), datasets, latest.get("dataset_id"))
@@ -327,8 +326,8 @@ def show_tab(studio: Studio, saved: Any, run_id: str | None, opened: bool, last_
     if opened:
         form = (*fresh_choices(studio), *[gr.skip()] * (len(FORM_FIELDS) + 2))
     else:
+        run_id = keep(run_id, run_choices(studio), default_run(studio))
         form = open_form(studio, saved, run_id)
-        run_id = keep(run_id, run_choices(studio), default_run(studio))  # the run open_form chose
     state, bar, curve, samples, log, stop, resume, _, seen, timer = refresh(studio, run_id, last_seen)
     presets = gr.Dropdown(choices=list(studio.store.presets()))
     return (*form, True, presets, state, bar, curve, samples, log, stop, resume, seen, timer)
