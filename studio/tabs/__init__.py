@@ -49,6 +49,20 @@ def ticks_while_shown(element_id: str) -> str:
 }}"""
 
 
+def timer_tick(refresh: Callable) -> Callable:
+    """A run tab's timer handler from its refresh(studio, run_id, last_seen) (a view of 10 outputs, the timer
+    last). behind is set by the page (see ticks_while_shown) and False from the API."""
+
+    def tick(studio: Any, run_id: str | None, last_seen: Any = None, behind: bool = False):
+        """The run's view as refresh() gives it; behind (set by the page, False from the API): the tab is
+        behind another, and the timer stops instead (the tab starts it again when shown)."""
+        if behind:
+            return (*[gr.skip()] * 9, gr.Timer(active=False))
+        return refresh(studio, run_id, last_seen)
+
+    return tick
+
+
 def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None = None) -> str | None:
     """value if it is still offered, else fallback if it is, else the first option (None when none)."""
     keys = [k for _, k in options]

@@ -40,6 +40,7 @@ from studio.tabs import (
     loss_frame,
     loss_plot,
     ticks_while_shown,
+    timer_tick,
 )
 
 METHOD_CHOICES = [("LoRA: small adapters, fast, little memory", "lora"), ("Full: every weight", "full")]
@@ -432,14 +433,6 @@ def run_state_text(p: dict[str, Any]) -> str:
     return text
 
 
-def tick(studio: Studio, run_id: str | None, last_seen: Any = None, behind: bool = False):
-    """The run's view as refresh() gives it; behind (set by the page, False from the API): the tab is behind
-    another, and the timer stops instead (the tab starts it again when shown)."""
-    if behind:
-        return (*[gr.skip()] * 9, gr.Timer(active=False))
-    return refresh(studio, run_id, last_seen)
-
-
 def refresh(studio: Studio, run_id: str | None, last_seen: Any):
     """The run's state, progress, loss curve, probe answers, log and buttons, and whether the 1-second timer
     ticks (only while the run works: a page with nothing running sends nothing). Nothing is sent when
@@ -474,6 +467,9 @@ def refresh(studio: Studio, run_id: str | None, last_seen: Any):
         signature,
         gr.Timer(active=active),
     )
+
+
+tick = timer_tick(refresh)
 
 
 def run_chosen(studio: Studio, run_id: str | None, last_seen: Any):

@@ -34,6 +34,7 @@ from studio.tabs import (
     loss_frame,
     loss_plot,
     ticks_while_shown,
+    timer_tick,
 )
 from studio.tabs.data import safe_filename
 from studio.tabs.finetune import NO_RUN, clock, device_text, progress_html
@@ -253,14 +254,6 @@ def state_text(p: dict[str, Any]) -> str:
     return text
 
 
-def tick(studio: Studio, run_id: str | None, last_seen: Any = None, behind: bool = False):
-    """The run's view as refresh() gives it; behind (set by the page, False from the API): the tab is behind
-    another, and the timer stops instead (the tab starts it again when shown)."""
-    if behind:
-        return (*[gr.skip()] * 9, gr.Timer(active=False))
-    return refresh(studio, run_id, last_seen)
-
-
 def refresh(studio: Studio, run_id: str | None, last_seen: Any):
     """The run's state, progress, loss curve, sample timeline and log, and whether the 1-second timer ticks
     (only while the run is queued or works); nothing is sent if nothing changed."""
@@ -292,6 +285,9 @@ def refresh(studio: Studio, run_id: str | None, last_seen: Any):
         signature,
         ticking,
     )
+
+
+tick = timer_tick(refresh)
 
 
 def layout_form(studio: Studio, ui: SimpleNamespace) -> None:
