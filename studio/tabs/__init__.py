@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -32,6 +33,19 @@ def dropdown(**kwargs: Any) -> gr.Dropdown:
     sessions). Gradio checks a value against the choices this session last saw, so the server must accept
     others; every handler looks the value up itself and says when it is unknown."""
     return gr.Dropdown(allow_custom_value=True, **kwargs)
+
+
+def run_controls(ui: SimpleNamespace, prefix: str) -> None:
+    """A run tab's watch column, top part: ui.run (the picker), ui.stop, ui.resume, ui.state, ui.bar (progress)
+    and ui.curve (loss), with element ids <prefix>-run, <prefix>-stop and so on (ticks_while_shown reads
+    <prefix>-state)."""
+    ui.run = dropdown(label="Run", elem_id=f"{prefix}-run")
+    with gr.Row():
+        ui.stop = gr.Button("Stop", variant="stop", size="md", interactive=False, elem_id=f"{prefix}-stop")
+        ui.resume = gr.Button("Resume", size="md", interactive=False, elem_id=f"{prefix}-resume")
+    ui.state = gr.Markdown(elem_id=f"{prefix}-state")
+    ui.bar = gr.HTML(elem_id=f"{prefix}-progress")
+    ui.curve = loss_plot(elem_id=f"{prefix}-loss")
 
 
 def behind_flag() -> gr.Checkbox:

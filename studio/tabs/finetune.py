@@ -38,7 +38,7 @@ from studio.tabs import (
     keep,
     loss_chart,
     loss_frame,
-    loss_plot,
+    run_controls,
     ticks_while_shown,
     timer_tick,
 )
@@ -553,13 +553,7 @@ def layout_form(ui: SimpleNamespace) -> None:
 
 def layout_run(ui: SimpleNamespace) -> None:
     gr.Markdown("#### Run")
-    ui.run = dropdown(label="Run", elem_id="ft-run")
-    with gr.Row():
-        ui.stop = gr.Button("Stop", variant="stop", size="md", interactive=False, elem_id="ft-stop")
-        ui.resume = gr.Button("Resume", size="md", interactive=False, elem_id="ft-resume")
-    ui.state = gr.Markdown(elem_id="ft-state")
-    ui.bar = gr.HTML(elem_id="ft-progress")
-    ui.curve = loss_plot(elem_id="ft-loss")
+    run_controls(ui, "ft")
     with gr.Accordion("Settings of this run", open=False, elem_id="ft-run-settings"):
         ui.run_settings = gr.Markdown(elem_id="ft-run-settings-table")
         ui.reuse = gr.Button("Start a new run from these", size="sm", elem_id="ft-reuse")

@@ -32,7 +32,7 @@ from studio.tabs import (
     keep,
     loss_chart,
     loss_frame,
-    loss_plot,
+    run_controls,
     ticks_while_shown,
     timer_tick,
 )
@@ -326,13 +326,7 @@ def layout_form(studio: Studio, ui: SimpleNamespace) -> None:
 def layout_run(ui: SimpleNamespace) -> None:
     """The run picker, stop/resume, progress, loss chart, sample timeline and log."""
     gr.Markdown("#### Watch it learn to write")
-    ui.run = dropdown(label="Run", elem_id="pt-run")
-    with gr.Row():
-        ui.stop = gr.Button("Stop", variant="stop", size="md", interactive=False, elem_id="pt-stop")
-        ui.resume = gr.Button("Resume", size="md", interactive=False, elem_id="pt-resume")
-    ui.state = gr.Markdown(elem_id="pt-state")
-    ui.bar = gr.HTML(elem_id="pt-progress")
-    ui.curve = loss_plot(elem_id="pt-loss")
+    run_controls(ui, "pt")
     ui.samples = gr.HTML(elem_id="pt-timeline")
     ui.log = gr.Textbox(label="Log", lines=6, max_lines=6, autoscroll=True, interactive=False, elem_id="pt-log")
 
