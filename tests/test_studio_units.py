@@ -454,3 +454,22 @@ def test_a_timer_whose_tab_is_behind_stops_itself_and_sends_nothing(tmp_path, ti
         assert timer.active is False
         state, *_ = tab.tick(studio, None, None)  # shown, and from the API: the view refresh() draws
         assert state.startswith("No "), state
+
+
+def test_showing_the_finetune_tab_again_sends_choices_only_when_they_changed(tmp_path, tiny_model_dir):
+    import gradio as gr
+
+    from studio.context import SAMPLES_DIR, Studio
+    from studio.tabs.finetune import FORM_FIELDS, show_tab
+
+    studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
+    choices_end = len(FORM_FIELDS) + 5  # base, dataset, run, *fields, name, plan
+    first = show_tab(studio, {}, None, None, None)
+    offered = first[choices_end]
+    assert first[0].value and offered is not None, "the form is filled the first time"
+    again = show_tab(studio, {}, None, offered, None)
+    assert all(isinstance(v, type(gr.skip())) for v in again[:choices_end] + again[choices_end + 1 : choices_end + 2])
+    studio.store.set_model("other", "another base", tiny_model_dir)  # another page added a model
+    changed = show_tab(studio, {}, None, offered, None)
+    assert "another base" in str(changed[0].choices) and changed[choices_end] != offered
+    assert all(isinstance(v, type(gr.skip())) for v in changed[3:choices_end]), "the form itself is left alone"

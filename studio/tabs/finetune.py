@@ -318,30 +318,24 @@ def open_form(studio: Studio, saved: Any, run_id: str | None):
     )
 
 
-def show_tab(studio: Studio, saved: Any, run_id: str | None, opened: bool, last_seen: Any):
-    """The tab is shown, in one event: [base, dataset, run, *fields, name, plan, opened, presets, *monitor]
-    (monitor as refresh() returns it, less the run list). The first time, the form as this browser left it
-    and its run; after that the fresh choices (and nothing of the form: an answer that arrives late must not
-    overwrite what the user typed meanwhile). The monitor draws the run (nothing when unchanged) and starts
-    the timer again if the run works."""
-    if opened:
-        form = (*fresh_choices(studio), *[gr.skip()] * (len(FORM_FIELDS) + 2))
-    else:
-        run_id = keep(run_id, run_choices(studio), default_run(studio))
+def show_tab(studio: Studio, saved: Any, run_id: str | None, offered: tuple | None, last_seen: Any):
+    """The tab is shown, in one event: [base, dataset, run, *fields, name, plan, offered, presets, *monitor]
+    (monitor as refresh() returns it, less the run list). The first time (offered is None), the form as this
+    browser left it and its run; after that only the choices, and only if they changed since they were last
+    offered (nothing of the form: an answer that arrives late must not overwrite what the user typed
+    meanwhile). The monitor draws the run (nothing when unchanged) and starts the timer again if the run
+    works."""
+    choices = (studio.model_choices(), studio.dataset_choices(), run_choices(studio), list(studio.store.presets()))
+    if offered is None:
+        run_id = keep(run_id, choices[2], default_run(studio))
         form = open_form(studio, saved, run_id)
+    elif choices == offered:
+        form = [gr.skip()] * (len(FORM_FIELDS) + 5)
+    else:
+        form = (*[gr.Dropdown(choices=c) for c in choices[:3]], *[gr.skip()] * (len(FORM_FIELDS) + 2))
+    presets = gr.skip() if choices == offered else gr.Dropdown(choices=choices[3])
     state, bar, curve, samples, log, stop, resume, _, seen, timer = refresh(studio, run_id, last_seen)
-    presets = gr.Dropdown(choices=list(studio.store.presets()))
-    return (*form, True, presets, state, bar, curve, samples, log, stop, resume, seen, timer)
-
-
-def fresh_choices(studio: Studio):
-    """The base models, datasets and runs as they are now (other tabs and pages add them); the values stay the
-    page's own (a value that is gone is reported by the handler that uses it)."""
-    return (
-        gr.Dropdown(choices=studio.model_choices()),
-        gr.Dropdown(choices=studio.dataset_choices()),
-        gr.Dropdown(choices=run_choices(studio)),
-    )
+    return (*form, choices, presets, state, bar, curve, samples, log, stop, resume, seen, timer)
 
 
 def warm_up(studio: Studio) -> None:
@@ -577,7 +571,7 @@ def layout(ui: SimpleNamespace, demo: gr.Blocks) -> None:
     ui.timer = gr.Timer(1.0, active=False)  # set going by refresh() while the shown run works
     ui.seen = gr.State(None)  # what this page last drew, so an unchanged run sends nothing
     ui.behind = behind_flag()
-    ui.opened = gr.State(False)  # whether this page has shown the tab (and filled the form) yet
+    ui.offered = gr.State(None)  # the choices show_tab() last sent (None: the tab was never shown)
     ui.saved = demo.kept_form  # outside the tabs: a tab's components load only when it is first shown
 
 
@@ -601,8 +595,8 @@ def wire_form(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     monitor = [ui.state, ui.bar, ui.curve, ui.samples, ui.log, ui.stop, ui.resume, ui.seen, ui.timer]
     shown = tab.select(
         bound(show_tab, studio),
-        [ui.saved, ui.run, ui.opened, ui.seen],
-        [*opened, ui.opened, ui.preset, *monitor],
+        [ui.saved, ui.run, ui.offered, ui.seen],
+        [*opened, ui.offered, ui.preset, *monitor],
         show_progress="hidden",
         **LIGHT,
     )
