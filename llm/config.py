@@ -309,7 +309,7 @@ class TuningConfig(Config):
     val_fraction: float = setting(0.1, "share of the rows held out for validation")
     seed: int = setting(1337, "split, shuffle and initialisation seed")
     device: str = setting("auto", "auto, cpu, cuda or mps")
-    early_stop_patience: int = setting(3, "evaluations without a lower validation loss before stopping; 0: never")
+    early_stop_patience: int = setting(6, "evaluations without a lower validation loss before stopping; 0: never")
     evals_per_epoch: int = setting(2, "evaluations per epoch")
     max_eval_rows: int = setting(256, "validation rows scored at each evaluation, at most (0: all)")
     overflow: str = setting("truncate", "rows longer than the context: truncate or drop")
