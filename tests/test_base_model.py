@@ -22,8 +22,8 @@ HELD_OUT = (
     'you?" Mia opened the door and smiled. "I was sick, but now I feel better," she said. Pip sang his '
     "best song, and Mia laughed. They were friends forever."
 )
-# Measured: loss 2.58 nats/token on this passage (2.99 for the previous base); an untrained model scores about
-# ln 4096 = 8.3.
+# Measured: loss 2.22 nats/token on this passage (2.58 and 2.99 for the two bases before); an untrained model
+# scores about ln 4096 = 8.3.
 LOSS_BOUND = 3.4
 
 
