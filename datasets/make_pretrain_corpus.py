@@ -91,9 +91,9 @@ def key(paragraph: str) -> str:
     return " ".join(repair(paragraph).lower().split())
 
 
-def keeps_mojibake(story: str, share: float) -> bool:
-    """A fixed share of stories, chosen by a hash of their text, so the choice does not move between runs."""
-    return zlib.crc32(key(story).encode()) % 10_000 < share * 10_000
+def keeps_mojibake(story_key: str, share: float) -> bool:
+    """A fixed share of stories, chosen by a hash of their key(), so the choice does not move between runs."""
+    return zlib.crc32(story_key.encode()) % 10_000 < share * 10_000
 
 
 def build(
@@ -102,22 +102,24 @@ def build(
     """The corpus's stories, in order (the cased sample, the rest of the lowercase file, then each extra),
     and counts of what was kept, repeated and excluded."""
     assert lower[: len(cased)] == cased.lower(), "the cased sample should be the start of the lowercase file"
-    excluded_paragraphs = {key(p) for p in re.split(r"\n\s*\n", excluded) if len(p.strip()) >= MIN_SHARED_PARAGRAPH}
+    excluded_paragraphs = {key(p) for p in re.split(r"\n\s*\n", excluded)}
+    excluded_paragraphs = {p for p in excluded_paragraphs if len(p) >= MIN_SHARED_PARAGRAPH}
     sources = [(cased, False), (lower[len(cased) :], True)]
     sources += [(extra, not re.search("[A-Z]", extra)) for extra in extras]
     stories, seen, counts = [], set(), Counter()
     for text, lowercased in sources:
         for story in split_stories(text):
             paragraphs = [key(p) for p in story.split("\n\n")]
-            if any(p in excluded_paragraphs for p in paragraphs if len(p) >= MIN_SHARED_PARAGRAPH):
+            story_key = " ".join(paragraphs)  # key(story), from its paragraphs' keys
+            if any(p in excluded_paragraphs for p in paragraphs):
                 counts["excluded"] += 1
                 continue
-            if key(story) in seen:
+            if story_key in seen:
                 counts["repeated"] += 1
                 continue
-            seen.add(key(story))
+            seen.add(story_key)
             story = TYPOGRAPHIC.sub(lambda m: TYPOGRAPHY[m.group()], story)
-            if not keeps_mojibake(story, mojibake_share):
+            if not keeps_mojibake(story_key, mojibake_share):
                 story = repair(story)
             stories.append(restore_case(story, names) if lowercased else story)
             counts["kept"] += 1
