@@ -296,11 +296,16 @@ def held_out_prompts(path: str, file_version: tuple, fmt: str, mapping: str) -> 
     return "\n".join(probe_prompts(held_out.examples))
 
 
-def open_form(studio: Studio, saved: Any, run_id: str | None):
-    """The tab is first shown: fresh choices with run_id chosen, the form as this browser left it (else the
-    defaults and the newest run's base and dataset), and its plan."""
+def form_choices(studio: Studio) -> tuple[list, list, list, list]:
+    """What the tab's four dropdowns offer: base models, datasets, runs, presets."""
+    return studio.model_choices(), studio.dataset_choices(), run_choices(studio), list(studio.store.presets())
+
+
+def open_form(studio: Studio, saved: Any, run_id: str | None, choices: tuple[list, list, list, list]):
+    """The tab is first shown: these choices (form_choices()) with run_id chosen, the form as this browser
+    left it (else the defaults and the newest run's base and dataset), and its plan."""
     saved = saved if isinstance(saved, dict) else {}
-    bases, datasets, runs = studio.model_choices(), studio.dataset_choices(), run_choices(studio)
+    bases, datasets, runs, _ = choices
     latest = (studio.store.runs() or [{}])[0]
     base_ref = keep(saved.get("base"), bases, latest.get("base_id"))
     dataset_id = keep(saved.get("dataset"), datasets, latest.get("dataset_id"))
@@ -325,10 +330,10 @@ def show_tab(studio: Studio, saved: Any, run_id: str | None, offered: tuple | No
     offered (nothing of the form: an answer that arrives late must not overwrite what the user typed
     meanwhile). The monitor draws the run (nothing when unchanged) and starts the timer again if the run
     works."""
-    choices = (studio.model_choices(), studio.dataset_choices(), run_choices(studio), list(studio.store.presets()))
+    choices = form_choices(studio)
     if offered is None:
         run_id = keep(run_id, choices[2], default_run(studio))
-        form = open_form(studio, saved, run_id)
+        form = open_form(studio, saved, run_id, choices)
     elif choices == offered:
         form = [gr.skip()] * (len(FORM_FIELDS) + 5)
     else:
@@ -340,7 +345,7 @@ def show_tab(studio: Studio, saved: Any, run_id: str | None, offered: tuple | No
 
 def warm_up(studio: Studio) -> None:
     """Import torch and compute the plan a fresh page opens with, once, before the pages ask for it."""
-    open_form(studio, {}, None)
+    open_form(studio, {}, None, form_choices(studio))
 
 
 def from_run(studio: Studio, run_id: str | None):
