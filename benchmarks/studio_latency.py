@@ -3,6 +3,9 @@
 Starts the studio (`python app.py`) on a free port over a temporary workspace, opens 1 and then 4 pages at
 once in headless Chromium (Debian's, driven by Playwright), and measures per page:
     usable      from the start of the page load until the Fine-tune tab's plan box is filled
+    busy        how long the page's main thread ran tasks until then (Chromium's TaskDuration). With one
+                page, what the page costs a core; with several, a task also counts the time it waits for
+                a core, so the figure grows with the pages
     tab switch  from a click on a tab until it is drawn and its events have answered (no output left
                 pending), median over switches between Fine-tune, Models and Data
 first idle, then while a fine-tune started through the API (a large max_steps) trains; the run is stopped at
@@ -143,12 +146,16 @@ async def measure_page(browser, url: str, switches: int) -> dict[str, Any]:
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     await context.add_init_script(TRACK_EVENTS)
     page = await context.new_page()
+    cdp = await context.new_cdp_session(page)
+    await cdp.send("Performance.enable")
     t0 = time.perf_counter()
     await page.goto(url)
     await page.get_by_role("tab", name="3 · Fine-tune").click()
     await page.locator("#ft-plan").get_by_text("Estimated memory").wait_for(timeout=120_000)
     usable = time.perf_counter() - t0
     await page.wait_for_function("() => window.__studio.pending.size === 0", timeout=120_000)
+    metrics = (await cdp.send("Performance.getMetrics"))["metrics"]
+    busy = next(m["value"] for m in metrics if m["name"] == "TaskDuration")
     times = []
     for k in range(switches):
         tab = TABS[k % len(TABS)]
@@ -157,7 +164,7 @@ async def measure_page(browser, url: str, switches: int) -> dict[str, Any]:
         await page.get_by_role("tab", name=tab).click()
         times.append(await settle(page, joins, t0))
     await context.close()
-    return {"usable_s": usable, "tab_switch_s": times}
+    return {"usable_s": usable, "busy_s": busy, "tab_switch_s": times}
 
 
 async def measure(url: str, pages: int, switches: int) -> dict[str, Any]:
@@ -173,6 +180,7 @@ async def measure(url: str, pages: int, switches: int) -> dict[str, Any]:
         "pages": pages,
         "usable_s": usable,
         "usable_max_s": max(usable),
+        "busy_median_s": statistics.median(r["busy_s"] for r in results),
         "tab_switch_median_s": statistics.median(switch),
         "tab_switch_max_s": max(switch),
     }
@@ -233,7 +241,8 @@ def main() -> None:
                         report["results"].append(result)
                         rows.append([
                             "training" if training else "idle", app, pages, f"{result['usable_max_s']:.2f}",
-                            f"{statistics.median(result['usable_s']):.2f}", f"{result['tab_switch_median_s']:.2f}",
+                            f"{statistics.median(result['usable_s']):.2f}", f"{result['busy_median_s']:.2f}",
+                            f"{result['tab_switch_median_s']:.2f}",
                             f"{result['tab_switch_max_s']:.2f}",
                         ])  # fmt: skip
                 if run_id:
@@ -243,7 +252,16 @@ def main() -> None:
                 server.terminate()
                 server.wait(timeout=30)
     report["load_after"] = os.getloadavg()
-    headers = ["load", "page", "pages", "usable max s", "usable median s", "tab switch median s", "tab switch max s"]
+    headers = [
+        "load",
+        "page",
+        "pages",
+        "usable max s",
+        "usable median s",
+        "busy median s",
+        "tab switch median s",
+        "tab switch max s",
+    ]
     print_table(headers, rows)
     print(f"load average before {report['load_before']}, after {report['load_after']} ({report['cpus']} CPUs)")
     write_json(args.json, report)
