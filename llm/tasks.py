@@ -262,6 +262,17 @@ def _csv_header_error(path: Path, text: str, sep: str) -> str | None:
     return None
 
 
+CSV_SEPARATORS = (",", ";", "\t", "|")  # ";" is what spreadsheets write where "," is the decimal mark
+
+
+def csv_separator(text: str) -> str:
+    """The separator of a .csv file: the one that splits its header into the most columns ("," on a tie),
+    so a spreadsheet's semicolon export reads as it looks rather than as one column."""
+    header = text.split("\n", 1)[0]
+    counts = {sep: len(next(csv.reader([header], delimiter=sep), [])) for sep in CSV_SEPARATORS}
+    return max(CSV_SEPARATORS, key=lambda sep: counts[sep])  # max keeps the first of equals: ","
+
+
 def read_frame(path: Path) -> tuple[pd.DataFrame, list[int], bytes]:
     """The file as a DataFrame, the row number of each of its rows, and the file's bytes. Any failure to
     read it (a parser's own, deep nesting, memory) is a TaskFileError about the file, never a traceback."""
@@ -278,7 +289,7 @@ def read_frame(path: Path) -> tuple[pd.DataFrame, list[int], bytes]:
             return *_read_parquet(path, raw), raw
         text = _decode_utf8(path, raw)
         if suffix in (".csv", ".tsv"):
-            return *_read_delimited(path, text, "\t" if suffix == ".tsv" else ","), raw
+            return *_read_delimited(path, text, "\t" if suffix == ".tsv" else csv_separator(text)), raw
         return *_read_json(path, text, lines=suffix == ".jsonl"), raw
     except TaskFileError:
         raise

@@ -403,3 +403,13 @@ def test_openai_tool_calls_are_the_assistant_turn(tmp_path):
     (example,) = read_task_file(path).examples
     assert [m["role"] for m in example.messages] == ["user", "assistant", "tool", "assistant"]
     assert json.loads(example.messages[1]["content"]) == calls
+
+
+@pytest.mark.parametrize("sep", [";", "\t", "|"])
+def test_csv_separator_is_the_one_that_splits_the_header(tmp_path, sep):
+    # A spreadsheet's export where "," is the decimal mark uses ";"; commas in cells stay in the cells.
+    text = f"prompt{sep}response\r\nPrice of 2,5 kg?{sep}3,75 €\r\nSay hi{sep}hi, you\r\n"
+    data = read_task_file(write(tmp_path, "t.csv", "\ufeff" + text))
+    assert [e.messages[1]["content"] for e in data.examples] == ["3,75 €", "hi, you"]
+    comma = read_task_file(write(tmp_path, "c.csv", 'prompt,response\n"a;b",c\n'))
+    assert comma.examples[0].messages[0]["content"] == "a;b"
