@@ -38,6 +38,7 @@ from llm.textio import wide_encoding
 from llm.tokenizer import Tokenizer
 
 READERS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+SPREADSHEETS = (".xlsx", ".xls", ".ods", ".numbers")  # not read: saving as CSV is one step in each
 BYTE_FALLBACK_WARNING = 0.5  # warn when more than this share of a dataset's tokens are byte-fallback pieces
 
 # Column names recognised without a mapping, in order of preference (compared case-insensitively).
@@ -273,16 +274,26 @@ def csv_separator(text: str) -> str:
     return max(CSV_SEPARATORS, key=lambda sep: counts[sep])  # max keeps the first of equals: ","
 
 
+def file_type_problem(path: Path) -> str | None:
+    """Why a file of this name cannot be read as a task file (its suffix), or None when it can."""
+    suffix = path.suffix.lower()
+    if suffix in READERS:
+        return None
+    hint = "; a spreadsheet saves one with Save as > CSV (UTF-8)" if suffix in SPREADSHEETS else ""
+    return f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(READERS)}{hint}"
+
+
 def read_frame(path: Path) -> tuple[pd.DataFrame, list[int], bytes]:
     """The file as a DataFrame, the row number of each of its rows, and the file's bytes. Any failure to
     read it (a parser's own, deep nesting, memory) is a TaskFileError about the file, never a traceback."""
     if path.is_dir():
         raise TaskFileError(f"{path}: is a folder, not a file; give the task file itself")
-    suffix = path.suffix.lower()
-    if suffix not in READERS:
-        raise TaskFileError(f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(READERS)}")
+    problem = file_type_problem(path)
+    if problem:
+        raise TaskFileError(problem)
     if not path.is_file():
         raise TaskFileError(f"{path}: no such file")
+    suffix = path.suffix.lower()
     try:
         raw = path.read_bytes()
         if suffix == ".parquet":

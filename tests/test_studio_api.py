@@ -155,6 +155,11 @@ def test_a_file_of_another_type_is_refused(app, tmp_path):
     with pytest.raises(Exception, match="Invalid file type"):
         upload(app, path)
     assert snapshot(app.workspace) == before
+    sheet = tmp_path / "prices.xlsx"
+    sheet.write_bytes(b"PK\x03\x04 a spreadsheet")
+    status = upload(app, sheet)[2]
+    assert "prices.xlsx: unsupported file type '.xlsx'" in status and "Save as > CSV (UTF-8)" in status
+    assert snapshot(app.workspace) == before
 
 
 def test_an_oversized_upload_is_refused(app, tmp_path):

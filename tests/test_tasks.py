@@ -206,6 +206,7 @@ def test_format_can_be_forced_and_then_needs_its_columns(tmp_path):
             r"t.jsonl, line 2: expected a JSON object, got a list",
         ),
         ("t.txt", "question,answer\n", r"t.txt: unsupported file type '.txt'"),
+        ("t.xlsx", b"PK\x03\x04", r"t.xlsx: unsupported file type '.xlsx'; .* Save as > CSV \(UTF-8\)"),
     ],
 )
 def test_unusable_files_are_refused_with_the_place(tmp_path, name, content, message):

@@ -18,6 +18,7 @@ import gradio as gr
 import pandas as pd
 
 from llm.errors import LLMError
+from llm.tasks import SPREADSHEETS, file_type_problem
 from studio.charts import bar_chart
 from studio.context import DATA_SUFFIXES, Studio, plural, upload_limit
 from studio.store import new_id
@@ -347,8 +348,9 @@ def do_upload(studio: Studio, file: str | None, dataset_id: str | None) -> list:
         return [gr.Dropdown(), gr.File(), None, *show(studio, dataset_id)]
     source = Path(file)
     name = safe_filename(source.name)
-    if Path(name).suffix not in DATA_SUFFIXES:
-        return refused(f"{name}: unsupported file type; use one of {', '.join(DATA_SUFFIXES)}.")
+    problem = file_type_problem(Path(name))
+    if problem:
+        return refused(problem)
     if source.stat().st_size > studio.max_upload_bytes:
         return too_large(studio, name)
     inspection = Inspection(studio, source, name, "auto", None, stored=False)
@@ -428,7 +430,9 @@ def source_row(studio: Studio, ui: SimpleNamespace) -> None:
         ui.dataset = dropdown(label="Dataset", scale=3, elem_id="data-dataset")
         ui.upload = gr.File(
             label=f"Upload a dataset (up to {upload_limit(studio.max_upload_bytes)})",
-            file_types=list(DATA_SUFFIXES),
+            # Spreadsheets too, only to be told how to save one as CSV: a picker that hides them leaves the
+            # user looking for their file.
+            file_types=[*DATA_SUFFIXES, *SPREADSHEETS],
             scale=2,
             height=120,
             elem_id="data-upload",
