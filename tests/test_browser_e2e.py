@@ -36,6 +36,7 @@ BAD_UPLOADS = [  # (name, content, what the page says)
     ("columns.csv", b"foo,bar\n1,2\n", "which columns hold the prompts"),
     ("broken.json", b'[{"question": "a", "answer": "b"},', "malformed JSON"),
     ("latin1.csv", "question,answer\ncafé?,oui\n".encode("latin-1"), "not UTF-8"),
+    ("prices.xlsx", b"PK\x03\x04 a spreadsheet", "Save as > CSV (UTF-8)"),
     ("big.csv", b"question,answer\n" + b"what?,that\n" * 10_000, "exceed the maximum allowed size"),
 ]
 
