@@ -89,10 +89,13 @@ def test_the_samples_are_offered_out_of_the_box(app):
 
 def test_upload_parses_previews_and_stores_the_file(app, tmp_path):
     path = tmp_path / "qa.csv"
-    path.write_text("question,answer\n" + "".join(f"What is {i} plus one?,{i + 1}\n" for i in range(30)) + "Empty?,\n")
+    long_row = "Say this back: " + "words " * 300 + ",ok\n"
+    rows = "".join(f"What is {i} plus one?,{i + 1}\n" for i in range(29))
+    path.write_text("question,answer\n" + rows + long_row + "Empty?,\n")
     out = upload(app, path)
     status, preview, problems = out[2], out[7], value(out[9])
     assert "30 examples ready" in status and "1 row dropped" in status
+    assert "1 example (3%) is longer; training sees only its start." in status
     assert "&lt;|assistant|&gt;" in preview and "class='trained'" in preview, "template applied, trained part marked"
     assert problems["data"][0][:3] == [31, "answer", "empty response"], "the dropped row, its column and why"
     stored = [d for d in app.studio.store.datasets() if d["name"] == "qa.csv"]
@@ -100,8 +103,10 @@ def test_upload_parses_previews_and_stores_the_file(app, tmp_path):
     assert app.studio.store.abs(stored[0]["path"]).read_text() == path.read_text()
     assert value(out[0]) == stored[0]["id"], "the new dataset is selected"
     histogram = value(out[8])
-    bars = re.findall(r"<title>[^<]*: (\d+) \(fits the context\)</title>", histogram)
-    assert "<svg" in histogram and sum(map(int, bars)) == 30, "the length histogram counts every kept example"
+    fits = re.findall(r"<title>[^<]*: (\d+) \(fits the context\)</title>", histogram)
+    cut = re.findall(r"<title>[^<]*: (\d+) \(cut by the context\)</title>", histogram)
+    assert "<svg" in histogram and sum(map(int, fits)) == 29, "the length histogram counts every kept example"
+    assert sum(map(int, cut)) == 1
     assert "fits the context" in histogram and "cut by the context" in histogram
 
 

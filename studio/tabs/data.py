@@ -215,10 +215,11 @@ class Inspection:
             if cut == 0:
                 lines.append(context + "every example fits.")
             else:
+                verb, whose = ("is", "its") if cut == 1 else ("are", "their")
+                advice = " — consider shorter examples." if share > 0.1 else "."
                 lines.append(
-                    context
-                    + f"{plural(cut, 'example')} ({share:.0%}) are longer; training sees only their start"
-                    + (" — consider shorter examples." if share > 0.1 else ".")
+                    f"{context}{plural(cut, 'example')} ({share:.0%}) {verb} longer; training sees only {whose} "
+                    f"start{advice}"
                 )
         else:
             lines.append("⚠ No base model: token counts and the template preview need its tokenizer.")
