@@ -218,6 +218,11 @@ def _check_records(path: Path, records: list[Any], rows: list[int], row_word: st
 def _check_json(path: Path, text: str, lines: bool) -> None:
     """Refuse a JSON / JSONL text that is not an array / lines of objects, naming the line and column (the json
     module's own reading: pandas accepts some shapes silently, such as a line holding an array or a key twice)."""
+    first_line = text.lstrip().split("\n", 1)[0].strip()
+    if first_line[:1] not in ("{", "[", "") and len(next(csv.reader([first_line], delimiter=csv_separator(text)))) > 1:
+        raise TaskFileError(
+            f"{path}: this is a table (its first line is {first_line[:60]!r}), not JSON: rename it to .csv"
+        )
     if lines:
         numbered = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
         if len(numbered) > 1 and numbered[0][1].lstrip().startswith("["):
@@ -321,12 +326,22 @@ def _read_parquet(path: Path, raw: bytes) -> tuple[pd.DataFrame, list[int]]:
 
 
 def _read_delimited(path: Path, text: str, sep: str) -> tuple[pd.DataFrame, list[int]]:
+    if text.lstrip()[:1] in ("{", "["):
+        right = ".jsonl (one object a line)" if _looks_like_jsonl(text) else ".json (an array of objects)"
+        raise TaskFileError(f"{path}: this is JSON, not a table: rename it to {right}")
     try:
         # Every cell as text, empty cells as "": numbers and "NA" stay what the user wrote.
         frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise TaskFileError(f"{path}: the file is empty (no header, no rows)") from None
     except pd.errors.ParserError as e:
+        ragged = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
+        if ragged:
+            header, line, cells = ragged.groups()
+            raise TaskFileError(
+                f"{path}, line {line}: {cells} cells where the header has {header} (a cell that holds the "
+                f"separator {sep!r} needs quotes around it)"
+            ) from None
         raise TaskFileError(f"{path}: malformed {path.suffix[1:].upper()} ({str(e).strip()})") from None
     error = _csv_header_error(path, text, sep)
     if error:
@@ -351,7 +366,7 @@ def _read_json(path: Path, text: str, lines: bool) -> tuple[pd.DataFrame, list[i
 
 
 def _find(columns: list[str], names: tuple[str, ...]) -> str | None:
-    lower = {c.lower(): c for c in columns}
+    lower = {str(c).strip().lower(): c for c in columns}  # " Question " as written by some spreadsheets
     return next((lower[n] for n in names if n in lower), None)
 
 

@@ -414,3 +414,24 @@ def test_csv_separator_is_the_one_that_splits_the_header(tmp_path, sep):
     assert [e.messages[1]["content"] for e in data.examples] == ["3,75 €", "hi, you"]
     comma = read_task_file(write(tmp_path, "c.csv", 'prompt,response\n"a;b",c\n'))
     assert comma.examples[0].messages[0]["content"] == "a;b"
+
+
+def test_header_names_with_spaces_around_them_are_found(tmp_path):
+    data = read_task_file(write(tmp_path, "t.csv", " Question , Answer \nUp?,down\n"))
+    assert data.mapping == {"prompt": " Question ", "response": " Answer "}
+    assert data.examples[0].messages[1]["content"] == "down"
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("t.csv", "question,answer\nUp?,down\nSay a, b,c\n", r"t.csv, line 3: 3 cells where the header has 2 \(a cell"),
+        ("t.csv", '{"question": "a", "answer": "b"}\n{"question": "c", "answer": "d"}\n', r"rename it to \.jsonl"),
+        ("t.csv", '[{"question": "a", "answer": "b"}]', r"t.csv: this is JSON, not a table: rename it to \.json "),
+        ("t.json", "question,answer\nUp?,down\n", r"t.json: this is a table .*'question,answer'.*rename it to \.csv"),
+        ("t.jsonl", "question;answer\nUp?;down\n", r"t.jsonl: this is a table .* rename it to \.csv"),
+    ],
+)
+def test_a_file_in_another_shape_than_its_name_says_is_explained(tmp_path, name, content, message):
+    with pytest.raises(TaskFileError, match=message):
+        read_task_file(write(tmp_path, name, content))
