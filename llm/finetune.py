@@ -177,6 +177,10 @@ def training_settings(
 ) -> tuple[TrainConfig, int]:
     """(the TrainConfig a fine-tune of n_train examples (or a preference run of n_train pairs) runs with,
     steps per epoch)."""
+    if cfg.batch_size > n_train:  # each batch would hold every row several times over
+        raise ConfigError(
+            f"must be at most {n_train}, the rows there are to train on; got {cfg.batch_size}", field="batch_size"
+        )
     batch_size = cfg.batch_size or max(1, min(TOKENS_PER_BATCH // context_length, n_train // 4))
     steps_per_epoch = math.ceil(n_train / (batch_size * cfg.grad_accum))
     max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch

@@ -226,6 +226,11 @@ def test_plan_takes_advanced_settings_and_says_what_is_in_use(app):
         "base:base", "sample-opposites", "lora", 1, 0, 0, 8, 4, "", '{"warmup_steps": -1}', api_name="/plan"
     )
     assert "⚠ Warmup steps must be" in bad
+    # (base, dataset, method, epochs, max steps, lr, batch, rank, probes, advanced)
+    batch = app.client.predict("base:base", "sample-opposites", "lora", 1, 0, 0, 100_000, 4, "", "", api_name="/plan")
+    assert re.search(r"⚠ Batch size must be at most \d+, the rows there are to train on; got 100000", batch)
+    steps = app.client.predict("base:base", "sample-opposites", "lora", 1, -5, 0, 8, 4, "", "", api_name="/plan")
+    assert "⚠ Max steps must be >= 0, got -5" in steps
 
 
 def test_presets_are_saved_in_the_workspace(app):

@@ -140,7 +140,8 @@ def field_component(name: str) -> gr.components.Component:
     if hint is bool:
         return gr.Checkbox(value=default, **common)
     integer = int in typing.get_args(hint) or hint is int
-    return gr.Number(value=default, precision=0 if integer else None, minimum=0, **common)
+    # No minimum: FinetuneConfig says what a value must be, naming the field (Gradio's own check would not).
+    return gr.Number(value=default, precision=0 if integer else None, **common)
 
 
 def form_settings(values: dict[str, Any]) -> dict[str, Any]:
