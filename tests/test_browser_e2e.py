@@ -191,6 +191,14 @@ def test_upload_finetune_reload_and_compare(page):
     expect_lines(page, "#ft-loss")  # the first points of a run draw lines
     page.screenshot(path=str(ARTIFACTS / "finetune-running.png"), full_page=True)
 
+    # Stop, then Resume: the view follows each without a reload (its timer starts again after the resume).
+    state = page.locator("#ft-state")
+    page.locator("#ft-stop").click()
+    expect(state).to_contain_text("Stopped; the last checkpoint was saved", timeout=60_000)
+    page.locator("#ft-resume").click()
+    expect(state).to_contain_text(re.compile(r"queued|starting|running"))
+    expect(progress).to_contain_text(re.compile(r"step [1-9]\d* of 60"), timeout=180_000)
+
     # Reload mid-run: the page re-attaches to the run (its state lives in SQLite and files, not the page).
     run = studio.store.runs()[0]
     page.reload()

@@ -48,6 +48,28 @@ def run_controls(ui: SimpleNamespace, prefix: str) -> None:
     ui.curve = loss_plot(elem_id=f"{prefix}-loss")
 
 
+def stop_run(studio: Any, run_id: str | None) -> str:
+    """Stop the run (a working one saves a checkpoint first; a queued one leaves the queue): what happened."""
+    return studio.jobs.stop(run_id) if run_id else "Choose a run first."
+
+
+def resume_run(studio: Any, run_id: str | None) -> str:
+    """Queue a stopped, interrupted or cancelled run again (from its last checkpoint): what happened."""
+    return studio.jobs.resume(run_id) if run_id else "Choose a run first."
+
+
+def wire_stop_resume(studio: Any, ui: SimpleNamespace, show: Callable, monitor: list, api_prefix: str | None) -> None:
+    """ui.stop and ui.resume act on ui.run and say what happened in ui.start_status; then show(run, seen) draws
+    the run into monitor at once. That also sets the tab's timer going again after a resume: the timer stops
+    itself while the run does not work, and a resume changes no input that would draw the run otherwise.
+    api_prefix: the endpoints' names are <prefix>stop and <prefix>resume (None: no public endpoint)."""
+    for button, act in ((ui.stop, stop_run), (ui.resume, resume_run)):
+        action = act.__name__.removesuffix("_run")
+        api = {"api_name": f"{api_prefix}{action}"} if api_prefix is not None else {"api_visibility": "private"}
+        clicked = button.click(bound(act, studio), ui.run, ui.start_status, concurrency_limit=None, **api)
+        clicked.then(show, [ui.run, ui.seen], monitor, show_progress="hidden", **LIGHT)
+
+
 def behind_flag() -> gr.Checkbox:
     """A hidden input that a timer's script fills (see ticks_while_shown): whether the timer's tab is behind."""
     return gr.Checkbox(False, visible=False, label="behind (set by the page: is the tab behind another?)")

@@ -41,6 +41,7 @@ from studio.tabs import (
     run_controls,
     ticks_while_shown,
     timer_tick,
+    wire_stop_resume,
 )
 
 METHOD_CHOICES = [("LoRA: small adapters, fast, little memory", "lora"), ("Full: every weight", "full")]
@@ -670,20 +671,7 @@ def wire_run(studio: Studio, ui: SimpleNamespace) -> None:
         concurrency_limit=None,
         api_name="progress",
     )
-    ui.stop.click(
-        lambda r: studio.jobs.stop(r) if r else "Choose a run first.",
-        ui.run,
-        ui.start_status,
-        api_name="stop",
-        concurrency_limit=None,
-    )
-    ui.resume.click(
-        lambda r: studio.jobs.resume(r) if r else "Choose a run first.",
-        ui.run,
-        ui.start_status,
-        api_name="resume",
-        concurrency_limit=None,
-    )
+    wire_stop_resume(studio, ui, bound(refresh, studio), monitor, api_prefix="")
 
 
 def api_functions(studio: Studio) -> dict[str, Callable]:

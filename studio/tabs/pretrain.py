@@ -35,6 +35,7 @@ from studio.tabs import (
     run_controls,
     ticks_while_shown,
     timer_tick,
+    wire_stop_resume,
 )
 from studio.tabs.data import safe_filename
 from studio.tabs.finetune import NO_RUN, clock, device_text, progress_html
@@ -365,15 +366,7 @@ def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
         concurrency_limit=None,
         api_name="pretrain_progress",
     )
-    ui.stop.click(
-        lambda r: studio.jobs.stop(r) if r else "Choose a run first.", ui.run, ui.start_status, api_visibility="private"
-    )
-    ui.resume.click(
-        lambda r: studio.jobs.resume(r) if r else "Choose a run first.",
-        ui.run,
-        ui.start_status,
-        api_visibility="private",
-    )
+    wire_stop_resume(studio, ui, show, monitor, api_prefix=None)
 
 
 def api_functions(studio: Studio) -> dict[str, Callable]:
