@@ -218,11 +218,9 @@ def _check_records(path: Path, records: list[Any], rows: list[int], row_word: st
 def _check_json(path: Path, text: str, lines: bool) -> None:
     """Refuse a JSON / JSONL text that is not an array / lines of objects, naming the line and column (the json
     module's own reading: pandas accepts some shapes silently, such as a line holding an array or a key twice)."""
-    first_line = text.lstrip().split("\n", 1)[0].strip()
-    if first_line[:1] not in ("{", "[", "") and len(next(csv.reader([first_line], delimiter=csv_separator(text)))) > 1:
-        raise TaskFileError(
-            f"{path}: this is a table (its first line is {first_line[:60]!r}), not JSON: rename it to .csv"
-        )
+    header = first_line(text)
+    if header[:1] not in ("{", "[", "") and len(next(csv.reader([header], delimiter=csv_separator(header)))) > 1:
+        raise TaskFileError(f"{path}: this is a table (its first line is {header[:60]!r}), not JSON: rename it to .csv")
     if lines:
         numbered = [(i, ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
         if len(numbered) > 1 and numbered[0][1].lstrip().startswith("["):
@@ -271,10 +269,14 @@ def _csv_header_error(path: Path, text: str, sep: str) -> str | None:
 CSV_SEPARATORS = (",", ";", "\t", "|")  # ";" is what spreadsheets write where "," is the decimal mark
 
 
-def csv_separator(text: str) -> str:
-    """The separator of a .csv file: the one that splits its header into the most columns ("," on a tie),
-    so a spreadsheet's semicolon export reads as it looks rather than as one column."""
-    header = text.split("\n", 1)[0]
+def first_line(text: str) -> str:
+    """The first line that holds something, without copying the rest of a large text."""
+    return re.match(r"\s*([^\n]*)", text).group(1).rstrip()
+
+
+def csv_separator(header: str) -> str:
+    """The separator of a .csv file: the one that splits its header line into the most columns ("," on a
+    tie), so a spreadsheet's semicolon export reads as it looks rather than as one column."""
     counts = {sep: len(next(csv.reader([header], delimiter=sep), [])) for sep in CSV_SEPARATORS}
     return max(CSV_SEPARATORS, key=lambda sep: counts[sep])  # max keeps the first of equals: ","
 
@@ -305,7 +307,7 @@ def read_frame(path: Path) -> tuple[pd.DataFrame, list[int], bytes]:
             return *_read_parquet(path, raw), raw
         text = _decode_utf8(path, raw)
         if suffix in (".csv", ".tsv"):
-            return *_read_delimited(path, text, "\t" if suffix == ".tsv" else csv_separator(text)), raw
+            return *_read_delimited(path, text, "\t" if suffix == ".tsv" else csv_separator(first_line(text))), raw
         return *_read_json(path, text, lines=suffix == ".jsonl"), raw
     except TaskFileError:
         raise
@@ -326,7 +328,7 @@ def _read_parquet(path: Path, raw: bytes) -> tuple[pd.DataFrame, list[int]]:
 
 
 def _read_delimited(path: Path, text: str, sep: str) -> tuple[pd.DataFrame, list[int]]:
-    if text.lstrip()[:1] in ("{", "["):
+    if first_line(text)[:1] in ("{", "["):
         right = ".jsonl (one object a line)" if _looks_like_jsonl(text) else ".json (an array of objects)"
         raise TaskFileError(f"{path}: this is JSON, not a table: rename it to {right}")
     try:

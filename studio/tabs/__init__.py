@@ -63,8 +63,7 @@ def wire_stop_resume(studio: Any, ui: SimpleNamespace, show: Callable, monitor: 
     the run into monitor at once. That also sets the tab's timer going again after a resume: the timer stops
     itself while the run does not work, and a resume changes no input that would draw the run otherwise.
     api_prefix: the endpoints' names are <prefix>stop and <prefix>resume (None: no public endpoint)."""
-    for button, act in ((ui.stop, stop_run), (ui.resume, resume_run)):
-        action = act.__name__.removesuffix("_run")
+    for button, act, action in ((ui.stop, stop_run, "stop"), (ui.resume, resume_run, "resume")):
         api = {"api_name": f"{api_prefix}{action}"} if api_prefix is not None else {"api_visibility": "private"}
         clicked = button.click(bound(act, studio), ui.run, ui.start_status, concurrency_limit=None, **api)
         clicked.then(show, [ui.run, ui.seen], monitor, show_progress="hidden", **LIGHT)
