@@ -49,6 +49,19 @@ def is_validation(file_index: int, doc_index: int, val_fraction: float, seed: in
     return int.from_bytes(digest, "little") / 2**64 < val_fraction
 
 
+NO_VALIDATION = "no document was held out for validation: raise the validation fraction or add documents"
+
+
+def count_held_out(files: list[Path], val_fraction: float, text_field: str = "text", seed: int = 0) -> tuple[int, int]:
+    """(documents, documents held out for validation) as prepare() splits these files; reads them whole."""
+    documents = held_out = 0
+    for file_index, path in enumerate(files):
+        for doc_index, _ in enumerate(iter_file_documents(path, text_field)):
+            documents += 1
+            held_out += is_validation(file_index, doc_index, val_fraction, seed)
+    return documents, held_out
+
+
 # ---- worker processes: each loads the tokenizer once, then encodes batches ----
 _worker_tok: Tokenizer | None = None
 
@@ -219,7 +232,7 @@ def prepare(
         if tokens == 0:
             raise InputError(f"the corpus is empty: no text in {name_files(files)}")
         if val_fraction > 0 and not shards["val"]:
-            raise InputError("no document was held out for validation: raise the validation fraction or add documents")
+            raise InputError(NO_VALIDATION)
         meta = {
             "dtype": token_dtype(tok.vocab_size).name,
             "vocab_size": tok.vocab_size,

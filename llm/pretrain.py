@@ -25,7 +25,7 @@ from llm import checkpoint, corpus
 from llm.config import SAMPLE_PROMPTS, ModelConfig, PretrainConfig, SamplingConfig, TrainConfig, preset
 from llm.corpus import TokenData, WindowBatches
 from llm.device import check_model_fits, describe, pick_device
-from llm.errors import ConfigError, TokenizerError
+from llm.errors import ConfigError, InputError, TokenizerError
 from llm.generate import sample_logger
 from llm.model import Transformer
 from llm.run import RunDir
@@ -231,6 +231,22 @@ def text_size(files: list[Path]) -> int | None:
     return sum(p.stat().st_size for p in files)
 
 
+SPLIT_CHECK_BYTES = 4 * 2**20  # plan() reads a text up to this size to see that prepare() can hold some out
+
+
+def check_split(cfg: PretrainConfig, files: list[Path], size: int | None) -> None:
+    """InputError when prepare() would hold no document out for validation (a text of one paragraph, say),
+    found before a run starts: read for a text of known size up to SPLIT_CHECK_BYTES, else left to prepare()."""
+    if not cfg.val_fraction or size is None or size > SPLIT_CHECK_BYTES:
+        return
+    documents, held_out = corpus.count_held_out(files, cfg.val_fraction, cfg.text_field)
+    if documents and not held_out:
+        raise InputError(
+            f"{corpus.NO_VALIDATION} (the text has {documents} document{'s' * (documents != 1)}: paragraphs "
+            "split at blank lines, or JSONL records)"
+        )
+
+
 def plan(cfg: PretrainConfig, threads: int | None = None) -> dict[str, Any]:
     """What a run from raw text would do, before anything is made: the model's size, tokens per step, steps,
     evaluations, and rough memory and time estimates on this device (threads: as in device_rate).
@@ -238,6 +254,8 @@ def plan(cfg: PretrainConfig, threads: int | None = None) -> dict[str, Any]:
     Time: training, evaluation and sampling FLOPs over the device's measured rate. Memory: fp32 weights,
     gradients and AdamW moments, and the activations and logits of a batch (not Python and torch overhead)."""
     files = expand_inputs(cfg.inputs)
+    size = text_size(files)
+    check_split(cfg, files, size)
     model_cfg = model_config(cfg, vocabulary(cfg))
     train_cfg = training_settings(cfg, model_cfg, threads)
     mc, tc = model_cfg, train_cfg
@@ -253,7 +271,6 @@ def plan(cfg: PretrainConfig, threads: int | None = None) -> dict[str, Any]:
     T, B = mc.context_length, tc.batch_size
     activations = B * T * mc.n_layer * (14 * mc.d_model + 3 * mc.mlp_hidden + mc.n_head * T)
     logits = 3 * B * T * mc.vocab_size
-    size = text_size(files)
     text_tokens = size / BYTES_PER_TOKEN_GUESS if size else None
     train_tokens = text_tokens * (1 - cfg.val_fraction) if text_tokens else None
     return {

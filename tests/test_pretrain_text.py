@@ -77,6 +77,15 @@ def test_the_plan_sizes_the_run_before_anything_is_made(tmp_path, story_file):
     assert not list(tmp_path.iterdir()), "planning writes nothing"
 
 
+def test_the_plan_refuses_a_text_that_would_hold_nothing_out_for_validation(tmp_path, story_file):
+    # One paragraph is one document: prepare() would fail on it after training a tokenizer; the plan says so.
+    one = tmp_path / "one.txt"
+    one.write_text(" ".join(story_file.read_text().split()))
+    with pytest.raises(InputError, match=r"no document was held out .*the text has 1 document:"):
+        lib.plan(config(one, inputs=[str(one)], val_fraction=0.05))
+    assert lib.plan(config(one, inputs=[str(one)], val_fraction=0.0))["max_steps"] > 0, "nothing held out, asked"
+
+
 def test_a_missing_text_or_tokenizer_is_a_clear_error(tmp_path, story_file):
     with pytest.raises(InputError, match="no such file"):
         lib.plan(config(story_file, inputs=[str(tmp_path / "gone.txt")]))
