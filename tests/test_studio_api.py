@@ -365,6 +365,11 @@ def test_finetune_progress_compare_batch_and_model_actions(app):
     assert hf_config["architectures"] == ["LlamaForCausalLM"], "a Hugging Face folder, the LoRA merged in"
     assert {"opposites-lora-hf/tokenizer.json", "opposites-lora-hf/model.safetensors"} <= set(hf_zip.namelist())
     run_dir = app.studio.store.abs(app.studio.store.run(run_id)["dir"])
+    # The page's box named another model than the pick now holds: "Yes, delete it" deletes nothing.
+    from studio.tabs.models import Handlers
+
+    asked = Handlers(app.studio).delete(ref, doomed="run:another")[1]
+    assert "nothing was deleted" in asked and app.studio.store.run(run_id) is not None
     assert "Deleted" in c.predict(ref, api_name="/delete")[0]
     assert app.studio.store.run(run_id) is None and not run_dir.exists()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import html
 import json
 import os
 import re
@@ -152,7 +153,7 @@ def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
     metrics = run_dir.read_metrics()
     settings = run_settings(cfg, info)
     lines = [
-        f"### {run['name']}",
+        f"### {html.escape(run['name'])}",
         f"- status: **{run['status']}** {run['message']}",
         f"- base model: {studio.model_label(run['base_id']) if run['base_id'] else '(none: trained from scratch)'}",
         f"- data: {run_data_name(studio, run)}",
@@ -264,6 +265,7 @@ def layout(ui: SimpleNamespace) -> None:
     ui.status = gr.Markdown(elem_id="models-status")
     ui.zip_file = gr.File(label="Zip", interactive=False, visible=False)
     ui.seen = gr.State(None)  # the signature of what listing() last drew
+    ui.doomed = gr.State(None)  # the ref that the open "Yes, delete it" box names
     with gr.Accordion("Compare runs: loss curves on one chart, settings side by side", open=False):
         ui.compare_pick = dropdown(label="Runs", multiselect=True, elem_id="models-compare-pick")
         ui.compare_curve = gr.HTML(elem_classes="chart-box", elem_id="models-compare-loss")
@@ -316,7 +318,7 @@ class Handlers:
             name = self.studio.rename(ref or "", name)
         except LLMError as e:
             return f"⚠ {e.worded(field_label(e.field))}", *self.listing(ref)
-        return f"Renamed to **{name}**.", *self.listing(ref)
+        return f"Renamed to **{html.escape(name)}**.", *self.listing(ref)
 
     def deletable(self, ref: str | None) -> tuple[dict | None, str]:
         """(the run a ref names, '') if it may be deleted, else (None, why not)."""
@@ -329,26 +331,33 @@ class Handlers:
         if run is None:
             return None, "That run no longer exists."
         if run["status"] in ACTIVE_STATES:
-            return None, f"⚠ {run['name']} is {run['status']}: stop it first."
+            return None, f"⚠ {html.escape(run['name'])} is {run['status']}: stop it first."
         return run, ""
 
     def ask_delete(self, ref: str | None):
+        """The box that asks to confirm, and the ref it names (None when nothing may be deleted)."""
         run, why = self.deletable(ref)
         if run is None:
-            return gr.Row(visible=False), "", why
+            return gr.Row(visible=False), "", why, None
         size = human_size(dir_size(self.studio.store.abs(run["dir"])))
         return (
             gr.Row(visible=True),
-            f"Delete **{run['name']}** and its {size} of checkpoints? This cannot be undone.",
+            f"Delete **{html.escape(run['name'])}** and its {size} of checkpoints? This cannot be undone.",
             "",
+            ref,
         )
 
-    def delete(self, ref: str | None):
+    def delete(self, ref: str | None, doomed: str | None = None):
+        """Delete the run ref names. doomed: the ref the confirmation box named (the page sends it; None
+        from the API): the pick may have changed since, and then nothing is deleted."""
+        if doomed is not None and doomed != ref:
+            changed = "⚠ The pick changed after Delete… was pressed: nothing was deleted."
+            return gr.Row(visible=False), changed, *[gr.skip()] * 7
         run, why = self.deletable(ref)
         if run is None:
             return gr.Row(visible=False), why, *self.listing(ref)
         self.studio.delete_run(run["id"])
-        return gr.Row(visible=False), f"Deleted {run['name']}.", *self.listing()
+        return gr.Row(visible=False), f"Deleted {html.escape(run['name'])}.", *self.listing()
 
     def download(self, ref: str | None, hugging_face: bool = False):
         if not ref:
@@ -373,9 +382,11 @@ def wire(tab: gr.Tab, ui: SimpleNamespace, h: Handlers) -> None:
     ui.pick.input(h.show, ui.pick, [ui.about, ui.curve, ui.new_name], **LIGHT)
     ui.compare_pick.change(h.compare, ui.compare_pick, [ui.compare_curve, ui.compare_table], **LIGHT)
     ui.rename.click(h.rename, [ui.pick, ui.new_name], [ui.status, *shown], api_name="rename", concurrency_limit=None)
-    ui.delete.click(h.ask_delete, ui.pick, [ui.confirm_row, ui.confirm_text, ui.status], **LIGHT)
-    ui.cancel.click(lambda: gr.Row(visible=False), None, ui.confirm_row, **LIGHT)
-    ui.confirm.click(h.delete, ui.pick, [ui.confirm_row, ui.status, *shown], api_name="delete")
+    ui.delete.click(h.ask_delete, ui.pick, [ui.confirm_row, ui.confirm_text, ui.status, ui.doomed], **LIGHT)
+    # The box names one run: a new pick closes it (and delete() checks the pick against it besides).
+    for event in (ui.cancel.click, ui.pick.change):
+        event(lambda: (gr.Row(visible=False), None), None, [ui.confirm_row, ui.doomed], **LIGHT)
+    ui.confirm.click(h.delete, [ui.pick, ui.doomed], [ui.confirm_row, ui.status, *shown], api_name="delete")
     ui.download.click(h.download, ui.pick, [ui.zip_file, ui.status], api_name="download")
     ui.download_hf.click(h.download_hf, ui.pick, [ui.zip_file, ui.status], api_name="download_hf")
 
