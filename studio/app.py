@@ -17,7 +17,8 @@ CSS = """
 #studio-header p { margin-top: 4px; color: var(--body-text-color-subdued); }
 .banner { border-left: 4px solid #f5a524; background: rgba(245,165,36,.08); padding: 8px 12px; border-radius: 6px; }
 .preview .example { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 10px;
-  margin-bottom: 8px; white-space: pre-wrap; font-family: var(--font-mono); font-size: 13px; line-height: 1.5; }
+  margin-bottom: 8px; white-space: pre-wrap; overflow-wrap: anywhere; font-family: var(--font-mono); font-size: 13px;
+  line-height: 1.5; }
 .preview .row-no { font-family: var(--font); font-size: 12px; color: var(--body-text-color-subdued); margin-bottom: 4px; }
 .preview-legend { font-size: 13px; margin-bottom: 8px; }
 .tok-special { display: inline-block; font-family: var(--font-mono); font-size: 11px; padding: 0 4px; margin: 0 2px;

@@ -475,3 +475,15 @@ def test_showing_the_finetune_tab_again_sends_choices_only_when_they_changed(tmp
     changed = show_tab(studio, {}, None, offered, None)
     assert "another base" in str(changed[0].choices) and changed[choices_end] != offered
     assert all(isinstance(v, type(gr.skip())) for v in changed[3:choices_end]), "the form itself is left alone"
+
+
+def test_a_preset_fills_the_settings_but_keeps_the_datasets_probe_prompts(tmp_path, tiny_model_dir):
+    from studio.context import SAMPLES_DIR, Studio
+    from studio.tabs.finetune import FORM_FIELDS, default_probes, load_preset, store_preset
+
+    studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
+    assert "Saved" in store_preset(studio, "short", {"epochs": 2, "probes": ["Capital of Cuba?"]})
+    filled = load_preset(studio, "short", "base:base", "sample-opposites")
+    assert filled[FORM_FIELDS.index("epochs")] == 2
+    probes = filled[FORM_FIELDS.index("probes")]
+    assert probes == default_probes(studio, "sample-opposites") and "Cuba" not in probes

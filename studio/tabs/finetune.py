@@ -518,11 +518,13 @@ def save_preset(studio: Studio, preset_name: str, *values: Any):
 
 
 def load_preset(studio: Studio, preset_name: str | None, base_ref: str | None, dataset_id: str | None):
-    """The form filled from a saved preset, with its plan."""
+    """The form filled from a saved preset, with its plan. The probe prompts stay the chosen dataset's: a
+    preset saved beside another dataset holds that one's."""
     settings = studio.store.presets().get(preset_name or "")
     if settings is None:
         return *[gr.skip()] * (len(FORM_FIELDS) + 1), "⚠ Choose a saved preset."
     values = form_values(settings)
+    values[FORM_FIELDS.index("probes")] = default_probes(studio, dataset_id)
     return (
         *values,
         make_plan(studio, base_ref, dataset_id, *values),
