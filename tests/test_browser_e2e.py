@@ -224,7 +224,7 @@ def test_upload_finetune_reload_and_compare(page):
     open_tab(page, "4 · Compare")
     expect(page.locator("#compare-models")).to_contain_text("opposites-ft")
     page.locator("#compare-prompt textarea").fill("Opposite of up?")
-    page.locator("#compare-go").click()
+    page.locator("#compare-prompt textarea").press("Enter")  # as in Chat: Enter generates
     expect(page.get_by_text(re.compile("Done: same prompt, seed 0"))).to_be_visible(timeout=60_000)
     answers = page.locator(".answer")
     expect(answers.nth(0)).to_contain_text("base")

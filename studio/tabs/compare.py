@@ -227,7 +227,14 @@ def layout_question(ui: SimpleNamespace) -> None:
             label="Models (2 to 4)", multiselect=True, max_choices=MAX_MODELS, scale=4, elem_id="compare-models"
         )
         ui.refresh = gr.Button("↻ Refresh list", scale=0, min_width=140, size="sm", elem_classes="inline-button")
-    ui.prompt = gr.Textbox(label="Prompt", lines=3, placeholder="Ask something...", elem_id="compare-prompt")
+    # One line that grows: Enter generates (as in Chat), Shift+Enter starts a new line.
+    ui.prompt = gr.Textbox(
+        label="Prompt",
+        lines=1,
+        max_lines=8,
+        placeholder="Ask something... (Enter: generate, Shift+Enter: a new line)",
+        elem_id="compare-prompt",
+    )
     with gr.Row():
         ui.temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
         ui.top_p = gr.Slider(0.05, 1, value=SamplingConfig().top_p, step=0.05, label="Top-p")
