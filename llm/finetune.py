@@ -33,7 +33,15 @@ from llm.config import (
     SamplingConfig,
     TrainConfig,
 )
-from llm.device import check_model_fits, describe, measure_matmul_flops, peak_flops, pick_device
+from llm.device import (
+    available_memory,
+    check_model_fits,
+    describe,
+    measure_matmul_flops,
+    peak_flops,
+    pick_device,
+    size_text,
+)
 from llm.errors import CheckpointError, ConfigError, TaskFileError
 from llm.generate import sample_logger
 from llm.model import Transformer
@@ -292,6 +300,14 @@ def plan(prep: Prepared) -> dict[str, Any]:
     activations = tc.batch_size * longest * (mc.n_layer * (14 * mc.d_model + 3 * mc.mlp_hidden + mc.n_head * longest))
     logits = 3 * tc.batch_size * longest * mc.vocab_size  # logits, their softmax and gradient
     memory = 4 * (total + 3 * trainable + activations + logits)
+    available = available_memory(device)
+    if available is not None and memory > available:  # the estimate leaves out overheads: it only errs low
+        raise ConfigError(
+            f"{tc.batch_size} is too large for the memory: a batch of {tc.batch_size} examples of up to {longest} "
+            f"tokens needs about {size_text(memory)} with the model, and {device.type} has {size_text(available)} "
+            "available; choose a smaller batch size (or shorter examples)",
+            field="batch_size",
+        )
     return {
         "base": str(prep.base_dir),
         "method": cfg.method,

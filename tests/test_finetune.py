@@ -346,6 +346,17 @@ def test_plan_reports_sizes_steps_and_estimates(task_file, tiny_model_dir):
     assert full_plan["est_seconds"] > 0 and lora_plan["est_seconds"] > 0 and lora_plan["device"].startswith("cpu")
 
 
+def test_the_plan_refuses_a_batch_the_memory_cannot_hold(task_file, tiny_model_dir, monkeypatch):
+    prep = finetune.prepare(job(tiny_model_dir, task_file, FinetuneConfig(batch_size=40)))
+    needed = finetune.plan(prep)["est_memory_bytes"]
+    monkeypatch.setattr(finetune, "available_memory", lambda device: needed - 1)
+    with pytest.raises(
+        ConfigError, match=r"batch_size 40 is too large for the memory: a batch of 40 examples .* smaller batch size"
+    ) as caught:
+        finetune.plan(prep)
+    assert caught.value.field == "batch_size"
+
+
 def test_config_errors_name_the_parameter():
     for bad, field in [
         (dict(method="qlora"), "method"),
