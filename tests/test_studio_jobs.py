@@ -94,7 +94,7 @@ def test_bad_settings_fail_with_an_explanation(studio, tmp_path):
     data = tmp_path / "tiny.csv"
     data.write_text("question,answer\nUp?,down\n")
     key = studio.store.add_dataset("tiny.csv", data, "upload", "auto", {}, 1)
-    run_id = studio.create_run("base:base", key, {**settings(2), "device": "cuda:99"}, "bad")
+    run_id = studio.create_run("base:base", key, {**settings(2, batch_size=1), "device": "cuda:99"}, "bad")
     studio.jobs.submit(run_id)
     run, _ = wait(studio, run_id, lambda r, m: r["status"] in FINAL)
     assert run["status"] == "failed" and "CUDA" in run["message"] and "Traceback" not in run["message"]
