@@ -480,16 +480,23 @@ def _turn(turn: Any, i: int, column: str) -> dict[str, str]:
     return {"role": role, "content": _text(turn[content_key], column, f"turn {i} content")}
 
 
+def _json_cell(text: str, column: str) -> Any:
+    """A CSV cell holding JSON (a conversation), read; plain text there is a wrong type, not malformed JSON."""
+    if text.strip() and text.lstrip()[0] not in "[{":
+        raise _RowProblem(column, "wrong type", f"expected a list of turns, got text ({text[:40]!r})")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _RowProblem(column, "malformed JSON", f"{e.msg} at character {e.pos}") from None
+    except RecursionError:
+        raise _RowProblem(column, "malformed JSON", "nested too deeply to read") from None
+
+
 def _turns(value: Any, column: str, need_answer: bool = True) -> list[dict[str, str]]:
     """A messages cell (a list of turns; a JSON string in CSV) -> [{"role", "content"}]. need_answer: a row
     without an assistant turn is a problem (a prompt conversation may have none)."""
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise _RowProblem(column, "malformed JSON", f"{e.msg} at character {e.pos}") from None
-        except RecursionError:
-            raise _RowProblem(column, "malformed JSON", "nested too deeply to read") from None
+        value = _json_cell(value, column)
     if _is_missing(value):
         raise _RowProblem(column, "empty conversation")
     if not isinstance(value, (list, tuple, np.ndarray)):

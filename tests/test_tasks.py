@@ -256,7 +256,7 @@ def test_bad_conversations_are_dropped_with_the_turn(tmp_path):
     ]
     data = read_task_file(write(tmp_path, "t.jsonl", jsonl(rows)))
     assert [str(p) for p in data.problems] == [
-        "row 2, column 'messages': malformed JSON (Expecting value at character 0)",
+        "row 2, column 'messages': wrong type (expected a list of turns, got text ('not a list'))",
         "row 3, column 'messages': no assistant turn (nothing to learn from this row)",
         "row 4, column 'messages': malformed turn (turn 2 needs role/content or from/value keys)",
         "row 5, column 'messages': empty turn 2 content",
