@@ -301,7 +301,7 @@ def plan(prep: Prepared) -> dict[str, Any]:
     logits = 3 * tc.batch_size * longest * mc.vocab_size  # logits, their softmax and gradient
     memory = 4 * (total + 3 * trainable + activations + logits)
     available = available_memory(device)
-    if available is not None and memory > available:  # the estimate leaves out overheads: it only errs low
+    if available is not None and memory > available:  # the estimate leaves out torch overhead: it tends to err low
         raise ConfigError(
             f"{tc.batch_size} is too large for the memory: a batch of {tc.batch_size} examples of up to {longest} "
             f"tokens needs about {size_text(memory)} with the model, and {device.type} has {size_text(available)} "
