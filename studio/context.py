@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-from collections import OrderedDict
+import time
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -160,9 +161,14 @@ class Studio:
 
     # Datasets
     def dataset_choices(self) -> list[tuple[str, str]]:
+        """(label, id) of every dataset. An upload whose name another dataset has too says when it came."""
+        datasets = self.store.datasets()
+        names = Counter(d["name"] for d in datasets)
         choices = []
-        for d in self.store.datasets():
+        for d in datasets:
             tag = "sample" if d["source"] == "sample" else "uploaded"
+            if tag == "uploaded" and names[d["name"]] > 1:
+                tag += time.strftime(" %d %b %H:%M:%S", time.localtime(d["created"]))
             rows = f", {plural(d['rows'], 'example')}" if d["rows"] is not None else ""
             choices.append((f"{d['name']} ({tag}{rows})", d["id"]))
         return choices

@@ -487,3 +487,19 @@ def test_a_preset_fills_the_settings_but_keeps_the_datasets_probe_prompts(tmp_pa
     assert filled[FORM_FIELDS.index("epochs")] == 2
     probes = filled[FORM_FIELDS.index("probes")]
     assert probes == default_probes(studio, "sample-opposites") and "Cuba" not in probes
+
+
+def test_two_uploads_of_one_name_are_told_apart_by_when_they_came(tmp_path, tiny_model_dir, monkeypatch):
+    import studio.store
+    from studio.context import SAMPLES_DIR, Studio
+
+    studio_ = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
+    data = tmp_path / "qa.csv"
+    data.write_text("question,answer\nUp?,down\n")
+    for when in (1_700_000_000.0, 1_700_000_100.0):
+        monkeypatch.setattr(studio.store.time, "time", lambda when=when: when)
+        studio_.store.add_dataset("qa.csv", data, "upload", rows=1)
+    studio_.store.add_dataset("other.csv", data, "upload", rows=1)
+    labels = [label for label, _ in studio_.dataset_choices() if "(uploaded" in label]
+    assert len(labels) == 3 and len(set(labels)) == 3, labels
+    assert "other.csv (uploaded, 1 example)" in labels, "a name used once keeps the plain label"
