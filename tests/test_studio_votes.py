@@ -62,6 +62,15 @@ def test_tuning_needs_pairs(studio):
     assert run_id is None and "No preference pairs yet" in message
 
 
+def test_the_votes_view_names_a_deleted_model_as_deleted_not_by_its_id(studio):
+    from studio.tabs.votes import vote_rows
+
+    studio.store.add_vote("Say hi.", ["base:base", "run:gone"], ["hi", "hello"], {"seed": 0}, "run:gone", "c1")
+    row = vote_rows(studio).iloc[0]
+    assert row["models"] == f"{studio.model_label('base:base')} | (a deleted model)"
+    assert row["better"] == "(a deleted model)" and "run:" not in row.to_string()
+
+
 @pytest.mark.slow
 def test_tune_on_my_votes_runs_a_preference_run_that_becomes_a_model(studio):
     for i, name in enumerate(["Tom", "Lily", "Sam", "Mia", "Ben", "Sue"]):

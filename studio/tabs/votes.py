@@ -22,15 +22,20 @@ PROBES = 3  # voted prompts answered at every evaluation of a preference run
 
 
 def vote_rows(studio: Studio) -> pd.DataFrame:
+    names = {ref: name for name, ref in studio.model_choices()}  # read once, not once a vote and model
+
+    def label(ref: str) -> str:
+        return names.get(ref, "(a deleted model)")
+
     rows = []
     for vote in reversed(studio.store.votes()):
-        labels = [studio.model_label(m) for m in vote["models"]]
+        labels = [label(m) for m in vote["models"]]
         rows.append(
             {
                 "when": datetime.datetime.fromtimestamp(vote["created"]).strftime("%Y-%m-%d %H:%M"),
                 "prompt": vote["prompt"],
                 "models": " | ".join(labels),
-                "better": "tie / both bad" if vote["winner"] == TIE else studio.model_label(vote["winner"]),
+                "better": "tie / both bad" if vote["winner"] == TIE else label(vote["winner"]),
                 "answers": "\n---\n".join(vote["answers"]),
                 "seed": vote["settings"].get("seed"),
             }
