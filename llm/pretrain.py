@@ -13,6 +13,7 @@ of a few fixed prompts, sampled with a fixed seed, so the metrics file shows the
 
 from __future__ import annotations
 
+import functools
 import math
 import tempfile
 from dataclasses import replace
@@ -234,12 +235,20 @@ def text_size(files: list[Path]) -> int | None:
 SPLIT_CHECK_BYTES = 4 * 2**20  # plan() reads a text up to this size to see that prepare() can hold some out
 
 
+@functools.lru_cache(maxsize=8)
+def _count_held_out(versions: tuple, val_fraction: float, text_field: str) -> tuple[int, int]:
+    """corpus.count_held_out, read once per version of the files (versions: (path, mtime, size) each): the
+    studio asks for a plan at each edit of its form."""
+    return corpus.count_held_out([Path(path) for path, _, _ in versions], val_fraction, text_field)
+
+
 def check_split(cfg: PretrainConfig, files: list[Path], size: int | None) -> None:
     """InputError when prepare() would hold no document out for validation (a text of one paragraph, say),
     found before a run starts: read for a text of known size up to SPLIT_CHECK_BYTES, else left to prepare()."""
     if not cfg.val_fraction or size is None or size > SPLIT_CHECK_BYTES:
         return
-    documents, held_out = corpus.count_held_out(files, cfg.val_fraction, cfg.text_field)
+    versions = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
+    documents, held_out = _count_held_out(versions, cfg.val_fraction, cfg.text_field)
     if documents and not held_out:
         raise InputError(
             f"{corpus.NO_VALIDATION} (the text has {documents} document{'s' * (documents != 1)}: paragraphs "

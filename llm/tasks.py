@@ -307,7 +307,7 @@ def read_frame(path: Path) -> tuple[pd.DataFrame, list[int], bytes]:
             return *_read_parquet(path, raw), raw
         text = _decode_utf8(path, raw)
         if suffix in (".csv", ".tsv"):
-            return *_read_delimited(path, text, "\t" if suffix == ".tsv" else csv_separator(first_line(text))), raw
+            return *_read_delimited(path, text, tsv=suffix == ".tsv"), raw
         return *_read_json(path, text, lines=suffix == ".jsonl"), raw
     except TaskFileError:
         raise
@@ -327,10 +327,13 @@ def _read_parquet(path: Path, raw: bytes) -> tuple[pd.DataFrame, list[int]]:
     return frame, list(range(1, len(frame) + 1))
 
 
-def _read_delimited(path: Path, text: str, sep: str) -> tuple[pd.DataFrame, list[int]]:
-    if first_line(text)[:1] in ("{", "["):
+def _read_delimited(path: Path, text: str, tsv: bool) -> tuple[pd.DataFrame, list[int]]:
+    """A .csv or .tsv file (tsv): a tab separates a .tsv's columns, a .csv's the one its header says."""
+    header = first_line(text)
+    if header[:1] in ("{", "["):
         right = ".jsonl (one object a line)" if _looks_like_jsonl(text) else ".json (an array of objects)"
         raise TaskFileError(f"{path}: this is JSON, not a table: rename it to {right}")
+    sep = "\t" if tsv else csv_separator(header)
     try:
         # Every cell as text, empty cells as "": numbers and "NA" stay what the user wrote.
         frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)

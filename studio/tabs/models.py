@@ -383,8 +383,9 @@ def wire(tab: gr.Tab, ui: SimpleNamespace, h: Handlers) -> None:
     ui.compare_pick.change(h.compare, ui.compare_pick, [ui.compare_curve, ui.compare_table], **LIGHT)
     ui.rename.click(h.rename, [ui.pick, ui.new_name], [ui.status, *shown], api_name="rename", concurrency_limit=None)
     ui.delete.click(h.ask_delete, ui.pick, [ui.confirm_row, ui.confirm_text, ui.status, ui.doomed], **LIGHT)
-    # The box names one run: a new pick closes it (and delete() checks the pick against it besides).
-    for event in (ui.cancel.click, ui.pick.change):
+    # The box names one run: the user's new pick closes it (.input: a listing that sets the pick sends no
+    # event), and delete() checks the pick against it whatever set the pick.
+    for event in (ui.cancel.click, ui.pick.input):
         event(lambda: (gr.Row(visible=False), None), None, [ui.confirm_row, ui.doomed], **LIGHT)
     ui.confirm.click(h.delete, [ui.pick, ui.doomed], [ui.confirm_row, ui.status, *shown], api_name="delete")
     ui.download.click(h.download, ui.pick, [ui.zip_file, ui.status], api_name="download")
