@@ -18,7 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: make `llm` importable
-from llm.textio import iter_documents  # noqa: E402
+from llm.data.text import iter_documents  # noqa: E402
 
 
 def read(path: str) -> str:

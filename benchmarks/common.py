@@ -19,8 +19,8 @@ import torch
 
 from llm.config import TrainConfig
 from llm.device import describe
-from llm.model import Transformer
-from llm.trainer import Distributed, autocast_context, make_optimizer, train_step
+from llm.model.transformer import Transformer
+from llm.train.trainer import Distributed, autocast_context, make_optimizer, train_step
 
 
 def other_training_runs() -> list[str]:
@@ -111,7 +111,7 @@ def time_training_steps(
     seed: int = 0,
     precision: str = "auto",
 ) -> dict[str, float]:
-    """Time the trainer's own step (llm.trainer.train_step: forward, loss, backward, clip, AdamW) on random
+    """Time the trainer's own step (llm.train.trainer.train_step: forward, loss, backward, clip, AdamW) on random
     token batches.
 
     The first `warmup` steps (allocator, kernel selection, torch.compile) are run but not timed. Returns

@@ -3,7 +3,7 @@
     python benchmarks/cuda_train.py [--steps 20] [--warmup 5] [--batch-size 16] [--vocab-size 50304] [--json F]
 
 The real training step (bf16 autocast, causal_lm_loss, backward, gradient clipping, fused AdamW from
-llm.trainer.make_optimizer) on random token batches; the warm-up steps, which include torch.compile's
+llm.train.trainer.make_optimizer) on random token batches; the warm-up steps, which include torch.compile's
 compilation, are not timed. MFU is against llm.device.peak_flops (the data-sheet dense bf16 peak for known
 GPUs); achieved FLOP/s is Transformer.flops_per_token() times tokens/s. Needs a CUDA GPU: on any other
 machine it says so and exits.
@@ -28,7 +28,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from llm.config import preset  # noqa: E402
 from llm.device import autocast_dtype, peak_flops  # noqa: E402
-from llm.model import Transformer  # noqa: E402
+from llm.model.transformer import Transformer  # noqa: E402
 
 
 def measure(args: argparse.Namespace, device: torch.device, compile: bool, peak: float) -> dict:

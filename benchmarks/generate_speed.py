@@ -3,7 +3,7 @@
     python benchmarks/generate_speed.py [--new-tokens 256 1024] [--prompt-tokens 16] [--json F]
 
 A `mini`-shaped model with a 1280-token context and random weights decodes greedily through
-llm.generate.generate_ids, once with the cache and once re-running the whole context at every token. Greedy
+llm.model.generate.generate_ids, once with the cache and once re-running the whole context at every token. Greedy
 decoding makes both paths choose the same tokens, which the script checks, so the timings compare the same
 work. The prompt plus the new tokens stay within the context, so the cache never restarts its window. The
 output projection is untied: with random tied embeddings each token predicts itself and greedy decoding
@@ -24,8 +24,8 @@ import torch  # noqa: E402
 from benchmarks.common import machine_info, print_machine, print_table, synchronize, write_json  # noqa: E402
 from llm.config import preset  # noqa: E402
 from llm.device import pick_device  # noqa: E402
-from llm.generate import SamplingConfig, generate_ids  # noqa: E402
-from llm.model import Transformer  # noqa: E402
+from llm.model.generate import SamplingConfig, generate_ids  # noqa: E402
+from llm.model.transformer import Transformer  # noqa: E402
 
 
 def timed_generation(

@@ -26,12 +26,12 @@ import torch  # noqa: E402
 
 from benchmarks.common import machine_info, print_machine, print_table, write_json  # noqa: E402
 from benchmarks.synthetic_text import write_corpus  # noqa: E402
-from llm import hf, lora  # noqa: E402
-from llm.checkpoint import load_model, save_checkpoint  # noqa: E402
 from llm.config import DEFAULT_BASE_MODEL, ModelConfig  # noqa: E402
+from llm.data.tokenizer import train_tokenizer  # noqa: E402
 from llm.device import pick_device  # noqa: E402
-from llm.model import Transformer, causal_lm_loss  # noqa: E402
-from llm.tokenizer import train_tokenizer  # noqa: E402
+from llm.model import hf, lora  # noqa: E402
+from llm.model.checkpoint import load_model, save_checkpoint  # noqa: E402
+from llm.model.transformer import Transformer, causal_lm_loss  # noqa: E402
 
 TINYLLAMA = dict(
     vocab_size=32000, context_length=2048, n_layer=22, n_head=32, n_kv_head=4, d_model=2048, mlp_hidden=5632

@@ -29,8 +29,8 @@ import torch  # noqa: E402
 
 from benchmarks.common import machine_info, print_machine, print_table, write_json  # noqa: E402
 from benchmarks.synthetic_text import write_corpus  # noqa: E402
-from llm.corpus import TokenData  # noqa: E402
-from llm.tokenizer import train_tokenizer  # noqa: E402
+from llm.data.corpus import TokenData  # noqa: E402
+from llm.data.tokenizer import train_tokenizer  # noqa: E402
 
 POLL_SECONDS = 0.2
 TARGET_CORPUS_BYTES = 45e9  # the corpus size the rate is extrapolated to

@@ -5,7 +5,7 @@
                                     [--json F]
 
 For each family (datasets/tasks/<family>.jsonl): the held-out rows are the split a fine-tune keeps aside
-(llm.tasks.split_examples, FinetuneConfig's defaults); the base model answers them greedily, then a fine-tune
+(llm.data.tasks.split_examples, FinetuneConfig's defaults); the base model answers them greedily, then a fine-tune
 with every setting at its default (llm.config.FinetuneConfig: LoRA) trains on the rest, and answers them
 again. Families named in make_tasks.HELD_OUT_FAMILIES are kept out of every tuning decision: the table
 reports them apart, as the honest figure. Runs go to a temporary folder; nothing is written elsewhere.
@@ -28,9 +28,11 @@ import torch  # noqa: E402
 from make_tasks import FAMILIES, HELD_OUT_FAMILIES  # noqa: E402
 
 from benchmarks.common import machine_info, print_machine, print_table, write_json  # noqa: E402
-from llm import finetune, task_eval, tasks  # noqa: E402
 from llm.config import DEFAULT_BASE_MODEL, EARLY_STOP_METRICS, FinetuneConfig  # noqa: E402
+from llm.data import tasks  # noqa: E402
 from llm.device import pick_device  # noqa: E402
+from llm.eval import tasks as task_eval  # noqa: E402
+from llm.train import finetune  # noqa: E402
 
 TASKS_DIR = REPO / "datasets" / "tasks"
 MAX_NEW_TOKENS = 24  # the longest reference answer is a few words

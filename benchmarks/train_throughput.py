@@ -30,7 +30,7 @@ from benchmarks.common import (  # noqa: E402
 )
 from llm.config import PRECISIONS, preset  # noqa: E402
 from llm.device import measure_matmul_flops, pick_device  # noqa: E402
-from llm.model import Transformer  # noqa: E402
+from llm.model.transformer import Transformer  # noqa: E402
 
 # The shapes measured: the tests' preset, and the ~10M-parameter one (10.6M without the embedding).
 SHAPES = {

@@ -1,7 +1,7 @@
 """Every setting as data: configuration dataclasses that round-trip through JSON, and the model presets.
 
 Each field carries its help text (`setting(default, help)`); the CLI's flags are generated from the fields
-(llm/cli_flags.py), and the studio writes a config file that the CLI reads (`finetune --config`), so a
+(llm/cli/flags.py), and the studio writes a config file that the CLI reads (`finetune --config`), so a
 setting has one name, one default and one check, here. Errors name the field (ConfigError.field); each
 front end words it (the CLI as --flag, the studio as its form label).
 """
@@ -22,20 +22,22 @@ from llm.errors import ConfigError
 
 # The base model the project ships; the default of `generate`, `eval`, `finetune` and the studio.
 DEFAULT_BASE_MODEL = Path(__file__).resolve().parent.parent / "models" / "base"
-# Projection names in llm.model: attention (wq, wk, wv, wo) and MLP (w_gate, w_up, w_down): LoRA targets.
+# Projection names in llm.model.transformer: attention (wq, wk, wv, wo) and MLP (w_gate, w_up, w_down): LoRA targets.
 ATTENTION_PROJECTIONS = ("wq", "wk", "wv", "wo")
 ALL_PROJECTIONS = ATTENTION_PROJECTIONS + ("w_gate", "w_up", "w_down")
 METHODS = ("lora", "full")
 OVERFLOW = ("truncate", "drop")  # what to do with a task row longer than the context
 TASK_FORMATS = ("pairs", "alpaca", "messages")
+TASK_ROLES = ("prompt", "response", "system")  # the columns of a pairs file, by role (FinetuneConfig.mapping)
+DEFAULT_PRESET = "micro"  # the model shape of a pretraining run that names none
 SAMPLE_PROMPTS = ("Once upon a time", "The")  # continued at each evaluation of a pretraining run
 
 
-def setting(default: Any, help: str, **metadata: Any) -> Any:
-    """A dataclass field with its help text (metadata "flag" renames its CLI flag)."""
+def setting(default: Any, help: str) -> Any:
+    """A dataclass field with its help text."""
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **metadata})
-    return field(default=default, metadata={"help": help, **metadata})
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -255,7 +257,7 @@ class TrainConfig(Config):
         "hook logs, higher is better (fine-tuning's val_exact)",
     )
     keep_best: bool = setting(False, "also keep the checkpoint with the lowest val loss in <out>/best")
-    extra: dict[str, Any] = setting({}, "recorded with the run (e.g. dataset, method)", cli=False)
+    extra: dict[str, Any] = setting({}, "recorded with the run (e.g. dataset, method)")
 
     def __post_init__(self) -> None:
         check_positive(self, "max_steps", "batch_size", "grad_accum", "eval_interval", "ckpt_interval", "log_interval")
@@ -275,7 +277,7 @@ class SamplingConfig(Config):
     top_k: int = setting(0, "keep the k most likely tokens (0: off)")
     top_p: float = setting(0.95, "keep the smallest set of tokens whose probability reaches p (1: off)")
     repetition_penalty: float = setting(1.0, ">1 makes tokens already in the context less likely (1: off)")
-    stop: list[str] = setting([], "stop at any of these strings", flag="--stop")
+    stop: list[str] = setting([], "stop at any of these strings")
     seed: int | None = setting(None, "sampling seed (default: a fresh random one)")
 
     def __post_init__(self) -> None:
@@ -313,7 +315,7 @@ class TuningConfig(Config):
     evals_per_epoch: int = setting(2, "evaluations per epoch")
     max_eval_rows: int = setting(256, "validation rows scored at each evaluation, at most (0: all)")
     overflow: str = setting("truncate", "rows longer than the context: truncate or drop")
-    probes: list[str] = setting([], "prompts answered (greedy) at every evaluation", flag="--probe")
+    probes: list[str] = setting([], "prompts answered (greedy) at every evaluation")
     probe_tokens: int = setting(48, "tokens of each probe answer")
     merge: bool = setting(False, "LoRA: store the best model as merged full weights instead of an adapter")
 
@@ -355,7 +357,7 @@ class FinetuneConfig(TuningConfig):
     data: str = setting("", "task file: .csv .tsv .json .jsonl .parquet")
     lr: float | None = setting(None, "learning rate (default: 3e-3 for LoRA, 1e-3 for full)")
     format: str = setting("auto", "pairs, alpaca or messages (auto: detected from the columns)")
-    mapping: dict[str, str] = setting({}, "columns by role: prompt, response, system, messages", cli=False)
+    mapping: dict[str, str] = setting({}, "columns by role: prompt, response, system, messages")
     val_data: str = setting("", "a validation file (default: hold out val_fraction of the data)")
 
     early_stop_metric: str = setting(
@@ -413,22 +415,20 @@ class PretrainConfig(Config):
     --out <run>`; the tokenizer and the token shards are made once, in <run>/data.
 
     The model shape is a preset with `model` overriding ModelConfig fields; `train` holds any other
-    TrainConfig field (checked by TrainConfig). What is not given is derived from the budget (llm.pretrain.
+    TrainConfig field (checked by TrainConfig). What is not given is derived from the budget (llm.train.pretrain.
     training_settings): about ten evaluations, a checkpoint at each, a warmup of a tenth of the run."""
 
-    inputs: list[str] = setting([], "text files, folders or globs: .txt .txt.gz .txt.xz .jsonl", flag="--input")
+    inputs: list[str] = setting([], "text files, folders or globs: .txt .txt.gz .txt.xz .jsonl")
     text_field: str = setting("text", "the field of .jsonl records holding the text")
     tokenizer: str = setting("", "reuse the tokenizer of this model or run folder (empty: train a new one)")
     vocab_size: int = setting(2048, "vocabulary of the new tokenizer")
     val_fraction: float = setting(0.05, "share of the documents (paragraphs) held out for validation")
-    preset: str = setting("micro", f"model shape: {', '.join(PRESETS)}")
-    model: dict[str, Any] = setting({}, "ModelConfig fields overriding the preset's (n_layer, d_model, ...)", cli=False)
+    preset: str = setting(DEFAULT_PRESET, f"model shape: {', '.join(PRESETS)}")
+    model: dict[str, Any] = setting({}, "ModelConfig fields overriding the preset's (n_layer, d_model, ...)")
     max_steps: int = setting(0, "optimizer steps (0: as many as the plan expects in max_time; without one, 1000)")
     max_time: float = setting(300.0, "stop (with a checkpoint) after this many seconds of training; 0: no limit")
-    train: dict[str, Any] = setting({}, "other TrainConfig fields (batch_size, lr, ...)", cli=False)
-    sample_prompts: list[str] = setting(
-        list(SAMPLE_PROMPTS), "continued at every evaluation (fixed seed)", flag="--sample-prompt"
-    )
+    train: dict[str, Any] = setting({}, "other TrainConfig fields (batch_size, lr, ...)")
+    sample_prompts: list[str] = setting(list(SAMPLE_PROMPTS), "continued at every evaluation (fixed seed)")
     sample_tokens: int = setting(48, "tokens sampled per prompt at every evaluation; 0: no samples")
 
     def __post_init__(self) -> None:
@@ -447,3 +447,7 @@ class PretrainConfig(Config):
         if both:
             raise ConfigError(f"{', '.join(both)} belong in the config itself, not in train", field="train")
         TrainConfig.from_dict(self.train)  # each field's type and range (errors keep their field)
+
+
+# Every config dataclass, for whoever names their fields (the CLI's flags, the studio's labels).
+CONFIGS = (FinetuneConfig, PreferConfig, TrainConfig, ModelConfig, SamplingConfig, PretrainConfig)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 
@@ -161,3 +162,20 @@ def check_model_fits(cfg: ModelConfig, device: torch.device, copies: int = 1, wh
             "choose a smaller model"
         )
     return needed
+
+
+# Share of a device's matrix-product rate that fine-tuning reaches (short sequences, small matrices), for the
+# time estimate in plan() only. CPU: measured (0.5 on the opposites sample, 6-layer base, 2-core CPU);
+# GPUs: a guess, unmeasured here (no GPU), where small batches of short rows leave the chip mostly idle.
+EFFICIENCY = {"cpu": 0.5, "cuda": 0.25, "mps": 0.25}
+
+
+DECODE_SLOWDOWN = 20  # generating one token at a time: tiny matrix products, far below the device's rate
+
+
+@functools.cache
+def device_rate(device_type: str) -> float:
+    """FLOP/s that training reaches on this kind of device (for plans)."""
+    device = torch.device(device_type)
+    rate = peak_flops(device) if device_type == "cuda" else measure_matmul_flops(device)
+    return rate * EFFICIENCY.get(device_type, 0.25)

@@ -1,7 +1,7 @@
 """A run folder and its metrics file: the one owner of their layout and schema. Imports no torch, so the
 studio can read runs cheaply.
 
-    <run>/latest/          the newest checkpoint, with trainer_state.pt for resuming (llm/checkpoint.py owns
+    <run>/latest/          the newest checkpoint, with trainer_state.pt for resuming (llm/model/checkpoint.py owns
                            what a checkpoint holds); latest.old/ exists only if a save died mid-rename
     <run>/best/            the checkpoint with the lowest validation loss (fine-tuning; pretraining with keep_best)
     <run>/metrics.jsonl    one JSON record a line, appended by the trainer (schema below)
@@ -13,13 +13,18 @@ studio can read runs cheaply.
 
 Metrics records, each with "time" (Unix seconds):
     train   {"step", "train_loss", "lr", "tokens_per_s", "elapsed", "mfu" (GPU only)}   every log_interval steps
-    eval    {"step", "val_loss", "train_eval_loss", "samples": [{"prompt", "output"}],
+    eval    {"step", "val_loss", "train_eval_loss",
+             "val_bits_per_byte" (pretraining: the validation loss per byte of text),
+             "samples": [{"prompt", "output"}] (pretraining's samples, tuning's probe answers),
+             "val_exact", "val_f1" (fine-tuning that selects by exact match: held-out rows answered),
              "reward_margin", "reward_accuracy" (preference runs: on the held-out pairs)}   (each key optional
             but step)
     event   {"event": "start", "step", "device", "world", "params", "trainable", "max_steps"}
             {"event": "checkpoint", "step"}
             {"event": "done" | "stopped" | "early_stop" | "time_limit", "step", "train_loss", "best_val_loss"}
-            {"event": "error", "step", "message", "kind"}   (kind as llm.errors: "diverged", "data", ...)
+            {"event": "error", "step" (when training had begun), "message", "kind", "field"}   (kind as
+             llm.errors: "diverged", "memory", "data", "config", ..., or "internal" for a bug; field: the
+             config field the error concerns, or null; written once, by record_error)
             {"event": "answers", "step", "empty", "rows"}   (fine-tuning's end: empty greedy answers to
                                                              training prompts, of rows asked)
 A resumed run first drops the records after its checkpoint's step (they are about to be redone), so the
@@ -29,18 +34,20 @@ file reads as one uninterrupted run with a "start" event for each attempt.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llm.errors import ConfigError
+from llm.errors import CheckpointError, ConfigError, LLMError
 
 LATEST, BEST = "latest", "best"
 METRICS_FILE, LOG_FILE = "metrics.jsonl", "train.log"
 COMMAND_FILE = "command.json"
 DATA = "data"
-CONFIG, INFO, STATE = "config.json", "info.json", "trainer_state.pt"  # inside a checkpoint (llm/checkpoint.py)
+CONFIG, INFO, STATE = "config.json", "info.json", "trainer_state.pt"  # inside a checkpoint (llm/model/checkpoint.py)
+ANSWERS = "answers"  # the event a fine-tune ends with: how many of its answers to training prompts are empty
 ENDINGS = ("done", "stopped", "early_stop", "time_limit", "error")  # events that end an attempt
 FINISHED = ("done", "early_stop", "time_limit")  # endings after which the run is complete
 
@@ -71,6 +78,14 @@ class Metrics:
     @property
     def step(self) -> int:
         return max((r["step"] for r in self.train + self.evals + self.events if "step" in r), default=0)
+
+    def empty_answers(self) -> tuple[int, int] | None:
+        """(empty, rows) when most of a finished fine-tune's greedy answers to its own training prompts were
+        empty (it learnt to stop at once: answers cut away by truncation, say); else None."""
+        answers = [e for e in self.events if e["event"] == ANSWERS]
+        if not answers or answers[-1]["empty"] <= answers[-1]["rows"] / 2:
+            return None
+        return answers[-1]["empty"], answers[-1]["rows"]
 
     def loss_points(self) -> list[tuple[int, float, str]]:
         """(step, loss, curve) with curve "train" or "validation", for plots."""
@@ -139,9 +154,63 @@ class MetricsWriter:
             f.write(json.dumps(record, default=_json_number) + "\n")
 
 
+def is_main_process() -> bool:
+    """Under torchrun every rank runs the same code; one of them (rank 0) writes a run's files."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def record_error(path: Path, error: BaseException, step: int | None = None) -> None:
+    """The error record that ends a run's attempt, written once (by rank 0): an error that the trainer
+    recorded with its step is not recorded again by the command that called it. An LLMError keeps its kind
+    and field (a front end words them); anything else is "internal", a bug."""
+    if getattr(error, "recorded", False) or not is_main_process():
+        return
+    record: dict[str, Any] = {"event": "error", "message": str(error), "kind": "internal", "field": None}
+    if isinstance(error, LLMError):
+        record.update(message=error.message, field=error.field, kind=error.kind)
+    if step is not None:
+        record["step"] = step
+    MetricsWriter(path).append(record)
+    error.recorded = True  # type: ignore[attr-defined]
+
+
 def _json_number(value: Any) -> Any:
     """numpy / torch scalars as plain numbers."""
     return value.item() if hasattr(value, "item") else str(value)
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file of a model directory; a CheckpointError naming it when it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # malformed JSON, not UTF-8, nested too deeply
+        raise CheckpointError(f"{path}: not a readable JSON file ({type(e).__name__})") from None
+
+
+def read_info(directory: Path) -> dict[str, Any]:
+    """A checkpoint's info.json (what made it); {} when there is none."""
+    path = directory / INFO
+    info = read_json(path) if path.is_file() else {}
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(info).__name__}")
+    return info
+
+
+def info_version(directory: Path) -> tuple:
+    """(modification time, size) of a checkpoint's info.json, which every save rewrites: a cache of what a
+    model directory holds is stale when this changes. () when there is none."""
+    path = directory / INFO
+    stat = path.stat() if path.is_file() else None
+    return (stat.st_mtime_ns, stat.st_size) if stat else ()
+
+
+def run_of(directory: Path) -> RunDir | None:
+    """The run a model directory belongs to: the run folder itself, or the run holding a checkpoint of it
+    (latest/, best/); None for a model on its own (a shipped or imported one)."""
+    for path in (directory, directory.parent):
+        if RunDir(path).metrics.is_file():
+            return RunDir(path)
+    return None
 
 
 class RunDir:
@@ -194,8 +263,7 @@ class RunDir:
 
     def info(self, which: str = LATEST) -> dict[str, Any]:
         """A checkpoint's info.json (what made it); {} when there is none."""
-        path = (self.latest if which == LATEST else self.path / which) / INFO
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return read_info(self.latest if which == LATEST else self.path / which)
 
     def read_metrics(self) -> Metrics:
         return read_metrics(self.metrics)
@@ -203,9 +271,7 @@ class RunDir:
     def check_new(self) -> None:
         """Refuse to start a new run over an existing one."""
         if self.has_run():
-            raise ConfigError(
-                f"{self.path} already holds a run: pass --resume to continue it, or choose another --out", field="out"
-            )
+            raise ConfigError(f"{self.path} already holds a run: resume it, or choose another folder", field="out")
 
     def check_resumable(self) -> None:
         if not self.resumable():

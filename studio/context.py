@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig
+from llm.data.tasks import READERS
 from llm.errors import LLMError
 from llm.run import CONFIG, INFO, LATEST, RunDir, is_checkpoint
-from llm.tasks import READERS
 from studio.jobs import Jobs
 from studio.store import ACTIVE_STATES, Store, new_id
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES_DIR = REPO / "datasets" / "samples"
-DATA_SUFFIXES = READERS  # what llm.tasks reads
+DATA_SUFFIXES = READERS  # what llm.data.tasks reads
 BASE_ID = "base"
 MAX_NAME_CHARS = 80
 MAX_UPLOAD_BYTES = 50 * 2**20  # uploads above this are refused (by Gradio at the door, and again here)
@@ -148,7 +148,7 @@ class Studio:
         """(tokenizer, context length) of the default base model, for data previews; None if it is missing."""
         if not is_model_dir(self.base_model):
             return None
-        from llm.tokenizer import Tokenizer
+        from llm.data.tokenizer import Tokenizer
 
         stamp = (self.base_model / "tokenizer.model").stat().st_mtime
         if self._tokenizer is None or self._tokenizer[0] != stamp:
@@ -180,9 +180,9 @@ class Studio:
         return self.store.abs(row["path"])
 
     def task_data(self, cfg: FinetuneConfig) -> Any:
-        """cfg's task file as llm.tasks reads it, read once per version of the file (the plan is redrawn at
+        """cfg's task file as llm.data.tasks reads it, read once per version of the file (the plan is redrawn at
         every change of a field, and the file has not changed)."""
-        from llm import tasks
+        from llm.data import tasks
 
         path = Path(cfg.data)
         stat = path.stat() if path.is_file() else None
@@ -258,8 +258,8 @@ class Studio:
 
     def load(self, ref: str) -> tuple[Any, Any, dict]:
         """(model, tokenizer, info) for a ref on the best device, cached (the 4 most recently used stay loaded)."""
-        from llm.checkpoint import load_model
         from llm.device import pick_device
+        from llm.model.checkpoint import load_model
 
         path = self.model_dir(ref)
         stamp = (path, (path / INFO).stat().st_mtime if (path / INFO).exists() else 0)

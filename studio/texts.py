@@ -1,6 +1,6 @@
 """Texts to pretrain on: the shipped sample book and the files uploaded in the Pretrain tab.
 
-An uploaded text is read whole with the CLI's readers (llm.textio: UTF-8, .txt / .txt.gz / .jsonl) before it
+An uploaded text is read whole with the CLI's readers (llm.data.text: UTF-8, .txt / .txt.gz / .jsonl) before it
 is kept, so a binary or non-UTF-8 file is refused with a message and leaves nothing behind. Kept texts live
 in <workspace>/texts/<id>/<file name>; a text's key is "sample:<file name>" or "upload:<id>".
 """
@@ -12,8 +12,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm.data.text import iter_file_documents
 from llm.errors import LLMError
-from llm.textio import iter_file_documents
 from studio.context import REPO, Studio, StudioError, human_size, plural, upload_limit
 from studio.store import new_id
 

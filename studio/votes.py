@@ -5,7 +5,7 @@ vote gives one pair per losing answer: {"prompt", "chosen": the winner's answer,
 A tie ("both bad") gives no pair; ties are exported apart, so nothing a user said is lost. Two answers with
 the same text make no pair either (there is nothing to prefer). Files (JSON Lines, UTF-8), in exports/:
 
-    votes-<id>.jsonl         {"prompt", "chosen", "rejected"}                        (llm/preferences.py reads it)
+    votes-<id>.jsonl         {"prompt", "chosen", "rejected"}                        (llm/data/preferences.py reads it)
     votes-<id>-chat.jsonl    {"chosen": [user, assistant], "rejected": [user, assistant]}  (conversational form)
     votes-<id>-ties.jsonl    {"prompt", "answers", "models"}                          (votes that prefer none)
 """

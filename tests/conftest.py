@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from llm.config import TrainConfig, preset
-from llm.corpus import prepare
-from llm.pretrain import pretrain
-from llm.tokenizer import Tokenizer, train_tokenizer
+from llm.data.corpus import prepare
+from llm.data.tokenizer import Tokenizer, train_tokenizer
+from llm.train.pretrain import pretrain
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "corpora"

@@ -10,10 +10,10 @@ import json
 
 import pytest
 
-from llm.checkpoint import load_model
 from llm.config import DEFAULT_BASE_MODEL
-from llm.evaluate import score_text
-from llm.generate import SamplingConfig, stream_text
+from llm.eval.perplexity import score_text
+from llm.model.checkpoint import load_model
+from llm.model.generate import SamplingConfig, stream_text
 
 HELD_OUT = (
     "Once upon a time, there was a little bird named Pip. Pip lived in a tall tree near a big red house. "

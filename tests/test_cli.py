@@ -13,13 +13,13 @@ import signal
 import pytest
 from llm_cli import read_metrics, run_llm
 
-from llm.checkpoint import load_model
 from llm.config import TrainConfig, preset
-from llm.corpus import WindowBatches
-from llm.evaluate import score_text
-from llm.generate import SamplingConfig, stream_text
-from llm.pretrain import pretrain
-from llm.trainer import learning_rate
+from llm.data.corpus import WindowBatches
+from llm.eval.perplexity import score_text
+from llm.model.checkpoint import load_model
+from llm.model.generate import SamplingConfig, stream_text
+from llm.train.pretrain import pretrain
+from llm.train.trainer import learning_rate
 
 
 def assert_user_error(result, *fragments: str) -> None:
@@ -177,7 +177,7 @@ def test_resume_without_max_steps_keeps_the_runs_step_budget(tmp_path, data_dir,
     monkeypatch.setattr(WindowBatches, "train_batch", stop_at_step_2)
     cfg = TrainConfig(max_steps=6, batch_size=2, warmup_steps=1, log_interval=1, eval_interval=3, eval_batches=1)
     out = tmp_path / "run"
-    assert pretrain(data_dir, out, preset("tiny", context_length=16), cfg, False, out / "metrics.jsonl").step == 3
+    assert pretrain(data_dir, out, preset("tiny", context_length=16), cfg, metrics_path=out / "metrics.jsonl").step == 3
     resumed = run_llm("pretrain", "--data", data_dir, "--out", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     records = read_metrics(out / "metrics.jsonl")

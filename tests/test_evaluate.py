@@ -9,8 +9,8 @@ import torch
 
 from llm.config import preset
 from llm.errors import InputError
-from llm.evaluate import score_text, score_tokens
-from llm.model import Transformer, causal_lm_loss
+from llm.eval.perplexity import score_text, score_tokens
+from llm.model.transformer import Transformer, causal_lm_loss
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,17 @@ import torch
 from llm_cli import ENV, REPO, loss_curve, read_metrics, run_llm
 from safetensors.torch import load_file
 
-from llm import checkpoint, finetune, lora
-from llm.__main__ import main
-from llm.checkpoint import load_model
+from llm.cli import main
 from llm.config import FinetuneConfig
+from llm.data.batches import TaskBatches
+from llm.data.tasks import TaskFileError, encode_examples, read_task_file, split_examples
 from llm.errors import ConfigError
-from llm.finetune import TaskBatches, lora_settings
-from llm.model import causal_lm_loss
-from llm.task_eval import evaluate_models, totals
-from llm.tasks import TaskFileError, encode_examples, read_task_file, split_examples
+from llm.eval.tasks import evaluate_models, totals
+from llm.model import checkpoint, lora
+from llm.model.checkpoint import load_model
+from llm.model.transformer import causal_lm_loss
+from llm.train import finetune, tuning
+from llm.train.tuning import lora_settings
 
 # A closed little world the tiny test model knows the words of (tests/conftest.py's stories).
 NAMES = ["Lily", "Tom", "Sam", "Mia", "Ben", "Anna", "Max", "Sue"]
@@ -224,7 +226,7 @@ def test_early_stopping_on_exact_match_keeps_the_checkpoint_that_answers_best(tm
 
 
 def test_the_selection_score_prefers_exact_match_and_breaks_ties_by_loss():
-    from llm.trainer import selection_score
+    from llm.train.trainer import selection_score
 
     assert selection_score("val_loss", {"val_loss": 1.5}, {}) == 1.5
     better = selection_score("val_exact", {"val_loss": 9.0}, {"val_exact": 0.5})
@@ -279,7 +281,7 @@ def test_resume_refuses_a_changed_dataset(tmp_path, tiny_model_dir):
     data = favourites_csv(tmp_path / "f.csv")
     finetune.finetune(job(tiny_model_dir, data, quick(max_steps=2)), tmp_path / "run")
     data.write_text(data.read_text().replace("ball", "kite"))
-    with pytest.raises(TaskFileError, match="the dataset changed since the run started"):
+    with pytest.raises(TaskFileError, match="the file changed since the run started"):
         finetune.resume(tmp_path / "run")
 
 
@@ -298,7 +300,7 @@ def test_a_validation_file_replaces_the_split(tmp_path, task_file, tiny_model_di
         ("no base", Exception, r"no such model directory"),
         ("bad column", TaskFileError, r"no column 'q'"),
         ("bad target", ConfigError, r"lora_targets unknown \['wz'\]"),
-        ("existing run", ConfigError, r"already holds a run: pass --resume"),
+        ("existing run", ConfigError, r"already holds a run: resume it"),
     ],
 )
 def test_bad_input_leaves_no_output_directory(tmp_path, task_file, tiny_model_dir, case, error, message):
@@ -325,7 +327,7 @@ def test_bad_input_leaves_no_output_directory(tmp_path, task_file, tiny_model_di
 
 
 def test_the_missing_shipped_base_model_gets_a_clear_message(tmp_path, task_file, monkeypatch):
-    monkeypatch.setattr(finetune, "DEFAULT_BASE_MODEL", tmp_path / "models" / "base")
+    monkeypatch.setattr(tuning, "DEFAULT_BASE_MODEL", tmp_path / "models" / "base")
     with pytest.raises(checkpoint.CheckpointError, match=r"the shipped base model is not in .* yet") as caught:
         finetune.finetune(job(tmp_path / "models" / "base", task_file, quick()), tmp_path / "run")
     assert caught.value.field == "base"
@@ -453,7 +455,7 @@ def test_lora_finetuning_learns_the_task_answers(tmp_path, tiny_model_dir):
 def test_a_run_whose_answers_are_mostly_empty_says_so(tmp_path, tok, monkeypatch, capsys):
     from test_generate import ScriptedModel
 
-    from llm.tasks import Example
+    from llm.data.tasks import Example
     from studio.jobs import empty_answers_warning
 
     examples = [

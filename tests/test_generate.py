@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from llm.config import ModelConfig, preset
-from llm.generate import SamplingConfig, generate_ids, next_token_distribution, stream_text
-from llm.model import Transformer
-from llm.tokenizer import Tokenizer
+from llm.data.tokenizer import Tokenizer
+from llm.model.generate import SamplingConfig, generate_ids, next_token_distribution, stream_text
+from llm.model.transformer import Transformer
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,7 @@ def test_stop_id_ends_the_stream_without_showing_it(tok):
 
 
 def test_real_model_stream_never_contains_the_stop_string(tiny_model_dir):
-    from llm.checkpoint import load_model
+    from llm.model.checkpoint import load_model
 
     model, tok, _ = load_model(tiny_model_dir)
     prompt = [tok.eos_id] + tok.encode("Once upon a time, Tom")

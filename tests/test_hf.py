@@ -15,13 +15,14 @@ from conftest import make_stories
 from llm_cli import run_llm
 from safetensors.torch import load_file
 
-from llm import chat, hf, lora
-from llm.checkpoint import load_model, save_checkpoint
 from llm.config import ALL_PROJECTIONS, ModelConfig
+from llm.data import chat
+from llm.data.tokenizer import Tokenizer, train_tokenizer
 from llm.errors import ConfigError
-from llm.generate import SamplingConfig, generate_ids
-from llm.model import Transformer
-from llm.tokenizer import Tokenizer, train_tokenizer
+from llm.model import hf, lora
+from llm.model.checkpoint import load_model, save_checkpoint
+from llm.model.generate import SamplingConfig, generate_ids
+from llm.model.transformer import Transformer
 
 transformers = pytest.importorskip("transformers")
 

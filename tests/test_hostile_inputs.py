@@ -17,13 +17,14 @@ import pytest
 import torch
 from conftest import REPO
 
-from llm import checkpoint, device
-from llm.checkpoint import CheckpointError, load_model, load_trainer_state, remove_stale_temporaries, write_dir
+from llm import device
 from llm.config import ConfigError, ModelConfig, TrainConfig, preset
-from llm.model import Transformer
-from llm.tasks import TaskFileError, encode_examples, read_task_file, summary
-from llm.textio import InputError, iter_documents
-from llm.tokenizer import byte_fallback_share
+from llm.data.tasks import TaskFileError, encode_examples, read_task_file, summary
+from llm.data.text import InputError, iter_documents
+from llm.data.tokenizer import byte_fallback_share
+from llm.model import checkpoint
+from llm.model.checkpoint import CheckpointError, load_model, load_trainer_state, remove_stale_temporaries, write_dir
+from llm.model.transformer import Transformer
 
 DEEP = "[" * 100_000  # 200 KB of brackets: the json module's recursion limit, not a syntax error
 
@@ -120,7 +121,7 @@ def test_bad_task_files_get_a_message_with_the_place_and_nothing_is_written(tmp_
 
 @pytest.mark.parametrize("name,content,message", BAD_FILES, ids=[case[0] for case in BAD_FILES])
 def test_the_cli_refuses_every_bad_task_file_with_exit_code_2(tmp_path, capsys, tiny_model_dir, name, content, message):
-    from llm.__main__ import main
+    from llm.cli import main
 
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
@@ -165,7 +166,7 @@ def test_a_task_file_too_deep_for_the_cli_exits_2_without_a_traceback(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Corpus text (llm/textio.py)
+# Corpus text (llm/data/text.py)
 
 
 @pytest.mark.parametrize(
@@ -259,7 +260,7 @@ def test_model_memory_arithmetic_matches_a_built_model(tok, overrides):
 
 
 def test_pretraining_a_model_too_big_for_memory_is_refused_before_anything_is_written(tmp_path, data_dir, monkeypatch):
-    from llm.pretrain import pretrain
+    from llm.train.pretrain import pretrain
 
     cfg = preset("tiny", context_length=64, vocab_size=400)  # the prepared data's vocabulary
     memory = device.model_memory(cfg)
@@ -384,7 +385,7 @@ def test_a_resume_removes_stale_temporaries_too(tmp_path):
 
 WRITER = """
 import sys, time
-from llm.checkpoint import write_dir
+from llm.model.checkpoint import write_dir
 def slow(path):
     path.write_bytes(b"x" * 1000)
     print("writing", flush=True)

@@ -1,4 +1,4 @@
-"""Looking inside a model (llm/inspect.py, `python -m llm inspect`): token spans, per-token surprise that adds
+"""Looking inside a model (llm/eval/inside.py, `python -m llm inspect`): token spans, per-token surprise that adds
 up to the model's loss, next-token choices through the sampler's own rule, attention weights that match the
 fused kernel, two-model differences, and clear errors."""
 
@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from llm_cli import run_llm
 
-from llm import inspect
-from llm.chat import render
-from llm.checkpoint import load_model, save_checkpoint
 from llm.config import preset
+from llm.data.chat import render
+from llm.data.tokenizer import train_tokenizer
 from llm.errors import CheckpointError
-from llm.evaluate import score_tokens
-from llm.model import Transformer, attention_with_weights, causal_lm_loss
-from llm.tokenizer import train_tokenizer
+from llm.eval import inside as inspect
+from llm.eval.perplexity import score_tokens
+from llm.model.checkpoint import load_model, save_checkpoint
+from llm.model.transformer import Transformer, attention_with_weights, causal_lm_loss
 
 TEXT = 'Once upon a time, Lily had a ball. Tom said, "Can I play with the ball?" Lily said, "Yes!"'
 
@@ -76,7 +76,7 @@ def test_surprise_adds_up_to_the_models_loss_on_the_text(tiny, tok):
         loss = causal_lm_loss(model(ids[None, :-1]), ids[None, 1:]).item()  # mean nats per token
     nats = sum(bits) * math.log(2)
     assert nats == pytest.approx(loss * len(bits), abs=1e-4)
-    total, count = score_tokens(model, tokens.ids)  # llm/evaluate.py's scoring: the same tokens, the same loss
+    total, count = score_tokens(model, tokens.ids)  # llm/eval/perplexity.py's scoring: the same tokens, the same loss
     assert count == len(bits) and nats == pytest.approx(total, abs=1e-4)
     s = inspect.summary(tokens, bits)
     assert s["scored_tokens"] == len(bits) and s["loss"] == pytest.approx(loss, abs=1e-5)

@@ -9,9 +9,9 @@ import shutil
 import pytest
 import torch
 
-from llm import checkpoint
 from llm.config import ConfigError, ModelConfig, TrainConfig, preset
-from llm.model import KVCache, Transformer, causal_lm_loss
+from llm.model import checkpoint
+from llm.model.transformer import KVCache, Transformer, causal_lm_loss
 
 
 def random_model(**overrides) -> Transformer:

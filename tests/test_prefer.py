@@ -15,16 +15,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from llm import lora, prefer
-from llm.__main__ import main
-from llm.checkpoint import load_model
+from llm.cli import main
 from llm.config import PreferConfig
+from llm.data.batches import PairBatches
+from llm.data.preferences import encode_pairs, read_preference_file
 from llm.errors import ConfigError, TaskFileError
-from llm.finetune import lora_settings
-from llm.prefer import DPOObjective, PairBatches, dpo_loss, sequence_logps
-from llm.prefer_eval import outcome, parse_rule
-from llm.preferences import encode_pairs, read_preference_file
+from llm.eval.preferences import outcome, parse_rule, sequence_logps
+from llm.model import lora
+from llm.model.checkpoint import load_model
 from llm.run import read_metrics
+from llm.train import prefer
+from llm.train.prefer import DPOObjective, dpo_loss
+from llm.train.tuning import lora_settings
 
 NAMES = ["Lily", "Tom", "Sam", "Mia", "Ben", "Anna", "Max", "Sue"]
 THINGS = ["ball", "cat", "tree", "cake", "boat", "hat", "dog", "book"]

@@ -11,11 +11,11 @@ import pytest
 import torch
 from llm_cli import read_metrics, run_llm
 
-from llm.checkpoint import load_model
 from llm.config import ConfigError, SamplingConfig, TrainConfig, preset
-from llm.corpus import TokenData
-from llm.generate import sample_logger
-from llm.pretrain import DEFAULT_SAMPLE_PROMPTS, bytes_per_token, pretrain
+from llm.data.corpus import TokenData
+from llm.model.checkpoint import load_model
+from llm.model.generate import sample_logger
+from llm.train.pretrain import DEFAULT_SAMPLE_PROMPTS, bytes_per_token, pretrain
 
 REPO = Path(__file__).resolve().parent.parent
 BOOK_DIR = REPO / "datasets" / "pretrain"

@@ -9,11 +9,11 @@ import json
 import pytest
 from llm_cli import run_llm
 
-from llm import pretrain as lib
 from llm.config import PretrainConfig
+from llm.data.tokenizer import Tokenizer
 from llm.errors import ConfigError, InputError
 from llm.run import RunDir
-from llm.tokenizer import Tokenizer
+from llm.train import pretrain as lib
 
 TINY = {"context_length": 32}
 TRAIN = {"batch_size": 4, "eval_batches": 1}

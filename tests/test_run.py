@@ -79,5 +79,5 @@ def test_metrics_records_are_read_by_kind_and_the_latest_attempt_decides(tmp_pat
 
 
 def test_the_studio_reads_runs_without_importing_torch():
-    code = "import sys, llm.run, llm.config, llm.errors, llm.cli_flags; assert 'torch' not in sys.modules"
+    code = "import sys, llm.run, llm.config, llm.errors, llm.cli.flags; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=ENV, check=True)

@@ -9,13 +9,16 @@ import pytest
 from test_finetune import favourites_csv
 from test_generate import ScriptedModel
 
-from llm import finetune, task_eval, tasks
-from llm.__main__ import build_parser, main
-from llm.chat import stop_ids, user_messages
-from llm.cli_flags import cli_fields, flag_name
+from llm.cli import main
+from llm.cli.flags import cli_fields, flag_name
+from llm.cli.parser import build_parser
 from llm.config import FinetuneConfig, ModelConfig, PreferConfig, PretrainConfig, SamplingConfig, TrainConfig
+from llm.data import tasks
+from llm.data.chat import stop_ids, user_messages
 from llm.errors import ConfigError, LLMError
-from llm.generate import stream_chat
+from llm.eval import tasks as task_eval
+from llm.model.generate import stream_chat
+from llm.train import finetune
 
 
 def parser_flags(command: str) -> set[str]:
@@ -45,7 +48,7 @@ def test_flags_fill_the_config_and_defaults_stay_the_dataclass_defaults(tmp_path
     args = build_parser().parse_args(
         ["finetune", "--out", "x", "--data", "d.csv", "--lr", "0.002", "--probe", "a", "b", "--no-merge"]
     )
-    from llm.cli_flags import config_from_args
+    from llm.cli.flags import config_from_args
 
     cfg = config_from_args(FinetuneConfig, args)
     assert (cfg.lr, cfg.probes, cfg.merge, cfg.data) == (0.002, ["a", "b"], False, "d.csv")

@@ -124,7 +124,7 @@ def test_failures_are_explained_by_their_kind_not_their_wording():
 
 def test_a_run_starts_from_its_config_file(tmp_path, monkeypatch):
     """Every FinetuneConfig field reaches the child: the studio writes the config, the CLI reads it."""
-    from llm import __main__ as cli
+    from llm import cli
 
     cfg = FinetuneConfig(
         base="/m", data="/d.csv", format="pairs", mapping={"prompt": "q", "response": "a"}, method="full",
@@ -142,7 +142,7 @@ def test_a_run_starts_from_its_config_file(tmp_path, monkeypatch):
         seen["cfg"] = read
         raise KeyboardInterrupt  # stop before any work
 
-    monkeypatch.setattr("llm.finetune.prepare", capture)
+    monkeypatch.setattr("llm.train.finetune.prepare", capture)
     assert cli.main(cmd[3:]) == 130
     assert seen["cfg"] == cfg
     assert command_line("finetune", run, resume=True)[-1] == "--resume"
@@ -249,7 +249,7 @@ def test_the_form_is_built_from_finetune_config():
 
 
 def test_warmup_and_weight_decay_reach_the_trainer():
-    from llm.finetune import training_settings
+    from llm.train.tuning import training_settings
 
     default, _ = training_settings(FinetuneConfig(max_steps=50), 100, 10, 64)
     assert default.warmup_steps == 5 and default.weight_decay == 0.0
@@ -400,7 +400,7 @@ def test_an_upload_can_be_deleted_unless_a_run_uses_it(tmp_path, tiny_model_dir)
 
 
 def test_the_preview_pages_through_every_example(tmp_path):
-    from llm.tasks import read_task_file
+    from llm.data.tasks import read_task_file
     from studio.tabs.data import PREVIEW_EXAMPLES, preview_html
 
     path = tmp_path / "rows.csv"

@@ -9,7 +9,7 @@ import signal
 import pytest
 from test_studio_jobs import FINAL, wait
 
-from llm.preferences import read_preference_file
+from llm.data.preferences import read_preference_file
 from studio.context import SAMPLES_DIR, Studio
 from studio.tabs.votes import tune_on_votes
 from studio.votes import TIE, export_votes, preference_pairs

@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from llm import finetune
-from llm.__main__ import main
-from llm.checkpoint import load_model
+from llm.cli import main
 from llm.config import FinetuneConfig
-from llm.finetune import TaskBatches
-from llm.model import causal_lm_loss
-from llm.task_eval import evaluate_models, reference_loss, score, split_reference, totals
-from llm.tasks import Example, encode_examples, read_task_file
+from llm.data.batches import TaskBatches
+from llm.data.tasks import Example, encode_examples, read_task_file
+from llm.eval.tasks import evaluate_models, reference_loss, score, split_reference, totals
+from llm.model.checkpoint import load_model
+from llm.model.transformer import causal_lm_loss
+from llm.train import finetune
 
 
 @pytest.fixture(scope="module")

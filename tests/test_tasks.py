@@ -8,15 +8,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from llm.chat import render
-from llm.errors import ConfigError
-from llm.tasks import (
+from llm.data.chat import render
+from llm.data.tasks import (
     TaskFileError,
     encode_examples,
     read_task_file,
     split_examples,
     summary,
 )
+from llm.errors import ConfigError
 
 PAIR = [{"role": "user", "content": "What is big?"}, {"role": "assistant", "content": "small"}]
 

@@ -1,7 +1,7 @@
 """Reading raw text and preparing token shards: exact tokens, document-level validation split, every input
 format giving the same tokens, nothing half-written on bad input, and memory that does not grow with the corpus.
 
-The document rule under test (llm/textio.py): a text file is split at blank lines into paragraphs; each
+The document rule under test (llm/data/text.py): a text file is split at blank lines into paragraphs; each
 paragraph is a document ending in a blank line ('\\n\\n') except the file's last, which ends in one '\\n' and is
 followed by an end-of-text token. A JSONL record is one document followed by an end-of-text token.
 """
@@ -22,10 +22,10 @@ import pytest
 import torch
 from conftest import REPO, make_stories
 
-from llm import textio
-from llm.corpus import TokenData, WindowBatches, prepare
-from llm.textio import InputError, expand_inputs, iter_documents, iter_lines
-from llm.tokenizer import EOS, Tokenizer
+from llm.data import text as textio
+from llm.data.corpus import TokenData, WindowBatches, prepare
+from llm.data.text import InputError, expand_inputs, iter_documents, iter_lines
+from llm.data.tokenizer import EOS, Tokenizer
 
 EXTRAS = ["北京的故事：小猫很开心。", "Emoji time 😀🎉 for Mia.", "Tabs\tand  double  spaces   here."]
 
@@ -238,7 +238,7 @@ def test_long_lines_and_paragraphs_stream_in_bounded_pieces(tmp_path, monkeypatc
 
 
 def test_progress_on_a_terminal_and_in_a_log(tmp_path, tokenizer_dir, monkeypatch):
-    monkeypatch.setattr("llm.corpus.BATCH_CHARS", 2000)
+    monkeypatch.setattr("llm.data.corpus.BATCH_CHARS", 2000)
     (tmp_path / "a.txt").write_text(file_text(make_paragraphs(100, seed=8)))
 
     class Terminal(io.StringIO):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llm.tokenizer import BOS, CHAT_TOKENS, EOS, PAD, UNK, Tokenizer, TokenizerError, train_tokenizer
+from llm.data.tokenizer import BOS, CHAT_TOKENS, EOS, PAD, UNK, Tokenizer, TokenizerError, train_tokenizer
 
 SAMPLES = [
     "Once upon a time, Lily had a ball.",

@@ -14,14 +14,15 @@ import torch
 from conftest import make_stories
 from llm_cli import ENV, REPO, loss_curve, read_metrics, run_llm, start_llm, train_steps, wait_for
 
-from llm import checkpoint, trainer
 from llm.config import TrainConfig, preset
-from llm.corpus import WindowBatches
+from llm.data.corpus import WindowBatches
 from llm.device import autocast_dtype, has_bf16
 from llm.errors import ConfigError
-from llm.model import Transformer
-from llm.pretrain import pretrain
-from llm.trainer import MetricsLog, TrainingError, learning_rate, train
+from llm.model import checkpoint
+from llm.model.transformer import Transformer
+from llm.train import trainer
+from llm.train.pretrain import pretrain
+from llm.train.trainer import MetricsLog, TrainingError, learning_rate, train
 
 
 class CyclicBatches:
@@ -49,7 +50,9 @@ def test_tiny_model_overfits_a_tiny_text(tmp_path, tok):
     model = Transformer(preset("tiny", vocab_size=tok.vocab_size, context_length=32))
     cfg = TrainConfig(max_steps=80, batch_size=4, lr=1e-2, min_lr=1e-3, warmup_steps=10, log_interval=10)
     cfg.eval_interval, cfg.eval_batches = 80, 4
-    result = train(model, tok, CyclicBatches(ids, 32, 4), cfg, tmp_path / "run", tmp_path / "metrics.jsonl")
+    result = train(
+        model, tok, CyclicBatches(ids, 32, 4), cfg, out_dir=tmp_path / "run", metrics_path=tmp_path / "metrics.jsonl"
+    )
     records = read_metrics(tmp_path / "metrics.jsonl")
     curve = loss_curve(records)
     assert curve[10] > 3.0  # it starts near ln(400) = 6 nats
@@ -65,7 +68,9 @@ def test_bf16_precision_on_a_cpu_with_bf16_units_also_overfits(tmp_path, tok):
     model = Transformer(preset("tiny", vocab_size=tok.vocab_size, context_length=32))
     cfg = TrainConfig(max_steps=80, batch_size=4, lr=1e-2, min_lr=1e-3, warmup_steps=10, precision="bf16")
     cfg.eval_interval, cfg.eval_batches = 80, 4
-    result = train(model, tok, CyclicBatches(ids, 32, 4), cfg, tmp_path / "run", tmp_path / "metrics.jsonl")
+    result = train(
+        model, tok, CyclicBatches(ids, 32, 4), cfg, out_dir=tmp_path / "run", metrics_path=tmp_path / "metrics.jsonl"
+    )
     start = next(r for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("event") == "start")
     assert start["device"].endswith("bf16")
     assert next(model.parameters()).dtype == torch.float32  # autocast: the weights stay fp32
@@ -99,7 +104,7 @@ def small_run_config(**overrides) -> TrainConfig:
 def test_sigterm_in_process_stops_cleanly_and_resume_matches(tmp_path, data_dir, monkeypatch):
     model_cfg = preset("tiny", context_length=32, dropout=0.1)  # dropout: the RNG state must be restored too
     straight = pretrain(
-        data_dir, tmp_path / "straight", model_cfg, small_run_config(), False, tmp_path / "straight.jsonl"
+        data_dir, tmp_path / "straight", model_cfg, small_run_config(), metrics_path=tmp_path / "straight.jsonl"
     )
 
     original = WindowBatches.train_batch
@@ -112,14 +117,14 @@ def test_sigterm_in_process_stops_cleanly_and_resume_matches(tmp_path, data_dir,
     monkeypatch.setattr(WindowBatches, "train_batch", signalling_batch)
     metrics = tmp_path / "run.jsonl"
     handler = signal.getsignal(signal.SIGTERM)
-    stopped = pretrain(data_dir, tmp_path / "run", model_cfg, small_run_config(), False, metrics)
+    stopped = pretrain(data_dir, tmp_path / "run", model_cfg, small_run_config(), metrics_path=metrics)
     assert signal.getsignal(signal.SIGTERM) is handler  # the trainer gives the handler back
     assert (stopped.reason, stopped.step) == ("stopped", 6)  # the step in flight is finished, then saved
     assert [(r.get("event"), r["step"]) for r in read_metrics(metrics)[-2:]] == [("checkpoint", 6), ("stopped", 6)]
     assert checkpoint.load_trainer_state(tmp_path / "run" / "latest")["step"] == 6
 
     monkeypatch.setattr(WindowBatches, "train_batch", original)
-    resumed = pretrain(data_dir, tmp_path / "run", model_cfg, small_run_config(), True, metrics)
+    resumed = pretrain(data_dir, tmp_path / "run", model_cfg, small_run_config(), resume=True, metrics_path=metrics)
     assert resumed.step == 12 and resumed.train_loss == pytest.approx(straight.train_loss, abs=1e-6)
     records = read_metrics(metrics)
     assert train_steps(records) == list(range(1, 13))
@@ -129,7 +134,7 @@ def test_sigterm_in_process_stops_cleanly_and_resume_matches(tmp_path, data_dir,
 def test_starting_over_an_existing_run_is_refused(tmp_path, data_dir):
     cfg = small_run_config(max_steps=2, eval_interval=2, ckpt_interval=2)
     pretrain(data_dir, tmp_path / "run", preset("tiny", context_length=32), cfg)
-    with pytest.raises(ConfigError, match="--resume"):
+    with pytest.raises(ConfigError, match="already holds a run: resume it"):
         pretrain(data_dir, tmp_path / "run", preset("tiny", context_length=32), cfg)
 
 
@@ -150,7 +155,9 @@ def test_diverging_loss_raises_and_logs_an_error(tmp_path, tok, monkeypatch):
     model = Transformer(preset("tiny", vocab_size=tok.vocab_size, context_length=16))
     batches = CyclicBatches(tok.encode("Once upon a time, Lily had a ball. " * 4), 16, 2)
     with pytest.raises(TrainingError, match="diverged.*learning rate"):
-        train(model, tok, batches, small_run_config(), tmp_path / "run", tmp_path / "metrics.jsonl")
+        train(
+            model, tok, batches, small_run_config(), out_dir=tmp_path / "run", metrics_path=tmp_path / "metrics.jsonl"
+        )
     assert read_metrics(tmp_path / "metrics.jsonl")[-1]["event"] == "error"
 
 
@@ -159,7 +166,7 @@ def test_checkpoints_record_the_run(tmp_path, tok):
     model = Transformer(preset("tiny", vocab_size=tok.vocab_size, context_length=16))
     batches = CyclicBatches(tok.encode(" ".join(make_stories(3))), 16, 2)
     cfg = small_run_config(max_steps=8, batch_size=2, keep_best=True, eval_interval=2, ckpt_interval=3)
-    train(model, tok, batches, cfg, tmp_path / "run", None, info={"kind": "test"})
+    train(model, tok, batches, cfg, out_dir=tmp_path / "run", info={"kind": "test"})
     latest, best = tmp_path / "run" / "latest", tmp_path / "run" / "best"
     info = checkpoint.read_info(latest)
     assert info["kind"] == "test" and info["step"] == 8 and info["tokens_seen"] == 8 * 2 * 16

@@ -4,7 +4,7 @@
 
 Every family is written from templates and word lists here (no outside data), in the words of the stories
 the base model was pretrained on. Each file is chat-messages JSONL; the held-out rows are the split that
-fine-tuning keeps aside (llm.tasks.split_examples with FinetuneConfig's defaults), so `eval-task --split val`
+fine-tuning keeps aside (llm.data.tasks.split_examples with FinetuneConfig's defaults), so `eval-task --split val`
 scores rows no run trained on. Two families, `extract` and `reorder`, are kept out of every tuning decision
 (HELD_OUT_FAMILIES): their figures are the honest ones.
 

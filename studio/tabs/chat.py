@@ -1,6 +1,6 @@
 """Chat tab: a multi-turn conversation with any model, with a system prompt and the sampling settings of
-Compare, streamed. The conversation is rendered by the one chat template (llm.chat) and answered by
-llm.generate.stream_chat; this tab only keeps the turns."""
+Compare, streamed. The conversation is rendered by the one chat template (llm.data.chat) and answered by
+llm.model.generate.stream_chat; this tab only keeps the turns."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def reply(
     studio: Studio, ref: str | None, system: str, history: list[dict[str, Any]] | None, message: str, sampling: dict
 ) -> Iterator[tuple[list[dict[str, str]], str]]:
     """(the chat so far, a status line), growing as the answer streams."""
-    from llm.generate import stream_chat
+    from llm.model.generate import stream_chat
 
     history = list(history or [])
     if not ref or not (message or "").strip():

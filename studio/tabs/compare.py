@@ -71,8 +71,8 @@ def generation_threads(studio: Studio) -> int:
 
 def stream_answers(studio: Studio, refs: list[str], prompt: str, sampling: Any) -> Iterator[list[str]]:
     """Answers of all models, growing together: one piece from each model in turn."""
-    from llm.chat import user_messages
-    from llm.generate import stream_chat
+    from llm.data.chat import user_messages
+    from llm.model.generate import stream_chat
 
     streams = []
     for ref in refs:
@@ -187,7 +187,8 @@ def batch(
     progress=gr.Progress(),  # noqa: B008 (Gradio's way of asking for a progress bar)
 ):
     """Every chosen model answers the dataset's held-out rows; a table of answers, scores and totals."""
-    from llm import task_eval, tasks
+    from llm.data import tasks
+    from llm.eval import tasks as task_eval
 
     refs = list(refs or [])
     if not refs or not dataset_id:

@@ -17,8 +17,8 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from llm.data.tasks import SPREADSHEETS, file_type_problem
 from llm.errors import LLMError
-from llm.tasks import SPREADSHEETS, file_type_problem
 from studio.charts import bar_chart
 from studio.context import DATA_SUFFIXES, Studio, plural, upload_limit
 from studio.store import new_id
@@ -161,7 +161,7 @@ class Inspection:
     def __init__(
         self, studio: Studio, path: Path, name: str, fmt: str, mapping: dict[str, str] | None, stored: bool = True
     ):
-        from llm import tasks
+        from llm.data import tasks
 
         self.name, self.stored = name, stored
         self.error = ""

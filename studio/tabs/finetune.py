@@ -25,7 +25,7 @@ import pandas as pd
 
 from llm.config import ALL_PROJECTIONS, EARLY_STOP_METRICS, OVERFLOW, FinetuneConfig
 from llm.errors import LLMError
-from llm.run import Metrics
+from llm.run import Metrics, info_version
 from studio.context import Studio, StudioError, human_size, memory_now, plural
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
@@ -235,7 +235,7 @@ class PlanCache:
             return self.plans.get(key)
 
     def get(self, studio: Studio, cfg: FinetuneConfig) -> str:
-        from llm import finetune
+        from llm.train import finetune
 
         key = json.dumps(cfg.to_dict(), sort_keys=True) + str(version(cfg.data)) + str(version(cfg.base))
         if (text := self.cached(key)) is not None:
@@ -255,7 +255,9 @@ def version(path: str) -> tuple:
     """A file's or folder's (modification time, size), to notice a changed file."""
 
     p = Path(path)
-    stat = (p / "info.json" if p.is_dir() else p).stat() if p.exists() else None
+    if p.is_dir():
+        return info_version(p)
+    stat = p.stat() if p.exists() else None
     return (stat.st_mtime_ns, stat.st_size) if stat else ()
 
 
@@ -288,7 +290,7 @@ def default_probes(studio: Studio, dataset_id: str | None) -> str:
 @functools.lru_cache(maxsize=16)
 def held_out_prompts(path: str, file_version: tuple, fmt: str, mapping: str) -> str:
     """default_probes for one version of a file (file_version is part of the cache key only)."""
-    from llm import tasks
+    from llm.data import tasks
 
     try:
         data = tasks.read_task_file(Path(path), fmt, json.loads(mapping) or None)

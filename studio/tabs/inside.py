@@ -3,7 +3,7 @@ models: the tokens, each token's surprise (and, with two models, which tokens th
 likely), the next-token choices at a position before and after temperature and top-p, and one layer's
 attention as a heatmap.
 
-No ML here: llm.inspect computes everything (the same report as `python -m llm inspect --json`); this tab
+No ML here: llm.eval.inside computes everything (the same report as `python -m llm inspect --json`); this tab
 renders it as HTML, every piece of text escaped.
 """
 
@@ -186,9 +186,9 @@ def inspect(
     layer_value: int,
     head_value: int,
 ) -> dict[str, Any]:
-    """llm.inspect's report for one or two loaded models (cached by the studio), with the attention of each
+    """llm.eval.inside's report for one or two loaded models (cached by the studio), with the attention of each
     model or what keeps it from being shown."""
-    from llm import inspect as lib
+    from llm.eval import inside as lib
 
     if not refs:
         raise StudioError("Choose a model.")
@@ -297,7 +297,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         layer: int = 0,
         head: int = -1,
     ) -> dict[str, Any]:
-        """The Inside view's data as JSON (llm.inspect.report): tokens with their bits under each model
+        """The Inside view's data as JSON (llm.eval.inside.report): tokens with their bits under each model
         (and delta_bits with two), next-token choices after `position`, and one layer's attention. Models are
         refs ("base:base", "run:<id>"); a text, or a prompt and an answer."""
         try:

@@ -19,7 +19,7 @@ import gradio as gr
 import pandas as pd
 
 from llm.errors import LLMError
-from llm.run import INFO, Metrics, RunDir, read_metrics
+from llm.run import Metrics, RunDir, read_info, run_of
 from studio.context import Studio, dir_size, human_size, is_model_dir
 from studio.jobs import field_label
 from studio.store import ACTIVE_STATES, new_id
@@ -30,11 +30,6 @@ TABLE_COLUMNS = ["name", "kind", "status", "base", "dataset", "steps", "best val
 
 def _when(t: float | None) -> str:
     return datetime.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M") if t else ""
-
-
-def _info(path: Path) -> dict[str, Any]:
-    info = path / INFO
-    return json.loads(info.read_text()) if info.is_file() else {}
 
 
 def run_kind(run: dict[str, Any]) -> str:
@@ -61,7 +56,7 @@ def model_rows(studio: Studio) -> list[dict[str, Any]]:
     rows = []
     for m in studio.store.models():
         path = studio.store.abs(m["path"])
-        info = _info(path)
+        info = read_info(path)
         rows.append(
             {
                 "ref": f"base:{m['id']}",
@@ -136,14 +131,13 @@ def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
         if m is None:
             return "Unknown model.", loss_chart(loss_frame(Metrics()))
         path = studio.store.abs(m["path"])
-        info = _info(path)
+        info = read_info(path)
         lines = [f"### {m['name']}", f"- folder: `{path}`", f"- size on disk: {human_size(dir_size(path))}"]
         if not is_model_dir(path):
             lines.append(f"- ⚠ {studio.base_missing()}")
         lines += facts(info, ("params", "step", "tokens_seen", "train_loss", "best_val_loss", "wall_seconds", "data"))
-        # A pretraining run keeps its metrics beside its checkpoints (run/latest -> run/metrics.jsonl).
-        metrics = next((p for p in (RunDir(path).metrics, RunDir(path.parent).metrics) if p.is_file()), None)
-        return "\n".join(lines), loss_chart(loss_frame(read_metrics(metrics) if metrics else Metrics()))
+        run = run_of(path)
+        return "\n".join(lines), loss_chart(loss_frame(run.read_metrics() if run else Metrics()))
     run = studio.store.run(key)
     if run is None:
         return "Unknown run: it may have been deleted.", loss_chart(loss_frame(Metrics()))
@@ -176,15 +170,17 @@ def safe_stem(name: str) -> str:
 
 def export_zip(studio: Studio, ref: str, hugging_face: bool = False) -> Path:
     """A zip holding a standalone model folder (a LoRA adapter merged into its base), plus a run's metrics
-    and log; with hugging_face, the folder is the Hugging Face Llama format (llm.hf.export_hf) that
+    and log; with hugging_face, the folder is the Hugging Face Llama format (llm.model.hf.export_hf) that
     `transformers` and llama.cpp's converter read."""
+    from llm.model.export import export_model
+
     source = studio.model_dir(ref)
     label = safe_stem(studio.model_label(ref)) + ("-hf" if hugging_face else "")
     exports = studio.workspace / "exports"
     target = exports / f"{label}-{new_id()}.zip"
     with tempfile.TemporaryDirectory(dir=exports) as tmp:
         folder = Path(tmp) / label
-        write_model_folder(source, folder, hugging_face)
+        export_model(source, folder, "hf" if hugging_face else "ours")
         if ref.startswith("run:"):
             run = RunDir(source.parent)
             for path in (run.metrics, run.log):
@@ -196,19 +192,6 @@ def export_zip(studio: Studio, ref: str, hugging_face: bool = False) -> Path:
                 z.write(f, f.relative_to(folder.parent))
         os.replace(partial, target)
     return target
-
-
-def write_model_folder(source: Path, folder: Path, hugging_face: bool) -> None:
-    from llm.checkpoint import ADAPTER_CONFIG, STATE, load_model, save_checkpoint
-    from llm.hf import export_hf
-
-    if hugging_face:
-        export_hf(source, folder)
-    elif (source / ADAPTER_CONFIG).is_file():
-        model, tok, info = load_model(source)
-        save_checkpoint(folder, model, tok, {**info, "merged_from": str(source)})
-    else:
-        shutil.copytree(source, folder, ignore=shutil.ignore_patterns(STATE))
 
 
 def dates_line(run: dict[str, Any]) -> str:

@@ -203,8 +203,8 @@ def show_tab(studio: Studio, *values: Any):
 
 
 def make_plan(studio: Studio, *values) -> str:
-    """llm.pretrain.plan for the chosen settings, or what is wrong with them."""
-    from llm import pretrain
+    """llm.train.pretrain.plan for the chosen settings, or what is wrong with them."""
+    from llm.train import pretrain
 
     try:
         return plan_text(pretrain.plan(pretrain_config(studio, *values), threads=CHILD_THREADS))

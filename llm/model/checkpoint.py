@@ -4,7 +4,7 @@ A model directory holds
   config.json          the ModelConfig
   model.safetensors    the weights (no pickle: loading never runs code); or, for a LoRA adapter stored alone,
   adapter.safetensors  + adapter.json naming the base model directory it applies to
-  tokenizer.model      the SentencePiece tokenizer (and chat_template.jinja for an imported model: llm/hf.py)
+  tokenizer.model      the SentencePiece tokenizer (and chat_template.jinja for an imported model: llm/model/hf.py)
   info.json            what made it: base model, dataset, method, hyperparameters, metrics
   trainer_state.pt     optimizer, step and RNG state for --resume (tensors and plain data only)
 
@@ -25,16 +25,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llm.config import ModelConfig
+from llm.data.tokenizer import MODEL_FILE, Tokenizer
 from llm.device import check_model_fits
 from llm.errors import CheckpointError, ConfigError
-from llm.model import Transformer
-from llm.run import CONFIG, INFO, STATE, RunDir, is_checkpoint
-from llm.tokenizer import MODEL_FILE, Tokenizer
+from llm.model.transformer import Transformer
+from llm.run import CONFIG, INFO, STATE, RunDir, is_checkpoint, read_info, read_json
 
 WEIGHTS = "model.safetensors"
 ADAPTER, ADAPTER_CONFIG = "adapter.safetensors", "adapter.json"
 TEMPORARY = re.compile(r"\..+\.tmp-(\d+)")  # write_dir's working name for <name>: .<name>.tmp-<pid>
-# What the trainer reads back from trainer_state.pt (llm/trainer.py), and the types it expects.
+# What the trainer reads back from trainer_state.pt (llm/train/trainer.py), and the types it expects.
 TRAINER_STATE_KEYS = {
     "step": int,
     "train_config": dict,
@@ -174,21 +174,6 @@ def load_weights(model: Transformer, path: Path) -> None:
     model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()})
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as e:  # malformed JSON, not UTF-8, nested too deeply
-        raise CheckpointError(f"{path}: not a readable JSON file ({type(e).__name__})") from None
-
-
-def read_info(directory: Path) -> dict[str, Any]:
-    path = directory / INFO
-    info = _read_json(path) if path.is_file() else {}
-    if not isinstance(info, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(info).__name__}")
-    return info
-
-
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, Tokenizer, dict]:
     """Load (model in eval mode, tokenizer, info) from a model directory (or a run directory)."""
     directory = resolve(path)
@@ -210,7 +195,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
         )
     info = read_info(directory)
     if (directory / ADAPTER_CONFIG).is_file():
-        from llm import lora
+        from llm.model import lora
 
         model = load_with_adapter(directory)
         lora.merge_lora(model)
@@ -224,9 +209,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
 
 def load_with_adapter(directory: Path) -> Transformer:
     """A LoRA checkpoint as its base model with the adapter applied, unmerged (so it can keep training)."""
-    from llm import lora
+    from llm.model import lora
 
-    adapter_cfg = _read_json(directory / ADAPTER_CONFIG)
+    adapter_cfg = read_json(directory / ADAPTER_CONFIG)
     if not (isinstance(adapter_cfg, dict) and isinstance(adapter_cfg.get("base"), str)):
         raise CheckpointError(f"{directory / ADAPTER_CONFIG}: not an adapter config (no base model named)")
     base = Path(adapter_cfg["base"])

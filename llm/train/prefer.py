@@ -14,9 +14,9 @@ Pang et al. 2024): pure DPO (sft_weight 0) only moves the two answers' likelihoo
 learned to answer in the chat format (the shipped base) then drifts into degenerate text ("and and and ...")
 while its reward accuracy reaches 100% (datasets/README.md).
 
-With LoRA (the default) the reference is the same model with its adapters switched off (llm.lora.disabled),
+With LoRA (the default) the reference is the same model with its adapters switched off (llm.model.lora.disabled),
 so no second copy of the weights is held; full tuning keeps a frozen copy. Checkpoints, resume, metrics and
-info.json are the trainer's and fine-tuning's (llm.finetune): a LoRA checkpoint stores the adapter only.
+info.json are the trainer's and fine-tuning's (llm.train.finetune): a LoRA checkpoint stores the adapter only.
 
     PreferConfig -> prepare() (read pairs once, split, encode) -> prefer() -> PairBatches + DPOObjective
                  -> trainer.train (loss_fn = the DPO loss; on_eval = reward margin and accuracy on held-out pairs)
@@ -25,47 +25,32 @@ info.json are the trainer's and fine-tuning's (llm.finetune): a LoRA checkpoint 
 from __future__ import annotations
 
 import copy
-import math
-import os
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from llm import checkpoint, lora
 from llm.config import ModelConfig, PreferConfig, TrainConfig
+from llm.data.batches import PairBatches
+from llm.data.preferences import EncodedPairs, PreferenceData, encode_pairs, read_preference_file
+from llm.data.tasks import split_examples
+from llm.data.tokenizer import Tokenizer
 from llm.errors import ConfigError, TaskFileError
-from llm.finetune import (
-    TaskBatches,
-    adapter_saver,
-    lora_settings,
-    make_probe_logger,
-    merge_best,
-    open_base,
-    training_settings,
-)
-from llm.model import Transformer, causal_lm_loss
-from llm.preferences import EncodedPairs, PreferenceData, encode_pairs, read_preference_file
-from llm.run import RunDir
-from llm.tasks import split_examples
-from llm.tokenizer import Tokenizer
-from llm.trainer import TrainResult, train
+from llm.eval.preferences import reward_margins, reward_stats, sequence_logps
+from llm.model import checkpoint, lora
+from llm.model.transformer import Transformer, causal_lm_loss
+from llm.run import RunDir, is_main_process
+from llm.train import tuning
+from llm.train.trainer import TrainHooks, TrainResult, train
 
 KIND = "preferred"  # info.json "kind" of a preference-tuned checkpoint
 
 
 # ----------------------------------------------------------------------------------------------------------
 # The loss
-
-
-def sequence_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """logits (N, T, V), targets (N, T) with -1 where there is no answer token -> (N,) summed log-probs of
-    each sequence's answer tokens."""
-    nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-1, reduction="none")  # (N, T)
-    return -nll.sum(-1)
 
 
 def dpo_loss(
@@ -77,7 +62,7 @@ def dpo_loss(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean DPO loss, margins (B,)) from summed answer log-probs, each (B,). margin = beta * ((pi_c - ref_c)
     - (pi_r - ref_r)), the chosen answer's implicit reward minus the rejected one's."""
-    margins = beta * ((policy_chosen - reference_chosen) - (policy_rejected - reference_rejected))
+    margins = reward_margins(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta)
     return -F.logsigmoid(margins).mean(), margins
 
 
@@ -123,15 +108,7 @@ class DPOObjective:
         device = next(model.parameters()).device
         margins = torch.cat([self.margins_and_loss(model, x.to(device), y.to(device))[0].float() for x, y in batches])
         model.train(was_training)
-        return {"reward_margin": margins.mean().item(), "reward_accuracy": (margins > 0).float().mean().item()}
-
-
-class PairBatches(TaskBatches):
-    """TaskBatches over pairs: the same seeded walk through the training pairs (a batch depends only on
-    seed, step and micro), each batch collated as its chosen sequences then its rejected ones."""
-
-    def collate(self, pairs: list) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().collate([chosen for chosen, _ in pairs] + [rejected for _, rejected in pairs])
+        return reward_stats(margins)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -155,10 +132,10 @@ class Prepared:
 
 def prepare(cfg: PreferConfig, data: PreferenceData | None = None) -> Prepared:
     """Read (unless data is given), split and encode the pairs for the base model, and derive the training
-    settings (as fine-tuning does: llm.finetune.training_settings). Writes nothing."""
+    settings (as fine-tuning does: llm.train.tuning.training_settings). Writes nothing."""
     if not cfg.data and data is None:
         raise ConfigError("is required: the preference file to tune on", field="data")
-    base_dir, model_cfg, tokenizer = open_base(cfg)
+    base_dir, model_cfg, tokenizer = tuning.open_base(cfg)
     data = data if data is not None else read_preference_file(cfg.data)
     train_data, val_data = split_examples(data, cfg.val_fraction, cfg.seed)
     T = model_cfg.context_length
@@ -166,7 +143,7 @@ def prepare(cfg: PreferConfig, data: PreferenceData | None = None) -> Prepared:
     val_enc = encode_pairs(val_data, tokenizer, T, cfg.overflow)
     if not train_enc.items:
         raise TaskFileError(f"{data.source}: no training pair is left after dropping pairs longer than the context")
-    train_cfg, steps_per_epoch = training_settings(cfg, len(train_enc.items), len(val_enc.items), T)
+    train_cfg, steps_per_epoch = tuning.training_settings(cfg, len(train_enc.items), len(val_enc.items), T)
     return Prepared(cfg, base_dir, model_cfg, tokenizer, data, train_enc, val_enc, train_cfg, steps_per_epoch)
 
 
@@ -175,12 +152,8 @@ def summary(prep: Prepared) -> dict[str, Any]:
     data, train, val = prep.data, prep.train, prep.val
     dropped = sorted(data.problems + train.dropped + val.dropped, key=lambda p: p.row)
     return {
-        "name": Path(data.source).name,
-        "path": str(Path(data.source).resolve()),
-        "content_hash": data.content_hash,
+        **tuning.source_info(data),
         "form": data.form,
-        "mapping": data.mapping,
-        "rows": len(data.examples) + len(data.problems),
         "dropped": len(dropped),
         "problems": [str(p) for p in dropped],
         "truncated": len(train.truncated) + len(val.truncated),
@@ -195,13 +168,8 @@ def prefer(job: PreferConfig | Prepared, out_dir: str | Path, metrics_path: str 
     before the first file is written."""
     prep = job if isinstance(job, Prepared) else prepare(job)
     RunDir(out_dir).check_new()
-    model, _, _ = checkpoint.load_model(prep.base_dir)
-    reference = None
-    if prep.cfg.method == "lora":
-        torch.manual_seed(prep.cfg.seed)  # the adapters' random A matrices
-        lora.apply_lora(model, **lora_settings(prep.cfg, prep.tokenizer))
-    else:
-        reference = copy.deepcopy(model)
+    model = tuning.start_model(prep.cfg, prep.base_dir, prep.tokenizer)
+    reference = copy.deepcopy(model) if prep.cfg.method == "full" else None  # LoRA: the model, adapters off
     return _train(prep, model, reference, prep.train_cfg, Path(out_dir), metrics_path, resume=False)
 
 
@@ -211,21 +179,12 @@ def resume(
     """Continue the preference run in out_dir from its latest checkpoint with its own saved settings (RunDir's
     resume rule: only the step budget and the device may change). A changed preference file is refused."""
     run = RunDir(out_dir)
-    run.check_resumable()
-    saved = run.info()
-    if saved.get("kind") != KIND:
-        raise ConfigError(f"{run.latest} is not a preference-tuning checkpoint; cannot resume it with prefer")
-    cfg = PreferConfig.from_dict({**saved["prefer"], **({"device": device} if device else {})})
+    saved, cfg = tuning.resumed_settings(run, KIND, PreferConfig, device)
     prep = prepare(cfg)
-    if prep.data.content_hash != saved["dataset"]["content_hash"]:
-        raise TaskFileError(f"{cfg.data}: the preference file changed since the run started (content hash differs)")
+    tuning.check_same_data(cfg.data, saved, prep.data.content_hash)
     train_cfg = TrainConfig.from_dict(run.resumed_train_settings(max_steps, device))
-    reference = None
-    if cfg.method == "lora":
-        model = checkpoint.load_with_adapter(run.latest)  # unmerged: the adapter keeps training
-    else:
-        model, _, _ = checkpoint.load_model(run.latest)
-        reference, _, _ = checkpoint.load_model(prep.base_dir)
+    model = tuning.resumed_model(run, cfg.method)
+    reference = checkpoint.load_model(prep.base_dir)[0] if cfg.method == "full" else None
     return _train(prep, model, reference, train_cfg, run.path, metrics_path, resume=True)
 
 
@@ -239,22 +198,14 @@ def _train(
     resume: bool,
 ) -> TrainResult:
     cfg, tokenizer = prep.cfg, prep.tokenizer
-    adapter_state = adapter_saver(model, cfg, prep.base_dir, tokenizer)
-    info = {
-        "kind": KIND,
-        "base": str(prep.base_dir.resolve()),
-        "method": cfg.method,
-        "dataset": summary(prep),
-        "prefer": replace(  # whole and absolute: what resume() continues with
-            cfg, base=str(prep.base_dir.resolve()), data=str(Path(prep.data.source).resolve())
-        ).to_dict(),
-        **({"lora": lora_settings(cfg, tokenizer)} if cfg.method == "lora" else {}),
-    }
+    adapter_state = tuning.adapter_saver(model, cfg, prep.base_dir, tokenizer)
+    data = str(Path(prep.data.source).resolve())
+    info = tuning.run_info(KIND, cfg, prep.base_dir, tokenizer, dataset=summary(prep), data=data)
     batches = PairBatches(
         prep.train, prep.val, train_cfg.batch_size, train_cfg.grad_accum, cfg.seed, tokenizer.pad_id, cfg.max_eval_rows
     )
     objective = DPOObjective(cfg.beta, cfg.sft_weight, reference)
-    probes = make_probe_logger(tokenizer, cfg.probes, cfg.probe_tokens) if cfg.probes else None
+    probes = tuning.make_probe_logger(tokenizer, cfg.probes, cfg.probe_tokens) if cfg.probes else None
 
     def on_eval(model: Transformer, step: int, metrics: dict[str, float]) -> dict[str, Any]:
         """Reward margin and accuracy on the held-out pairs (and probe answers) at each evaluation."""
@@ -262,37 +213,11 @@ def _train(
         stats = objective.reward_stats(model, held_out) if batches.val else {}
         return {**{k: round(v, 5) for k, v in stats.items()}, **(probes(model, step, metrics) if probes else {})}
 
+    hooks = TrainHooks(on_eval=on_eval, adapter_state=adapter_state, loss_fn=objective)
     result = train(
-        model,
-        tokenizer,
-        batches,
-        train_cfg,
-        out_dir,
-        metrics_path,
-        resume,
-        info,
-        adapter_state,
-        on_eval,
-        None,
-        objective,
-    )
-    if cfg.merge and int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one process writes
-        merge_best(out_dir)
+        model, tokenizer, batches, train_cfg, out_dir=out_dir, metrics_path=metrics_path, resume=resume, info=info,
+        hooks=hooks,
+    )  # fmt: skip
+    if cfg.merge and is_main_process():  # under torchrun, one process writes
+        tuning.merge_best(out_dir)
     return result
-
-
-def held_out_rewards(
-    policy: Transformer,
-    reference: Transformer,
-    tokenizer: Tokenizer,
-    pairs: PreferenceData,
-    beta: float,
-    batch_size: int = 8,
-) -> dict[str, float]:
-    """Reward margin and accuracy of a tuned model (policy) over its reference on a set of pairs."""
-    encoded = encode_pairs(pairs, tokenizer, policy.cfg.context_length)
-    if not encoded.items:
-        return {"reward_margin": math.nan, "reward_accuracy": math.nan}
-    batches = PairBatches(encoded, encoded, batch_size, 1, 0, tokenizer.pad_id)
-    reference.to(next(policy.parameters()).device)
-    return DPOObjective(beta, reference=reference).reward_stats(policy, batches.eval_batches("val", 0))

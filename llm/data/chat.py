@@ -6,14 +6,14 @@ It opens with the end-of-text token, as every document does in pretraining. The 
 inserted by id (they are control symbols: no text encodes to them). Training counts the loss only on
 assistant text and the <|end|> after it, so the model learns to answer and to stop, not to write prompts.
 
-A model imported from the Hugging Face format (llm/hf.py) keeps its own chat template: its tokenizer carries
+A model imported from the Hugging Face format (llm/model/hf.py) keeps its own chat template: its tokenizer carries
 the Jinja text, which render() fills in as Hugging Face's apply_chat_template does (same ids), finding the
 trained-on assistant turns by rendering the conversation's prefixes.
 
 Tool use: a tool's result is a turn of its own (role "tool"), rendered as a user-side turn whose text
 starts with "Tool result:" (the tokenizer reserves no tool token, and a new one would change the shipped
 model's vocabulary); it is never trained on. A tool call is the assistant's turn (its JSON is the text the
-model learns to write), and the tools on offer are part of the system turn (llm.tasks does both).
+model learns to write), and the tools on offer are part of the system turn (llm.data.tasks does both).
 
 Each text is encoded with a space in front, the way words appear in running text: the tokenizer adds no
 such prefix itself, and without it a message's first word becomes rare fragments ("small" -> s, m, all
@@ -31,7 +31,7 @@ import jinja2
 import jinja2.ext
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from llm.tokenizer import Tokenizer, TokenizerError
+from llm.data.tokenizer import Tokenizer, TokenizerError
 
 ROLES = ("system", "user", "assistant", "tool")
 TOOL_RESULT = "Tool result:"  # how a tool's result begins: it is read as a user-side turn

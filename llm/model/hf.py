@@ -33,10 +33,10 @@ from typing import Any
 import torch
 from safetensors import SafetensorError, safe_open
 
-from llm import checkpoint
-from llm.checkpoint import CheckpointError
 from llm.config import ConfigError, ModelConfig
-from llm.tokenizer import CHAT_TEMPLATE_FILE, CHAT_TOKENS, MODEL_FILE, Tokenizer, TokenizerError
+from llm.data.tokenizer import CHAT_TEMPLATE_FILE, CHAT_TOKENS, MODEL_FILE, Tokenizer, TokenizerError
+from llm.model import checkpoint
+from llm.model.checkpoint import CheckpointError
 
 HF_WEIGHTS, HF_INDEX = "model.safetensors", "model.safetensors.index.json"
 ARCHITECTURE = "LlamaForCausalLM"
@@ -323,7 +323,7 @@ def tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
         model = {"type": "Unigram", "unk_id": unk, "vocab": [[p, sp.GetScore(i)] for i, p in enumerate(pieces)]}
         model["byte_fallback"] = True
     # SentencePiece writes spaces as U+2581 and, with a dummy prefix, puts one more before every text it encodes
-    # (each text between special tokens: as llm.chat.encode_rendered does, and Llama's own tokenizer.json).
+    # (each text between special tokens: as llm.data.chat.encode_rendered does, and Llama's own tokenizer.json).
     normalizers = [{"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]
     decoders = [
         {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
@@ -358,7 +358,7 @@ def tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
 
 
 def builtin_chat_template(tok: Tokenizer) -> str:
-    """llm/chat.py's template in Jinja: <eos> then, per message, <|role|> " " content <|end|>."""
+    """llm/data/chat.py's template in Jinja: <eos> then, per message, <|role|> " " content <|end|>."""
     roles = "['" + "', '".join(("system", "user", "assistant")) + "']"
     return (
         f"{tok.id_to_piece(tok.eos_id)}"
@@ -373,7 +373,7 @@ def builtin_chat_template(tok: Tokenizer) -> str:
 
 def chat_end_id(tok: Tokenizer) -> int:
     """The token that ends an assistant turn, and so generation."""
-    from llm.chat import stop_ids
+    from llm.data.chat import stop_ids
 
     return stop_ids(tok)[0]
 
@@ -467,7 +467,7 @@ def memory_bytes() -> int:
 def import_hf(src: str | Path, out_dir: str | Path, memory_limit: int | None = None) -> Path:
     """A local Hugging Face folder of a Llama-architecture model with a SentencePiece tokenizer.model -> a
     model directory of ours (weights streamed tensor by tensor, in their own dtype). Refuses a model whose fp32
-    weights (as llm.checkpoint.load_model holds them) exceed memory_limit (default: this machine's memory)."""
+    weights (as llm.model.checkpoint.load_model holds them) exceed memory_limit (default: this machine's memory)."""
     src = Path(src)
     if not (src / "config.json").is_file():
         raise HFFormatError(f"{src}: no config.json; not a Hugging Face model folder")
@@ -485,7 +485,7 @@ def import_hf(src: str | Path, out_dir: str | Path, memory_limit: int | None = N
     proto, template = (src / MODEL_FILE).read_bytes(), read_chat_template(src, tokenizer_config)
     tok = Tokenizer(proto, str(src / MODEL_FILE), template)
     if len(tok.special) == len(CHAT_TOKENS) and template == builtin_chat_template(Tokenizer(proto)):
-        tok = Tokenizer(proto, str(src / MODEL_FILE))  # one of ours, exported: llm/chat.py renders it itself
+        tok = Tokenizer(proto, str(src / MODEL_FILE))  # one of ours, exported: llm/data/chat.py renders it itself
     if tok.vocab_size != cfg.vocab_size:
         raise HFFormatError(f"{src}: {MODEL_FILE} has {tok.vocab_size} tokens but config.json says {cfg.vocab_size}")
     needed, limit = 4 * parameter_count(cfg), memory_limit or memory_bytes()

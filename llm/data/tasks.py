@@ -1,5 +1,5 @@
 """Task datasets for fine-tuning: read a file with pandas, detect its format, validate it row by row, and turn
-each row into a conversation, then into token ids with a loss mask through the one chat template (llm.chat).
+each row into a conversation, then into token ids with a loss mask through the one chat template (llm.data.chat).
 
 Files: .csv, .tsv, .json (an array of objects), .jsonl (one object a line), .parquet, chosen by extension.
 Formats, detected from the column names or chosen by the caller:
@@ -24,6 +24,7 @@ import json
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llm.chat import render
-from llm.config import OVERFLOW, TASK_FORMATS, FinetuneConfig
+from llm.config import OVERFLOW, TASK_FORMATS, TASK_ROLES, FinetuneConfig
+from llm.data.chat import render
+from llm.data.text import wide_encoding
+from llm.data.tokenizer import Tokenizer
 from llm.errors import ConfigError, TaskFileError
-from llm.textio import wide_encoding
-from llm.tokenizer import Tokenizer
 
 READERS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 SPREADSHEETS = (".xlsx", ".xls", ".ods", ".numbers")  # not read: saving as CSV is one step in each
@@ -48,11 +49,11 @@ SYSTEM_NAMES = ("system", "system_prompt")
 MESSAGES_NAMES = ("messages", "conversations", "conversation")
 # Which mapping keys each format accepts.
 MAPPING_KEYS = {
-    "pairs": ("prompt", "response", "system"),
+    "pairs": TASK_ROLES,
     "alpaca": ("system",),
     "messages": ("messages", "system", "tools"),
 }
-# Turn roles: the chat template's own, ShareGPT's and OpenAI's (tool use included: see llm/chat.py).
+# Turn roles: the chat template's own, ShareGPT's and OpenAI's (tool use included: see llm/data/chat.py).
 ROLE_ALIASES = {
     "user": "user",
     "human": "user",
@@ -511,7 +512,7 @@ def _turns(value: Any, column: str, need_answer: bool = True) -> list[dict[str, 
     if need_answer and "assistant" not in roles:
         raise _RowProblem(column, "no assistant turn", "nothing to learn from this row")
     # An answer needs a question: training on an assistant turn that answers nothing teaches the model to
-    # talk without being asked, and generation always asks with a user turn (llm.chat.prompt_ids).
+    # talk without being asked, and generation always asks with a user turn (llm.data.chat.prompt_ids).
     if "user" not in roles:
         raise _RowProblem(column, "no user turn", "the conversation holds only assistant (and system) turns")
     first_answer = roles.index("assistant") if "assistant" in roles else len(roles)
@@ -556,6 +557,23 @@ def _tools(value: Any, column: str) -> str | None:
     return f"Tools you can call: {text}" if text and text not in ("[]", "{}") else None
 
 
+def parse_rows(
+    path: Path, row_numbers: list[int], frame: pd.DataFrame, parse: Callable[[int, dict], Any]
+) -> tuple[list, list[Problem]]:
+    """(parse(row, record) for each usable row, a Problem for each row parse refuses with a _RowProblem); a
+    TaskFileError naming the first problems when no row is usable. The one row loop of every table reader."""
+    items, problems = [], []
+    for row, record in zip(row_numbers, frame.to_dict("records"), strict=True):
+        try:
+            items.append(parse(row, record))
+        except _RowProblem as p:
+            problems.append(Problem(row, p.column, p.reason, p.detail))
+    if not items:
+        shown = "; ".join(str(p) for p in problems[:5])
+        raise TaskFileError(f"{path}: no usable rows, all {len(problems)} were dropped: {shown}")
+    return items, problems
+
+
 def read_task_file(path: str | Path, format: str = "auto", mapping: dict[str, str] | None = None) -> TaskData:
     """Read and validate a task dataset. See the module docstring for files, formats and row numbers."""
     path = Path(path)
@@ -576,15 +594,9 @@ def read_task_file(path: str | Path, format: str = "auto", mapping: dict[str, st
             kind="columns",
         )
     cols = _columns_for(path, fmt, columns, mapping)
-    examples, problems = [], []
-    for row, record in zip(row_numbers, frame.to_dict("records"), strict=True):
-        try:
-            examples.append(Example(row, _row_messages(fmt, record, cols)))
-        except _RowProblem as p:
-            problems.append(Problem(row, p.column, p.reason, p.detail))
-    if not examples:
-        shown = "; ".join(str(p) for p in problems[:5])
-        raise TaskFileError(f"{path}: no usable rows, all {len(problems)} were dropped: {shown}")
+    examples, problems = parse_rows(
+        path, row_numbers, frame, lambda row, record: Example(row, _row_messages(fmt, record, cols))
+    )
     content_hash = hashlib.sha256(raw).hexdigest()[:16]
     return TaskData(str(path), fmt, columns, examples, problems, content_hash, cols)
 

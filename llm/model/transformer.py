@@ -87,7 +87,7 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.d_model, cfg.kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.dropout = cfg.dropout
-        self.keep_weights = False  # set by llm.inspect: compute the attention weights explicitly and keep them
+        self.keep_weights = False  # set by llm.eval.inside: compute the attention weights explicitly and keep them
         self.weights: torch.Tensor | None = None  # (B, H, T, past+T) of the last forward, when keep_weights
 
     def forward(self, x, cos, sin, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:

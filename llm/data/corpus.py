@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from llm.data.text import iter_file_documents, name_files
+from llm.data.tokenizer import Tokenizer
 from llm.errors import ConfigError, InputError
-from llm.textio import iter_file_documents, name_files
-from llm.tokenizer import Tokenizer
 
 META = "meta.json"
 EVAL_STREAM = 10**9  # evaluation windows are seeded apart from the training steps' (steps never reach it)

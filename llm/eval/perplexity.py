@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from llm.data.tokenizer import Tokenizer
 from llm.errors import InputError
-from llm.model import Transformer
-from llm.tokenizer import Tokenizer
+from llm.model.transformer import Transformer
 
 
 @dataclass

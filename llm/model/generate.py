@@ -8,12 +8,12 @@ from typing import Any
 
 import torch
 
-from llm.chat import prompt_ids as chat_prompt_ids
-from llm.chat import stop_ids as chat_stop_ids
-from llm.chat import user_messages
 from llm.config import SamplingConfig
-from llm.model import KVCache, Transformer
-from llm.tokenizer import Tokenizer
+from llm.data.chat import prompt_ids as chat_prompt_ids
+from llm.data.chat import stop_ids as chat_stop_ids
+from llm.data.chat import user_messages
+from llm.data.tokenizer import Tokenizer
+from llm.model.transformer import KVCache, Transformer
 
 
 def next_token_distribution(logits: torch.Tensor, context: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:

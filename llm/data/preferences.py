@@ -1,6 +1,6 @@
 """Preference datasets: pairs of a better and a worse answer to the same prompt, for preference tuning (DPO).
 
-Files are read like task files (llm.tasks.read_frame: .csv .tsv .json .jsonl .parquet, UTF-8 checks, 1-based
+Files are read like task files (llm.data.tasks.read_frame: .csv .tsv .json .jsonl .parquet, UTF-8 checks, 1-based
 row numbers, JSONL rows numbered by line). Each row needs a `chosen` and a `rejected` column and one prompt:
   prompt                  text, or a conversation (a list of {role, content} / ShareGPT {from, value} turns)
   instruction [+ input]   LLaMA-Factory's ranking form (input appended to the instruction, as for Alpaca)
@@ -9,9 +9,9 @@ row numbers, JSONL rows numbered by line). Each row needs a `chosen` and a `reje
 `chosen` and `rejected` are the answer's text, one assistant turn ({role, content}), or a list of turns ending
 with the assistant's answer (the turns before it extend the prompt and must be the same in both). An optional
 `system` column adds a system prompt. A bad row is dropped and reported with its row and column (a
-llm.tasks.Problem), never silently; a file with no usable row raises TaskFileError.
+llm.data.tasks.Problem), never silently; a file with no usable row raises TaskFileError.
 
-Encoding renders prompt + answer with the one chat template (llm.chat); only the answer's tokens and its
+Encoding renders prompt + answer with the one chat template (llm.data.chat); only the answer's tokens and its
 <|end|> are marked, the tokens whose log-probability DPO compares.
 """
 
@@ -24,10 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from llm.chat import prompt_ids, render
 from llm.config import OVERFLOW
-from llm.errors import ConfigError, TaskFileError
-from llm.tasks import (
+from llm.data.chat import prompt_ids, render
+from llm.data.tasks import (
     MESSAGES_NAMES,
     SYSTEM_NAMES,
     Problem,
@@ -37,9 +36,11 @@ from llm.tasks import (
     _text,
     _turn,
     _turns,
+    parse_rows,
     read_frame,
 )
-from llm.tokenizer import Tokenizer
+from llm.data.tokenizer import Tokenizer
+from llm.errors import ConfigError, TaskFileError
 
 Messages = list[dict[str, str]]
 Encoded = tuple[list[int], list[bool]]  # (token ids, answer mask) of one prompt + answer
@@ -58,7 +59,7 @@ class PreferenceData:
     source: str
     form: str  # where the prompt came from: "prompt", "instruction", "messages" or "conversations"
     columns: list[str]
-    examples: list[Pair]  # named as TaskData's, so llm.tasks.split_examples splits these too
+    examples: list[Pair]  # named as TaskData's, so llm.data.tasks.split_examples splits these too
     problems: list[Problem]
     content_hash: str  # sha256 of the file's bytes (first 16 hex digits)
     mapping: dict[str, str] = field(default_factory=dict)  # the columns used, by role
@@ -151,15 +152,7 @@ def read_preference_file(path: str | Path) -> PreferenceData:
     if len(frame) == 0:
         raise TaskFileError(f"{path}: no rows" + (f" (only the columns {columns})" if columns else ""))
     form, cols = _columns(path, columns)
-    pairs, problems = [], []
-    for row, record in zip(row_numbers, frame.to_dict("records"), strict=True):
-        try:
-            pairs.append(_pair(row, record, form, cols))
-        except _RowProblem as p:
-            problems.append(Problem(row, p.column, p.reason, p.detail))
-    if not pairs:
-        shown = "; ".join(str(p) for p in problems[:5])
-        raise TaskFileError(f"{path}: no usable rows, all {len(problems)} were dropped: {shown}")
+    pairs, problems = parse_rows(path, row_numbers, frame, lambda row, record: _pair(row, record, form, cols))
     content_hash = hashlib.sha256(raw).hexdigest()[:16]
     return PreferenceData(str(path), form, columns, pairs, problems, content_hash, cols)
 

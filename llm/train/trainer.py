@@ -25,13 +25,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from llm import checkpoint
 from llm.config import TrainConfig
+from llm.data.tokenizer import Tokenizer
 from llm.device import autocast_dtype, describe, peak_flops, pick_device
 from llm.errors import TrainingError
-from llm.model import Transformer, causal_lm_loss
-from llm.run import LATEST, MetricsWriter, RunDir
-from llm.tokenizer import Tokenizer
+from llm.model import checkpoint
+from llm.model.transformer import Transformer, causal_lm_loss
+from llm.run import BEST, LATEST, MetricsWriter, RunDir, record_error
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -45,6 +45,25 @@ class BatchSource(Protocol):
     def train_batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def eval_batches(self, split: str, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+OnEval = Callable[[Transformer, int, dict[str, float]], dict[str, Any]]
+AdapterState = Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]]
+
+
+@dataclass
+class TrainHooks:
+    """What a kind of run adds to the one loop.
+
+    on_eval(model, step, metrics) returns extra fields to log with an evaluation (samples, bits per byte,
+    exact match); adapter_state() the adapter tensors and adapter.json to store instead of the full weights
+    (LoRA); loss_fn(model, x, y) the objective, trained and evaluated (the batch source decides what x and y
+    hold); save_dtype the dtype of the weights saved in best/ (latest/ keeps the training dtype)."""
+
+    on_eval: OnEval | None = None
+    adapter_state: AdapterState | None = None
+    loss_fn: LossFn = lm_loss
+    save_dtype: torch.dtype | None = None
 
 
 @dataclass
@@ -261,18 +280,15 @@ class Trainer:
         tokenizer: Tokenizer,
         batches: BatchSource,
         cfg: TrainConfig,
-        out_dir: Path,
-        metrics_path: Path | None,
+        *,
+        run: RunDir,
+        metrics_path: Path,
         resume: bool,
-        info: dict[str, Any] | None,
-        adapter_state: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None,
-        on_eval: Callable[[Transformer, int, dict[str, float]], dict[str, Any]] | None,
-        save_dtype: torch.dtype | None,
-        loss_fn: LossFn,
+        info: dict[str, Any],
+        hooks: TrainHooks,
     ):
-        self.model, self.tokenizer, self.batches, self.cfg, self.loss_fn = model, tokenizer, batches, cfg, loss_fn
-        self.run = RunDir(out_dir)
-        self.info, self.adapter_state, self.on_eval, self.save_dtype = info or {}, adapter_state, on_eval, save_dtype
+        self.model, self.tokenizer, self.batches, self.cfg, self.hooks = model, tokenizer, batches, cfg, hooks
+        self.run, self.info, self.metrics_path = run, info, metrics_path
         self.ddp = Distributed(pick_device(cfg.device))
         self.device = self.ddp.device
         if cfg.grad_accum % self.ddp.world:
@@ -359,10 +375,12 @@ class Trainer:
         self.last_save = time.time()  # on every rank: they decide together when the next save is due
         if not self.ddp.main:
             return
-        adapter = self.adapter_state() if self.adapter_state else None
+        adapter = self.hooks.adapter_state() if self.hooks.adapter_state else None
         info = self.run_info(train_loss)
+        # latest/ keeps the training weights as they are, so a resume continues exactly; best/ is for sharing.
+        dtype = self.hooks.save_dtype if target == BEST else None
         checkpoint.save_checkpoint(
-            self.run.path / target, self.model, self.tokenizer, info, trainer_state, self.save_dtype, adapter
+            self.run.path / target, self.model, self.tokenizer, info, trainer_state, dtype, adapter
         )
 
     # The loop
@@ -402,8 +420,9 @@ class Trainer:
     def evaluate_and_log(self, train_loss: float) -> bool:
         """Evaluate, keep the best checkpoint, log; True when early stopping says the run should end."""
         s, cfg = self.state, self.cfg
-        metrics = evaluate(self.model, self.batches, cfg.eval_batches, self.ddp, self.autocast, self.loss_fn)
-        extra = self.on_eval(self.model, s.step, metrics) if (self.on_eval and self.ddp.main) else {}
+        on_eval = self.hooks.on_eval
+        metrics = evaluate(self.model, self.batches, cfg.eval_batches, self.ddp, self.autocast, self.hooks.loss_fn)
+        extra = on_eval(self.model, s.step, metrics) if (on_eval and self.ddp.main) else {}
         # The hook runs on the main process only: every process decides on its values (e.g. val_exact), so
         # early stopping ends them all at the same step.
         extra = self.ddp.gather(extra)[0]
@@ -415,7 +434,7 @@ class Trainer:
         if improved:
             s.best_score, s.patience_used = score, 0
             if cfg.keep_best:
-                self.save("best", train_loss, with_state=False)
+                self.save(BEST, train_loss, with_state=False)
         elif score is not None:
             s.patience_used += 1
         scores = {k: v for k, v in extra.items() if isinstance(v, float)}  # e.g. val_exact (not the samples)
@@ -431,7 +450,6 @@ class Trainer:
             f"the training loss became {train_loss} at step {self.state.step}: the run diverged. Try a lower "
             "learning rate, a smaller gradient clip, or check the data. The last checkpoint is kept."
         )
-        self.log.write({"event": "error", "step": self.state.step, "message": message, "kind": "diverged"})
         return TrainingError(message, kind="diverged")
 
     def ending(self, stop: StopFlag, early_stop: bool) -> str | None:
@@ -472,7 +490,7 @@ class Trainer:
                     cfg.grad_clip,
                     self.ddp,
                     self.autocast,
-                    self.loss_fn,
+                    self.hooks.loss_fn,
                 )
                 if not math.isfinite(train_loss):
                     self.ddp.close()
@@ -502,25 +520,25 @@ def train(
     tokenizer: Tokenizer,
     batches: BatchSource,
     cfg: TrainConfig,
+    *,
     out_dir: str | Path,
     metrics_path: str | Path | None = None,
     resume: bool = False,
     info: dict[str, Any] | None = None,
-    adapter_state: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
-    on_eval: Callable[[Transformer, int, dict[str, float]], dict[str, Any]] | None = None,
-    save_dtype: torch.dtype | None = None,
-    loss_fn: LossFn = lm_loss,
+    hooks: TrainHooks | None = None,
 ) -> TrainResult:
     """Train `model` (weights already loaded, including when resuming) and checkpoint into the run folder
     out_dir (latest/, and best/ when cfg.keep_best); metrics go to metrics_path, by default the run's
-    metrics file. adapter_state, when given, returns the adapter tensors and config to store instead of the
-    full weights (LoRA). on_eval(model, step, metrics) may return extra fields to log with the evaluation's
-    metrics (e.g. sample generations, bits per byte).
-    loss_fn(model, x, y) is the objective, trained and evaluated (default: next-token cross-entropy; the
-    batch source decides what x and y hold). All ranks must call this under torchrun."""
+    metrics file; info is recorded in each checkpoint. An error during training is recorded in the metrics
+    file (with its step) before it is raised. All ranks must call this under torchrun."""
     run = RunDir(out_dir)
     metrics = Path(metrics_path) if metrics_path is not None else run.metrics
     trainer = Trainer(
-        model, tokenizer, batches, cfg, run.path, metrics, resume, info, adapter_state, on_eval, save_dtype, loss_fn
-    )
-    return trainer.fit()
+        model, tokenizer, batches, cfg, run=run, metrics_path=metrics, resume=resume, info=info or {},
+        hooks=hooks or TrainHooks(),
+    )  # fmt: skip
+    try:
+        return trainer.fit()
+    except Exception as error:
+        record_error(metrics, error, trainer.state.step)
+        raise

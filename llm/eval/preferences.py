@@ -1,6 +1,6 @@
 """Did preference tuning teach what the votes preferred? A tuned model against its base on held-out prompts.
 
-Both models answer each prompt (greedy by default, as in llm.task_eval); a rule the user gives decides which
+Both models answer each prompt (greedy by default, as in llm.eval.tasks); a rule the user gives decides which
 answer it prefers. Rules are fixed forms, never code:
     shorter | longer                 fewer / more characters than the other model's answer
     ends-with-question               the answer's last character is "?"
@@ -9,11 +9,13 @@ answer it prefers. Rules are fixed forms, never code:
 For each prompt: the tuned model wins when its answer follows the rule and the base's does not, loses in the
 opposite case, and ties otherwise. win_rate = (wins + ties / 2) / prompts, so 0.5 means no difference. Also
 reported: how often each model's answer follows the rule, and the held-out reward accuracy (the share of the
-held-out pairs whose chosen answer the tuned model prefers more than its base does: llm.prefer).
+held-out pairs whose chosen answer the tuned model prefers more than its base does: the implicit reward of DPO,
+llm.train.prefer, scored here).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,14 +23,76 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
+import torch.nn.functional as F
 
-from llm.checkpoint import load_model, resolve
 from llm.config import PreferConfig, SamplingConfig
+from llm.data.batches import PairBatches
+from llm.data.preferences import PreferenceData, encode_pairs
+from llm.data.tokenizer import Tokenizer
 from llm.device import pick_device
 from llm.errors import ConfigError
-from llm.prefer import held_out_rewards
-from llm.preferences import PreferenceData
-from llm.task_eval import answer, pick_rows
+from llm.eval.tasks import answer, pick_rows
+from llm.model.checkpoint import load_model, resolve
+from llm.model.transformer import Transformer
+
+# ----------------------------------------------------------------------------------------------------------
+# Implicit rewards (DPO's): how much more a tuned model prefers the chosen answer than its reference does
+
+
+def sequence_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """logits (N, T, V), targets (N, T) with -1 where there is no answer token -> (N,) summed log-probs of
+    each sequence's answer tokens."""
+    nll = F.cross_entropy(logits.float().transpose(1, 2), targets, ignore_index=-1, reduction="none")  # (N, T)
+    return -nll.sum(-1)
+
+
+def reward_margins(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    reference_chosen: torch.Tensor,
+    reference_rejected: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """Summed answer log-probs, each (B,) -> margins (B,): beta * ((pi_c - ref_c) - (pi_r - ref_r)), the chosen
+    answer's implicit reward minus the rejected one's."""
+    return beta * ((policy_chosen - reference_chosen) - (policy_rejected - reference_rejected))
+
+
+def reward_stats(margins: torch.Tensor) -> dict[str, float]:
+    """Reward margin (mean) and reward accuracy (share of margins > 0)."""
+    return {"reward_margin": margins.mean().item(), "reward_accuracy": (margins > 0).float().mean().item()}
+
+
+@torch.no_grad()
+def held_out_rewards(
+    policy: Transformer,
+    reference: Transformer,
+    tokenizer: Tokenizer,
+    pairs: PreferenceData,
+    beta: float,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """Reward margin and accuracy of a tuned model (policy) over its reference on a set of pairs."""
+    encoded = encode_pairs(pairs, tokenizer, policy.cfg.context_length)
+    if not encoded.items:
+        return {"reward_margin": math.nan, "reward_accuracy": math.nan}
+    device = next(policy.parameters()).device
+    reference.to(device)
+    margins = []
+    for x, y in PairBatches(encoded, encoded, batch_size, 1, 0, tokenizer.pad_id).eval_batches("val", 0):
+        x, y = x.to(device), y.to(device)
+        policy_logps, reference_logps = sequence_logps(policy(x), y), sequence_logps(reference(x), y)
+        B = x.size(0) // 2  # chosen sequences, then their rejected ones
+        margins.append(
+            reward_margins(policy_logps[:B], policy_logps[B:], reference_logps[:B], reference_logps[B:], beta).float()
+        )
+    return reward_stats(torch.cat(margins))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Win rate under a rule
+
 
 RULES = (
     "shorter",
@@ -85,6 +149,36 @@ def outcome(rule: Rule, tuned: str, base: str) -> str:
     return "win" if tuned_follows and not base_follows else "loss" if base_follows and not tuned_follows else "tie"
 
 
+def answer_row(pair, rule: Rule, base: Transformer, tuned: Transformer, tokenizer: Tokenizer, sampling) -> dict:
+    """Both models' answers to one prompt, and which follows the rule."""
+    base_answer = answer(base, tokenizer, pair.prompt, sampling)
+    tuned_answer = answer(tuned, tokenizer, pair.prompt, sampling)
+    return {
+        "row": pair.row,
+        "prompt": next(m["content"] for m in reversed(pair.prompt) if m["role"] == "user"),
+        "base": base_answer,
+        "tuned": tuned_answer,
+        "base_follows": rule.follows(base_answer, tuned_answer),
+        "tuned_follows": rule.follows(tuned_answer, base_answer),
+        "outcome": outcome(rule, tuned_answer, base_answer),
+    }
+
+
+def outcome_totals(table: pd.DataFrame) -> dict[str, Any]:
+    """How often each model follows the rule, wins, ties and losses, and the win rate (ties count half)."""
+    counts = table["outcome"].value_counts()
+    wins, ties, losses = (int(counts.get(k, 0)) for k in ("win", "tie", "loss"))
+    return {
+        "prompts": len(table),
+        "base_follows": float(table["base_follows"].mean()),
+        "tuned_follows": float(table["tuned_follows"].mean()),
+        "wins": wins,
+        "ties": ties,
+        "losses": losses,
+        "win_rate": (wins + ties / 2) / len(table),
+    }
+
+
 def win_rate(
     tuned_dir: str | Path,
     base_dir: str | Path | None,
@@ -114,36 +208,10 @@ def win_rate(
     sampling = SamplingConfig(max_new_tokens, temperature=0.0, seed=seed)
     records = []
     for done, pair in enumerate(examples, 1):
-        base_answer = answer(base, tokenizer, pair.prompt, sampling)
-        tuned_answer = answer(tuned, tokenizer, pair.prompt, sampling)
-        records.append(
-            {
-                "row": pair.row,
-                "prompt": next(m["content"] for m in reversed(pair.prompt) if m["role"] == "user"),
-                "base": base_answer,
-                "tuned": tuned_answer,
-                "base_follows": rule.follows(base_answer, tuned_answer),
-                "tuned_follows": rule.follows(tuned_answer, base_answer),
-                "outcome": outcome(rule, tuned_answer, base_answer),
-            }
-        )
+        records.append(answer_row(pair, rule, base, tuned, tokenizer, sampling))
         if progress:
             progress(done, len(examples))
     table = pd.DataFrame.from_records(records)
-    counts = table["outcome"].value_counts()
-    wins, ties, losses = (int(counts.get(k, 0)) for k in ("win", "tie", "loss"))
     rewards = held_out_rewards(tuned, base, tokenizer, PreferenceData(**{**vars(data), "examples": examples}), beta)
-    totals = {
-        "tuned": str(tuned_dir),
-        "base": str(base_dir),
-        "rule": str(rule),
-        "prompts": len(table),
-        "base_follows": float(table["base_follows"].mean()),
-        "tuned_follows": float(table["tuned_follows"].mean()),
-        "wins": wins,
-        "ties": ties,
-        "losses": losses,
-        "win_rate": (wins + ties / 2) / len(table),
-        **rewards,
-    }
+    totals = {"tuned": str(tuned_dir), "base": str(base_dir), "rule": str(rule), **outcome_totals(table), **rewards}
     return totals, table

@@ -22,15 +22,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from llm.chat import prompt_ids, render
-from llm.checkpoint import load_model, resolve
 from llm.config import SamplingConfig
+from llm.data.chat import prompt_ids, render
+from llm.data.tasks import Example, TaskData
+from llm.data.tokenizer import Tokenizer
 from llm.device import pick_device
 from llm.errors import ConfigError
-from llm.generate import stream_chat
-from llm.model import Transformer
-from llm.tasks import Example, TaskData
-from llm.tokenizer import Tokenizer
+from llm.model.checkpoint import load_model, resolve
+from llm.model.generate import stream_chat
+from llm.model.transformer import Transformer
 
 ARTICLES = re.compile(r"\b(a|an|the)\b")
 PUNCTUATION = str.maketrans("", "", string.punctuation)

@@ -9,7 +9,7 @@ where it attends. The studio's Inside view and `python -m llm inspect` call thes
 
 The model reads a text the way pretraining showed it documents: after an <eos> token. So the first token of
 the text is predicted from <eos> alone and every token has a surprise. A prompt and an answer are rendered
-with the chat template (llm/chat.py), which also opens with <eos>; their summary counts the answer's tokens
+with the chat template (llm/data/chat.py), which also opens with <eos>; their summary counts the answer's tokens
 and the <|end|> after it, the tokens fine-tuning trains on.
 
 A text longer than the context length is scored in sliding windows that move by half a context, so every
@@ -28,13 +28,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llm.chat import render
-from llm.checkpoint import load_model, resolve
 from llm.config import SamplingConfig
+from llm.data.chat import render
+from llm.data.tokenizer import Tokenizer
 from llm.errors import InputError
-from llm.generate import next_token_distribution
-from llm.model import Transformer
-from llm.tokenizer import Tokenizer
+from llm.model.checkpoint import load_model, resolve
+from llm.model.generate import next_token_distribution
+from llm.model.transformer import Transformer
 
 
 class InspectError(InputError):
@@ -231,7 +231,7 @@ def next_token(
     top_p: float = 1.0,
 ) -> dict[str, Any]:
     """What the model would write after row `position`: its top_k next tokens by probability, each with its
-    probability before and after temperature and top-p (the sampler's own rule, llm.generate), and where the
+    probability before and after temperature and top-p (the sampler's own rule, llm.model.generate), and where the
     text's actual next token stands (None after the last row).
 
     Temperature 0 is greedy sampling: the most likely token gets probability 1.

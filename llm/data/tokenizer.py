@@ -4,8 +4,8 @@ Byte fallback means no text is ever unknown: characters outside the vocabulary b
 any Unicode string round-trips. The chat tokens are *control* symbols: encode() never produces them from
 text (a user typing "<|end|>" cannot forge a turn boundary); the chat template inserts them by id.
 
-A tokenizer imported with a model of the Llama family (llm/hf.py) has no chat tokens: it brings its own chat
-template (chat_template.jinja beside tokenizer.model), which llm/chat.py renders instead of the built-in one.
+A tokenizer imported with a model of the Llama family (llm/model/hf.py) has no chat tokens: it brings its own chat
+template (chat_template.jinja beside tokenizer.model), which llm/data/chat.py renders instead of the built-in one.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
+from llm.data.text import iter_documents, name_files
 from llm.errors import TokenizerError
-from llm.textio import iter_documents, name_files
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")

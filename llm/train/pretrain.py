@@ -22,17 +22,19 @@ from typing import Any
 
 import torch
 
-from llm import checkpoint, corpus
 from llm.config import SAMPLE_PROMPTS, ModelConfig, PretrainConfig, SamplingConfig, TrainConfig, preset
-from llm.corpus import TokenData, WindowBatches
-from llm.device import check_model_fits, describe, pick_device
+from llm.data import corpus
+from llm.data.corpus import TokenData, WindowBatches
+from llm.data.text import expand_inputs
+from llm.data.tokenizer import MIN_VOCAB_SIZE, MODEL_FILE, Tokenizer, train_tokenizer
+from llm.device import DECODE_SLOWDOWN, check_model_fits, describe, pick_device
+from llm.device import device_rate as training_rate
 from llm.errors import ConfigError, InputError, TokenizerError
-from llm.generate import sample_logger
-from llm.model import Transformer
+from llm.model import checkpoint
+from llm.model.generate import sample_logger
+from llm.model.transformer import Transformer
 from llm.run import RunDir
-from llm.textio import expand_inputs
-from llm.tokenizer import MIN_VOCAB_SIZE, MODEL_FILE, Tokenizer, train_tokenizer
-from llm.trainer import TrainResult, train
+from llm.train.trainer import TrainHooks, TrainResult, train
 
 DEFAULT_SAMPLE_PROMPTS = SAMPLE_PROMPTS
 DEFAULT_SAMPLE_TOKENS = 48
@@ -77,6 +79,7 @@ def pretrain(
     out_dir: str | Path,
     model_cfg: ModelConfig,
     train_cfg: TrainConfig,
+    *,
     resume: bool = False,
     metrics_path: str | Path | None = None,
     save_dtype: torch.dtype | None = None,
@@ -113,18 +116,11 @@ def pretrain(
     batches = WindowBatches(data, model_cfg.context_length, train_cfg.batch_size, train_cfg.seed)
     info = {"kind": "pretrained", "data": str(data_dir), "data_tokens": data.meta["tokens"], **(extra_info or {})}
     on_eval = eval_logger(tokenizer, list(sample_prompts), sample_tokens, bytes_per_token(data, tokenizer))
+    hooks = TrainHooks(on_eval=on_eval, save_dtype=save_dtype)
     return train(
-        model,
-        tokenizer,
-        batches,
-        train_cfg,
-        run.path,
-        metrics_path,
-        resume,
-        info,
-        on_eval=on_eval,
-        save_dtype=save_dtype,
-    )
+        model, tokenizer, batches, train_cfg, out_dir=run.path, metrics_path=metrics_path, resume=resume, info=info,
+        hooks=hooks,
+    )  # fmt: skip
 
 
 # From raw text. Defaults derived from the budget where PretrainConfig.train does not set them.
@@ -136,7 +132,7 @@ MAX_WARMUP_STEPS = 100
 TIME_BUDGET_HEADROOM = 1.25
 BYTES_PER_TOKEN_GUESS = 3.5  # English text under a BPE vocabulary of a few thousand (plan only, before tokenizing)
 # Share of the device's matrix-product rate that pretraining reaches, relative to fine-tuning's figure in
-# llm.finetune.device_rate (full windows, no padding). CPU: measured on the sample book (micro preset).
+# llm.device.device_rate (full windows, no padding). CPU: measured on the sample book (micro preset).
 PRETRAIN_SPEEDUP = 1.0
 
 
@@ -169,8 +165,6 @@ def step_flops(model_cfg: ModelConfig, train_cfg: TrainConfig, n_prompts: int, s
     Forward: 2 per weight and token (a tied embedding is the LM head, counted once; an untied input
     embedding is a lookup) plus attention over the window; training: 3 forwards (backward is twice the
     forward). Sampling decodes a token at a time, far below the device's rate (DECODE_SLOWDOWN)."""
-    from llm.finetune import DECODE_SLOWDOWN
-
     mc, tc = model_cfg, train_cfg
     with torch.device("meta"):
         params = Transformer(mc).num_params()
@@ -188,9 +182,7 @@ def step_flops(model_cfg: ModelConfig, train_cfg: TrainConfig, n_prompts: int, s
 def device_rate(device: torch.device, threads: int | None = None) -> float:
     """FLOP/s pretraining reaches here; on a CPU for a child process with `threads` threads (the studio's
     trainer gets fewer threads than the studio itself measures with)."""
-    from llm.finetune import device_rate as finetune_rate
-
-    rate = finetune_rate(device.type) * PRETRAIN_SPEEDUP
+    rate = training_rate(device.type) * PRETRAIN_SPEEDUP
     if device.type == "cpu" and threads:
         rate *= threads / torch.get_num_threads()
     return rate
@@ -355,17 +347,10 @@ def pretrain_text(
     tokens = Tokenizer.load(data).vocab_size
     assert tokens == vocab, f"the tokenizer has {tokens} tokens, {vocab} were asked for"
     return pretrain(
-        data,
-        run.path,
-        model_cfg,
-        train_cfg,
-        False,
-        metrics_path,
-        save_dtype,
-        cfg.sample_prompts,
-        cfg.sample_tokens,
+        data, run.path, model_cfg, train_cfg, metrics_path=metrics_path, save_dtype=save_dtype,
+        sample_prompts=cfg.sample_prompts, sample_tokens=cfg.sample_tokens,
         extra_info={"pretrain": absolute(cfg).to_dict()},
-    )
+    )  # fmt: skip
 
 
 def resume(
@@ -394,10 +379,10 @@ def resume(
         run.path,
         model_cfg,
         train_cfg,
-        True,
-        metrics_path,
-        save_dtype,
-        saved.get("sample_prompts", DEFAULT_SAMPLE_PROMPTS),
-        saved.get("sample_tokens", DEFAULT_SAMPLE_TOKENS),
+        resume=True,
+        metrics_path=metrics_path,
+        save_dtype=save_dtype,
+        sample_prompts=saved.get("sample_prompts", DEFAULT_SAMPLE_PROMPTS),
+        sample_tokens=saved.get("sample_tokens", DEFAULT_SAMPLE_TOKENS),
         extra_info={"pretrain": saved} if saved else None,
     )

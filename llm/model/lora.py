@@ -107,7 +107,7 @@ def apply_lora(
 ) -> list[str]:
     """Freeze every parameter of model and wrap the target projections with adapters. Returns their names.
     With tokens, those tokens' rows of the embedding and of the LM head (one delta when tied) also train.
-    The settings come from one place: llm.finetune.lora_settings (a FinetuneConfig) or a saved adapter.json."""
+    The settings come from one place: llm.train.tuning.lora_settings (a FinetuneConfig) or a saved adapter.json."""
     unknown = set(targets) - set(ALL_PROJECTIONS)
     if unknown:
         raise ConfigError(f"unknown {sorted(unknown)}; choose from {', '.join(ALL_PROJECTIONS)}", field="lora_targets")

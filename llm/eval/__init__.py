@@ -1,0 +1,1 @@
+"""Evaluation: loss on a text, task and preference scoring, and the view inside a model."""

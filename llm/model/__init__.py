@@ -1,0 +1,1 @@
+"""The model: the transformer, LoRA, generation, checkpoints, and the Hugging Face format."""

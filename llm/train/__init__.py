@@ -1,0 +1,1 @@
+"""Training: the one loop, pretraining, fine-tuning and preference tuning."""
