@@ -449,5 +449,29 @@ class PretrainConfig(Config):
         TrainConfig.from_dict(self.train)  # each field's type and range (errors keep their field)
 
 
+@dataclass
+class BenchConfig(Config):
+    """A benchmark run (llm/eval/bench.py): zero-shot multiple choice scored by log-likelihood as
+    lm-evaluation-harness scores it. The studio writes it to <run>/bench.json and starts `python -m llm bench
+    --config <run>/bench.json --out <run>`; the results go into each model's directory."""
+
+    models: list[str] = setting([str(DEFAULT_BASE_MODEL)], "model or run folders to score")
+    tasks: list[str] = setting([], "task names (blimp, hellaswag, arc_easy, ...; comma-separated) or task files")
+    limit: int = setting(0, "score the first N rows of each task (of each BLiMP phenomenon); 0: all")
+    batch_tokens: int = setting(4096, "tokens in one forward pass (the choices of several rows, padded)")
+    device: str = setting("auto", "auto, cpu, cuda or mps")
+    precision: str = setting("auto", "auto (bf16 autocast on a GPU, fp32 on a CPU), fp32, or bf16")
+    save: bool = setting(True, "write the results into each model's directory")
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ConfigError("is required: one or more model or run folders", field="models")
+        if not self.tasks:
+            raise ConfigError("is required: one or more task names or task files", field="tasks")
+        check_not_negative(self, "limit")
+        check_positive(self, "batch_tokens")
+        check_choice(self, "precision", PRECISIONS)
+
+
 # Every config dataclass, for whoever names their fields (the CLI's flags, the studio's labels).
-CONFIGS = (FinetuneConfig, PreferConfig, TrainConfig, ModelConfig, SamplingConfig, PretrainConfig)
+CONFIGS = (FinetuneConfig, PreferConfig, TrainConfig, ModelConfig, SamplingConfig, PretrainConfig, BenchConfig)

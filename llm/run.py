@@ -10,6 +10,8 @@ studio can read runs cheaply.
     <run>/<command>.json   the config a studio run was started with (`python -m llm <command> --config`),
                            e.g. finetune.json
     <run>/command.json     the command line of the run's latest attempt
+    <model>/benchmarks.json  a model directory's benchmark results (llm/eval/bench.py), by task: kept with the
+                           checkpoint they were scored on (a checkpoint saved again starts without them)
 
 Metrics records, each with "time" (Unix seconds):
     train   {"step", "train_loss", "lr", "tokens_per_s", "elapsed", "mfu" (GPU only)}   every log_interval steps
@@ -27,6 +29,8 @@ Metrics records, each with "time" (Unix seconds):
              config field the error concerns, or null; written once, by record_error)
             {"event": "answers", "step", "empty", "rows"}   (fine-tuning's end: empty greedy answers to
                                                              training prompts, of rows asked)
+    bench   {"step" (choices scored), "elapsed", "model", "task"}   a benchmark job's progress, with a start event
+            whose max_steps is the choices to score, and a done event; read_metrics counts them as evals
 A resumed run first drops the records after its checkpoint's step (they are about to be redone), so the
 file reads as one uninterrupted run with a "start" event for each attempt.
 """
@@ -47,6 +51,7 @@ METRICS_FILE, LOG_FILE = "metrics.jsonl", "train.log"
 COMMAND_FILE = "command.json"
 DATA = "data"
 CONFIG, INFO, STATE = "config.json", "info.json", "trainer_state.pt"  # inside a checkpoint (llm/model/checkpoint.py)
+BENCHMARKS = "benchmarks.json"  # inside a model directory: its benchmark results (llm/eval/bench.py)
 ANSWERS = "answers"  # the event a fine-tune ends with: how many of its answers to training prompts are empty
 ENDINGS = ("done", "stopped", "early_stop", "time_limit", "error")  # events that end an attempt
 FINISHED = ("done", "early_stop", "time_limit")  # endings after which the run is complete
@@ -194,6 +199,16 @@ def read_info(directory: Path) -> dict[str, Any]:
     if not isinstance(info, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(info).__name__}")
     return info
+
+
+def read_benchmarks(directory: Path) -> dict[str, Any]:
+    """A model directory's benchmark results, {"tasks": {task: record}} (llm/eval/bench.py writes them); {}
+    when it has none."""
+    path = directory / BENCHMARKS
+    results = read_json(path) if path.is_file() else {}
+    if not isinstance(results, dict) or not isinstance(results.get("tasks", {}), dict):
+        raise CheckpointError(f"{path}: expected a JSON object with a 'tasks' object")
+    return results
 
 
 def info_version(directory: Path) -> tuple:

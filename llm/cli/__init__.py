@@ -12,16 +12,16 @@ import argparse
 import sys
 from pathlib import Path
 
-TRAINING_COMMANDS = ("pretrain", "finetune", "prefer")
+RUN_COMMANDS = ("pretrain", "finetune", "prefer", "bench")  # commands whose --out is a run folder
 
 
 def record_run_error(args: argparse.Namespace, error: BaseException) -> None:
-    """An error that ends a training command goes into its run's metrics file (when the run folder exists,
-    e.g. made by the studio), unless the trainer recorded it already."""
+    """An error that ends a run's command goes into its metrics file (when the run folder exists, e.g. made
+    by the studio), unless the trainer recorded it already."""
     from llm.run import RunDir, record_error
 
-    if args.command in TRAINING_COMMANDS and Path(args.out).is_dir():
-        record_error(Path(args.metrics) if args.metrics else RunDir(args.out).metrics, error)
+    if args.command in RUN_COMMANDS and args.out and Path(args.out).is_dir():
+        record_error(Path(getattr(args, "metrics", None) or RunDir(args.out).metrics), error)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from llm.cli.flags import column_mapping, config_from_args, given
 from llm.config import (
     DEFAULT_BASE_MODEL,
     DEFAULT_PRESET,
+    BenchConfig,
     FinetuneConfig,
     ModelConfig,
     PreferConfig,
@@ -320,3 +321,18 @@ def cmd_eval_task(args: argparse.Namespace) -> None:
             "rows": table.to_dict("records"),
         }
         write_report(args.out, table, report)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    import signal
+
+    from llm.eval import bench
+    from llm.run import RunDir
+
+    saved = load_json(BenchConfig, args.config).to_dict() if args.config else {}
+    cfg = config_from_args(BenchConfig, args, saved)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # the studio's Stop: a "stopped" record, then exit
+    results = bench.run_bench(cfg, RunDir(args.out).metrics if args.out else None, bench.ProgressLine())
+    print(bench.format_table(results))
+    if cfg.save:
+        print(f"saved in each model's directory ({bench.BENCHMARKS})")

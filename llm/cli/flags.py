@@ -16,7 +16,7 @@ from typing import Any
 from llm.config import CONFIGS, TASK_ROLES
 
 # Fields whose flag is not their name (a list given one item at a time reads better in the singular).
-FLAG_NAMES = {"probes": "--probe", "inputs": "--input", "sample_prompts": "--sample-prompt"}
+FLAG_NAMES = {"probes": "--probe", "inputs": "--input", "sample_prompts": "--sample-prompt", "models": "--model"}
 # Flags that are not config fields but name one: --prompt-column for mapping["prompt"], ...
 COLUMN_FLAGS = {f"{role}_column": "mapping" for role in TASK_ROLES}
 

@@ -10,6 +10,7 @@ from llm.cli.flags import add_column_flags, add_config_flags
 from llm.config import (
     DEFAULT_BASE_MODEL,
     TASK_FORMATS,
+    BenchConfig,
     FinetuneConfig,
     ModelConfig,
     PreferConfig,
@@ -140,6 +141,22 @@ def add_eval_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=commands.cmd_eval_prefer)
 
 
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    from llm.data.benchmarks import TASKS
+
+    listing = "\n".join(f"  {t.name:<14} {t.about} ({t.split}; lm-eval version {t.version})" for t in TASKS.values())
+    p = sub.add_parser(
+        "bench",
+        help="standard benchmarks (BLiMP, HellaSwag, ARC, PIQA, ...): zero-shot, scored as lm-evaluation-harness",
+        epilog=f"tasks:\n{listing}\n  or a task file (.jsonl / .jsonl.gz, see datasets/benchmarks/MANIFEST.md)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="a BenchConfig JSON file (flags given as well override it)")
+    p.add_argument("--out", help="a run folder for a studio job: progress goes into its metrics.jsonl")
+    add_config_flags(p, BenchConfig)
+    p.set_defaults(func=commands.cmd_bench)
+
+
 def add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="tokens, per-token surprise, next-token choices and attention of a text")
     p.add_argument("--model", action="append", help="model or run folder; twice to compare (default: shipped)")
@@ -164,4 +181,5 @@ def build_parser() -> argparse.ArgumentParser:
     for add in (add_data_commands, add_pretrain, add_tuning_commands, add_model_commands, add_eval_commands):
         add(sub)
     add_inspect(sub)
+    add_bench(sub)
     return parser

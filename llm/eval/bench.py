@@ -1,0 +1,330 @@
+"""Standard benchmarks for any model: zero-shot multiple choice scored by log-likelihood, as
+lm-evaluation-harness (v0.4, its task versions in llm/data/benchmarks.py) scores it.
+
+Each choice of a row is a request (context, continuation); its score is the sum of the log-probabilities of
+the continuation's tokens after the context. lm-eval's encoding is kept exactly:
+  - context and continuation are encoded together and the continuation is what follows the context's own
+    tokens (a token may span the boundary); trailing spaces of the context move onto the continuation;
+  - an empty context (BLiMP) is the model's start token, as lm-eval conditions on BOS (EOS for a model
+    without one): ours start every document with EOS, an imported Llama-family model with BOS;
+  - no start token before a non-empty context; a request longer than the context window keeps its end.
+acc: the right choice has the highest log-likelihood (the first of equals); acc_norm: the highest
+log-likelihood per character of the choice (Python's len, the delimiter not counted: lm-eval's definition;
+the issue asked for bytes, which lm-eval calls acc_bytes and does not report). Standard error: lm-eval's,
+the sample standard deviation of the 0/1 scores over sqrt(n), i.e. sqrt(p(1-p)/(n-1)); a group (BLiMP) scores
+the mean of its subtasks' accuracies, with their pooled standard error.
+
+Requests of several rows are packed into one forward pass (sorted by length, so little is padding), without a
+KV cache; the batches run in a fixed shuffled order, so the rate so far predicts the time left.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from llm.config import BenchConfig
+from llm.data.benchmarks import BenchTask, read_task, task_names
+from llm.device import autocast_dtype, describe, pick_device
+from llm.model.checkpoint import load_model, resolve
+from llm.model.transformer import Transformer
+from llm.run import BENCHMARKS, MetricsWriter, read_benchmarks
+
+Request = tuple[list[int], list[int]]  # (context token ids, continuation token ids)
+
+
+@dataclass
+class Progress:
+    """Where a benchmark run is: requests (choices) scored of all models' and tasks', and seconds so far."""
+
+    model: str
+    task: str
+    done: int
+    total: int
+    elapsed: float
+
+    @property
+    def remaining(self) -> float | None:
+        """Seconds left at the rate so far (None before the first batch)."""
+        return self.elapsed / self.done * (self.total - self.done) if self.done else None
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> Request:
+    """A request's token ids as lm-eval encodes them (HFLM._encode_pair and the empty-context rule)."""
+    if not context:
+        ids = tokenizer.encode(continuation)
+        start = tokenizer.start_id
+        return ([start], ids) if ids[:1] != [start] else (ids[:1], ids[1:])
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tokenizer.encode(context + continuation)
+    context_ids = tokenizer.encode(context)
+    return context_ids, whole[len(context_ids) :]
+
+
+def encode_task(tokenizer: Any, task: BenchTask) -> list[Request]:
+    """Every choice of every row, in row order."""
+    return [encode_pair(tokenizer, context, continuation) for row in task.rows for context, continuation in row.pairs]
+
+
+def batches(lengths: list[int], batch_tokens: int, seed: int = 0) -> list[list[int]]:
+    """Request indices grouped into batches of at most batch_tokens padded tokens (one request at least),
+    similar lengths together; the batches in a fixed shuffled order."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and (len(groups[-1]) + 1) * lengths[groups[-1][0]] <= batch_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    random.Random(seed).shuffle(groups)
+    return groups
+
+
+@torch.no_grad()
+def loglikelihoods(
+    model: Transformer,
+    requests: list[Request],
+    batch_tokens: int = 4096,
+    amp: torch.dtype | None = None,
+    tick: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(log-likelihood of each request's continuation, whether each continuation is the greedy one).
+    tick(n) is called after each batch with the requests it scored."""
+    T = model.cfg.context_length
+    device = next(model.parameters()).device
+    windows = [(ctx + cont)[-(T + 1) :] for ctx, cont in requests]  # lm-eval keeps the end of a long request
+    counts = [min(len(cont), len(w) - 1) for (_, cont), w in zip(requests, windows, strict=True)]
+    lls, greedy = np.zeros(len(requests)), np.ones(len(requests), dtype=bool)
+    for group in batches([len(w) - 1 for w in windows], batch_tokens):
+        width = len(windows[group[0]]) - 1
+        x = torch.zeros(len(group), width, dtype=torch.long)  # right-padded: padding sits after every real token
+        rows, cols, targets = [], [], []
+        for b, i in enumerate(group):
+            w = windows[i]
+            x[b, : len(w) - 1] = torch.tensor(w[:-1])
+            first = len(w) - 1 - counts[i]  # the input position that predicts the continuation's first token
+            rows += [b] * counts[i]
+            cols += range(first, len(w) - 1)
+            targets += w[first + 1 :]
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(x.to(device))  # (B, width, V)
+        picked = F.log_softmax(logits[rows, cols].float(), dim=-1)  # (continuation tokens, V)
+        target = torch.tensor(targets, device=device)
+        token_ll = picked.gather(1, target[:, None])[:, 0].cpu().numpy()
+        token_greedy = (picked.argmax(-1) == target).cpu().numpy()
+        ends = np.cumsum([counts[i] for i in group])
+        for i, end in zip(group, ends, strict=True):
+            lls[i] = token_ll[end - counts[i] : end].sum()
+            greedy[i] = token_greedy[end - counts[i] : end].all()
+        if tick:
+            tick(len(group))
+    return lls, greedy
+
+
+def row_scores(task: BenchTask, lls: np.ndarray) -> dict[str, np.ndarray]:
+    """Each row's 0/1 score under each of the task's metrics, from its choices' log-likelihoods in row order."""
+    scores: dict[str, list[float]] = {metric: [] for metric in task.spec.metrics}
+    start = 0
+    for row in task.rows:
+        ll = lls[start : start + len(row.pairs)]
+        start += len(row.pairs)
+        scores["acc"].append(float(np.argmax(ll) == row.label))
+        if "acc_norm" in scores:
+            scores["acc_norm"].append(float(np.argmax(ll / np.array(row.lengths, dtype=float)) == row.label))
+    assert start == len(lls), "a log-likelihood for every choice"
+    return {metric: np.array(values) for metric, values in scores.items()}
+
+
+def mean_stderr(values: np.ndarray) -> float | None:
+    """lm-eval's standard error of a mean: sample standard deviation / sqrt(n); None for fewer than 2 values."""
+    return float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+
+
+def pooled_stderr(stderrs: list[float | None], sizes: list[int]) -> float | None:
+    """lm-eval's standard error of a group's mean of subtask means (pooled_sample_stderr)."""
+    if any(s is None for s in stderrs) or sum(sizes) <= len(sizes):
+        return None
+    pooled = sum((n - 1) * s**2 * n for n, s in zip(sizes, stderrs, strict=True)) / (sum(sizes) - len(sizes))
+    return float(math.sqrt(pooled / sum(sizes)))
+
+
+def metric_values(scores: dict[str, np.ndarray], rows: np.ndarray | None = None) -> dict[str, float | None]:
+    """{metric: mean, metric_stderr: its standard error} over all rows, or over the rows a mask picks."""
+    values: dict[str, float | None] = {}
+    for metric, row_values in scores.items():
+        picked = row_values if rows is None else row_values[rows]
+        values[metric], values[f"{metric}_stderr"] = float(picked.mean()), mean_stderr(picked)
+    return values
+
+
+def summarise(task: BenchTask, scores: dict[str, np.ndarray]) -> dict[str, Any]:
+    """{metrics: {metric, metric_stderr}, subtasks: {name: {rows, metric, metric_stderr}}}. A group's metric is
+    the unweighted mean of its subtasks' (lm-eval's weight_by_size False), with their pooled standard error."""
+    if not task.subtasks:
+        return {"metrics": metric_values(scores), "subtasks": {}}
+    subtasks = {}
+    for name in task.subtasks:
+        rows = np.array([r.subtask == name for r in task.rows])
+        subtasks[name] = {"rows": int(rows.sum()), **metric_values(scores, rows)}
+    sizes = [s["rows"] for s in subtasks.values()]
+    metrics: dict[str, float | None] = {}
+    for metric in scores:
+        metrics[metric] = float(np.mean([s[metric] for s in subtasks.values()]))
+        metrics[f"{metric}_stderr"] = pooled_stderr([s[f"{metric}_stderr"] for s in subtasks.values()], sizes)
+    return {"metrics": metrics, "subtasks": subtasks}
+
+
+def task_record(task: BenchTask, summary: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """What a model's results file keeps of one task: the definition, the rows used, the scores, the settings."""
+    return {
+        "version": task.spec.version,
+        "file": task.spec.file,
+        "sha256": task.sha256,
+        "split": task.spec.split,
+        "rows": len(task.rows),
+        "rows_in_file": task.rows_in_file,
+        "selection": selection(task),
+        "chance": task.chance,
+        **summary,
+        "settings": settings,
+        "time": round(time.time(), 3),
+    }
+
+
+def selection(task: BenchTask) -> str:
+    if not task.limit:
+        return "all rows"
+    return f"the first {task.limit} rows" + (" of each subtask" if task.subtasks else "")
+
+
+def save_results(directory: Path, records: dict[str, dict[str, Any]]) -> Path:
+    """Merge task records into a model directory's results file (a task scored again replaces its record),
+    written whole under a temporary name, then renamed."""
+    path = directory / BENCHMARKS
+    results = read_benchmarks(directory)
+    results["tasks"] = {**results.get("tasks", {}), **records}
+    tmp = path.with_name(f".{BENCHMARKS}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def settings_of(cfg: BenchConfig, device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
+    precision = {None: "fp32", torch.bfloat16: "bf16"}.get(amp, str(amp))
+    return {"device": describe(device), "precision": precision, "batch_tokens": cfg.batch_tokens, "shots": 0}
+
+
+class Tracker:
+    """Counts the requests scored across a run's models and tasks, tells progress() after each batch, and
+    writes a studio job's progress records (every 2 seconds at most) into its metrics file."""
+
+    def __init__(self, total: int, metrics_path: str | Path | None, progress: Callable[[Progress], None] | None):
+        self.total, self.done, self.progress = total, 0, progress
+        self.start, self.last_record = time.perf_counter(), -math.inf
+        self.writer = MetricsWriter(Path(metrics_path)) if metrics_path else None
+
+    def begin(self, device: str) -> None:
+        if self.writer:
+            self.writer.start_fresh()
+            self.writer.append({"event": "start", "step": 0, "device": device, "max_steps": self.total})
+
+    def tick(self, model: str, task: str, n: int) -> None:
+        self.done += n
+        now = time.perf_counter() - self.start
+        if self.progress:
+            self.progress(Progress(model, task, self.done, self.total, now))
+        if self.writer and (now - self.last_record >= 2 or self.done == self.total):
+            self.writer.append({"step": self.done, "elapsed": round(now, 2), "model": model, "task": task})
+            self.last_record = now
+
+    def end(self, event: str = "done") -> None:
+        if self.writer:
+            self.writer.append({"event": event, "step": self.done})
+
+
+def score_task(
+    model: Transformer, tokenizer: Any, task: BenchTask, cfg: BenchConfig, amp: torch.dtype | None, tick: Callable
+) -> dict[str, Any]:
+    """One task's record for one model (see task_record); tick(n) after each batch of n requests."""
+    started = time.perf_counter()
+    lls, _ = loglikelihoods(model, encode_task(tokenizer, task), cfg.batch_tokens, amp, tick)
+    settings = settings_of(cfg, next(model.parameters()).device, amp)
+    settings["seconds"] = round(time.perf_counter() - started, 2)
+    return task_record(task, summarise(task, row_scores(task, lls)), settings)
+
+
+def run_bench(
+    cfg: BenchConfig, metrics_path: str | Path | None = None, progress: Callable[[Progress], None] | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Score every model on every task: {model: {task: record}} (see task_record). Each model's records go
+    into its directory (cfg.save) as each task ends. metrics_path: a run folder's metrics file for a studio
+    job (a start event with max_steps = the requests to score, progress records, a done event)."""
+    tasks = [read_task(name, cfg.limit) for name in task_names(cfg.tasks)]
+    directories = [resolve(m) for m in cfg.models]  # a clear error for a missing model before any work
+    device = pick_device(cfg.device)
+    amp = autocast_dtype(device, cfg.precision)
+    tracker = Tracker(len(directories) * sum(len(r.pairs) for t in tasks for r in t.rows), metrics_path, progress)
+    tracker.begin(describe(device))
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    try:
+        for model_dir, directory in zip(cfg.models, directories, strict=True):
+            model, tokenizer, _ = load_model(directory, device)
+            results[model_dir] = {}
+            for task in tasks:
+                tick = functools.partial(tracker.tick, model_dir, task.spec.name)
+                results[model_dir][task.spec.name] = record = score_task(model, tokenizer, task, cfg, amp, tick)
+                if cfg.save:
+                    save_results(directory, {task.spec.name: record})
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI raises it: the tasks that ended are saved
+        tracker.end("stopped")
+        raise
+    tracker.end()
+    return results
+
+
+class ProgressLine:
+    """A progress callback that prints where a run is, with the time left, every few seconds."""
+
+    def __init__(self, every: float = 5.0):
+        self.every, self.last, self.where = every, -math.inf, ("", "")
+
+    def __call__(self, p: Progress) -> None:
+        if p.elapsed - self.last < self.every and (p.model, p.task) == self.where and p.done < p.total:
+            return
+        self.last, self.where = p.elapsed, (p.model, p.task)
+        left = f", about {p.remaining:.0f} s left" if p.remaining is not None else ""
+        print(
+            f"{p.model} {p.task}: {p.done:,} of {p.total:,} choices scored ({p.done / p.total:.0%}), "
+            f"{p.elapsed:.0f} s{left}",
+            flush=True,
+        )
+
+
+def format_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The results as a text table: a line per model and task, each metric with its standard error."""
+    lines = [f"{'model':<28} {'task':<14} {'rows':>7}  {'acc':<16} {'acc_norm':<16} chance"]
+    for model, tasks in results.items():
+        for name, record in tasks.items():
+            metrics = record["metrics"]
+            cells = [
+                f"{metrics[m]:.4f} ± {metrics[m + '_stderr'] or 0:.4f}" if m in metrics else "-"
+                for m in ("acc", "acc_norm")
+            ]
+            lines.append(
+                f"{model:<28} {name:<14} {record['rows']:>7,}  {cells[0]:<16} {cells[1]:<16} {record['chance']:.3f}"
+            )
+    return "\n".join(lines)
