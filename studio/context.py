@@ -347,9 +347,24 @@ class Studio:
         cfg.save(run.settings(command))
         return self.store.add_run(name, base_ref, dataset_id, method, cfg.to_dict(), run.path, command)
 
+    def check_deletable(self, run: dict[str, Any]) -> None:
+        """StudioError when run may not be deleted now: it is queued or training, or another run is built on
+        it (their base would be gone: a LoRA adapter no longer loads, a model's lineage reads as a raw id)."""
+        if run["status"] in ACTIVE_STATES:
+            raise StudioError(f"{run['name']} is {run['status']}: stop it first.")
+        users = [r["name"] for r in self.store.built_on(run["id"])]
+        if users:
+            them = "it" if len(users) == 1 else "them"
+            raise StudioError(
+                f"{run['name']} is the base model of {', '.join(users)}: {them} would no longer load. Delete "
+                f"{them} first (download {them} to keep a copy)."
+            )
+
     def delete_run(self, run_id: str) -> None:
+        """Delete a run and its folder; StudioError (see check_deletable) when it may not be deleted now."""
         run = self.store.run(run_id)
         assert run is not None
+        self.check_deletable(run)
         run_dir = self.store.abs(run["dir"])
         self.forget(run_dir)
         self.store.delete_run(run_id)

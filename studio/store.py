@@ -232,7 +232,10 @@ class Store:
 
     def runs(self, states: tuple[str, ...] = RUN_STATES) -> list[dict[str, Any]]:
         marks = ",".join("?" * len(states))
-        rows = self._rows(f"SELECT * FROM runs WHERE status IN ({marks}) ORDER BY created DESC", states)
+        return self._runs(f"WHERE status IN ({marks}) ORDER BY created DESC", states)
+
+    def _runs(self, where: str, args: tuple) -> list[dict[str, Any]]:
+        rows = self._rows(f"SELECT * FROM runs {where}", args)
         for row in rows:
             row["config"] = json.loads(row["config"])
         return rows
@@ -269,6 +272,14 @@ class Store:
         if row is None:
             return None
         return self.run(row["id"])
+
+    def built_on(self, key: str) -> list[dict[str, Any]]:
+        """The runs whose base model is a checkpoint of run key (its best, or its latest): deleting key
+        would take their base away."""
+        prefix = f"run:{key}/"
+        return self._runs(
+            "WHERE base_id = ? OR substr(base_id, 1, ?) = ? ORDER BY created", (prefix[:-1], len(prefix), prefix)
+        )
 
     def delete_run(self, key: str) -> None:
         with self.connect() as db:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llm.errors import LLMError
 from studio.store import new_id
 
 TIE = "tie"
@@ -60,7 +61,10 @@ def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
 
 
 def export_votes(votes: list[dict[str, Any]], exports: Path) -> VoteExport:
-    """Write the votes as preference pairs (two forms) and the ties, into exports/."""
+    """Write the votes as preference pairs (two forms) and the ties, into exports/; LLMError (nothing written)
+    when there is no vote."""
+    if not votes:
+        raise LLMError("There are no votes to export yet: vote in Compare first.")
     pairs, ties = preference_pairs(votes)
     stem = exports / f"votes-{new_id()}"
     files = VoteExport(

@@ -225,7 +225,7 @@ def test_upload_finetune_reload_and_compare(page):
     expect(page.locator("#compare-models")).to_contain_text("opposites-ft")
     page.locator("#compare-prompt textarea").fill("Opposite of up?")
     page.locator("#compare-prompt textarea").press("Enter")  # as in Chat: Enter generates
-    expect(page.get_by_text(re.compile("Done: same prompt, seed 0"))).to_be_visible(timeout=60_000)
+    expect(page.locator("#compare-status")).to_contain_text("Done: answers to «Opposite of up?»", timeout=60_000)
     answers = page.locator(".answer")
     expect(answers.nth(0)).to_contain_text("base")
     expect(answers.nth(1)).to_contain_text("opposites-ft")

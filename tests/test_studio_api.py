@@ -13,10 +13,12 @@ import httpx
 import pytest
 from conftest import free_port
 from gradio_client import Client, handle_file
+from gradio_client.utils import SKIP_COMPONENTS
 from test_hostile_inputs import BAD_FILES as HOSTILE_FILES
 
 from studio.app import build_app, launch
 from studio.context import SAMPLES_DIR
+from studio.tabs.compare import record_vote
 
 MAX_UPLOAD = 100_000  # bytes: small, so the oversized-upload test needs no big file
 ENDPOINTS = {
@@ -29,6 +31,18 @@ ENDPOINTS = {
 def value(output):
     """A component's value from an output that may be an update dict."""
     return output.get("value") if isinstance(output, dict) and "__type__" in output else output
+
+
+def named(app, api_name: str, out: tuple, raw: bool = False) -> dict:
+    """An endpoint's outputs by their components' elem_id (outputs are keyed by component, never counted), each
+    unwrapped from its update (raw: as sent); the client leaves out State and layout outputs, and so does this."""
+    config = app.client.config
+    event = next(d for d in config["dependencies"] if d.get("api_name") == api_name.lstrip("/"))
+    components = {c["id"]: c for c in config["components"]}
+    shown = [components[i] for i in event["outputs"]]
+    shown = [c for c in shown if not c.get("skip_api", c["type"] in SKIP_COMPONENTS)]
+    out = out if isinstance(out, tuple) else (out,)
+    return {c["props"].get("elem_id") or f"#{c['id']}": o if raw else value(o) for c, o in zip(shown, out, strict=True)}
 
 
 def snapshot(workspace: Path) -> tuple:
@@ -251,18 +265,22 @@ def test_progress_without_a_run_says_how_to_start_one(app):
 
 
 def test_compare_needs_two_models_and_a_prompt(app):
-    out = app.client.predict(["base:base"], "Hi", 0, 1, 8, 0, api_name="/compare")
-    assert "Choose 2 to 4 models" in out[5]
-    out = app.client.predict(["base:base", "base:base"], "  ", 0, 1, 8, 0, api_name="/compare")
-    assert "Write a prompt" in out[5]
+    client = Client(app.url, verbose=False)  # its own page: nothing compared yet
+    out = named(app, "/compare", client.predict(["base:base"], "Hi", 0, 1, 8, 0, api_name="/compare"))
+    assert "Choose 2 to 4 models" in out["compare-status"] and not out["compare-answer-0"]
+    out = named(app, "/compare", client.predict(["base:base", "base:base"], "  ", 0, 1, 8, 0, api_name="/compare"))
+    assert "Write a prompt" in out["compare-status"] and not out["compare-answer-0"]
+    votes = len(app.studio.store.votes())
+    assert "Generate answers first" in record_vote(app.studio, {}, "tie") and len(app.studio.store.votes()) == votes
 
 
 def test_compare_answers_side_by_side_and_votes_are_stored(app):
     client = Client(app.url, verbose=False)
     out = client.predict(["base:base", "base:base"], "Once upon a time", 0.8, 0.9, 12, 7, api_name="/compare")
-    first, second = value(out[0]), value(out[1])
+    out = named(app, "/compare", out)
+    first, second = out["compare-answer-0"], out["compare-answer-1"]
     assert first and first == second, "same model, same seed and settings: the same answer"
-    assert "100% of words shared" in out[4] and "seed 7" in out[5]
+    assert "100% of words shared" in out["compare-diff"] and "seed (7)" in out["compare-status"]
     votes = len(app.studio.store.votes())
     assert "Vote saved" in client.predict("base:base", api_name="/vote")
     vote = app.studio.store.votes()[-1]
@@ -293,11 +311,15 @@ def test_models_lists_the_base_model(app):
 def test_names_must_be_unique_and_a_missing_model_is_not_renamed(app):
     taken = "Other base (shipped)"
     app.studio.store.set_model("other", taken, app.studio.base_model)  # a second entry with its own name
-    out = app.client.predict("base:base", taken.upper() + "  ", api_name="/rename")
-    assert out[0].startswith("⚠ Name") and "taken" in out[0] and "Renamed" not in out[0]
-    out = app.client.predict("run:nope", "fresh name", api_name="/rename")
-    assert "unknown model" in out[0] and "Renamed" not in out[0]
-    assert "at most 80" in app.client.predict("base:base", "x" * 81, api_name="/rename")[0]
+    status = named(app, "/rename", app.client.predict("base:base", taken.upper() + "  ", api_name="/rename"))
+    assert status["models-status"].startswith("⚠ Name") and "taken" in status["models-status"]
+    assert app.studio.store.model("base")["name"] != taken.upper().strip(), "not renamed"
+    out = named(app, "/rename", app.client.predict("run:nope", "fresh name", api_name="/rename"))
+    assert "unknown model" in out["models-status"] and not any(
+        r["name"] == "fresh name" for r in app.studio.store.runs()
+    )
+    out = named(app, "/rename", app.client.predict("base:base", "x" * 81, api_name="/rename"))
+    assert "at most 80" in out["models-status"] and app.studio.store.model("base")["name"] != "x" * 81
     message, _ = app.client.predict(
         "base:base", "sample-opposites", "lora", 1, 1, 0, 8, 4, "", taken, api_name="/start"
     )
@@ -307,8 +329,8 @@ def test_names_must_be_unique_and_a_missing_model_is_not_renamed(app):
 
 
 def test_the_base_model_cannot_be_deleted(app):
-    assert "cannot be deleted" in app.client.predict("base:base", api_name="/delete")[0]
-    assert app.studio.store.model("base")
+    out = named(app, "/delete", app.client.predict("base:base", api_name="/delete"))
+    assert "cannot be deleted" in out["models-status"] and app.studio.store.model("base")
 
 
 @pytest.mark.slow
@@ -340,8 +362,10 @@ def test_finetune_progress_compare_batch_and_model_actions(app):
     points = c.predict([ref, "run:gone"], api_name="/loss_curves")
     assert {p["curve"] for p in points} == {"tiny-run: train", "tiny-run: validation"}
     assert all(isinstance(p["loss"], float) and isinstance(p["step"], int) for p in points)
-    out = c.predict(["base:base", ref], "Opposite of up?", 0, 1, 16, 0, api_name="/compare")
-    assert value(out[0]) is not None and out[1]["label"] == "tiny-run"
+    out = named(
+        app, "/compare", c.predict(["base:base", ref], "Opposite of up?", 0, 1, 16, 0, api_name="/compare"), raw=True
+    )
+    assert value(out["compare-answer-0"]) is not None and out["compare-answer-1"]["label"] == "tiny-run"
     note, totals, table, csv_file = c.predict(
         ["base:base", ref], "sample-opposites", 4, 8, 0, api_name="/batch_compare"
     )
@@ -352,25 +376,25 @@ def test_finetune_progress_compare_batch_and_model_actions(app):
 
     row = next(r for r in c.predict(api_name="/models") if r["ref"] == ref)
     assert row["kind"] == "fine-tuned (LoRA)" and row["steps"] == 6 and row["dataset"] == "opposites.csv"
-    assert "Renamed" in c.predict(ref, "opposites-lora", api_name="/rename")[0]
+    assert "Renamed" in named(app, "/rename", c.predict(ref, "opposites-lora", api_name="/rename"))["models-status"]
     assert app.studio.store.run(run_id)["name"] == "opposites-lora"
-    zip_path = value(c.predict(ref, api_name="/download")[0])
+    zip_path = named(app, "/download", c.predict(ref, api_name="/download"))["models-zip"]
     names = zipfile.ZipFile(zip_path).namelist()
     assert "opposites-lora/model.safetensors" in names, "a LoRA run downloads as a standalone merged model"
     assert "opposites-lora/metrics.jsonl" in names and not any("trainer_state" in n for n in names)
     info = json.loads(zipfile.ZipFile(zip_path).read("opposites-lora/info.json"))
     assert info["method"] == "lora" and info["dataset"]["name"] == "opposites.csv"
-    hf_zip = zipfile.ZipFile(value(c.predict(ref, api_name="/download_hf")[0]))
+    hf_zip = zipfile.ZipFile(named(app, "/download_hf", c.predict(ref, api_name="/download_hf"))["models-zip"])
     hf_config = json.loads(hf_zip.read("opposites-lora-hf/config.json"))
     assert hf_config["architectures"] == ["LlamaForCausalLM"], "a Hugging Face folder, the LoRA merged in"
     assert {"opposites-lora-hf/tokenizer.json", "opposites-lora-hf/model.safetensors"} <= set(hf_zip.namelist())
     run_dir = app.studio.store.abs(app.studio.store.run(run_id)["dir"])
     # The page's box named another model than the pick now holds: "Yes, delete it" deletes nothing.
-    from studio.tabs.models import Handlers
+    from studio.tabs.models import delete
 
-    asked = Handlers(app.studio).delete(ref, doomed="run:another")[1]
+    asked = delete(app.studio, ref, doomed="run:another")["status"]
     assert "nothing was deleted" in asked and app.studio.store.run(run_id) is not None
-    assert "Deleted" in c.predict(ref, api_name="/delete")[0]
+    assert "Deleted" in named(app, "/delete", c.predict(ref, api_name="/delete"))["models-status"]
     assert app.studio.store.run(run_id) is None and not run_dir.exists()
 
 

@@ -429,18 +429,15 @@ def test_showing_the_data_tab_again_sends_nothing_unless_something_changed(tmp_p
 
 
 def test_showing_the_models_tab_again_sends_nothing_unless_something_changed(tmp_path, tiny_model_dir):
-    import gradio as gr
-
     from studio.context import SAMPLES_DIR, Studio
-    from studio.tabs.models import Handlers
+    from studio.tabs.models import listing
 
-    handlers = Handlers(Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR))
-    first = handlers.listing()
-    chosen, seen = first[1].value, first[-1]
-    again = handlers.listing(chosen, [], seen)
-    assert all(isinstance(v, type(gr.skip())) for v in again[:-1]) and again[-1] == seen
-    handlers.studio.store.set_model("other", "another base", tiny_model_dir)  # another page added a model
-    assert handlers.listing(chosen, [], seen)[-1] != seen
+    studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
+    first = listing(studio)
+    chosen, seen = first["pick"].value, first["seen"]
+    assert listing(studio, chosen, [], seen) == {}, "nothing is sent"
+    studio.store.set_model("other", "another base", tiny_model_dir)  # another page added a model
+    assert listing(studio, chosen, [], seen)["seen"] != seen
 
 
 def test_a_timer_whose_tab_is_behind_stops_itself_and_sends_nothing(tmp_path, tiny_model_dir):

@@ -82,3 +82,14 @@ def test_tune_on_my_votes_runs_a_preference_run_that_becomes_a_model(studio):
     assert run["status"] == "done", run["message"]
     assert run["command"] == "prefer" and metrics.final["event"] == "done"
     assert f"run:{run_id}" in {ref for _, ref in studio.model_choices()}, "the tuned model can be compared"
+
+
+def test_no_votes_export_nothing_and_a_refused_tune_writes_nothing(studio):
+    from llm.errors import LLMError
+
+    exports = studio.workspace / "exports"
+    with pytest.raises(LLMError, match="no votes to export"):
+        export_votes([], exports)
+    studio.store.add_vote("Say hi.", ["base:base", "run:x"], ["a", "b"], {"seed": 0}, TIE, "c1")  # a tie: no pair
+    assert tune_on_votes(studio, "base:base", 2, "")[1] is None
+    assert not list(exports.iterdir()), "no empty files"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from functools import partial
 from types import SimpleNamespace
@@ -12,6 +13,7 @@ import pandas as pd
 
 from llm.run import Metrics
 from studio.charts import line_chart
+from studio.store import FINAL_STATES
 
 LOSS_COLUMNS = ["step", "loss", "curve"]
 # Events that only read (tab fills, dropdown changes, the plan, refresh timers): no queue of their own to
@@ -26,6 +28,49 @@ def bound(handler: Callable, studio: Any) -> Callable:
     fn = partial(handler, studio)
     fn.__doc__ = handler.__doc__
     return fn
+
+
+def keyed(handler: Callable, studio: Any, ui: SimpleNamespace) -> Callable:
+    """handler(studio, *inputs) returns (or, a generator, yields) {name: value}, a name being an attribute of ui
+    (a component, or a list of components given a list of values), or a key of ui.fields; Gradio gets
+    {component: value}, and a component left out stays as it is. Outputs are named, never counted. The
+    endpoint keeps the handler's signature (Gradio passes gr.Request and gr.Progress by it) and docstring."""
+
+    def components(named: dict[str, Any]) -> dict:
+        out = {}
+        for name, value in named.items():
+            target = component(ui, name)
+            out |= dict(zip(target, value, strict=True)) if isinstance(target, list) else {target: value}
+        return out or gr.skip()  # an empty dict would read as one output's value
+
+    if inspect.isgeneratorfunction(handler):
+
+        def run(*args: Any) -> Any:
+            for named in handler(studio, *args):
+                yield components(named)
+
+    else:
+
+        def run(*args: Any) -> Any:
+            return components(handler(studio, *args))
+
+    run.__signature__ = inspect.signature(partial(handler, studio))
+    run.__doc__, run.__name__ = handler.__doc__, handler.__name__
+    return run
+
+
+def component(ui: SimpleNamespace, name: str) -> Any:
+    """The component (or list of components) ui calls name: an attribute, else a form field of ui.fields."""
+    return getattr(ui, name) if hasattr(ui, name) else ui.fields[name]
+
+
+def outputs(ui: SimpleNamespace, *names: str) -> list:
+    """The components ui names (a list of components counts as its members), for an event's outputs."""
+    found = []
+    for name in names:
+        target = component(ui, name)
+        found += target if isinstance(target, list) else [target]
+    return found
 
 
 def dropdown(**kwargs: Any) -> gr.Dropdown:
@@ -102,6 +147,13 @@ def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None
     """value if it is still offered, else fallback if it is, else the first option (None when none)."""
     keys = [k for _, k in options]
     return value if value in keys else fallback if fallback in keys else (keys[0] if keys else None)
+
+
+def finished_run(studio: Any, options: list[tuple[str, str]]) -> str | None:
+    """The newest run among options (model refs) that has finished training: what a tab picks first. A run
+    still training is never picked for the user (early on its checkpoint is from step 1)."""
+    finished = {f"run:{r['id']}" for r in studio.store.runs(FINAL_STATES)}
+    return next((ref for _, ref in options if ref in finished), None)
 
 
 def chosen(choices: list[tuple[str, str]], value: str | None) -> gr.Dropdown:

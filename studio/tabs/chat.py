@@ -5,6 +5,7 @@ llm.model.generate.stream_chat; this tab only keeps the turns."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -12,8 +13,8 @@ import gradio as gr
 from llm.config import SamplingConfig
 from llm.errors import LLMError
 from studio.context import Studio
-from studio.tabs import LIGHT, dropdown
-from studio.tabs.compare import generation_threads
+from studio.tabs import LIGHT, dropdown, finished_run
+from studio.tabs.compare import generation_threads, sampling_sliders
 
 
 def turn_text(content: Any) -> str:
@@ -38,13 +39,15 @@ def conversation(history: list[dict[str, Any]], system: str, message: str) -> li
 
 def reply(
     studio: Studio, ref: str | None, system: str, history: list[dict[str, Any]] | None, message: str, sampling: dict
-) -> Iterator[tuple[list[dict[str, str]], str]]:
-    """(the chat so far, a status line), growing as the answer streams."""
+) -> Iterator[tuple[list[dict[str, str]], str, str | None]]:
+    """(the chat so far, a status line, the message to give back to the message box), growing as the answer
+    streams. A turn that fails gives the message back (the box was emptied when it was sent): nothing typed
+    is lost."""
     from llm.model.generate import stream_chat
 
     history = list(history or [])
     if not ref or not (message or "").strip():
-        yield history, "⚠ " + ("Choose a model." if not ref else "Write a message first.")
+        yield history, "⚠ " + ("Choose a model." if not ref else "Write a message first."), message or None
         return
     messages = conversation(history, system, message)
     shown = [*history, {"role": "user", "content": message.strip()}, {"role": "assistant", "content": ""}]
@@ -53,56 +56,69 @@ def reply(
         generation_threads(studio)
         for piece in stream_chat(model, tok, messages, SamplingConfig(**sampling)):
             shown[-1]["content"] += piece
-            yield shown, "Writing..."
+            yield shown, "Writing...", None
     except LLMError as e:
-        yield history, f"⚠ {e}"
+        yield history, f"⚠ {e} Your message is back in the box.", message
         return
-    yield shown, f"Answered by {studio.model_label(ref)}."
+    yield shown, f"Answered by {studio.model_label(ref)}.", None
 
 
-def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
-    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    defaults = SamplingConfig()
-    with gr.Tab("5 · Chat", id="chat") as tab:
-        with gr.Row():
-            model = dropdown(label="Model", scale=4, elem_id="chat-model")
-            refresh = gr.Button("↻ Refresh list", scale=0, min_width=140, size="sm", elem_classes="inline-button")
-        system = gr.Textbox(label="System prompt (optional)", lines=1, elem_id="chat-system")
-        chatbot = gr.Chatbot(height=420, label="Conversation", elem_id="chat-log", render_markdown=False)
-        with gr.Row():
-            message = gr.Textbox(label="Message", placeholder="Say something...", scale=5, elem_id="chat-message")
-            send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
-        with gr.Accordion("Sampling", open=False):
-            with gr.Row():
-                temperature = gr.Slider(0, 1.5, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)")
-                top_p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="Top-p")
-                max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens")
-                seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
-        with gr.Row():
-            clear = gr.Button("New conversation", size="sm")
-            status = gr.Markdown(elem_id="chat-status")
-        asked = gr.State("")  # the message being answered (inside the tab: a State directly in Tabs breaks them)
+def sampling(temp: float, p: float, tokens: float, seed_value: float) -> dict[str, Any]:
+    """The sampling sliders' values as SamplingConfig fields."""
+    return {"temperature": float(temp), "top_p": float(p), "max_new_tokens": int(tokens), "seed": int(seed_value or 0)}
 
-    def choices():
-        options = studio.model_choices()
-        runs = [ref for _, ref in options if ref.startswith("run:")]
-        return gr.Dropdown(choices=options, value=(runs or [ref for _, ref in options] or [None])[0])
 
-    def sampling(temp: float, p: float, tokens: float, seed_value: float) -> dict[str, Any]:
-        return {
-            "temperature": float(temp),
-            "top_p": float(p),
-            "max_new_tokens": int(tokens),
-            "seed": int(seed_value or 0),
-        }
+def model_choices(studio: Studio) -> gr.Dropdown:
+    """Every model; the newest finished run chosen (else the first model)."""
+    options = studio.model_choices()
+    return gr.Dropdown(choices=options, value=finished_run(studio, options) or next((r for _, r in options), None))
 
+
+def layout(ui: SimpleNamespace) -> None:
+    with gr.Row():
+        ui.model = dropdown(label="Model", scale=4, elem_id="chat-model")
+        ui.refresh = gr.Button("↻ Refresh list", scale=0, min_width=140, size="sm", elem_classes="inline-button")
+    ui.system = gr.Textbox(label="System prompt (optional)", lines=1, elem_id="chat-system")
+    ui.chatbot = gr.Chatbot(height=420, label="Conversation", elem_id="chat-log", render_markdown=False)
+    with gr.Row():
+        ui.message = gr.Textbox(label="Message", placeholder="Say something...", scale=5, elem_id="chat-message")
+        ui.send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
+    with gr.Accordion("Sampling", open=False):
+        ui.temperature, ui.top_p, ui.max_new, ui.seed = sampling_sliders(SamplingConfig().temperature)
+    with gr.Row():
+        ui.clear = gr.Button("New conversation", size="sm")
+        ui.status = gr.Markdown(elem_id="chat-status")
+    ui.asked = gr.State("")  # the message being answered (inside the tab: a State directly in Tabs breaks them)
+
+
+def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     def take(text: str) -> tuple[str, str]:
         """The typed message moves out of the box at once, so typing the next one while this answer streams
         is never overwritten."""
         return "", text
 
     def respond(ref, system_text, history, text, temp, p, tokens, seed_value):
-        yield from reply(studio, ref, system_text, history, text, sampling(temp, p, tokens, seed_value))
+        for shown, note, unsent in reply(
+            studio, ref, system_text, history, text, sampling(temp, p, tokens, seed_value)
+        ):
+            yield {ui.chatbot: shown, ui.status: note} | ({ui.message: unsent} if unsent else {})
+
+    for event in (tab.select, ui.refresh.click):
+        event(lambda: model_choices(studio), None, ui.model, **LIGHT)
+    asked = [ui.model, ui.system, ui.chatbot, ui.asked, ui.temperature, ui.top_p, ui.max_new, ui.seed]
+    for trigger in (ui.send.click, ui.message.submit):
+        trigger(take, ui.message, [ui.message, ui.asked], **LIGHT).then(
+            respond, asked, [ui.chatbot, ui.status, ui.message], api_visibility="private"
+        )
+    ui.clear.click(lambda: ([], ""), None, [ui.chatbot, ui.status], **LIGHT)
+
+
+def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
+    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
+    ui = SimpleNamespace()
+    with gr.Tab("5 · Chat", id="chat") as tab:
+        layout(ui)
+    wire(studio, tab, ui)
 
     def api_chat(
         ref: str,
@@ -115,15 +131,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         seed_value: int = 0,
     ) -> dict[str, Any]:
         """The conversation (history: [{"role", "content"}]) with the model's answer to text added, and a status."""
-        *_, (shown, note) = reply(studio, ref, system_text, history, text, sampling(temp, p, tokens, seed_value))
+        *_, (shown, note, _) = reply(studio, ref, system_text, history, text, sampling(temp, p, tokens, seed_value))
         return {"history": shown, "status": note}
 
-    for event in (tab.select, refresh.click):
-        event(choices, None, model, **LIGHT)
-    for trigger in (send.click, message.submit):
-        trigger(take, message, [message, asked], **LIGHT).then(
-            respond, [model, system, chatbot, asked, temperature, top_p, max_new, seed], [chatbot, status],
-            api_visibility="private",
-        )  # fmt: skip
-    clear.click(lambda: ([], ""), None, [chatbot, status], **LIGHT)
     return {"chat": api_chat}

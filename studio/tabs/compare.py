@@ -6,6 +6,7 @@ import difflib
 import html
 import os
 import re
+import threading
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -15,9 +16,9 @@ import gradio as gr
 from llm.config import SamplingConfig
 from llm.errors import LLMError
 from studio.context import Studio, spreadsheet_safe
-from studio.jobs import CHILD_THREADS
+from studio.jobs import CHILD_THREADS, field_label
 from studio.store import LAUNCHED_STATES, new_id
-from studio.tabs import LIGHT, bound, dropdown
+from studio.tabs import LIGHT, bound, dropdown, finished_run, keyed, outputs
 from studio.votes import TIE
 
 MAX_MODELS = 4
@@ -90,19 +91,21 @@ def stream_answers(studio: Studio, refs: list[str], prompt: str, sampling: Any) 
         yield list(answers)
 
 
-def choices(studio: Studio) -> tuple:
-    """The models (the base and the newest run chosen), the datasets (the newest run's chosen) and the votes."""
+def choices(studio: Studio) -> dict[str, Any]:
+    """The models (the base and the newest finished run chosen), the datasets (the newest run's chosen) and the
+    votes."""
     model_list = studio.model_choices()
     refs = [v for _, v in model_list]
-    default = refs[:1] + [r for r in refs if r.startswith("run:")][:1]  # the base and the newest run
+    run = finished_run(studio, model_list)
+    default = refs[:1] + [run] if run and refs[:1] != [run] else refs[:2]
     datasets = studio.dataset_choices()
     keys = [k for _, k in datasets]
     latest = (studio.store.runs() or [{}])[0].get("dataset_id")
-    return (
-        gr.Dropdown(choices=model_list, value=default if len(default) == 2 else refs[:2]),
-        gr.Dropdown(choices=datasets, value=latest if latest in keys else (keys[0] if keys else None)),
-        tally_text(studio),
-    )
+    return {
+        "models": gr.Dropdown(choices=model_list, value=default),
+        "batch_data": gr.Dropdown(choices=datasets, value=latest if latest in keys else (keys[0] if keys else None)),
+        "tally": tally_text(studio),
+    }
 
 
 def tally_text(studio: Studio) -> str:
@@ -126,47 +129,96 @@ def answer_boxes(labels: list[str], texts: list[str]) -> list:
     ]
 
 
-def compare(studio: Studio, refs: list[str], text: str, temp: float, p: float, tokens: float, seed_value: float):
-    """[*answers, diff, status, vote, last], streamed: every chosen model answers the prompt with the same
-    sampling settings and seed; then the word diff and the vote's choices."""
-    refs = list(refs or [])
-    if not 2 <= len(refs) <= MAX_MODELS or not (text or "").strip():
-        problem = "Choose 2 to 4 models." if not 2 <= len(refs) <= MAX_MODELS else "Write a prompt first."
-        yield *[gr.Textbox(visible=i < 2) for i in range(MAX_MODELS)], "", f"⚠ {problem}", gr.Radio(choices=[]), {}
-        return
-    labels = [studio.model_label(r) for r in refs]
+class Newest:
+    """The newest comparison each page (session) asked for. Asking again while one generates replaces it: the
+    older one stops at its next piece and shows nothing more, so answers never stand under another prompt."""
+
+    def __init__(self) -> None:
+        self.lock, self.by_page = threading.Lock(), {}
+
+    def begin(self, page: str) -> str:
+        token = new_id()
+        with self.lock:
+            self.by_page[page] = token
+        return token
+
+    def current(self, page: str, token: str) -> bool:
+        with self.lock:
+            return self.by_page.get(page) == token
+
+    def end(self, page: str, token: str) -> None:
+        with self.lock:
+            if self.by_page.get(page) == token:
+                del self.by_page[page]
+
+
+NEWEST = Newest()
+
+
+def asked_settings(refs: list[str], text: str, temp: float, p: float, tokens: float, seed_value: float):
+    """(the sampling settings as SamplingConfig fields, what is wrong with the question or '')."""
+    if not 2 <= len(refs) <= MAX_MODELS:
+        return {}, "Choose 2 to 4 models."
+    if not (text or "").strip():
+        return {}, "Write a prompt first."
     settings = {
         "temperature": float(temp),
         "top_p": float(p),
         "max_new_tokens": int(tokens),
         "seed": int(seed_value or 0),
     }
-    sampling = SamplingConfig(**settings)  # one config, so every model samples alike
-    yield *answer_boxes(labels, [""] * len(refs)), "", "Loading models...", gr.Radio(choices=[]), {}
+    try:
+        SamplingConfig(**settings)  # one config, so every model samples alike
+    except LLMError as e:
+        return {}, e.worded(field_label(e.field))
+    return settings, ""
+
+
+def compare(studio: Studio, refs: list[str], text: str, temp: float, p: float, tokens: float, seed_value: float,
+            request: gr.Request = None):  # fmt: skip
+    """{answers, diff, status, vote, last}, streamed: every chosen model answers the prompt with the same
+    sampling settings and seed; then the word diff and the vote's choices. Asking again from the same page
+    while this one generates replaces it (see Newest)."""
+    refs = list(refs or [])
+    settings, problem = asked_settings(refs, text, temp, p, tokens, seed_value)
+    cleared = {"diff": "", "vote": gr.Radio(choices=[], value=None), "last": {}}
+    if problem:
+        yield {"answers": [gr.Textbox(visible=i < 2) for i in range(MAX_MODELS)], "status": f"⚠ {problem}", **cleared}
+        return
+    page = getattr(request, "session_hash", None) or ""
+    token = NEWEST.begin(page)
+    labels = [studio.model_label(r) for r in refs]
+    quoted = html.escape(text.strip()[:80])
+    yield {"answers": answer_boxes(labels, [""] * len(refs)), "status": f"Loading models for «{quoted}»...", **cleared}
     try:
         threads = generation_threads(studio)
         texts = [""] * len(refs)
-        for texts in stream_answers(studio, refs, text, sampling):
-            yield *answer_boxes(labels, texts), "", "Generating...", gr.Radio(choices=[]), {}
+        for texts in stream_answers(studio, refs, text, SamplingConfig(**settings)):
+            if not NEWEST.current(page, token):
+                return  # a newer prompt from this page took over
+            note = f"Generating answers to «{quoted}» (a new prompt replaces them)..."
+            yield {"answers": answer_boxes(labels, texts), "status": note}
     except LLMError as e:  # a model went missing or is unreadable
-        yield *answer_boxes(labels, [""] * len(refs)), "", f"⚠ {e}", gr.Radio(choices=[]), {}
+        yield {"answers": answer_boxes(labels, [""] * len(refs)), "status": f"⚠ {e}"}
         return
-    result = {
-        "id": new_id(),  # the comparison: a second vote on it replaces the first
-        "prompt": text,
-        "models": refs,
-        "labels": labels,
-        "answers": texts,
-        "settings": settings,
-    }
+    finally:
+        NEWEST.end(page, token)
+    result = {"id": new_id(), "prompt": text, "models": refs, "labels": labels, "answers": texts, "settings": settings}
     vote_choices = [(label, ref) for label, ref in zip(labels, refs, strict=True)] + [("Tie / both bad", TIE)]
     device = next(studio.load(refs[0])[0].parameters()).device
     where = f"{threads} CPU threads" if device.type == "cpu" else device.type
-    note = f"Done: same prompt, seed {settings['seed']} and settings for every model ({where})."
-    yield *answer_boxes(labels, texts), diff_panel(labels, texts), note, gr.Radio(vote_choices, value=None), result
+    yield {
+        "answers": answer_boxes(labels, texts),
+        "diff": diff_panel(labels, texts),
+        "status": f"Done: answers to «{quoted}», with the same seed ({settings['seed']}) and settings for every "
+        f"model ({where}).",
+        "vote": gr.Radio(vote_choices, value=None),
+        "last": result,
+    }
 
 
 def record_vote(studio: Studio, result: dict, winner: str | None) -> str:
+    """Record the vote on the answers shown (result: the comparison they came from, with its prompt)."""
     if not result:
         return "⚠ Generate answers first, then vote."
     if winner not in result["models"] + [TIE]:
@@ -174,7 +226,7 @@ def record_vote(studio: Studio, result: dict, winner: str | None) -> str:
     studio.store.add_vote(
         result["prompt"], result["models"], result["answers"], result["settings"], winner, result["id"]
     )
-    return "Vote saved. " + tally_text(studio)
+    return f"Vote saved for «{html.escape(result['prompt'].strip()[:80])}». " + tally_text(studio)
 
 
 def batch(
@@ -221,6 +273,17 @@ def batch(
     return note, totals.round(3), shown, gr.File(value=str(path), visible=True)
 
 
+def sampling_sliders(temperature: float) -> tuple[gr.Slider, gr.Slider, gr.Slider, gr.Number]:
+    """Temperature, top-p, max new tokens and seed in one row (Compare's and Chat's sampling settings)."""
+    with gr.Row():
+        return (
+            gr.Slider(0, 1.5, value=temperature, step=0.05, label="Temperature (0 = greedy)"),
+            gr.Slider(0.05, 1, value=SamplingConfig().top_p, step=0.05, label="Top-p"),
+            gr.Slider(8, 512, value=128, step=8, label="Max new tokens"),
+            gr.Number(value=0, precision=0, label="Seed"),
+        )
+
+
 def layout_question(ui: SimpleNamespace) -> None:
     """The models, the prompt, the sampling settings, the answers side by side, their diff and the vote."""
     with gr.Row():
@@ -236,13 +299,9 @@ def layout_question(ui: SimpleNamespace) -> None:
         placeholder="Ask something... (Enter: generate, Shift+Enter: a new line)",
         elem_id="compare-prompt",
     )
-    with gr.Row():
-        ui.temperature = gr.Slider(0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-        ui.top_p = gr.Slider(0.05, 1, value=SamplingConfig().top_p, step=0.05, label="Top-p")
-        ui.max_new = gr.Slider(8, 512, value=128, step=8, label="Max new tokens")
-        ui.seed = gr.Number(value=0, precision=0, label="Seed", minimum=0)
+    ui.temperature, ui.top_p, ui.max_new, ui.seed = sampling_sliders(0.0)
     ui.go = gr.Button("Generate side by side", variant="primary", elem_id="compare-go")
-    ui.status = gr.Markdown()
+    ui.status = gr.Markdown(elem_id="compare-status")
     with gr.Row(equal_height=True):
         ui.answers = [
             gr.Textbox(
@@ -254,15 +313,16 @@ def layout_question(ui: SimpleNamespace) -> None:
                 visible=i < 2,
                 autoscroll=False,  # an answer is read from its first words
                 elem_classes="answer",
+                elem_id=f"compare-answer-{i}",
             )
             for i in range(MAX_MODELS)
         ]
-    ui.diff = gr.HTML(elem_classes="diff")
+    ui.diff = gr.HTML(elem_classes="diff", elem_id="compare-diff")
     ui.last = gr.State({})
     with gr.Row():
         ui.vote = gr.Radio(label="Which answer is better?", choices=[], scale=4, elem_id="compare-vote")
         ui.save_vote = gr.Button("Save vote", scale=0, min_width=140, elem_classes="inline-button")
-    ui.tally = gr.Markdown()
+    ui.tally = gr.Markdown(elem_id="compare-tally")
 
 
 def layout_batch(ui: SimpleNamespace) -> None:
@@ -283,16 +343,18 @@ def layout_batch(ui: SimpleNamespace) -> None:
 
 
 def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
-    outputs = [ui.models, ui.batch_data, ui.tally]
-    fill = bound(choices, studio)
-    tab.select(fill, outputs=outputs, **LIGHT)  # when shown: a page that never shows the tab costs nothing
-    ui.refresh.click(fill, outputs=outputs, api_visibility="private")
+    fill = keyed(choices, studio, ui)
+    filled = outputs(ui, "models", "batch_data", "tally")
+    tab.select(fill, outputs=filled, **LIGHT)  # when shown: a page that never shows the tab costs nothing
+    ui.refresh.click(fill, outputs=filled, api_visibility="private")
     asked = [ui.models, ui.prompt, ui.temperature, ui.top_p, ui.max_new, ui.seed]
-    answered = [*ui.answers, ui.diff, ui.status, ui.vote, ui.last]
+    answered = outputs(ui, "answers", "diff", "status", "vote", "last")
     # One function for the button and Enter: Gradio queues by function, so both share one concurrency limit.
-    ask = bound(compare, studio)
-    ui.go.click(ask, asked, answered, api_name="compare")
-    ui.prompt.submit(ask, asked, answered, api_visibility="private")
+    # Each press is sent ("multiple": Gradio's default drops a press while the last one runs, silently); the
+    # newest replaces an older one still generating (see Newest).
+    ask = keyed(compare, studio, ui)
+    ui.go.click(ask, asked, answered, api_name="compare", trigger_mode="multiple")
+    ui.prompt.submit(ask, asked, answered, api_visibility="private", trigger_mode="multiple")
     ui.save_vote.click(bound(record_vote, studio), [ui.last, ui.vote], ui.tally, api_name="vote")
     ui.batch_go.click(
         bound(batch, studio),

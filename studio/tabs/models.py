@@ -18,14 +18,16 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from llm.config import DEFAULT_BASE_MODEL
 from llm.errors import LLMError
 from llm.run import Metrics, RunDir, read_info, run_of
-from studio.context import Studio, dir_size, human_size, is_model_dir
+from studio.context import Studio, StudioError, dir_size, human_size, is_model_dir
 from studio.jobs import field_label
-from studio.store import ACTIVE_STATES, new_id
-from studio.tabs import LIGHT, dropdown, loss_chart, loss_frame, loss_plot
+from studio.store import new_id
+from studio.tabs import LIGHT, dropdown, keyed, loss_chart, loss_frame, loss_plot, outputs
 
 TABLE_COLUMNS = ["name", "kind", "status", "base", "dataset", "steps", "best val loss", "size", "created"]
+CELL_CHARS = 60  # a cell of the Compare-runs settings table, at most (a long probe list ran off the page)
 
 
 def _when(t: float | None) -> str:
@@ -68,7 +70,8 @@ def model_rows(studio: Studio) -> list[dict[str, Any]]:
                 "steps": info.get("step"),
                 "best val loss": round(info["best_val_loss"], 4) if info.get("best_val_loss") else None,
                 "size": human_size(dir_size(path)),
-                "created": _when(m["created"]),
+                # The store's time is when this studio first saw the model, not when it was made.
+                "created": "shipped" if path == DEFAULT_BASE_MODEL else f"added {_when(m['created'])}",
             }
         )
     labels = dict((ref, label) for label, ref in studio.model_choices())
@@ -123,7 +126,7 @@ def run_settings(config: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]
     return {k: v for k, v in values.items() if v}
 
 
-def details(studio: Studio, ref: str) -> tuple[str, pd.DataFrame]:
+def details(studio: Studio, ref: str) -> tuple[str, str]:
     """Markdown with what made the model and how it did, and its loss curve."""
     kind, _, key = ref.partition(":")
     if kind == "base":
@@ -202,6 +205,18 @@ def dates_line(run: dict[str, Any]) -> str:
     return f"- started: {_when(run['started'])}, ended: {_when(run['finished']) or '—'}"
 
 
+def setting_cell(name: str, chosen: Any, effective: dict[str, Any]) -> str:
+    """One cell of the Compare-runs settings table: the value the trainer used where the checkpoint records it
+    (a batch size of 0 means "from the context" until then), cut to fit a column."""
+    value = effective.get(name, chosen)
+    if name == "batch_size" and not value:
+        value = "auto (from the context)"
+    elif name == "probes":
+        value = " · ".join(value or []) or "none"
+    text = "default" if value is None else str(value)
+    return text if len(text) <= CELL_CHARS else text[: CELL_CHARS - 1] + "…"
+
+
 def compare_runs(studio: Studio, refs: list[str] | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The loss curves of several runs on one chart (a color for each run's train and validation curves),
     and their settings side by side: one row a setting, one column a run."""
@@ -212,11 +227,14 @@ def compare_runs(studio: Studio, refs: list[str] | None) -> tuple[pd.DataFrame, 
         run = studio.store.run(ref.partition(":")[2].partition("/")[0])
         if run is None:
             continue
-        curves.append(loss_frame(RunDir(studio.store.abs(run["dir"])).read_metrics(), run["name"]))
+        run_dir = RunDir(studio.store.abs(run["dir"]))
+        curves.append(loss_frame(run_dir.read_metrics(), run["name"]))
+        info = run_dir.info()
+        effective = {**run["config"], **info.get("finetune", {}), **info.get("train_config", {})}
         dataset = studio.store.dataset(run["dataset_id"])
         column = {"dataset": dataset["name"] if dataset else "(deleted)", "status": run["status"]}
-        column |= {name: run["config"].get(name) for name in FORM_FIELDS}
-        columns[run["name"]] = {k: "default" if v is None else str(v) for k, v in column.items()}
+        column |= {name: setting_cell(name, run["config"].get(name), effective) for name in FORM_FIELDS}
+        columns[run["name"]] = column
     frame = pd.concat(curves, ignore_index=True) if curves else loss_frame(Metrics())
     table = pd.DataFrame(columns).rename_axis("setting").reset_index() if columns else pd.DataFrame(columns=["setting"])
     return frame, table
@@ -240,139 +258,166 @@ def layout(ui: SimpleNamespace) -> None:
         ui.download_hf = gr.Button(
             "Hugging Face folder (zip)", scale=1, elem_classes="inline-button", elem_id="models-download-hf"
         )
-        ui.delete = gr.Button("Delete…", variant="stop", scale=1, elem_classes="inline-button")
-    with gr.Row(visible=False) as ui.confirm_row:
-        ui.confirm_text = gr.Markdown()
-        ui.confirm = gr.Button("Yes, delete it", variant="stop", scale=0)
+        ui.delete = gr.Button("Delete…", variant="stop", scale=1, elem_classes="inline-button", elem_id="models-delete")
+    with gr.Row(visible=False, elem_id="models-confirm") as ui.confirm_row:
+        ui.confirm_text = gr.Markdown(elem_id="models-confirm-text")
+        ui.confirm = gr.Button("Yes, delete it", variant="stop", scale=0, elem_id="models-confirm-delete")
         ui.cancel = gr.Button("Cancel", scale=0)
     ui.status = gr.Markdown(elem_id="models-status")
-    ui.zip_file = gr.File(label="Zip", interactive=False, visible=False)
+    ui.zip_file = gr.File(label="Zip", interactive=False, visible=False, elem_id="models-zip")
     ui.seen = gr.State(None)  # the signature of what listing() last drew
     ui.doomed = gr.State(None)  # the ref that the open "Yes, delete it" box names
     with gr.Accordion("Compare runs: loss curves on one chart, settings side by side", open=False):
         ui.compare_pick = dropdown(label="Runs", multiselect=True, elem_id="models-compare-pick")
         ui.compare_curve = gr.HTML(elem_classes="chart-box", elem_id="models-compare-loss")
-        ui.compare_table = gr.Dataframe(interactive=False, wrap=True, elem_id="models-compare-table")
-
-
-class Handlers:
-    """The tab's event handlers over one studio."""
-
-    def __init__(self, studio: Studio):
-        self.studio = studio
-
-    def listing(self, selected: str | None = None, compared: list[str] | None = None, seen: Any = None):
-        """The table, the choices (the selected model kept, else the newest run), its details, the runs
-        offered for comparison, and what was drawn: showing the tab again sends nothing when none of it
-        changed (drawing the table and a chart is most of a tab switch's cost in the browser)."""
-        rows = model_rows(self.studio)
-        refs = [r["ref"] for r in rows]
-        runs = [ref for ref in refs if ref.startswith("run:")]
-        value = selected if selected in refs else (runs or refs or [None])[0]
-        kept = [ref for ref in compared or [] if ref in runs]
-        run = self.studio.store.run(value.partition(":")[2].partition("/")[0]) if value in runs else None
-        signature = (json.dumps(rows, default=str), value, kept, self.studio.jobs.file_times(run) if run else ())
-        if signature == seen and value == selected:
-            return (*[gr.skip()] * 6, seen)
-        frame = pd.DataFrame([{k: r[k] for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
-        choices = [(f"{r['name']} — {r['kind']}", r["ref"]) for r in rows]
-        run_choices = [(r["name"], r["ref"]) for r in rows if r["ref"] in runs]
-        return (
-            frame,
-            gr.Dropdown(choices=choices, value=value),
-            *self.show(value),
-            gr.Dropdown(choices=run_choices, value=kept),
-            signature,
+        ui.compare_table = gr.Dataframe(
+            interactive=False, wrap=True, elem_id="models-compare-table", elem_classes="settings-table"
         )
 
-    def compare(self, refs: list[str] | None) -> tuple[str, pd.DataFrame]:
-        frame, table = compare_runs(self.studio, refs)
-        chart = loss_chart(frame, "Loss of each run (train and validation)")
-        return chart if refs else "", table
 
-    def show(self, ref: str | None):
-        if not ref:
-            return "", loss_chart(loss_frame(Metrics())), ""
-        text, frame = details(self.studio, ref)
-        return text, frame, self.studio.model_label(ref)
-
-    def rename(self, ref: str | None, name: str):
-        try:
-            name = self.studio.rename(ref or "", name)
-        except LLMError as e:
-            return f"⚠ {e.worded(field_label(e.field))}", *self.listing(ref)
-        return f"Renamed to **{html.escape(name)}**.", *self.listing(ref)
-
-    def deletable(self, ref: str | None) -> tuple[dict | None, str]:
-        """(the run a ref names, '') if it may be deleted, else (None, why not)."""
-        kind, _, key = (ref or "").partition(":")
-        if not ref:
-            return None, "⚠ Pick a model first."
-        if kind == "base":
-            return None, "The base model cannot be deleted from the studio."
-        run = self.studio.store.run(key.partition("/")[0])
-        if run is None:
-            return None, "That run no longer exists."
-        if run["status"] in ACTIVE_STATES:
-            return None, f"⚠ {html.escape(run['name'])} is {run['status']}: stop it first."
-        return run, ""
-
-    def ask_delete(self, ref: str | None):
-        """The box that asks to confirm, and the ref it names (None when nothing may be deleted)."""
-        run, why = self.deletable(ref)
-        if run is None:
-            return gr.Row(visible=False), "", why, None
-        size = human_size(dir_size(self.studio.store.abs(run["dir"])))
-        return (
-            gr.Row(visible=True),
-            f"Delete **{html.escape(run['name'])}** and its {size} of checkpoints? This cannot be undone.",
-            "",
-            ref,
-        )
-
-    def delete(self, ref: str | None, doomed: str | None = None):
-        """Delete the run ref names. doomed: the ref the confirmation box named (the page sends it; None
-        from the API): the pick may have changed since, and then nothing is deleted."""
-        if doomed is not None and doomed != ref:
-            changed = "⚠ The pick changed after Delete… was pressed: nothing was deleted."
-            return gr.Row(visible=False), changed, *[gr.skip()] * 7
-        run, why = self.deletable(ref)
-        if run is None:
-            return gr.Row(visible=False), why, *self.listing(ref)
-        self.studio.delete_run(run["id"])
-        return gr.Row(visible=False), f"Deleted {html.escape(run['name'])}.", *self.listing()
-
-    def download(self, ref: str | None, hugging_face: bool = False):
-        if not ref:
-            return gr.File(visible=False), "⚠ Pick a model first."
-        try:
-            path = export_zip(self.studio, ref, hugging_face)
-        except LLMError as e:
-            return gr.File(visible=False), f"⚠ {e}"
-        return gr.File(value=str(path), visible=True), f"Zip ready: {path.name} ({human_size(path.stat().st_size)})."
-
-    def download_hf(self, ref: str | None):
-        """The model as a Hugging Face folder (zip): transformers loads it; llama.cpp converts it to GGUF."""
-        return self.download(ref, hugging_face=True)
+SHOWN = ("table", "pick", "about", "curve", "new_name", "compare_pick", "seen")  # what listing() draws
 
 
-def wire(tab: gr.Tab, ui: SimpleNamespace, h: Handlers) -> None:
-    shown = [ui.table, ui.pick, ui.about, ui.curve, ui.new_name, ui.compare_pick, ui.seen]
+def listing(studio: Studio, selected: str | None = None, compared: list[str] | None = None, seen: Any = None):
+    """{SHOWN}: the table, the choices (the selected model kept, else the newest run), its details, the runs
+    offered for comparison, and what was drawn: showing the tab again sends nothing when none of it changed
+    (drawing the table and a chart is most of a tab switch's cost in the browser)."""
+    rows = model_rows(studio)
+    refs = [r["ref"] for r in rows]
+    runs = [ref for ref in refs if ref.startswith("run:")]
+    value = selected if selected in refs else (runs or refs or [None])[0]
+    kept = [ref for ref in compared or [] if ref in runs]
+    run = studio.store.run(value.partition(":")[2].partition("/")[0]) if value in runs else None
+    signature = (json.dumps(rows, default=str), value, kept, studio.jobs.file_times(run) if run else ())
+    if signature == seen and value == selected:
+        return {}
+    frame = pd.DataFrame([{k: r[k] for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
+    return {
+        "table": frame,
+        "pick": gr.Dropdown(choices=[(f"{r['name']} — {r['kind']}", r["ref"]) for r in rows], value=value),
+        **show(studio, value),
+        "compare_pick": gr.Dropdown(choices=[(r["name"], r["ref"]) for r in rows if r["ref"] in runs], value=kept),
+        "seen": signature,
+    }
+
+
+def compare(studio: Studio, refs: list[str] | None):
+    """{compare_curve, compare_table}: the chosen runs' loss curves on one chart, their settings side by side."""
+    frame, table = compare_runs(studio, refs)
+    return {"compare_curve": loss_chart(frame, "Loss of each run (train and validation)") if refs else "",
+            "compare_table": table}  # fmt: skip
+
+
+def own_name(studio: Studio, ref: str) -> str:
+    """The name a base model or run has in the store (what "New name" starts from), '' if it is gone."""
+    kind, _, key = ref.partition(":")
+    row = studio.store.model(key) if kind == "base" else studio.store.run(key.partition("/")[0])
+    return row["name"] if row else ""
+
+
+def show(studio: Studio, ref: str | None):
+    """{about, curve, new_name}: what made the model, its loss curve, and its name to edit."""
+    if not ref:
+        return {"about": "", "curve": loss_chart(loss_frame(Metrics())), "new_name": ""}
+    text, chart = details(studio, ref)
+    return {"about": text, "curve": chart, "new_name": own_name(studio, ref)}
+
+
+def rename(studio: Studio, ref: str | None, name: str):
+    """{status, *SHOWN}: the model or run renamed (the name checked: unique, printable, short)."""
+    try:
+        name = studio.rename(ref or "", name)
+    except LLMError as e:
+        return {"status": f"⚠ {e.worded(field_label(e.field))}", **listing(studio, ref)}
+    return {"status": f"Renamed to **{html.escape(name)}**.", **listing(studio, ref)}
+
+
+def deletable(studio: Studio, ref: str | None) -> tuple[dict | None, str]:
+    """(the run a ref names, '') if it may be deleted, else (None, why not)."""
+    kind, _, key = (ref or "").partition(":")
+    if not ref:
+        return None, "⚠ Pick a model first."
+    if kind == "base":
+        return None, "The base model cannot be deleted from the studio."
+    run = studio.store.run(key.partition("/")[0])
+    if run is None:
+        return None, "That run no longer exists."
+    try:
+        studio.check_deletable(run)
+    except StudioError as e:
+        return None, f"⚠ {html.escape(str(e))}"
+    return run, ""
+
+
+def ask_delete(studio: Studio, ref: str | None):
+    """{confirm_row, confirm_text, status, doomed}: the box that asks to confirm, and the ref it names (None
+    when nothing may be deleted: then the status says why)."""
+    run, why = deletable(studio, ref)
+    if run is None:
+        return {"confirm_row": gr.Row(visible=False), "confirm_text": "", "status": why, "doomed": None}
+    size = human_size(dir_size(studio.store.abs(run["dir"])))
+    return {
+        "confirm_row": gr.Row(visible=True),
+        "confirm_text": f"Delete **{html.escape(run['name'])}** and its {size} of checkpoints? This cannot be undone.",
+        "status": "",
+        "doomed": ref,
+    }
+
+
+def delete(studio: Studio, ref: str | None, doomed: str | None = None):
+    """Delete the run ref names: {confirm_row, status, *SHOWN}. doomed: the ref the confirmation box named
+    (the page sends it; None from the API): the pick may have changed since, and then nothing is deleted."""
+    closed = gr.Row(visible=False)
+    if doomed is not None and doomed != ref:
+        return {"confirm_row": closed, "status": "⚠ The pick changed after Delete… was pressed: nothing was deleted."}
+    run, why = deletable(studio, ref)
+    if run is None:
+        return {"confirm_row": closed, "status": why, **listing(studio, ref)}
+    studio.delete_run(run["id"])
+    return {"confirm_row": closed, "status": f"Deleted {html.escape(run['name'])}.", **listing(studio)}
+
+
+def download(studio: Studio, ref: str | None, hugging_face: bool = False):
+    """{zip_file, status}: the model as a zip (a standalone folder: a LoRA adapter merged into its base)."""
+    if not ref:
+        return {"zip_file": gr.File(visible=False), "status": "⚠ Pick a model first."}
+    try:
+        path = export_zip(studio, ref, hugging_face)
+    except LLMError as e:
+        return {"zip_file": gr.File(visible=False), "status": f"⚠ {e}"}
+    note = f"Zip ready: {path.name} ({human_size(path.stat().st_size)})."
+    return {"zip_file": gr.File(value=str(path), visible=True), "status": note}
+
+
+def download_hf(studio: Studio, ref: str | None):
+    """The model as a Hugging Face folder (zip): transformers loads it; llama.cpp converts it to GGUF."""
+    return download(studio, ref, hugging_face=True)
+
+
+def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
+    shown = outputs(ui, *SHOWN)
     # Filled when shown (a page opens on the first tab): opening a page costs no listing of every run.
     for event in (tab.select, ui.refresh.click):
-        event(h.listing, [ui.pick, ui.compare_pick, ui.seen], shown, **LIGHT)
+        event(keyed(listing, studio, ui), [ui.pick, ui.compare_pick, ui.seen], shown, **LIGHT)
     # .input: every handler that sets the pick (listing, rename, delete) draws its details itself.
-    ui.pick.input(h.show, ui.pick, [ui.about, ui.curve, ui.new_name], **LIGHT)
-    ui.compare_pick.change(h.compare, ui.compare_pick, [ui.compare_curve, ui.compare_table], **LIGHT)
-    ui.rename.click(h.rename, [ui.pick, ui.new_name], [ui.status, *shown], api_name="rename", concurrency_limit=None)
-    ui.delete.click(h.ask_delete, ui.pick, [ui.confirm_row, ui.confirm_text, ui.status, ui.doomed], **LIGHT)
+    ui.pick.input(keyed(show, studio, ui), ui.pick, outputs(ui, "about", "curve", "new_name"), **LIGHT)
+    compared = outputs(ui, "compare_curve", "compare_table")
+    ui.compare_pick.change(keyed(compare, studio, ui), ui.compare_pick, compared, **LIGHT)
+    renamed = [ui.status, *shown]
+    ui.rename.click(
+        keyed(rename, studio, ui), [ui.pick, ui.new_name], renamed, api_name="rename", concurrency_limit=None
+    )
+    asked = outputs(ui, "confirm_row", "confirm_text", "status", "doomed")
+    ui.delete.click(keyed(ask_delete, studio, ui), ui.pick, asked, **LIGHT)
     # The box names one run: the user's new pick closes it (.input: a listing that sets the pick sends no
     # event), and delete() checks the pick against it whatever set the pick.
     for event in (ui.cancel.click, ui.pick.input):
         event(lambda: (gr.Row(visible=False), None), None, [ui.confirm_row, ui.doomed], **LIGHT)
-    ui.confirm.click(h.delete, [ui.pick, ui.doomed], [ui.confirm_row, ui.status, *shown], api_name="delete")
-    ui.download.click(h.download, ui.pick, [ui.zip_file, ui.status], api_name="download")
-    ui.download_hf.click(h.download_hf, ui.pick, [ui.zip_file, ui.status], api_name="download_hf")
+    deleted = [ui.confirm_row, ui.status, *shown]
+    ui.confirm.click(keyed(delete, studio, ui), [ui.pick, ui.doomed], deleted, api_name="delete")
+    zipped = outputs(ui, "zip_file", "status")
+    ui.download.click(keyed(download, studio, ui), ui.pick, zipped, api_name="download")
+    ui.download_hf.click(keyed(download_hf, studio, ui), ui.pick, zipped, api_name="download_hf")
 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
@@ -380,7 +425,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     ui = SimpleNamespace()
     with gr.Tab("7 · Models", id="models") as tab:
         layout(ui)
-    wire(tab, ui, Handlers(studio))
+    wire(studio, tab, ui)
 
     def api_models() -> list[dict[str, Any]]:
         """Every model and run as plain records (the ref names it in other calls)."""

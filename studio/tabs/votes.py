@@ -14,7 +14,7 @@ from llm.config import PreferConfig
 from llm.errors import LLMError
 from studio.context import Studio, plural
 from studio.jobs import field_label
-from studio.tabs import LIGHT, dropdown
+from studio.tabs import LIGHT, dropdown, finished_run
 from studio.votes import MIN_PAIRS, TIE, export_votes, preference_pairs
 
 VOTE_COLUMNS = ["when", "prompt", "models", "better", "answers", "seed"]
@@ -60,9 +60,9 @@ def tune_on_votes(studio: Studio, base_ref: str | None, max_steps: float, name: 
     votes = studio.store.votes()
     if not base_ref:
         return "⚠ Choose the model to tune.", None
-    exported = export_votes(votes, studio.workspace / "exports")
-    if exported.n_pairs == 0:
+    if not preference_pairs(votes)[0]:  # checked before anything is written
         return "⚠ No preference pairs yet: vote in Compare (a tie gives none).", None
+    exported = export_votes(votes, studio.workspace / "exports")
     try:
         probes = list(dict.fromkeys(v["prompt"] for v in votes))[:PROBES]
         cfg = PreferConfig(
@@ -102,12 +102,14 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
 
     def show():
         choices = studio.model_choices()
-        runs = [ref for _, ref in choices if ref.startswith("run:")]
-        default = (runs or [ref for _, ref in choices] or [None])[0]
+        default = finished_run(studio, choices) or next((ref for _, ref in choices), None)
         return summary(studio), vote_rows(studio), gr.Dropdown(choices=choices, value=default)
 
     def do_export():
-        exported = export_votes(studio.store.votes(), studio.workspace / "exports")
+        try:
+            exported = export_votes(studio.store.votes(), studio.workspace / "exports")
+        except LLMError as e:
+            return gr.File(visible=False), f"⚠ {e}"
         paths = [str(p) for p in (exported.pairs, exported.conversations, exported.ties)]
         note = f"Exported {plural(exported.n_pairs, 'pair')} and {plural(exported.n_ties, 'tie')}."
         return gr.File(value=paths, visible=True), note
@@ -116,8 +118,11 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         return tune_on_votes(studio, base_ref, steps, run_name)[0]
 
     def api_export_votes() -> dict[str, Any]:
-        """Write the votes as preference pairs; the files' paths and counts."""
-        exported = export_votes(studio.store.votes(), studio.workspace / "exports")
+        """Write the votes as preference pairs; the files' paths and counts (an error when there is no vote)."""
+        try:
+            exported = export_votes(studio.store.votes(), studio.workspace / "exports")
+        except LLMError as e:
+            raise gr.Error(str(e)) from None
         return {k: str(v) if hasattr(v, "name") else v for k, v in vars(exported).items()}
 
     def api_votes() -> list[dict[str, Any]]:
