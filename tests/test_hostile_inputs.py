@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, make_stories
 
 from llm import device
 from llm.config import ConfigError, ModelConfig, TrainConfig, preset
@@ -107,6 +107,23 @@ BAD_FILES = [
     ("blank.csv", "question,answer\n ,small\nbig, \n", r"no usable rows.*row 1, column 'question'"),
     ("role.jsonl", jsonl({"messages": [{"role": "robot", "content": "x"}]}), r"row 1, column 'messages': unknown role"),
     ("notes.txt", PAIRS, r"notes.txt: unsupported file type '.txt'"),
+    # Issue 23: a hostile-input run found these read wrongly or worded unclearly.
+    (
+        "extra-first.csv",  # pandas read the first column as an index: question 'two', answer 'EXTRA'
+        "question,answer\none,two,EXTRA\n" + "".join(f"q{i},a{i}\n" for i in range(20)),
+        r"extra-first.csv, line 2: 3 cells where the header has 2",
+    ),
+    ("nan.json", '[{"question": NaN, "answer": "b"}]', r"nan.json, row 1, column 'question': NaN is not a JSON value"),
+    (
+        "inf.jsonl",
+        '{"question": "a", "answer": "b"}\n{"question": "a", "answer": [-Infinity]}\n',
+        r"inf.jsonl, line 2, column 'answer': -Infinity is not a JSON value",
+    ),  # fmt: skip
+    (
+        "wide.csv",  # said "field larger than field limit (131072)", naming no place
+        ",".join(f"c{i}" for i in range(50_000)) + "\n" + ",".join("x" * 50_000) + "\n",
+        r"wide.csv, header: 50,000 columns; a task file holds a few",
+    ),
 ]
 
 
@@ -163,6 +180,41 @@ def test_a_task_file_too_deep_for_the_cli_exits_2_without_a_traceback(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and "deep.json, line 1, column" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_huge_cell_drops_its_row_before_it_is_tokenized(tmp_path, tok):
+    from llm.data.tasks import MAX_CELL_CHARS
+
+    path = tmp_path / "huge.csv"
+    path.write_text(f'question,answer\n"{"word " * (MAX_CELL_CHARS // 5 + 1)}",short\nUp?,down\n')
+    data = read_task_file(path)
+    assert [e.row for e in data.examples] == [2]
+    ((row, column, reason, detail),) = [(p.row, p.column, p.reason, p.detail) for p in data.problems]
+    assert (row, column, reason) == (1, "question", "too long") and f"at most {MAX_CELL_CHARS:,}" in detail
+    assert len(encode_examples(data, tok, 64).items) == 1, "only the good row is encoded"
+
+
+def test_a_link_to_a_device_is_named_not_a_regular_file(tmp_path):
+    from llm.data.text import expand_inputs
+
+    for name in ("zero.csv", "zero.txt"):
+        (tmp_path / name).symlink_to("/dev/zero")
+    with pytest.raises(TaskFileError, match=r"zero.csv: not a regular file"):
+        read_task_file(tmp_path / "zero.csv")
+    with pytest.raises(InputError, match=r"zero.txt: not a regular file"):
+        expand_inputs([str(tmp_path / "zero.txt")])
+
+
+def test_a_tokenizer_trains_on_a_text_saved_as_one_long_line(tmp_path):
+    """SentencePiece skips a line longer than it reads (64 KiB): a book without line breaks left it nothing,
+    and it failed with 'INTERNAL: ... [!sentences_.empty()]', naming no file."""
+    from llm.data.tokenizer import train_tokenizer
+
+    path = tmp_path / "one-line.txt"
+    path.write_text(" ".join(make_stories(2000)))  # about 250 KB, no line break
+    assert path.stat().st_size > 2**16
+    tok = train_tokenizer([path], tmp_path / "tok", vocab_size=400)
+    assert tok.decode(tok.encode("Once upon a time, Tom had a cat.")) == "Once upon a time, Tom had a cat."
 
 
 # ----------------------------------------------------------------------------------------------------------

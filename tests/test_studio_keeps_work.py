@@ -63,3 +63,38 @@ def test_a_second_prompt_replaces_the_first_and_a_vote_records_the_prompt_of_its
     assert vote["prompt"] == "second prompt" and vote["answers"] == shown["answers"]
     other_page = list(compare(studio, refs, "a third", 0, 1, 4, 0, SimpleNamespace(session_hash="page-2")))
     assert other_page[-1]["last"]["prompt"] == "a third", "another page's question replaces nothing here"
+
+
+GUTENBERG_BOOK = """\ufeffThe Project Gutenberg eBook of Oz, by L. Frank Baum\r
+\r
+This eBook is for the use of anyone anywhere in the United States and most other parts of the world at no\r
+cost and with almost no restrictions whatsoever.\r
+\r
+*** START OF THE PROJECT GUTENBERG EBOOK OZ ***\r
+\r
+Chapter 1\r
+\r
+Dorothy lived in the midst of the great Kansas prairies.\r
+\r
+End of Project Gutenberg's Oz, by L. Frank Baum\r
+\r
+*** END OF THE PROJECT GUTENBERG EBOOK OZ ***\r
+\r
+Section 1. General Terms of Use and Redistributing Project Gutenberg-tm electronic works\r
+"""
+
+
+def test_a_project_gutenberg_book_is_kept_without_its_licence_and_the_status_says_so(studio, tmp_path):
+    from studio.texts import store_text
+
+    path = tmp_path / "oz.txt"
+    path.write_bytes(GUTENBERG_BOOK.encode())
+    info = store_text(studio, path, "oz.txt")
+    kept = info.path.read_text()
+    assert kept == "Chapter 1\n\nDorothy lived in the midst of the great Kansas prairies.\n"
+    removed = len(GUTENBERG_BOOK.lstrip("\ufeff").replace("\r\n", "\n")) - len(kept)
+    assert f"Project Gutenberg book: its header, licence and footer ({removed:,} characters)" in info.describe()
+    plain = tmp_path / "mine.txt"
+    plain.write_text("My own words.\n\nMore of them.\n")
+    mine = store_text(studio, plain, "mine.txt")
+    assert mine.path.read_bytes() == plain.read_bytes() and "Gutenberg" not in mine.describe()

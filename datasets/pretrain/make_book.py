@@ -2,9 +2,10 @@
 
     python datasets/pretrain/make_book.py [--source PATH]
 
-Keeps only the book: the lines between Gutenberg's "*** START OF" and "*** END OF" markers, without the
-"End of Project Gutenberg's ..." line before the end marker, so neither the header, the footer nor the licence
-text remains (Gutenberg's licence asks for that when the text is shared without their name). The printed
+Keeps only the book: llm.data.text.strip_gutenberg keeps the lines between Gutenberg's "*** START OF" and
+"*** END OF" markers, without the "End of Project Gutenberg's ..." line before the end marker, so neither the
+header, the footer nor the licence text remains (Gutenberg's licence asks for that when the text is shared
+without their name; the studio strips an uploaded book by the same rule). The printed
 book's page numbers and "Line-Art Drawing" placeholders, which break sentences in two, are dropped. Line
 endings become "\\n", runs of more than two blank lines become two, and the result is checked to name
 Gutenberg nowhere.
@@ -14,9 +15,13 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))
+from llm.data.text import strip_gutenberg  # noqa: E402
+
 SOURCE = HERE.parent.parent.parent / "shared" / "corpora" / "gutenberg_54_marvelous_land_of_oz.txt"
 TARGET = HERE / "marvelous_land_of_oz.txt"
 MAX_BYTES = 300_000  # the studio's sample book stays small
@@ -25,15 +30,14 @@ PRINT_MARK = re.compile(r"\s*(\d+|(\d+\s+)?Line-Art Drawing.*)\s*")
 
 
 def book_text(raw: str) -> str:
-    """The book between the Gutenberg markers, with Gutenberg's own lines removed."""
-    lines = raw.lstrip("\ufeff").replace("\r\n", "\n").split("\n")
-    start = next(i for i, line in enumerate(lines) if line.startswith("*** START OF"))
-    end = next(i for i, line in enumerate(lines) if line.startswith("*** END OF"))
+    """The book between the Gutenberg markers, with Gutenberg's own lines and the printed book's marks removed."""
+    book = strip_gutenberg(raw.lstrip("\ufeff").replace("\r\n", "\n"))
+    assert book.count("\n") < raw.count("\n"), "no Project Gutenberg markers found"
     body: list[str] = []
     joining = False  # just after a dropped page mark: blank lines are skipped until the text goes on
-    for line in lines[start + 1 : end]:
+    for line in book.split("\n"):
         line = line.rstrip()
-        if line.startswith("End of Project Gutenberg") or (joining and not line):
+        if joining and not line:
             continue
         joining = bool(PRINT_MARK.fullmatch(line))
         if joining:

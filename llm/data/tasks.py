@@ -23,8 +23,9 @@ import io
 import json
 import math
 import re
+import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ from llm.data.tokenizer import Tokenizer
 from llm.errors import ConfigError, TaskFileError
 
 READERS = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
+MAX_COLUMNS = 1_000  # a task file with more columns is a table of something else
+# A cell longer than this is refused (its row dropped) before it is tokenized: no context this project trains
+# holds more, so training would see only its start, and encoding 20 MB of text took a minute and a gigabyte.
+MAX_CELL_CHARS = 1 << 17
 SPREADSHEETS = (".xlsx", ".xls", ".ods", ".numbers")  # not read: saving as CSV is one step in each
 BYTE_FALLBACK_WARNING = 0.5  # warn when more than this share of a dataset's tokens are byte-fallback pieces
 
@@ -154,18 +159,25 @@ class _Object(dict):
             self.repeated = next(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
 
 
-def _repeated_key(value: Any) -> str | None:
-    """The first key held twice by any object inside a parsed JSON value (walked without recursion)."""
+class _Constant(str):
+    """NaN, Infinity or -Infinity in a JSON text: Python's json module reads them, JSON has no such values."""
+
+
+def _nested(value: Any) -> Iterator[Any]:
+    """value and every value inside it, walked without recursion."""
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, _Object) and item.repeated is not None:
-            return item.repeated
+        yield item
         if isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-    return None
+
+
+def _repeated_key(value: Any) -> str | None:
+    """The first key held twice by any object inside a parsed JSON value."""
+    return next((v.repeated for v in _nested(value) if isinstance(v, _Object) and v.repeated is not None), None)
 
 
 def _too_deep(text: str, limit: int = 500) -> tuple[int, int]:
@@ -184,7 +196,7 @@ def _too_deep(text: str, limit: int = 500) -> tuple[int, int]:
 def _load_json(path: Path, text: str, line_no: int | None = None) -> Any:
     """json.loads with every failure as a TaskFileError naming the line and column (line_no: a JSONL line)."""
     try:
-        return json.loads(text, object_pairs_hook=_Object)
+        return json.loads(text, object_pairs_hook=_Object, parse_constant=_Constant)
     except json.JSONDecodeError as e:
         line, column, message = line_no or e.lineno, e.colno, f"malformed JSON ({e.msg})"
     except RecursionError:
@@ -214,6 +226,13 @@ def _check_records(path: Path, records: list[Any], rows: list[int], row_word: st
             raise TaskFileError(
                 f"{path}, {row_word} {row}, column {repeated!r}: the key appears twice in one record; keep one"
             )
+        for key, value in record.items():
+            constant = next((v for v in _nested(value) if isinstance(v, _Constant)), None)
+            if constant is not None:
+                raise TaskFileError(
+                    f"{path}, {row_word} {row}, column {key!r}: {constant} is not a JSON value (JSON has no NaN or "
+                    "Infinity): write null for no value, or the text in quotes"
+                )
 
 
 def _check_json(path: Path, text: str, lines: bool) -> None:
@@ -275,10 +294,19 @@ def first_line(text: str) -> str:
     return re.match(r"\s*([^\n]*)", text).group(1).rstrip()
 
 
+def header_cells(header: str, sep: str) -> int:
+    """How many cells the header line holds with this separator (one, when a cell is longer than the csv
+    module reads: such a separator does not split this header)."""
+    try:
+        return len(next(csv.reader([header], delimiter=sep), []))
+    except csv.Error:
+        return 1
+
+
 def csv_separator(header: str) -> str:
     """The separator of a .csv file: the one that splits its header line into the most columns ("," on a
     tie), so a spreadsheet's semicolon export reads as it looks rather than as one column."""
-    counts = {sep: len(next(csv.reader([header], delimiter=sep), [])) for sep in CSV_SEPARATORS}
+    counts = {sep: header_cells(header, sep) for sep in CSV_SEPARATORS}
     return max(CSV_SEPARATORS, key=lambda sep: counts[sep])  # max keeps the first of equals: ","
 
 
@@ -291,33 +319,48 @@ def file_type_problem(path: Path) -> str | None:
     return f"{path}: unsupported file type {suffix or '(none)'!r}; use one of {', '.join(READERS)}{hint}"
 
 
-def read_frame(path: Path) -> tuple[pd.DataFrame, list[int], bytes]:
+def read_frame(path: Path, name: str | None = None) -> tuple[pd.DataFrame, list[int], bytes]:
     """The file as a DataFrame, the row number of each of its rows, and the file's bytes. Any failure to
-    read it (a parser's own, deep nesting, memory) is a TaskFileError about the file, never a traceback."""
+    read it (a parser's own, deep nesting, memory) is a TaskFileError about the file, never a traceback.
+    name: how messages call the file and what its type is read from (an upload kept under a temporary name),
+    default its path."""
+    shown = Path(name) if name else path
     if path.is_dir():
-        raise TaskFileError(f"{path}: is a folder, not a file; give the task file itself")
-    problem = file_type_problem(path)
+        raise TaskFileError(f"{shown}: is a folder, not a file; give the task file itself")
+    problem = file_type_problem(shown)
     if problem:
         raise TaskFileError(problem)
     if not path.is_file():
-        raise TaskFileError(f"{path}: no such file")
-    suffix = path.suffix.lower()
+        what = "not a regular file (a device, a pipe or a socket)" if path.exists() else "no such file"
+        raise TaskFileError(f"{shown}: {what}")
+    suffix = shown.suffix.lower()
     try:
         raw = path.read_bytes()
         if suffix == ".parquet":
-            return *_read_parquet(path, raw), raw
-        text = _decode_utf8(path, raw)
-        if suffix in (".csv", ".tsv"):
-            return *_read_delimited(path, text, tsv=suffix == ".tsv"), raw
-        return *_read_json(path, text, lines=suffix == ".jsonl"), raw
+            frame, rows = _read_parquet(shown, raw)
+        elif suffix in (".csv", ".tsv"):
+            frame, rows = _read_delimited(shown, _decode_utf8(shown, raw), tsv=suffix == ".tsv")
+        else:
+            frame, rows = _read_json(shown, _decode_utf8(shown, raw), lines=suffix == ".jsonl")
     except TaskFileError:
         raise
     except MemoryError:
-        raise TaskFileError(f"{path}: too large to read with the memory available") from None
+        raise TaskFileError(f"{shown}: too large to read with the memory available") from None
     except RecursionError:
-        raise TaskFileError(f"{path}: nested too deeply to read") from None
+        raise TaskFileError(f"{shown}: nested too deeply to read") from None
     except Exception as e:  # a parser's own failure: still a message about the file, never a traceback
-        raise TaskFileError(f"{path}: cannot read the file ({type(e).__name__}: {e})") from None
+        raise TaskFileError(f"{shown}: cannot read the file ({type(e).__name__}: {e})") from None
+    _check_width(shown, len(frame.columns))
+    return frame, rows, raw
+
+
+def _check_width(path: Path, columns: int) -> None:
+    """A task file holds a few columns; thousands mean a table of something else (or a wrong separator)."""
+    if columns > MAX_COLUMNS:
+        raise TaskFileError(
+            f"{path}, header: {columns:,} columns; a task file holds a few (at most {MAX_COLUMNS:,}): is it a table "
+            "of something else, or are its columns separated by another character?"
+        )
 
 
 def _read_parquet(path: Path, raw: bytes) -> tuple[pd.DataFrame, list[int]]:
@@ -335,24 +378,45 @@ def _read_delimited(path: Path, text: str, tsv: bool) -> tuple[pd.DataFrame, lis
         right = ".jsonl (one object a line)" if _looks_like_jsonl(text) else ".json (an array of objects)"
         raise TaskFileError(f"{path}: this is JSON, not a table: rename it to {right}")
     sep = "\t" if tsv else csv_separator(header)
+    _check_width(path, header_cells(header, sep))
     try:
-        # Every cell as text, empty cells as "": numbers and "NA" stay what the user wrote.
-        frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False)
+        # Every cell as text, empty cells as "": numbers and "NA" stay what the user wrote. index_col=False
+        # and the warning as an error: pandas reads a first row with one cell too many as an index column
+        # (the rows shift by a column) or, told not to, drops the cell with only a warning.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, index_col=False)
     except pd.errors.EmptyDataError:
         raise TaskFileError(f"{path}: the file is empty (no header, no rows)") from None
+    except pd.errors.ParserWarning:
+        raise TaskFileError(_ragged(path, *_first_ragged_row(text, sep), sep)) from None
     except pd.errors.ParserError as e:
-        ragged = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
-        if ragged:
-            header, line, cells = ragged.groups()
-            raise TaskFileError(
-                f"{path}, line {line}: {cells} cells where the header has {header} (a cell that holds the "
-                f"separator {sep!r} needs quotes around it)"
-            ) from None
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(e))
+        if found:
+            header_n, line, cells = found.groups()
+            raise TaskFileError(_ragged(path, int(line), int(cells), int(header_n), sep)) from None
         raise TaskFileError(f"{path}: malformed {path.suffix[1:].upper()} ({str(e).strip()})") from None
     error = _csv_header_error(path, text, sep)
     if error:
         raise TaskFileError(error)
     return frame, list(range(1, len(frame) + 1))
+
+
+def _ragged(path: Path, line: int, cells: int, header: int, sep: str) -> str:
+    return (
+        f"{path}, line {line}: {cells} cells where the header has {header} (a cell that holds the separator "
+        f"{sep!r} needs quotes around it)"
+    )
+
+
+def _first_ragged_row(text: str, sep: str) -> tuple[int, int, int]:
+    """(line, cells, header cells) of the first record whose cells the header does not match."""
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    header = len(next(reader))
+    for record in reader:
+        if len(record) != header and any(record):
+            return reader.line_num, len(record), header
+    raise AssertionError("pandas found a ragged row that the csv module does not")
 
 
 def _read_json(path: Path, text: str, lines: bool) -> tuple[pd.DataFrame, list[int]]:
@@ -454,6 +518,10 @@ def _text(value: Any, column: str, what: str, required: bool = True) -> str | No
         return None
     if not isinstance(value, str):
         raise _RowProblem(column, "wrong type", f"{what} should be text, got {_type_name(value)}")
+    if len(value) > MAX_CELL_CHARS:
+        raise _RowProblem(
+            column, "too long", f"{what} has {len(value):,} characters; a cell holds at most {MAX_CELL_CHARS:,}"
+        )
     if "\x00" in value:
         raise _RowProblem(
             column, "NUL character", f"{what} holds a NUL byte at character {value.index(chr(0))}; is it binary?"
@@ -574,13 +642,17 @@ def parse_rows(
     return items, problems
 
 
-def read_task_file(path: str | Path, format: str = "auto", mapping: dict[str, str] | None = None) -> TaskData:
-    """Read and validate a task dataset. See the module docstring for files, formats and row numbers."""
-    path = Path(path)
+def read_task_file(
+    path: str | Path, format: str = "auto", mapping: dict[str, str] | None = None, name: str | None = None
+) -> TaskData:
+    """Read and validate a task dataset. See the module docstring for files, formats and row numbers. name:
+    how messages call the file (default its path; see read_frame)."""
+    source = Path(path)
     if format != "auto" and format not in TASK_FORMATS:
         raise TaskFileError(f"unknown task format {format!r}; choose auto or one of {', '.join(TASK_FORMATS)}")
     mapping = {k: v for k, v in (mapping or {}).items() if v}
-    frame, row_numbers, raw = read_frame(path)
+    frame, row_numbers, raw = read_frame(source, name)
+    path = Path(name) if name else source  # as messages call it
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     if len(frame) == 0:
@@ -598,7 +670,7 @@ def read_task_file(path: str | Path, format: str = "auto", mapping: dict[str, st
         path, row_numbers, frame, lambda row, record: Example(row, _row_messages(fmt, record, cols))
     )
     content_hash = hashlib.sha256(raw).hexdigest()[:16]
-    return TaskData(str(path), fmt, columns, examples, problems, content_hash, cols)
+    return TaskData(str(source), fmt, columns, examples, problems, content_hash, cols)
 
 
 # ----------------------------------------------------------------------------------------------------------

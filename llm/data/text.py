@@ -2,7 +2,11 @@
 
 Everything here streams: a file is read a line (at most MAX_LINE bytes) at a time, so memory does not
 depend on the size of a file. Text is normalised on the way in: a leading byte-order mark is dropped and
-CRLF / CR line endings become LF.
+CRLF / CR line endings become LF. Errors name the file by its path, or by the name a caller gives it (an
+upload kept under a temporary path is named as the user called it).
+
+A Project Gutenberg eBook carries its header, licence and footer around the book: strip_gutenberg() keeps the
+book alone (the sample book and the studio's uploads go through it).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import glob
 import gzip
 import json
 import lzma
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -21,6 +26,12 @@ from llm.errors import InputError
 TEXT_SUFFIXES = (".txt", ".txt.gz", ".txt.xz", ".jsonl", ".jsonl.gz", ".jsonl.xz", ".md")
 MAX_LINE = 1 << 20  # bytes read at once; longer lines arrive in pieces
 MAX_DOC_CHARS = 1 << 20  # a paragraph longer than this is cut into several documents
+# Project Gutenberg's own lines: "*** START OF THE PROJECT GUTENBERG EBOOK <TITLE> ***" (older books: "THIS",
+# "EBOOK" spelt "E-BOOK", no space after the stars), the same with END, and "End of (the) Project Gutenberg
+# EBook of <title>" just before the end marker.
+GUTENBERG_START = re.compile(r"^\*{3}\s*START OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK.*\n?", re.I | re.M)
+GUTENBERG_END = re.compile(r"^\*{3}\s*END OF (?:THE|THIS) PROJECT GUTENBERG E-?BOOK", re.I | re.M)
+GUTENBERG_CLOSING = re.compile(r"^End of (?:the )?Project Gutenberg.*\n?", re.I | re.M)
 
 
 def wide_encoding(head: bytes) -> str | None:
@@ -56,6 +67,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             files.extend(found)
         elif path.is_file():
             files.append(path)
+        elif path.exists():
+            raise InputError(f"{path}: not a regular file (a device, a pipe or a socket): give a text file")
         else:
             raise InputError(f"{path}: no such file or folder")
     if not files:
@@ -82,7 +95,7 @@ def _normalise_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _decode_text(decoder: codecs.IncrementalDecoder, raw: bytes, path: Path, offset: int, line_no: int) -> str:
+def _decode_text(decoder: codecs.IncrementalDecoder, raw: bytes, path: Path | str, offset: int, line_no: int) -> str:
     """The next bytes of a file as text; binary or non-UTF-8 content is an InputError naming where."""
     if offset == 0 and (wide := wide_encoding(raw)):
         raise InputError(f"{path}: the file is saved as {wide}: save it as UTF-8")
@@ -98,19 +111,21 @@ def _decode_text(decoder: codecs.IncrementalDecoder, raw: bytes, path: Path, off
     return text
 
 
-def iter_lines(path: Path, whole: bool = False) -> Iterator[tuple[int, str]]:
-    """(line number, normalised text with its trailing '\\n') for each line of a text file.
+def iter_lines(path: Path, whole: bool = False, name: str | None = None) -> Iterator[tuple[int, str]]:
+    """(line number, normalised text with its trailing '\\n') for each line of a text file (name: how errors
+    call it, default its path).
 
     A line longer than MAX_LINE bytes arrives in several pieces with the same line number (only the last
     ends in '\\n'), so memory stays bounded; whole=True joins them instead (a JSON record is parsed whole).
     """
+    shown = name or path
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset, line_no, pending, at_start = 0, 1, "", True
     try:
         with _open_binary(path) as f:
             while True:
                 raw = f.readline(MAX_LINE)
-                text = _decode_text(decoder, raw, path, offset, line_no)
+                text = _decode_text(decoder, raw, shown, offset, line_no)
                 offset += len(raw)
                 if at_start and text:
                     text, at_start = text.removeprefix("\ufeff"), False
@@ -129,9 +144,9 @@ def iter_lines(path: Path, whole: bool = False) -> Iterator[tuple[int, str]]:
                     return
                 line_no, pending = line_no + 1, ""
     except (OSError, EOFError, lzma.LZMAError) as e:
-        raise InputError(f"{path}: cannot read ({e})") from None
+        raise InputError(f"{shown}: cannot read ({e})") from None
     except MemoryError:
-        raise InputError(f"{path}, line {line_no}: a line too long to hold in memory") from None
+        raise InputError(f"{shown}, line {line_no}: a line too long to hold in memory") from None
 
 
 def iter_documents(files: list[Path], text_field: str = "text") -> Iterator[str]:
@@ -141,20 +156,20 @@ def iter_documents(files: list[Path], text_field: str = "text") -> Iterator[str]
             yield text
 
 
-def iter_file_documents(path: Path, text_field: str = "text") -> Iterator[tuple[str, bool]]:
-    """(document text, ends_unit) pairs of one file.
+def iter_file_documents(path: Path, text_field: str = "text", name: str | None = None) -> Iterator[tuple[str, bool]]:
+    """(document text, ends_unit) pairs of one file (name: how errors call it, default its path).
 
     A JSONL record is one document, ending its unit (an end-of-text token follows it in the token stream).
     A text file is split at blank lines into paragraph documents that keep their '\\n\\n' separator, so
     consecutive paragraphs read as the original text; only the file's last paragraph ends the unit.
     """
     if ".jsonl" in path.name:
-        for line_no, line in iter_lines(path, whole=True):
-            if line.strip() and (value := _jsonl_text(path, line_no, line, text_field)).strip():
+        for line_no, line in iter_lines(path, whole=True, name=name):
+            if line.strip() and (value := _jsonl_text(name or path, line_no, line, text_field)).strip():
                 yield _normalise_newlines(value), True
         return
     previous = None
-    for paragraph in _paragraphs(path):
+    for paragraph in _paragraphs(path, name):
         if previous is not None:
             yield previous, False
         previous = paragraph
@@ -162,7 +177,7 @@ def iter_file_documents(path: Path, text_field: str = "text") -> Iterator[tuple[
         yield previous.rstrip("\n") + "\n", True
 
 
-def _jsonl_text(path: Path, line_no: int, line: str, text_field: str) -> str:
+def _jsonl_text(path: Path | str, line_no: int, line: str, text_field: str) -> str:
     """The text field of one JSONL record; a malformed record is an InputError naming its line."""
     try:
         record = json.loads(line)
@@ -176,7 +191,7 @@ def _jsonl_text(path: Path, line_no: int, line: str, text_field: str) -> str:
     return value
 
 
-def _paragraphs(path: Path) -> Iterator[str]:
+def _paragraphs(path: Path, name: str | None = None) -> Iterator[str]:
     """Blank-line separated paragraphs of a text file, each ending in '\\n\\n'.
 
     A paragraph longer than MAX_DOC_CHARS comes in several pieces that join to it; only its last piece ends
@@ -185,7 +200,7 @@ def _paragraphs(path: Path) -> Iterator[str]:
     lines: list[str] = []
     size, at_line_start = 0, True
     held = None  # a full piece of a long paragraph, kept until we know whether the paragraph ends with it
-    for _, piece in iter_lines(path):
+    for _, piece in iter_lines(path, name=name):
         blank = at_line_start and piece.endswith("\n") and not piece.strip()
         at_line_start = piece.endswith("\n")
         if blank:
@@ -207,3 +222,34 @@ def _paragraphs(path: Path) -> Iterator[str]:
         yield held
     if lines:
         yield "".join(lines).rstrip("\n") + "\n\n"
+
+
+def read_text(path: Path, name: str | None = None) -> str:
+    """A whole text file as one normalised string (for a file that must be looked at whole, such as an upload to
+    strip of Project Gutenberg's lines; the upload limit bounds its size). Errors as iter_lines'."""
+    return "".join(piece for _, piece in iter_lines(path, name=name))
+
+
+def strip_gutenberg(text: str) -> str:
+    """The book inside a Project Gutenberg eBook: the text between its "*** START OF ... PROJECT GUTENBERG EBOOK"
+    and "*** END OF ..." lines, less the "End of Project Gutenberg's ..." line, so neither the header, the
+    licence nor the footer is left (Gutenberg's licence asks for that when the text is shared without their
+    name, and a model trained on a book should not learn the licence). A text with neither line comes back as
+    it is; one with only one of them loses what lies beyond it."""
+    start = GUTENBERG_START.search(text)
+    end = GUTENBERG_END.search(text, start.end() if start else 0)
+    if start is None and end is None:
+        return text
+    body = text[start.end() if start else 0 : end.start() if end else len(text)]
+    return GUTENBERG_CLOSING.sub("", body).strip("\n") + "\n"
+
+
+def short_pieces(line: str, max_chars: int) -> Iterator[str]:
+    """line in pieces of at most max_chars, each cut after a space where there is one (a tokenizer trains on
+    sentences of bounded length: a book saved as one line must not be skipped whole)."""
+    while len(line) > max_chars:
+        cut = line.rfind(" ", 0, max_chars) + 1 or max_chars
+        yield line[:cut]
+        line = line[cut:]
+    if line:
+        yield line

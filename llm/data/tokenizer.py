@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from llm.data.text import iter_documents, name_files
+from llm.data.text import iter_documents, name_files, short_pieces
 from llm.errors import TokenizerError
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
@@ -27,6 +27,7 @@ CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 MODEL_FILE = "tokenizer.model"
 # pad/unk/bos/eos, the chat tokens, newline and the 256 byte pieces, and room for a few merges
 MIN_VOCAB_SIZE = 4 + len(CHAT_TOKENS) + 1 + 256 + 17
+MAX_SENTENCE_BYTES = 1 << 16  # the longest line the trainer reads (it skips longer ones)
 CHAT_TEMPLATE_FILE = "chat_template.jinja"  # an imported model's own chat template (Jinja, as Hugging Face's)
 
 
@@ -113,18 +114,20 @@ def byte_fallback_share(tokenizer: Tokenizer, texts: Iterable[str]) -> float:
 
 
 def _training_sentences(files: list[Path], max_chars: int, text_field: str = "text") -> Iterator[str]:
-    """Non-empty lines of the inputs, at most max_chars in total (enough to learn merges)."""
+    """Non-empty lines of the inputs, at most max_chars in total (enough to learn merges). A line longer than
+    the trainer takes (MAX_SENTENCE_BYTES; it skips longer ones) comes in pieces: a text saved as one long line
+    would otherwise leave it nothing."""
     seen = 0
     for doc in iter_documents(files, text_field):
         for line in doc.split("\n"):
-            if line.strip():
-                yield line
-                seen += len(line)
+            for piece in short_pieces(line, MAX_SENTENCE_BYTES // 4) if line.strip() else ():  # UTF-8: 4 bytes at most
+                yield piece
+                seen += len(piece)
                 if seen >= max_chars:
                     return
 
 
-def _training_error(message: str, vocab_size: int) -> TokenizerError:
+def _training_error(message: str, vocab_size: int, files: list[Path]) -> TokenizerError:
     """SentencePiece's trainer error -> a message that says which way to change the vocabulary size."""
     too_high = re.search(r"Vocabulary size too high \(\d+\)\. Please set it to a value <= (\d+)", message)
     if too_high:
@@ -139,7 +142,7 @@ def _training_error(message: str, vocab_size: int) -> TokenizerError:
             f"{vocab_size} is too small for this text: its distinct characters need at least {too_low.group(1)}",
             field="vocab_size",
         )
-    return TokenizerError(f"tokenizer training failed: {message}")
+    return TokenizerError(f"tokenizer training on {name_files(files)} failed: {message}")
 
 
 def train_tokenizer(
@@ -177,14 +180,14 @@ def train_tokenizer(
             eos_id=EOS,
             control_symbols=list(CHAT_TOKENS),
             user_defined_symbols=["\n"],
-            max_sentence_length=1 << 16,
+            max_sentence_length=MAX_SENTENCE_BYTES,
             input_sentence_size=2_000_000,
             shuffle_input_sentence=True,
             num_threads=num_threads,
             minloglevel=2,
         )
     except RuntimeError as e:
-        raise _training_error(str(e).strip(), vocab_size) from None
+        raise _training_error(str(e).strip(), vocab_size, files) from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = Tokenizer(model.getvalue(), str(out / MODEL_FILE))

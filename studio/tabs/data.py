@@ -45,11 +45,6 @@ def safe_filename(name: str) -> str:
     return stem[:80] + suffix.lower()
 
 
-def friendly(message: str, path: Path, name: str) -> str:
-    """A library error with the temporary upload path replaced by the file's own name."""
-    return message.replace(str(path), name)
-
-
 def token_html(tokenizer: Any, ids: list[int], mask: list[bool]) -> str:
     """Token ids as text, the chat control tokens as badges, and the trained-on part highlighted."""
     names = {i: name for name, i in tokenizer.special.items()} | {tokenizer.eos_id: "<eos>"}
@@ -168,12 +163,12 @@ class Inspection:
         self.data = self.encoded = None
         self.columns_to_choose: list[str] = []  # set when the file reads fine but its columns need naming
         try:
-            self.data = tasks.read_task_file(path, fmt, mapping or None)
+            self.data = tasks.read_task_file(path, fmt, mapping or None, name=name)
         except tasks.TaskFileError as e:
-            self.error = friendly(str(e), path, name)
+            self.error = str(e)
             if e.kind == "columns":
                 try:  # the file itself is fine (it reads, it has rows): offer its columns to choose from
-                    frame = tasks.read_frame(path)[0]  # the library's own reader, so the columns match
+                    frame = tasks.read_frame(path, name)[0]  # the library's own reader, so the columns match
                     self.columns_to_choose = [str(c) for c in frame.columns] if len(frame) else []
                 except tasks.TaskFileError:
                     pass
