@@ -461,7 +461,7 @@ class BenchConfig(Config):
     batch_tokens: int = setting(4096, "tokens in one forward pass (the choices of several rows, padded)")
     device: str = setting("auto", "auto, cpu, cuda or mps")
     precision: str = setting("auto", "auto (bf16 autocast on a GPU, fp32 on a CPU), fp32, or bf16")
-    save: bool = setting(True, "write the results into each model's directory")
+    save_results: bool = setting(True, "write the results into each model's directory")
 
     def __post_init__(self) -> None:
         if not self.models:

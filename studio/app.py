@@ -9,7 +9,7 @@ import gradio as gr
 
 from llm.config import DEFAULT_BASE_MODEL
 from studio.context import MAX_UPLOAD_BYTES, SAMPLES_DIR, Studio
-from studio.tabs import chat, compare, data, finetune, inside, models, pretrain, votes
+from studio.tabs import bench, chat, compare, data, finetune, inside, models, pretrain, votes
 
 CSS = """
 .gradio-container { max-width: 1400px !important; }
@@ -92,7 +92,7 @@ def build_app(
         # components are mounted, and a BrowserState read from localStorage, only when the tab is first shown.
         demo.kept_form = gr.BrowserState({}, storage_key=finetune.FORM_STORAGE_KEY)
         with gr.Tabs():
-            for tab in (data, pretrain, finetune, compare, chat, votes, models, inside):
+            for tab in (data, pretrain, finetune, compare, chat, votes, models, inside, bench):
                 apis |= tab.build(studio, demo)
         for name, fn in apis.items():  # outside the Tabs: a Tabs block may hold only tabs
             gr.api(fn, api_name=name)

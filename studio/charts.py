@@ -175,3 +175,53 @@ def bar_chart(
         parts.append(x_tick(LEFT + (i + 0.5) * slot, label))
     parts.append(axis_titles(x_title, y_title))
     return framed(title, colors, "".join(parts))
+
+
+def grouped_bar_chart(
+    groups: list[str],
+    bars: dict[str, list[tuple[float, float] | None]],
+    lines: list[float],
+    title: str,
+    y_title: str,
+    line_label: str,
+) -> str:
+    """Bars side by side in each group (one a key of `bars`, in its palette color), each (value, error) drawn
+    with an error bar of ± error (None: no bar), and a dashed line across each group at lines[i]."""
+    assert all(len(values) == len(groups) for values in bars.values()) and len(lines) == len(groups)
+    colors = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(bars)}
+    tops = [v + e for values in bars.values() for v, e in filter(None, values)] + lines
+    y_ticks = nice_ticks(0, max(tops, default=1.0))
+    slot, width = PLOT_W / max(1, len(groups)), PLOT_W / max(1, len(groups)) * 0.8 / max(1, len(bars))
+
+    def py(v: float) -> float:
+        return TOP + PLOT_H - v / y_ticks[-1] * PLOT_H
+
+    parts = [value_axis(y_ticks, py)]
+    for i, group in enumerate(groups):
+        left = LEFT + i * slot + slot * 0.1
+        for j, (name, values) in enumerate(bars.items()):
+            if values[i] is not None:
+                parts.append(error_bar(left + j * width, width, values[i], py, colors[name], f"{name}, {group}"))
+        y = py(lines[i])
+        parts.append(
+            f"<line class='chance' x1='{left - slot * 0.05:.1f}' x2='{left + slot * 0.85:.1f}' y1='{y:.1f}' "
+            f"y2='{y:.1f}' stroke='#64748b' stroke-dasharray='4 3'><title>{html.escape(line_label)}: "
+            f"{lines[i]:.3g}</title></line>"
+        )
+        parts.append(x_tick(LEFT + (i + 0.5) * slot, group))
+    parts.append(axis_titles("", y_title))
+    return framed(title, {**colors, line_label: "#64748b"}, "".join(parts))
+
+
+def error_bar(
+    x: float, width: float, bar: tuple[float, float], py: Callable[[float], float], color: str, name: str
+) -> str:
+    """One bar from 0 to value with a whisker from value - error to value + error, its figures on hover."""
+    value, error = bar
+    top, low, high, middle = py(value), py(max(0.0, value - error)), py(value + error), x + width * 0.45
+    return (
+        f"<rect class='bar' x='{x:.1f}' y='{top:.1f}' width='{width * 0.9:.1f}' height='{py(0) - top:.1f}' "
+        f"fill='{color}'><title>{html.escape(name)}: {value:.3f} ± {error:.3f}</title></rect>"
+        f"<line class='whisker' x1='{middle:.1f}' x2='{middle:.1f}' y1='{low:.1f}' "
+        f"y2='{high:.1f}' stroke='#1e293b' stroke-width='1.5'/>"
+    )

@@ -178,7 +178,9 @@ class Jobs:
         run = self.store.run(run_id)
         assert run is not None, run_id
         if run["status"] == "queued":
-            ahead = [r for r in self.store.runs(ACTIVE_STATES) if r["id"] != run_id and r["queued"] < run["queued"]]
+            ahead = [
+                r for r in self.store.runs(ACTIVE_STATES, None) if r["id"] != run_id and r["queued"] < run["queued"]
+            ]
             busy = [r["name"] for r in ahead if r["status"] != "queued"]
             return (
                 f"Queued: another fine-tune ({', '.join(busy) or 'earlier run'}) is using the device; "
@@ -189,7 +191,7 @@ class Jobs:
     def tick(self) -> None:
         """Notice runs that ended, then start the next queued run if the device is free."""
         with self.lock:
-            for run in self.store.runs(LAUNCHED_STATES):
+            for run in self.store.runs(LAUNCHED_STATES, None):
                 self._reconcile(run)
             while (run := self.store.claim_next_run()) is not None:
                 if self._launch(run):

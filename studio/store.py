@@ -80,6 +80,8 @@ ACTIVE_STATES = ("queued", *LAUNCHED_STATES)
 RESUMABLE_STATES = ("stopped", "interrupted", "failed")
 FINAL_STATES = ("done", "cancelled", *RESUMABLE_STATES)
 RUN_STATES = ACTIVE_STATES + FINAL_STATES
+# The commands whose runs make a model; a "bench" run (studio/tabs/bench.py) scores models, and shares the queue.
+MODEL_COMMANDS = ("pretrain", "finetune", "prefer")
 
 
 def new_id() -> str:
@@ -230,9 +232,16 @@ class Store:
             row["config"] = json.loads(row["config"])
         return row
 
-    def runs(self, states: tuple[str, ...] = RUN_STATES) -> list[dict[str, Any]]:
+    def runs(
+        self, states: tuple[str, ...] = RUN_STATES, commands: tuple[str, ...] | None = MODEL_COMMANDS
+    ) -> list[dict[str, Any]]:
+        """The runs in these states, newest first: those that make a model, or of these commands (None: every
+        job on the device, benchmark runs too)."""
         marks = ",".join("?" * len(states))
-        return self._runs(f"WHERE status IN ({marks}) ORDER BY created DESC", states)
+        where = f"WHERE status IN ({marks})"
+        if commands is not None:
+            where += f" AND command IN ({','.join('?' * len(commands))})"
+        return self._runs(where + " ORDER BY created DESC", (*states, *(commands or ())))
 
     def _runs(self, where: str, args: tuple) -> list[dict[str, Any]]:
         rows = self._rows(f"SELECT * FROM runs {where}", args)

@@ -334,5 +334,5 @@ def cmd_bench(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # the studio's Stop: a "stopped" record, then exit
     results = bench.run_bench(cfg, RunDir(args.out).metrics if args.out else None, bench.ProgressLine())
     print(bench.format_table(results))
-    if cfg.save:
+    if cfg.save_results:
         print(f"saved in each model's directory ({bench.BENCHMARKS})")

@@ -27,6 +27,7 @@ from llm.errors import ConfigError, TaskFileError
 BENCHMARK_DIR = Path(__file__).resolve().parents[2] / "datasets" / "benchmarks"
 DELIMITER = " "  # lm-eval's target_delimiter: what goes between a context and each answer
 TASK_FILE_SUFFIXES = (".jsonl", ".jsonl.gz")
+NORM = ("acc", "acc_norm")
 
 
 @dataclass(frozen=True)
@@ -39,16 +40,17 @@ class TaskSpec:
     metrics: tuple[str, ...]  # "acc"; "acc_norm": the choice with the highest log-likelihood per character
     split: str
     about: str
+    headline: str = "acc"  # the metric usually quoted for it (the Hugging Face model cards', lm-eval users')
 
 
 TASKS = {
     spec.name: spec
     for spec in (
         TaskSpec("blimp", "blimp.jsonl.gz", "2.0", ("acc",), "all 67 x 1,000", "grammar: 67 kinds of minimal pair"),
-        TaskSpec("hellaswag", "hellaswag.jsonl.gz", "1.0", ("acc", "acc_norm"), "validation", "commonsense endings"),
-        TaskSpec("arc_easy", "arc_easy.jsonl.gz", "1.0", ("acc", "acc_norm"), "test", "grade-school science"),
-        TaskSpec("arc_challenge", "arc_challenge.jsonl.gz", "1.0", ("acc", "acc_norm"), "test", "harder science"),
-        TaskSpec("piqa", "piqa.jsonl.gz", "1.0", ("acc", "acc_norm"), "validation", "physical commonsense"),
+        TaskSpec("hellaswag", "hellaswag.jsonl.gz", "1.0", NORM, "validation", "commonsense endings", "acc_norm"),
+        TaskSpec("arc_easy", "arc_easy.jsonl.gz", "1.0", NORM, "test", "grade-school science"),
+        TaskSpec("arc_challenge", "arc_challenge.jsonl.gz", "1.0", NORM, "test", "harder science", "acc_norm"),
+        TaskSpec("piqa", "piqa.jsonl.gz", "1.0", NORM, "validation", "physical commonsense", "acc_norm"),
         TaskSpec("winogrande", "winogrande.jsonl.gz", "1.0", ("acc",), "validation (xl)", "pronoun resolution"),
         TaskSpec("boolq", "boolq.jsonl.gz", "2.0", ("acc",), "validation", "yes/no questions on a passage"),
     )
@@ -100,11 +102,16 @@ def find_spec(name: str) -> TaskSpec:
         return TASKS[name]
     if name.endswith(TASK_FILE_SUFFIXES):
         stem = Path(name).name.removesuffix(".gz").removesuffix(".jsonl")
-        return TaskSpec(stem, name, "custom", ("acc", "acc_norm"), "all", f"the task file {name}")
+        return TaskSpec(stem, name, "custom", NORM, "all", f"the task file {name}")
     raise ConfigError(
         f"has no task {name!r}: choose from {', '.join(TASKS)}, or give a task file (.jsonl or .jsonl.gz)",
         field="tasks",
     )
+
+
+def task_path(spec: TaskSpec) -> Path:
+    """Where a task's file is: in datasets/benchmarks/ for a registered task, as given for a task file."""
+    return Path(spec.file) if spec.version == "custom" else BENCHMARK_DIR / spec.file
 
 
 def read_task(name: str, limit: int = 0) -> BenchTask:
@@ -113,7 +120,7 @@ def read_task(name: str, limit: int = 0) -> BenchTask:
     if limit < 0:
         raise ConfigError(f"must be >= 0, got {limit}", field="limit")
     spec = find_spec(name)
-    path = Path(spec.file) if spec.version == "custom" else BENCHMARK_DIR / spec.file
+    path = task_path(spec)
     raw = _read_bytes(path)
     rows = [parse_row(path, line_no, line) for line_no, line in _lines(path, raw)]
     if not rows:

@@ -35,14 +35,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from llm.config import BenchConfig
+from llm.config import BenchConfig, ModelConfig
 from llm.data.benchmarks import BenchTask, read_task, task_names
-from llm.device import autocast_dtype, describe, pick_device
+from llm.data.tokenizer import Tokenizer
+from llm.device import autocast_dtype, describe, device_rate, model_memory, pick_device
 from llm.model.checkpoint import load_model, resolve
 from llm.model.transformer import Transformer
-from llm.run import BENCHMARKS, MetricsWriter, read_benchmarks
+from llm.run import BENCHMARKS, CONFIG, MetricsWriter, read_benchmarks
 
 Request = tuple[list[int], list[int]]  # (context token ids, continuation token ids)
+ESTIMATE_SAMPLE = 256  # requests whose tokens are counted to estimate a task's (per model)
+# Scoring's share of the device's matrix-product rate, relative to training's in llm.device.device_rate.
+SCORING_EFFICIENCY = 1.0
 
 
 @dataclass
@@ -199,6 +203,7 @@ def task_record(task: BenchTask, summary: dict[str, Any], settings: dict[str, An
         "rows_in_file": task.rows_in_file,
         "selection": selection(task),
         "chance": task.chance,
+        "headline": task.spec.headline,
         **summary,
         "settings": settings,
         "time": round(time.time(), 3),
@@ -221,6 +226,40 @@ def save_results(directory: Path, records: dict[str, dict[str, Any]]) -> Path:
     tmp.write_text(json.dumps(results, indent=1) + "\n")
     tmp.replace(path)
     return path
+
+
+def forward_flops(cfg: ModelConfig, tokens: float) -> float:
+    """FLOPs of a forward pass per token of a sequence of `tokens` tokens: 2 per weight it is multiplied by
+    (a tied embedding is the LM head, counted once; an untied input embedding is a lookup) and attention's
+    4 x layers x width per earlier position (half the sequence on average)."""
+    params = model_memory(cfg).n_parameters
+    compute = params if cfg.tie_embeddings else params - cfg.vocab_size * cfg.d_model
+    return 2 * compute + 4 * cfg.n_layer * cfg.d_model * tokens / 2
+
+
+def estimate(cfg: BenchConfig, tasks: list[BenchTask], threads: int | None = None) -> dict[str, Any]:
+    """A run's rough cost, by arithmetic, before anything is loaded but each model's config and tokenizer:
+    {requests, tokens, seconds, device}. Tokens: the characters of the rows' requests times the model's tokens
+    per character on an evenly spread sample of rows; seconds: their forward FLOPs over the rate this device
+    reaches now (llm.device.device_rate, scaled by SCORING_EFFICIENCY; on a CPU, for a process with `threads`
+    threads when given: the studio's job gets fewer than the studio measures with)."""
+    device = pick_device(cfg.device)
+    requests, tokens, flops = 0, 0.0, 0.0
+    for model in cfg.models:
+        directory = resolve(model)
+        model_cfg, tokenizer = ModelConfig.load(directory / CONFIG), Tokenizer.load(directory)
+        for task in tasks:
+            texts = [c + x for row in task.rows for c, x in row.pairs]
+            sample = texts[:: max(1, len(texts) // ESTIMATE_SAMPLE)]
+            per_char = sum(len(tokenizer.encode(t)) for t in sample) / max(1, sum(len(t) for t in sample))
+            task_tokens = per_char * sum(len(t) for t in texts)
+            requests, tokens = requests + len(texts), tokens + task_tokens
+            flops += task_tokens * forward_flops(model_cfg, task_tokens / max(1, len(texts)))
+    rate = device_rate(device.type) * SCORING_EFFICIENCY
+    if device.type == "cpu" and threads:
+        rate *= threads / torch.get_num_threads()
+    seconds = flops / rate
+    return {"requests": requests, "tokens": round(tokens), "seconds": seconds, "device": describe(device)}
 
 
 def settings_of(cfg: BenchConfig, device: torch.device, amp: torch.dtype | None) -> dict[str, Any]:
@@ -271,7 +310,7 @@ def run_bench(
     cfg: BenchConfig, metrics_path: str | Path | None = None, progress: Callable[[Progress], None] | None = None
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Score every model on every task: {model: {task: record}} (see task_record). Each model's records go
-    into its directory (cfg.save) as each task ends. metrics_path: a run folder's metrics file for a studio
+    into its directory (cfg.save_results) as each task ends. metrics_path: a run folder's metrics file for a studio
     job (a start event with max_steps = the requests to score, progress records, a done event)."""
     tasks = [read_task(name, cfg.limit) for name in task_names(cfg.tasks)]
     directories = [resolve(m) for m in cfg.models]  # a clear error for a missing model before any work
@@ -287,7 +326,7 @@ def run_bench(
             for task in tasks:
                 tick = functools.partial(tracker.tick, model_dir, task.spec.name)
                 results[model_dir][task.spec.name] = record = score_task(model, tokenizer, task, cfg, amp, tick)
-                if cfg.save:
+                if cfg.save_results:
                     save_results(directory, {task.spec.name: record})
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI raises it: the tasks that ended are saved
         tracker.end("stopped")

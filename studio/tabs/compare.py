@@ -63,7 +63,7 @@ def generation_threads(studio: Studio) -> int:
     import torch
 
     cores = os.cpu_count() or 2
-    training = bool(studio.store.runs(LAUNCHED_STATES))
+    training = bool(studio.store.runs(LAUNCHED_STATES, None))  # any job on the device, benchmarks too
     # Batch-1 generation of a small model gains little past a few threads, and idle threads spin.
     threads = max(1, cores - CHILD_THREADS) if training else min(cores, 4)
     torch.set_num_threads(threads)
