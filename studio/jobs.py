@@ -15,6 +15,7 @@ checkpoint.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import shlex
@@ -111,11 +112,12 @@ def explain(error: dict[str, Any] | None, returncode: int | None = None) -> str:
 
 
 def wall_time(run: dict[str, Any]) -> float:
-    """Seconds a run has trained across its attempts: its earlier attempts' (the checkpoint it resumed from
-    counts them) plus its latest attempt's, up to now while it works, else up to when it ended."""
-    attempt = run.get("attempt_started") or run["started"]
-    if attempt is None:
-        return 0.0
+    """Seconds a run has taken across its attempts, by the studio's clock: its earlier attempts' (added up when
+    it is queued again) plus its latest attempt's, up to now while it works, else up to when it ended. (Not
+    the checkpoint's own count, which leaves out each attempt's start-up: the figure would step back.)"""
+    attempt = run.get("attempt_started")
+    if attempt is None:  # queued (again): its attempts so far are added up in elapsed_before
+        return run.get("elapsed_before") or 0.0
     end = time.time() if run["status"] in WORKING_STATES else run["finished"]
     return (run.get("elapsed_before") or 0.0) + max(0.0, (end or attempt) - attempt)
 
@@ -183,10 +185,10 @@ class Jobs:
             ]
             busy = [r["name"] for r in ahead if r["status"] != "queued"]
             return (
-                f"Queued: another fine-tune ({', '.join(busy) or 'earlier run'}) is using the device; "
+                f"Queued: another run ({html.escape(', '.join(busy)) or 'an earlier one'}) is using the device; "
                 f"this one starts when it ends ({len(ahead)} ahead)."
             )
-        return f"Started {run['name']}." if run["status"] in ACTIVE_STATES else run["message"]
+        return f"Started {html.escape(run['name'])}." if run["status"] in ACTIVE_STATES else run["message"]
 
     def tick(self) -> None:
         """Notice runs that ended, then start the next queued run if the device is free."""
@@ -220,17 +222,7 @@ class Jobs:
             self.store.update_run(run["id"], status="failed", message=f"could not start the trainer: {e}")
             return False
         self.children[child.pid] = child
-        # Wall time across attempts: what the checkpoint it resumes from had trained, plus this attempt's.
-        before = float(run_dir.info().get("wall_seconds", 0.0)) if resume else 0.0
-        self.store.update_run(
-            run["id"],
-            status="running",
-            pid=child.pid,
-            attempt_started=time.time(),
-            elapsed_before=before,
-            finished=None,
-            message="",
-        )
+        self.store.update_run(run["id"], status="running", pid=child.pid, attempt_started=time.time(), message="")
         return True
 
     def _alive(self, run: dict[str, Any]) -> tuple[bool, int | None]:
@@ -284,6 +276,7 @@ class Jobs:
             run = self.store.run(run_id)
             if run is None:
                 return "No such run."
+            name = html.escape(run["name"])
             if run["status"] == "queued":
                 # Never started (or queued again after a stop): a resumable run keeps its checkpoint.
                 resumable = run["config"].get("resume") and self.run_dir(run).resumable()
@@ -294,15 +287,15 @@ class Jobs:
                     else ("Cancelled while queued: it never started. Start again queues it from the beginning.")
                 )
                 self.store.update_run(run_id, status=status, message=message, finished=time.time())
-                return f"{run['name']} was taken off the queue."
+                return f"{name} was taken off the queue."
             if run["status"] not in WORKING_STATES or not self._alive(run)[0]:
-                return f"{run['name']} is not running."
+                return f"{name} is not running."
             try:
                 os.kill(run["pid"], signal.SIGTERM)
             except ProcessLookupError:
-                return f"{run['name']} had already ended."
+                return f"{name} had already ended."
             self.store.update_run(run_id, status="stopping", message="Stopping: writing a last checkpoint...")
-            return f"Stopping {run['name']}: it writes a last checkpoint, then ends."
+            return f"Stopping {name}: it writes a last checkpoint, then ends."
 
     def resume(self, run_id: str) -> str:
         """Queue an ended run again: from its last checkpoint when there is one, else from the start."""
@@ -310,12 +303,23 @@ class Jobs:
         if run is None:
             return "No such run."
         if run["status"] in ACTIVE_STATES:
-            return f"{run['name']} is already {run['status']}."
+            return f"{html.escape(run['name'])} is already {run['status']}."
         if run["status"] == "done":
-            return f"{run['name']} has finished; start a new run to train more."
-        # A cancelled run never trained: it starts again from the beginning.
-        config = {**run["config"], "resume": run["status"] != "cancelled"}
-        self.store.update_run(run_id, config=config, status="queued", message="", pid=None, queued=time.time())
+            return f"{html.escape(run['name'])} has finished; start a new run to train more."
+        # A cancelled run never trained: it starts again from the beginning. A resumed one keeps its clock: the
+        # attempts so far are added up now, and the next attempt counts from its own start.
+        again = run["status"] != "cancelled"
+        self.store.update_run(
+            run_id,
+            config={**run["config"], "resume": again},
+            status="queued",
+            message="",
+            pid=None,
+            queued=time.time(),
+            elapsed_before=wall_time(run) if again else 0.0,
+            attempt_started=None,
+            finished=None,
+        )
         return self.submit(run_id)
 
     def watch(self, interval: float = 2.0) -> None:

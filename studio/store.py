@@ -110,6 +110,9 @@ class Store:
         ):
             if column not in columns:
                 db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
+        # Runs that ended before attempts were timed: their one attempt is the span since they started.
+        db.execute("UPDATE runs SET attempt_started = started WHERE attempt_started IS NULL AND started IS NOT NULL "
+                   f"AND elapsed_before = 0 AND status IN ({','.join(repr(s) for s in FINAL_STATES)})")  # fmt: skip
         if "comparison" not in {row[1] for row in db.execute("PRAGMA table_info(votes)")}:
             db.execute("ALTER TABLE votes ADD COLUMN comparison TEXT")
         db.execute("CREATE UNIQUE INDEX IF NOT EXISTS votes_by_comparison ON votes(comparison)")

@@ -98,3 +98,56 @@ def test_a_project_gutenberg_book_is_kept_without_its_licence_and_the_status_say
     plain.write_text("My own words.\n\nMore of them.\n")
     mine = store_text(studio, plain, "mine.txt")
     assert mine.path.read_bytes() == plain.read_bytes() and "Gutenberg" not in mine.describe()
+
+
+def test_elapsed_never_goes_back_across_stop_and_resume(tmp_path, monkeypatch):
+    """The trainer's checkpoint counts training seconds only; the page counted the attempt from its start
+    (imports, data): a resume that began from the checkpoint's figure showed 1:17 after 1:43 at Stop."""
+    import json
+    import time
+
+    from llm.run import INFO, STATE, RunDir
+    from studio.jobs import Jobs, wall_time
+    from studio.store import Store
+
+    store = Store(tmp_path / "ws")
+    run_dir = RunDir(store.workspace / "runs" / "r")
+    run_dir.latest.mkdir(parents=True)
+    (run_dir.latest / STATE).write_bytes(b"state")
+    (run_dir.latest / INFO).write_text(json.dumps({"wall_seconds": 60.0}))
+    run_id = store.add_run("r", "base:base", "d", "lora", {}, run_dir.path)
+    now = time.time()
+    store.update_run(run_id, status="stopped", started=now - 100, attempt_started=now - 100, finished=now)
+    shown_at_stop = wall_time(store.run(run_id))
+
+    class Child:
+        pid = 2**22 + 77
+
+        def __init__(self, cmd, **kwargs):
+            pass
+
+        def poll(self):
+            return None
+
+    monkeypatch.setattr("studio.jobs.subprocess.Popen", Child)
+    jobs = Jobs(store)
+    jobs.resume(run_id)
+    assert store.run(run_id)["status"] == "running"
+    assert wall_time(store.run(run_id)) >= shown_at_stop >= 100
+
+
+def test_run_names_are_escaped_in_the_queue_and_stop_messages(tmp_path, monkeypatch):
+    from studio.jobs import Jobs
+    from studio.store import Store
+
+    monkeypatch.setattr("studio.jobs.process_alive", lambda pid, marker: True)  # the first run trains
+
+    store = Store(tmp_path / "ws")
+    first = store.add_run("<b>first</b>", "base:base", "d", "lora", {}, store.workspace / "runs" / "a")
+    store.update_run(first, status="running", pid=2**22 + 5)
+    second = store.add_run("<img src=x>", "base:base", "d", "lora", {}, store.workspace / "runs" / "b")
+    jobs = Jobs(store)
+    queued = jobs.submit(second)
+    assert "&lt;b&gt;first&lt;/b&gt;" in queued and "<b>" not in queued
+    for message in (jobs.stop(second), jobs.stop(first)):
+        assert "<img" not in message and "<b>" not in message, message

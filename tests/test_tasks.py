@@ -281,7 +281,7 @@ def test_rows_longer_than_the_context_are_truncated_or_dropped_and_counted(tmp_p
     assert cut.lengths[1] == texts + 5  # eos, <|user|>, <|end|>, <|assistant|>, <|end|>
     dropped = encode_examples(data, tok, 32, overflow="drop")
     assert dropped.rows == [1]
-    assert str(dropped.dropped[0]) == f"row 2: too long ({cut.lengths[1]} tokens; the context holds 33)"
+    assert str(dropped.dropped[0]) == f"row 2: too long ({cut.lengths[1]} tokens; the context holds 32)"
     info = summary(data, dropped)
     assert (info["kept"], info["dropped"], info["drop_reasons"]) == (1, 1, {"too long": 1})
     assert summary(data, cut)["truncated"] == 1
@@ -295,7 +295,7 @@ def test_a_prompt_that_fills_the_context_is_cut_from_the_start_so_the_answer_sur
     story = "Tom had a ball. " * 40
     path = write(tmp_path, "t.csv", f"question,answer\n{story},yes\nWhat is big?,{story}\n{story},{story}\n")
     cut = encode_examples(read_task_file(path), tok, 32)
-    assert cut.rows == [1, 2] and cut.truncated == [1, 2]
+    assert cut.rows == [1, 2] and cut.truncated == [1, 2] and cut.cut_start == [1], "row 1 lost its start"
     ids, mask = cut.items[0]
     answer = tok.encode(" yes") + [tok.special["<|end|>"]]
     assert len(ids) == 33 and ids[-len(answer) :] == answer and ids[-len(answer) - 1] == tok.special["<|assistant|>"]
@@ -303,7 +303,7 @@ def test_a_prompt_that_fills_the_context_is_cut_from_the_start_so_the_answer_sur
     question = [tok.eos_id, tok.special["<|user|>"], *tok.encode(" What is big?")]
     assert cut.items[1][0][: len(question)] == question  # a long answer: the end is cut, as before
     assert [str(p) for p in cut.dropped] == [
-        f"row 3: too long (the prompt fills the context of 33 tokens, and the answer alone takes "
+        f"row 3: too long (the prompt fills the context of 32 tokens, and the answer alone takes "
         f"{len(tok.encode(' ' + story.strip())) + 2})"
     ]
 
@@ -435,3 +435,16 @@ def test_header_names_with_spaces_around_them_are_found(tmp_path):
 def test_a_file_in_another_shape_than_its_name_says_is_explained(tmp_path, name, content, message):
     with pytest.raises(TaskFileError, match=message):
         read_task_file(write(tmp_path, name, content))
+
+
+def test_a_split_of_the_whole_files_encoding_equals_encoding_the_split(tmp_path, tok):
+    """What lets a caller encode a file once and split it for any held-out share and seed (the studio's plan)."""
+    from llm.data.tasks import split_examples
+
+    story = "Tom had a ball. " * 40
+    rows = "".join(f"What is {i}?,{story if i % 3 == 0 else i}\n" for i in range(30))
+    data = read_task_file(write(tmp_path, "t.csv", "question,answer\n" + rows))
+    whole = encode_examples(data, tok, 32)
+    for share, seed in ((0.1, 1), (0.3, 7)):
+        for part in split_examples(data, share, seed):
+            assert whole.select(part.examples) == encode_examples(part, tok, 32)

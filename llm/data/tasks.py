@@ -26,7 +26,7 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,18 +109,32 @@ class EncodedExamples:
     items: list[tuple[list[int], list[bool]]]  # (token ids, trained-on mask) of each kept example
     rows: list[int]  # the file row of each item
     lengths: list[int]  # each item's full token length, before truncation
-    truncated: list[int]  # rows cut to the context length
+    truncated: list[int]  # rows cut to the context length (at the end, or at the start: see cut_start)
     dropped: list[Problem]  # rows left out here (too long, or nothing left to train on after truncation)
-    byte_tokens: int = 0  # byte-fallback tokens among the kept items' tokens before truncation (see lengths)
+    byte_counts: list[int] = field(default_factory=list)  # each item's byte-fallback tokens, before truncation
+    cut_start: list[int] = field(default_factory=list)  # truncated rows cut at the start (the prompt filled it)
+
+    @property
+    def byte_tokens(self) -> int:
+        """Byte-fallback tokens among the kept items' tokens before truncation (see lengths)."""
+        return sum(self.byte_counts)
 
     def combined(self, other: EncodedExamples) -> EncodedExamples:
         """Both sets as one (e.g. a run's train and validation rows, for one data summary)."""
+        return EncodedExamples(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))  # all lists
+
+    def select(self, examples: list[Example]) -> EncodedExamples:
+        """The encoding of these examples (some of the ones encoded, e.g. a split of the file), in this order."""
+        rows = {e.row for e in examples}
+        kept = [i for i, row in enumerate(self.rows) if row in rows]
         return EncodedExamples(
-            self.items + other.items,
-            self.rows + other.rows,
-            self.lengths + other.lengths,
-            self.truncated + other.truncated,
-            self.dropped + other.dropped,
+            [self.items[i] for i in kept],
+            [self.rows[i] for i in kept],
+            [self.lengths[i] for i in kept],
+            [row for row in self.truncated if row in rows],
+            [p for p in self.dropped if p.row in rows],
+            [self.byte_counts[i] for i in kept],
+            [row for row in self.cut_start if row in rows],
         )
 
 
@@ -697,22 +711,26 @@ def encode_examples(
         full_ids, n = ids, len(ids)
         if n > limit:
             if overflow == "drop":
-                out.dropped.append(Problem(example.row, None, "too long", f"{n} tokens; the context holds {limit}"))
+                detail = f"{n} tokens; the context holds {context_length}"
+                out.dropped.append(Problem(example.row, None, "too long", detail))
                 continue
             if any(mask[1:limit]):
                 ids, mask = ids[:limit], mask[:limit]
             else:
                 answer = n - max(i for i, t in enumerate(ids) if t == assistant)  # the last answer and its marker
                 if answer > limit:
-                    detail = f"the prompt fills the context of {limit} tokens, and the answer alone takes {answer}"
+                    detail = (
+                        f"the prompt fills the context of {context_length} tokens, and the answer alone takes {answer}"
+                    )
                     out.dropped.append(Problem(example.row, None, "too long", detail))
                     continue
                 ids, mask = ids[-limit:], mask[-limit:]
+                out.cut_start.append(example.row)
             out.truncated.append(example.row)
         out.items.append((ids, mask))
         out.rows.append(example.row)
         out.lengths.append(n)
-        out.byte_tokens += int(tokenizer.byte_ids[full_ids].sum())
+        out.byte_counts.append(int(tokenizer.byte_ids[full_ids].sum()))
     return out
 
 

@@ -67,20 +67,29 @@ class Prepared:
         return cfg.val_data or f"{cfg.val_fraction:.0%} of the rows, seed {cfg.seed}"
 
 
-def prepare(cfg: FinetuneConfig, data: TaskData | None = None) -> Prepared:
+def encode_data(cfg: FinetuneConfig, data: TaskData) -> EncodedExamples:
+    """Every example of data encoded for cfg's base model (its tokenizer and context) with cfg.overflow: what
+    prepare() splits, for a caller that keeps it across settings that leave it unchanged (the split's share and
+    seed, the method, the schedule)."""
+    _, model_cfg, tokenizer = tuning.open_base(cfg)
+    return encode_examples(data, tokenizer, model_cfg.context_length, cfg.overflow)
+
+
+def prepare(cfg: FinetuneConfig, data: TaskData | None = None, encoded: EncodedExamples | None = None) -> Prepared:
     """Read (unless data is given), split and encode the task data for the base model, and derive the
-    training settings. Writes nothing."""
+    training settings. encoded: encode_data(cfg, data), when the caller has it. Writes nothing."""
     if not cfg.data and data is None:
         raise ConfigError("is required: the task file to fine-tune on", field="data")
     base_dir, model_cfg, tokenizer = tuning.open_base(cfg)
     data = data if data is not None else read_task_file(cfg.data, cfg.format, cfg.mapping)
+    T = model_cfg.context_length
+    whole = encoded if encoded is not None else encode_examples(data, tokenizer, T, cfg.overflow)
     if cfg.val_data:
-        train_data, val_data = data, read_task_file(cfg.val_data, data.format, cfg.mapping)
+        val_data = read_task_file(cfg.val_data, data.format, cfg.mapping)
+        train_enc, val_enc = whole, encode_examples(val_data, tokenizer, T, cfg.overflow)
     else:
         train_data, val_data = split_examples(data, cfg.val_fraction, cfg.seed)
-    T = model_cfg.context_length
-    train_enc = encode_examples(train_data, tokenizer, T, cfg.overflow)
-    val_enc = encode_examples(val_data, tokenizer, T, cfg.overflow)
+        train_enc, val_enc = whole.select(train_data.examples), whole.select(val_data.examples)
     if not train_enc.items:
         raise TaskFileError(f"{data.source}: no training example is left after dropping rows longer than the context")
     kept = set(val_enc.rows)
