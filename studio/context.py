@@ -150,7 +150,7 @@ class Studio:
             return None
         from llm.data.tokenizer import Tokenizer
 
-        stamp = (self.base_model / "tokenizer.model").stat().st_mtime
+        stamp = (self.base_model / CONFIG).stat().st_mtime  # rewritten whenever the model directory is
         if self._tokenizer is None or self._tokenizer[0] != stamp:
             context = json.loads((self.base_model / CONFIG).read_text())["context_length"]
             self._tokenizer = (stamp, Tokenizer.load(self.base_model), context)

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from llm.config import ALL_PROJECTIONS, ModelConfig
 from llm.data import chat
-from llm.data.tokenizer import Tokenizer, train_tokenizer
+from llm.data.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerError, train_tokenizer
 from llm.errors import ConfigError
 from llm.model import hf, lora
 from llm.model.checkpoint import load_model, save_checkpoint
@@ -192,9 +192,9 @@ def llama_folder(tmp_path_factory, llama_proto) -> Path:
         for name, p in model.named_parameters():
             p.normal_(1.0 if "norm" in name else 0.0, 0.1 if "norm" in name else 0.3)
     model.save_pretrained(folder)
-    tok = Tokenizer(llama_proto, "llama tokenizer", ZEPHYR_TEMPLATE)
+    tok = SentencePieceTokenizer(llama_proto, "llama tokenizer", ZEPHYR_TEMPLATE)
     (folder / "tokenizer.model").write_bytes(llama_proto)
-    (folder / "tokenizer.json").write_text(json.dumps(hf.tokenizer_json(tok)))
+    (folder / "tokenizer.json").write_text(tok.hf_files()["tokenizer.json"])
     settings = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>"}
     (folder / "tokenizer_config.json").write_text(json.dumps(settings | {"chat_template": ZEPHYR_TEMPLATE}))
     return folder
@@ -281,6 +281,9 @@ def test_refusals_name_what_is_wrong(tmp_path, llama_folder):
     with pytest.raises(hf.HFFormatError, match="no SentencePiece tokenizer.model"):
         attempt()
     (folder / "tokenizer.model").write_bytes((llama_folder / "tokenizer.model").read_bytes())
+    with pytest.raises(TokenizerError, match="lacks the reserved tokens .* and has no chat template"):
+        attempt()
+    (folder / "tokenizer_config.json").write_text((llama_folder / "tokenizer_config.json").read_text())
     with pytest.raises(hf.HFFormatError, match=r"0\.21B parameters need 0\.8 GiB in fp32, more than the 0\.5 GiB"):
         (folder / "config.json").write_text(
             json.dumps(config | {"hidden_size": 8192, "head_dim": 2048, "num_hidden_layers": 1})
@@ -288,6 +291,14 @@ def test_refusals_name_what_is_wrong(tmp_path, llama_folder):
         hf.import_hf(folder, tmp_path / "out", memory_limit=2**29)
     with pytest.raises(hf.HFFormatError, match="no model.safetensors"):
         attempt()
+
+
+def test_chat_tokens_are_found_by_the_unknown_id_of_the_tokenizer(llama_proto):
+    """Llama's unknown id is 0 (ours is 1): a missing chat token is not 'present with id 0'."""
+    tok = SentencePieceTokenizer(llama_proto, "llama", ZEPHYR_TEMPLATE)
+    assert tok.unk_id == 0 and tok.special == {}
+    with pytest.raises(TokenizerError, match="lacks the reserved tokens"):
+        SentencePieceTokenizer(llama_proto, "llama")
 
 
 def test_old_config_files_mean_multi_head_attention():

@@ -76,7 +76,7 @@ def test_exact_token_count_of_a_multi_file_corpus(tmp_path, tok, tokenizer_dir):
     assert shard_tokens(tmp_path / "out", "train") == expected
     assert meta["tokens"] == {"train": len(expected), "val": 0}
     assert meta["bytes"] == sum(len(d.encode()) for d in iter_documents(files))
-    assert (tmp_path / "out" / "tokenizer.model").read_bytes() == tok.proto
+    assert (tmp_path / "out" / "tokenizer.model").read_bytes() == tok.files()["tokenizer.model"]
 
 
 def test_validation_split_holds_out_whole_documents(tmp_path, tok, tokenizer_dir):

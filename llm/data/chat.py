@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 
 import jinja2
 import jinja2.ext
@@ -62,7 +61,7 @@ def render(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> tuple[list[i
 def prompt_ids(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> list[int]:
     """The ids that ask the model for the next assistant turn."""
     if tokenizer.chat_template:
-        return encode_rendered(tokenizer, template_text(tokenizer, messages, add_generation_prompt=True))
+        return tokenizer.encode_special(template_text(tokenizer, messages, add_generation_prompt=True))
     ids, _ = render(tokenizer, messages)
     return ids + [tokenizer.special["<|assistant|>"]]
 
@@ -79,6 +78,23 @@ def stop_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
     if tokenizer.chat_template:
         return (tokenizer.eos_id,)
     return (tokenizer.special["<|end|>"], tokenizer.eos_id)
+
+
+def jinja_template(tokenizer: Tokenizer) -> str:
+    """The chat template as Jinja, for a model's Hugging Face or GGUF export: an imported model's own, or ours
+    written out (<eos> then, per message, <|role|> " " content <|end|>)."""
+    if tokenizer.chat_template:
+        return tokenizer.chat_template
+    roles = "['" + "', '".join(("system", "user", "assistant")) + "']"
+    return (
+        f"{tokenizer.id_to_piece(tokenizer.eos_id)}"
+        "{% for message in messages %}"
+        f"{{% if message['role'] not in {roles} %}}"
+        "{{ raise_exception('unknown role ' + message['role']) }}{% endif %}"
+        "{{ '<|' + message['role'] + '|> ' + message['content'] + '<|end|>' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    )
 
 
 # --- imported chat templates (Jinja, rendered as transformers renders them) ---
@@ -112,36 +128,16 @@ def template_text(tokenizer: Tokenizer, messages: list[dict[str, str]], add_gene
         raise ChatTemplateError(f"{tokenizer.source}: the chat template cannot render this conversation: {e}") from None
 
 
-@functools.lru_cache(maxsize=4)
-def _control_pattern(tokenizer: Tokenizer) -> re.Pattern:
-    """A regex that finds the control tokens' texts (<s>, </s>, <unk> ...), longest first."""
-    sp = tokenizer.sp
-    pieces = [sp.id_to_piece(i) for i in range(tokenizer.vocab_size) if sp.IsControl(i) or sp.IsUnknown(i)]
-    return re.compile("(" + "|".join(re.escape(p) for p in sorted(pieces, key=len, reverse=True)) + ")")
-
-
-def encode_rendered(tokenizer: Tokenizer, text: str) -> list[int]:
-    """Rendered template text -> ids: a control token's text becomes its id and the text between them is encoded
-    as usual, each part on its own (as a Hugging Face tokenizer treats its special tokens)."""
-    ids = []
-    for i, part in enumerate(_control_pattern(tokenizer).split(text)):
-        if i % 2:  # the pattern's captured matches sit at odd positions
-            ids.append(tokenizer.sp.piece_to_id(part))
-        elif part:
-            ids += tokenizer.encode(part)
-    return ids
-
-
 def render_with_template(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[bool]]:
     """(ids, mask) under the tokenizer's chat template. An assistant turn's tokens are those between the
     conversation before it (with the generation prompt) and the conversation through it."""
-    ids = encode_rendered(tokenizer, template_text(tokenizer, messages))
+    ids = tokenizer.encode_special(template_text(tokenizer, messages))
     mask = [False] * len(ids)
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = encode_rendered(tokenizer, template_text(tokenizer, messages[:i], add_generation_prompt=True))
-        through = encode_rendered(tokenizer, template_text(tokenizer, messages[: i + 1]))
+        before = tokenizer.encode_special(template_text(tokenizer, messages[:i], add_generation_prompt=True))
+        through = tokenizer.encode_special(template_text(tokenizer, messages[: i + 1]))
         if ids[: len(through)] != through or through[: len(before)] != before:
             raise ChatTemplateError(
                 f"{tokenizer.source}: the chat template does not render the start of a conversation as the start "

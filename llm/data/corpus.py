@@ -7,7 +7,7 @@ so, which holds documents out whole and is the same on every run.
 
 On disk (<out>/):
   meta.json               dtype, vocabulary size, shard list with token counts, source files
-  tokenizer.model         the tokenizer that made the shards
+  tokenizer files         the tokenizer that made the shards (llm/data/tokenizer)
   train_000.bin, ...      raw token ids (uint16 when the vocabulary fits, else uint32)
   val_000.bin, ...
 """
@@ -66,10 +66,10 @@ def count_held_out(files: list[Path], val_fraction: float, text_field: str = "te
 _worker_tok: Tokenizer | None = None
 
 
-def _init_worker(proto: bytes) -> None:
+def _init_worker(tok: Tokenizer) -> None:
     global _worker_tok
     torch.set_num_threads(1)
-    _worker_tok = Tokenizer(proto)
+    _worker_tok = tok  # pickled as its files and built anew in this process
 
 
 def _encode_batch(batch: list[tuple[str, bool, bool]], dtype: str) -> tuple[np.ndarray, np.ndarray, int]:
@@ -178,7 +178,7 @@ def _encode_corpus(
     returns (text bytes encoded, tokens written). split: _batches' text_field, val_fraction and seed."""
     done_bytes = tokens = 0
     dtype = token_dtype(tok.vocab_size)
-    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tok.proto,)) as pool:
+    with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(tok,)) as pool:
         pending: deque[Future] = deque()
 
         def collect() -> None:

@@ -705,7 +705,6 @@ def encode_examples(
         raise ConfigError(f"must be one of {OVERFLOW}, got {overflow!r}", field="overflow")
     limit = context_length + 1
     out = EncodedExamples([], [], [], [], [])
-    assistant = tokenizer.special["<|assistant|>"]
     for example in data.examples:
         ids, mask = render(tokenizer, example.messages)
         full_ids, n = ids, len(ids)
@@ -717,7 +716,7 @@ def encode_examples(
             if any(mask[1:limit]):
                 ids, mask = ids[:limit], mask[:limit]
             else:
-                answer = n - max(i for i, t in enumerate(ids) if t == assistant)  # the last answer and its marker
+                answer = n - last_answer_start(mask) + 1  # the last answer and the token before it (its marker)
                 if answer > limit:
                     detail = (
                         f"the prompt fills the context of {context_length} tokens, and the answer alone takes {answer}"
@@ -732,6 +731,14 @@ def encode_examples(
         out.lengths.append(n)
         out.byte_counts.append(int(tokenizer.byte_ids[full_ids].sum()))
     return out
+
+
+def last_answer_start(mask: list[bool]) -> int:
+    """Where the last trained-on run of a rendered conversation begins."""
+    end = max(i for i, trained in enumerate(mask) if trained)
+    while end > 0 and mask[end - 1]:
+        end -= 1
+    return end
 
 
 def split_examples(

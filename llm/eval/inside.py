@@ -7,10 +7,11 @@ where it attends. The studio's Inside view and `python -m llm inspect` call thes
     attention(model, tokens, layer=0, head=None)                         # head None: the mean over heads
     report(load_models(["models/base", "runs/tuned"]), tokens)           # all of it, JSON-ready
 
-The model reads a text the way pretraining showed it documents: after an <eos> token. So the first token of
-the text is predicted from <eos> alone and every token has a surprise. A prompt and an answer are rendered
-with the chat template (llm/data/chat.py), which also opens with <eos>; their summary counts the answer's tokens
-and the <|end|> after it, the tokens fine-tuning trains on.
+The model reads a text the way pretraining showed it documents: after its start token (<eos> for ours, <s> for
+Llama's). So the first token of the text is predicted from the start token alone and every token has a
+surprise. A prompt and an answer are rendered with the chat template (llm/data/chat.py), whose first token
+opens the conversation; their summary counts the answer's tokens and the end token after it, the tokens
+fine-tuning trains on.
 
 A text longer than the context length is scored in sliding windows that move by half a context, so every
 token after the first window is predicted from at least half a context of the tokens before it. The next
@@ -43,9 +44,9 @@ class InspectError(InputError):
 
 @dataclass
 class Token:
-    index: int  # row number: 0 is the first token after the <eos> that opens every text
+    index: int  # row number: 0 is the first token after the one that opens every text
     id: int
-    piece: str  # SentencePiece's name for it: "▁the", "<0xE2>" (one byte of a character), "<|user|>"
+    piece: str  # its name (Tokenizer.id_to_piece): "▁the", "<0xE2>" (one byte of a character), "<|user|>"
     text: str  # Tokens.text[start:end]; a character split into byte tokens is the text of each of them
     start: int  # character span in Tokens.text
     end: int
@@ -57,43 +58,42 @@ class Token:
 @dataclass
 class Tokens:
     text: str  # what the spans index: the text, or the conversation with its control tokens written out
-    ids: list[int]  # what the model reads: <eos>, then one id per row
+    ids: list[int]  # what the model reads: the opening token, then one id per row
     rows: list[Token]
     mode: str  # "text" or "chat"
+    start: str  # the opening token's name (<eos> for ours)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _spans(tokenizer: Tokenizer, ids: list[int], text: str, offset: int) -> list[tuple[int, int]]:
-    """Character spans of ordinary (non-control) tokens that decode to `text`, shifted by offset.
+def _spans(tokenizer: Tokenizer, ids: list[int], offset: int) -> tuple[str, list[tuple[int, int]]]:
+    """(the text of ordinary (non-special) tokens, each token's character span in it, shifted by offset).
 
-    With the identity normalisation a piece has as many characters as the text it stands for ("▁" stands
-    for one space); byte-fallback pieces stand for one UTF-8 byte each and share their character's span.
+    A token's span covers the characters its bytes belong to: a piece of whole characters spans them; tokens
+    that each hold part of a character (byte-fallback pieces, byte-level fragments) share its span.
     """
-    spans, pos, bytes_done = [], 0, 0
-    for i in ids:
-        if tokenizer.sp.is_byte(i):
-            spans.append((offset + pos, offset + pos + 1))
-            bytes_done += 1
-            if bytes_done == len(text[pos].encode("utf-8")):
-                pos, bytes_done = pos + 1, 0
-        else:
-            assert bytes_done == 0, "a piece began inside a character split into bytes"
-            n = len(tokenizer.id_to_piece(i))
-            spans.append((offset + pos, offset + pos + n))
-            pos += n
-    assert pos == len(text), f"token spans cover {pos} of {len(text)} characters"
-    return spans
+    data = [tokenizer.token_bytes(i) for i in ids]
+    # A byte that is not part of a whole character (a cut text) decodes as one surrogate, shown as U+FFFD.
+    chars = b"".join(data).decode("utf-8", errors="surrogateescape")
+    owner = []  # owner[k]: the character that byte k of the joined bytes belongs to
+    for c, char in enumerate(chars):
+        owner += [c] * (1 if 0xDC80 <= ord(char) <= 0xDCFF else len(char.encode("utf-8")))
+    owner.append(len(chars))  # where a token with no bytes after the last one sits
+    spans, pos = [], 0
+    for piece in data:
+        first = owner[pos]
+        spans.append((offset + first, offset + (owner[pos + len(piece) - 1] + 1 if piece else first)))
+        pos += len(piece)
+    return "".join("\ufffd" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in chars), spans
 
 
 def _rows(tokenizer: Tokenizer, ids: list[int], mask: list[bool], mode: str) -> tuple[str, list[Token]]:
-    """The display text and one Token per id after the opening <eos>.
+    """The display text and one Token per id after the first (the start token the text follows).
 
-    Runs of ordinary tokens are decoded together (a character may take several byte tokens); a control token
+    Runs of ordinary tokens are decoded together (a character may take several byte tokens); a special token
     (<|user|>, <|end|>, ...) is written out as its name.
     """
-    assert ids and ids[0] == tokenizer.eos_id, "a text is read after <eos>"
     parts: list[str] = []
     spans: list[tuple[int, int]] = []
     length, run = 0, []
@@ -101,14 +101,14 @@ def _rows(tokenizer: Tokenizer, ids: list[int], mask: list[bool], mode: str) -> 
     def flush() -> None:
         nonlocal length
         if run:
-            piece_text = tokenizer.decode(run)
-            spans.extend(_spans(tokenizer, run, piece_text, length))
+            piece_text, run_spans = _spans(tokenizer, run, length)
+            spans.extend(run_spans)
             parts.append(piece_text)
             length += len(piece_text)
             run.clear()
 
     for i in ids[1:]:
-        if tokenizer.sp.is_control(i):
+        if tokenizer.is_special(i):
             flush()
             name = tokenizer.id_to_piece(i)
             spans.append((length, length + len(name)))
@@ -127,7 +127,7 @@ def _rows(tokenizer: Tokenizer, ids: list[int], mask: list[bool], mode: str) -> 
             start=start,
             end=end,
             part="text" if mode == "text" else ("answer" if scored else "prompt"),
-            special=bool(tokenizer.sp.is_control(i)),
+            special=tokenizer.is_special(i),
             scored=scored,
         )
         for r, (i, (start, end), scored) in enumerate(zip(ids[1:], spans, mask[1:], strict=True))
@@ -148,10 +148,13 @@ def tokenize(
     if text is not None:
         if not text:
             raise InspectError("the text is empty: there is nothing to inspect")
-        ids = [tokenizer.eos_id] + tokenizer.encode(text)
+        ids = [tokenizer.start_id] + tokenizer.encode(text)
         shown, rows = _rows(tokenizer, ids, [True] * len(ids), "text")
-        assert len(shown) == len(text)  # the same characters, but a "▁" typed in the text decodes as a space
-        return Tokens(text, ids, [replace(r, text=text[r.start : r.end]) for r in rows], "text")
+        start = _start_name(tokenizer, ids[0])
+        if len(shown) != len(text):  # a tokenizer that puts a space before the text (Llama's): show it
+            return Tokens(shown, ids, rows, "text", start)
+        # the same characters, but a "▁" typed in the text decodes as a space: show the text as typed
+        return Tokens(text, ids, [replace(r, text=text[r.start : r.end]) for r in rows], "text", start)
     if not prompt or not answer:
         raise InspectError("a conversation needs both a prompt and an answer (or give a text instead)")
     messages = ([{"role": "system", "content": system}] if system else []) + [
@@ -160,7 +163,12 @@ def tokenize(
     ]
     ids, mask = render(tokenizer, messages)
     shown, rows = _rows(tokenizer, ids, mask, "chat")
-    return Tokens(shown, ids, rows, "chat")
+    return Tokens(shown, ids, rows, "chat", _start_name(tokenizer, ids[0]))
+
+
+def _start_name(tokenizer: Tokenizer, i: int) -> str:
+    """The opening token's name: <eos> for ours (written </s>), else as the tokenizer spells it."""
+    return "<eos>" if i == tokenizer.eos_id and not tokenizer.chat_template else tokenizer.id_to_piece(i)
 
 
 @torch.no_grad()
@@ -290,7 +298,7 @@ def attention_weights(model: Transformer, ids: list[int]) -> torch.Tensor:
     if len(ids) > model.cfg.context_length:
         raise InspectError(
             f"attention is shown for at most the context length, {model.cfg.context_length} tokens (with the "
-            f"opening <eos>); this text has {len(ids)}: inspect a shorter part of it"
+            f"opening token); this text has {len(ids)}: inspect a shorter part of it"
         )
     layers = [block.attn for block in model.blocks]
     device = next(model.parameters()).device
@@ -305,7 +313,7 @@ def attention_weights(model: Transformer, ids: list[int]) -> torch.Tensor:
 
 
 def attention(model: Transformer, tokens: Tokens, layer: int = 0, head: int | None = None) -> dict[str, Any]:
-    """One layer's attention over the tokens (<eos> first), of one head or (head None) the mean over heads:
+    """One layer's attention over the tokens (the opening token first), of one head or (head None) the mean over heads:
     {"layer", "head", "labels" (one per position), "weights" (rows: queries, columns: keys; rows sum to 1)}."""
     cfg = model.cfg
     if not 0 <= layer < cfg.n_layer:
@@ -317,7 +325,7 @@ def attention(model: Transformer, tokens: Tokens, layer: int = 0, head: int | No
     return {
         "layer": layer,
         "head": head,
-        "labels": ["<eos>"] + [r.text for r in tokens.rows],
+        "labels": [tokens.start] + [r.text for r in tokens.rows],
         "weights": chosen.tolist(),
     }
 
@@ -337,7 +345,7 @@ def load_models(paths: list[str | Path], device: str | torch.device = "cpu") -> 
     for path in paths:
         resolve(path)  # a clear error for a missing model before loading any
     loaded = [Loaded(str(p), *load_model(p, device)[:2]) for p in paths]
-    if len(loaded) == 2 and loaded[0].tokenizer.proto != loaded[1].tokenizer.proto:
+    if len(loaded) == 2 and not loaded[0].tokenizer.same_vocabulary(loaded[1].tokenizer):
         raise InspectError(
             f"{loaded[0].name} and {loaded[1].name} use different tokenizers, so their tokens cannot be compared "
             "one by one: compare a model with another trained from it (a fine-tune and its base)"
@@ -451,8 +459,8 @@ def format_report(result: dict[str, Any]) -> str:
     for view in result.get("attention", []):
         head = "mean over heads" if view["head"] is None else f"head {view['head']}"
         lines += ["", f"{view['model']}: attention of layer {view['layer']}, {head}: each token's 3 strongest keys"]
-        # Position k holds <eos> (k = 0) or token #k-1.
-        name = [f"#{k - 1} {shown(label)!r}" if k else "<eos>" for k, label in enumerate(view["labels"])]
+        # Position k holds the opening token (k = 0) or token #k-1.
+        name = [f"#{k - 1} {shown(label)!r}" if k else label for k, label in enumerate(view["labels"])]
         for q, weights in enumerate(view["weights"]):
             best = sorted(range(q + 1), key=lambda k: -weights[k])[:3]
             lines.append(f"{name[q]:<20} -> " + ", ".join(f"{name[k]} {weights[k]:.2f}" for k in best))

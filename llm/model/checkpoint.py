@@ -4,7 +4,8 @@ A model directory holds
   config.json          the ModelConfig
   model.safetensors    the weights (no pickle: loading never runs code); or, for a LoRA adapter stored alone,
   adapter.safetensors  + adapter.json naming the base model directory it applies to
-  tokenizer.model      the SentencePiece tokenizer (and chat_template.jinja for an imported model: llm/model/hf.py)
+  tokenizer files      tokenizer.model (SentencePiece) or tokenizer.json + tokenizer_config.json, and an imported
+                       model's chat_template.jinja (llm/data/tokenizer owns them)
   info.json            what made it: base model, dataset, method, hyperparameters, metrics
   trainer_state.pt     optimizer, step and RNG state for --resume (tensors and plain data only)
 
@@ -25,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from llm.config import ModelConfig
-from llm.data.tokenizer import MODEL_FILE, Tokenizer
+from llm.data.tokenizer import Tokenizer
 from llm.device import check_model_fits
 from llm.errors import CheckpointError, ConfigError
 from llm.model.transformer import Transformer
@@ -177,9 +178,6 @@ def load_weights(model: Transformer, path: Path) -> None:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, Tokenizer, dict]:
     """Load (model in eval mode, tokenizer, info) from a model directory (or a run directory)."""
     directory = resolve(path)
-    for name in (CONFIG, MODEL_FILE):
-        if not (directory / name).is_file():
-            raise CheckpointError(f"{directory}: the model directory is missing {name}")
     try:
         cfg = ModelConfig.load(directory / CONFIG)
         # Built on the CPU from the weights file read beside it (2 copies), then moved to the device.
@@ -188,7 +186,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
             check_model_fits(cfg, torch.device(device), what=f"{directory}: the model")
     except ConfigError as e:
         raise CheckpointError(str(e)) from None
-    tokenizer = Tokenizer.load(directory / MODEL_FILE)
+    tokenizer = Tokenizer.load(directory)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise CheckpointError(
             f"{directory}: tokenizer has {tokenizer.vocab_size} tokens but config.json says {cfg.vocab_size}"

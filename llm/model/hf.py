@@ -34,7 +34,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from llm.config import ConfigError, ModelConfig
-from llm.data.tokenizer import CHAT_TEMPLATE_FILE, CHAT_TOKENS, MODEL_FILE, Tokenizer, TokenizerError
+from llm.data.chat import jinja_template, stop_ids
+from llm.data.tokenizer import CHAT_TEMPLATE_FILE, CHAT_TOKENS, MODEL_FILE, SentencePieceTokenizer, Tokenizer
 from llm.model import checkpoint
 from llm.model.checkpoint import CheckpointError
 
@@ -218,185 +219,30 @@ def write_safetensors(path: Path, tensors: Iterator[tuple[str, torch.Tensor]], s
             f.write(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
 
 
-# --- tokenizer ---
-
-
-def _varint(data: bytes, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = data[pos]
-        value |= (byte & 0x7F) << shift
-        pos, shift = pos + 1, shift + 7
-        if byte < 0x80:
-            return value, pos
-
-
-def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
-    """(field number, value) of a protobuf message: varints as int, length-delimited as bytes."""
-    pos = 0
-    while pos < len(data):
-        key, pos = _varint(data, pos)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            value, pos = _varint(data, pos)
-        elif wire == 2:
-            length, pos = _varint(data, pos)
-            value, pos = data[pos : pos + length], pos + length
-        elif wire in (1, 5):
-            size = 8 if wire == 1 else 4
-            value, pos = data[pos : pos + size], pos + size
-        else:
-            raise TokenizerError(f"unexpected protobuf wire type {wire}")
-        yield field, value
-
-
-# SentencePiece piece types (sentencepiece_model.proto)
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
-
-
-def sentencepiece_facts(proto: bytes) -> dict[str, Any]:
-    """What tokenizer.json needs from a SentencePiece model that its Python API does not tell: piece types,
-    model type, dummy prefix and normaliser (read from the protobuf by hand: no protobuf package needed)."""
-    types, facts = [], {"model_type": "unigram", "add_dummy_prefix": True, "normalizer": "nmt_nfkc"}
-    for field, value in _fields(proto):
-        if field == 1:  # pieces: piece=1, score=2, type=3 (default NORMAL)
-            types.append(dict(_fields(value)).get(3, NORMAL))
-        elif field == 2:  # trainer_spec: model_type=3 (UNIGRAM=1, BPE=2, WORD=3, CHAR=4)
-            facts["model_type"] = {1: "unigram", 2: "bpe", 3: "word", 4: "char"}[dict(_fields(value)).get(3, 1)]
-        elif field == 3:  # normalizer_spec: name=1, add_dummy_prefix=3
-            spec = dict(_fields(value))
-            facts["normalizer"] = spec.get(1, b"nmt_nfkc").decode()
-            facts["add_dummy_prefix"] = bool(spec.get(3, 1))
-    return facts | {"types": types}
-
-
-def _bpe_merges(vocab: dict[str, int], mergeable: set[str]) -> list[list[str]]:
-    """Merges in the order SentencePiece's BPE applies them: a piece made earlier (lower id) first; the ways
-    of splitting one piece by the ids of its halves (as transformers' converter orders them)."""
-    merges = []
-    for piece in sorted(mergeable, key=vocab.__getitem__):
-        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece))]
-        splits = [s for s in splits if s[0] in mergeable and s[1] in mergeable]
-        merges += [list(s) for s in sorted(splits, key=lambda s: (vocab[s[0]], vocab[s[1]]))]
-    return merges
-
-
-def tokenizer_json(tok: Tokenizer) -> dict[str, Any]:
-    """The `tokenizers` library's serialisation of the same SentencePiece model (identical ids on any text)."""
-    facts = sentencepiece_facts(tok.proto)
-    if facts["normalizer"] != "identity":
-        raise TokenizerError(f"{tok.source}: normaliser {facts['normalizer']!r} cannot be exported (only identity)")
-    if facts["model_type"] not in ("bpe", "unigram"):
-        raise TokenizerError(f"{tok.source}: a {facts['model_type']} SentencePiece model cannot be exported")
-    sp, types = tok.sp, facts["types"]
-    pieces = [sp.id_to_piece(i) for i in range(tok.vocab_size)]
-    added = [
-        {
-            "id": i,
-            "content": pieces[i],
-            "single_word": False,
-            "lstrip": False,
-            "rstrip": False,
-            "normalized": False,
-            "special": types[i] != USER_DEFINED,  # user-defined pieces (our "\n") are text, not special
-        }
-        for i in range(tok.vocab_size)
-        if types[i] in (UNKNOWN, CONTROL, USER_DEFINED)
-    ]
-    unk = sp.unk_id()
-    if facts["model_type"] == "bpe":
-        vocab = {p: i for i, p in enumerate(pieces)}
-        mergeable = {p for i, p in enumerate(pieces) if types[i] == NORMAL}
-        model = {
-            "type": "BPE",
-            "dropout": None,
-            "unk_token": pieces[unk],
-            "continuing_subword_prefix": None,
-            "end_of_word_suffix": None,
-            "fuse_unk": True,
-            "byte_fallback": True,
-            "ignore_merges": False,
-            "vocab": vocab,
-            "merges": _bpe_merges(vocab, mergeable),
-        }
-    else:
-        model = {"type": "Unigram", "unk_id": unk, "vocab": [[p, sp.GetScore(i)] for i, p in enumerate(pieces)]}
-        model["byte_fallback"] = True
-    # SentencePiece writes spaces as U+2581 and, with a dummy prefix, puts one more before every text it encodes
-    # (each text between special tokens: as llm.data.chat.encode_rendered does, and Llama's own tokenizer.json).
-    normalizers = [{"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}]
-    decoders = [
-        {"type": "Replace", "pattern": {"String": "\u2581"}, "content": " "},
-        {"type": "ByteFallback"},
-        {"type": "Fuse"},
-    ]
-    if facts["add_dummy_prefix"]:
-        normalizers.insert(0, {"type": "Prepend", "prepend": "\u2581"})
-        decoders.append({"type": "Strip", "content": " ", "start": 1, "stop": 0})
-    start = pieces[tok.start_id]
-    return {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": added,
-        "normalizer": {"type": "Sequence", "normalizers": normalizers},
-        "pre_tokenizer": None,
-        # tokenizer(text) starts with the start token, as our generate and eval do; chat templates write it.
-        "post_processor": {
-            "type": "TemplateProcessing",
-            "single": [{"SpecialToken": {"id": start, "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
-            "pair": [
-                {"SpecialToken": {"id": start, "type_id": 0}},
-                {"Sequence": {"id": "A", "type_id": 0}},
-                {"Sequence": {"id": "B", "type_id": 1}},
-            ],
-            "special_tokens": {start: {"id": start, "ids": [tok.start_id], "tokens": [start]}},
-        },
-        "decoder": {"type": "Sequence", "decoders": decoders},
-        "model": model,
-    }
-
-
-def builtin_chat_template(tok: Tokenizer) -> str:
-    """llm/data/chat.py's template in Jinja: <eos> then, per message, <|role|> " " content <|end|>."""
-    roles = "['" + "', '".join(("system", "user", "assistant")) + "']"
-    return (
-        f"{tok.id_to_piece(tok.eos_id)}"
-        "{% for message in messages %}"
-        f"{{% if message['role'] not in {roles} %}}"
-        "{{ raise_exception('unknown role ' + message['role']) }}{% endif %}"
-        "{{ '<|' + message['role'] + '|> ' + message['content'] + '<|end|>' }}"
-        "{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
-    )
-
-
 def chat_end_id(tok: Tokenizer) -> int:
     """The token that ends an assistant turn, and so generation."""
-    from llm.data.chat import stop_ids
-
     return stop_ids(tok)[0]
 
 
 def tokenizer_files(tok: Tokenizer, context_length: int) -> dict[str, Any]:
-    """tokenizer.model, tokenizer.json and tokenizer_config.json (with the chat template) of an export."""
-    piece = tok.id_to_piece
-    end = chat_end_id(tok)
+    """The tokenizer's files of an export (tokenizer.json, and tokenizer.model for SentencePiece) and
+    tokenizer_config.json with the chat template. BOS is the token every sequence starts with (ours: EOS), or
+    an imported tokenizer's own."""
+
+    def name(i: int) -> str | None:
+        return tok.id_to_piece(i) if i >= 0 else None
+
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": piece(tok.start_id),
-        "eos_token": piece(end),
-        "pad_token": piece(tok.pad_id),
-        "unk_token": piece(tok.sp.unk_id()),
+        "bos_token": name(tok.bos_id if tok.chat_template else tok.start_id),
+        "eos_token": name(chat_end_id(tok)),
+        "pad_token": name(tok.pad_id),
+        "unk_token": name(tok.unk_id),
         "model_max_length": context_length,
         "clean_up_tokenization_spaces": False,
-        "chat_template": tok.chat_template or builtin_chat_template(tok),
+        "chat_template": jinja_template(tok),
     }
-    return {
-        MODEL_FILE: tok.proto,
-        "tokenizer.json": json.dumps(tokenizer_json(tok), ensure_ascii=False) + "\n",
-        "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n",
-    }
+    return {**tok.hf_files(), "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n"}
 
 
 # --- export ---
@@ -483,9 +329,9 @@ def import_hf(src: str | Path, out_dir: str | Path, memory_limit: int | None = N
     tokenizer_config_path = src / "tokenizer_config.json"
     tokenizer_config = json.loads(tokenizer_config_path.read_text()) if tokenizer_config_path.is_file() else {}
     proto, template = (src / MODEL_FILE).read_bytes(), read_chat_template(src, tokenizer_config)
-    tok = Tokenizer(proto, str(src / MODEL_FILE), template)
-    if len(tok.special) == len(CHAT_TOKENS) and template == builtin_chat_template(Tokenizer(proto)):
-        tok = Tokenizer(proto, str(src / MODEL_FILE))  # one of ours, exported: llm/data/chat.py renders it itself
+    tok = SentencePieceTokenizer(proto, str(src / MODEL_FILE), template)
+    if len(tok.special) == len(CHAT_TOKENS) and template == jinja_template(SentencePieceTokenizer(proto)):
+        tok = SentencePieceTokenizer(proto, str(src / MODEL_FILE))  # one of ours: llm/data/chat.py renders it itself
     if tok.vocab_size != cfg.vocab_size:
         raise HFFormatError(f"{src}: {MODEL_FILE} has {tok.vocab_size} tokens but config.json says {cfg.vocab_size}")
     needed, limit = 4 * parameter_count(cfg), memory_limit or memory_bytes()

@@ -26,7 +26,7 @@ from llm.config import SAMPLE_PROMPTS, ModelConfig, PretrainConfig, SamplingConf
 from llm.data import corpus
 from llm.data.corpus import TokenData, WindowBatches
 from llm.data.text import expand_inputs
-from llm.data.tokenizer import MIN_VOCAB_SIZE, MODEL_FILE, Tokenizer, train_tokenizer
+from llm.data.tokenizer import MIN_VOCAB_SIZE, Tokenizer, holds_tokenizer, train_tokenizer
 from llm.device import DECODE_SLOWDOWN, check_model_fits, describe, pick_device
 from llm.device import device_rate as training_rate
 from llm.errors import ConfigError, InputError, TokenizerError
@@ -137,9 +137,9 @@ PRETRAIN_SPEEDUP = 1.0
 
 
 def tokenizer_source(source: str) -> Path:
-    """The tokenizer to reuse: a tokenizer.model file or a folder holding one, or a model or run folder."""
+    """The tokenizer to reuse: a tokenizer file or a folder holding one, or a model or run folder."""
     path = Path(source)
-    if path.is_file() or (path / MODEL_FILE).is_file():
+    if path.is_file() or holds_tokenizer(path):
         return path
     if not path.exists():
         raise ConfigError(f"{source}: no such model, run or tokenizer folder", field="tokenizer")

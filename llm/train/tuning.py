@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig, ModelConfig, PreferConfig, SamplingConfig, TrainConfig
-from llm.data.tokenizer import MODEL_FILE, Tokenizer
+from llm.data.tokenizer import Tokenizer
 from llm.device import check_model_fits, pick_device
 from llm.errors import CheckpointError, ConfigError, TaskFileError
 from llm.model import checkpoint, lora
@@ -98,7 +98,7 @@ def open_base(cfg: FinetuneConfig | PreferConfig) -> tuple[Path, ModelConfig, To
     model_cfg = ModelConfig.load(base_dir / checkpoint.CONFIG)
     if cfg.method == "full":
         check_model_fits(model_cfg, pick_device(cfg.device), copies=4, what=f"full tuning of {base_dir}")
-    return base_dir, model_cfg, Tokenizer.load(base_dir / MODEL_FILE)
+    return base_dir, model_cfg, Tokenizer.load(base_dir)
 
 
 def adapter_saver(

@@ -46,8 +46,10 @@ def safe_filename(name: str) -> str:
 
 
 def token_html(tokenizer: Any, ids: list[int], mask: list[bool]) -> str:
-    """Token ids as text, the chat control tokens as badges, and the trained-on part highlighted."""
-    names = {i: name for name, i in tokenizer.special.items()} | {tokenizer.eos_id: "<eos>"}
+    """Token ids as text, the special tokens as badges, and the trained-on part highlighted."""
+    names = {i: tokenizer.id_to_piece(i) for i in set(ids) if tokenizer.is_special(i)}
+    if not tokenizer.chat_template:
+        names[tokenizer.eos_id] = "<eos>"  # ours is written </s>
     parts: list[str] = []
     run: list[int] = []
     run_trained = False

@@ -193,7 +193,7 @@ def inspect(
     if not refs:
         raise StudioError("Choose a model.")
     loaded = [lib.Loaded(studio.model_label(ref), *studio.load(ref)[:2]) for ref in refs]
-    if len(loaded) == 2 and loaded[0].tokenizer.proto != loaded[1].tokenizer.proto:
+    if len(loaded) == 2 and not loaded[0].tokenizer.same_vocabulary(loaded[1].tokenizer):
         raise StudioError(
             f"{loaded[0].name} and {loaded[1].name} use different tokenizers, so their tokens cannot be "
             "compared one by one: choose a model and one trained from it."
