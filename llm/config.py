@@ -228,7 +228,11 @@ def preset(name: str, **overrides: Any) -> ModelConfig:
 class TrainConfig(Config):
     """Everything the one training loop needs; saved beside each checkpoint so a run can resume."""
 
-    max_steps: int = setting(1000, "optimizer steps in the whole run")
+    max_steps: int = setting(
+        1000,
+        "optimizer steps in the whole run; 0 with a max_time: as many as fit in it (the learning rate, evaluations "
+        "and checkpoints then follow the clock)",
+    )
     max_time: float = setting(0.0, "stop (with a checkpoint) after this many seconds of training; 0: no limit")
     batch_size: int = setting(16, "sequences per micro-batch per process")
     grad_accum: int = setting(1, "micro-batches per optimizer step, summed over all processes")
@@ -260,9 +264,13 @@ class TrainConfig(Config):
     extra: dict[str, Any] = setting({}, "recorded with the run (e.g. dataset, method)")
 
     def __post_init__(self) -> None:
-        check_positive(self, "max_steps", "batch_size", "grad_accum", "eval_interval", "ckpt_interval", "log_interval")
+        check_positive(self, "batch_size", "grad_accum", "eval_interval", "ckpt_interval", "log_interval")
         check_positive(self, "lr")
-        check_not_negative(self, "warmup_steps", "max_time", "ckpt_seconds", "min_lr", "early_stop_patience")
+        check_not_negative(
+            self, "max_steps", "warmup_steps", "max_time", "ckpt_seconds", "min_lr", "early_stop_patience"
+        )
+        if not self.max_steps and not self.max_time:
+            raise ConfigError("must be positive when there is no max_time, got 0", field="max_steps")
         if self.min_lr > self.lr:
             raise ConfigError(f"must not exceed lr ({self.lr}), got {self.min_lr}", field="min_lr")
         check_choice(self, "precision", PRECISIONS)

@@ -12,21 +12,45 @@ import torch
 from llm.config import ModelConfig
 from llm.errors import ConfigError
 
-# Dense bf16 tensor-core peaks (FLOP/s) of common GPUs, from the vendors' data sheets.
-GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
+# Dense bf16 tensor-core peaks (FLOP/s) of common GPUs, from the vendors' data sheets; the first name found in
+# the device's name counts, so a variant (H100 PCIe, H100 NVL) comes before its family's SXM figure.
+GPU_PEAK_FLOPS = {
+    "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "A10": 125e12,
+    "4090": 165e12,
+}
+
+
+def local_rank() -> int:
+    """This process's GPU under torchrun (LOCAL_RANK); 0 for a single process."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then CPU; anything else is taken as a torch device name."""
+    """'auto' picks CUDA, then Apple MPS, then CPU; anything else is taken as a torch device name. A CUDA device
+    always has its index: under torchrun a bare 'cuda' is this rank's own GPU (LOCAL_RANK), so that nothing a
+    rank does before training (memory checks, the device's name) touches GPU 0. fp32 matrix products on a GPU
+    use TF32 tensor cores (a 10-bit mantissa: ample for training and sampling, several times faster)."""
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
+            name = "cuda"
+        elif torch.backends.mps.is_available():
             return torch.device("mps")
-        return torch.device("cpu")
+        else:
+            return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"{name}: CUDA is not available on this machine", field="device")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.fp32_precision = "tf32"  # the new API (torch refuses a mix with allow_tf32)
+        if device.index is None:
+            device = torch.device("cuda", local_rank())
+    return device
 
 
 def describe(device: torch.device) -> str:
@@ -40,7 +64,8 @@ def describe(device: torch.device) -> str:
 def has_bf16(device: torch.device) -> bool:
     """Whether bf16 matrix products run natively here (a recent GPU, or a CPU with AVX512-BF16 or AMX)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        # Emulated bf16 (a V100 or T4 runs it through fp32 units) is slower than fp32: it does not count.
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 

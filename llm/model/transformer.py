@@ -174,15 +174,17 @@ class Transformer(nn.Module):
             n -= self.tok_emb.weight.numel()
         return n
 
-    def flops_per_token(self) -> float:
-        """Training FLOPs per token (forward + backward), as in the PaLM paper: 6N + 12 L C T.
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward) in sequences of seq_len tokens (default: the context
+        length), as in the PaLM paper: 6N + 12 L C T.
 
         N counts the weights a token is multiplied by: all but the embedding lookup, so the output
-        projection (V x C) is in N whether or not it is tied to the embedding matrix.
+        projection (V x C) is in N whether or not it is tied to the embedding matrix. T is the length the
+        batch really has: short fine-tuning rows attend over far fewer positions than a long context.
         """
         cfg = self.cfg
         n = self.num_params(non_embedding=True) + (cfg.vocab_size * cfg.d_model if cfg.tie_embeddings else 0)
-        return 6 * n + 12 * cfg.n_layer * cfg.d_model * cfg.context_length
+        return 6 * n + 12 * cfg.n_layer * cfg.d_model * (seq_len or cfg.context_length)
 
     def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """Token ids (B, T) -> logits (B, T, V). With a cache, idx continues the cached sequence."""

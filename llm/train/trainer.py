@@ -6,7 +6,16 @@ atomic checkpoints (every ckpt_interval steps and every ckpt_seconds), resume, D
 budget (max_time), and a clean stop on SIGTERM / Ctrl-C (a last checkpoint is written first). Progress goes
 to the console and to the run's metrics file (llm/run.py owns its schema).
 
-    train() -> Trainer: restore state -> [train_step -> log -> evaluate -> checkpoint]* -> final event
+A run with a time budget and no step budget (max_steps 0) follows the clock: its learning rate decays over
+max_time seconds of training, and it evaluates and checkpoints every max_time / TIME_EVALUATIONS seconds, the
+last time when the time is up (its planned end: "done").
+
+The device is never waited on inside a step: losses stay on the device, batches are copied from pinned
+memory without blocking, and each step ends with one agreement (Distributed.agree: one all-reduce under DDP,
+one read of the device) on the loss, the clock and a stop request, from which every rank takes the same
+decisions (learning rate, evaluation, checkpoint, end).
+
+    train() -> Trainer: restore state -> [train_step -> agree -> log -> evaluate -> checkpoint]* -> final event
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from llm.model.transformer import Transformer, causal_lm_loss
 from llm.run import BEST, LATEST, MetricsWriter, RunDir, record_error
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+TIME_EVALUATIONS = 10  # evaluations (each with a checkpoint) of a run that lasts max_time with no step budget
 
 
 def lm_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -75,12 +85,19 @@ class TrainResult:
     out_dir: Path
 
 
-def learning_rate(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to cfg.lr over warmup_steps, then cosine decay to min_lr at max_steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * (cfg.lr - cfg.min_lr)
+def learning_rate(step: int, cfg: TrainConfig, elapsed: float = 0.0) -> float:
+    """Linear warmup to cfg.lr over warmup_steps, then cosine decay to min_lr at the end of the run: at
+    max_steps, or, for a run with no step budget (max_steps 0), at max_time seconds of training (elapsed: the
+    seconds trained so far). A run by the clock takes the lower of the warmup and the decay, so the learning
+    rate joins the cosine wherever the warmup ends on it."""
+    warmup = cfg.lr * (step + 1) / cfg.warmup_steps if step < cfg.warmup_steps else cfg.lr
+    if cfg.max_steps:
+        progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    else:
+        progress = elapsed / cfg.max_time
+    progress = min(max(progress, 0.0), 1.0)
+    decay = cfg.min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+    return min(warmup, decay)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -97,37 +114,60 @@ def autocast_context(device: torch.device, precision: str = "auto") -> AbstractC
     return torch.autocast(device.type, dtype=amp) if amp else nullcontext()
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """t on the device. From the CPU to a GPU through pinned memory, without waiting: a copy from pageable
+    memory may first wait for everything queued on the GPU."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 class Distributed:
     """Rank and world size under torchrun; a single process otherwise."""
 
     def __init__(self, device: torch.device):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        self.device = device
+        self.device = device  # under torchrun, llm.device.pick_device gives each rank its own GPU (LOCAL_RANK)
         if self.world > 1 and not dist.is_initialized():
             if device.type == "cuda":
-                local = int(os.environ.get("LOCAL_RANK", "0"))
-                torch.cuda.set_device(local)
-                self.device = torch.device("cuda", local)
+                torch.cuda.set_device(device)
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
     @property
     def main(self) -> bool:
         return self.rank == 0
 
-    def mean(self, value: float) -> float:
+    def total(self, values: list[torch.Tensor | float]) -> list[float]:
+        """values (scalars: tensors on the device, or numbers) summed over all ranks, read back to the host:
+        under DDP one all-reduce and one wait on the device for them all; alone, one read per tensor."""
+        if self.world == 1:
+            return [v.item() if isinstance(v, torch.Tensor) else float(v) for v in values]
+        dtype = torch.float64  # DDP runs on CPUs (gloo) and GPUs (NCCL), which both have it
+        t = torch.stack(
+            [
+                v.detach().reshape(()).to(dtype)
+                if isinstance(v, torch.Tensor)
+                else to_device(torch.tensor(v, dtype=dtype), self.device)
+                for v in values
+            ]
+        )
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def agree(self, loss: torch.Tensor, elapsed: float, stop: bool) -> tuple[float, float, bool]:
+        """What every rank goes by after a step, from one total(): the mean loss over the ranks, their mean
+        training time, and whether any was asked to stop."""
+        loss_sum, elapsed_sum, stops = self.total([loss, elapsed, float(stop)])
+        return loss_sum / self.world, elapsed_sum / self.world, stops > 0
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's value on every rank (every rank must call this)."""
         if self.world == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.item() / self.world
-
-    def any(self, flag: bool) -> bool:
-        if self.world == 1:
-            return flag
-        t = torch.tensor([int(flag)], device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        values = [value]
+        dist.broadcast_object_list(values, src=0)
+        return values[0]
 
     def gather(self, value: Any) -> list[Any]:
         """value from every rank, in rank order (every rank must call this)."""
@@ -186,6 +226,15 @@ class MetricsLog:
             self.writer.append(record)
 
 
+@dataclass
+class StepWork:
+    """What one rank did in a step. The loss stays on the device: reading it would wait for the step to end."""
+
+    loss: torch.Tensor  # this rank's mean loss over its micro-batches, a scalar on the device
+    tokens: int  # token positions this rank processed
+    flops: float  # their training FLOPs, each batch at its own length (Transformer.flops_per_token)
+
+
 def train_step(
     run_model: torch.nn.Module,
     model: torch.nn.Module,
@@ -197,30 +246,30 @@ def train_step(
     ddp: Distributed,
     autocast: AbstractContextManager,
     loss_fn: LossFn = lm_loss,
-) -> tuple[float, int]:
+) -> StepWork:
     """One optimizer step over grad_accum micro-batches (this rank's share of them): forward, loss,
-    backward, clip, AdamW. Returns (the mean loss over all ranks, token positions processed by all ranks).
-    run_model is model itself, or its compiled or DDP wrapper; loss_fn(run_model, x, y) the objective."""
+    backward, clip, AdamW, without waiting for the device. A non-finite loss is seen after the step (in
+    Distributed.agree), and the run then ends without saving what the step did. run_model is model itself,
+    or its compiled or DDP wrapper; loss_fn(run_model, x, y) the objective."""
     assert grad_accum % ddp.world == 0, "grad_accum must be divisible by the number of processes"
     device = ddp.device
     local_accum = grad_accum // ddp.world
-    loss_sum, tokens = 0.0, 0
+    loss_sum, tokens, flops = torch.zeros((), device=device), 0, 0.0
     for i in range(local_accum):
         micro = ddp.rank * local_accum + i  # the global micro-batch index: the same data for any world size
         x, y = batches.train_batch(step, micro)
         sync = i == local_accum - 1 or ddp.world == 1  # DDP averages gradients on the last micro-batch only
         with nullcontext() if sync else run_model.no_sync(), autocast:
-            loss = loss_fn(run_model, x.to(device), y.to(device))
+            loss = loss_fn(run_model, to_device(x, device), to_device(y, device))
             (loss / local_accum).backward()
-        loss_sum += loss.item()
-        tokens += x.numel() * ddp.world
-    mean_loss = ddp.mean(loss_sum / local_accum)
-    if math.isfinite(mean_loss):
-        if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
+        loss_sum += loss.detach().float()
+        tokens += x.numel()
+        flops += x.numel() * model.flops_per_token(x.size(1))
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return mean_loss, tokens
+    return StepWork(loss_sum / local_accum, tokens, flops)
 
 
 @torch.no_grad()
@@ -232,19 +281,23 @@ def evaluate(
     autocast: AbstractContextManager,
     loss_fn: LossFn = lm_loss,
 ) -> dict[str, float]:
-    """Mean loss on the validation split and on a fixed sample of the training split, over all ranks."""
+    """Mean loss on the validation split and on a fixed sample of the training split. Under DDP each rank
+    scores every world-th batch, and the sums meet in one Distributed.total."""
     was_training = model.training
     model.eval()
-    result = {}
-    for split, key in (("val", "val_loss"), ("train", "train_eval_loss")):
-        losses = []
-        for x, y in batches.eval_batches(split, count):
-            with autocast:
-                losses.append(loss_fn(model, x.to(ddp.device), y.to(ddp.device)).item())
-        if losses:
-            result[key] = ddp.mean(sum(losses) / len(losses))
+    sums: list[torch.Tensor | float] = []
+    for split in ("val", "train"):
+        total, n = torch.zeros((), device=ddp.device), 0
+        for i, (x, y) in enumerate(batches.eval_batches(split, count)):
+            if i % ddp.world == ddp.rank:
+                with autocast:
+                    total += loss_fn(model, to_device(x, ddp.device), to_device(y, ddp.device)).float()
+                n += 1
+        sums += [total, n]
+    val_sum, val_n, train_sum, train_n = ddp.total(sums)
     model.train(was_training)
-    return result
+    result = {"val_loss": val_sum / val_n} if val_n else {}
+    return result | ({"train_eval_loss": train_sum / train_n} if train_n else {})
 
 
 @dataclass
@@ -287,10 +340,13 @@ class Trainer:
         info: dict[str, Any],
         hooks: TrainHooks,
     ):
-        self.model, self.tokenizer, self.batches, self.cfg, self.hooks = model, tokenizer, batches, cfg, hooks
+        self.model, self.tokenizer, self.batches, self.hooks = model, tokenizer, batches, hooks
         self.run, self.info, self.metrics_path = run, info, metrics_path
         self.ddp = Distributed(pick_device(cfg.device))
         self.device = self.ddp.device
+        # Rank 0's settings on every rank: settings derived from a speed measured on each rank (a pretraining
+        # plan's warmup) could differ, and ranks on different schedules would drift apart.
+        self.cfg = cfg = self.ddp.broadcast(cfg)
         if cfg.grad_accum % self.ddp.world:
             raise TrainingError(
                 f"{cfg.grad_accum} must be divisible by the {self.ddp.world} processes", field="grad_accum"
@@ -305,7 +361,8 @@ class Trainer:
         run_model: torch.nn.Module = torch.compile(model) if cfg.compile else model
         if self.ddp.world > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            run_model = DistributedDataParallel(run_model, device_ids=device_ids)
+            # The only buffers are the rotary tables, the same on every rank: no need to send them each forward.
+            run_model = DistributedDataParallel(run_model, device_ids=device_ids, broadcast_buffers=False)
         self.run_model = run_model
         # MFU only where the peak is well defined: a CPU's peak would be a short matmul timed once, which on a
         # shared machine reads low and gave MFU above 100%; CPU runs log tokens/s alone.
@@ -331,7 +388,20 @@ class Trainer:
         )
 
     def elapsed(self) -> float:
+        """Seconds trained by this run, earlier attempts included, as this rank's clock reads now (the
+        decisions go by self.clock, the ranks' agreed reading at the end of the last step)."""
         return self.state.elapsed_before + time.time() - self.start
+
+    @property
+    def by_time(self) -> bool:
+        """A run that lasts max_time with no step budget: its schedule, evaluations and checkpoints follow the
+        clock."""
+        return not self.cfg.max_steps
+
+    def next_evaluation(self) -> float:
+        """When (self.clock) a run by the clock evaluates next: at the next multiple of max_time/TIME_EVALUATIONS."""
+        interval = self.cfg.max_time / TIME_EVALUATIONS
+        return (math.floor(self.clock / interval + 1e-9) + 1) * interval
 
     # Checkpoints
 
@@ -372,7 +442,7 @@ class Trainer:
 
     def save(self, target: str, train_loss: float, with_state: bool = True) -> None:
         trainer_state = self.trainer_state() if with_state else None
-        self.last_save = time.time()  # on every rank: they decide together when the next save is due
+        self.saved_at = self.clock  # on every rank, from the agreed clock: they decide together when to save next
         if not self.ddp.main:
             return
         adapter = self.hooks.adapter_state() if self.hooks.adapter_state else None
@@ -397,16 +467,20 @@ class Trainer:
                 "params": params,
                 "trainable": self.trainable,
                 "max_steps": self.cfg.max_steps,
+                "max_time": self.cfg.max_time,
             },
             f"device: {where} x{self.ddp.world} | params {params:,} (trainable {self.trainable:,}) | "
-            f"{'resuming at' if self.resumed else 'starting at'} step {s.step} of {self.cfg.max_steps}",
+            f"{'resuming at' if self.resumed else 'starting at'} step {s.step} of "
+            + (f"{self.cfg.max_time:g} s of training" if self.by_time else f"{self.cfg.max_steps}"),
         )
 
     def log_train(self, train_loss: float, lr: float) -> None:
         now = time.time()
-        tps = self.tokens_since_log / max(now - self.last_log, 1e-9)
-        self.last_log, self.tokens_since_log = now, 0
-        mfu = tps * self.model.flops_per_token() / self.peak if self.peak else None
+        seconds = max(now - self.last_log, 1e-9)
+        tps = self.tokens_since_log / seconds  # all ranks' tokens
+        # MFU of this rank's device: the FLOPs of its own tokens (each batch at its length) over one device's peak.
+        mfu = self.flops_since_log / seconds / self.peak if self.peak else None
+        self.last_log, self.tokens_since_log, self.flops_since_log = now, 0, 0.0
         step = self.state.step
         record = {"step": step, "train_loss": round(train_loss, 5), "lr": lr, "tokens_per_s": round(tps)}
         if mfu is not None:
@@ -452,60 +526,72 @@ class Trainer:
         )
         return TrainingError(message, kind="diverged")
 
-    def ending(self, stop: StopFlag, early_stop: bool) -> str | None:
-        """Why the run ends after this step, if it does (agreed by every rank)."""
+    def ending(self, stop: bool, early_stop: bool) -> str | None:
+        """Why the run ends after this step, if it does (from agreed values: the same on every rank)."""
         cfg = self.cfg
-        if self.ddp.any(stop.set):
+        if stop:
             return "stopped"
         if early_stop:
             return "early_stop"
-        if cfg.max_time and self.ddp.any(self.elapsed() >= cfg.max_time):
-            return "time_limit"
-        return "done" if self.state.step >= cfg.max_steps else None
+        if cfg.max_time and self.clock >= cfg.max_time:
+            return "done" if self.by_time else "time_limit"  # a run by the clock ends as planned
+        return "done" if cfg.max_steps and self.state.step >= cfg.max_steps else None
 
-    def checkpoint_due(self) -> bool:
+    def evaluation_due(self, last: bool) -> bool:
+        if not self.by_time:
+            return self.state.step % self.cfg.eval_interval == 0 or last
+        if self.clock < self.next_eval and not last:
+            return False
+        self.next_eval = self.next_evaluation()
+        return True
+
+    def checkpoint_due(self, evaluated: bool) -> bool:
+        """Every ckpt_interval steps (a run by the clock: at each evaluation), or ckpt_seconds after the last save."""
         cfg = self.cfg
-        by_time = bool(cfg.ckpt_seconds) and time.time() - self.last_save >= cfg.ckpt_seconds
-        return self.state.step % cfg.ckpt_interval == 0 or self.ddp.any(by_time)
+        by_seconds = bool(cfg.ckpt_seconds) and self.clock - self.saved_at >= cfg.ckpt_seconds
+        return by_seconds or (evaluated if self.by_time else self.state.step % cfg.ckpt_interval == 0)
+
+    def advance(self, stop: StopFlag) -> tuple[float, str | None]:
+        """One step and what follows it (a log line, an evaluation, a checkpoint); returns (the step's loss, why
+        the run ends now or None). The step's one wait on the device is Distributed.agree."""
+        s, cfg = self.state, self.cfg
+        lr = learning_rate(s.step, cfg, self.clock)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        work = train_step(
+            self.run_model, self.model, self.optimizer, self.batches, s.step, cfg.grad_accum, cfg.grad_clip,
+            self.ddp, self.autocast, self.hooks.loss_fn,
+        )  # fmt: skip
+        train_loss, self.clock, stopping = self.ddp.agree(work.loss, self.elapsed(), stop.set)
+        if not math.isfinite(train_loss):
+            self.ddp.close()
+            raise self.diverged(train_loss)
+        s.step += 1
+        s.tokens_seen += work.tokens * self.ddp.world
+        self.tokens_since_log += work.tokens * self.ddp.world
+        self.flops_since_log += work.flops
+        last = s.step == cfg.max_steps or (self.by_time and self.clock >= cfg.max_time)
+        if s.step % cfg.log_interval == 0 or last:
+            self.log_train(train_loss, lr)
+        evaluated = self.evaluation_due(last)
+        reason = self.ending(stopping, evaluated and self.evaluate_and_log(train_loss))
+        if reason is not None or self.checkpoint_due(evaluated):
+            self.save(LATEST, train_loss)
+            self.log.write({"event": "checkpoint", "step": s.step})
+        return train_loss, reason
 
     def fit(self) -> TrainResult:
-        s, cfg = self.state, self.cfg
+        s = self.state
         self.log_start()
         self.model.train()
-        self.start = self.last_log = self.last_save = time.time()
-        self.tokens_since_log = 0
-        train_loss, reason = float("nan"), "done" if s.step >= cfg.max_steps else None
+        self.start = self.last_log = time.time()
+        self.clock = self.saved_at = s.elapsed_before
+        self.next_eval = self.next_evaluation() if self.by_time else math.inf
+        self.tokens_since_log, self.flops_since_log = 0, 0.0
+        train_loss, reason = float("nan"), self.ending(False, False)
         with StopFlag() as stop:
             while reason is None:
-                lr = learning_rate(s.step, cfg)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                train_loss, tokens = train_step(
-                    self.run_model,
-                    self.model,
-                    self.optimizer,
-                    self.batches,
-                    s.step,
-                    cfg.grad_accum,
-                    cfg.grad_clip,
-                    self.ddp,
-                    self.autocast,
-                    self.hooks.loss_fn,
-                )
-                if not math.isfinite(train_loss):
-                    self.ddp.close()
-                    raise self.diverged(train_loss)
-                s.step += 1
-                s.tokens_seen += tokens
-                self.tokens_since_log += tokens
-                last = s.step == cfg.max_steps
-                if s.step % cfg.log_interval == 0 or last:
-                    self.log_train(train_loss, lr)
-                early_stop = (s.step % cfg.eval_interval == 0 or last) and self.evaluate_and_log(train_loss)
-                reason = self.ending(stop, early_stop)
-                if reason is not None or self.checkpoint_due():
-                    self.save(LATEST, train_loss)
-                    self.log.write({"event": "checkpoint", "step": s.step})
+                train_loss, reason = self.advance(stop)
         best = s.best_val if math.isfinite(s.best_val) else None
         self.log.write(
             {"event": reason, "step": s.step, "train_loss": train_loss, "best_val_loss": best},
@@ -513,6 +599,18 @@ class Trainer:
         )
         self.ddp.close()
         return TrainResult(s.step, train_loss, s.best_val, reason, self.run.path)
+
+
+def out_of_memory(cfg: TrainConfig, device: torch.device, step: int | None) -> TrainingError:
+    """The error for a device that ran out of memory (torch.OutOfMemoryError): the memory kind, naming the
+    batch size, the setting that most often fixes it."""
+    at = f" at step {step}" if step is not None else ""
+    return TrainingError(
+        f"{cfg.batch_size} does not fit in the memory of {describe(device)}{at} with this model: choose a smaller "
+        "batch size (a larger grad_accum keeps the examples per step), a smaller model or a shorter context",
+        field="batch_size",
+        kind="memory",
+    )
 
 
 def train(
@@ -533,12 +631,18 @@ def train(
     file (with its step) before it is raised. All ranks must call this under torchrun."""
     run = RunDir(out_dir)
     metrics = Path(metrics_path) if metrics_path is not None else run.metrics
-    trainer = Trainer(
-        model, tokenizer, batches, cfg, run=run, metrics_path=metrics, resume=resume, info=info or {},
-        hooks=hooks or TrainHooks(),
-    )  # fmt: skip
+    trainer = None
     try:
+        trainer = Trainer(
+            model, tokenizer, batches, cfg, run=run, metrics_path=metrics, resume=resume, info=info or {},
+            hooks=hooks or TrainHooks(),
+        )  # fmt: skip
         return trainer.fit()
+    except torch.OutOfMemoryError:
+        step = trainer.state.step if trainer else None
+        error = out_of_memory(cfg, trainer.device if trainer else pick_device(cfg.device), step)
+        record_error(metrics, error, step)
+        raise error from None
     except Exception as error:
-        record_error(metrics, error, trainer.state.step)
+        record_error(metrics, error, trainer.state.step if trainer else None)
         raise
