@@ -24,7 +24,7 @@ from llm.errors import ConfigError
 from llm.eval.tasks import evaluate_models, totals
 from llm.model import checkpoint, lora
 from llm.model.checkpoint import load_model
-from llm.model.transformer import causal_lm_loss
+from llm.model.transformer import Transformer, causal_lm_loss
 from llm.train import finetune, tuning
 from llm.train.tuning import lora_settings
 
@@ -333,6 +333,16 @@ def test_the_missing_shipped_base_model_gets_a_clear_message(tmp_path, task_file
     assert caught.value.field == "base"
 
 
+def test_the_default_batch_follows_the_rows_length_not_the_context(tmp_path, task_file, tiny_model_dir):
+    assert tuning.training_settings(FinetuneConfig(), 1000, 10, 40)[0].batch_size == 8  # short rows: 8 a batch
+    assert tuning.training_settings(FinetuneConfig(), 1000, 10, 1024)[0].batch_size == 2  # 2,048 tokens of rows
+    # A long-context model (an import, say) with the same short rows: 8 a batch, not 2048 // 8192 = 1.
+    model, tok, _ = load_model(tiny_model_dir)
+    long = Transformer(replace(model.cfg, context_length=8192))
+    checkpoint.save_checkpoint(tmp_path / "long", long, tok)
+    assert finetune.prepare(job(tmp_path / "long", task_file, FinetuneConfig())).train_cfg.batch_size == 8
+
+
 def test_plan_reports_sizes_steps_and_estimates(task_file, tiny_model_dir):
     data = read_task_file(task_file)
     lora_plan = finetune.plan(finetune.prepare(job(tiny_model_dir, task_file, FinetuneConfig(lora_rank=4, epochs=3))))
@@ -342,7 +352,7 @@ def test_plan_reports_sizes_steps_and_estimates(task_file, tiny_model_dir):
     assert 0 < lora_plan["trainable_params"] < 0.1 * lora_plan["params"]
     assert (lora_plan["train_examples"], lora_plan["val_examples"]) == (43, 5)
     assert lora_plan["max_steps"] == 3 * lora_plan["steps_per_epoch"]
-    assert lora_plan["batch_size"] == 10  # a quarter of the examples: TOKENS_PER_BATCH / 64 would be 32
+    assert lora_plan["batch_size"] == 8  # TOKENS_PER_BATCH over rows of up to SHORT_ROWS (a quarter: 10)
     assert lora_plan["lr"] > full_plan["lr"]
     assert full_plan["est_memory_bytes"] > lora_plan["est_memory_bytes"] > 0
     assert full_plan["est_seconds"] > 0 and lora_plan["est_seconds"] > 0 and lora_plan["device"].startswith("cpu")

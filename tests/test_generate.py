@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from llm.config import ModelConfig, preset
 from llm.data.tokenizer import Tokenizer
+from llm.model import generate
 from llm.model.generate import SamplingConfig, generate_ids, next_token_distribution, stream_text
 from llm.model.transformer import Transformer
 
@@ -206,3 +208,55 @@ def test_real_model_stream_never_contains_the_stop_string(tiny_model_dir):
     assert " said" in full  # the model learned the stories; otherwise this test proves nothing
     cut = "".join(stream_text(model, tok, prompt, SamplingConfig(max_new_tokens=40, temperature=0, stop=[" said"])))
     assert cut == full[: full.index(" said")]
+
+
+class SizedCaches:
+    """Records the (positions, dtype) of each KV cache generation makes."""
+
+    def __init__(self, monkeypatch):
+        self.made: list[tuple[int, torch.dtype]] = []
+        original = generate.KVCache
+
+        def record(*args, **kwargs):
+            cache = original(*args, **kwargs)
+            self.made.append((cache.keys[0].size(2), cache.keys[0].dtype))
+            return cache
+
+        monkeypatch.setattr(generate, "KVCache", record)
+
+
+def test_the_kv_cache_holds_the_prompt_and_the_new_tokens_in_the_models_dtype(tok, monkeypatch):
+    caches = SizedCaches(monkeypatch)
+    torch.manual_seed(0)
+    model = Transformer(preset("tiny", context_length=256, vocab_size=tok.vocab_size)).eval()
+    prompt = tok.encode("Once upon a time")
+    ids = list(generate_ids(model, prompt, SamplingConfig(max_new_tokens=10, temperature=0)))
+    assert len(ids) == 10 and caches.made == [(len(prompt) + 9, torch.float32)]  # the 10th is never fed back
+    caches.made.clear()
+    bf16 = list(generate_ids(model.to(torch.bfloat16), prompt, SamplingConfig(max_new_tokens=10, temperature=0)))
+    assert len(bf16) == 10 and caches.made == [(len(prompt) + 9, torch.bfloat16)]
+
+
+def test_a_cache_that_slides_is_at_most_the_context(short_model, tok, monkeypatch):
+    caches = SizedCaches(monkeypatch)
+    list(generate_ids(short_model, tok.encode("Tom said") * 2, SamplingConfig(max_new_tokens=60, temperature=0)))
+    assert len(caches.made) > 1 and all(positions <= 16 for positions, _ in caches.made)
+
+
+def test_decoding_asks_attention_for_no_mask_and_shares_kv_heads(tok, monkeypatch):
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recorded(q, k, v, **kwargs):
+        calls.append((q.size(1), k.size(1), q.size(2), kwargs))
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recorded)
+    torch.manual_seed(0)
+    model = Transformer(preset("tiny", context_length=32, vocab_size=tok.vocab_size, n_kv_head=1)).eval()
+    list(generate_ids(model, tok.encode("Once upon a time"), SamplingConfig(max_new_tokens=3, temperature=0)))
+    heads, kv_heads = model.cfg.n_head, 1
+    assert {(h, kv) for h, kv, _, _ in calls} == {(heads, kv_heads)}  # keys and values never copied per head
+    assert all(kwargs["enable_gqa"] for *_, kwargs in calls)
+    decoding = [kwargs for _, _, t, kwargs in calls if t == 1]
+    assert decoding and all("attn_mask" not in kwargs and not kwargs.get("is_causal") for kwargs in decoding)

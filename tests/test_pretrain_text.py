@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
 
 import pytest
-from llm_cli import run_llm
+import torch
+from llm_cli import ENV, REPO, run_llm
 
-from llm.config import PretrainConfig
+from llm.config import PretrainConfig, TrainConfig, preset
 from llm.data.tokenizer import Tokenizer
-from llm.errors import ConfigError, InputError
+from llm.errors import ConfigError, InputError, TokenizerError
 from llm.run import RunDir
 from llm.train import pretrain as lib
+from llm.train import speed
 
 TINY = {"context_length": 32}
 TRAIN = {"batch_size": 4, "eval_batches": 1}
@@ -70,11 +74,48 @@ def test_the_plan_sizes_the_run_before_anything_is_made(tmp_path, story_file):
     assert plan["tokens_per_step"] == 4 * 32 and plan["vocab_size"] == 400
     assert plan["evaluations"] == 10 and plan["est_seconds"] > 0 and plan["est_memory_bytes"] > 4 * plan["params"]
     assert plan["est_epochs"] > 0 and plan["text_bytes"] == story_file.stat().st_size
-    # Only a time budget: the steps the device is expected to do in it (a little more; the limit stops it).
+    # Only a time budget: the steps the device is measured to do in it; the run itself follows the clock.
     short, long = (lib.plan(config(story_file, max_steps=0, max_time=t)) for t in (5.0, 50.0))
     assert short["steps_from_time"] and 1 <= short["max_steps"] < long["max_steps"]
-    assert long["est_seconds"] <= 50.0
+    assert long["est_seconds"] <= 50.0 and long["evaluations"] == 10
     assert not list(tmp_path.iterdir()), "planning writes nothing"
+
+
+def test_the_plan_comes_from_steps_timed_on_the_device(story_file, monkeypatch):
+    timed = []
+
+    def measure(model_cfg, train_cfg, device, threads=None):
+        timed.append((model_cfg.context_length, train_cfg.batch_size, str(device), threads))
+        return speed.Speed(step_seconds=0.01, eval_batch_seconds=0.002, token_seconds=0.0005)
+
+    monkeypatch.setattr(speed, "measure", measure)
+    plan = lib.plan(config(story_file, max_steps=0, max_time=500.0), threads=1)
+    assert timed[0] == (32, 4, "cpu", 1)  # the real shape and batch, with the run's threads
+    evaluation = 2 * 1 * 0.002 + 2 * 6 * 0.0005  # val and train batches, 2 prompts x 6 sampled tokens
+    assert plan["max_steps"] == int((500.0 - 10 * evaluation) / 0.01) and plan["est_tokens_per_s"] == 128 / 0.01
+    settings = lib.training_settings(
+        config(story_file, max_steps=0, max_time=500.0), lib.model_config(config(story_file), 400), 1
+    )
+    assert settings.max_steps == 0 and settings.max_time == 500.0, "the run follows the clock, not the estimate"
+    assert settings.warmup_steps == 100 and settings.log_interval == plan["max_steps"] // 500  # 500 log lines
+
+
+def test_a_speed_is_measured_once_and_leaves_the_process_as_it_was(story_file):
+    model_cfg = preset("tiny", vocab_size=400, context_length=32)
+    threads, rng = torch.get_num_threads(), torch.get_rng_state()
+    measured = speed.measure(model_cfg, TrainConfig(batch_size=4), torch.device("cpu"), threads=1)
+    assert 0 < measured.token_seconds and 0 < measured.eval_batch_seconds and 0 < measured.step_seconds < 5
+    assert torch.get_num_threads() == threads and torch.equal(torch.get_rng_state(), rng)
+    assert speed.measure(model_cfg, TrainConfig(batch_size=4), torch.device("cpu"), threads=1) is measured
+
+
+def test_the_plan_checks_the_vocabulary_against_the_text(tmp_path, story_file):
+    short = tmp_path / "short.txt"
+    short.write_text(story_file.read_text()[:2000])
+    with pytest.raises(TokenizerError, match=r"2048 is too large for this text: at most \d+ is possible") as caught:
+        lib.plan(config(short, inputs=[str(short)], vocab_size=2048, val_fraction=0.5))
+    assert caught.value.field == "vocab_size"
+    assert lib.plan(config(short, inputs=[str(short)], vocab_size=350, val_fraction=0.5))["vocab_size"] == 350
 
 
 def test_the_plan_refuses_a_text_that_would_hold_nothing_out_for_validation(tmp_path, story_file):
@@ -165,3 +206,35 @@ def test_time_limit_stops_with_a_checkpoint_and_resume_continues(tmp_path, story
     assert metrics.evals[-1]["samples"][0]["prompt"] == "Once upon a time", "the run's own sample prompts"
     refused = run_llm("pretrain", "--config", run / "pretrain.json", "--out", run, "--resume")
     assert refused.returncode == 2 and "--config continues the run with its own settings" in refused.stderr
+
+
+@pytest.mark.slow
+def test_a_time_budget_alone_runs_by_the_clock_to_done(tmp_path, story_file):
+    """The schedule, the evaluations and the end follow the time: ten evaluations, the learning rate down to
+    min_lr, and "done" (not a cut-short "time_limit") when the time is up."""
+    result = lib.pretrain_text(config(story_file, max_steps=0, max_time=3.0), tmp_path / "run")
+    metrics = RunDir(tmp_path / "run").read_metrics()
+    assert result.reason == "done" and metrics.final["event"] == "done"
+    assert len(metrics.evals) == 10 and metrics.evals[-1]["step"] == result.step
+    settings = TrainConfig.from_dict(RunDir(tmp_path / "run").info()["train_config"])
+    assert settings.max_steps == 0 and metrics.train[-1]["lr"] < 1.5 * settings.min_lr
+    assert metrics.train[-1]["elapsed"] >= 3.0
+
+
+@pytest.mark.slow
+def test_torchrun_from_raw_text_prepares_the_data_once(tmp_path, story_file):
+    """Two ranks (gloo): rank 0 trains the tokenizer and writes the shards, rank 1 waits for them."""
+    run = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    flags = ["--preset", "tiny", "--context-length", "32", "--vocab-size", "400", "--batch-size", "4"]
+    result = subprocess.run(
+        [*torchrun, "-m", "llm", "pretrain", "--input", str(story_file), "--out", str(run), *flags,
+         "--grad-accum", "2", "--max-steps", "4", "--sample-tokens", "4"],
+        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "rank 1: waiting for rank 0 to prepare the data" in result.stdout
+    assert result.stdout.count("pretraining a ") == 1, "rank 0 alone prints the plan"
+    metrics = RunDir(run).read_metrics()
+    assert metrics.start["world"] == 2 and metrics.final["event"] == "done" and metrics.step == 4
+    assert sorted(p.name for p in run.iterdir()) == ["best", "data", "latest", "metrics.jsonl"]

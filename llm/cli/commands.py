@@ -58,7 +58,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
     from llm.config import preset
-    from llm.run import RunDir
+    from llm.run import RunDir, is_main_process
     from llm.train import pretrain as lib
 
     save_dtype = torch_dtype(args.save_dtype)
@@ -67,13 +67,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         if args.resume:
             raise ConfigError("continues the run with its own settings: give --out and --resume only", field="config")
         cfg = pretrain_config(args)
-        plan = lib.plan(cfg)
-        print(
-            f"pretraining a {plan['params']:,}-parameter model ({cfg.preset}, vocabulary {plan['vocab_size']:,}) on "
-            f"{plan['device']}: {plan['max_steps']} steps of {plan['tokens_per_step']:,} tokens, about "
-            f"{plan['est_seconds']:.0f} s",
-            flush=True,
-        )
+        if is_main_process():
+            print_pretrain_plan(cfg, lib.plan(cfg))
         lib.pretrain_text(cfg, args.out, args.metrics, save_dtype, progress=True)
         return
     if args.resume and not args.data:  # the run knows its data (a run from raw text keeps it inside)
@@ -84,6 +79,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     model_cfg = preset(args.preset or DEFAULT_PRESET, **given(args, ModelConfig))
     if args.resume:  # the run's own settings; only the budgets and the device given here change
         train_cfg = TrainConfig.from_dict(RunDir(args.out).resumed_train_settings(**budgets))
+    elif "max_time" in budgets and "max_steps" not in budgets:  # a time budget alone: the run follows the clock
+        train_cfg = config_from_args(TrainConfig, args, max_steps=0)
     else:
         train_cfg = config_from_args(TrainConfig, args)
     lib.pretrain(
@@ -91,6 +88,16 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
         save_dtype=save_dtype, sample_prompts=args.sample_prompts or lib.DEFAULT_SAMPLE_PROMPTS,
         sample_tokens=lib.DEFAULT_SAMPLE_TOKENS if args.sample_tokens is None else args.sample_tokens,
     )  # fmt: skip
+
+
+def print_pretrain_plan(cfg: PretrainConfig, plan: dict) -> None:
+    steps = f"about {plan['max_steps']:,} steps" if plan["steps_from_time"] else f"{plan['max_steps']:,} steps"
+    print(
+        f"pretraining a {plan['params']:,}-parameter model ({cfg.preset}, vocabulary {plan['vocab_size']:,}) on "
+        f"{plan['device']}: {steps} of {plan['tokens_per_step']:,} tokens ({plan['step_seconds']:.3g} s a step, "
+        f"measured), about {plan['est_seconds']:.0f} s",
+        flush=True,
+    )
 
 
 def pretrain_config(args: argparse.Namespace) -> PretrainConfig:

@@ -51,6 +51,10 @@ def generate_ids(
     The model sees a window of the last tokens. When the window would exceed the context length T, it
     slides forward to keep only the last T//2 tokens (the cache is rebuilt from them), so a cache rebuild
     costs one forward pass per T//2 new tokens. Both paths use the same window, so they give the same tokens.
+    The cache holds the window and the tokens still to come (at most T positions), in the model's dtype.
+
+    A seed gives the same tokens on the same kind of device; a GPU's kernels round differently from a
+    CPU's, so its tokens for a seed can differ.
     """
     assert prompt_ids, "generation needs at least one prompt token"
     device = next(model.parameters()).device
@@ -63,14 +67,17 @@ def generate_ids(
     ids = torch.tensor(prompt_ids[-T:], dtype=torch.long, device=device)
     start = 0  # ids[start:] is the window the model conditions on
     cache = None
-    for _ in range(cfg.max_new_tokens):
+    for made in range(cfg.max_new_tokens):
         if len(ids) - start > T:
             start = len(ids) - max(1, T // 2)
             cache = None
         if not use_cache:
             logits = model(ids[start:][None])[0, -1]
         elif cache is None:
-            cache = KVCache(model.cfg, 1, device, model.tok_emb.weight.dtype)
+            window = len(ids) - start
+            # The window, and the new tokens after it: the last of them is never fed back in.
+            positions = min(T, window + cfg.max_new_tokens - made - 1)
+            cache = KVCache(model.cfg, 1, device, model.tok_emb.weight.dtype, positions)
             logits = model(ids[start:][None], cache)[0, -1]
         else:
             logits = model(ids[-1:][None], cache)[0, -1]  # only the newest token is not cached yet

@@ -44,10 +44,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class KVCache:
-    """Keys and values of the positions seen so far, preallocated to the context length."""
+    """Keys and values of the positions seen so far, preallocated for `length` positions (default: the context
+    length). Generation sizes it to the prompt and the new tokens: a long-context model's whole context would be
+    gigabytes of zeros per answer."""
 
-    def __init__(self, cfg: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype):
-        shape = (batch_size, cfg.kv_heads, cfg.context_length, cfg.head_dim)
+    def __init__(
+        self, cfg: ModelConfig, batch_size: int, device: torch.device, dtype: torch.dtype, length: int | None = None
+    ):
+        assert length is None or 0 < length <= cfg.context_length, (length, cfg.context_length)
+        shape = (batch_size, cfg.kv_heads, length or cfg.context_length, cfg.head_dim)
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.length = 0  # positions already stored; the next token sits at this position
@@ -55,7 +60,7 @@ class KVCache:
     def store(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append k, v (B, Hkv, T, D) at self.length and return all keys/values so far (B, Hkv, length+T, D)."""
         start, end = self.length, self.length + k.size(2)
-        assert end <= self.keys[layer].size(2), "KV cache overflow: the sequence exceeds the context length"
+        assert end <= self.keys[layer].size(2), "KV cache overflow: the sequence exceeds the positions it was sized for"
         self.keys[layer][:, :, start:end] = k
         self.values[layer][:, :, start:end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
@@ -101,18 +106,20 @@ class Attention(nn.Module):
         if cache is not None:
             past = cache.length
             k, v = cache.store(layer, k, v)  # (B, Hkv, past+T, D)
-        if self.n_kv_head != self.n_head:  # each group of H/Hkv query heads shares one key/value head
-            k = k.repeat_interleave(self.n_head // self.n_kv_head, dim=1)  # (B, H, past+T, D)
-            v = v.repeat_interleave(self.n_head // self.n_kv_head, dim=1)
         dropout = self.dropout if self.training else 0.0
+        # Grouped-query attention: each group of H/Hkv query heads shares one key/value head (enable_gqa: the
+        # kernel reads the shared heads; no copies of keys and values per query head).
+        gqa = self.n_kv_head != self.n_head
         if self.keep_weights:
             y, self.weights = attention_with_weights(q, k, v, past)
         elif past == 0:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout, enable_gqa=gqa)
+        elif T == 1:  # decoding one token: it sees every key, so no mask (a mask would select a slower kernel)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, enable_gqa=gqa)
         else:
             # Query i (absolute position past+i) may see keys 0..past+i.
             mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, enable_gqa=gqa)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.wo(y)
 

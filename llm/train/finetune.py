@@ -95,7 +95,10 @@ def prepare(cfg: FinetuneConfig, data: TaskData | None = None, encoded: EncodedE
     kept = set(val_enc.rows)
     val_examples = [example for example in val_data.examples if example.row in kept]
     select = "val_exact" if cfg.early_stop_metric == "exact" else "val_loss"
-    train_cfg, steps_per_epoch = tuning.training_settings(cfg, len(train_enc.items), len(val_enc.items), T, select)
+    longest = max(len(ids) for ids, _ in train_enc.items)
+    train_cfg, steps_per_epoch = tuning.training_settings(
+        cfg, len(train_enc.items), len(val_enc.items), longest, select
+    )
     return Prepared(
         cfg, base_dir, model_cfg, tokenizer, data, train_enc, val_enc, val_examples, train_cfg, steps_per_epoch
     )

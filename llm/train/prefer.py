@@ -143,7 +143,8 @@ def prepare(cfg: PreferConfig, data: PreferenceData | None = None) -> Prepared:
     val_enc = encode_pairs(val_data, tokenizer, T, cfg.overflow)
     if not train_enc.items:
         raise TaskFileError(f"{data.source}: no training pair is left after dropping pairs longer than the context")
-    train_cfg, steps_per_epoch = tuning.training_settings(cfg, len(train_enc.items), len(val_enc.items), T)
+    longest = max(len(side[0]) for pair in train_enc.items for side in pair)
+    train_cfg, steps_per_epoch = tuning.training_settings(cfg, len(train_enc.items), len(val_enc.items), longest)
     return Prepared(cfg, base_dir, model_cfg, tokenizer, data, train_enc, val_enc, train_cfg, steps_per_epoch)
 
 

@@ -2,9 +2,14 @@
 
 From raw text in one call (the studio's Pretrain tab, `python -m llm pretrain --config pretrain.json`):
 
-    PretrainConfig -> plan() (sizes, steps, memory and time, before anything is made)
-                   -> pretrain_text() -> prepare_text() (tokenizer + shards in <run>/data, once) -> pretrain()
+    PretrainConfig -> plan() (sizes, steps, memory and time, before anything is made; the speed is measured
+                      by llm.train.speed, the vocabulary and the held-out split checked on the text)
+                   -> pretrain_text() -> prepare_text() (tokenizer + shards in <run>/data, once; under
+                      torchrun by rank 0 while the others wait) -> pretrain()
     resume(run) continues either kind of run with its own data and settings.
+
+A run with a time budget and no step budget follows the clock (llm.train.trainer): its learning rate decays
+over the time, it evaluates every tenth of it and ends when the time is up.
 
 At every evaluation the run also logs, beside the losses, "val_bits_per_byte" and "samples": continuations
 of a few fixed prompts, sampled with a fixed seed, so the metrics file shows the model learning to write
@@ -15,7 +20,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 import tempfile
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,14 +34,14 @@ from llm.data import corpus
 from llm.data.corpus import TokenData, WindowBatches
 from llm.data.text import expand_inputs
 from llm.data.tokenizer import MIN_VOCAB_SIZE, Tokenizer, holds_tokenizer, train_tokenizer
-from llm.device import DECODE_SLOWDOWN, check_model_fits, describe, pick_device
-from llm.device import device_rate as training_rate
+from llm.device import check_model_fits, describe, model_memory, pick_device
 from llm.errors import ConfigError, InputError, TokenizerError
 from llm.model import checkpoint
 from llm.model.generate import sample_logger
 from llm.model.transformer import Transformer
-from llm.run import RunDir
-from llm.train.trainer import TrainHooks, TrainResult, train
+from llm.run import RunDir, is_main_process
+from llm.train import speed
+from llm.train.trainer import TIME_EVALUATIONS, TrainHooks, TrainResult, train
 
 DEFAULT_SAMPLE_PROMPTS = SAMPLE_PROMPTS
 DEFAULT_SAMPLE_TOKENS = 48
@@ -124,16 +131,11 @@ def pretrain(
 
 
 # From raw text. Defaults derived from the budget where PretrainConfig.train does not set them.
-EVALUATIONS = 10  # evaluations (with samples and a checkpoint) in a run
 TEXT_EVAL_BATCHES = 4  # batches per evaluation and split (a book holds out a few thousand tokens)
 MAX_WARMUP_STEPS = 100
-# Steps planned for a time budget, over the estimate: the time limit ends the run anyway, and a rate measured
-# while other work shares the device (as on a 2-core CPU) would otherwise end the run well before its time.
-TIME_BUDGET_HEADROOM = 1.25
+MAX_LOG_LINES = 500  # a run logs every 10 steps, or less often when it has more steps than 10 x this
 BYTES_PER_TOKEN_GUESS = 3.5  # English text under a BPE vocabulary of a few thousand (plan only, before tokenizing)
-# Share of the device's matrix-product rate that pretraining reaches, relative to fine-tuning's figure in
-# llm.device.device_rate (full windows, no padding). CPU: measured on the sample book (micro preset).
-PRETRAIN_SPEEDUP = 1.0
+WAIT_SECONDS = 0.5  # how often a rank above 0 looks for the data rank 0 prepares
 
 
 def tokenizer_source(source: str) -> Path:
@@ -159,59 +161,37 @@ def model_config(cfg: PretrainConfig, vocab_size: int) -> ModelConfig:
     return preset(cfg.preset, **{**cfg.model, "vocab_size": vocab_size})
 
 
-def step_flops(model_cfg: ModelConfig, train_cfg: TrainConfig, n_prompts: int, sample_tokens: int) -> dict[str, float]:
-    """FLOPs of one training step, of one evaluation (val and train batches) and of one evaluation's samples.
-
-    Forward: 2 per weight and token (a tied embedding is the LM head, counted once; an untied input
-    embedding is a lookup) plus attention over the window; training: 3 forwards (backward is twice the
-    forward). Sampling decodes a token at a time, far below the device's rate (DECODE_SLOWDOWN)."""
-    mc, tc = model_cfg, train_cfg
-    with torch.device("meta"):
-        params = Transformer(mc).num_params()
-    compute_params = params if mc.tie_embeddings else params - mc.vocab_size * mc.d_model
-    forward = 2 * compute_params + 4 * mc.n_layer * mc.d_model * mc.context_length
-    window_tokens = tc.batch_size * mc.context_length
-    return {
-        "params": params,
-        "train_step": 3 * forward * window_tokens * tc.grad_accum,
-        "evaluation": 2 * forward * window_tokens * tc.eval_batches,
-        "samples": forward * n_prompts * sample_tokens * DECODE_SLOWDOWN,
-    }
+def evaluation_seconds(cfg: PretrainConfig, train_cfg: TrainConfig, measured: speed.Speed) -> float:
+    """Seconds one evaluation takes: its validation and training batches, and the samples of the prompts."""
+    batches = 2 * train_cfg.eval_batches * measured.eval_batch_seconds
+    return batches + len(cfg.sample_prompts) * cfg.sample_tokens * measured.token_seconds
 
 
-def device_rate(device: torch.device, threads: int | None = None) -> float:
-    """FLOP/s pretraining reaches here; on a CPU for a child process with `threads` threads (the studio's
-    trainer gets fewer threads than the studio itself measures with)."""
-    rate = training_rate(device.type) * PRETRAIN_SPEEDUP
-    if device.type == "cpu" and threads:
-        rate *= threads / torch.get_num_threads()
-    return rate
+def expected_steps(cfg: PretrainConfig, model_cfg: ModelConfig, train_cfg: TrainConfig, threads: int | None) -> int:
+    """Steps the device is measured to do in cfg.max_time, beside TIME_EVALUATIONS evaluations (threads: the
+    run's intra-op threads, as in llm.train.speed.measure)."""
+    measured = speed.measure(model_cfg, train_cfg, pick_device(train_cfg.device), threads)
+    training = cfg.max_time - TIME_EVALUATIONS * evaluation_seconds(cfg, train_cfg, measured)
+    return max(1, int(training / measured.step_seconds))
 
 
 def training_settings(cfg: PretrainConfig, model_cfg: ModelConfig, threads: int | None = None) -> TrainConfig:
     """The TrainConfig of a run: cfg.train's fields, the budgets, and the rest derived from the number of
-    steps: about EVALUATIONS evaluations with a checkpoint at each, a warmup of a tenth of the run. With only
-    a time budget, the steps are a little more (TIME_BUDGET_HEADROOM) than the device is expected to do in
-    it, so the cosine schedule nearly ends then; the time limit stops the run in any case."""
+    steps: about TIME_EVALUATIONS evaluations with a checkpoint at each, a warmup of a tenth of the run. With
+    only a time budget the run follows the clock (max_steps 0: the trainer spreads the evaluations and the
+    learning-rate decay over max_time), and the steps that set the warmup and the log interval are those the
+    device is measured to do in that time."""
     derived = {"eval_batches": TEXT_EVAL_BATCHES, "keep_best": True, **cfg.train}
     given = TrainConfig.from_dict(derived, "train")  # batch size, accumulation, eval batches: given or default
-    if cfg.max_steps:
-        steps = cfg.max_steps
-    elif cfg.max_time:
-        flops = step_flops(model_cfg, given, len(cfg.sample_prompts), cfg.sample_tokens)
-        rate = device_rate(pick_device(given.device), threads)
-        per_eval = flops["evaluation"] + flops["samples"]
-        expected = (cfg.max_time * rate - EVALUATIONS * per_eval) / flops["train_step"]
-        steps = max(1, int(TIME_BUDGET_HEADROOM * expected))
-    else:
-        steps = TrainConfig().max_steps
-    interval = max(1, steps // EVALUATIONS)
+    by_time = not cfg.max_steps and bool(cfg.max_time)
+    steps = cfg.max_steps or (expected_steps(cfg, model_cfg, given, threads) if by_time else TrainConfig().max_steps)
+    interval = max(1, steps // TIME_EVALUATIONS)
     schedule = {
-        "max_steps": steps,
+        "max_steps": 0 if by_time else steps,
         "max_time": cfg.max_time,
         "eval_interval": interval,
         "ckpt_interval": interval,
-        "log_interval": max(1, min(10, interval)),
+        "log_interval": max(1, min(10, interval), steps // MAX_LOG_LINES),
         "warmup_steps": min(MAX_WARMUP_STEPS, steps // 10),
     }
     return TrainConfig.from_dict({**schedule, **derived}, "train")
@@ -224,13 +204,18 @@ def text_size(files: list[Path]) -> int | None:
     return sum(p.stat().st_size for p in files)
 
 
-SPLIT_CHECK_BYTES = 4 * 2**20  # plan() reads a text up to this size to see that prepare() can hold some out
+SPLIT_CHECK_BYTES = 4 * 2**20  # plan() reads a text up to this size to check its split and its vocabulary
+
+
+def file_versions(files: list[Path]) -> tuple:
+    """(path, mtime, size) of each file: a cache key that changes when a file does."""
+    return tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
 
 
 @functools.lru_cache(maxsize=8)
 def _count_held_out(versions: tuple, val_fraction: float, text_field: str) -> tuple[int, int]:
-    """corpus.count_held_out, read once per version of the files (versions: (path, mtime, size) each): the
-    studio asks for a plan at each edit of its form."""
+    """corpus.count_held_out, read once per version of the files: the studio asks for a plan at each edit of
+    its form."""
     return corpus.count_held_out([Path(path) for path, _, _ in versions], val_fraction, text_field)
 
 
@@ -239,8 +224,7 @@ def check_split(cfg: PretrainConfig, files: list[Path], size: int | None) -> Non
     found before a run starts: read for a text of known size up to SPLIT_CHECK_BYTES, else left to prepare()."""
     if not cfg.val_fraction or size is None or size > SPLIT_CHECK_BYTES:
         return
-    versions = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files)
-    documents, held_out = _count_held_out(versions, cfg.val_fraction, cfg.text_field)
+    documents, held_out = _count_held_out(file_versions(files), cfg.val_fraction, cfg.text_field)
     if documents and not held_out:
         raise InputError(
             f"{corpus.NO_VALIDATION} (the text has {documents} document{'s' * (documents != 1)}: paragraphs "
@@ -248,26 +232,49 @@ def check_split(cfg: PretrainConfig, files: list[Path], size: int | None) -> Non
         )
 
 
+@functools.lru_cache(maxsize=8)
+def _vocabulary_problem(versions: tuple, vocab_size: int, text_field: str) -> TokenizerError | None:
+    """Why a tokenizer of vocab_size cannot be trained on the files (versions: file_versions), or None: one is
+    trained (a second or two for a few MB) and thrown away."""
+    with tempfile.TemporaryDirectory(prefix="vocabulary-check-") as tmp:
+        try:
+            train_tokenizer([Path(path) for path, _, _ in versions], tmp, vocab_size, text_field=text_field)
+        except TokenizerError as e:
+            return e
+    return None
+
+
+def check_vocabulary(cfg: PretrainConfig, files: list[Path], size: int | None) -> None:
+    """TokenizerError (naming vocab_size, with the largest size the text allows) when the new tokenizer cannot
+    have cfg.vocab_size tokens on this text, found before a run starts; for a text of known size up to
+    SPLIT_CHECK_BYTES, else left to the run."""
+    if cfg.tokenizer or size is None or size > SPLIT_CHECK_BYTES:
+        return
+    problem = _vocabulary_problem(file_versions(files), cfg.vocab_size, cfg.text_field)
+    if problem is not None and problem.field == "vocab_size":  # other failures are the run's to report
+        raise TokenizerError(problem.message, field=problem.field)
+
+
 def plan(cfg: PretrainConfig, threads: int | None = None) -> dict[str, Any]:
     """What a run from raw text would do, before anything is made: the model's size, tokens per step, steps,
-    evaluations, and rough memory and time estimates on this device (threads: as in device_rate).
+    evaluations, and memory and time estimates on this device (threads: the run's intra-op threads, as in
+    llm.train.speed.measure). The text's split and vocabulary are checked first (small texts).
 
-    Time: training, evaluation and sampling FLOPs over the device's measured rate. Memory: fp32 weights,
-    gradients and AdamW moments, and the activations and logits of a batch (not Python and torch overhead)."""
+    Time: a few training steps, an evaluation batch and sampled tokens measured on the device (llm.train.speed);
+    a run by the clock takes its max_time. Memory: fp32 weights, gradients and AdamW moments, and the
+    activations and logits of a batch (not Python and torch overhead)."""
     files = expand_inputs(cfg.inputs)
     size = text_size(files)
     check_split(cfg, files, size)
-    model_cfg = model_config(cfg, vocabulary(cfg))
-    train_cfg = training_settings(cfg, model_cfg, threads)
-    mc, tc = model_cfg, train_cfg
+    check_vocabulary(cfg, files, size)
+    mc = model_config(cfg, vocabulary(cfg))
+    tc = training_settings(cfg, mc, threads)
     device = pick_device(tc.device)
-    flops = step_flops(mc, tc, len(cfg.sample_prompts), cfg.sample_tokens)
-    n_evals = tc.max_steps // tc.eval_interval + (tc.max_steps % tc.eval_interval > 0)
-    total = tc.max_steps * flops["train_step"] + n_evals * (flops["evaluation"] + flops["samples"])
-    rate = device_rate(device, threads)
-    seconds = total / rate
-    if tc.max_time:
-        seconds = min(seconds, tc.max_time)
+    params = model_memory(mc).n_parameters
+    measured = speed.measure(mc, tc, device, threads)
+    steps = tc.max_steps or expected_steps(cfg, mc, tc, threads)
+    n_evals = math.ceil(tc.max_steps / tc.eval_interval) if tc.max_steps else TIME_EVALUATIONS
+    seconds = steps * measured.step_seconds + n_evals * evaluation_seconds(cfg, tc, measured)
     tokens_per_step = tc.batch_size * tc.grad_accum * mc.context_length
     T, B = mc.context_length, tc.batch_size
     activations = B * T * mc.n_layer * (14 * mc.d_model + 3 * mc.mlp_hidden + mc.n_head * T)
@@ -284,19 +291,20 @@ def plan(cfg: PretrainConfig, threads: int | None = None) -> dict[str, Any]:
         "vocab_size": mc.vocab_size,
         "preset": cfg.preset,
         "shape": {k: getattr(mc, k) for k in ("n_layer", "n_head", "d_model", "context_length")},
-        "params": flops["params"],
+        "params": params,
         "batch_size": tc.batch_size,
         "grad_accum": tc.grad_accum,
         "tokens_per_step": tokens_per_step,
-        "max_steps": tc.max_steps,
+        "max_steps": steps,
         "max_time": tc.max_time,
-        "steps_from_time": not cfg.max_steps and bool(cfg.max_time),
+        "steps_from_time": not tc.max_steps,
         "lr": tc.lr,
         "evaluations": n_evals,
-        "est_tokens_per_s": round(rate * tokens_per_step / flops["train_step"]),
-        "est_epochs": tc.max_steps * tokens_per_step / train_tokens if train_tokens else None,
-        "est_memory_bytes": int(4 * (4 * flops["params"] + activations + logits)),
-        "est_seconds": round(seconds, 1),
+        "step_seconds": measured.step_seconds,
+        "est_tokens_per_s": round(tokens_per_step / measured.step_seconds),
+        "est_epochs": steps * tokens_per_step / train_tokens if train_tokens else None,
+        "est_memory_bytes": int(4 * (4 * params + activations + logits)),
+        "est_seconds": round(min(seconds, tc.max_time) if tc.max_time else seconds, 1),
     }
 
 
@@ -323,6 +331,16 @@ def prepare_text(cfg: PretrainConfig, out_dir: str | Path, progress: bool = Fals
     return data
 
 
+def wait_for_data(run: RunDir) -> Path:
+    """Under torchrun, rank 0 alone makes the tokenizer and the shards (every rank making them raced on the same
+    folders); the others wait for its meta.json, written last, when the folder is renamed into place. Should
+    rank 0 fail, torchrun ends the others."""
+    print(f"rank {os.environ.get('RANK')}: waiting for rank 0 to prepare the data in {run.data}", flush=True)
+    while not (run.data / corpus.META).is_file():
+        time.sleep(WAIT_SECONDS)
+    return run.data
+
+
 def absolute(cfg: PretrainConfig) -> PretrainConfig:
     """cfg with its paths absolute, as a run records it (what resume() and the studio read back)."""
     inputs = [i if any(ch in i for ch in "*?[") else str(Path(i).resolve()) for i in cfg.inputs]
@@ -343,7 +361,7 @@ def pretrain_text(
     vocab = vocabulary(cfg)  # a missing tokenizer is reported before any text is read
     model_cfg = model_config(cfg, vocab)
     train_cfg = training_settings(cfg, model_cfg)
-    data = prepare_text(cfg, out_dir, progress)
+    data = prepare_text(cfg, out_dir, progress) if is_main_process() else wait_for_data(run)
     tokens = Tokenizer.load(data).vocab_size
     assert tokens == vocab, f"the tokenizer has {tokens} tokens, {vocab} were asked for"
     return pretrain(

@@ -134,6 +134,13 @@ class Distributed:
                 torch.cuda.set_device(device)
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
+    @classmethod
+    def alone(cls, device: torch.device) -> Distributed:
+        """A single process on the device, whatever torchrun says (for work outside the run, e.g. timing)."""
+        single = cls.__new__(cls)
+        single.world, single.rank, single.device = 1, 0, device
+        return single
+
     @property
     def main(self) -> bool:
         return self.rank == 0

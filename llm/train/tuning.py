@@ -21,7 +21,10 @@ from llm.model.generate import sample_logger
 from llm.model.transformer import Transformer
 from llm.run import BEST, RunDir
 
-TOKENS_PER_BATCH = 2048  # token positions per micro-batch at full context: sets the default batch size
+TOKENS_PER_BATCH = 2048  # token positions per micro-batch: the default batch size is this over the rows' length
+# Rows up to this long count as this long, so the default batch is at most 8 (the shipped base's, at its context
+# of 256): a larger one would take steps away from small datasets.
+SHORT_ROWS = 256
 
 
 MAX_WARMUP_STEPS = 100  # warmup is a tenth of the run, at most this
@@ -57,15 +60,16 @@ def eval_rows(cfg: FinetuneConfig | PreferConfig, n_val: int) -> int:
 
 
 def training_settings(
-    cfg: FinetuneConfig | PreferConfig, n_train: int, n_val: int, context_length: int, select_metric: str = "val_loss"
+    cfg: FinetuneConfig | PreferConfig, n_train: int, n_val: int, row_tokens: int, select_metric: str = "val_loss"
 ) -> tuple[TrainConfig, int]:
     """(the TrainConfig a fine-tune of n_train examples (or a preference run of n_train pairs) runs with,
-    steps per epoch)."""
+    steps per epoch). row_tokens: the longest training row, which sets the default batch size (not the
+    context length: short rows of a long-context model would train one at a time)."""
     if cfg.batch_size > n_train:  # each batch would hold every row several times over
         raise ConfigError(
             f"must be at most {n_train}, the rows there are to train on; got {cfg.batch_size}", field="batch_size"
         )
-    batch_size = cfg.batch_size or max(1, min(TOKENS_PER_BATCH // context_length, n_train // 4))
+    batch_size = cfg.batch_size or max(1, min(TOKENS_PER_BATCH // max(row_tokens, SHORT_ROWS), n_train // 4))
     steps_per_epoch = math.ceil(n_train / (batch_size * cfg.grad_accum))
     max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     eval_interval = max(1, min(steps_per_epoch // cfg.evals_per_epoch, max_steps))

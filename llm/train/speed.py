@@ -1,0 +1,138 @@
+"""How fast a model of a given shape trains on this device, measured rather than guessed.
+
+A few real training steps (llm.train.trainer.train_step: forward, loss, backward, clip, AdamW, autocast as the
+run has it) on random tokens of the real shape, one evaluation batch and a few sampled tokens, timed on the
+device with the thread count the run will have. A small model on a GPU is bound by kernel launches, not by
+FLOPs, so no FLOPs rate predicts it (25% of a data-sheet peak planned millions of steps for a run that did
+thousands); a short measurement does, on a CPU as well.
+
+It takes about a second for the shapes a CPU trains; measurements are cached by shape and settings, as the
+studio asks for a plan at each edit of its form.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from llm.config import ModelConfig, SamplingConfig, TrainConfig
+from llm.device import check_model_fits
+from llm.model.generate import generate_ids
+from llm.model.transformer import Transformer
+from llm.train.trainer import Distributed, autocast_context, make_optimizer, out_of_memory, train_step
+
+STEP_BUDGET_SECONDS = 0.15  # a timed step takes about this long at most: larger batches are timed in part
+TIMED_STEPS = 3  # after one untimed warm-up step
+SAMPLED_TOKENS = 8
+
+
+@dataclass(frozen=True)
+class Speed:
+    """Seconds for one optimizer step, one evaluation batch and one sampled token (batch 1, KV cache)."""
+
+    step_seconds: float
+    eval_batch_seconds: float
+    token_seconds: float
+
+
+@contextmanager
+def thread_count(threads: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` for a while (None: as they are)."""
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class RepeatedBatch:
+    """One batch of random tokens on the device, as a trainer batch source (timing does not depend on text)."""
+
+    def __init__(self, vocab_size: int, rows: int, length: int, device: torch.device):
+        generator = torch.Generator(device=device).manual_seed(0)  # the global RNG is left alone
+        block = torch.randint(0, vocab_size, (rows, length + 1), device=device, generator=generator)
+        self.x, self.y = block[:, :-1], block[:, 1:]
+
+    def train_batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x, self.y
+
+
+def wait(device: torch.device) -> float:
+    """time.perf_counter() once the device has done what it was given."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def time_steps(model: Transformer, cfg: TrainConfig, rows: int, steps: int, device: torch.device) -> float:
+    """Seconds per training step of `rows` windows, over `steps` timed steps after one warm-up step."""
+    batch = RepeatedBatch(model.cfg.vocab_size, rows, model.cfg.context_length, device)
+    optimizer = make_optimizer(model, cfg, device)
+    autocast, alone = autocast_context(device, cfg.precision), Distributed.alone(device)
+
+    def step() -> None:
+        train_step(model, model, optimizer, batch, 0, 1, cfg.grad_clip, alone, autocast)
+
+    step()
+    start = wait(device)
+    for _ in range(steps):
+        step()
+    return (wait(device) - start) / steps
+
+
+@torch.no_grad()
+def time_forward_and_sampling(
+    model: Transformer, cfg: TrainConfig, rows: int, device: torch.device
+) -> tuple[float, float]:
+    """(seconds for a forward pass of `rows` windows, seconds per token sampled with the KV cache)."""
+    model.eval()
+    batch = RepeatedBatch(model.cfg.vocab_size, rows, model.cfg.context_length, device)
+    with autocast_context(device, cfg.precision):
+        start = wait(device)
+        model(batch.x)
+        forward = wait(device) - start
+    sampling = SamplingConfig(SAMPLED_TOKENS, temperature=0.0, seed=0)
+    start = time.perf_counter()
+    tokens = sum(1 for _ in generate_ids(model, [0], sampling))
+    return forward, (wait(device) - start) / tokens
+
+
+@functools.lru_cache(maxsize=32)
+def _measure(shape: str, batch_size: int, grad_accum: int, precision: str, device: str, threads: int | None) -> Speed:
+    cfg = TrainConfig(batch_size=batch_size, grad_accum=grad_accum, precision=precision, device=device)
+    target, model_cfg = torch.device(device), ModelConfig.from_dict(json.loads(shape))
+    check_model_fits(model_cfg, target, copies=4, what="training")  # weights, gradients, AdamW's two moments
+    with thread_count(threads), torch.random.fork_rng(devices=[target] if target.type == "cuda" else []):
+        try:
+            with target:
+                model = Transformer(model_cfg)
+            first = time_steps(model, cfg, 1, 1, target)  # one window: how many fit the timing budget
+            rows = min(batch_size, max(1, int(STEP_BUDGET_SECONDS / first)))
+            timed = first if rows == 1 else time_steps(model, cfg, rows, TIMED_STEPS, target)
+            micro = timed * batch_size / rows
+            forward, token = time_forward_and_sampling(model, cfg, rows, target)
+        except torch.OutOfMemoryError:
+            raise out_of_memory(cfg, target, None) from None
+        finally:
+            if target.type == "cuda":
+                torch.cuda.empty_cache()  # what the measurement held goes back to the run and other processes
+    return Speed(micro * grad_accum, forward * batch_size / rows, token)
+
+
+def measure(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device, threads: int | None = None) -> Speed:
+    """The speed of training model_cfg with train_cfg's batch, accumulation and precision on the device, with
+    `threads` intra-op threads (None: the process's own), measured once per shape and settings. A batch too
+    slow to time whole is timed on fewer windows and scaled (time grows with the windows, except for small
+    models, which a whole batch fits). The model is built with random weights on the device itself; the
+    global RNG is left as it was. A model whose weights, gradients and AdamW moments exceed the device's memory is
+    refused first (ConfigError); a batch that runs out of memory is the memory kind of TrainingError."""
+    shape = json.dumps(model_cfg.to_dict(), sort_keys=True)
+    return _measure(shape, train_cfg.batch_size, train_cfg.grad_accum, train_cfg.precision, str(device), threads)
