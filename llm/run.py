@@ -14,14 +14,17 @@ studio can read runs cheaply.
                            checkpoint they were scored on (a checkpoint saved again starts without them)
 
 Metrics records, each with "time" (Unix seconds):
-    train   {"step", "train_loss", "lr", "tokens_per_s", "elapsed", "mfu" (GPU only)}   every log_interval steps
+    train   {"step", "train_loss", "lr", "tokens_per_s" (all ranks), "elapsed" (seconds trained, earlier attempts
+             included), "mfu" and "max_memory" (GPU only: one device's MFU, its peak bytes allocated)}
+            every log_interval steps
     eval    {"step", "val_loss", "train_eval_loss",
              "val_bits_per_byte" (pretraining: the validation loss per byte of text),
              "samples": [{"prompt", "output"}] (pretraining's samples, tuning's probe answers),
              "val_exact", "val_f1" (fine-tuning that selects by exact match: held-out rows answered),
              "reward_margin", "reward_accuracy" (preference runs: on the held-out pairs)}   (each key optional
             but step)
-    event   {"event": "start", "step", "device", "world", "params", "trainable", "max_steps"}
+    event   {"event": "start", "step", "device", "world", "params", "trainable", "max_steps", "max_time"}
+            (max_steps 0: a run by the clock, which ends "done" after max_time seconds of training)
             {"event": "checkpoint", "step"}
             {"event": "done" | "stopped" | "early_stop" | "time_limit", "step", "train_loss", "best_val_loss"}
             {"event": "error", "step" (when training had begun), "message", "kind", "field"}   (kind as

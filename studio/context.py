@@ -21,7 +21,7 @@ from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig
 from llm.data.tasks import READERS
 from llm.errors import LLMError
 from llm.run import CONFIG, INFO, LATEST, RunDir, is_checkpoint
-from studio.jobs import Jobs
+from studio.jobs import Jobs, job_gpu
 from studio.store import ACTIVE_STATES, Store, new_id
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +30,7 @@ DATA_SUFFIXES = READERS  # what llm.data.tasks reads
 BASE_ID = "base"
 MAX_NAME_CHARS = 80
 MAX_UPLOAD_BYTES = 50 * 2**20  # uploads above this are refused (by Gradio at the door, and again here)
+MAX_LOADED = 4  # models kept loaded for Compare, Chat and Inside
 
 
 def plural(n: int, word: str) -> str:
@@ -42,21 +43,34 @@ class StudioError(LLMError):
     kind = "studio"
 
 
+def gpu_memory() -> tuple[str, int, int] | None:
+    """(name, bytes used, bytes in all) of the GPU the studio's runs train on, as the driver reports it
+    (nvidia-smi): asking torch would open a CUDA context in the studio, memory its own runs then lack. None
+    without an NVIDIA GPU and driver."""
+    import subprocess
+
+    query = [
+        "nvidia-smi",
+        f"--id={job_gpu()}",
+        "--query-gpu=name,memory.used,memory.total",
+        "--format=csv,noheader,nounits",
+    ]
+    try:
+        found = subprocess.run(query, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
+        name, used, total = (part.strip() for part in found.splitlines()[0].rsplit(",", 2))
+        return name, int(used) * 2**20, int(total) * 2**20
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
 def memory_now() -> str:
     """What the training device has in use now: the GPU's name and memory, else the CPU's threads and RAM."""
     import os
 
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            free, total = torch.cuda.mem_get_info()
-            return (
-                f"GPU {torch.cuda.get_device_name()}: {human_size(total - free)} of {human_size(total)} memory "
-                f"in use, {human_size(free)} free"
-            )
-    except ImportError:  # the page may ask before torch is imported: the CPU's figures need none of it
-        pass
+    gpu = gpu_memory()
+    if gpu is not None:
+        name, used, total = gpu
+        return f"GPU {name}: {human_size(used)} of {human_size(total)} memory in use, {human_size(total - used)} free"
     meminfo = Path("/proc/meminfo")
     if meminfo.is_file():  # kB figures; MemAvailable counts what the kernel can free (caches)
         fields = {
@@ -70,6 +84,16 @@ def memory_now() -> str:
         f"CPU, {plural(os.cpu_count() or 1, 'core')}: {human_size(total - free)} of {human_size(total)} memory "
         f"in use, {human_size(free)} free"
     )
+
+
+def release_gpu_memory() -> None:
+    """Give the GPU memory of models no longer held back to the device (torch keeps freed blocks cached for its
+    own process otherwise, where a training run cannot use them)."""
+    import sys
+
+    torch = sys.modules.get("torch")  # nothing to release before torch is imported
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def is_model_dir(path: Path) -> bool:
@@ -122,14 +146,14 @@ class Studio:
             (self.workspace / sub).mkdir(exist_ok=True)
         self.base_model = Path(base_model).resolve()
         self.samples_dir = Path(samples_dir)
-        self.jobs = Jobs(self.store)
+        self.jobs = Jobs(self.store, on_launch=self.step_aside)
         self.store.set_model(
             BASE_ID, "base (shipped)" if self.base_model == DEFAULT_BASE_MODEL else "base", self.base_model
         )
         samples = sorted(p for p in self.samples_dir.glob("*") if p.suffix.lower() in DATA_SUFFIXES)
         self.store.sync_samples(samples)
-        # Loaded (model, tokenizer, info) by (directory, info.json time), the most recently used last.
-        self._models: OrderedDict[tuple[Path, float], tuple] = OrderedDict()
+        # Loaded (model, tokenizer, info) by (directory, info.json time, device), the most recently used last.
+        self._models: OrderedDict[tuple[Path, float, str], tuple] = OrderedDict()
         self._model_lock = threading.Lock()
         self._task_data: OrderedDict[tuple, Any] = OrderedDict()  # read task files by (file, version, reading)
 
@@ -257,26 +281,38 @@ class Studio:
         return choices
 
     def load(self, ref: str) -> tuple[Any, Any, dict]:
-        """(model, tokenizer, info) for a ref on the best device, cached (the 4 most recently used stay loaded)."""
+        """(model, tokenizer, info) for a ref, cached (the MAX_LOADED most recently used stay loaded): on the best
+        device, except while a run trains, when the studio's models stay on the CPU and leave the GPU to it."""
         from llm.device import pick_device
         from llm.model.checkpoint import load_model
 
         path = self.model_dir(ref)
-        stamp = (path, (path / INFO).stat().st_mtime if (path / INFO).exists() else 0)
+        device = pick_device("cpu" if self.jobs.training() else "auto")
+        stamp = (path, (path / INFO).stat().st_mtime if (path / INFO).exists() else 0, str(device))
         with self._model_lock:
             if stamp in self._models:
                 self._models.move_to_end(stamp)
                 return self._models[stamp]
-            loaded = load_model(path, pick_device("auto"))
+            loaded = load_model(path, device)
             self._models[stamp] = loaded
-            while len(self._models) > 4:
+            while len(self._models) > MAX_LOADED:
                 self._models.popitem(last=False)
+            release_gpu_memory()
             return loaded
+
+    def step_aside(self) -> None:
+        """A run starts training: the models the studio holds on a GPU are let go (it loads them on the CPU until
+        the run ends), and the memory they held goes back to the GPU."""
+        with self._model_lock:
+            for stamp in [s for s in self._models if not s[2].startswith("cpu")]:
+                del self._models[stamp]
+            release_gpu_memory()
 
     def forget(self, path: Path) -> None:
         with self._model_lock:
             for stamp in [s for s in self._models if s[0].is_relative_to(path)]:
                 del self._models[stamp]
+            release_gpu_memory()
 
     def finetune_config(self, base_ref: str, dataset_id: str, settings: dict[str, Any]) -> FinetuneConfig:
         """The whole FinetuneConfig of a run: the form's settings, the base model, and the dataset with its

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +59,17 @@ def command_line(command: str, run: RunDir, resume: bool) -> list[str]:
     return cmd + (["--resume"] if resume else ["--config", str(run.settings(command))])
 
 
+def job_gpu() -> str:
+    """The one GPU a run trains on, as CUDA_VISIBLE_DEVICES names it: the first this studio may use."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip()
+
+
 def child_env() -> dict[str, str]:
+    """The trainer's environment: its threads, and one GPU, the first the studio may use (a trainer that sees
+    every GPU of the machine would open a context on each)."""
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS=str(CHILD_THREADS), MKL_NUM_THREADS=str(CHILD_THREADS), PYTHONUNBUFFERED="1")
+    env["CUDA_VISIBLE_DEVICES"] = job_gpu()
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     return env
 
@@ -122,6 +131,15 @@ def wall_time(run: dict[str, Any]) -> float:
     return (run.get("elapsed_before") or 0.0) + max(0.0, (end or attempt) - attempt)
 
 
+def trained_seconds(metrics: Metrics, working: bool) -> float:
+    """Seconds the trainer has trained (its clock, earlier attempts included): its last log line's, and while it
+    works the time since that line was written."""
+    if not metrics.train:
+        return 0.0
+    last = metrics.train[-1]
+    return last["elapsed"] + (max(0.0, time.time() - last.get("time", time.time())) if working else 0.0)
+
+
 def process_alive(pid: int, marker: str) -> bool:
     """Is pid a live (not zombie) process whose command line contains marker (guards against pid reuse)?"""
     proc = Path(f"/proc/{pid}")
@@ -143,8 +161,9 @@ def process_alive(pid: int, marker: str) -> bool:
 
 
 class Jobs:
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, store: Store, on_launch: Callable[[], None] | None = None):
+        """on_launch: called when a run's trainer has started (the studio then lets its GPU models go)."""
+        self.store, self.on_launch = store, on_launch
         self.children: dict[int, subprocess.Popen] = {}  # processes this studio started, to reap them
         self.lock = threading.Lock()
         self.closed = threading.Event()
@@ -222,8 +241,14 @@ class Jobs:
             self.store.update_run(run["id"], status="failed", message=f"could not start the trainer: {e}")
             return False
         self.children[child.pid] = child
+        if self.on_launch is not None:
+            self.on_launch()
         self.store.update_run(run["id"], status="running", pid=child.pid, attempt_started=time.time(), message="")
         return True
+
+    def training(self) -> bool:
+        """Whether a run's trainer is working now (it holds the device)."""
+        return bool(self.store.runs(WORKING_STATES))
 
     def _alive(self, run: dict[str, Any]) -> tuple[bool, int | None]:
         """(is the run's process alive, its exit code when this studio started it and it has exited)."""
@@ -339,23 +364,38 @@ class Jobs:
         self.closed.set()
 
     def progress(self, run_id: str) -> dict[str, Any]:
-        """Everything the Fine-tune tab shows about a run, read from SQLite and the run's files."""
+        """Everything the Fine-tune and Pretrain tabs show about a run, read from SQLite and the run's files.
+        A run by the clock (a time budget and no step budget) shows the share of its time trained; a run
+        that finished shows 100%."""
         run = self.store.run(run_id)
         assert run is not None, run_id
         run_dir = self.run_dir(run)
         metrics = self.metrics(run)
-        max_steps = metrics.start.get("max_steps") or run["config"].get("max_steps") or 0
-        step = metrics.step
-        train_elapsed = metrics.train[-1]["elapsed"] if metrics.train else 0.0
+        start = metrics.start
+        max_steps = start.get("max_steps", run["config"].get("max_steps")) or 0
+        max_time = (start.get("max_time", run["config"].get("max_time")) or 0.0) if not max_steps else 0.0
+        step, working = metrics.step, run["status"] in WORKING_STATES
+        trained = trained_seconds(metrics, working)
+        if run["status"] == "done":
+            fraction = 1.0
+        elif max_time:
+            fraction = min(1.0, trained / max_time)
+        else:
+            fraction = min(1.0, step / max_steps) if max_steps else 0.0
         remaining = None
-        if step and max_steps and metrics.train and run["status"] in WORKING_STATES:
-            remaining = train_elapsed / step * max(0, max_steps - step)
+        if working and max_time:
+            remaining = max(0.0, max_time - trained)
+        elif working and step and max_steps and metrics.train:
+            remaining = metrics.train[-1]["elapsed"] / step * max(0, max_steps - step)
         return {
             "run": run,
             "status": run["status"],
             "message": run["message"],
             "step": step,
             "max_steps": max_steps,
+            "max_time": max_time,  # a run by the clock; 0 for a run with a step budget
+            "trained": trained,
+            "fraction": fraction,
             "elapsed": wall_time(run),
             "remaining": remaining,
             "metrics": metrics,

@@ -140,7 +140,7 @@ def test_a_step_counts_this_ranks_tokens_and_flops_at_the_batchs_length(tok):
 def test_mfu_is_one_devices_flops_over_one_devices_peak():
     logged = []
     run = Trainer.__new__(Trainer)  # only what log_train reads
-    run.state, run.start, run.peak = trainer.TrainState(step=10), 0.0, 1e9
+    run.state, run.start, run.peak, run.device = trainer.TrainState(step=10), 0.0, 1e9, torch.device("cpu")
     run.log = SimpleNamespace(write=lambda record, console=None: logged.append(record))
     run.last_log = trainer.time.time() - 2.0
     run.tokens_since_log, run.flops_since_log = 2000, 4e9  # all ranks' tokens; this rank's FLOPs

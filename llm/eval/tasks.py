@@ -109,9 +109,12 @@ def evaluate_models(
     temperature: float = 0.0,
     device: str = "auto",
     progress: Callable[[str, int, int], None] | None = None,
+    load: Callable[[str | Path], tuple] | None = None,
 ) -> pd.DataFrame:
     """One row per (model, example): model, row, prompt, reference, answer, exact, contains, f1, ref_loss,
-    ref_tokens. progress(model, done, total) is called after each answer."""
+    ref_tokens. progress(model, done, total) is called after each answer. load(model_dir) gives (model,
+    tokenizer, info); by default each model is loaded on the device (a caller that holds models loaded, as the
+    studio does, passes its own: no second copy)."""
     if not model_dirs:
         raise ValueError("evaluate_models needs at least one model")
     examples = pick_rows(data, rows, seed)
@@ -119,7 +122,7 @@ def evaluate_models(
     records = []
     for model_dir in model_dirs:
         resolve(model_dir)  # a clear error for a missing model before any work
-        model, tokenizer, _ = load_model(model_dir, target)
+        model, tokenizer, _ = load(model_dir) if load else load_model(model_dir, target)
         for done, example in enumerate(examples, 1):
             messages, reference = split_reference(example)
             sampling = SamplingConfig(max_new_tokens, temperature, seed=seed + example.row)

@@ -492,6 +492,8 @@ class Trainer:
         record = {"step": step, "train_loss": round(train_loss, 5), "lr": lr, "tokens_per_s": round(tps)}
         if mfu is not None:
             record["mfu"] = round(mfu, 4)
+        if self.device.type == "cuda":  # the allocator's own count: no wait on the device
+            record["max_memory"] = torch.cuda.max_memory_allocated(self.device)
         self.log.write(
             {**record, "elapsed": round(self.elapsed(), 1)},
             f"step {step:6d} | loss {train_loss:.4f} | lr {lr:.2e} | {tps:,.0f} tok/s"

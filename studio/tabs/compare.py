@@ -260,9 +260,11 @@ def batch(
         progress(step / (total * len(order)), desc=f"{labels[model]}: row {done} of {total}")
 
     generation_threads(studio)
+    refs_by_dir = {str(d): r for d, r in zip(dirs, refs, strict=True)}
     table = task_eval.evaluate_models(
-        order, held_out, rows=int(rows), seed=int(seed_value or 0), max_new_tokens=int(tokens), progress=report
-    )
+        order, held_out, rows=int(rows), seed=int(seed_value or 0), max_new_tokens=int(tokens), progress=report,
+        load=lambda model_dir: studio.load(refs_by_dir[str(model_dir)]),  # the models Compare holds: no second copy
+    )  # fmt: skip
     totals = task_eval.totals(table)
     table["model"] = table["model"].map(labels)
     totals["model"] = totals["model"].map(labels)

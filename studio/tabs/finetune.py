@@ -69,14 +69,16 @@ def clock(seconds: float | None) -> str:
 
 
 def progress_html(p: dict[str, Any]) -> str:
-    step, total = p["step"], p["max_steps"]
-    share = step / total if total else 0.0
-    state = p["status"]
+    """The bar (studio.jobs.Jobs.progress's fraction: of the steps, or of the time of a run by the clock) and
+    the step, share, elapsed and remaining time."""
+    step, total, share, state = p["step"], p["max_steps"], p["fraction"], p["status"]
     left = f" · about {clock(p['remaining'])} left" if p["remaining"] is not None else ""
+    done = f"step <b>{step}</b> of {total or '?'}"
+    if p["max_time"]:
+        done = f"step <b>{step}</b> · {clock(min(p['trained'], p['max_time']))} of {clock(p['max_time'])} trained"
     return (
         f"<div class='run-progress {state}'><div class='bar' style='width:{100 * share:.1f}%'></div></div>"
-        f"<div class='run-progress-text'>step <b>{step}</b> of {total or '?'} · {share:.0%} · "
-        f"elapsed {clock(p['elapsed'])}{left}</div>"
+        f"<div class='run-progress-text'>{done} · {share:.0%} · elapsed {clock(p['elapsed'])}{left}</div>"
     )
 
 

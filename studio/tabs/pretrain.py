@@ -19,7 +19,7 @@ import gradio as gr
 
 from llm.config import PRESETS, PretrainConfig
 from llm.errors import LLMError
-from llm.run import Metrics
+from llm.run import Metrics, RunDir
 from studio.context import Studio, StudioError, human_size, upload_limit
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
@@ -52,6 +52,7 @@ PRESET_HELP = {
     "gpt2": "gpt2: 12 layers × 768 (a GPU)",
 }
 BUDGETS = [("Time (minutes)", "time"), ("Steps", "steps")]
+VALIDATION_LABEL = "Held out to validate (%)"
 TIMELINE_EVALS = 12  # evaluations shown in the timeline, newest first
 
 
@@ -76,35 +77,48 @@ def pretrain_config(
     minutes: float | None,
     steps: float | None,
     prompts: str | None,
+    validation: float | None = None,
 ) -> PretrainConfig:
-    """The form's values as a PretrainConfig; a value left empty takes the library's default. StudioError or
-    ConfigError (naming the field) when something cannot be used."""
+    """The form's values as a PretrainConfig; a value left empty takes the library's default. validation: the
+    share held out, in percent. StudioError or ConfigError (naming the field) when something cannot be used."""
     settings: dict[str, Any] = {"inputs": [str(text_path(studio, text_key))]}
+    if validation is not None:
+        if not 0 <= validation < 100:
+            raise StudioError(f"{VALIDATION_LABEL} must be from 0 to under 100 (percent), got {validation:g}.")
+        settings["val_fraction"] = validation / 100
     if tokenizer_ref and tokenizer_ref != NEW_TOKENIZER:
         settings["tokenizer"] = str(studio.model_dir(tokenizer_ref))
     elif vocab_size:
         settings["vocab_size"] = int(vocab_size)
     if preset:
         settings["preset"] = preset
-    if budget == "steps":
-        if not steps or steps <= 0:
-            raise StudioError("Steps must be a positive number.")
-        settings.update(max_steps=int(steps), max_time=0.0)
-    elif minutes:
-        if minutes <= 0:
-            raise StudioError("Minutes must be a positive number.")
-        settings.update(max_time=float(minutes) * 60, max_steps=0)
+    settings.update(budget_settings(budget, minutes, steps))
     lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()][:5]
     if lines:
         settings["sample_prompts"] = lines
     return PretrainConfig(**settings)
 
 
+def budget_settings(budget: str | None, minutes: float | None, steps: float | None) -> dict[str, Any]:
+    """max_steps and max_time of the chosen budget: steps, or minutes (a run by the clock); {} for the default."""
+    if budget == "steps":
+        if not steps or steps <= 0:
+            raise StudioError("Steps must be a positive number.")
+        return {"max_steps": int(steps), "max_time": 0.0}
+    if minutes:
+        if minutes <= 0:
+            raise StudioError("Minutes must be a positive number.")
+        return {"max_time": float(minutes) * 60, "max_steps": 0}
+    return {}
+
+
 def plan_text(plan: dict[str, Any]) -> str:
     shape = plan["shape"]
     budget = f"{plan['max_steps']:,} steps"
-    if plan["steps_from_time"]:
+    evaluations = f"{plan['evaluations']} evaluations with samples"
+    if plan["steps_from_time"]:  # the run follows the clock: its schedule and evaluations go by the time
         budget = f"{clock(plan['max_time'])} of training: about {plan['max_steps']:,} steps"
+        evaluations += f", one every {clock(plan['max_time'] / plan['evaluations'])}"
     elif plan["max_time"]:
         budget += f", at most {clock(plan['max_time'])}"
     epochs = f" · about {plan['est_epochs']:.1f} passes over the text" if plan["est_epochs"] else ""
@@ -118,9 +132,10 @@ def plan_text(plan: dict[str, Any]) -> str:
             f"**Tokenizer:** {html.escape(plan['tokenizer'])} · vocabulary {plan['vocab_size']:,}",
             f"**Text:** {text}, about {plan['est_text_tokens'] or 0:,} tokens; {plan['val_fraction']:.0%} held out to validate",
             f"**Budget:** {budget} of {plan['tokens_per_step']:,} tokens (batch {plan['batch_size']}){epochs} · "
-            f"learning rate {plan['lr']:g} · {plan['evaluations']} evaluations with samples",
+            f"learning rate {plan['lr']:g} · {evaluations}",
             f"**Estimated memory:** {human_size(plan['est_memory_bytes'])} · **estimated time:** "
-            f"{clock(plan['est_seconds'])} (about {plan['est_tokens_per_s']:,} tokens/s)",
+            f"{clock(plan['est_seconds'])} (about {plan['est_tokens_per_s']:,} tokens/s: {plan['step_seconds']:.2g} s "
+            "a step, timed here)",
         ]
     )
 
@@ -281,11 +296,17 @@ def refresh(studio: Studio, run_id: str | None, last_seen: Any):
         timeline_html(timeline(p["metrics"])),
         p["log"],
         gr.Button(interactive=p["status"] in ACTIVE_STATES and p["status"] != "stopping"),
-        gr.Button(interactive=p["status"] in RESUMABLE_STATES),
+        gr.Button(interactive=can_resume(p["status"], run_dir)),
         gr.Dropdown(choices=run_choices(studio)) if not last_seen or last_seen[1] != p["status"] else gr.skip(),
         signature,
         ticking,
     )
+
+
+def can_resume(status: str, run_dir: RunDir) -> bool:
+    """Whether Resume can help: a stopped or interrupted run, or a failed one that has a checkpoint to go on
+    from (one that failed before its first checkpoint would fail again: its settings or text need changing)."""
+    return status in RESUMABLE_STATES and (status != "failed" or run_dir.resumable())
 
 
 tick = timer_tick(refresh)
@@ -318,6 +339,10 @@ def layout_form(studio: Studio, ui: SimpleNamespace) -> None:
         lines=2,
         elem_id="pt-prompts",
     )
+    ui.validation = gr.Number(
+        DEFAULTS.val_fraction * 100, label=VALIDATION_LABEL, info="paragraphs kept out of training to score it",
+        elem_id="pt-validation",
+    )  # fmt: skip
     ui.name = gr.Textbox(label="Run name (optional)", placeholder="e.g. oz-micro", elem_id="pt-name")
     ui.plan = gr.Markdown(elem_classes="plan", elem_id="pt-plan")
     ui.start = gr.Button("Start pretraining", variant="primary", elem_id="pt-start")
@@ -333,7 +358,7 @@ def layout_run(ui: SimpleNamespace) -> None:
 
 
 def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
-    form = [ui.text, ui.tokenizer, ui.vocab, ui.preset, ui.budget, ui.minutes, ui.steps, ui.prompts]
+    form = [ui.text, ui.tokenizer, ui.vocab, ui.preset, ui.budget, ui.minutes, ui.steps, ui.prompts, ui.validation]
     plan = bound(make_plan, studio)
     monitor = [ui.state, ui.bar, ui.curve, ui.samples, ui.log, ui.stop, ui.resume, ui.run, ui.seen, ui.timer]
     # Filled when the tab is shown, not when a page opens (a page that never shows it costs nothing), in one
@@ -381,11 +406,12 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
         minutes_value: float = 0.0,
         steps_value: int = 0,
         sample_prompts: str = "",
+        validation_percent: float | None = None,
     ) -> str:
         """The plan (device, parameters, tokens per step, steps, memory and time) of a pretraining run, as
-        Markdown; a value left at 0 or empty takes the library's default."""
+        Markdown; a value left at 0 or empty (validation_percent: None) takes the library's default."""
         values = (text_key, tokenizer_ref, vocab_size, preset_name, budget_kind, minutes_value, steps_value)
-        return make_plan(studio, *values, sample_prompts)
+        return make_plan(studio, *values, sample_prompts, validation_percent)
 
     def api_timeline(run_id: str) -> list[dict[str, Any]]:
         """A pretraining run's evaluations, newest first: step, val_loss, train_loss, val_bits_per_byte and
