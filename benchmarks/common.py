@@ -127,8 +127,8 @@ def time_training_steps(
     ddp = Distributed(device)
 
     def step() -> float:
-        # The trainer reads the loss every step too, which also waits for the device.
-        return train_step(run_model, model, optimizer, batches, 0, 1, cfg.grad_clip, ddp, autocast)[0]
+        # The trainer reads the loss once a step too (Distributed.agree), which also waits for the device.
+        return train_step(run_model, model, optimizer, batches, 0, 1, cfg.grad_clip, ddp, autocast).loss.item()
 
     warm_start = time.perf_counter()
     for _ in range(warmup):

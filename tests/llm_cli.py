@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from llm.data.corpus import WindowBatches
 from llm.run import read_records
 
 REPO = Path(__file__).resolve().parent.parent
@@ -53,3 +55,16 @@ def train_steps(records: list[dict]) -> list[int]:
 
 def loss_curve(records: list[dict]) -> dict[int, float]:
     return {r["step"]: r["train_loss"] for r in records if "train_loss" in r and "event" not in r}
+
+
+def sigterm_at_step(monkeypatch, step: int) -> None:
+    """SIGTERM to this process when the pretraining batches of `step` are drawn, as the studio's Stop button
+    sends it: the run finishes that step, checkpoints and stops. monkeypatch.undo() (or the test's end) ends it."""
+    original = WindowBatches.train_batch
+
+    def signalling(self, at, micro):
+        if at == step:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, at, micro)
+
+    monkeypatch.setattr(WindowBatches, "train_batch", signalling)

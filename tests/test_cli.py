@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import shutil
-import signal
 
 import pytest
-from llm_cli import read_metrics, run_llm
+from llm_cli import read_metrics, run_llm, sigterm_at_step
 
 from llm.config import TrainConfig, preset
-from llm.data.corpus import WindowBatches
 from llm.eval.perplexity import score_text
 from llm.model.checkpoint import load_model
 from llm.model.generate import SamplingConfig, stream_text
@@ -167,14 +164,7 @@ def test_generate_stops_at_a_stop_string(tiny_model_dir):
 @pytest.mark.slow
 def test_resume_without_max_steps_keeps_the_runs_step_budget(tmp_path, data_dir, monkeypatch):
     """A run stopped at step 3 of 6, resumed with no --max-steps, ends at step 6 (not at the default 1000)."""
-    original = WindowBatches.train_batch
-
-    def stop_at_step_2(self, step, micro):
-        if step == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, step, micro)
-
-    monkeypatch.setattr(WindowBatches, "train_batch", stop_at_step_2)
+    sigterm_at_step(monkeypatch, 2)
     cfg = TrainConfig(max_steps=6, batch_size=2, warmup_steps=1, log_interval=1, eval_interval=3, eval_batches=1)
     out = tmp_path / "run"
     assert pretrain(data_dir, out, preset("tiny", context_length=16), cfg, metrics_path=out / "metrics.jsonl").step == 3

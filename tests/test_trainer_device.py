@@ -5,19 +5,16 @@ own GPU."""
 from __future__ import annotations
 
 import collections
-import os
-import signal
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from llm_cli import read_metrics
+from llm_cli import read_metrics, sigterm_at_step
 from test_training import CyclicBatches, small_run_config
 
 from llm.config import TrainConfig, preset
-from llm.data.corpus import WindowBatches
 from llm.device import pick_device
 from llm.errors import ConfigError, TrainingError
 from llm.model.transformer import Transformer
@@ -210,18 +207,11 @@ def test_save_dtype_bf16_rounds_best_only_and_the_run_resumes_exactly(tmp_path, 
     model_cfg = preset("tiny", context_length=32, dropout=0.1)
     settings = small_run_config(keep_best=True)
     straight = pretrain(data_dir, tmp_path / "straight", model_cfg, settings, save_dtype=torch.bfloat16)
-    original = WindowBatches.train_batch
-
-    def stop_at_step_5(self, step, micro):
-        if step == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, step, micro)
-
-    monkeypatch.setattr(WindowBatches, "train_batch", stop_at_step_5)
+    sigterm_at_step(monkeypatch, 5)
     stopped = pretrain(data_dir, tmp_path / "run", model_cfg, settings, save_dtype=torch.bfloat16)
     assert stopped.reason == "stopped"
     assert weight_dtypes(tmp_path / "run" / "latest") == {torch.float32}
     assert weight_dtypes(tmp_path / "run" / "best") == {torch.bfloat16}
-    monkeypatch.setattr(WindowBatches, "train_batch", original)
+    monkeypatch.undo()
     resumed = pretrain(data_dir, tmp_path / "run", model_cfg, settings, resume=True, save_dtype=torch.bfloat16)
     assert resumed.step == 12 and resumed.train_loss == pytest.approx(straight.train_loss, abs=1e-6)

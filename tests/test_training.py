@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import subprocess
 import sys
@@ -12,10 +11,9 @@ import sys
 import pytest
 import torch
 from conftest import make_stories
-from llm_cli import ENV, REPO, loss_curve, read_metrics, run_llm, start_llm, train_steps, wait_for
+from llm_cli import ENV, REPO, loss_curve, read_metrics, run_llm, sigterm_at_step, start_llm, train_steps, wait_for
 
 from llm.config import TrainConfig, preset
-from llm.data.corpus import WindowBatches
 from llm.device import autocast_dtype, has_bf16
 from llm.errors import ConfigError
 from llm.model import checkpoint
@@ -107,14 +105,7 @@ def test_sigterm_in_process_stops_cleanly_and_resume_matches(tmp_path, data_dir,
         data_dir, tmp_path / "straight", model_cfg, small_run_config(), metrics_path=tmp_path / "straight.jsonl"
     )
 
-    original = WindowBatches.train_batch
-
-    def signalling_batch(self, step, micro):
-        if step == 5:
-            os.kill(os.getpid(), signal.SIGTERM)  # as the studio's Stop button does
-        return original(self, step, micro)
-
-    monkeypatch.setattr(WindowBatches, "train_batch", signalling_batch)
+    sigterm_at_step(monkeypatch, 5)  # as the studio's Stop button does
     metrics = tmp_path / "run.jsonl"
     handler = signal.getsignal(signal.SIGTERM)
     stopped = pretrain(data_dir, tmp_path / "run", model_cfg, small_run_config(), metrics_path=metrics)
@@ -123,7 +114,7 @@ def test_sigterm_in_process_stops_cleanly_and_resume_matches(tmp_path, data_dir,
     assert [(r.get("event"), r["step"]) for r in read_metrics(metrics)[-2:]] == [("checkpoint", 6), ("stopped", 6)]
     assert checkpoint.load_trainer_state(tmp_path / "run" / "latest")["step"] == 6
 
-    monkeypatch.setattr(WindowBatches, "train_batch", original)
+    monkeypatch.undo()
     resumed = pretrain(data_dir, tmp_path / "run", model_cfg, small_run_config(), resume=True, metrics_path=metrics)
     assert resumed.step == 12 and resumed.train_loss == pytest.approx(straight.train_loss, abs=1e-6)
     records = read_metrics(metrics)

@@ -69,6 +69,8 @@ def wait(device: torch.device) -> float:
     """time.perf_counter() once the device has done what it was given."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
     return time.perf_counter()
 
 
