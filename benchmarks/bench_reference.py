@@ -60,7 +60,7 @@ class HFTokenizer:
 
 def score(model, tokenizer, task, batch_tokens: int) -> tuple[np.ndarray, dict]:
     started = time.perf_counter()
-    lls, _ = bench.loglikelihoods(model, bench.encode_task(tokenizer, task), batch_tokens)
+    lls = bench.loglikelihoods(model, bench.encode_task(tokenizer, task), batch_tokens)
     summary = bench.summarise(task, bench.row_scores(task, lls))
     print(f"  {task.spec.name}: {len(task.rows)} rows in {time.perf_counter() - started:.0f} s", flush=True)
     return lls, summary["metrics"]

@@ -85,7 +85,7 @@ def hand_task(tmp_path):
 
 
 def test_a_known_model_gets_the_hand_computed_scores(hand_task):
-    lls, greedy = bench.loglikelihoods(Bigram(), bench.encode_task(CharTokenizer(), hand_task))
+    lls = bench.loglikelihoods(Bigram(), bench.encode_task(CharTokenizer(), hand_task))
     np.testing.assert_allclose(lls, np.array(HAND_LL).ravel(), rtol=1e-6)
     scores = bench.row_scores(hand_task, lls)
     assert scores["acc"].tolist() == HAND_ACC and scores["acc_norm"].tolist() == HAND_ACC_NORM
@@ -94,7 +94,6 @@ def test_a_known_model_gets_the_hand_computed_scores(hand_task):
     assert metrics["acc_stderr"] == pytest.approx(math.sqrt(0.6 * 0.4 / 4))  # lm-eval: sqrt(p(1-p)/(n-1))
     assert metrics["acc_norm_stderr"] == pytest.approx(math.sqrt(0.8 * 0.2 / 4))
     assert hand_task.spec.name == "hand" and hand_task.chance == pytest.approx(0.5)
-    assert not greedy[0] and greedy.dtype == bool  # " ab": " " then "a" is not the argmax after "x?"
 
 
 def test_acc_norm_divides_by_characters_not_bytes(hand_task):
@@ -109,17 +108,17 @@ def test_partial_scoring_rows_score_one_continuation_after_each_context(tmp_path
     rows = [{"contexts": ["xa", "xb"], "continuation": "b", "label": 0}]  # Winogrande's shape
     task = read_task(str(write_task(tmp_path / "wino.jsonl", rows)))
     assert task.spec.metrics == ("acc",)  # acc_norm is not defined when the choices are contexts
-    lls, _ = bench.loglikelihoods(Bigram(), bench.encode_task(CharTokenizer(), task))
+    lls = bench.loglikelihoods(Bigram(), bench.encode_task(CharTokenizer(), task))
     np.testing.assert_allclose(lls, [L(1 / 8) + L(1 / 4), L(1 / 4) + L(1 / 4)], rtol=1e-6)  # " " after a: 1/8
     assert bench.row_scores(task, lls)["acc"].tolist() == [0]
 
 
 def test_a_request_longer_than_the_context_keeps_its_end(hand_task):
     long = ("x" * 50 + "?", " ab")  # 54 tokens in a window of 8: the bigram only sees the last ones
-    lls, _ = bench.loglikelihoods(Bigram(context_length=8), [bench.encode_pair(CharTokenizer(), *long)])
+    lls = bench.loglikelihoods(Bigram(context_length=8), [bench.encode_pair(CharTokenizer(), *long)])
     assert lls[0] == pytest.approx(HAND_LL[0][0])
     too_long = ("x", " " + "b" * 20)  # a continuation longer than the window: its last 8 tokens are scored
-    lls, _ = bench.loglikelihoods(Bigram(context_length=8), [bench.encode_pair(CharTokenizer(), *too_long)])
+    lls = bench.loglikelihoods(Bigram(context_length=8), [bench.encode_pair(CharTokenizer(), *too_long)])
     assert lls[0] == pytest.approx(8 * L(1 / 4))
 
 
@@ -129,8 +128,8 @@ def test_batching_changes_no_log_likelihood(tok):
     texts = [("Tom had a", " cat."), ("Once upon a time,", " Lily had a big red ball and a cake."), ("", " Sam")]
     texts += [("Mia said, ", "Yes!"), ("The dog", " was happy"), ("Ben " * 20, "ran.")]
     requests = [bench.encode_pair(tok, c, x) for c, x in texts]
-    one_by_one, _ = bench.loglikelihoods(model, requests, batch_tokens=1)
-    packed, _ = bench.loglikelihoods(model, requests, batch_tokens=10_000)
+    one_by_one = bench.loglikelihoods(model, requests, batch_tokens=1)
+    packed = bench.loglikelihoods(model, requests, batch_tokens=10_000)
     np.testing.assert_allclose(packed, one_by_one, rtol=1e-5, atol=1e-5)
     ctx, cont = requests[0]  # and both equal the plain sum over the continuation's tokens
     logp = torch.log_softmax(model(torch.tensor([ctx + cont[:-1]]))[0], -1)
@@ -160,7 +159,7 @@ def test_a_group_scores_the_mean_of_its_subtasks_and_a_limit_applies_to_each(tmp
     path = write_task(tmp_path / "group.jsonl", rows)
     task = read_task(str(path), limit=2)
     assert [r.subtask for r in task.rows] == ["p", "p", "q", "q"] and task.rows_in_file == 7
-    lls, _ = bench.loglikelihoods(Bigram(), bench.encode_task(CharTokenizer(), task))
+    lls = bench.loglikelihoods(Bigram(), bench.encode_task(CharTokenizer(), task))
     summary = bench.summarise(task, bench.row_scores(task, lls))  # "b" is always picked: p 2/2, q 1/2
     assert summary["subtasks"]["p"]["acc"] == 1.0 and summary["subtasks"]["q"]["acc"] == 0.5
     assert summary["metrics"]["acc"] == pytest.approx(0.75)  # the mean of the subtasks, not of the rows
@@ -228,7 +227,7 @@ def test_the_cli_scores_saves_beside_the_model_and_reports_progress(tmp_path, ti
     assert saved["mine"]["settings"]["precision"] == "fp32" and saved["mine"]["chance"] == pytest.approx(1 / 3)
     model, tokenizer, _ = load_model(model_dir)  # the CLI's figures are the library's
     task = read_task(str(task_file), limit=2)
-    lls, _ = bench.loglikelihoods(model, bench.encode_task(tokenizer, task))
+    lls = bench.loglikelihoods(model, bench.encode_task(tokenizer, task))
     assert saved["mine"]["metrics"]["acc"] == bench.row_scores(task, lls)["acc"].mean()
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert records[0]["event"] == "start" and records[0]["max_steps"] == 2 * 3 + 134 * 2

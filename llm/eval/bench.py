@@ -33,7 +33,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from llm.config import BenchConfig, ModelConfig
 from llm.data.benchmarks import BenchTask, read_task, task_names
@@ -105,14 +104,14 @@ def loglikelihoods(
     batch_tokens: int = 4096,
     amp: torch.dtype | None = None,
     tick: Callable[[int], None] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(log-likelihood of each request's continuation, whether each continuation is the greedy one).
-    tick(n) is called after each batch with the requests it scored."""
+) -> np.ndarray:
+    """The log-likelihood of each request's continuation after its context (nats). tick(n) is called after
+    each batch with the requests it scored."""
     T = model.cfg.context_length
     device = next(model.parameters()).device
     windows = [(ctx + cont)[-(T + 1) :] for ctx, cont in requests]  # lm-eval keeps the end of a long request
     counts = [min(len(cont), len(w) - 1) for (_, cont), w in zip(requests, windows, strict=True)]
-    lls, greedy = np.zeros(len(requests)), np.ones(len(requests), dtype=bool)
+    lls = np.zeros(len(requests))
     for group in batches([len(w) - 1 for w in windows], batch_tokens):
         width = len(windows[group[0]]) - 1
         x = torch.zeros(len(group), width, dtype=torch.long)  # right-padded: padding sits after every real token
@@ -126,17 +125,16 @@ def loglikelihoods(
             targets += w[first + 1 :]
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(x.to(device))  # (B, width, V)
-        picked = F.log_softmax(logits[rows, cols].float(), dim=-1)  # (continuation tokens, V)
+        picked = logits[rows, cols].float()  # (continuation tokens, V)
         target = torch.tensor(targets, device=device)
-        token_ll = picked.gather(1, target[:, None])[:, 0].cpu().numpy()
-        token_greedy = (picked.argmax(-1) == target).cpu().numpy()
+        # log-softmax at the target only: its logit less the log-sum-exp of the row (one pass, no (N, V) copy)
+        token_ll = (picked.gather(1, target[:, None])[:, 0] - picked.logsumexp(-1)).cpu().numpy()
         ends = np.cumsum([counts[i] for i in group])
         for i, end in zip(group, ends, strict=True):
             lls[i] = token_ll[end - counts[i] : end].sum()
-            greedy[i] = token_greedy[end - counts[i] : end].all()
         if tick:
             tick(len(group))
-    return lls, greedy
+    return lls
 
 
 def row_scores(task: BenchTask, lls: np.ndarray) -> dict[str, np.ndarray]:
@@ -300,7 +298,7 @@ def score_task(
 ) -> dict[str, Any]:
     """One task's record for one model (see task_record); tick(n) after each batch of n requests."""
     started = time.perf_counter()
-    lls, _ = loglikelihoods(model, encode_task(tokenizer, task), cfg.batch_tokens, amp, tick)
+    lls = loglikelihoods(model, encode_task(tokenizer, task), cfg.batch_tokens, amp, tick)
     settings = settings_of(cfg, next(model.parameters()).device, amp)
     settings["seconds"] = round(time.perf_counter() - started, 2)
     return task_record(task, summarise(task, row_scores(task, lls)), settings)
