@@ -253,3 +253,13 @@ def test_saving_merges_tasks_and_a_config_checks_its_fields(tmp_path):
     with pytest.raises(ConfigError) as error:
         BenchConfig(tasks=["blimp"], batch_tokens=0)
     assert error.value.field == "batch_tokens"
+
+
+def test_the_estimate_counts_about_the_tokens_scoring_will_see(tiny_model_dir):
+    tasks = [read_task("piqa", limit=40), read_task("blimp", limit=3)]
+    cfg = BenchConfig(models=[str(tiny_model_dir)] * 2, tasks=["piqa", "blimp"])
+    cost = bench.estimate(cfg, tasks)
+    _, tokenizer, _ = load_model(tiny_model_dir)
+    real = sum(len(c) + len(x) - 1 for task in tasks for c, x in bench.encode_task(tokenizer, task))  # inputs
+    assert cost["requests"] == 2 * (40 * 2 + 67 * 3 * 2)
+    assert cost["tokens"] == pytest.approx(2 * real, rel=0.15) and cost["seconds"] > 0
