@@ -32,8 +32,9 @@ Metrics records, each with "time" (Unix seconds):
              config field the error concerns, or null; written once, by record_error)
             {"event": "answers", "step", "empty", "rows"}   (fine-tuning's end: empty greedy answers to
                                                              training prompts, of rows asked)
-    bench   {"step" (choices scored), "elapsed", "model", "task"}   a benchmark job's progress, with a start event
-            whose max_steps is the choices to score, and a done event; read_metrics counts them as evals
+    bench   {"step" (choices scored), "elapsed", "remaining" (seconds, or null), "model", "task"}   a benchmark
+            job's progress, with a start event whose max_steps is the choices to score, and a done (or stopped)
+            event; read_metrics counts them as evals
 A resumed run first drops the records after its checkpoint's step (they are about to be redone), so the
 file reads as one uninterrupted run with a "start" event for each attempt.
 """

@@ -263,3 +263,11 @@ def test_the_estimate_counts_about_the_tokens_scoring_will_see(tiny_model_dir):
     real = sum(len(c) + len(x) - 1 for task in tasks for c, x in bench.encode_task(tokenizer, task))  # inputs
     assert cost["requests"] == 2 * (40 * 2 + 67 * 3 * 2)
     assert cost["tokens"] == pytest.approx(2 * real, rel=0.15) and cost["seconds"] > 0
+
+
+def test_the_time_left_is_counted_in_tokens_and_later_models_are_taken_as_large():
+    tracker = bench.Tracker(total=1_000, models=2, metrics_path=None, progress=None)
+    assert tracker.remaining(5.0) is None  # nothing scored yet
+    tracker.add_model(tokens=100)  # the first model's requests: 100 tokens; the second is taken to have as many
+    tracker.tokens_done = 50
+    assert tracker.remaining(10.0) == pytest.approx(10 / 50 * (200 - 50))

@@ -50,18 +50,15 @@ SCORING_EFFICIENCY = 1.0
 
 @dataclass
 class Progress:
-    """Where a benchmark run is: requests (choices) scored of all models' and tasks', and seconds so far."""
+    """Where a benchmark run is: requests (choices) scored of all models' and tasks', seconds so far, and
+    seconds left at the rate so far (None before the first batch)."""
 
     model: str
     task: str
     done: int
     total: int
     elapsed: float
-
-    @property
-    def remaining(self) -> float | None:
-        """Seconds left at the rate so far (None before the first batch)."""
-        return self.elapsed / self.done * (self.total - self.done) if self.done else None
+    remaining: float | None
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> Request:
@@ -81,6 +78,12 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> Request:
 def encode_task(tokenizer: Any, task: BenchTask) -> list[Request]:
     """Every choice of every row, in row order."""
     return [encode_pair(tokenizer, context, continuation) for row in task.rows for context, continuation in row.pairs]
+
+
+def input_tokens(request: Request, context_length: int) -> int:
+    """The tokens a request puts through the model: context and continuation but the last, at most the window
+    (lm-eval keeps the end of a longer request)."""
+    return min(len(request[0]) + len(request[1]), context_length + 1) - 1
 
 
 def batches(lengths: list[int], batch_tokens: int, seed: int = 0) -> list[list[int]]:
@@ -103,16 +106,17 @@ def loglikelihoods(
     requests: list[Request],
     batch_tokens: int = 4096,
     amp: torch.dtype | None = None,
-    tick: Callable[[int], None] | None = None,
+    tick: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
-    """The log-likelihood of each request's continuation after its context (nats). tick(n) is called after
-    each batch with the requests it scored."""
+    """The log-likelihood of each request's continuation after its context (nats). tick(requests, tokens) is
+    called after each batch with what it scored."""
     T = model.cfg.context_length
     device = next(model.parameters()).device
-    windows = [(ctx + cont)[-(T + 1) :] for ctx, cont in requests]  # lm-eval keeps the end of a long request
-    counts = [min(len(cont), len(w) - 1) for (_, cont), w in zip(requests, windows, strict=True)]
+    lengths = [input_tokens(r, T) for r in requests]
+    windows = [(ctx + cont)[-(n + 1) :] for (ctx, cont), n in zip(requests, lengths, strict=True)]  # keep the end
+    counts = [min(len(cont), n) for (_, cont), n in zip(requests, lengths, strict=True)]
     lls = np.zeros(len(requests))
-    for group in batches([len(w) - 1 for w in windows], batch_tokens):
+    for group in batches(lengths, batch_tokens):
         width = len(windows[group[0]]) - 1
         x = torch.zeros(len(group), width, dtype=torch.long)  # right-padded: padding sits after every real token
         rows, cols, targets = [], [], []
@@ -133,7 +137,7 @@ def loglikelihoods(
         for i, end in zip(group, ends, strict=True):
             lls[i] = token_ll[end - counts[i] : end].sum()
         if tick:
-            tick(len(group))
+            tick(len(group), sum(lengths[i] for i in group))
     return lls
 
 
@@ -266,11 +270,14 @@ def settings_of(cfg: BenchConfig, device: torch.device, amp: torch.dtype | None)
 
 
 class Tracker:
-    """Counts the requests scored across a run's models and tasks, tells progress() after each batch, and
-    writes a studio job's progress records (every 2 seconds at most) into its metrics file."""
+    """Counts what a run has scored, tells progress() after each batch, and writes a studio job's progress
+    records (every 2 seconds at most) into its metrics file. The time left is counted in tokens, as requests
+    differ in length from task to task (HellaSwag's are five times BLiMP's); a model not encoded yet is taken
+    to have as many tokens as those encoded so far."""
 
-    def __init__(self, total: int, metrics_path: str | Path | None, progress: Callable[[Progress], None] | None):
-        self.total, self.done, self.progress = total, 0, progress
+    def __init__(self, total: int, models: int, metrics_path: str | Path | None, progress: Callable | None):
+        self.total, self.models, self.progress = total, models, progress
+        self.done = self.tokens_done = self.tokens_known = self.models_known = 0
         self.start, self.last_record = time.perf_counter(), -math.inf
         self.writer = MetricsWriter(Path(metrics_path)) if metrics_path else None
 
@@ -279,13 +286,25 @@ class Tracker:
             self.writer.start_fresh()
             self.writer.append({"event": "start", "step": 0, "device": device, "max_steps": self.total})
 
-    def tick(self, model: str, task: str, n: int) -> None:
-        self.done += n
+    def add_model(self, tokens: int) -> None:
+        """A model's requests are encoded: its tokens join the total."""
+        self.tokens_known, self.models_known = self.tokens_known + tokens, self.models_known + 1
+
+    def remaining(self, elapsed: float) -> float | None:
+        if not self.tokens_done:
+            return None
+        tokens_total = self.tokens_known / self.models_known * self.models
+        return elapsed / self.tokens_done * max(0.0, tokens_total - self.tokens_done)
+
+    def tick(self, model: str, task: str, requests: int, tokens: int) -> None:
+        self.done, self.tokens_done = self.done + requests, self.tokens_done + tokens
         now = time.perf_counter() - self.start
+        left = self.remaining(now)
         if self.progress:
-            self.progress(Progress(model, task, self.done, self.total, now))
+            self.progress(Progress(model, task, self.done, self.total, now, left))
         if self.writer and (now - self.last_record >= 2 or self.done == self.total):
-            self.writer.append({"step": self.done, "elapsed": round(now, 2), "model": model, "task": task})
+            record = {"step": self.done, "elapsed": round(now, 2), "remaining": left and round(left, 1)}
+            self.writer.append(record | {"model": model, "task": task})
             self.last_record = now
 
     def end(self, event: str = "done") -> None:
@@ -294,11 +313,12 @@ class Tracker:
 
 
 def score_task(
-    model: Transformer, tokenizer: Any, task: BenchTask, cfg: BenchConfig, amp: torch.dtype | None, tick: Callable
+    model: Transformer, task: BenchTask, requests: list[Request], cfg: BenchConfig, amp: torch.dtype | None, tick
 ) -> dict[str, Any]:
-    """One task's record for one model (see task_record); tick(n) after each batch of n requests."""
+    """One task's record for one model (see task_record), from its encoded requests; tick(requests, tokens)
+    after each batch."""
     started = time.perf_counter()
-    lls = loglikelihoods(model, encode_task(tokenizer, task), cfg.batch_tokens, amp, tick)
+    lls = loglikelihoods(model, requests, cfg.batch_tokens, amp, tick)
     settings = settings_of(cfg, next(model.parameters()).device, amp)
     settings["seconds"] = round(time.perf_counter() - started, 2)
     return task_record(task, summarise(task, row_scores(task, lls)), settings)
@@ -308,22 +328,25 @@ def run_bench(
     cfg: BenchConfig, metrics_path: str | Path | None = None, progress: Callable[[Progress], None] | None = None
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Score every model on every task: {model: {task: record}} (see task_record). Each model's records go
-    into its directory (cfg.save_results) as each task ends. metrics_path: a run folder's metrics file for a studio
-    job (a start event with max_steps = the requests to score, progress records, a done event)."""
+    into its directory (cfg.save_results) as each task ends. metrics_path: a run folder's metrics file for a
+    studio job (a start event with max_steps = the requests to score, progress records, a done event)."""
     tasks = [read_task(name, cfg.limit) for name in task_names(cfg.tasks)]
     directories = [resolve(m) for m in cfg.models]  # a clear error for a missing model before any work
     device = pick_device(cfg.device)
     amp = autocast_dtype(device, cfg.precision)
-    tracker = Tracker(len(directories) * sum(len(r.pairs) for t in tasks for r in t.rows), metrics_path, progress)
+    total = len(directories) * sum(len(r.pairs) for t in tasks for r in t.rows)
+    tracker = Tracker(total, len(directories), metrics_path, progress)
     tracker.begin(describe(device))
     results: dict[str, dict[str, dict[str, Any]]] = {}
     try:
         for model_dir, directory in zip(cfg.models, directories, strict=True):
             model, tokenizer, _ = load_model(directory, device)
+            encoded = [encode_task(tokenizer, task) for task in tasks]
+            tracker.add_model(sum(input_tokens(r, model.cfg.context_length) for rs in encoded for r in rs))
             results[model_dir] = {}
-            for task in tasks:
+            for task, requests in zip(tasks, encoded, strict=True):
                 tick = functools.partial(tracker.tick, model_dir, task.spec.name)
-                results[model_dir][task.spec.name] = record = score_task(model, tokenizer, task, cfg, amp, tick)
+                results[model_dir][task.spec.name] = record = score_task(model, task, requests, cfg, amp, tick)
                 if cfg.save_results:
                     save_results(directory, {task.spec.name: record})
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as the CLI raises it: the tasks that ended are saved

@@ -106,8 +106,7 @@ def progress(studio: Studio, run_id: str | None) -> dict[str, Any] | None:
     p = studio.jobs.progress(run_id)
     records = [r for r in p["metrics"].evals if "elapsed" in r]
     done, total = p["step"], p["max_steps"]
-    elapsed = records[-1]["elapsed"] if records else 0.0
-    remaining = elapsed / done * (total - done) if done and p["status"] in WORKING_STATES else None
+    remaining = records[-1].get("remaining") if records and p["status"] in WORKING_STATES else None
     where = f"{records[-1]['task']} · {Path(records[-1]['model']).name}" if records else ""
     return {**p, "done": done, "total": total, "remaining": remaining, "where": where}
 
