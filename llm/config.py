@@ -286,7 +286,11 @@ class SamplingConfig(Config):
     top_p: float = setting(0.95, "keep the smallest set of tokens whose probability reaches p (1: off)")
     repetition_penalty: float = setting(1.0, ">1 makes tokens already in the context less likely (1: off)")
     stop: list[str] = setting([], "stop at any of these strings")
-    seed: int | None = setting(None, "sampling seed (default: a fresh random one)")
+    seed: int | None = setting(
+        None,
+        "sampling seed (default: a fresh random one); a seed repeats its tokens on the same kind of device (a "
+        "GPU's tokens differ from a CPU's)",
+    )
 
     def __post_init__(self) -> None:
         check_not_negative(self, "max_new_tokens", "temperature", "top_k")

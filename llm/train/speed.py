@@ -27,7 +27,7 @@ from llm.model.generate import generate_ids
 from llm.model.transformer import Transformer
 from llm.train.trainer import Distributed, autocast_context, make_optimizer, out_of_memory, train_step
 
-STEP_BUDGET_SECONDS = 0.15  # a timed step takes about this long at most: larger batches are timed in part
+STEP_BUDGET_SECONDS = 0.4  # a timed step takes about this long at most: larger batches are timed in part
 TIMED_STEPS = 3  # after one untimed warm-up step
 SAMPLED_TOKENS = 8
 
@@ -107,6 +107,16 @@ def time_forward_and_sampling(
     return forward, (wait(device) - start) / tokens
 
 
+def micro_batch_seconds(model: Transformer, cfg: TrainConfig, device: torch.device) -> tuple[float, int]:
+    """(seconds for a step of cfg.batch_size windows, the windows timed at once): the whole batch when a step
+    of it takes at most STEP_BUDGET_SECONDS, else as many windows as do, scaled up. (A line through steps of
+    one and of a few windows, which would leave out the fixed part of a step, swung by 5x on a busy CPU.)"""
+    one = time_steps(model, cfg, 1, 1, device)
+    rows = min(cfg.batch_size, max(1, int(STEP_BUDGET_SECONDS / one)))
+    timed = one if rows == 1 else time_steps(model, cfg, rows, TIMED_STEPS, device)
+    return timed * cfg.batch_size / rows, rows
+
+
 @functools.lru_cache(maxsize=32)
 def _measure(shape: str, batch_size: int, grad_accum: int, precision: str, device: str, threads: int | None) -> Speed:
     cfg = TrainConfig(batch_size=batch_size, grad_accum=grad_accum, precision=precision, device=device)
@@ -116,10 +126,7 @@ def _measure(shape: str, batch_size: int, grad_accum: int, precision: str, devic
         try:
             with target:
                 model = Transformer(model_cfg)
-            first = time_steps(model, cfg, 1, 1, target)  # one window: how many fit the timing budget
-            rows = min(batch_size, max(1, int(STEP_BUDGET_SECONDS / first)))
-            timed = first if rows == 1 else time_steps(model, cfg, rows, TIMED_STEPS, target)
-            micro = timed * batch_size / rows
+            micro, rows = micro_batch_seconds(model, cfg, target)
             forward, token = time_forward_and_sampling(model, cfg, rows, target)
         except torch.OutOfMemoryError:
             raise out_of_memory(cfg, target, None) from None
