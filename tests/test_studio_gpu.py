@@ -130,6 +130,14 @@ def test_the_pretrain_form_sets_the_validation_share(studio):
     assert "20% held out to validate" in plan(*form[:7], "Once", 20.0)
 
 
+def test_start_takes_the_name_then_the_validation_share(studio, monkeypatch):
+    monkeypatch.setattr(studio.jobs, "submit", lambda run_id: "queued")
+    form = ("sample:marvelous_land_of_oz.txt", tab.NEW_TOKENIZER, 2048, "tiny", "steps", None, 10, "Once")
+    tab.do_start(studio, *form, "oz-tiny", 12.5)  # the API's order: a call without the share still names its run
+    run = studio.store.runs()[0]
+    assert run["name"] == "oz-tiny" and run["config"]["val_fraction"] == 0.125
+
+
 def test_the_batch_comparison_uses_the_studios_loaded_models(studio, monkeypatch):
     from llm.eval import tasks as task_eval
     from studio.tabs import compare

@@ -245,10 +245,12 @@ def do_upload(studio: Studio, file: str | None):
 
 
 def do_start(studio: Studio, *values):
-    """Create a pretraining run and start it (or queue it behind the run that holds the device)."""
-    *settings, name_value = values
+    """Create a pretraining run and start it (or queue it behind the run that holds the device). values: the
+    form as pretrain_config takes it, with the run's name before the validation share (the API's order, so a
+    call made before the share existed still names its run)."""
+    *settings, name_value, validation = values
     try:
-        cfg = pretrain_config(studio, *settings)
+        cfg = pretrain_config(studio, *settings, validation)
         text_name = Path(cfg.inputs[0]).name
         default_name = f"{Path(text_name).stem}-{cfg.preset}-{len(studio.store.runs()) + 1}"
         run_name = (name_value or "").strip()[:80] or default_name
@@ -378,7 +380,8 @@ def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     ui.upload.upload(bound(do_upload, studio), ui.upload, uploaded, api_name="pretrain_upload").then(
         plan, form, ui.plan, **LIGHT
     )
-    ui.start.click(bound(do_start, studio), [*form, ui.name], [ui.start_status, ui.run], api_name="pretrain_start")
+    start = [*form[:-1], ui.name, ui.validation]  # the share last: API calls from before it keep their order
+    ui.start.click(bound(do_start, studio), start, [ui.start_status, ui.run], api_name="pretrain_start")
     show = bound(refresh, studio)
     # A run chosen or started: drawn (nothing is sent when the tab's opening drew it already).
     ui.run.change(show, [ui.run, ui.seen], monitor, **LIGHT)
