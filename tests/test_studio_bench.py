@@ -48,6 +48,12 @@ def test_the_chart_has_a_bar_and_error_bar_per_model_and_task_and_the_chance_lin
     assert "No scores yet" in bench.results_chart(results, ["boolq"])
 
 
+def test_a_new_page_shows_the_shipped_base_and_no_run(studio):
+    models, run_id, job, stop, chart, _, seen, timer = bench.show_tab(studio, None, ["blimp"], None)
+    assert models.value == ["base:base"] and run_id is None and "No benchmark run yet" in job
+    assert "No scores yet" in chart and seen == bench.NO_RUN and timer.active is False
+
+
 def test_the_estimate_names_the_work_or_what_is_missing(studio):
     text = bench.estimate_text(studio, ["base:base"], ["blimp", "piqa"], 5)
     assert (
@@ -78,5 +84,7 @@ def test_a_benchmark_run_is_a_queued_job_that_stops_and_saves_with_the_model(stu
     assert set(saved) == {"piqa", "blimp"} and saved["blimp"]["rows"] == 134
     chart, table = bench.show_results(studio, ["base:base"], ["blimp", "piqa"])
     assert chart.count("<rect class='bar'") == 2 and len(table) == 2
+    job, _, chart, _, _, timer = bench.refresh(studio, short_run, ["base:base"], ["blimp"], (short_run, "running", 9))
+    assert "Finished" in job and chart.count("<rect class='bar'") == 1, "a run that ended redraws the scores"
     assert [r["id"] for r in bench.bench_runs(studio)] == [short_run, long_run]
     assert studio.store.runs() == [], "benchmark runs make no model: the other tabs do not list them"

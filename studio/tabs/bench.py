@@ -34,6 +34,7 @@ from studio.tabs.finetune import clock
 COMMAND = "bench"
 TAB_LABEL = "9 · Benchmarks"
 DEFAULT_TASKS = ["blimp"]
+NO_RUN = "no run"  # what a page without a benchmark run last drew
 TABLE_COLUMNS = ["model", "task", "acc", "acc_norm", "rows", "chance", "scored"]
 CHART_TITLE = "Accuracy (each task's usual metric) ± 1 standard error"
 STATE_WORDS = {
@@ -188,11 +189,11 @@ def refresh(studio: Studio, run_id: str | None, refs: list[str] | None, tasks: l
     works. Nothing is redrawn when nothing changed."""
     p = progress(studio, run_id)
     active = p is not None and p["status"] in ACTIVE_STATES
-    signature = (run_id, p["status"], p["done"]) if p else None
+    signature = (run_id, p["status"], p["done"]) if p else NO_RUN
     if signature == seen:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip(), seen, gr.Timer(active=active)
     stop = gr.Button(interactive=active and p["status"] != "stopping")
-    ended = seen is not None and p is not None and not active and seen[1] != p["status"]
+    ended = isinstance(seen, tuple) and p is not None and not active and seen[1] != p["status"]
     chart, table = show_results(studio, refs, tasks) if ended else (gr.skip(), gr.skip())
     return job_html(p), stop, chart, table, signature, gr.Timer(active=active)
 
@@ -204,17 +205,16 @@ def tick(studio: Studio, run_id: str | None, refs: list[str] | None, tasks: list
     return refresh(studio, run_id, refs, tasks, seen)
 
 
-def show_tab(studio: Studio, refs: list[str] | None, tasks: list[str] | None, limit: float | None, run_id: str | None):
-    """The tab is shown: the models as they are now (the chosen ones kept), the estimate, the newest
-    benchmark run (or the one shown), and the saved results."""
+def show_tab(studio: Studio, refs: list[str] | None, tasks: list[str] | None, run_id: str | None):
+    """The tab is shown: the models as they are now (the chosen ones kept), the newest benchmark run (or the
+    one shown), and the saved results. The estimate follows in its own event (reading BLiMP takes seconds)."""
     choices = studio.model_choices()
     refs = [r for r in refs or [] if r in dict((v, k) for k, v in choices)] or [r for _, r in choices[:1]]
     runs = bench_runs(studio)
     run_id = run_id if run_id in {r["id"] for r in runs} else (runs[0]["id"] if runs else None)
     job, stop, _, _, seen, timer = refresh(studio, run_id, refs, tasks, None)
     chart, table = show_results(studio, refs, tasks)
-    estimate = estimate_text(studio, refs, tasks, limit)
-    return gr.Dropdown(choices=choices, value=refs), estimate, run_id, job, stop, chart, table, seen, timer
+    return gr.Dropdown(choices=choices, value=refs, multiselect=True), run_id, job, stop, chart, table, seen, timer
 
 
 def layout(ui: SimpleNamespace) -> None:
@@ -247,9 +247,10 @@ def layout(ui: SimpleNamespace) -> None:
 def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     form = [ui.models, ui.tasks, ui.limit]
     monitor = [ui.job, ui.stop, ui.chart, ui.table, ui.seen, ui.timer]
-    shown = [ui.models, ui.estimate, ui.run, *monitor[:2], ui.chart, ui.table, ui.seen, ui.timer]
-    tab.select(bound(show_tab, studio), [*form, ui.run], shown, show_progress="hidden", **LIGHT)
+    shown = [ui.models, ui.run, *monitor[:2], ui.chart, ui.table, ui.seen, ui.timer]
     estimate = bound(estimate_text, studio)
+    filled = tab.select(bound(show_tab, studio), [ui.models, ui.tasks, ui.run], shown, show_progress="hidden", **LIGHT)
+    filled.then(estimate, form, ui.estimate, show_progress="hidden", **LIGHT)
     gr.on([c.input for c in form], estimate, form, ui.estimate, trigger_mode="always_last", **LIGHT)
     shown_results = bound(show_results, studio)
     gr.on([ui.models.input, ui.tasks.input], shown_results, [ui.models, ui.tasks], [ui.chart, ui.table], **LIGHT)
