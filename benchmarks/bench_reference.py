@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from llm.data.benchmarks import read_task  # noqa: E402
-from llm.eval import bench  # noqa: E402
+from llm.eval import bench, likelihood  # noqa: E402
 from llm.model.checkpoint import load_model  # noqa: E402
 
 PUBLISHED = {"hellaswag": ("acc_norm", 0.4299), "arc_easy": ("acc", 0.5412), "piqa": ("acc_norm", 0.6692)}
@@ -60,7 +60,7 @@ class HFTokenizer:
 
 def score(model, tokenizer, task, batch_tokens: int) -> tuple[np.ndarray, dict]:
     started = time.perf_counter()
-    lls = bench.loglikelihoods(model, bench.encode_task(tokenizer, task), batch_tokens)
+    lls = likelihood.loglikelihoods(model, likelihood.encode_task(tokenizer, task), batch_tokens)
     summary = bench.summarise(task, bench.row_scores(task, lls))
     print(f"  {task.spec.name}: {len(task.rows)} rows in {time.perf_counter() - started:.0f} s", flush=True)
     return lls, summary["metrics"]

@@ -20,7 +20,7 @@ from test_cli import assert_user_error
 from llm.config import BenchConfig, preset
 from llm.data.benchmarks import TASKS, read_task, task_names
 from llm.errors import ConfigError, TaskFileError
-from llm.eval import bench
+from llm.eval import bench, likelihood
 from llm.model.checkpoint import load_model
 from llm.model.transformer import Transformer
 from llm.run import BENCHMARKS, read_benchmarks
@@ -85,7 +85,7 @@ def hand_task(tmp_path):
 
 
 def test_a_known_model_gets_the_hand_computed_scores(hand_task):
-    lls = bench.loglikelihoods(Bigram(), bench.encode_task(CharTokenizer(), hand_task))
+    lls = likelihood.loglikelihoods(Bigram(), likelihood.encode_task(CharTokenizer(), hand_task))
     np.testing.assert_allclose(lls, np.array(HAND_LL).ravel(), rtol=1e-6)
     scores = bench.row_scores(hand_task, lls)
     assert scores["acc"].tolist() == HAND_ACC and scores["acc_norm"].tolist() == HAND_ACC_NORM
@@ -108,17 +108,17 @@ def test_partial_scoring_rows_score_one_continuation_after_each_context(tmp_path
     rows = [{"contexts": ["xa", "xb"], "continuation": "b", "label": 0}]  # Winogrande's shape
     task = read_task(str(write_task(tmp_path / "wino.jsonl", rows)))
     assert task.spec.metrics == ("acc",)  # acc_norm is not defined when the choices are contexts
-    lls = bench.loglikelihoods(Bigram(), bench.encode_task(CharTokenizer(), task))
+    lls = likelihood.loglikelihoods(Bigram(), likelihood.encode_task(CharTokenizer(), task))
     np.testing.assert_allclose(lls, [L(1 / 8) + L(1 / 4), L(1 / 4) + L(1 / 4)], rtol=1e-6)  # " " after a: 1/8
     assert bench.row_scores(task, lls)["acc"].tolist() == [0]
 
 
 def test_a_request_longer_than_the_context_keeps_its_end(hand_task):
     long = ("x" * 50 + "?", " ab")  # 54 tokens in a window of 8: the bigram only sees the last ones
-    lls = bench.loglikelihoods(Bigram(context_length=8), [bench.encode_pair(CharTokenizer(), *long)])
+    lls = likelihood.loglikelihoods(Bigram(context_length=8), [likelihood.encode_pair(CharTokenizer(), *long)])
     assert lls[0] == pytest.approx(HAND_LL[0][0])
     too_long = ("x", " " + "b" * 20)  # a continuation longer than the window: its last 8 tokens are scored
-    lls = bench.loglikelihoods(Bigram(context_length=8), [bench.encode_pair(CharTokenizer(), *too_long)])
+    lls = likelihood.loglikelihoods(Bigram(context_length=8), [likelihood.encode_pair(CharTokenizer(), *too_long)])
     assert lls[0] == pytest.approx(8 * L(1 / 4))
 
 
@@ -127,9 +127,9 @@ def test_batching_changes_no_log_likelihood(tok):
     model = Transformer(preset("tiny", vocab_size=tok.vocab_size, context_length=32)).eval()
     texts = [("Tom had a", " cat."), ("Once upon a time,", " Lily had a big red ball and a cake."), ("", " Sam")]
     texts += [("Mia said, ", "Yes!"), ("The dog", " was happy"), ("Ben " * 20, "ran.")]
-    requests = [bench.encode_pair(tok, c, x) for c, x in texts]
-    one_by_one = bench.loglikelihoods(model, requests, batch_tokens=1)
-    packed = bench.loglikelihoods(model, requests, batch_tokens=10_000)
+    requests = [likelihood.encode_pair(tok, c, x) for c, x in texts]
+    one_by_one = likelihood.loglikelihoods(model, requests, batch_tokens=1)
+    packed = likelihood.loglikelihoods(model, requests, batch_tokens=10_000)
     np.testing.assert_allclose(packed, one_by_one, rtol=1e-5, atol=1e-5)
     ctx, cont = requests[0]  # and both equal the plain sum over the continuation's tokens
     logp = torch.log_softmax(model(torch.tensor([ctx + cont[:-1]]))[0], -1)
@@ -138,19 +138,19 @@ def test_batching_changes_no_log_likelihood(tok):
 
 
 def test_requests_are_encoded_as_lm_eval_encodes_them(tok):
-    ctx, cont = bench.encode_pair(tok, "Tom had a", " cat.")
+    ctx, cont = likelihood.encode_pair(tok, "Tom had a", " cat.")
     whole = tok.encode("Tom had a cat.")
     assert ctx == tok.encode("Tom had a") and cont == whole[len(ctx) :]  # the continuation: what follows
-    assert bench.encode_pair(tok, "Tom had a ", "cat.") == (ctx, cont)  # a trailing space moves onto it
-    assert bench.encode_pair(tok, "", " Tom") == ([tok.start_id], tok.encode(" Tom"))  # empty: the start token
+    assert likelihood.encode_pair(tok, "Tom had a ", "cat.") == (ctx, cont)  # a trailing space moves onto it
+    assert likelihood.encode_pair(tok, "", " Tom") == ([tok.start_id], tok.encode(" Tom"))  # empty: the start token
 
 
 def test_batches_hold_every_request_once_within_the_token_budget():
     lengths = [5, 1, 9, 3, 3, 7, 2, 8]
-    groups = bench.batches(lengths, batch_tokens=12)
+    groups = likelihood.batches(lengths, batch_tokens=12)
     assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
     assert all(len(g) == 1 or len(g) * max(lengths[i] for i in g) <= 12 for g in groups)
-    assert groups == bench.batches(lengths, batch_tokens=12)  # the shuffled order is fixed
+    assert groups == likelihood.batches(lengths, batch_tokens=12)  # the shuffled order is fixed
 
 
 def test_a_group_scores_the_mean_of_its_subtasks_and_a_limit_applies_to_each(tmp_path):
@@ -159,7 +159,7 @@ def test_a_group_scores_the_mean_of_its_subtasks_and_a_limit_applies_to_each(tmp
     path = write_task(tmp_path / "group.jsonl", rows)
     task = read_task(str(path), limit=2)
     assert [r.subtask for r in task.rows] == ["p", "p", "q", "q"] and task.rows_in_file == 7
-    lls = bench.loglikelihoods(Bigram(), bench.encode_task(CharTokenizer(), task))
+    lls = likelihood.loglikelihoods(Bigram(), likelihood.encode_task(CharTokenizer(), task))
     summary = bench.summarise(task, bench.row_scores(task, lls))  # "b" is always picked: p 2/2, q 1/2
     assert summary["subtasks"]["p"]["acc"] == 1.0 and summary["subtasks"]["q"]["acc"] == 0.5
     assert summary["metrics"]["acc"] == pytest.approx(0.75)  # the mean of the subtasks, not of the rows
@@ -227,7 +227,7 @@ def test_the_cli_scores_saves_beside_the_model_and_reports_progress(tmp_path, ti
     assert saved["mine"]["settings"]["precision"] == "fp32" and saved["mine"]["chance"] == pytest.approx(1 / 3)
     model, tokenizer, _ = load_model(model_dir)  # the CLI's figures are the library's
     task = read_task(str(task_file), limit=2)
-    lls = bench.loglikelihoods(model, bench.encode_task(tokenizer, task))
+    lls = likelihood.loglikelihoods(model, likelihood.encode_task(tokenizer, task))
     assert saved["mine"]["metrics"]["acc"] == bench.row_scores(task, lls)["acc"].mean()
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert records[0]["event"] == "start" and records[0]["max_steps"] == 2 * 3 + 134 * 2
@@ -260,7 +260,7 @@ def test_the_estimate_counts_about_the_tokens_scoring_will_see(tiny_model_dir):
     cfg = BenchConfig(models=[str(tiny_model_dir)] * 2, tasks=["piqa", "blimp"])
     cost = bench.estimate(cfg, tasks)
     _, tokenizer, _ = load_model(tiny_model_dir)
-    real = sum(len(c) + len(x) - 1 for task in tasks for c, x in bench.encode_task(tokenizer, task))  # inputs
+    real = sum(len(c) + len(x) - 1 for task in tasks for c, x in likelihood.encode_task(tokenizer, task))  # inputs
     assert cost["requests"] == 2 * (40 * 2 + 67 * 3 * 2)
     assert cost["tokens"] == pytest.approx(2 * real, rel=0.15) and cost["seconds"] > 0
 
