@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import subprocess
 import time
 
 import torch
@@ -109,11 +110,30 @@ def peak_flops(device: torch.device) -> float:
     return measure_matmul_flops(device)
 
 
+def gpu_memory(device: torch.device) -> tuple[str, int, int] | None:
+    """(name, bytes in use, bytes in all) of a CUDA device as the driver reports them (nvidia-smi), read
+    without a CUDA context in this process: torch.cuda.mem_get_info opens one, which keeps about 0.5 GB of
+    the GPU from the runs (a studio that shows a plan). None where nvidia-smi cannot say."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    index = device.index or 0
+    ids = [v.strip() for v in visible.split(",")] if visible is not None else None
+    if ids is not None and index >= len(ids):
+        return None
+    query = ["nvidia-smi", f"--id={ids[index] if ids else index}", "--query-gpu=name,memory.used,memory.total"]
+    try:
+        found = subprocess.run([*query, "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=5)
+        name, used, total = (part.strip() for part in found.stdout.splitlines()[0].rsplit(",", 2))
+        return name, int(used) * 2**20, int(total) * 2**20
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return None
+
+
 def available_memory(device: torch.device) -> int | None:
-    """Bytes that can still be allocated on the device, or None where that cannot be known."""
+    """Bytes that can still be allocated on the device, or None where that cannot be known. A GPU this
+    process has not used yet is asked through its driver (gpu_memory), not through a new CUDA context."""
     if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free
+        known = None if torch.cuda.is_initialized() else gpu_memory(device)
+        return known[2] - known[1] if known else torch.cuda.mem_get_info(device)[0]
     if device.type == "mps":
         return torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
     if device.type != "cpu":

@@ -21,7 +21,7 @@ from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig
 from llm.data.tasks import READERS
 from llm.errors import LLMError
 from llm.run import CONFIG, INFO, LATEST, RunDir, is_checkpoint
-from studio.jobs import Jobs, job_gpu
+from studio.jobs import Jobs
 from studio.store import ACTIVE_STATES, Store, new_id
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,31 +43,16 @@ class StudioError(LLMError):
     kind = "studio"
 
 
-def gpu_memory() -> tuple[str, int, int] | None:
-    """(name, bytes used, bytes in all) of the GPU the studio's runs train on, as the driver reports it
-    (nvidia-smi): asking torch would open a CUDA context in the studio, memory its own runs then lack. None
-    without an NVIDIA GPU and driver."""
-    import subprocess
-
-    query = [
-        "nvidia-smi",
-        f"--id={job_gpu()}",
-        "--query-gpu=name,memory.used,memory.total",
-        "--format=csv,noheader,nounits",
-    ]
-    try:
-        found = subprocess.run(query, capture_output=True, text=True, timeout=5, check=True).stdout.strip()
-        name, used, total = (part.strip() for part in found.splitlines()[0].rsplit(",", 2))
-        return name, int(used) * 2**20, int(total) * 2**20
-    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
-        return None
-
-
 def memory_now() -> str:
     """What the training device has in use now: the GPU's name and memory, else the CPU's threads and RAM."""
     import os
 
-    gpu = gpu_memory()
+    import torch  # imported by then: the plan that shows this line needs it
+
+    from llm.device import gpu_memory
+
+    # The first GPU the studio sees: its runs' (studio.jobs.job_gpu).
+    gpu = gpu_memory(torch.device("cuda", 0)) if torch.cuda.is_available() else None
     if gpu is not None:
         name, used, total = gpu
         return f"GPU {name}: {human_size(used)} of {human_size(total)} memory in use, {human_size(total - used)} free"

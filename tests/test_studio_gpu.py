@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from llm.config import PretrainConfig
+from llm.device import available_memory
 from llm.run import MetricsWriter, RunDir
 from studio import jobs
 from studio.context import SAMPLES_DIR, Studio, StudioError, memory_now
@@ -70,15 +71,21 @@ def test_a_run_starts_on_one_gpu_and_the_studio_steps_aside(studio, monkeypatch)
     assert jobs.child_env()["CUDA_VISIBLE_DEVICES"] == "0"  # never every GPU of the machine
 
 
-def test_the_memory_line_asks_the_driver_not_torch(monkeypatch):
+def test_the_memory_line_and_the_plans_memory_check_ask_the_driver_not_torch(monkeypatch):
+    asked = []
+
     def smi(command, **kwargs):
-        assert command[0] == "nvidia-smi" and "--id=0" in command
+        asked.append(command[1])
         return subprocess.CompletedProcess(command, 0, stdout="NVIDIA H200, 1024, 143771\n")
 
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
     monkeypatch.setattr(subprocess, "run", smi)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: pytest.fail("opened a CUDA context"))
     assert memory_now().startswith("GPU NVIDIA H200: 1.1 GB of 150.8 GB memory in use, 149.7 GB free")
+    assert available_memory(torch.device("cuda", 1)) == (143771 - 1024) * 2**20
+    assert asked == ["--id=4", "--id=6"]  # CUDA's indices are among the visible GPUs
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: (_ for _ in ()).throw(FileNotFoundError("nvidia-smi")))
     assert memory_now().startswith("CPU, ")
 
