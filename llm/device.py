@@ -48,7 +48,9 @@ def pick_device(name: str = "auto") -> torch.device:
         raise ConfigError(f"{name}: CUDA is not available on this machine", field="device")
     device = torch.device(name)
     if device.type == "cuda":
-        torch.backends.cuda.matmul.fp32_precision = "tf32"  # the new API (torch refuses a mix with allow_tf32)
+        # The flag every reader understands: after the newer fp32_precision API, reading the matmul precision
+        # the older way (torch.get_float32_matmul_precision, as libraries do) raises. CPUs are left as they are.
+        torch.backends.cuda.matmul.allow_tf32 = True
         if device.index is None:
             device = torch.device("cuda", local_rank())
     return device

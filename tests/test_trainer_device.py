@@ -193,7 +193,7 @@ def test_a_cuda_device_is_this_ranks_own_gpu_with_tf32(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert pick_device() == pick_device("cuda") == torch.device("cuda", 1)  # never GPU 0 for rank 1
     assert pick_device("cuda:0") == torch.device("cuda", 0)  # named: as named
-    assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.get_float32_matmul_precision() == "high"
 
 
 def weight_dtypes(directory: Path) -> set[torch.dtype]:
