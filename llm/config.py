@@ -117,6 +117,30 @@ def _check_model_fields(cfg: ModelConfig) -> None:
             raise ConfigError(f"must be in {bracket}{low:g}, {high:g}), got {value}", field=name)
 
 
+ROPE_SCALING = ("factor", "low_freq_factor", "high_freq_factor", "original_context_length")
+
+
+def _check_rope_scaling(scaling: dict[str, float]) -> None:
+    """Empty, or Llama 3's four numbers: factor >= 1, 0 < low_freq_factor < high_freq_factor, a whole
+    original_context_length."""
+    if not scaling:
+        return
+    if sorted(scaling) != sorted(ROPE_SCALING):
+        raise ConfigError(
+            f"must give exactly {', '.join(ROPE_SCALING)} (Llama 3's), got {sorted(scaling)}", "rope_scaling"
+        )
+    values = [scaling[k] for k in ROPE_SCALING]
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise ConfigError(f"must be finite numbers, got {scaling}", field="rope_scaling")
+    factor, low, high, original = values
+    if not (factor >= 1 and 0 < low < high and original >= 1 and float(original).is_integer()):
+        raise ConfigError(
+            "needs factor >= 1, 0 < low_freq_factor < high_freq_factor and a whole original_context_length, got "
+            f"{scaling}",
+            field="rope_scaling",
+        )
+
+
 def load_json(cls, path: str | Path):
     """cls from a JSON file; any way the file can be wrong is a ConfigError naming it."""
     try:
@@ -185,9 +209,22 @@ class ModelConfig(Config):
     rope_theta: float = setting(10000.0, "rotary embedding base")
     norm_eps: float = setting(1e-5, "RMSNorm epsilon")
     dropout: float = setting(0.0, "dropout rate while training")
+    rope_scaling: dict[str, float] = setting(
+        {},
+        "Llama 3's rotary scaling (rope_type llama3): factor, low_freq_factor, high_freq_factor and "
+        "original_context_length; empty: none",
+    )
+
+    # Fields a model directory's config.json must give: they decide the weights' shapes and the model's
+    # arithmetic. Older files may lack n_kv_head (multi-head attention), rope_scaling and dropout.
+    REQUIRED: ClassVar[tuple[str, ...]] = (
+        "vocab_size", "context_length", "n_layer", "n_head", "d_model", "mlp_hidden", "tie_embeddings",
+        "rope_theta", "norm_eps",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         _check_model_fields(self)
+        _check_rope_scaling(self.rope_scaling)
         if self.d_model % self.n_head:
             raise ConfigError(f"must be divisible by n_head={self.n_head}, got {self.d_model}", field="d_model")
         if self.n_kv_head < 0 or self.n_head % (self.n_kv_head or self.n_head):

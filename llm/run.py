@@ -2,7 +2,9 @@
 studio can read runs cheaply.
 
     <run>/latest/          the newest checkpoint, with trainer_state.pt for resuming (llm/model/checkpoint.py owns
-                           what a checkpoint holds); latest.old/ exists only if a save died mid-rename
+                           what a checkpoint holds; its tokenizer files, tokenizer.model or tokenizer.json +
+                           tokenizer_config.json and chat_template.jinja, are llm/data/tokenizer's, named in its
+                           TOKENIZER_FILES); latest.old/ exists only if a save died mid-rename
     <run>/best/            the checkpoint with the lowest validation loss (fine-tuning; pretraining with keep_best)
     <run>/metrics.jsonl    one JSON record a line, appended by the trainer (schema below)
     <run>/train.log        a studio run's console output

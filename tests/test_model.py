@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -200,6 +201,12 @@ def test_interrupted_rename_still_loads_the_old_checkpoint(tmp_path, tok):
     assert checkpoint.load_model(tmp_path / "run" / "latest")[2] == {"step": 5}
 
 
+def edit_config(directory: Path, **changes) -> None:
+    """Change config.json's fields (None: leave the field out)."""
+    config = {**json.loads((directory / checkpoint.CONFIG).read_text()), **changes}
+    (directory / checkpoint.CONFIG).write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+
+
 @pytest.mark.parametrize(
     "damage, message",
     [
@@ -207,9 +214,10 @@ def test_interrupted_rename_still_loads_the_old_checkpoint(tmp_path, tok):
         (lambda d: (d / "tokenizer.model").unlink(), "missing tokenizer.model"),
         (lambda d: (d / checkpoint.WEIGHTS).write_bytes(b"garbage"), "unreadable weights"),
         (lambda d: (d / "tokenizer.model").write_bytes(b"garbage"), "not a SentencePiece model"),
-        (lambda d: (d / checkpoint.CONFIG).write_text('{"n_layer": 2}'), "tokenizer has"),
+        (lambda d: edit_config(d, vocab_size=4096), "tokenizer has"),
         (lambda d: (d / checkpoint.CONFIG).write_text('{"n_layer": "2"}'), "config.json: n_layer must be a number"),
-        (lambda d: (d / checkpoint.CONFIG).write_text('{"vocab_size": 400, "n_layer": 3}'), "weights do not match"),
+        (lambda d: edit_config(d, n_layer=3), "weights do not match"),
+        (lambda d: edit_config(d, d_model=None), r"config.json: d_model missing; a model's config.json gives every"),
         (lambda d: shutil.rmtree(d), "no such model directory"),
     ],
 )

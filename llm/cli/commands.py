@@ -22,15 +22,14 @@ from llm.config import (
 )
 from llm.errors import ConfigError
 
-SAVE_DTYPES = {"fp32": None, "fp16": "float16", "bf16": "bfloat16"}
+EXPORT_DTYPES = {"ours": "fp16", "hf": "fp32", "gguf": "fp16"}  # export's --dtype when none is given
 
 
 def torch_dtype(name: str | None):
-    """A dtype named as the --dtype / --save-dtype flags name it (fp32: None, the weights as they are)."""
-    import torch
+    """A dtype named as the --save-dtype flag names it (fp32: None, the weights as they are)."""
+    from llm.model.export import TORCH_DTYPES
 
-    dtype = SAVE_DTYPES[name or "fp32"]
-    return getattr(torch, dtype) if dtype else None
+    return TORCH_DTYPES[name or "fp32"]
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> None:
@@ -158,23 +157,24 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from llm.model.checkpoint import resolve
-    from llm.model.export import export_model, folder_size
+    from llm.model.export import export_model, output_size
 
-    dtype = args.dtype or ("fp16" if args.format == "ours" else "fp32")
-    target = export_model(args.model, args.out, args.format, torch_dtype(dtype))
-    what = "Hugging Face LlamaForCausalLM" if args.format == "hf" else "no trainer state"
-    print(f"{resolve(args.model)} -> {target} ({what}, {dtype}, {folder_size(target) / 1e6:.1f} MB)")
+    dtype = args.dtype or EXPORT_DTYPES[args.format]
+    target = export_model(args.model, args.out, args.format, dtype)
+    what = {"hf": "Hugging Face LlamaForCausalLM", "gguf": "GGUF for llama.cpp", "ours": "no trainer state"}
+    print(f"{resolve(args.model)} -> {target} ({what[args.format]}, {dtype}, {output_size(target) / 1e6:.1f} MB)")
 
 
 def cmd_import(args: argparse.Namespace) -> None:
     from llm.model.checkpoint import read_info
-    from llm.model.hf import import_hf
+    from llm.model.sources import import_model
 
-    target = import_hf(args.source, args.out)
+    target = import_model(args.source, args.out)
     info = read_info(target)
+    licence = f", licence {info['license']}" if info.get("license") else ""
     print(
         f"{args.source} -> {target} ({info['params'] / 1e6:.1f}M parameters, {info['dtype']}, chat template: "
-        f"{info['chat_template']})"
+        f"{info['chat_template']}{licence})"
     )
 
 

@@ -18,7 +18,7 @@ from llm.config import (
     SamplingConfig,
     TrainConfig,
 )
-from llm.model.export import FORMATS as EXPORT_FORMATS
+from llm.model.export import FORMATS, GGUF_DTYPES, TORCH_DTYPES
 
 SHIPPED = str(DEFAULT_BASE_MODEL)
 
@@ -56,7 +56,7 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="train a transformer from scratch: on prepared data, or on raw text")
     add_run_flags(p, "PretrainConfig")
     p.add_argument("--data", help="a folder made by `prepare` (or give --input text, or --config)")
-    p.add_argument("--save-dtype", choices=list(commands.SAVE_DTYPES), default="fp32", help="dtype of best/")
+    p.add_argument("--save-dtype", choices=list(TORCH_DTYPES), default="fp32", help="dtype of best/")
     raw = p.add_argument_group("from raw text (tokenizer and shards made in <out>/data); --preset, --sample-*")
     add_config_flags(raw, PretrainConfig, skip=("max_steps", "max_time"))
     add_config_flags(p.add_argument_group("model shape (default: the preset's)"), ModelConfig, ("vocab_size",), False)
@@ -65,15 +65,19 @@ def add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 def add_model_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="copy a model without its trainer state, or as a Hugging Face folder")
+    p = sub.add_parser("export", help="copy a model without its trainer state, as a Hugging Face folder or as GGUF")
     p.add_argument("--model", required=True, help="model or run folder (a LoRA run is merged into its base)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--format", choices=EXPORT_FORMATS, default="ours", help="hf: a LlamaForCausalLM folder")
-    p.add_argument("--dtype", choices=list(commands.SAVE_DTYPES), help="default fp16 (ours), fp32 (hf)")
+    p.add_argument("--out", required=True, help="a folder (ours, hf) or a .gguf file")
+    p.add_argument("--format", choices=FORMATS, default="ours", help="hf: a LlamaForCausalLM folder; gguf: llama.cpp")
+    dtypes = sorted({*TORCH_DTYPES, *GGUF_DTYPES})
+    defaults = ", ".join(f"{d} ({f})" for f, d in commands.EXPORT_DTYPES.items())
+    p.add_argument("--dtype", choices=dtypes, help=f"q8_0: gguf only; default {defaults}")
     p.set_defaults(func=commands.cmd_export)
 
-    p = sub.add_parser("import", help="a local Hugging Face Llama folder (SentencePiece tokenizer) -> a model")
-    p.add_argument("--from", dest="source", required=True, help="folder with config.json, *.safetensors, tokenizer")
+    p = sub.add_parser("import", help="a Llama-family model (Hugging Face folder, .zip, .gguf or hub id) -> a model")
+    p.add_argument(
+        "--from", dest="source", required=True, help="a Hugging Face folder or .zip of one, a .gguf file, or a hub id"
+    )
     p.add_argument("--out", required=True, help="the new model directory")
     p.set_defaults(func=commands.cmd_import)
 

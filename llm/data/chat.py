@@ -23,14 +23,8 @@ exact match without the space, 100% with it). Generated answers therefore begin 
 
 from __future__ import annotations
 
-import functools
-import json
-
-import jinja2
-import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-from llm.data.tokenizer import Tokenizer, TokenizerError
+from llm.data import jinja_sandbox
+from llm.data.tokenizer import CHAT_TOKENS, Tokenizer, TokenizerError, from_files
 
 ROLES = ("system", "user", "assistant", "tool")
 TOOL_RESULT = "Tool result:"  # how a tool's result begins: it is read as a user-side turn
@@ -97,20 +91,16 @@ def jinja_template(tokenizer: Tokenizer) -> str:
     )
 
 
-# --- imported chat templates (Jinja, rendered as transformers renders them) ---
+def as_ours(tokenizer: Tokenizer) -> Tokenizer:
+    """A tokenizer of ours back from an export (our chat tokens, our template written in Jinja) without that
+    template, so that this module renders it itself (the same ids; our start token; our trained-on rule)."""
+    if not tokenizer.chat_template or len(tokenizer.special) < len(CHAT_TOKENS):
+        return tokenizer
+    plain = from_files(tokenizer.vocabulary_files(), tokenizer.source)
+    return plain if tokenizer.chat_template == jinja_template(plain) else tokenizer
 
 
-def _raise(message: str) -> None:
-    raise jinja2.TemplateError(message)
-
-
-@functools.cache
-def _compile(template: str) -> jinja2.Template:
-    # The environment of transformers' apply_chat_template: sandboxed, trim_blocks and lstrip_blocks.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-    env.globals["raise_exception"] = _raise
-    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, indent=indent, ensure_ascii=False)
-    return env.from_string(template)
+# --- imported chat templates (Jinja, rendered as transformers renders them, in a bounded sandbox) ---
 
 
 def template_text(tokenizer: Tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
@@ -118,14 +108,19 @@ def template_text(tokenizer: Tokenizer, messages: list[dict[str, str]], add_gene
     assert tokenizer.chat_template, "the tokenizer has no chat template"
     piece = tokenizer.id_to_piece
     try:
-        return _compile(tokenizer.chat_template).render(
+        return jinja_sandbox.render(
+            tokenizer.chat_template,
             messages=messages,
             add_generation_prompt=add_generation_prompt,
             bos_token=piece(tokenizer.bos_id) if tokenizer.bos_id >= 0 else "",
             eos_token=piece(tokenizer.eos_id) if tokenizer.eos_id >= 0 else "",
         )
-    except jinja2.TemplateError as e:
-        raise ChatTemplateError(f"{tokenizer.source}: the chat template cannot render this conversation: {e}") from None
+    except jinja_sandbox.TemplateLimitError as e:
+        raise ChatTemplateError(f"{tokenizer.source}: the chat template is refused: {e}") from None
+    except Exception as e:  # whatever the template's own code raises (its raise_exception, a type error, ...)
+        raise ChatTemplateError(
+            f"{tokenizer.source}: the chat template cannot render this conversation: {type(e).__name__}: {e}"
+        ) from None
 
 
 def render_with_template(tokenizer: Tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[bool]]:

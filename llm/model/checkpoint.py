@@ -155,6 +155,19 @@ def save_checkpoint(
     return write_dir(target, files)
 
 
+def read_config(directory: Path) -> ModelConfig:
+    """A model directory's ModelConfig. A config.json that leaves out a field the weights' shapes or the
+    arithmetic depend on (ModelConfig.REQUIRED) is refused: a default would run another model, silently."""
+    path = directory / CONFIG
+    cfg = ModelConfig.load(path)  # a ConfigError naming the file for bad JSON, types or ranges
+    missing = [name for name in ModelConfig.REQUIRED if name not in json.loads(path.read_text(encoding="utf-8"))]
+    if missing:
+        raise CheckpointError(
+            f"{path}: {', '.join(missing)} missing; a model's config.json gives every field of its shape"
+        )
+    return cfg
+
+
 def load_weights(model: Transformer, path: Path) -> None:
     try:
         state = load_file(str(path))
@@ -179,7 +192,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Tr
     """Load (model in eval mode, tokenizer, info) from a model directory (or a run directory)."""
     directory = resolve(path)
     try:
-        cfg = ModelConfig.load(directory / CONFIG)
+        cfg = read_config(directory)
         # Built on the CPU from the weights file read beside it (2 copies), then moved to the device.
         check_model_fits(cfg, torch.device("cpu"), copies=2, what=f"{directory}: the model")
         if torch.device(device).type != "cpu":

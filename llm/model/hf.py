@@ -15,17 +15,20 @@ each head, as Hugging Face's rotate_half does (tests/test_hf.py proves it with i
 The tokenizer travels as tokenizer.model (SentencePiece, for llama.cpp and for import) and as tokenizer.json
 (the same BPE for the `tokenizers` library: vocabulary, merges ordered as SentencePiece applies them, byte
 fallback, spaces as U+2581, no dummy prefix for ours), so AutoTokenizer needs neither sentencepiece nor protobuf.
+An imported model's tokenizer (tokenizer.model, or a tokenizer.json with its special tokens' roles) and chat
+template are kept as they are (llm/data/tokenizer/hf_folder.py), and an export passes them through unchanged.
 Weights are written and read one tensor at a time (never a second full copy in memory); only safetensors files
-are read, so importing never unpickles anything.
+inside the folder are read, so importing never unpickles anything nor reads elsewhere.
+
+RoPE: plain, or Llama 3's `llama3` scaling (ModelConfig.rope_scaling); any other scaling is refused, and so is a
+config whose rope_parameters and rope_scaling disagree (which applies would be a guess).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import struct
-from collections.abc import Iterator
+import re
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -34,13 +37,23 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from llm.config import ConfigError, ModelConfig
-from llm.data.chat import jinja_template, stop_ids
-from llm.data.tokenizer import CHAT_TEMPLATE_FILE, CHAT_TOKENS, MODEL_FILE, SentencePieceTokenizer, Tokenizer
+from llm.data.chat import as_ours, jinja_template, stop_ids
+from llm.data.tokenizer import Tokenizer
+from llm.data.tokenizer.hf_folder import folder_tokenizer, read_json_file
 from llm.model import checkpoint
 from llm.model.checkpoint import CheckpointError
+from llm.model.weights import (
+    SAFETENSORS_DTYPES,
+    check_memory,
+    check_sizes,
+    weight_shapes,
+    write_imported,
+    write_safetensors,
+)
 
-HF_WEIGHTS, HF_INDEX = "model.safetensors", "model.safetensors.index.json"
+HF_WEIGHTS, HF_INDEX, HF_CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
 ARCHITECTURE = "LlamaForCausalLM"
+ROPE_TYPES = ("default", "llama3")
 
 # Our parameter name suffix in a block -> Hugging Face's in a layer.
 LAYER_NAMES = {
@@ -55,16 +68,6 @@ LAYER_NAMES = {
     "mlp.w_down.weight": "mlp.down_proj.weight",
 }
 
-# Sane bounds for an imported config, checked before anything is allocated.
-LIMITS = {
-    "vocab_size": 1 << 20,
-    "context_length": 1 << 20,
-    "n_layer": 1024,
-    "n_head": 1024,
-    "d_model": 1 << 16,
-    "mlp_hidden": 1 << 18,
-}
-
 
 class HFFormatError(CheckpointError):
     """A folder is not a Hugging Face model this project can import (the message says what is missing)."""
@@ -73,8 +76,30 @@ class HFFormatError(CheckpointError):
 # --- config ---
 
 
+def bos_id(tok: Tokenizer) -> int:
+    """The BOS a Hugging Face config names: an imported tokenizer's own, or the token every sequence of ours
+    starts with (EOS)."""
+    return tok.bos_id if tok.chat_template else tok.start_id
+
+
+def rope_parameters(cfg: ModelConfig) -> dict[str, Any]:
+    """Hugging Face's rope_parameters of our config: plain, or Llama 3's scaling."""
+    if not cfg.rope_scaling:
+        return {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    scaling = cfg.rope_scaling
+    return {
+        "rope_type": "llama3",
+        "rope_theta": cfg.rope_theta,
+        "factor": scaling["factor"],
+        "low_freq_factor": scaling["low_freq_factor"],
+        "high_freq_factor": scaling["high_freq_factor"],
+        "original_max_position_embeddings": int(scaling["original_context_length"]),
+    }
+
+
 def hf_config(cfg: ModelConfig, tok: Tokenizer, end_id: int) -> dict[str, Any]:
-    """Our ModelConfig -> a LlamaConfig dict. BOS is the token every sequence starts with (ours: EOS)."""
+    """Our ModelConfig -> a LlamaConfig dict."""
+    rope = rope_parameters(cfg)
     return {
         "architectures": [ARCHITECTURE],
         "model_type": "llama",
@@ -88,15 +113,15 @@ def hf_config(cfg: ModelConfig, tok: Tokenizer, end_id: int) -> dict[str, Any]:
         "max_position_embeddings": cfg.context_length,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "rope_scaling": None,
+        "rope_parameters": rope,
+        "rope_scaling": rope if cfg.rope_scaling else None,
         "tie_word_embeddings": cfg.tie_embeddings,
         "hidden_act": "silu",
         "attention_bias": False,
         "mlp_bias": False,
         "attention_dropout": 0.0,
         "initializer_range": 0.02,
-        "bos_token_id": tok.start_id,
+        "bos_token_id": bos_id(tok),
         "eos_token_id": end_id,
         "pad_token_id": tok.pad_id,
         "torch_dtype": "float32",
@@ -111,6 +136,31 @@ def _number(config: dict[str, Any], key: str, source: Path, default: Any = None)
     return value
 
 
+def rope_from_hf(config: dict[str, Any], source: Path) -> tuple[float, dict[str, float]]:
+    """(rope_theta, our rope_scaling) from rope_parameters (transformers 5) and rope_scaling (older), which
+    must not disagree: a config with both, one plain and one scaled, is refused rather than guessed."""
+    kinds = {}
+    for key in ("rope_parameters", "rope_scaling"):
+        spec = config.get(key)
+        if spec is not None and not isinstance(spec, dict):
+            raise HFFormatError(f"{source}: {key} must be an object, got {spec!r}")
+        if spec:
+            kinds[key] = spec.get("rope_type", spec.get("type", "default"))
+    if len(set(kinds.values())) > 1:
+        said = " but ".join(f"{key} says {kind!r}" for key, kind in kinds.items())
+        raise HFFormatError(f"{source}: {said}; which RoPE applies is unclear, so the model is not imported")
+    kind = next(iter(kinds.values()), "default")
+    if kind not in ROPE_TYPES:
+        raise HFFormatError(f"{source}: RoPE scaling {kind!r} is not supported (only Llama 3's llama3)")
+    spec = {**(config.get("rope_scaling") or {}), **(config.get("rope_parameters") or {})}
+    theta = _number({"rope_theta": spec.get("rope_theta", config.get("rope_theta", 10000.0))}, "rope_theta", source)
+    if kind == "default":
+        return theta, {}
+    keys = {"factor": "factor", "low_freq_factor": "low_freq_factor", "high_freq_factor": "high_freq_factor"}
+    keys["original_context_length"] = "original_max_position_embeddings"
+    return theta, {ours: _number(spec, theirs, source) for ours, theirs in keys.items()}
+
+
 def config_from_hf(config: dict[str, Any], source: Path) -> ModelConfig:
     """A LlamaConfig dict -> our ModelConfig, refusing what our model cannot represent and insane sizes."""
     architectures = config.get("architectures") or []
@@ -119,33 +169,24 @@ def config_from_hf(config: dict[str, Any], source: Path) -> ModelConfig:
             f"{source}: not a Llama-architecture model (architectures={architectures}, "
             f"model_type={config.get('model_type')!r}); only {ARCHITECTURE} can be imported"
         )
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
     unsupported = {
         "hidden_act": (config.get("hidden_act", "silu"), "silu"),
         "attention_bias": (config.get("attention_bias", False), False),
         "mlp_bias": (config.get("mlp_bias", False), False),
-        "rope type": (rope.get("rope_type", rope.get("type", "default")), "default"),
         "pretraining_tp": (config.get("pretraining_tp", 1) or 1, 1),
     }
     for name, (value, wanted) in unsupported.items():
         if value != wanted:
             raise HFFormatError(f"{source}: {name}={value!r} is not supported (only {wanted!r})")
-    values = {
-        "vocab_size": _number(config, "vocab_size", source),
-        "context_length": _number(config, "max_position_embeddings", source),
-        "n_layer": _number(config, "num_hidden_layers", source),
-        "n_head": _number(config, "num_attention_heads", source),
-        "d_model": _number(config, "hidden_size", source),
-        "mlp_hidden": _number(config, "intermediate_size", source),
-    }
-    for name, value in values.items():
-        if not isinstance(value, int) or not 0 < value <= LIMITS[name]:
-            raise HFFormatError(f"{source}: {name} = {value!r} is outside the sane range 1..{LIMITS[name]}")
+    theirs = {"vocab_size": "vocab_size", "context_length": "max_position_embeddings", "n_layer": "num_hidden_layers"}
+    theirs |= {"n_head": "num_attention_heads", "d_model": "hidden_size", "mlp_hidden": "intermediate_size"}
+    values = {ours: _number(config, key, source) for ours, key in theirs.items()}
+    check_sizes(values, str(source), HFFormatError)
     kv_heads = _number(config, "num_key_value_heads", source, values["n_head"])
     head_dim = config.get("head_dim") or values["d_model"] // values["n_head"]
     if head_dim * values["n_head"] != values["d_model"]:
         raise HFFormatError(f"{source}: head_dim={head_dim} times {values['n_head']} heads must equal hidden_size")
-    rope_theta = rope.get("rope_theta", config.get("rope_theta", 10000.0))
+    rope_theta, rope_scaling = rope_from_hf(config, source)
     norm_eps = _number(config, "rms_norm_eps", source, 1e-6)
     if not (0 < rope_theta < 1e12 and 0 < norm_eps < 1):
         raise HFFormatError(f"{source}: rope_theta={rope_theta} or rms_norm_eps={norm_eps} is outside the sane range")
@@ -156,29 +197,10 @@ def config_from_hf(config: dict[str, Any], source: Path) -> ModelConfig:
             tie_embeddings=bool(config.get("tie_word_embeddings", False)),
             rope_theta=float(rope_theta),
             norm_eps=float(norm_eps),
+            rope_scaling=rope_scaling,
         )
     except ConfigError as e:
         raise HFFormatError(f"{source}: {e}") from None
-
-
-def weight_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """{our name: shape} of every stored tensor of llm.model.Transformer(cfg), from the config alone (nothing is
-    allocated; tests/test_hf.py checks it against a built model)."""
-    C, V, H, kv = cfg.d_model, cfg.vocab_size, cfg.mlp_hidden, cfg.kv_heads * cfg.head_dim
-    block = {"attn_norm.weight": (C,), "attn.wq.weight": (C, C), "attn.wk.weight": (kv, C)}
-    block |= {"attn.wv.weight": (kv, C), "attn.wo.weight": (C, C), "mlp_norm.weight": (C,)}
-    block |= {"mlp.w_gate.weight": (H, C), "mlp.w_up.weight": (H, C), "mlp.w_down.weight": (C, H)}
-    shapes = {"tok_emb.weight": (V, C), "norm.weight": (C,)}
-    for i in range(cfg.n_layer):
-        shapes |= {f"blocks.{i}.{name}": shape for name, shape in block.items()}
-    if not cfg.tie_embeddings:
-        shapes["lm_head.weight"] = (V, C)
-    return shapes
-
-
-def parameter_count(cfg: ModelConfig) -> int:
-    """Parameters of a model of this shape (tied embeddings counted once)."""
-    return sum(math.prod(shape) for shape in weight_shapes(cfg).values())
 
 
 # --- weights ---
@@ -194,31 +216,6 @@ def weight_names(cfg: ModelConfig) -> dict[str, str]:
     return names
 
 
-SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-
-
-def write_safetensors(path: Path, tensors: Iterator[tuple[str, torch.Tensor]], shapes: dict[str, tuple]) -> None:
-    """Write a safetensors file one tensor at a time (safetensors' save_file would hold a second full copy).
-    shapes: {name: (dtype, shape)} of the tensors that `tensors` will yield, in that order."""
-    header, offset = {"__metadata__": {"format": "pt"}}, 0
-    for name, (dtype, shape) in shapes.items():
-        size = dtype.itemsize * int(torch.Size(shape).numel())
-        header[name] = {
-            "dtype": SAFETENSORS_DTYPES[dtype],
-            "shape": list(shape),
-            "data_offsets": [offset, offset + size],
-        }
-        offset += size
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the data starts 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(encoded)) + encoded)
-        for (name, tensor), expected in zip(tensors, shapes, strict=True):
-            assert name == expected and tensor.dtype == shapes[name][0] and tuple(tensor.shape) == shapes[name][1]
-            # bytes of the tensor in place: bf16 has no numpy type, so view every dtype as raw bytes
-            f.write(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-
-
 def chat_end_id(tok: Tokenizer) -> int:
     """The token that ends an assistant turn, and so generation."""
     return stop_ids(tok)[0]
@@ -226,15 +223,14 @@ def chat_end_id(tok: Tokenizer) -> int:
 
 def tokenizer_files(tok: Tokenizer, context_length: int) -> dict[str, Any]:
     """The tokenizer's files of an export (tokenizer.json, and tokenizer.model for SentencePiece) and
-    tokenizer_config.json with the chat template. BOS is the token every sequence starts with (ours: EOS), or
-    an imported tokenizer's own."""
+    tokenizer_config.json with the chat template."""
 
     def name(i: int) -> str | None:
         return tok.id_to_piece(i) if i >= 0 else None
 
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": name(tok.bos_id if tok.chat_template else tok.start_id),
+        "bos_token": name(bos_id(tok)),
         "eos_token": name(chat_end_id(tok)),
         "pad_token": name(tok.pad_id),
         "unk_token": name(tok.unk_id),
@@ -259,10 +255,10 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype | N
     shapes = {theirs: (dtype or state[ours].dtype, tuple(state[ours].shape)) for ours, theirs in names.items()}
     tensors = ((theirs, state[ours].to(dtype) if dtype else state[ours]) for ours, theirs in names.items())
     end = chat_end_id(tok)
-    generation = {"bos_token_id": tok.start_id, "eos_token_id": sorted({end, tok.eos_id}), "pad_token_id": tok.pad_id}
+    generation = {"bos_token_id": bos_id(tok), "eos_token_id": sorted({end, tok.eos_id}), "pad_token_id": tok.pad_id}
     config = hf_config(cfg, tok, end) | {"torch_dtype": str(shapes["model.norm.weight"][0]).removeprefix("torch.")}
     files = {
-        "config.json": json.dumps(config, indent=2) + "\n",
+        HF_CONFIG: json.dumps(config, indent=2) + "\n",
         "generation_config.json": json.dumps(generation, indent=2) + "\n",
         **tokenizer_files(tok, cfg.context_length),
         HF_WEIGHTS: lambda path: write_safetensors(path, tensors, shapes),
@@ -275,11 +271,23 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, dtype: torch.dtype | N
 # --- import ---
 
 
+def _inside(src: Path, name: Any, where: Path) -> Path:
+    """src/name, refused when the name leads out of src (an absolute path, ".."): nothing outside the folder
+    is ever read."""
+    if isinstance(name, str) and not Path(name).is_absolute():
+        path = Path(os.path.normpath(src / name))
+        if Path(os.path.normpath(src)) in path.parents:
+            return path
+    raise HFFormatError(f"{where}: names {name!r}, a file outside the folder; only files inside it are read")
+
+
 def _weight_files(src: Path) -> dict[str, Path]:
-    """{Hugging Face tensor name: safetensors file holding it}; refuses pickled weights."""
+    """{Hugging Face tensor name: safetensors file holding it}; refuses pickled weights and files elsewhere."""
     if (src / HF_INDEX).is_file():
-        index = json.loads((src / HF_INDEX).read_text())
-        return {name: src / file for name, file in index.get("weight_map", {}).items()}
+        weight_map = read_json_file(src / HF_INDEX).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise HFFormatError(f"{src / HF_INDEX}: no weight_map object")
+        return {name: _inside(src, file, src / HF_INDEX) for name, file in weight_map.items()}
     if (src / HF_WEIGHTS).is_file():
         try:
             with safe_open(str(src / HF_WEIGHTS), framework="pt") as f:
@@ -295,51 +303,35 @@ def _weight_files(src: Path) -> dict[str, Path]:
     raise HFFormatError(f"{src}: no {HF_WEIGHTS} (nor {HF_INDEX}) in the folder")
 
 
-def read_chat_template(src: Path, tokenizer_config: dict[str, Any]) -> str | None:
-    """The folder's chat template: chat_template.jinja (newer transformers) or tokenizer_config.json's."""
-    if (src / CHAT_TEMPLATE_FILE).is_file():
-        return (src / CHAT_TEMPLATE_FILE).read_text()
-    template = tokenizer_config.get("chat_template")
-    if isinstance(template, list):  # several named templates: take the default one
-        template = next((t["template"] for t in template if t.get("name") == "default"), None)
-    return template if isinstance(template, str) else None
-
-
-def memory_bytes() -> int:
-    """Physical memory of this machine."""
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def import_hf(src: str | Path, out_dir: str | Path, memory_limit: int | None = None) -> Path:
-    """A local Hugging Face folder of a Llama-architecture model with a SentencePiece tokenizer.model -> a
-    model directory of ours (weights streamed tensor by tensor, in their own dtype). Refuses a model whose fp32
-    weights (as llm.model.checkpoint.load_model holds them) exceed memory_limit (default: this machine's memory)."""
-    src = Path(src)
-    if not (src / "config.json").is_file():
-        raise HFFormatError(f"{src}: no config.json; not a Hugging Face model folder")
-    try:
-        hf = json.loads((src / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise HFFormatError(f"{src / 'config.json'}: not valid JSON ({e})") from None
-    cfg = config_from_hf(hf, src / "config.json")
-    if not (src / MODEL_FILE).is_file():
-        raise HFFormatError(
-            f"{src}: no SentencePiece {MODEL_FILE}; only models with a SentencePiece tokenizer can be imported"
-        )
-    tokenizer_config_path = src / "tokenizer_config.json"
-    tokenizer_config = json.loads(tokenizer_config_path.read_text()) if tokenizer_config_path.is_file() else {}
-    proto, template = (src / MODEL_FILE).read_bytes(), read_chat_template(src, tokenizer_config)
-    tok = SentencePieceTokenizer(proto, str(src / MODEL_FILE), template)
-    if len(tok.special) == len(CHAT_TOKENS) and template == jinja_template(SentencePieceTokenizer(proto)):
-        tok = SentencePieceTokenizer(proto, str(src / MODEL_FILE))  # one of ours: llm/data/chat.py renders it itself
+def _tokenizer(src: Path, hf: dict[str, Any], cfg: ModelConfig) -> Tokenizer:
+    """The folder's tokenizer; one of ours exported comes back as ours (llm.data.chat.as_ours)."""
+    tok = as_ours(folder_tokenizer(src, hf))
     if tok.vocab_size != cfg.vocab_size:
-        raise HFFormatError(f"{src}: {MODEL_FILE} has {tok.vocab_size} tokens but config.json says {cfg.vocab_size}")
-    needed, limit = 4 * parameter_count(cfg), memory_limit or memory_bytes()
-    if needed > limit:
-        raise HFFormatError(
-            f"{src}: {parameter_count(cfg) / 1e9:.2f}B parameters need {needed / 2**30:.1f} GiB in fp32, "
-            f"more than the {limit / 2**30:.1f} GiB of memory here"
-        )
+        raise HFFormatError(f"{tok.source} has {tok.vocab_size} tokens but config.json says {cfg.vocab_size}")
+    return tok
+
+
+def _licence(src: Path) -> str | None:
+    """The licence a model card (README.md) names in its front matter (between two --- lines), if any."""
+    card = src / "README.md"
+    text = card.read_text(encoding="utf-8", errors="replace")[:8000] if card.is_file() else ""
+    front = re.match(r"---\n(.*?)\n---", text, re.DOTALL)
+    found = re.search(r"^license:\s*['\"]?([^'\"\n]+)", front.group(1), re.MULTILINE) if front else None
+    return found.group(1).strip() if found else None
+
+
+def import_hf(src: str | Path, out_dir: str | Path, memory_limit: int | None = None, origin: str | None = None) -> Path:
+    """A local Hugging Face folder of a Llama-architecture model -> a model directory of ours (weights streamed
+    tensor by tensor, in their own dtype; its tokenizer and chat template kept). Refuses a model whose fp32
+    weights exceed memory_limit (default: this machine's memory). origin: where it came from, for info.json
+    (default: the folder)."""
+    src = Path(src)
+    if not (src / HF_CONFIG).is_file():
+        raise HFFormatError(f"{src}: no {HF_CONFIG}; not a Hugging Face model folder")
+    hf = read_json_file(src / HF_CONFIG)
+    cfg = config_from_hf(hf, src / HF_CONFIG)
+    tok = _tokenizer(src, hf, cfg)
+    check_memory(cfg, str(src), memory_limit, HFFormatError)
     files = _weight_files(src)
     names = weight_names(cfg)
     missing = sorted(theirs for theirs in names.values() if theirs not in files)
@@ -347,35 +339,25 @@ def import_hf(src: str | Path, out_dir: str | Path, memory_limit: int | None = N
         raise HFFormatError(
             f"{src}: weights missing for this config: {missing[:5]}{' ...' if len(missing) > 5 else ''}"
         )
-    shapes = {}
     with ExitStack() as stack:
-        handles = _open_all(stack, set(files.values()))
-        reference = weight_shapes(cfg)
-        for ours, theirs in names.items():
-            piece = handles[files[theirs]].get_slice(theirs)
-            shape, dtype = tuple(piece.get_shape()), _torch_dtype(piece.get_dtype(), theirs)
-            if shape != reference[ours]:
-                raise HFFormatError(f"{src}: {theirs} has shape {shape}, config.json implies {reference[ours]}")
-            shapes[ours] = (dtype, shape)
+        handles = _open_all(stack, {files[theirs] for theirs in names.values()})
+        shapes = _checked_shapes(src, cfg, names, files, handles)
         tensors = ((ours, handles[files[theirs]].get_tensor(theirs)) for ours, theirs in names.items())
-        info = {
-            "kind": "imported",
-            "imported_from": str(src.resolve()),
-            "format": "hf",
-            "architecture": ARCHITECTURE,
-            "params": parameter_count(cfg),
-            "dtype": str(shapes["norm.weight"][0]).removeprefix("torch."),
-            "chat_template": "own" if tok.chat_template else "none",
-        }
-        return checkpoint.write_dir(
-            out_dir,
-            {
-                checkpoint.CONFIG: json.dumps(cfg.to_dict(), indent=2) + "\n",
-                **tok.files(),
-                checkpoint.INFO: json.dumps(info, indent=2) + "\n",
-                checkpoint.WEIGHTS: lambda path: write_safetensors(path, tensors, shapes),
-            },
-        )
+        info = {"imported_from": origin or str(src.resolve()), "format": "hf", "architecture": ARCHITECTURE}
+        info |= {"dtype": str(shapes["norm.weight"][0]).removeprefix("torch."), "license": _licence(src)}
+        return write_imported(out_dir, cfg, tok, info, tensors, shapes)
+
+
+def _checked_shapes(src: Path, cfg: ModelConfig, names: dict, files: dict, handles: dict) -> dict[str, tuple]:
+    """{our name: (dtype, shape)} of each tensor, each shape checked against the one config.json implies."""
+    shapes, reference = {}, weight_shapes(cfg)
+    for ours, theirs in names.items():
+        piece = handles[files[theirs]].get_slice(theirs)
+        shape, dtype = tuple(piece.get_shape()), _torch_dtype(piece.get_dtype(), theirs)
+        if shape != reference[ours]:
+            raise HFFormatError(f"{src}: {theirs} has shape {shape}, config.json implies {reference[ours]}")
+        shapes[ours] = (dtype, shape)
+    return shapes
 
 
 def _open_all(stack: ExitStack, paths: set[Path]) -> dict[Path, Any]:

@@ -29,9 +29,25 @@ class RMSNorm(nn.Module):
         return xf.type_as(x) * self.weight
 
 
+def llama3_frequencies(inv_freq: torch.Tensor, scaling: dict[str, float]) -> torch.Tensor:
+    """Llama 3's rotary scaling of the frequencies (D/2,): a wavelength longer than the original context over
+    low_freq_factor is slowed down by factor, one shorter than it over high_freq_factor is kept, and those between
+    are blended smoothly, so that the near positions keep their resolution while the far ones reach further."""
+    factor, original = scaling["factor"], scaling["original_context_length"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    wavelength = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelength > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelength - low) / (high - low)  # 0 at the long end of the band, 1 at the short end
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    in_band = (wavelength >= original / high) & (wavelength <= original / low)
+    return torch.where(in_band, blended, scaled)
+
+
 def rotary_tables(cfg: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin tables of shape (context_length, D/2) for rotary position embeddings."""
     inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2).float() / cfg.head_dim))
+    if cfg.rope_scaling:
+        inv_freq = llama3_frequencies(inv_freq, cfg.rope_scaling)
     angles = torch.outer(torch.arange(cfg.context_length).float(), inv_freq)  # (T, D/2)
     return angles.cos(), angles.sin()
 

@@ -107,7 +107,7 @@ def pretrain(
     tokenizer = Tokenizer.load(Path(data_dir))
     run = RunDir(out_dir)
     if resume:
-        model_cfg = ModelConfig.load(run.latest / checkpoint.CONFIG)  # the run's own shape wins on resume
+        model_cfg = checkpoint.read_config(run.latest)  # the run's own shape wins on resume
         saved = run.resumed_train_settings(train_cfg.max_steps, train_cfg.device, train_cfg.max_time)
         train_cfg = TrainConfig.from_dict(saved)
     else:
@@ -390,7 +390,7 @@ def resume(
         )
     saved = info.get("pretrain") or {}
     train_cfg = TrainConfig.from_dict(run.resumed_train_settings(max_steps, device, max_time))
-    model_cfg = ModelConfig.load(run.latest / checkpoint.CONFIG)
+    model_cfg = checkpoint.read_config(run.latest)
     data = run.data if run.data.is_dir() else Path(info["data"])  # a run from raw text keeps its data inside
     return pretrain(
         data,

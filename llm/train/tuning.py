@@ -99,7 +99,7 @@ def open_base(cfg: FinetuneConfig | PreferConfig) -> tuple[Path, ModelConfig, To
     """(directory, shape, tokenizer) of the model a tuning run starts from, checked before anything is loaded:
     full tuning must fit the weights, gradients and AdamW's two moments, all full size."""
     base_dir = base_directory(cfg.base)
-    model_cfg = ModelConfig.load(base_dir / checkpoint.CONFIG)
+    model_cfg = checkpoint.read_config(base_dir)
     if cfg.method == "full":
         check_model_fits(model_cfg, pick_device(cfg.device), copies=4, what=f"full tuning of {base_dir}")
     return base_dir, model_cfg, Tokenizer.load(base_dir)

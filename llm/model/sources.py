@@ -1,0 +1,96 @@
+"""Where a model comes from: a Hugging Face folder (or a .zip of one), a .gguf file, or the Hugging Face hub
+(`owner/name`, or `owner/name/file.gguf`) when this machine is online. import_model() is the one import, used by
+`python -m llm import` and the studio's Models tab; llm/model/hf.py and llm/model/gguf.py do the reading."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import stat
+import tempfile
+import zipfile
+from pathlib import Path
+
+from llm.errors import InputError
+from llm.model.gguf import import_gguf
+from llm.model.hf import HF_CONFIG, import_hf
+
+HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+HUB_GGUF = re.compile(rf"({HUB_REPO.pattern})/([\w./-]+\.gguf)")
+HUB_FILES = ["*.json", "*.safetensors", "tokenizer.model", "*.jinja", "README.md"]  # never pickles
+
+
+def import_model(source: str | Path, out_dir: str | Path, memory_limit: int | None = None) -> Path:
+    """Import the model at source into the model directory out_dir (written whole or not at all); returns it.
+    memory_limit: refuse a model whose fp32 weights need more (default: this machine's memory)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return import_hf(path, out_dir, memory_limit)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return import_gguf(path, out_dir, memory_limit)
+    if path.is_file() and path.suffix.lower() == ".zip":
+        with _scratch(out_dir) as tmp:
+            return import_hf(unzip_folder(path, Path(tmp)), out_dir, memory_limit, origin=str(path.resolve()))
+    if path.exists():
+        raise InputError(f"{path}: not a model: give a Hugging Face folder (or a .zip of one) or a .gguf file")
+    if HUB_GGUF.fullmatch(str(source)) or HUB_REPO.fullmatch(str(source)):
+        return _from_hub(str(source), out_dir, memory_limit)
+    raise InputError(f"{source}: no such file or folder (nor a Hugging Face hub id such as owner/name)")
+
+
+def _scratch(out_dir: str | Path) -> tempfile.TemporaryDirectory:
+    """A temporary folder beside out_dir (the same disk), removed afterwards."""
+    parent = Path(out_dir).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(prefix=".import-", dir=parent)
+
+
+def unzip_folder(path: Path, target: Path) -> Path:
+    """Unpack a zipped Hugging Face folder into target and return the folder holding its config.json. Refuses
+    members that would land outside target (absolute, "..", links) and more than the disk has free."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise InputError(f"{path}: not a zip file ({e})") from None
+    with archive:
+        members = archive.infolist()
+        for member in members:
+            link = stat.S_ISLNK(member.external_attr >> 16)
+            if link or Path(member.filename).is_absolute() or ".." in Path(member.filename).parts:
+                raise InputError(f"{path}: {member.filename!r} would be unpacked outside its folder; refused")
+        needed, free = sum(m.file_size for m in members), shutil.disk_usage(target).free
+        if needed > free:
+            raise InputError(f"{path}: unpacked it needs {needed / 2**30:.1f} GiB, the disk has {free / 2**30:.1f}")
+        try:
+            archive.extractall(target)
+        except (zipfile.BadZipFile, OSError, EOFError) as e:
+            raise InputError(f"{path}: cannot unpack it ({e})") from None
+    configs = sorted(target.rglob(HF_CONFIG), key=lambda p: len(p.parts))
+    if not configs:
+        raise InputError(f"{path}: no {HF_CONFIG} in it: not a zipped Hugging Face model folder")
+    return configs[0].parent
+
+
+def _from_hub(source: str, out_dir: str | Path, memory_limit: int | None) -> Path:
+    """Download a hub repository's folder (safetensors, configs, tokenizer) or one .gguf file, then import it."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise InputError(f"{source}: the Hugging Face hub needs the huggingface_hub package") from None
+    gguf = HUB_GGUF.fullmatch(source)
+    with _scratch(out_dir) as tmp:
+        try:
+            if gguf:
+                file = huggingface_hub.hf_hub_download(gguf.group(1), gguf.group(2), local_dir=tmp)
+            else:
+                folder = huggingface_hub.snapshot_download(source, allow_patterns=HUB_FILES, local_dir=tmp)
+        except Exception as e:  # offline, no such repository, gated: the hub client raises many kinds
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise InputError(
+                f"{source}: cannot download it from the Hugging Face hub ({reason}); is this machine offline? "
+                "Download the folder or .gguf file elsewhere and give its path"
+            ) from None
+        origin = f"https://huggingface.co/{source}"
+        if gguf:
+            return import_gguf(file, out_dir, memory_limit, origin=origin)
+        return import_hf(Path(folder), out_dir, memory_limit, origin=origin)
