@@ -21,6 +21,7 @@ from llm.config import DEFAULT_BASE_MODEL, FinetuneConfig
 from llm.data.tasks import READERS
 from llm.errors import LLMError
 from llm.run import CONFIG, INFO, LATEST, RunDir, is_checkpoint
+from studio.datasets import TaskFiles
 from studio.jobs import Jobs
 from studio.store import ACTIVE_STATES, Store, new_id
 
@@ -140,7 +141,7 @@ class Studio:
         # Loaded (model, tokenizer, info) by (directory, info.json time, device), the most recently used last.
         self._models: OrderedDict[tuple[Path, float, str], tuple] = OrderedDict()
         self._model_lock = threading.Lock()
-        self._task_data: OrderedDict[tuple, Any] = OrderedDict()  # read task files by (file, version, reading)
+        self.task_files = TaskFiles()  # the one dataset cache of Data, Fine-tune and Compare
 
     # Base model
     def base_missing(self) -> str:
@@ -188,32 +189,9 @@ class Studio:
             raise StudioError("Choose a dataset first (upload one in the Data tab, or pick a sample).")
         return self.store.abs(row["path"])
 
-    def task_data(self, cfg: FinetuneConfig) -> Any:
-        """cfg's task file as llm.data.tasks reads it, read once per version of the file (the plan is redrawn at
-        every change of a field, and the file has not changed)."""
-        from llm.data import tasks
-
-        path = Path(cfg.data)
-        stat = path.stat() if path.is_file() else None
-        key = (
-            str(path),
-            stat and (stat.st_mtime_ns, stat.st_size),
-            cfg.format,
-            json.dumps(cfg.mapping, sort_keys=True),
-        )
-        with self._model_lock:
-            if key in self._task_data:
-                self._task_data.move_to_end(key)
-                return self._task_data[key]
-        data = tasks.read_task_file(path, cfg.format, cfg.mapping)
-        with self._model_lock:
-            self._task_data[key] = data
-            while len(self._task_data) > 4:
-                self._task_data.popitem(last=False)
-        return data
-
-    def delete_dataset(self, key: str | None) -> str:
-        """Delete an uploaded dataset and its file; samples, and datasets a queued or running run uses, stay."""
+    def deletable_dataset(self, key: str | None) -> dict[str, Any]:
+        """The dataset key names, if it may be deleted: an upload no queued or running run uses (a sample
+        ships with the studio). StudioError naming it otherwise."""
         row = self.store.dataset(key) if key else None
         if row is None:
             raise StudioError("Pick a dataset first.")
@@ -222,6 +200,11 @@ class Studio:
         users = [r["name"] for r in self.store.runs(ACTIVE_STATES) if r["dataset_id"] == key]
         if users:
             raise StudioError(f"{row['name']} is used by {', '.join(users)}: stop or finish that run first.")
+        return row
+
+    def delete_dataset(self, key: str | None) -> str:
+        """Delete an uploaded dataset and its file (see deletable_dataset); what was deleted."""
+        row = self.deletable_dataset(key)
         path = self.store.abs(row["path"])
         self.store.delete_dataset(key)
         if path.parent.parent == self.workspace / "datasets":  # the upload's own folder, <workspace>/datasets/<id>

@@ -44,6 +44,7 @@ FIELD_LABELS = {
     "batch_size": "Batch size",
     "lora_rank": "LoRA rank",
     "probes": "Probe prompts",
+    "val_fraction": "Held-out share",
     "base": "Base model",
     "data": "Dataset",
 }

@@ -64,19 +64,22 @@ def app(tmp_path_factory, tiny_model_dir):
     demo.close()
 
 
-def upload(app, path: Path, client: Client | None = None):
-    return (client or app.client).predict(handle_file(path), None, api_name="/upload")
+def upload(app, path: Path, client: Client | None = None, raw: bool = False) -> dict:
+    """The upload endpoint's outputs by element id."""
+    return named(app, "/upload", (client or app.client).predict(handle_file(path), None, api_name="/upload"), raw)
 
 
 def test_deleting_an_upload_shows_the_next_dataset_and_a_sample_stays(app, tmp_path):
     path = tmp_path / "gone.csv"
     path.write_text("question,answer\nUp?,down\nIn?,out\n")
-    key = value(upload(app, path)[0])
-    out = app.client.predict(key, api_name="/delete_dataset")
-    assert out[1] == "Deleted gone.csv." and value(out[0]) != key and app.studio.store.dataset(key) is None
-    assert "gone.csv" not in out[2] and "examples ready" in out[2], "the view shows the next dataset, not the gone one"
-    out = app.client.predict("sample-opposites", api_name="/delete_dataset")
-    assert "sample" in out[1] and app.studio.store.dataset("sample-opposites") is not None
+    key = upload(app, path)["data-dataset"]
+    out = named(app, "/delete_dataset", app.client.predict(key, None, api_name="/delete_dataset"))
+    assert out["data-deleted"] == "Deleted gone.csv." and app.studio.store.dataset(key) is None
+    assert out["data-dataset"] != key, "the next dataset is picked"
+    status = out["data-status"]
+    assert "gone.csv" not in status and "examples ready" in status, "the view shows the next dataset, not the gone one"
+    out = named(app, "/delete_dataset", app.client.predict("sample-opposites", None, api_name="/delete_dataset"))
+    assert "sample" in out["data-deleted"] and app.studio.store.dataset("sample-opposites") is not None
 
 
 def test_every_endpoint_has_a_name(app):
@@ -97,8 +100,8 @@ def test_every_endpoint_is_described_by_its_own_docstring(app):
 def test_the_samples_are_offered_out_of_the_box(app):
     ids = {d["id"] for d in app.studio.store.datasets()}
     assert {f"sample-{p.stem}" for p in SAMPLES_DIR.glob("*") if p.suffix in (".csv", ".json", ".jsonl")} <= ids
-    out = app.client.predict("sample-opposites", api_name="/dataset")
-    assert "examples ready" in out[0] and "class='trained'" in out[5]
+    out = named(app, "/dataset", app.client.predict("sample-opposites", api_name="/dataset"))
+    assert "examples ready" in out["data-status"] and "class='trained'" in out["data-preview"]
 
 
 def test_upload_parses_previews_and_stores_the_file(app, tmp_path):
@@ -107,16 +110,17 @@ def test_upload_parses_previews_and_stores_the_file(app, tmp_path):
     rows = "".join(f"What is {i} plus one?,{i + 1}\n" for i in range(29))
     path.write_text("question,answer\n" + rows + long_row + "Empty?,\n")
     out = upload(app, path)
-    status, preview, problems = out[2], out[7], value(out[9])
+    status, preview, problems = out["data-status"], out["data-preview"], out["data-problems"]
     assert "30 examples ready" in status and "1 row dropped" in status
-    assert "1 example (3%) is longer; training sees only its start." in status
+    # A long prompt and a short answer: the row keeps the answer and the end of its prompt, and says so.
+    assert "1 example (3%) is longer; training sees only its end (the prompt alone fills the context)." in status
     assert "&lt;|assistant|&gt;" in preview and "class='trained'" in preview, "template applied, trained part marked"
     assert problems["data"][0][:3] == [31, "answer", "empty response"], "the dropped row, its column and why"
     stored = [d for d in app.studio.store.datasets() if d["name"] == "qa.csv"]
     assert len(stored) == 1 and stored[0]["rows"] == 30
     assert app.studio.store.abs(stored[0]["path"]).read_text() == path.read_text()
-    assert value(out[0]) == stored[0]["id"], "the new dataset is selected"
-    histogram = value(out[8])
+    assert out["data-dataset"] == stored[0]["id"], "the new dataset is selected"
+    histogram = out["data-hist"]
     fits = re.findall(r"<title>[^<]*: (\d+) \(fits the context\)</title>", histogram)
     cut = re.findall(r"<title>[^<]*: (\d+) \(cut by the context\)</title>", histogram)
     assert "<svg" in histogram and sum(map(int, fits)) == 29, "the length histogram counts every kept example"
@@ -140,7 +144,7 @@ def test_a_bad_upload_is_explained_and_leaves_the_workspace_unchanged(app, tmp_p
     path = tmp_path / name
     path.write_bytes(content)
     before, rows = snapshot(app.workspace), len(app.studio.store.datasets())
-    status = upload(app, path)[2]
+    status = upload(app, path)["data-status"]
     assert message in status and "Traceback" not in status
     assert str(tmp_path) not in status, "the message names the file, not a temporary path"
     assert snapshot(app.workspace) == before and len(app.studio.store.datasets()) == rows
@@ -160,7 +164,7 @@ def test_every_hostile_file_uploaded_is_explained_and_the_server_stays_up(app, t
     path = tmp_path / name
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     before, rows = snapshot(app.workspace), len(app.studio.store.datasets())
-    status = upload(app, path)[2]
+    status = upload(app, path)["data-status"]
     assert "Traceback" not in status and str(tmp_path) not in status
     assert "cannot be used" in status or "which columns" in status, status
     assert snapshot(app.workspace) == before and len(app.studio.store.datasets()) == rows
@@ -176,7 +180,7 @@ def test_a_file_of_another_type_is_refused(app, tmp_path):
     assert snapshot(app.workspace) == before
     sheet = tmp_path / "prices.xlsx"
     sheet.write_bytes(b"PK\x03\x04 a spreadsheet")
-    status = upload(app, sheet)[2]
+    status = upload(app, sheet)["data-status"]
     assert "prices.xlsx: unsupported file type '.xlsx'" in status and "Save as > CSV (UTF-8)" in status
     assert snapshot(app.workspace) == before
 
@@ -196,7 +200,7 @@ def test_an_upload_named_to_escape_stays_in_the_workspace(app):
     response.raise_for_status()
     server_path = response.json()[0]
     file_data = {"path": server_path, "orig_name": "../../x.csv", "meta": {"_type": "gradio.FileData"}}
-    status = app.client.predict(file_data, None, api_name="/upload")[2]
+    status = named(app, "/upload", app.client.predict(file_data, None, api_name="/upload"))["data-status"]
     assert "1 example ready" in status
     stored = [d for d in app.studio.store.datasets() if d["name"] == "x.csv"]
     assert len(stored) == 1
@@ -210,57 +214,76 @@ def test_columns_can_be_named_after_an_upload(app, tmp_path):
     path = tmp_path / "frage.csv"
     path.write_text("frage,antwort\nHoch?,tief\nKalt?,warm\n")
     before = snapshot(app.workspace)
-    out = upload(app, path, client)
-    assert "which columns" in out[2] and snapshot(app.workspace) == before
-    assert [c[1] for c in out[4]["choices"]] == ["", "frage", "antwort"]
-    out = client.predict(None, "pairs", "frage", "antwort", "", api_name="/validate")
-    assert "2 examples ready" in out[2] and "frage → prompt" in out[2]
+    out = upload(app, path, client, raw=True)
+    assert "which columns" in value(out["data-status"]) and snapshot(app.workspace) == before
+    assert [c[1] for c in out["data-prompt-col"]["choices"]] == ["", "frage", "antwort"]
+    out = named(app, "/validate", client.predict(None, "pairs", "frage", "antwort", "", api_name="/validate"))
+    assert "2 examples ready" in out["data-status"] and "frage → prompt" in out["data-status"]
     stored = next(d for d in app.studio.store.datasets() if d["name"] == "frage.csv")
     assert stored["format"] == "pairs" and stored["mapping"] == {"prompt": "frage", "response": "antwort"}
 
 
 def test_validate_keeps_the_old_settings_when_the_new_ones_fail(app):
-    out = app.client.predict("sample-opposites", "alpaca", "", "", "", api_name="/validate")
-    assert "missing column for the alpaca format's instruction" in out[2] and "not changed" in out[2]
+    out = named(app, "/validate", app.client.predict("sample-opposites", "alpaca", "", "", "", api_name="/validate"))
+    assert (
+        "missing column for the alpaca format's instruction" in out["data-status"]
+        and "not changed" in out["data-status"]
+    )
     assert app.studio.store.dataset("sample-opposites")["format"] == "auto"
 
 
-def test_plan_reports_device_sizes_and_estimates(app):
-    text = app.client.predict("base:base", "sample-opposites", "lora", 1, 0, 0, 8, 4, "", api_name="/plan")
-    assert "cpu" in text and "Parameters" in text and "Estimated memory" in text and "estimated time" in text
+def plan(app, settings: dict | str, dataset: str = "sample-opposites") -> str:
+    text = settings if isinstance(settings, str) else json.dumps(settings)
+    return app.client.predict("base:base", dataset, text, api_name="/plan")
+
+
+def test_the_plan_follows_the_settings(app):
+    from llm.train import finetune
+
+    settings = {"method": "lora", "epochs": 1, "batch_size": 8, "lora_rank": 4}
+    expected = finetune.prepare(app.studio.finetune_config("base:base", "sample-opposites", settings))
+    per_epoch = expected.steps_per_epoch
+    assert f"**Steps:** {per_epoch} (1.0 epochs of {per_epoch}, batch 8)" in plan(app, settings)
+    assert f"**Steps:** {3 * per_epoch} (3.0 epochs" in plan(app, settings | {"epochs": 3}), (
+        "3 epochs, 3 times the steps"
+    )
+    lora, full = plan(app, settings), plan(app, settings | {"method": "full"})
+    trained = [int(re.search(r"trained: ([\d,]+)", text).group(1).replace(",", "")) for text in (lora, full)]
+    assert trained[0] < trained[1], "LoRA trains fewer parameters than a full fine-tune"
     assert "⚠" in app.client.predict("base:base", "", api_name="/plan")
 
 
-def test_plan_takes_advanced_settings_and_says_what_is_in_use(app):
-    text = app.client.predict(
-        "base:base", "sample-opposites", "lora", 1, 0, 0, 8, 4, "", '{"grad_accum": 2}', api_name="/plan"
-    )
+def test_the_api_takes_settings_as_one_object_checked_by_the_config(app):
+    text = plan(app, {"grad_accum": 2, "merge": True})
     assert "In use now:** CPU" in text and "memory in use" in text
-    bad = app.client.predict(
-        "base:base", "sample-opposites", "lora", 1, 0, 0, 8, 4, "", '{"warmup_steps": -1}', api_name="/plan"
-    )
-    assert "⚠ Warmup steps must be" in bad
-    # (base, dataset, method, epochs, max steps, lr, batch, rank, probes, advanced)
-    batch = app.client.predict("base:base", "sample-opposites", "lora", 1, 0, 0, 100_000, 4, "", "", api_name="/plan")
+    assert "⚠ Warmup steps must be" in plan(app, {"warmup_steps": -1})
+    batch = plan(app, {"batch_size": 100_000})
     assert re.search(r"⚠ Batch size must be at most \d+, the rows there are to train on; got 100000", batch)
-    steps = app.client.predict("base:base", "sample-opposites", "lora", 1, -5, 0, 8, 4, "", "", api_name="/plan")
-    assert "⚠ Max steps must be >= 0, got -5" in steps
+    assert "⚠ Max steps must be >= 0, got -5" in plan(app, {"max_steps": -5})
+    assert "unknown FinetuneConfig field(s): epoch" in plan(app, {"epoch": 2}), "a misspelt key is an error"
+    assert "chosen in the studio" in plan(app, {"data": "/etc/passwd"}), "the dataset is the studio's to choose"
+    assert "epochs must be a number" in plan(app, {"epochs": "two"})
+    assert "⚠" in plan(app, "[1, 2]") and "⚠" in plan(app, "{not json")
+    runs = len(app.studio.store.runs())
+    message, run_id = app.client.predict("base:base", "sample-opposites", '{"lr": -1}', "", api_name="/start")
+    assert run_id is None and "Learning rate must be positive" in message and len(app.studio.store.runs()) == runs
 
 
-def test_presets_are_saved_in_the_workspace(app):
-    out = app.client.predict(
-        "short runs", '{"method": "full", "epochs": 2, "probes": ["Hi?"]}', api_name="/save_preset"
-    )
-    assert "Saved the preset" in out
+def test_presets_are_saved_in_the_workspace_with_every_key(app):
+    settings = {"method": "full", "epochs": 2, "probes": ["Hi?"], "device": "cpu"}
+    assert "Saved the preset" in app.client.predict("short runs", json.dumps(settings), api_name="/save_preset")
     assert "⚠ Epochs must be" in app.client.predict("bad", '{"epochs": 0}', api_name="/save_preset")
-    assert app.client.predict(api_name="/presets")["short runs"]["epochs"] == 2
-    assert app.studio.store.presets()["short runs"]["method"] == "full"
+    assert app.client.predict(api_name="/presets")["short runs"] == settings, "no key dropped"
+    assert "bad" not in app.studio.store.presets()
 
 
-def test_progress_without_a_run_says_how_to_start_one(app):
-    out = Client(app.url, verbose=False).predict("", api_name="/progress")
-    assert "No run yet" in out[0]
-    assert "No loss values yet" in value(out[2])
+def test_progress_without_a_run_offers_nothing_to_stop_or_resume(app):
+    from studio.tabs.finetune import VIEW
+
+    out = named(app, "/progress", Client(app.url, verbose=False).predict("", api_name="/progress"))
+    assert "<polyline" not in out["ft-loss"] and not out["ft-samples"]["data"] and not out["ft-run"]
+    view = VIEW.refresh(app.studio, None, None)  # the buttons, which the API does not return
+    assert not view["stop"].interactive and not view["resume"].interactive and not view["timer"].active
     assert "Choose a run first" in app.client.predict("", api_name="/stop")
 
 
@@ -320,9 +343,8 @@ def test_names_must_be_unique_and_a_missing_model_is_not_renamed(app):
     )
     out = named(app, "/rename", app.client.predict("base:base", "x" * 81, api_name="/rename"))
     assert "at most 80" in out["models-status"] and app.studio.store.model("base")["name"] != "x" * 81
-    message, _ = app.client.predict(
-        "base:base", "sample-opposites", "lora", 1, 1, 0, 8, 4, "", taken, api_name="/start"
-    )
+    settings = '{"max_steps": 1, "batch_size": 8}'
+    message, _ = app.client.predict("base:base", "sample-opposites", settings, taken, api_name="/start")
     assert "taken" in message and not any(r["name"] == taken for r in app.studio.store.runs())
     with app.studio.store.connect() as db:
         db.execute("DELETE FROM models WHERE id = 'other'")
@@ -337,9 +359,15 @@ def test_the_base_model_cannot_be_deleted(app):
 def test_finetune_progress_compare_batch_and_model_actions(app):
     """One short run through the UI's endpoints: start, watch, then use the model everywhere."""
     c = app.client
-    message, run = c.predict(
-        "base:base", "sample-opposites", "lora", 1, 6, 0.003, 8, 4, "Opposite of up?", "tiny-run", api_name="/start"
-    )
+    settings = {
+        "epochs": 1,
+        "max_steps": 6,
+        "lr": 0.003,
+        "batch_size": 8,
+        "lora_rank": 4,
+        "probes": ["Opposite of up?"],
+    }
+    message, run = c.predict("base:base", "sample-opposites", json.dumps(settings), "tiny-run", api_name="/start")
     run_id = value(run)
     assert "Started" in message or "Queued" in message
     deadline, out = time.time() + 120, None
@@ -349,13 +377,13 @@ def test_finetune_progress_compare_batch_and_model_actions(app):
             break
         time.sleep(1)
     out = Client(app.url, verbose=False).predict(run_id, api_name="/progress")  # a new page: every part is sent
-    assert app.studio.store.run(run_id)["status"] == "done", out[4]
-    assert "done" in out[0] and "step <b>6</b> of 6" in out[1]
-    curve = value(out[2])
-    assert {"train", "validation"} <= set(re.findall(r"<polyline class='line' data-series='([^']*)'", curve))
-    samples = value(out[3])
+    out = named(app, "/progress", out)
+    assert app.studio.store.run(run_id)["status"] == "done", out["ft-log"]
+    assert "done" in out["ft-state"] and "step <b>6</b> of 6" in out["ft-progress"]
+    assert {"train", "validation"} <= set(re.findall(r"<polyline class='line' data-series='([^']*)'", out["ft-loss"]))
+    samples = out["ft-samples"]
     assert samples["data"] and samples["data"][0][1] == "Opposite of up?"
-    assert "done at step 6" in value(out[4])
+    assert "done at step 6" in out["ft-log"]
     assert any(r["id"] == run_id and r["status"] == "done" for r in c.predict(api_name="/runs"))
 
     ref = f"run:{run_id}"
@@ -366,9 +394,10 @@ def test_finetune_progress_compare_batch_and_model_actions(app):
         app, "/compare", c.predict(["base:base", ref], "Opposite of up?", 0, 1, 16, 0, api_name="/compare"), raw=True
     )
     assert value(out["compare-answer-0"]) is not None and out["compare-answer-1"]["label"] == "tiny-run"
-    note, totals, table, csv_file = c.predict(
-        ["base:base", ref], "sample-opposites", 4, 8, 0, api_name="/batch_compare"
+    out = named(
+        app, "/batch_compare", c.predict(["base:base", ref], "sample-opposites", 4, 8, 0, api_name="/batch_compare")
     )
+    note, totals, table, csv_file = (out[f"compare-batch-{part}"] for part in ("status", "totals", "table", "file"))
     assert "Scored 4 held-out rows" in note
     assert [row[0] for row in totals["data"]] == ["base", "tiny-run"] and totals["data"][0][1] == 4
     assert {"exact", "contains", "f1", "ref_loss"} <= set(table["headers"])

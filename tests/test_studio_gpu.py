@@ -12,11 +12,12 @@ import torch
 
 from llm.config import PretrainConfig
 from llm.device import available_memory
+from llm.errors import ConfigError
 from llm.run import MetricsWriter, RunDir
 from studio import jobs
-from studio.context import SAMPLES_DIR, Studio, StudioError, memory_now
+from studio.context import SAMPLES_DIR, Studio, memory_now
 from studio.tabs import pretrain as tab
-from studio.tabs.finetune import progress_html
+from studio.tabs.runs import can_resume, progress_html
 
 
 @pytest.fixture
@@ -119,28 +120,36 @@ def test_a_run_that_ended_early_shows_100_too(studio):
 
 def test_resume_is_offered_only_where_it_can_help(tmp_path):
     run = RunDir(tmp_path)
-    assert not tab.can_resume("failed", run)  # failed before a checkpoint: it would fail again
-    assert tab.can_resume("stopped", run) and tab.can_resume("interrupted", run)
+    assert not can_resume("failed", run)  # failed before a checkpoint: it would fail again
+    assert can_resume("stopped", run) and can_resume("interrupted", run)
     run.latest.mkdir()
     (run.latest / "trainer_state.pt").write_bytes(b"")
-    assert tab.can_resume("failed", run)  # a checkpoint to go on from (after running out of memory, say)
-    assert not tab.can_resume("done", run)
+    assert can_resume("failed", run)  # a checkpoint to go on from (after running out of memory, say)
+    assert not can_resume("done", run)
 
 
 def test_the_pretrain_form_sets_the_validation_share(studio):
-    form = ("sample:marvelous_land_of_oz.txt", tab.NEW_TOKENIZER, 2048, "tiny", "steps", None, 10, "Once")
-    assert tab.pretrain_config(studio, *form, 12.5).val_fraction == 0.125
-    assert tab.pretrain_config(studio, *form).val_fraction == PretrainConfig(inputs=["-"]).val_fraction
-    with pytest.raises(StudioError, match=r"Held out to validate \(%\) must be from 0 to under 100"):
-        tab.pretrain_config(studio, *form, 100)
+    form = {"text": "sample:marvelous_land_of_oz.txt", "tokenizer": tab.NEW_TOKENIZER, "vocab": 2048, "preset": "tiny",
+            "budget": "steps", "minutes": None, "steps": 10, "prompts": "Once"}  # fmt: skip
+
+    def config(validation):
+        settings = tab.form_settings(form | {"validation": validation})
+        return tab.pretrain_config(studio, form["text"], form["tokenizer"], settings)
+
+    assert config(0.125).val_fraction == 0.125
+    assert config(None).val_fraction == PretrainConfig(inputs=["-"]).val_fraction
+    with pytest.raises(ConfigError, match=r"must be in \[0, 1\), got 1") as refused:
+        config(1.0)
+    assert refused.value.field == "val_fraction", "PretrainConfig's own check, naming the field"
     plan = tab.api_functions(studio)["pretrain_plan"]
-    assert "20% held out to validate" in plan(*form[:7], "Once", 20.0)
+    assert "20% held out to validate" in plan(form["text"], "new", '{"preset": "tiny", "val_fraction": 0.2}')
 
 
-def test_start_takes_the_name_then_the_validation_share(studio, monkeypatch):
+def test_start_takes_the_name_and_the_validation_share(studio, monkeypatch):
     monkeypatch.setattr(studio.jobs, "submit", lambda run_id: "queued")
-    form = ("sample:marvelous_land_of_oz.txt", tab.NEW_TOKENIZER, 2048, "tiny", "steps", None, 10, "Once")
-    tab.do_start(studio, *form, "oz-tiny", 12.5)  # the API's order: a call without the share still names its run
+    start = tab.api_functions(studio)["pretrain_start"]
+    settings = '{"preset": "tiny", "max_steps": 10, "max_time": 0, "val_fraction": 0.125}'
+    start("sample:marvelous_land_of_oz.txt", tab.NEW_TOKENIZER, settings, "oz-tiny")
     run = studio.store.runs()[0]
     assert run["name"] == "oz-tiny" and run["config"]["val_fraction"] == 0.125
 
@@ -154,5 +163,5 @@ def test_the_batch_comparison_uses_the_studios_loaded_models(studio, monkeypatch
     monkeypatch.setattr(studio, "load", lambda ref: asked.append(ref) or load(ref))
     monkeypatch.setattr(task_eval, "load_model", lambda *a, **k: pytest.fail("a second copy was loaded"))
     dataset = next(d["id"] for d in studio.store.datasets() if d["name"] == "opposites.csv")
-    note, totals, _, _ = compare.batch(studio, ["base:base"], dataset, 2, 4, 0, progress=lambda *a, **k: None)
-    assert "Scored 2 held-out rows" in note and asked == ["base:base"] and len(totals) == 1
+    out = compare.batch(studio, ["base:base"], dataset, 2, 4, 0, progress=lambda *a, **k: None)
+    assert "Scored 2 held-out rows" in out["batch_status"] and asked == ["base:base"] and len(out["batch_totals"]) == 1

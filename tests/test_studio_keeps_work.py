@@ -151,3 +151,32 @@ def test_run_names_are_escaped_in_the_queue_and_stop_messages(tmp_path, monkeypa
     assert "&lt;b&gt;first&lt;/b&gt;" in queued and "<b>" not in queued
     for message in (jobs.stop(second), jobs.stop(first)):
         assert "<img" not in message and "<b>" not in message, message
+
+
+def test_delete_asks_first_names_the_file_and_deletes_exactly_it(studio, tmp_path):
+    """An upload whose columns still had to be chosen left the previous dataset in the Dataset box, and
+    'Delete this upload' deleted that one (a finished run's training data), without asking."""
+    from studio.tabs.data import ask_delete, delete, do_upload
+
+    first = tmp_path / "trained-on.csv"
+    first.write_text("question,answer\nUp?,down\n")
+    kept = do_upload(studio, str(first), None)["dataset"].value
+    columns = tmp_path / "qa.csv"
+    columns.write_text("frage,antwort\nHoch?,tief\n")
+    waiting = do_upload(studio, str(columns), kept)
+    shown = waiting["dataset"].value  # what the Dataset box now names
+    assert shown != kept and waiting["pending"]["name"] == "qa.csv"
+    asked = ask_delete(studio, shown, waiting["pending"])
+    assert "qa.csv" in asked["deleted"] and "not stored" in asked["deleted"] and asked["doomed"] is None
+    assert studio.store.dataset(kept) is not None, "nothing deleted: the upload shown is not stored"
+    again = tmp_path / "again" / "trained-on.csv"  # a second upload of the same name
+    again.parent.mkdir()
+    again.write_text("question,answer\nIn?,out\n")
+    second = do_upload(studio, str(again), kept)["dataset"].value
+    asked = ask_delete(studio, kept, None)
+    assert asked["confirm_row"].visible and asked["doomed"] == kept
+    assert "trained-on.csv (uploaded " in asked["confirm_text"], "two share the name: when it came tells them apart"
+    assert "nothing was deleted" in delete(studio, second, doomed=kept)["deleted"], "the pick changed since"
+    assert studio.store.dataset(kept) and studio.store.dataset(second)
+    assert "Deleted trained-on.csv" in delete(studio, kept, doomed=kept)["deleted"]
+    assert studio.store.dataset(kept) is None and studio.store.dataset(second) is not None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import json
 import time
 from types import SimpleNamespace
 
 import pytest
 from conftest import free_port
 from gradio_client import Client, handle_file
-from test_studio_api import snapshot, value
+from test_studio_api import named, snapshot
 
 from studio.app import build_app, launch
 from studio.context import SAMPLES_DIR
@@ -43,13 +44,19 @@ def test_the_sample_book_is_offered_and_planned(app):
     assert {"key": BOOK, "label": "marvelous_land_of_oz.txt (sample book)"} in app.client.predict(
         api_name="/pretrain_texts"
     )
-    plan = app.client.predict(BOOK, "new", 2048, "micro", "time", 5, 0, "", api_name="/pretrain_plan")
+    settings = {"vocab_size": 2048, "preset": "micro", "max_time": 300.0, "max_steps": 0}
+    plan = app.client.predict(BOOK, "new", json.dumps(settings), api_name="/pretrain_plan")
     assert "parameters (micro: 4 layers × 128" in plan and "0:05:00" not in plan and "5:00 of training" in plan
-    reused = app.client.predict(BOOK, "base:base", 0, "tiny", "steps", 0, 30, "", api_name="/pretrain_plan")
+    reused = app.client.predict(BOOK, "base:base", '{"preset": "tiny", "max_steps": 30, "max_time": 0}',
+                                api_name="/pretrain_plan")  # fmt: skip
     assert "vocabulary 400" in reused and "**Budget:** 30 steps" in reused
-    bad = app.client.predict(BOOK, "new", 100, "micro", "time", 5, 0, "", api_name="/pretrain_plan")
+    bad = app.client.predict(BOOK, "new", '{"vocab_size": 100}', api_name="/pretrain_plan")
     assert bad.startswith("⚠ Vocab size")
     assert "Choose a text" in app.client.predict("upload:gone", api_name="/pretrain_plan")
+    assert "unknown PretrainConfig field(s): preset_name" in app.client.predict(
+        BOOK, "new", '{"preset_name": "tiny"}', api_name="/pretrain_plan"
+    ), "the settings are PretrainConfig's: a misspelt key is an error"
+    assert "chosen in the studio" in app.client.predict(BOOK, "new", '{"inputs": ["/etc"]}', api_name="/pretrain_plan")
 
 
 @pytest.mark.parametrize(
@@ -64,9 +71,10 @@ def test_a_bad_text_is_explained_and_leaves_nothing(app, tmp_path, name, content
     path = tmp_path / name
     path.write_bytes(content)
     before = snapshot(app.workspace)
-    out = app.client.predict(handle_file(path), api_name="/pretrain_upload")
-    assert out[2].startswith("⚠ This text cannot be used") and message in out[2] and name in out[2]
-    assert str(tmp_path) not in out[2], "the message names the file, not the upload's temporary path"
+    out = named(app, "/pretrain_upload", app.client.predict(handle_file(path), api_name="/pretrain_upload"))
+    status = out["pt-text-status"]
+    assert status.startswith("⚠ This text cannot be used") and message in status and name in status
+    assert str(tmp_path) not in status, "the message names the file, not the upload's temporary path"
     assert snapshot(app.workspace) == before
 
 
@@ -84,13 +92,14 @@ def test_other_file_types_are_refused_at_the_door(app, tmp_path):
 def test_an_uploaded_text_is_kept_and_chosen(app, tmp_path, story_file):
     path = tmp_path / "stories.txt.gz"
     path.write_bytes(gzip.compress(story_file.read_bytes()))
-    out = app.client.predict(handle_file(path), api_name="/pretrain_upload")
-    assert out[2].startswith("✓ stories.txt.gz") and "600 paragraphs" in out[2]
-    key = value(out[0])
+    out = named(app, "/pretrain_upload", app.client.predict(handle_file(path), api_name="/pretrain_upload"))
+    key, status = out["pt-text"], out["pt-text-status"]
+    assert status.startswith("✓ stories.txt.gz") and "600 paragraphs" in status
     assert key.startswith("upload:") and {"key": key, "label": "stories.txt.gz (uploaded)"} in app.client.predict(
         api_name="/pretrain_texts"
     )
-    assert "parameters" in app.client.predict(key, "new", 400, "tiny", "steps", 0, 10, "", api_name="/pretrain_plan")
+    settings = '{"vocab_size": 400, "preset": "tiny", "max_steps": 10, "max_time": 0}'
+    assert "parameters" in app.client.predict(key, "new", settings, api_name="/pretrain_plan")
 
 
 def wait_done(app, run_id: str, timeout: float = 240) -> dict:
@@ -106,10 +115,8 @@ def wait_done(app, run_id: str, timeout: float = 240) -> dict:
 @pytest.mark.slow
 def test_pretrain_watch_the_timeline_then_fine_tune_and_inspect_it(app):
     prompts = "The Scarecrow\nTip"
-    out = app.client.predict(
-        BOOK, "base:base", 0, "tiny", "steps", 0, 12, prompts, "oz-tiny", api_name="/pretrain_start"
-    )
-    run_id = value(out[1])
+    settings = {"preset": "tiny", "max_steps": 12, "max_time": 0, "sample_prompts": prompts.splitlines()}
+    _, run_id = app.client.predict(BOOK, "base:base", json.dumps(settings), "oz-tiny", api_name="/pretrain_start")
     run = wait_done(app, run_id)
     assert run["status"] == "done", run["message"] + app.studio.jobs.progress(run_id)["log"]
     assert run["command"] == "pretrain" and (app.studio.jobs.run_dir(run).path / "pretrain.json").is_file()
@@ -117,12 +124,13 @@ def test_pretrain_watch_the_timeline_then_fine_tune_and_inspect_it(app):
     assert [e["step"] for e in timeline] == sorted((e["step"] for e in timeline), reverse=True), "newest first"
     assert len(timeline) >= 10 and timeline[0]["val_bits_per_byte"] > 0
     assert [s["prompt"] for s in timeline[0]["samples"]] == ["The Scarecrow", "Tip"]
-    progress = app.client.predict(run_id, None, api_name="/pretrain_progress")
-    assert "oz-tiny" in progress[0] and "step <b>12</b> of 12" in progress[1] and "The Scarecrow" in progress[3]
+    progress = named(app, "/pretrain_progress", app.client.predict(run_id, None, api_name="/pretrain_progress"))
+    assert "oz-tiny" in progress["pt-state"] and "step <b>12</b> of 12" in progress["pt-progress"]
+    assert "The Scarecrow" in progress["pt-timeline"]
 
     # A base model everywhere: offered by every model picker, and fine-tuning plans from it.
     assert f"run:{run_id}" in [ref for _, ref in app.studio.model_choices()]
-    plan = app.client.predict(f"run:{run_id}", "sample-opposites", "lora", 0, 5, 0, 0, 0, "", api_name="/plan")
+    plan = app.client.predict(f"run:{run_id}", "sample-opposites", '{"max_steps": 5}', api_name="/plan")
     assert "**Parameters:**" in plan, plan
 
     # Inside: the shipped (here: test) base and the book model share a tokenizer, so they compare token by token.

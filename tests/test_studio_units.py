@@ -13,6 +13,7 @@ import time
 import pytest
 
 from llm.config import FinetuneConfig
+from llm.errors import ConfigError
 from llm.run import RunDir, read_metrics
 from studio.charts import line_chart, nice_ticks
 from studio.jobs import Jobs, command_line, explain
@@ -228,7 +229,7 @@ def test_the_form_is_built_from_finetune_config():
 
     import gradio as gr
 
-    from studio.tabs.finetune import FORM_FIELDS, field_component, form_settings, form_values
+    from studio.tabs.form import FORM_FIELDS, field_component, form_settings, form_values
 
     fields = {f.name: f for f in dataclasses.fields(FinetuneConfig)}
     assert set(FORM_FIELDS) <= set(fields), "every field the form offers is a FinetuneConfig field"
@@ -239,13 +240,15 @@ def test_the_form_is_built_from_finetune_config():
             if isinstance(component, gr.Number):  # no bound of Gradio's: the plan names the field and the rule
                 assert component.preprocess(-5) == -5, name
     defaults = form_values({})
-    assert dict(zip(FORM_FIELDS, defaults, strict=True))["epochs"] == FinetuneConfig().epochs
-    settings = form_settings(dict(zip(FORM_FIELDS, defaults, strict=True)))
-    assert FinetuneConfig(**settings) == FinetuneConfig(), "the form's defaults are the library's"
+    assert set(defaults) == set(FORM_FIELDS) and defaults["epochs"] == FinetuneConfig().epochs
+    assert FinetuneConfig(**form_settings(defaults)) == FinetuneConfig(), "the form's defaults are the library's"
     chosen = {"method": "full", "epochs": 3, "lr": 0.002, "grad_accum": 2, "lora_targets": ["wq"], "probes": ["a", "b"]}
-    again = form_settings(dict(zip(FORM_FIELDS, form_values(chosen), strict=True)))
+    again = form_settings(form_values(chosen))
     assert {k: again[k] for k in chosen} == chosen, "a run's settings fill the form and come back unchanged"
     assert "lr" not in form_settings({"lr": 0}) and form_settings({"max_steps": 0.0}) == {"max_steps": 0}
+    with pytest.raises(ConfigError, match="must be a number") as refused:
+        form_settings({"epochs": "many"})
+    assert refused.value.field == "epochs", "a value that is no number names its field (no bare TypeError)"
 
 
 def test_warmup_and_weight_decay_reach_the_trainer():
@@ -412,20 +415,19 @@ def test_the_preview_pages_through_every_example(tmp_path):
 
 
 def test_showing_the_data_tab_again_sends_nothing_unless_something_changed(tmp_path, tiny_model_dir):
-    import gradio as gr
 
     from studio.context import SAMPLES_DIR, Studio
     from studio.tabs.data import on_load
 
     studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
     first = on_load(studio, None)
-    chosen, seen = first[0].value, first[-1]
-    assert "examples ready" in first[1] and seen is not None
-    again = on_load(studio, chosen, seen)
-    assert all(isinstance(v, type(gr.skip())) for v in again[:-1]) and again[-1] == seen
+    chosen, seen = first["dataset"].value, first["seen"]
+    assert "examples ready" in first["status"] and seen is not None
+    assert on_load(studio, chosen, seen) == {}, "nothing is sent"
+    assert on_load(studio, None, None, pending={"path": "x.csv", "name": "x.csv"}) == {}, "a waiting upload stays"
     studio.store.update_dataset(chosen, rows=1)  # another page applied other settings
     changed = on_load(studio, chosen, seen)
-    assert isinstance(changed[1], str) and changed[-1] != seen, "drawn again"
+    assert "examples ready" in changed["status"] and changed["seen"] != seen, "drawn again"
 
 
 def test_showing_the_models_tab_again_sends_nothing_unless_something_changed(tmp_path, tiny_model_dir):
@@ -441,49 +443,49 @@ def test_showing_the_models_tab_again_sends_nothing_unless_something_changed(tmp
 
 
 def test_a_timer_whose_tab_is_behind_stops_itself_and_sends_nothing(tmp_path, tiny_model_dir):
-    import gradio as gr
 
     from studio.context import SAMPLES_DIR, Studio
     from studio.tabs import finetune, pretrain
 
     studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
     for tab in (finetune, pretrain):
-        *parts, timer = tab.tick(studio, None, None, behind=True)
-        assert all(isinstance(p, type(gr.skip())) for p in parts), tab.__name__
-        assert timer.active is False
-        state, *_ = tab.tick(studio, None, None)  # shown, and from the API: the view refresh() draws
-        assert state.startswith("No "), state
+        behind = tab.VIEW.tick(studio, None, None, behind=True)
+        assert list(behind) == ["timer"] and behind["timer"].active is False, tab.__name__
+        shown = tab.VIEW.tick(studio, None, None)  # shown, and from the API: the view refresh() draws
+        assert shown["state"].startswith("No "), shown["state"]
+        again = tab.VIEW.tick(studio, None, shown["seen"])
+        assert list(again) == ["timer"] and again["timer"].active is False, "then nothing more"
 
 
 def test_showing_the_finetune_tab_again_sends_choices_only_when_they_changed(tmp_path, tiny_model_dir):
-    import gradio as gr
 
     from studio.context import SAMPLES_DIR, Studio
-    from studio.tabs.finetune import FORM_FIELDS, show_tab
+    from studio.tabs.finetune import show_tab
+    from studio.tabs.form import FORM_FIELDS
 
     studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
-    choices_end = len(FORM_FIELDS) + 5  # base, dataset, run, *fields, name, plan
     first = show_tab(studio, {}, None, None, None)
-    offered = first[choices_end]
-    assert first[0].value and offered is not None, "the form is filled the first time"
-    again = show_tab(studio, {}, None, offered, None)
-    assert all(isinstance(v, type(gr.skip())) for v in again[:choices_end] + again[choices_end + 1 : choices_end + 2])
+    offered, form = first["offered"], set(FORM_FIELDS) | {"base", "dataset", "name", "plan", "preset"}
+    assert first["base"].value and offered is not None and form <= set(first), "the form is filled the first time"
+    again = show_tab(studio, {}, None, offered, first["seen"])
+    assert set(again) == {"offered", "timer"}, "only what cannot be skipped is sent"
     studio.store.set_model("other", "another base", tiny_model_dir)  # another page added a model
-    changed = show_tab(studio, {}, None, offered, None)
-    assert "another base" in str(changed[0].choices) and changed[choices_end] != offered
-    assert all(isinstance(v, type(gr.skip())) for v in changed[3:choices_end]), "the form itself is left alone"
+    changed = show_tab(studio, {}, None, offered, first["seen"])
+    assert "another base" in str(changed["base"].choices) and changed["offered"] != offered
+    assert not (form - {"base"}) & set(changed), "the form itself is left alone"
 
 
 def test_a_preset_fills_the_settings_but_keeps_the_datasets_probe_prompts(tmp_path, tiny_model_dir):
     from studio.context import SAMPLES_DIR, Studio
-    from studio.tabs.finetune import FORM_FIELDS, default_probes, load_preset, store_preset
+    from studio.tabs.finetune import default_probes, load_preset, store_preset
 
     studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
-    assert "Saved" in store_preset(studio, "short", {"epochs": 2, "probes": ["Capital of Cuba?"]})
-    filled = load_preset(studio, "short", "base:base", "sample-opposites")
-    assert filled[FORM_FIELDS.index("epochs")] == 2
-    probes = filled[FORM_FIELDS.index("probes")]
-    assert probes == default_probes(studio, "sample-opposites") and "Cuba" not in probes
+    settings = {"epochs": 2, "probes": ["Capital of Cuba?"], "device": "cpu"}  # device: no field of the form
+    assert "Saved" in store_preset(studio, "short", settings)
+    assert studio.store.presets()["short"] == settings, "every key is kept"
+    filled = load_preset(studio, {"preset": "short", "base": "base:base", "dataset": "sample-opposites"})
+    assert filled["epochs"] == 2 and filled["extra"] == {"device": "cpu"} and "device = cpu" in filled["start_status"]
+    assert filled["probes"] == default_probes(studio, "sample-opposites") and "Cuba" not in filled["probes"]
 
 
 def test_two_uploads_of_one_name_are_told_apart_by_when_they_came(tmp_path, tiny_model_dir, monkeypatch):

@@ -471,6 +471,14 @@ def detect_format(columns: list[str], mapping: dict[str, str] | None = None) -> 
     return None
 
 
+def suggest_mapping(columns: list[str]) -> dict[str, str]:
+    """{role: column} for the pairs roles whose column a name gives away (a file whose format cannot be told
+    still has a "prompt" column, say): what a front end offers first when the user must choose."""
+    found = {"prompt": _find(columns, PROMPT_NAMES), "response": _find(columns, RESPONSE_NAMES)}
+    found["system"] = _find(columns, SYSTEM_NAMES)
+    return {role: column for role, column in found.items() if column is not None}
+
+
 def _columns_for(path: Path, fmt: str, columns: list[str], mapping: dict[str, str]) -> dict[str, str]:
     """{field: column} for the format: required fields must exist, optional ones are taken when present."""
     unknown = sorted(set(mapping) - set(MAPPING_KEYS[fmt]))

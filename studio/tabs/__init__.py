@@ -33,8 +33,17 @@ def bound(handler: Callable, studio: Any) -> Callable:
 def keyed(handler: Callable, studio: Any, ui: SimpleNamespace) -> Callable:
     """handler(studio, *inputs) returns (or, a generator, yields) {name: value}, a name being an attribute of ui
     (a component, or a list of components given a list of values), or a key of ui.fields; Gradio gets
-    {component: value}, and a component left out stays as it is. Outputs are named, never counted. The
-    endpoint keeps the handler's signature (Gradio passes gr.Request and gr.Progress by it) and docstring."""
+    {component: value}, and a component left out stays as it is. Inputs given as a set arrive as one
+    {name: value}. Outputs are named, never counted. The endpoint keeps the handler's signature (Gradio
+    passes gr.Request and gr.Progress by it) and docstring."""
+
+    names = {id(c): n for n, c in (vars(ui) | getattr(ui, "fields", {})).items() if isinstance(c, gr.blocks.Block)}
+
+    def by_name(args: tuple) -> tuple:
+        """Inputs given as a set reach a handler as one {component: value}: as {name: value}, it is a form."""
+        if len(args) == 1 and isinstance(args[0], dict) and args[0] and all(id(k) in names for k in args[0]):
+            return ({names[id(k)]: v for k, v in args[0].items()},)
+        return args
 
     def components(named: dict[str, Any]) -> dict:
         out = {}
@@ -46,16 +55,16 @@ def keyed(handler: Callable, studio: Any, ui: SimpleNamespace) -> Callable:
     if inspect.isgeneratorfunction(handler):
 
         def run(*args: Any) -> Any:
-            for named in handler(studio, *args):
+            for named in handler(studio, *by_name(args)):
                 yield components(named)
 
     else:
 
         def run(*args: Any) -> Any:
-            return components(handler(studio, *args))
+            return components(handler(studio, *by_name(args)))
 
     run.__signature__ = inspect.signature(partial(handler, studio))
-    run.__doc__, run.__name__ = handler.__doc__, handler.__name__
+    run.__doc__ = handler.__doc__
     return run
 
 
@@ -78,69 +87,6 @@ def dropdown(**kwargs: Any) -> gr.Dropdown:
     sessions). Gradio checks a value against the choices this session last saw, so the server must accept
     others; every handler looks the value up itself and says when it is unknown."""
     return gr.Dropdown(allow_custom_value=True, **kwargs)
-
-
-def run_controls(ui: SimpleNamespace, prefix: str) -> None:
-    """A run tab's watch column, top part: ui.run (the picker), ui.stop, ui.resume, ui.state, ui.bar (progress)
-    and ui.curve (loss), with element ids <prefix>-run, <prefix>-stop and so on (ticks_while_shown reads
-    <prefix>-state)."""
-    ui.run = dropdown(label="Run", elem_id=f"{prefix}-run")
-    with gr.Row():
-        ui.stop = gr.Button("Stop", variant="stop", size="md", interactive=False, elem_id=f"{prefix}-stop")
-        ui.resume = gr.Button("Resume", size="md", interactive=False, elem_id=f"{prefix}-resume")
-    ui.state = gr.Markdown(elem_id=f"{prefix}-state")
-    ui.bar = gr.HTML(elem_id=f"{prefix}-progress")
-    ui.curve = loss_plot(elem_id=f"{prefix}-loss")
-
-
-def stop_run(studio: Any, run_id: str | None) -> str:
-    """Stop the run (a working one saves a checkpoint first; a queued one leaves the queue): what happened."""
-    return studio.jobs.stop(run_id) if run_id else "Choose a run first."
-
-
-def resume_run(studio: Any, run_id: str | None) -> str:
-    """Queue a stopped, interrupted or cancelled run again (from its last checkpoint): what happened."""
-    return studio.jobs.resume(run_id) if run_id else "Choose a run first."
-
-
-def wire_stop_resume(studio: Any, ui: SimpleNamespace, show: Callable, monitor: list, api_prefix: str | None) -> None:
-    """ui.stop and ui.resume act on ui.run and say what happened in ui.start_status; then show(run, seen) draws
-    the run into monitor at once. That also sets the tab's timer going again after a resume: the timer stops
-    itself while the run does not work, and a resume changes no input that would draw the run otherwise.
-    api_prefix: the endpoints' names are <prefix>stop and <prefix>resume (None: no public endpoint)."""
-    for button, act, action in ((ui.stop, stop_run, "stop"), (ui.resume, resume_run, "resume")):
-        api = {"api_name": f"{api_prefix}{action}"} if api_prefix is not None else {"api_visibility": "private"}
-        clicked = button.click(bound(act, studio), ui.run, ui.start_status, concurrency_limit=None, **api)
-        clicked.then(show, [ui.run, ui.seen], monitor, show_progress="hidden", **LIGHT)
-
-
-def behind_flag() -> gr.Checkbox:
-    """A hidden input that a timer's script fills (see ticks_while_shown): whether the timer's tab is behind."""
-    return gr.Checkbox(False, visible=False, label="behind (set by the page: is the tab behind another?)")
-
-
-def ticks_while_shown(element_id: str) -> str:
-    """The script run before each tick of a timer whose inputs are (run, seen, behind): behind is set to
-    whether element_id (a part of the timer's tab) is off screen. A Gradio timer ticks whatever tab is in
-    front; the tick then stops it, and showing the tab starts it again."""
-    return f"""(run, seen) => {{
-  const shown = document.getElementById({element_id!r});
-  return [run, seen, !(shown && shown.offsetParent)];
-}}"""
-
-
-def timer_tick(refresh: Callable) -> Callable:
-    """A run tab's timer handler from its refresh(studio, run_id, last_seen) (a view of 10 outputs, the timer
-    last). behind is set by the page (see ticks_while_shown) and False from the API."""
-
-    def tick(studio: Any, run_id: str | None, last_seen: Any = None, behind: bool = False):
-        """The run's view as refresh() gives it; behind (set by the page, False from the API): the tab is
-        behind another, and the timer stops instead (the tab starts it again when shown)."""
-        if behind:
-            return (*[gr.skip()] * 9, gr.Timer(active=False))
-        return refresh(studio, run_id, last_seen)
-
-    return tick
 
 
 def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None = None) -> str | None:

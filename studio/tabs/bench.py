@@ -28,8 +28,8 @@ from studio.charts import empty_chart, grouped_bar_chart
 from studio.context import Studio, StudioError
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, WORKING_STATES
-from studio.tabs import LIGHT, behind_flag, bound, dropdown, ticks_while_shown
-from studio.tabs.finetune import clock
+from studio.tabs import LIGHT, bound, dropdown
+from studio.tabs.runs import behind_flag, clock, ticks_while_shown
 
 COMMAND = "bench"
 TAB_LABEL = "9 · Benchmarks"

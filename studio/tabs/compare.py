@@ -238,19 +238,20 @@ def batch(
     seed_value: float,
     progress=gr.Progress(),  # noqa: B008 (Gradio's way of asking for a progress bar)
 ):
-    """Every chosen model answers the dataset's held-out rows; a table of answers, scores and totals."""
+    """{batch_status, batch_totals, batch_table, batch_file}: every chosen model answers the dataset's held-out
+    rows (read through the studio's dataset cache); a table of answers, scores and totals, and its CSV."""
     from llm.data import tasks
     from llm.eval import tasks as task_eval
 
-    refs = list(refs or [])
+    refs, nothing = list(refs or []), {"batch_totals": None, "batch_table": None, "batch_file": gr.File(visible=False)}
     if not refs or not dataset_id:
-        return "⚠ Choose at least one model and a dataset.", None, None, gr.File(visible=False)
+        return {**nothing, "batch_status": "⚠ Choose at least one model and a dataset."}
     row = studio.store.dataset(dataset_id)
     try:
         dirs = [studio.model_dir(r) for r in refs]
-        data = tasks.read_task_file(studio.dataset_path(dataset_id), row["format"], row["mapping"] or None)
+        data = studio.task_files.read(studio.dataset_path(dataset_id), row["format"], row["mapping"])
     except LLMError as e:
-        return f"⚠ {e}", None, None, gr.File(visible=False)
+        return {**nothing, "batch_status": f"⚠ {e}"}
     _, held_out = tasks.split_examples(data)  # the rows a fine-tune with the default settings keeps aside
     labels = {str(d): studio.model_label(r) for d, r in zip(dirs, refs, strict=True)}
     order = list(labels)
@@ -270,9 +271,13 @@ def batch(
     totals["model"] = totals["model"].map(labels)
     path = studio.workspace / "compare" / f"batch-{new_id()}.csv"
     spreadsheet_safe(table).to_csv(path, index=False)
-    shown = table.drop(columns=["ref_tokens"]).round({"f1": 3, "ref_loss": 3})
     note = f"Scored {table['row'].nunique()} held-out rows of {row['name']} with {len(order)} models (greedy answers)."
-    return note, totals.round(3), shown, gr.File(value=str(path), visible=True)
+    return {
+        "batch_status": note,
+        "batch_totals": totals.round(3),
+        "batch_table": table.drop(columns=["ref_tokens"]).round({"f1": 3, "ref_loss": 3}),
+        "batch_file": gr.File(value=str(path), visible=True),
+    }
 
 
 def sampling_sliders(temperature: float) -> tuple[gr.Slider, gr.Slider, gr.Slider, gr.Number]:
@@ -338,10 +343,12 @@ def layout_batch(ui: SimpleNamespace) -> None:
             ui.batch_rows = gr.Slider(1, 200, value=20, step=1, label="Rows (at most)")
             ui.batch_tokens = gr.Slider(8, 512, value=64, step=8, label="Max new tokens")
         ui.batch_go = gr.Button("Run batch comparison")
-        ui.batch_status = gr.Markdown()
-        ui.batch_totals = gr.Dataframe(label="Totals per model", interactive=False)
-        ui.batch_table = gr.Dataframe(label="Answers and scores", interactive=False, wrap=True, max_height=420)
-        ui.batch_file = gr.File(label="Download CSV", interactive=False, visible=False)
+        ui.batch_status = gr.Markdown(elem_id="compare-batch-status")
+        ui.batch_totals = gr.Dataframe(label="Totals per model", interactive=False, elem_id="compare-batch-totals")
+        ui.batch_table = gr.Dataframe(
+            label="Answers and scores", interactive=False, wrap=True, max_height=420, elem_id="compare-batch-table"
+        )
+        ui.batch_file = gr.File(label="Download CSV", interactive=False, visible=False, elem_id="compare-batch-file")
 
 
 def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
@@ -358,12 +365,9 @@ def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     ui.go.click(ask, asked, answered, api_name="compare", trigger_mode="multiple")
     ui.prompt.submit(ask, asked, answered, api_visibility="private", trigger_mode="multiple")
     ui.save_vote.click(bound(record_vote, studio), [ui.last, ui.vote], ui.tally, api_name="vote")
-    ui.batch_go.click(
-        bound(batch, studio),
-        [ui.models, ui.batch_data, ui.batch_rows, ui.batch_tokens, ui.seed],
-        [ui.batch_status, ui.batch_totals, ui.batch_table, ui.batch_file],
-        api_name="batch_compare",
-    )
+    scored = outputs(ui, "batch_status", "batch_totals", "batch_table", "batch_file")
+    batch_inputs = [ui.models, ui.batch_data, ui.batch_rows, ui.batch_tokens, ui.seed]
+    ui.batch_go.click(keyed(batch, studio, ui), batch_inputs, scored, api_name="batch_compare")
 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:

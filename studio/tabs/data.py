@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import html
-import inspect
+import json
 import math
 import os
 import re
@@ -17,12 +17,12 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from llm.data.tasks import SPREADSHEETS, file_type_problem
-from llm.errors import LLMError
+from llm.config import FinetuneConfig
+from llm.data.tasks import SPREADSHEETS, TaskFileError, file_type_problem, suggest_mapping
 from studio.charts import bar_chart
-from studio.context import DATA_SUFFIXES, Studio, plural, upload_limit
+from studio.context import DATA_SUFFIXES, Studio, StudioError, plural, upload_limit
 from studio.store import new_id
-from studio.tabs import LIGHT, bound, dropdown
+from studio.tabs import LIGHT, bound, dropdown, keyed, outputs
 
 PREVIEW_EXAMPLES = 6
 FORMAT_CHOICES = [
@@ -32,7 +32,8 @@ FORMAT_CHOICES = [
     ("chat messages", "messages"),
 ]
 LENGTH_COLORS = {"fits the context": "#4f7cff", "cut by the context": "#e5484d"}
-VIEWS = ["status", "fmt", "prompt_col", "response_col", "system_col", "preview", "hist", "problems"]
+VIEWS = ("status", "fmt", "prompt_col", "response_col", "system_col", "preview", "hist", "problems")  # a dataset's view
+COLUMNS = ("prompt_col", "response_col", "system_col")  # the pairs format's column choices, by role
 NONE = ""  # the "no column" choice of the mapping dropdowns
 CANNOT_USE = "### ⚠ This file cannot be used\n"
 
@@ -107,9 +108,12 @@ def preview_html(data: Any, encoded: Any, tokenizer: Any, context_length: int | 
                 f"<div class='example'><div class='row-no'>row {example.row}</div>{messages_html(example.messages)}</div>"
             )
         return legend + "".join(cards)
-    truncated = set(encoded.truncated)
+    truncated, cut_start = set(encoded.truncated), set(encoded.cut_start)
     for (ids, mask), row, n in list(zip(encoded.items, encoded.rows, encoded.lengths, strict=True))[shown]:
-        size = f"{n} tokens, cut to fit the context" if row in truncated else f"{n} tokens"
+        size = f"{n} tokens"
+        if row in truncated:
+            at_start = row in cut_start
+            size += ", cut at the start: the prompt alone fills the context" if at_start else ", cut at the end"
         cards.append(
             f"<div class='example'><div class='row-no'>row {row} · {size}</div>{token_html(tokenizer, ids, mask)}</div>"
         )
@@ -152,8 +156,32 @@ def length_histogram(lengths: list[int], context_length: int) -> pd.DataFrame:
     return pd.DataFrame(records, columns=["tokens", "examples", "length"])
 
 
+def cut_text(enc: Any, context_length: int) -> str:
+    """The status line on examples longer than the context: how many, which end of them training sees, and,
+    when many are, the settings that help."""
+    context = f"Context {context_length} tokens: "
+    cut, start = len(enc.truncated), len(enc.cut_start)
+    if cut == 0:
+        return context + "every example fits."
+    share = cut / max(1, len(enc.items))
+    one = cut == 1
+    head = f"{context}{plural(cut, 'example')} ({share:.0%}) {'is' if one else 'are'} longer; training sees only "
+    if start == 0:
+        text = head + f"{'its' if one else 'their'} start."
+    elif start == cut:
+        text = head + f"{'its' if one else 'their'} end (the prompt alone fills the context)."
+    else:
+        text = head + f"the start of {cut - start} and the end of {start} (whose prompt alone fills the context)."
+    if share > 0.1:
+        text += (
+            " So many cut rows teach little: shorten them, choose a base model with a longer context, or leave "
+            "them out (Fine-tune › Advanced settings › Overflow: drop)."
+        )
+    return text
+
+
 class Inspection:
-    """The result of reading a dataset file with given settings: what the tab shows."""
+    """A dataset file read with given settings (through the studio's dataset cache): what the tab shows."""
 
     def __init__(
         self, studio: Studio, path: Path, name: str, fmt: str, mapping: dict[str, str] | None, stored: bool = True
@@ -164,21 +192,22 @@ class Inspection:
         self.error = ""
         self.data = self.encoded = None
         self.columns_to_choose: list[str] = []  # set when the file reads fine but its columns need naming
+        loaded = studio.preview_tokenizer()
+        self.tokenizer, self.context_length = loaded if loaded else (None, None)
         try:
-            self.data = tasks.read_task_file(path, fmt, mapping or None, name=name)
-        except tasks.TaskFileError as e:
+            if self.tokenizer is None:
+                self.data = studio.task_files.read(path, fmt, mapping, name)
+            else:
+                cfg = FinetuneConfig(base=str(studio.base_model), data=str(path), format=fmt, mapping=mapping or {})
+                self.data, self.encoded = studio.task_files.encoded(cfg, name)
+        except TaskFileError as e:
             self.error = str(e)
             if e.kind == "columns":
                 try:  # the file itself is fine (it reads, it has rows): offer its columns to choose from
                     frame = tasks.read_frame(path, name)[0]  # the library's own reader, so the columns match
                     self.columns_to_choose = [str(c) for c in frame.columns] if len(frame) else []
-                except tasks.TaskFileError:
+                except TaskFileError:
                     pass
-            return
-        loaded = studio.preview_tokenizer()
-        self.tokenizer, self.context_length = loaded if loaded else (None, None)
-        if self.tokenizer is not None:
-            self.encoded = tasks.encode_examples(self.data, self.tokenizer, self.context_length)
 
     @property
     def kept(self) -> int:
@@ -199,25 +228,14 @@ class Inspection:
             return f"{CANNOT_USE}{self.error}" + ("\n\nIts settings were not changed." if self.stored else "")
         data, enc = self.data, self.encoded
         dropped = len(data.problems) + (len(enc.dropped) if enc else 0)
-        kept = len(enc.items) if enc else len(data.examples)
         mapping = ", ".join(f"{col} → {key}" for key, col in data.mapping.items())
         lines = [
-            f"### {self.name}: {plural(kept, 'example')} ready"
+            f"### {self.name}: {plural(self.kept, 'example')} ready"
             + (f", {plural(dropped, 'row')} dropped (see the table below)" if dropped else ""),
             f"Format **{data.format}** · columns used: {mapping}",
         ]
         if enc is not None:
-            cut, share = len(enc.truncated), len(enc.truncated) / max(1, len(enc.items))
-            context = f"Context {self.context_length} tokens: "
-            if cut == 0:
-                lines.append(context + "every example fits.")
-            else:
-                verb, whose = ("is", "its") if cut == 1 else ("are", "their")
-                advice = " — consider shorter examples." if share > 0.1 else "."
-                lines.append(
-                    f"{context}{plural(cut, 'example')} ({share:.0%}) {verb} longer; training sees only {whose} "
-                    f"start{advice}"
-                )
+            lines.append(cut_text(enc, self.context_length))
         else:
             lines.append("⚠ No base model: token counts and the template preview need its tokenizer.")
         return "\n\n".join(lines)
@@ -229,47 +247,32 @@ class Inspection:
                 rows.append({"row": p.row, "column": p.column or "", "reason": p.reason, "detail": p.detail})
         return pd.DataFrame(rows, columns=["row", "column", "reason", "detail"])
 
-    def outputs(self) -> list:
-        """Values for [status, format, prompt col, response col, system col, preview, histogram, problems]."""
+    def views(self) -> dict[str, Any]:
+        """{VIEWS}: the status, the format and columns chosen, the preview, the length histogram, the dropped rows."""
+        hidden = {"preview": "", "hist": gr.HTML(visible=False), "problems": gr.Dataframe(visible=False)}
         if self.columns_to_choose:
             columns = [("(none)", NONE)] + [(c, c) for c in self.columns_to_choose]
-            return [
-                self.status(),
-                gr.Radio(value="pairs"),
-                *[gr.Dropdown(choices=columns, value=NONE, visible=True)] * 3,
-                "",
-                gr.HTML(visible=False),
-                gr.Dataframe(visible=False),
-            ]
+            guess = suggest_mapping(self.columns_to_choose)
+            picks = {f"{role}_col": gr.Dropdown(choices=columns, value=guess.get(role, NONE), visible=True)
+                     for role in ("prompt", "response", "system")}  # fmt: skip
+            return {"status": self.status(), "fmt": gr.Radio(value="pairs"), **picks, **hidden}
         if self.error:
-            return [
-                self.status(),
-                gr.Radio(),
-                gr.Dropdown(),
-                gr.Dropdown(),
-                gr.Dropdown(),
-                "",
-                gr.HTML(visible=False),
-                gr.Dataframe(visible=False),
-            ]
+            return {"status": self.status(), **hidden}
         data = self.data
         columns = [("(none)", NONE)] + [(c, c) for c in data.columns]
-        pairs = data.format == "pairs"
-        col = dict(data.mapping)
-        hist = gr.HTML(visible=False)
-        if self.encoded is not None:
-            hist = gr.HTML(length_chart(self.encoded.lengths, self.context_length), visible=True)
+        pairs, col = data.format == "pairs", dict(data.mapping)
+        picks = {f"{role}_col": gr.Dropdown(choices=columns, value=col.get(role, NONE), visible=pairs)
+                 for role in ("prompt", "response", "system")}  # fmt: skip
+        chart = length_chart(self.encoded.lengths, self.context_length) if self.encoded is not None else None
         problems = self.problems()
-        return [
-            self.status(),
-            gr.Radio(value=data.format),
-            gr.Dropdown(choices=columns, value=col.get("prompt", NONE), visible=pairs),
-            gr.Dropdown(choices=columns, value=col.get("response", NONE), visible=pairs),
-            gr.Dropdown(choices=columns, value=col.get("system", NONE), visible=pairs),
-            preview_html(data, self.encoded, self.tokenizer, self.context_length),
-            hist,
-            gr.Dataframe(value=problems, visible=len(problems) > 0),
-        ]
+        return {
+            "status": self.status(),
+            "fmt": gr.Radio(value=data.format),
+            **picks,
+            "preview": preview_html(data, self.encoded, self.tokenizer, self.context_length),
+            "hist": gr.HTML(chart, visible=True) if chart else gr.HTML(visible=False),
+            "problems": gr.Dataframe(value=problems, visible=len(problems) > 0),
+        }
 
 
 def pick(studio: Studio, selected: str | None) -> str | None:
@@ -281,18 +284,23 @@ def choices(studio: Studio, selected: str | None = None) -> gr.Dropdown:
     return gr.Dropdown(choices=studio.dataset_choices(), value=pick(studio, selected))
 
 
-def nothing_shown(status: str) -> list:
-    """Values for VIEWS with no dataset: the status only, nothing of another file left on the page."""
-    return [status, gr.Radio(value="auto"), *[gr.Dropdown(visible=False)] * 3, "", gr.HTML(visible=False),
-            gr.Dataframe(visible=False)]  # fmt: skip
+def nothing_shown(status: str) -> dict[str, Any]:
+    """{VIEWS} with no dataset: the status only, nothing of another file left on the page."""
+    hidden = {name: gr.Dropdown(visible=False) for name in COLUMNS}
+    return {"status": status, "fmt": gr.Radio(value="auto"), **hidden, "preview": "", "hist": gr.HTML(visible=False),
+            "problems": gr.Dataframe(visible=False)}  # fmt: skip
 
 
-def show(studio: Studio, dataset_id: str | None) -> list:
-    """Values for VIEWS: a stored dataset with its stored settings."""
+def inspect_stored(studio: Studio, row: dict[str, Any], fmt: str | None = None, mapping: dict | None = None):
+    """An Inspection of a stored dataset, with its stored settings unless others are given."""
+    fmt, mapping = (row["format"], row["mapping"]) if fmt is None else (fmt, mapping)
+    return Inspection(studio, studio.store.abs(row["path"]), row["name"], fmt, mapping)
+
+
+def show(studio: Studio, dataset_id: str | None) -> dict[str, Any]:
+    """{VIEWS}: a stored dataset with its stored settings."""
     row = studio.store.dataset(dataset_id) if dataset_id else None
-    if row is None:
-        return nothing_shown("Pick or upload a dataset.")
-    return Inspection(studio, studio.store.abs(row["path"]), row["name"], row["format"], row["mapping"]).outputs()
+    return inspect_stored(studio, row).views() if row else nothing_shown("Pick or upload a dataset.")
 
 
 def shown_signature(studio: Studio, dataset_id: str | None) -> tuple:
@@ -304,15 +312,21 @@ def shown_signature(studio: Studio, dataset_id: str | None) -> tuple:
     return (tuple(studio.dataset_choices()), dataset_id, settings, stamp)
 
 
-def on_load(studio: Studio, dataset_id: str | None, seen: tuple | None = None) -> list:
-    """[dataset, *VIEWS, seen]: the chosen dataset (else the first) as stored. Showing the tab again sends
+def on_load(studio: Studio, dataset_id: str | None, seen: tuple | None = None, pending: dict | None = None):
+    """{dataset, *VIEWS, seen}: the chosen dataset (else the first) as stored. Showing the tab again sends
     nothing when nothing it shows changed (re-drawing a preview and a chart costs the browser more than any
-    other part of a tab switch)."""
+    other part of a tab switch), nor while an upload waits for its columns."""
     chosen = pick(studio, dataset_id)
     signature = shown_signature(studio, chosen)
-    if chosen == dataset_id and signature == seen:
-        return [gr.skip()] * (1 + len(VIEWS)) + [seen]
-    return [choices(studio, chosen), *show(studio, chosen), signature]
+    if pending or (chosen == dataset_id and signature == seen):
+        return {}
+    return {"dataset": choices(studio, chosen), **show(studio, chosen), "seen": signature}
+
+
+def pick_dataset(studio: Studio, dataset_id: str | None) -> dict[str, Any]:
+    """{pending, *VIEWS, ...}: a dataset picked: shown with its settings (an upload that waited for its
+    columns is dropped; an open delete box is closed)."""
+    return {"pending": None, **show(studio, dataset_id), "seen": None, **closed_box()}
 
 
 def store_upload(studio: Studio, source: Path, name: str, fmt_value: str, mapping: dict[str, str], kept: int) -> str:
@@ -328,96 +342,121 @@ def store_upload(studio: Studio, source: Path, name: str, fmt_value: str, mappin
     return studio.store.add_dataset(name, target, "upload", fmt_value, mapping, kept, key=key)
 
 
-def refused(message: str) -> list:
-    """[dataset, upload, pending, *VIEWS] for a refused upload: the message, and nothing of the previous
-    file left on the page (its preview, histogram or dropped rows would read as this file's)."""
-    return [gr.Dropdown(), gr.File(value=None), None, *nothing_shown(f"{CANNOT_USE}{message}")]
+def refused(message: str) -> dict[str, Any]:
+    """A refused upload: the message, and nothing of the previous file left on the page (its preview,
+    histogram or dropped rows would read as this file's)."""
+    return {"upload": gr.File(value=None), "pending": None, **nothing_shown(f"{CANNOT_USE}{message}"), "seen": None}
 
 
-def too_large(studio: Studio, name: str) -> list:
-    """A file over the upload limit (Gradio refuses it in the browser before any upload; see UPLOAD_WATCH)."""
-    return refused(f"{name or 'The file'} is larger than the upload limit of {upload_limit(studio.max_upload_bytes)}.")
+def refused_upload(studio: Studio, name: str) -> dict[str, Any]:
+    """A file the browser refused before any upload (see UPLOAD_WATCH): of a type the tab does not take, or
+    over the upload limit. No server event would tell the tab, so the page says why here."""
+    name = safe_filename(name or "the file")
+    too_big = f"{name} is larger than the upload limit of {upload_limit(studio.max_upload_bytes)}."
+    return refused(file_type_problem(Path(name)) or too_big)
 
 
-def do_upload(studio: Studio, file: str | None, dataset_id: str | None) -> list:
-    """Check an uploaded file. A usable one is copied into the workspace and listed; one whose columns
-    need naming waits (outside the workspace) for Apply; anything else is explained and left out."""
+def do_upload(studio: Studio, file: str | None, dataset_id: str | None) -> dict[str, Any]:
+    """Check an uploaded file. A usable one is copied into the workspace and listed; one whose columns need
+    naming waits (outside the workspace) for Apply, shown as itself (the Dataset box names no other file
+    meanwhile); anything else is explained and left out."""
     if not file:
-        return [gr.Dropdown(), gr.File(), None, *show(studio, dataset_id)]
+        return {}
     source = Path(file)
     name = safe_filename(source.name)
-    problem = file_type_problem(Path(name))
-    if problem:
-        return refused(problem)
-    if source.stat().st_size > studio.max_upload_bytes:
-        return too_large(studio, name)
+    if file_type_problem(Path(name)) or source.stat().st_size > studio.max_upload_bytes:
+        return refused_upload(studio, name)
     inspection = Inspection(studio, source, name, "auto", None, stored=False)
+    shown = {**inspection.views(), "seen": None, **closed_box()}
     if inspection.columns_to_choose:
-        pending = {"path": str(source), "name": name}
-        return [gr.Dropdown(), gr.File(), pending, *inspection.outputs()]
+        return {**shown, "dataset": gr.Dropdown(value=None), "pending": {"path": str(source), "name": name}}
     if inspection.error:
-        return [gr.Dropdown(), gr.File(value=None), None, *inspection.outputs()]
+        return {**shown, "upload": gr.File(value=None), "pending": None}
     key = store_upload(studio, source, name, "auto", {}, inspection.kept)
-    return [choices(studio, key), gr.File(value=None), None, *inspection.outputs()]
+    return {**shown, "dataset": choices(studio, key), "upload": gr.File(value=None), "pending": None}
 
 
 def do_validate(studio: Studio, pending, dataset_id, format_choice: str, prompt: str, response: str, system: str):
     """Read the waiting upload (else the chosen dataset) with the chosen format and columns; a waiting
     upload that now works is stored, a stored dataset keeps the settings."""
     mapping = {k: v for k, v in (("prompt", prompt), ("response", response), ("system", system)) if v}
-    if format_choice != "pairs":
-        mapping = {}
+    mapping = mapping if format_choice == "pairs" else {}
     if pending:
         source, name = Path(pending["path"]), pending["name"]
         inspection = Inspection(studio, source, name, format_choice, mapping, stored=False)
         if inspection.error:
-            return [gr.Dropdown(), gr.File(), pending, *inspection.outputs()]
+            return {**inspection.views(), "seen": None}
         key = store_upload(studio, source, name, format_choice, mapping, inspection.kept)
-        return [choices(studio, key), gr.File(value=None), None, *inspection.outputs()]
+        return {**inspection.views(), "dataset": choices(studio, key), "upload": gr.File(value=None), "pending": None,
+                "seen": None}  # fmt: skip
     row = studio.store.dataset(dataset_id) if dataset_id else None
     if row is None:
-        return [gr.Dropdown(), gr.File(), None, "⚠ Pick or upload a dataset first.", *[gr.skip()] * 7]
-    inspection = Inspection(studio, studio.store.abs(row["path"]), row["name"], format_choice, mapping)
-    if inspection.error:
-        return [gr.Dropdown(), gr.File(), None, *inspection.outputs()]
-    studio.store.update_dataset(dataset_id, format=format_choice, mapping=mapping, rows=inspection.kept)
-    return [choices(studio, dataset_id), gr.File(), None, *inspection.outputs()]
+        return {"status": "⚠ Pick or upload a dataset first."}
+    inspection = inspect_stored(studio, row, format_choice, mapping)
+    if not inspection.error:
+        studio.store.update_dataset(dataset_id, format=format_choice, mapping=mapping, rows=inspection.kept)
+    return {**inspection.views(), "dataset": choices(studio, dataset_id), "seen": None}
 
 
 def show_page(studio: Studio, dataset_id: str | None, page_number: float) -> str:
+    """One page of the chosen dataset's preview (the file is neither read nor encoded again: see
+    studio.datasets)."""
     row = studio.store.dataset(dataset_id) if dataset_id else None
-    if row is None:
-        return ""
-    inspection = Inspection(studio, studio.store.abs(row["path"]), row["name"], row["format"], row["mapping"])
-    if inspection.error:
+    inspection = inspect_stored(studio, row) if row else None
+    if inspection is None or inspection.error:
         return ""
     return preview_html(
         inspection.data, inspection.encoded, inspection.tokenizer, inspection.context_length, int(page_number or 1)
     )
 
 
-def do_delete(studio: Studio, dataset_id: str | None) -> list:
-    """[dataset, deleted, *VIEWS]: the upload deleted (not while a run uses it), the next dataset shown."""
+def closed_box() -> dict[str, Any]:
+    return {"confirm_row": gr.Row(visible=False), "doomed": None}
+
+
+def ask_delete(studio: Studio, dataset_id: str | None, pending: dict | None = None) -> dict[str, Any]:
+    """{confirm_row, confirm_text, deleted, doomed}: the box that asks to confirm, naming the dataset as the
+    picker does (with when it came, if another shares its name), and the id it names; or why nothing may be
+    deleted (a sample, a dataset a run uses, an upload still waiting for its columns: it is not stored)."""
+    if pending:
+        why = f"{pending['name']} waits for its columns and is not stored: there is nothing to delete."
+        return {**closed_box(), "deleted": f"⚠ {html.escape(why)} Pick another dataset to leave it."}
+    try:
+        row = studio.deletable_dataset(dataset_id)
+    except StudioError as e:
+        return {**closed_box(), "deleted": f"⚠ {html.escape(str(e))}"}
+    label = dict((key, label) for label, key in studio.dataset_choices()).get(row["id"], row["name"])
+    text = f"Delete **{html.escape(label)}**? Its file leaves the workspace; models trained on it keep working."
+    return {"confirm_row": gr.Row(visible=True), "confirm_text": text, "deleted": "", "doomed": row["id"]}
+
+
+def delete(studio: Studio, dataset_id: str | None, doomed: str | None = None) -> dict[str, Any]:
+    """Delete the dataset dataset_id names, then show the next one. doomed: the id the confirmation box named
+    (the page sends it; None from the API): the pick may have changed since, and then nothing is deleted."""
+    if doomed is not None and doomed != dataset_id:
+        return {**closed_box(), "deleted": "⚠ The pick changed after Delete… was pressed: nothing was deleted."}
     try:
         message = studio.delete_dataset(dataset_id)
-    except LLMError as e:
-        return [gr.Dropdown(), f"⚠ {e}", *[gr.skip()] * len(VIEWS)]
+    except StudioError as e:
+        return {**closed_box(), "deleted": f"⚠ {html.escape(str(e))}"}
     chosen = pick(studio, None)
-    return [choices(studio, chosen), message, *show(studio, chosen)]
+    return {**closed_box(), "dataset": choices(studio, chosen), "deleted": html.escape(message),
+            **show(studio, chosen), "seen": None}  # fmt: skip
 
 
-# Gradio refuses a file over max_file_size in the browser, and no server event tells the tab: this watches
-# the upload's file input and, for a file over the limit, presses a hidden button whose event clears the
-# previous file's results and says why the file was refused.
+# Gradio refuses a file over max_file_size, or of a type not offered, in the browser, and no server event tells
+# the tab: this watches the upload's file input and, for such a file, presses a hidden button whose event
+# clears the previous file's results and says why the file was refused.
 UPLOAD_WATCH = """() => {
   if (window.studioUploadWatch) return;
   window.studioUploadWatch = true;
   document.addEventListener("change", (event) => {
     const input = event.target;
     if (!input.matches || !input.matches("#data-upload input[type=file]")) return;
-    const big = [...input.files].find((file) => file.size > LIMIT);
-    if (!big) return;
-    window.studioRefusedUpload = big.name;
+    const taken = (file) => SUFFIXES.some((suffix) => file.name.toLowerCase().endsWith(suffix));
+    const refused = [...input.files].find((file) => file.size > LIMIT || !taken(file));
+    if (!refused) return;
+    window.studioRefusedUpload = refused.name;
     document.querySelector("#data-upload-refused").click();
   }, true);
 }"""
@@ -441,10 +480,10 @@ def source_row(studio: Studio, ui: SimpleNamespace) -> None:
 
 def format_row(ui: SimpleNamespace) -> None:
     with gr.Row():
-        ui.fmt = gr.Radio(FORMAT_CHOICES, value="auto", label="Format", scale=3)
-        ui.prompt_col = dropdown(label="Prompt column", visible=False, scale=1)
-        ui.response_col = dropdown(label="Response column", visible=False, scale=1)
-        ui.system_col = dropdown(label="System column (optional)", visible=False, scale=1)
+        ui.fmt = gr.Radio(FORMAT_CHOICES, value="auto", label="Format", scale=3, elem_id="data-format")
+        ui.prompt_col = dropdown(label="Prompt column", visible=False, scale=1, elem_id="data-prompt-col")
+        ui.response_col = dropdown(label="Response column", visible=False, scale=1, elem_id="data-response-col")
+        ui.system_col = dropdown(label="System column (optional)", visible=False, scale=1, elem_id="data-system-col")
         ui.apply = gr.Button("Apply", scale=0, min_width=120, elem_classes="inline-button", elem_id="data-apply")
 
 
@@ -456,44 +495,45 @@ def results(ui: SimpleNamespace) -> None:
             ui.preview = gr.HTML(elem_classes="preview", elem_id="data-preview")
         with gr.Column(scale=2):
             ui.hist = gr.HTML(visible=False, elem_classes="chart-box", elem_id="data-hist")
-    ui.problems = gr.Dataframe(label="Dropped rows", visible=False, interactive=False, wrap=True, max_height=300)
+    ui.problems = gr.Dataframe(
+        label="Dropped rows", visible=False, interactive=False, wrap=True, max_height=300, elem_id="data-problems"
+    )
     with gr.Row():
         ui.page = gr.Number(value=1, precision=0, minimum=1, label="Preview page", scale=1, elem_id="data-page")
-        ui.delete = gr.Button("Delete this upload", variant="stop", scale=0, elem_classes="inline-button")
+        ui.delete = gr.Button("Delete this dataset…", variant="stop", scale=0, elem_classes="inline-button",
+                              elem_id="data-delete")  # fmt: skip
         ui.deleted = gr.Markdown(elem_id="data-deleted")
-
-
-def forgetting(handler: Callable[..., list], studio: Studio) -> Callable[..., list]:
-    """The handler's outputs, then None for the tab's `seen` state."""
-
-    def run(*args: Any) -> list:
-        return [*handler(studio, *args), None]
-
-    # The API page describes the endpoint by the handler's parameters and docstring.
-    run.__signature__ = inspect.signature(bound(handler, studio))
-    run.__doc__ = handler.__doc__
-    return run
+    with gr.Row(visible=False, elem_id="data-confirm") as ui.confirm_row:
+        ui.confirm_text = gr.Markdown(elem_id="data-confirm-text")
+        ui.confirm = gr.Button("Yes, delete it", variant="stop", scale=0, elem_id="data-confirm-delete")
+        ui.cancel = gr.Button("Cancel", scale=0, elem_id="data-confirm-cancel")
 
 
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
-    views = [getattr(ui, name) for name in VIEWS]
-    loaded, uploaded = [ui.dataset, *views, ui.seen], [ui.dataset, ui.upload, ui.pending, *views, ui.seen]
+    views = outputs(ui, *VIEWS)
     ui.page.change(bound(show_page, studio), [ui.dataset, ui.page], ui.preview, **LIGHT)
-    # Every event that changes the view forgets what was last shown: the next tab switch draws it afresh.
-    deleted = [ui.dataset, ui.deleted, *views, ui.seen]
-    ui.delete.click(forgetting(do_delete, studio), ui.dataset, deleted, api_name="delete_dataset")
     # Gradio selects the first tab as the page opens: this fills the tab then, and when it is shown again.
-    tab.select(bound(on_load, studio), [ui.dataset, ui.seen], loaded, **LIGHT)
-    demo.load(None, js=UPLOAD_WATCH.replace("LIMIT", str(studio.max_upload_bytes)))
-    shown = [ui.pending, *views, ui.seen]
-    ui.dataset.input(lambda d: [None, *show(studio, d), None], ui.dataset, shown, api_name="dataset")
-    ui.upload.upload(forgetting(do_upload, studio), [ui.upload, ui.dataset], uploaded, api_name="upload")
+    loaded = [ui.dataset, *views, ui.seen]
+    tab.select(keyed(on_load, studio, ui), [ui.dataset, ui.seen, ui.pending], loaded, **LIGHT)
+    demo.load(None, js=UPLOAD_WATCH.replace("LIMIT", str(studio.max_upload_bytes)).replace(
+        "SUFFIXES", json.dumps([*DATA_SUFFIXES, *SPREADSHEETS])))  # fmt: skip
+    # Every event that changes the view forgets what was last shown (seen): the next tab switch draws it afresh.
+    box = [ui.confirm_row, ui.doomed]
+    picked = [ui.pending, *views, ui.seen, *box]
+    ui.dataset.input(keyed(pick_dataset, studio, ui), ui.dataset, picked, api_name="dataset")
+    uploaded = [ui.dataset, ui.upload, ui.pending, *views, ui.seen, *box]
+    ui.upload.upload(keyed(do_upload, studio, ui), [ui.upload, ui.dataset], uploaded, api_name="upload")
     watched = "() => [window.studioRefusedUpload || '']"
-    ui.refused.click(forgetting(too_large, studio), ui.refused_name, uploaded, js=watched, **LIGHT)
-    columns = [ui.prompt_col, ui.response_col, ui.system_col]
-    validate_inputs = [ui.pending, ui.dataset, ui.fmt, *columns]
-    ui.apply.click(forgetting(do_validate, studio), validate_inputs, uploaded, api_name="validate")
+    ui.refused.click(keyed(refused_upload, studio, ui), ui.refused_name, uploaded, js=watched, **LIGHT)
+    validate_inputs = [ui.pending, ui.dataset, ui.fmt, ui.prompt_col, ui.response_col, ui.system_col]
+    ui.apply.click(keyed(do_validate, studio, ui), validate_inputs, uploaded, api_name="validate")
+    columns = outputs(ui, *COLUMNS)
     ui.fmt.input(lambda f: [gr.Dropdown(visible=f == "pairs")] * 3, ui.fmt, columns, **LIGHT)
+    asked = [ui.confirm_row, ui.confirm_text, ui.deleted, ui.doomed]
+    ui.delete.click(keyed(ask_delete, studio, ui), [ui.dataset, ui.pending], asked, **LIGHT)
+    ui.cancel.click(lambda: (gr.Row(visible=False), None), None, box, **LIGHT)
+    deleted = [ui.dataset, ui.deleted, *views, ui.seen, *box]
+    ui.confirm.click(keyed(delete, studio, ui), [ui.dataset, ui.doomed], deleted, api_name="delete_dataset")
 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
@@ -509,5 +549,6 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         results(ui)
         ui.pending = gr.State(None)  # an upload whose columns the user still has to name: {"path", "name"}
         ui.seen = gr.State(None)  # shown_signature() of what the view last drew on opening or showing the tab
+        ui.doomed = gr.State(None)  # the dataset the open "Yes, delete it" box names
     wire(studio, demo, tab, ui)
     return {}

@@ -10,6 +10,7 @@ Fine-tune tab's base picker, Compare, Models, Inside).
 from __future__ import annotations
 
 import html
+import json
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,27 +19,14 @@ from typing import Any
 import gradio as gr
 
 from llm.config import PRESETS, PretrainConfig
-from llm.errors import LLMError
-from llm.run import Metrics, RunDir
-from studio.context import Studio, StudioError, human_size, upload_limit
+from llm.errors import ConfigError, LLMError
+from llm.run import Metrics
+from studio.context import Studio, human_size, upload_limit
 from studio.jobs import CHILD_THREADS, field_label
-from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
-from studio.tabs import (
-    LIGHT,
-    behind_flag,
-    bound,
-    chosen,
-    dropdown,
-    keep,
-    loss_chart,
-    loss_frame,
-    run_controls,
-    ticks_while_shown,
-    timer_tick,
-    wire_stop_resume,
-)
+from studio.tabs import LIGHT, chosen, dropdown, keep, keyed, outputs
 from studio.tabs.data import safe_filename
-from studio.tabs.finetune import NO_RUN, clock, device_text, progress_html
+from studio.tabs.finetune import device_text
+from studio.tabs.runs import RunView, clock, default_run, run_choices, run_controls, watch_state, wire_watch
 from studio.texts import TEXT_SUFFIXES, store_text, text_choices, text_path
 
 COMMAND = "pretrain"
@@ -52,7 +40,6 @@ PRESET_HELP = {
     "gpt2": "gpt2: 12 layers × 768 (a GPU)",
 }
 BUDGETS = [("Time (minutes)", "time"), ("Steps", "steps")]
-VALIDATION_LABEL = "Held out to validate (%)"
 TIMELINE_EVALS = 12  # evaluations shown in the timeline, newest first
 
 
@@ -67,49 +54,41 @@ def tokenizer_choices(studio: Studio) -> list[tuple[str, str]]:
     ]
 
 
-def pretrain_config(
-    studio: Studio,
-    text_key: str | None,
-    tokenizer_ref: str | None,
-    vocab_size: float | None,
-    preset: str | None,
-    budget: str | None,
-    minutes: float | None,
-    steps: float | None,
-    prompts: str | None,
-    validation: float | None = None,
-) -> PretrainConfig:
-    """The form's values as a PretrainConfig; a value left empty takes the library's default. validation: the
-    share held out, in percent. StudioError or ConfigError (naming the field) when something cannot be used."""
-    settings: dict[str, Any] = {"inputs": [str(text_path(studio, text_key))]}
-    if validation is not None:
-        if not 0 <= validation < 100:
-            raise StudioError(f"{VALIDATION_LABEL} must be from 0 to under 100 (percent), got {validation:g}.")
-        settings["val_fraction"] = validation / 100
+def form_settings(form: dict[str, Any]) -> dict[str, Any]:
+    """The form's values (by name) as PretrainConfig fields, less the text and the tokenizer: the vocabulary
+    (for a new tokenizer), the model size, the budget (steps, or minutes: a run by the clock), the held-out
+    share and the sample prompts. A value left empty takes the library's default; PretrainConfig checks the
+    rest."""
+    settings: dict[str, Any] = {"preset": form["preset"]} if form["preset"] else {}
+    if form["tokenizer"] in (None, NEW_TOKENIZER) and form["vocab"]:
+        settings["vocab_size"] = number(form["vocab"], int, "vocab_size")
+    if form["budget"] == "steps":
+        settings.update(max_steps=number(form["steps"] or 0, int, "max_steps"), max_time=0.0)
+    elif form["minutes"]:
+        settings.update(max_time=number(form["minutes"], float, "max_time") * 60, max_steps=0)
+    if form["validation"] is not None:
+        settings["val_fraction"] = number(form["validation"], float, "val_fraction")
+    lines = [line.strip() for line in (form["prompts"] or "").splitlines() if line.strip()][:5]
+    return settings | ({"sample_prompts": lines} if lines else {})
+
+
+def number(value: Any, kind: type, field: str) -> Any:
+    try:
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"must be a number, got {value!r}", field=field) from None
+
+
+def pretrain_config(studio: Studio, text_key: str | None, tokenizer_ref: str | None, settings: dict[str, Any]):
+    """The PretrainConfig of a text, a tokenizer (a model ref, or NEW_TOKENIZER) and settings (PretrainConfig
+    fields; from_dict checks each one's type and range). StudioError or ConfigError, naming the field, when
+    something cannot be used."""
+    if {"inputs", "tokenizer"} & set(settings):
+        raise ConfigError("are chosen in the studio (the text and the tokenizer), not in the settings")
+    chosen = {"inputs": [str(text_path(studio, text_key))]}
     if tokenizer_ref and tokenizer_ref != NEW_TOKENIZER:
-        settings["tokenizer"] = str(studio.model_dir(tokenizer_ref))
-    elif vocab_size:
-        settings["vocab_size"] = int(vocab_size)
-    if preset:
-        settings["preset"] = preset
-    settings.update(budget_settings(budget, minutes, steps))
-    lines = [line.strip() for line in (prompts or "").splitlines() if line.strip()][:5]
-    if lines:
-        settings["sample_prompts"] = lines
-    return PretrainConfig(**settings)
-
-
-def budget_settings(budget: str | None, minutes: float | None, steps: float | None) -> dict[str, Any]:
-    """max_steps and max_time of the chosen budget: steps, or minutes (a run by the clock); {} for the default."""
-    if budget == "steps":
-        if not steps or steps <= 0:
-            raise StudioError("Steps must be a positive number.")
-        return {"max_steps": int(steps), "max_time": 0.0}
-    if minutes:
-        if minutes <= 0:
-            raise StudioError("Minutes must be a positive number.")
-        return {"max_time": float(minutes) * 60, "max_steps": 0}
-    return {}
+        chosen["tokenizer"] = str(studio.model_dir(tokenizer_ref))
+    return PretrainConfig.from_dict({**settings, **chosen})
 
 
 def plan_text(plan: dict[str, Any]) -> str:
@@ -181,137 +160,109 @@ def timeline_html(entries: list[dict[str, Any]]) -> str:
     return "".join(cards)
 
 
-def run_choices(studio: Studio) -> list[tuple[str, str]]:
-    return [(f"{r['name']} · {r['status']}", r["id"]) for r in studio.store.runs() if r["command"] == COMMAND]
-
-
-def default_run(studio: Studio) -> str | None:
-    runs = [r for r in studio.store.runs() if r["command"] == COMMAND]
-    active = [r for r in runs if r["status"] in ACTIVE_STATES and r["status"] != "queued"]
-    return (active or runs or [{"id": None}])[0]["id"]
+def pretrain_runs(studio: Studio) -> list[dict[str, Any]]:
+    return [r for r in studio.store.runs() if r["command"] == COMMAND]
 
 
 DEFAULTS = PretrainConfig(inputs=["-"])  # the library's defaults, shown in a new form
 
 
-def show_tab(studio: Studio, *values: Any):
-    """The tab is shown, in one event. values: the form (text, tokenizer, vocab, preset, budget, minutes, steps,
-    prompts), the run and what the monitor last drew. Returns [text, tokenizer, run, preset, vocab, plan,
-    *monitor]: the texts, tokenizers, runs and model sizes as they are now (the page's values kept), the
-    plan, and refresh()'s monitor less the run list (it starts the timer again if the run works)."""
+FORM = ("text", "tokenizer", "vocab", "preset", "budget", "minutes", "steps", "prompts", "validation")  # the form
+
+
+def samples_html(p: dict[str, Any] | None) -> str:
+    """The timeline of a run's samples (jobs.progress() p; None: no run yet)."""
+    return timeline_html(timeline(p["metrics"]) if p else [])
+
+
+VIEW = RunView(
+    hint="No pretraining run yet: choose a text and press Start.",
+    samples=samples_html,
+    runs=pretrain_runs,
+)
+
+
+def show_tab(studio: Studio, form: dict[str, Any]):
+    """The tab is shown, in one event: the texts, tokenizers, runs and model sizes as they are now (the page's
+    choices kept), the plan, and the run's view (it starts the timer again if the run works)."""
     import torch  # whether there is a GPU: torch is imported on first use, not when the studio starts
 
-    *form, run_id, last_seen = values
-    texts, tokenizers, runs = text_choices(studio), tokenizer_choices(studio), run_choices(studio)
-    form[0], form[1] = keep(form[0], texts), keep(form[1], tokenizers)
-    run_id = keep(run_id, runs, default_run(studio))
-    state, bar, curve, samples, log, stop, resume, _, seen, timer = refresh(studio, run_id, last_seen)
-    return (
-        chosen(texts, form[0]),
-        chosen(tokenizers, form[1]),
-        chosen(runs, run_id),
-        gr.Radio(choices=presets(torch.cuda.is_available())),
-        gr.Number(visible=form[1] == NEW_TOKENIZER),
-        make_plan(studio, *form),
-        *(state, bar, curve, samples, log, stop, resume, seen, timer),
-    )
+    texts, tokenizers, runs = text_choices(studio), tokenizer_choices(studio), run_choices(pretrain_runs(studio))
+    form = form | {"text": keep(form["text"], texts), "tokenizer": keep(form["tokenizer"], tokenizers)}
+    run_id = keep(form["run"], runs, default_run(pretrain_runs(studio)))
+    view = VIEW.refresh(studio, run_id, form["seen"])
+    return {
+        **view,
+        "text": chosen(texts, form["text"]),
+        "tokenizer": chosen(tokenizers, form["tokenizer"]),
+        "run": chosen(runs, run_id),
+        "preset": gr.Radio(choices=presets(torch.cuda.is_available())),
+        "vocab": gr.Number(visible=form["tokenizer"] == NEW_TOKENIZER),
+        **make_plan(studio, form),
+    }
 
 
-def make_plan(studio: Studio, *values) -> str:
-    """llm.train.pretrain.plan for the chosen settings, or what is wrong with them."""
+def plan_markdown(studio: Studio, text_key: str | None, tokenizer_ref: str | None, settings: dict[str, Any]) -> str:
+    """llm.train.pretrain.plan for these settings, or what is wrong with them."""
     from llm.train import pretrain
 
     try:
-        return plan_text(pretrain.plan(pretrain_config(studio, *values), threads=CHILD_THREADS))
+        return plan_text(
+            pretrain.plan(pretrain_config(studio, text_key, tokenizer_ref, settings), threads=CHILD_THREADS)
+        )
     except LLMError as e:
         return f"⚠ {e.worded(field_label(e.field))}"
 
 
-def do_upload(studio: Studio, file: str | None):
-    """Check an uploaded text; a usable one is kept in the workspace and chosen."""
-    if not file:
-        return gr.Dropdown(), gr.File(value=None), ""
-    source = Path(file)
-    name = safe_filename(source.name)
+def make_plan(studio: Studio, form: dict[str, Any]) -> dict[str, str]:
+    """{plan} of the form as it is."""
     try:
-        info = store_text(studio, source, name)
+        settings = form_settings(form)
     except LLMError as e:
-        return gr.Dropdown(), gr.File(value=None), f"⚠ This text cannot be used: {e.message}"
-    return (
-        gr.Dropdown(choices=text_choices(studio), value=info.key),
-        gr.File(value=None),
-        f"✓ {html.escape(info.describe())}",
-    )
+        return {"plan": f"⚠ {e.worded(field_label(e.field))}"}
+    return {"plan": plan_markdown(studio, form["text"], form["tokenizer"], settings)}
 
 
-def do_start(studio: Studio, *values):
-    """Create a pretraining run and start it (or queue it behind the run that holds the device). values: the
-    form as pretrain_config takes it, with the run's name before the validation share (the API's order, so a
-    call made before the share existed still names its run)."""
-    *settings, name_value, validation = values
+def do_upload(studio: Studio, file: str | None):
+    """{text, upload, text_status}: an uploaded text checked; a usable one is kept in the workspace and chosen."""
+    if not file:
+        return {"text_status": ""}
+    source = Path(file)
     try:
-        cfg = pretrain_config(studio, *settings, validation)
+        info = store_text(studio, source, safe_filename(source.name))
+    except LLMError as e:
+        return {"upload": gr.File(value=None), "text_status": f"⚠ This text cannot be used: {html.escape(str(e))}"}
+    return {
+        "text": gr.Dropdown(choices=text_choices(studio), value=info.key),
+        "upload": gr.File(value=None),
+        "text_status": f"✓ {html.escape(info.describe())}",
+    }
+
+
+def start_run(studio: Studio, text_key: str | None, tokenizer_ref: str | None, settings: dict, name: str):
+    """Create a pretraining run and start it (or queue it behind the run that holds the device): (what
+    happened, the run's id or None)."""
+    try:
+        cfg = pretrain_config(studio, text_key, tokenizer_ref, settings)
         text_name = Path(cfg.inputs[0]).name
-        default_name = f"{Path(text_name).stem}-{cfg.preset}-{len(studio.store.runs()) + 1}"
-        run_name = (name_value or "").strip()[:80] or default_name
-        base_ref = settings[1] if cfg.tokenizer else ""
+        stem = f"{Path(text_name).stem}-{cfg.preset}"
+        run_name = studio.check_name(name) if (name or "").strip() else studio.free_name(stem)
+        base_ref = tokenizer_ref if cfg.tokenizer else ""
         run_id = studio.add_run(COMMAND, cfg, run_name, base_ref, f"text:{text_name}", COMMAND)
     except LLMError as e:
-        return f"⚠ {e.worded(field_label(e.field))}", gr.Dropdown()
-    return studio.jobs.submit(run_id), gr.Dropdown(choices=run_choices(studio), value=run_id)
+        return f"⚠ {e.worded(field_label(e.field))}", None
+    return studio.jobs.submit(run_id), run_id
 
 
-def state_text(p: dict[str, Any]) -> str:
-    """The run's state badge, name, message, device and size."""
-    text = f"<span class='state-badge {p['status']}'>{p['status']}</span> **{html.escape(p['run']['name'])}**"
-    if p["message"]:
-        text += f" — {html.escape(p['message'])}"
-    start_record = p["metrics"].start
-    if start_record:
-        text += f"\n\n{start_record.get('device', '')} · {start_record.get('params', 0):,} parameters"
-    return text
-
-
-def refresh(studio: Studio, run_id: str | None, last_seen: Any):
-    """The run's state, progress, loss curve, sample timeline and log, and whether the 1-second timer ticks
-    (only while the run is queued or works); nothing is sent if nothing changed."""
-    if not run_id or studio.store.run(run_id) is None:
-        if last_seen == NO_RUN:
-            return (*[gr.skip()] * 8, last_seen, gr.Timer(active=False))
-        hint = "No pretraining run yet: choose a text and press Start."
-        empty = (hint, "", loss_chart(loss_frame(Metrics())), timeline_html([]), "")
-        off = gr.Button(interactive=False)
-        return *empty, off, off, gr.skip(), NO_RUN, gr.Timer(active=False)
-    p = studio.jobs.progress(run_id)
-    run_dir = studio.jobs.run_dir(p["run"])
-    files = [run_dir.metrics, run_dir.log]
-    signature = (run_id, p["status"], p["message"], *(f.stat().st_mtime if f.exists() else 0 for f in files))
-    ticking = gr.Timer(active=p["status"] in ACTIVE_STATES)
-    if signature == last_seen and p["status"] not in WORKING_STATES:
-        return (*[gr.skip()] * 8, last_seen, ticking)
-    if signature == last_seen:  # running, files unchanged: only the clock moves
-        return state_text(p), progress_html(p), *[gr.skip()] * 6, last_seen, gr.Timer(active=True)
-    return (
-        state_text(p),
-        progress_html(p),
-        loss_chart(loss_frame(p["metrics"])),
-        timeline_html(timeline(p["metrics"])),
-        p["log"],
-        gr.Button(interactive=p["status"] in ACTIVE_STATES and p["status"] != "stopping"),
-        gr.Button(interactive=can_resume(p["status"], run_dir)),
-        gr.Dropdown(choices=run_choices(studio)) if not last_seen or last_seen[1] != p["status"] else gr.skip(),
-        signature,
-        ticking,
-    )
-
-
-def can_resume(status: str, run_dir: RunDir) -> bool:
-    """Whether Resume can help: a stopped or interrupted run, or a failed one that has a checkpoint to go on
-    from (one that failed before its first checkpoint would fail again: its settings or text need changing)."""
-    return status in RESUMABLE_STATES and (status != "failed" or run_dir.resumable())
-
-
-tick = timer_tick(refresh)
+def do_start(studio: Studio, form: dict[str, Any]):
+    """{start_status, run}: Start pressed: a run of the form's settings, chosen in the run picker."""
+    try:
+        settings = form_settings(form)
+    except LLMError as e:
+        return {"start_status": f"⚠ {e.worded(field_label(e.field))}"}
+    message, run_id = start_run(studio, form["text"], form["tokenizer"], settings, form["name"])
+    picked = {"run": gr.Dropdown(choices=run_choices(pretrain_runs(studio)), value=run_id)} if run_id else {}
+    return {"start_status": message, **picked}
 
 
 def layout_form(studio: Studio, ui: SimpleNamespace) -> None:
@@ -342,9 +293,8 @@ def layout_form(studio: Studio, ui: SimpleNamespace) -> None:
         elem_id="pt-prompts",
     )
     ui.validation = gr.Number(
-        DEFAULTS.val_fraction * 100, label=VALIDATION_LABEL, info="paragraphs kept out of training to score it",
-        elem_id="pt-validation",
-    )  # fmt: skip
+        DEFAULTS.val_fraction, label=field_label("val_fraction"), info=PretrainConfig.__dataclass_fields__[
+            "val_fraction"].metadata["help"], elem_id="pt-validation")  # fmt: skip
     ui.name = gr.Textbox(label="Run name (optional)", placeholder="e.g. oz-micro", elem_id="pt-name")
     ui.plan = gr.Markdown(elem_classes="plan", elem_id="pt-plan")
     ui.start = gr.Button("Start pretraining", variant="primary", elem_id="pt-start")
@@ -360,61 +310,51 @@ def layout_run(ui: SimpleNamespace) -> None:
 
 
 def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
-    form = [ui.text, ui.tokenizer, ui.vocab, ui.preset, ui.budget, ui.minutes, ui.steps, ui.prompts, ui.validation]
-    plan = bound(make_plan, studio)
-    monitor = [ui.state, ui.bar, ui.curve, ui.samples, ui.log, ui.stop, ui.resume, ui.run, ui.seen, ui.timer]
+    form = set(outputs(ui, *FORM))
+    plan = keyed(make_plan, studio, ui)
     # Filled when the tab is shown, not when a page opens (a page that never shows it costs nothing), in one
     # event: every event costs the browser a pass over the whole page's state.
-    shown = [ui.text, ui.tokenizer, ui.run, ui.preset, ui.vocab, ui.plan, *[c for c in monitor if c is not ui.run]]
-    tab.select(bound(show_tab, studio), [*form, ui.run, ui.seen], shown, show_progress="hidden", **LIGHT)
+    shown = outputs(ui, "text", "tokenizer", "preset", "vocab", "plan", *VIEW.parts())
+    tab.select(keyed(show_tab, studio, ui), form | {ui.run, ui.seen}, shown, show_progress="hidden", **LIGHT)
     # .input (the user's changes), not .change: filling the form asks for one plan, not one a field.
-    gr.on([component.input for component in form], plan, form, ui.plan, trigger_mode="always_last", **LIGHT)
-    ui.budget.input(
-        lambda b: (gr.Number(visible=b == "time"), gr.Number(visible=b == "steps")),
-        ui.budget,
-        [ui.minutes, ui.steps],
-        **LIGHT,
-    )
+    gr.on([c.input for c in outputs(ui, *FORM)], plan, form, ui.plan, trigger_mode="always_last", **LIGHT)
+    budget = (ui.minutes, ui.steps)
+    ui.budget.input(lambda b: (gr.Number(visible=b == "time"), gr.Number(visible=b == "steps")), ui.budget, budget)
     ui.tokenizer.input(lambda t: gr.Number(visible=t == NEW_TOKENIZER), ui.tokenizer, ui.vocab, **LIGHT)
     uploaded = [ui.text, ui.upload, ui.text_status]
-    ui.upload.upload(bound(do_upload, studio), ui.upload, uploaded, api_name="pretrain_upload").then(
+    ui.upload.upload(keyed(do_upload, studio, ui), ui.upload, uploaded, api_name="pretrain_upload").then(
         plan, form, ui.plan, **LIGHT
     )
-    start = [*form[:-1], ui.name, ui.validation]  # the share last: API calls from before it keep their order
-    ui.start.click(bound(do_start, studio), start, [ui.start_status, ui.run], api_name="pretrain_start")
-    show = bound(refresh, studio)
-    # A run chosen or started: drawn (nothing is sent when the tab's opening drew it already).
-    ui.run.change(show, [ui.run, ui.seen], monitor, **LIGHT)
-    ui.timer.tick(
-        bound(tick, studio),
-        [ui.run, ui.seen, ui.behind],
-        monitor,
-        js=ticks_while_shown("pt-state"),
-        show_progress="hidden",
-        concurrency_limit=None,
-        api_name="pretrain_progress",
-    )
-    wire_stop_resume(studio, ui, show, monitor, api_prefix=None)
+    ui.start.click(keyed(do_start, studio, ui), form | {ui.name}, [ui.start_status, ui.run], **LIGHT)
 
 
 def api_functions(studio: Studio) -> dict[str, Callable]:
     """The tab's plain API functions, registered by name."""
 
-    def api_plan(
-        text_key: str,
-        tokenizer_ref: str = NEW_TOKENIZER,
-        vocab_size: int = 0,
-        preset_name: str = "",
-        budget_kind: str = "time",
-        minutes_value: float = 0.0,
-        steps_value: int = 0,
-        sample_prompts: str = "",
-        validation_percent: float | None = None,
-    ) -> str:
-        """The plan (device, parameters, tokens per step, steps, memory and time) of a pretraining run, as
-        Markdown; a value left at 0 or empty (validation_percent: None) takes the library's default."""
-        values = (text_key, tokenizer_ref, vocab_size, preset_name, budget_kind, minutes_value, steps_value)
-        return make_plan(studio, *values, sample_prompts, validation_percent)
+    def api_settings(text_key: str, tokenizer_ref: str, settings: str) -> tuple[str, str, dict[str, Any]]:
+        parsed = json.loads(settings) if (settings or "").strip() else {}
+        if not isinstance(parsed, dict):
+            raise ConfigError("must be a JSON object of PretrainConfig fields")
+        return text_key, tokenizer_ref or NEW_TOKENIZER, parsed
+
+    def api_plan(text_key: str, tokenizer_ref: str = NEW_TOKENIZER, settings: str = "{}") -> str:
+        """The plan (device, parameters, tokens per step, steps, memory and time) of a pretraining run on a text
+        (see /pretrain_texts), as Markdown. tokenizer_ref: "new", or a model whose tokenizer to reuse.
+        settings: one JSON object of PretrainConfig fields, e.g. {"preset": "tiny", "max_steps": 30} (a field
+        left out takes the library's default)."""
+        try:
+            return plan_markdown(studio, *api_settings(text_key, tokenizer_ref, settings))
+        except (LLMError, json.JSONDecodeError) as e:
+            return f"⚠ {e.worded(field_label(e.field)) if isinstance(e, LLMError) else f'settings: {e.msg}'}"
+
+    def api_start(
+        text_key: str, tokenizer_ref: str = NEW_TOKENIZER, settings: str = "{}", name: str = ""
+    ) -> tuple[str, str | None]:
+        """Start a pretraining run (as /pretrain_plan; name: optional, unique): (what happened, the run's id)."""
+        try:
+            return start_run(studio, *api_settings(text_key, tokenizer_ref, settings), name)
+        except (LLMError, json.JSONDecodeError) as e:
+            return f"⚠ {e.worded(field_label(e.field)) if isinstance(e, LLMError) else f'settings: {e.msg}'}", None
 
     def api_timeline(run_id: str) -> list[dict[str, Any]]:
         """A pretraining run's evaluations, newest first: step, val_loss, train_loss, val_bits_per_byte and
@@ -428,7 +368,8 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
         """The texts to pretrain on: key and label."""
         return [{"key": key, "label": label} for label, key in text_choices(studio)]
 
-    return {"pretrain_plan": api_plan, "pretrain_timeline": api_timeline, "pretrain_texts": api_texts}
+    return {"pretrain_plan": api_plan, "pretrain_start": api_start, "pretrain_timeline": api_timeline,
+            "pretrain_texts": api_texts}  # fmt: skip
 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
@@ -444,8 +385,7 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
                 layout_form(studio, ui)
             with gr.Column(scale=3, min_width=420):
                 layout_run(ui)
-        ui.timer = gr.Timer(1.0, active=False)  # set going by refresh() while the shown run is queued or works
-        ui.seen = gr.State(None)  # what this page last drew, so an unchanged run sends nothing
-        ui.behind = behind_flag()
+        watch_state(ui)
     wire(studio, tab, ui)
+    wire_watch(studio, ui, VIEW, "pt", api_prefix="pretrain_")
     return api_functions(studio)
