@@ -1,4 +1,5 @@
-"""build_app() -> gr.Blocks: the studio's four tabs over one workspace; launch() serves it."""
+"""build_app() -> gr.Blocks: the studio's tabs (Data, Pretrain, Fine-tune, Compare, Chat, Votes, Models, Inside,
+Benchmarks) over one workspace; launch() serves it."""
 
 from __future__ import annotations
 
@@ -55,6 +56,8 @@ CSS = """
 .chart svg .axis-title { font-size: 12px; fill: var(--body-text-color-subdued); }
 .chart svg .line { fill: none; stroke-width: 2; stroke-linejoin: round; }
 .plan { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 4px 12px; }
+#chat-log .bubble-wrap { padding-top: 40px; }  /* the "Conversation" label sits over the first message otherwise */
+.settings-table td { overflow-wrap: anywhere; }
 """
 
 

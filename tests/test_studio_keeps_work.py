@@ -180,3 +180,22 @@ def test_delete_asks_first_names_the_file_and_deletes_exactly_it(studio, tmp_pat
     assert studio.store.dataset(kept) and studio.store.dataset(second)
     assert "Deleted trained-on.csv" in delete(studio, kept, doomed=kept)["deleted"]
     assert studio.store.dataset(kept) is None and studio.store.dataset(second) is not None
+
+
+def test_inside_shows_a_character_once_and_control_tokens_by_name(studio):
+    """Byte-fallback tokens showed their whole character once per byte ("多多多"); <|end|> as a next-token
+    choice was an empty cell; a 0 in a number field gave Gradio's bare "Error"."""
+    from studio.tabs.inside import candidate_text, look
+
+    numbers = (-1, 5, 0.8, 0.9, 0, -1)  # position, top k, temperature, top-p, layer, head
+    out = look(
+        studio, "base:base", None, "text", "猫 and 狗", "", "", *numbers
+    )  # the test tokenizer spells them in bytes
+    assert out["tokens_view"].count("猫") == 1 and out["tokens_view"].count("狗") == 1
+    assert out["surprise_view"].count("猫") == 1, "the surprise view too"
+    end = {"rank": 1, "id": 3, "piece": "<|end|>", "text": "", "probability": 0.5, "sampled_probability": 0.6}
+    assert "&lt;|end|&gt;" in candidate_text(end)
+    assert candidate_text({**end, "piece": "<0xE7>", "text": "\ufffd"}).count("0xE7") == 1, "a lone byte by its name"
+    for zero, field in ((0, "Top k"), (None, "Top k")):
+        refused = look(studio, "base:base", None, "text", "Once upon a time", "", "", -1, zero, 0.8, 0.9, 0, -1)
+        assert refused["status"].startswith(f"⚠ {field} must be"), refused["status"]

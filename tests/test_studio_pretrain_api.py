@@ -158,7 +158,10 @@ def test_pretrain_watch_the_timeline_then_fine_tune_and_inspect_it(app):
         -1,
         api_name="/inside",
     )
-    status, tokens, surprise, next_html, attention = html_out
+    out = named(app, "/inside", html_out)
+    status, tokens, surprise, next_html, attention = (
+        out[f"in-{part}"] for part in ("status", "tokens", "surprise", "next", "attention")
+    )
     assert f"{report['tokens']} tokens" in status
     assert "&lt;" in tokens and "&amp;" in tokens and "<b>&" not in tokens and "title='#0 · id " in tokens
     assert "Difference" in surprise and "mean over heads" in attention and "oz-tiny" in next_html

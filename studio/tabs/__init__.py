@@ -11,6 +11,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from llm.errors import ConfigError
 from llm.run import Metrics
 from studio.charts import line_chart
 from studio.store import FINAL_STATES
@@ -80,6 +81,15 @@ def outputs(ui: SimpleNamespace, *names: str) -> list:
         target = component(ui, name)
         found += target if isinstance(target, list) else [target]
     return found
+
+
+def number(value: Any, kind: type, field: str) -> Any:
+    """A form field's value as kind (int or float); ConfigError naming the field when it is empty or no number
+    (a field cleared by the user reaches the server as None)."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"must be a number, got {value!r}", field=field) from None
 
 
 def dropdown(**kwargs: Any) -> gr.Dropdown:

@@ -15,6 +15,7 @@ import gradio as gr
 from llm.config import ALL_PROJECTIONS, EARLY_STOP_METRICS, OVERFLOW, FinetuneConfig
 from llm.errors import ConfigError
 from studio.jobs import field_label
+from studio.tabs import number
 
 METHOD_CHOICES = [("LoRA: small adapters, fast, little memory", "lora"), ("Full: every weight", "full")]
 # The form: FinetuneConfig fields, the first always in view, the others under "Advanced settings".
@@ -70,11 +71,8 @@ def form_settings(values: dict[str, Any]) -> dict[str, Any]:
         if name == "probes":
             settings[name] = [line.strip() for line in str(value).splitlines() if line.strip()][:MAX_PROBES]
             continue
-        number = {int: int, int | None: int, float: float, float | None: float}.get(hints[name])
-        try:
-            settings[name] = number(value) if number else value
-        except (TypeError, ValueError, OverflowError):
-            raise ConfigError(f"must be a number, got {value!r}", field=name) from None
+        kind = {int: int, int | None: int, float: float, float | None: float}.get(hints[name])
+        settings[name] = number(value, kind, name) if kind else value
     return settings
 
 

@@ -19,7 +19,7 @@ import gradio as gr
 from llm.errors import LLMError
 from studio.context import Studio, StudioError
 from studio.jobs import field_label
-from studio.tabs import LIGHT, bound, dropdown
+from studio.tabs import LIGHT, bound, dropdown, keyed, number, outputs
 
 NO_MODEL = ""  # the second model's "none" choice
 BANDS = ("#dbe4ff", "#fde2c4", "#d3f9d8", "#f3d9fa", "#fff3bf")  # token colour bands, in turn
@@ -31,22 +31,36 @@ BOX = "font-family:var(--font-mono);font-size:13px;line-height:1.9;border:1px so
 BOX += "border-radius:8px;padding:8px 10px;margin-bottom:8px"
 
 
-def shown(row: dict[str, Any]) -> str:
-    """A token as it reads on the page: its text, a control token's name, newlines and tabs made visible."""
+def shown(row: dict[str, Any], continued: bool = False) -> str:
+    """A token as it reads on the page: its text, a control token's name, newlines and tabs made visible. A
+    character spelt by several byte tokens is shown once, by its first (continued: one of the others)."""
+    if continued:
+        return ""
     text = row["piece"] if row["special"] else row["text"]
     return html.escape(text.replace("\n", "↵").replace("\t", "→"))
 
 
-def token_span(row: dict[str, Any], background: str, extra: str = "") -> str:
+def continuations(rows: list[dict[str, Any]]) -> list[bool]:
+    """For each row, whether it is a later byte of a character its previous row began (same span)."""
+    return [
+        i > 0 and not r["special"] and (r["start"], r["end"]) == (rows[i - 1]["start"], rows[i - 1]["end"])
+        for i, r in enumerate(rows)
+    ]
+
+
+def token_span(row: dict[str, Any], background: str, extra: str = "", continued: bool = False) -> str:
     title = f"#{row['index']} · id {row['id']} · {row['piece']}{extra}"
-    span = f"<span class='tok' title='{html.escape(title, quote=True)}' style='{TOKEN_STYLE};background:{background}'>"
-    return span + shown(row) + "</span>" + ("<br>" if row["text"].endswith("\n") else "")
+    style = f"{TOKEN_STYLE};background:{background}" + (";min-width:6px" if continued else "")
+    span = f"<span class='tok' title='{html.escape(title, quote=True)}' style='{style}'>"
+    newline = "<br>" if row["text"].endswith("\n") and not continued else ""
+    return span + shown(row, continued) + "</span>" + newline
 
 
 def tokens_html(report: dict[str, Any]) -> str:
     """The text split into its tokens, colour-banded, ids on hover; tokens against characters."""
     rows = report["rows"]
-    spans = "".join(token_span(r, BANDS[i % len(BANDS)]) for i, r in enumerate(rows))
+    later = continuations(rows)
+    spans = "".join(token_span(r, BANDS[i % len(BANDS)], continued=later[i]) for i, r in enumerate(rows))
     n, chars = report["tokens"], report["characters"]
     head = (
         f"<div class='inside-count'><b>{n:,}</b> tokens for <b>{chars:,}</b> characters "
@@ -64,14 +78,18 @@ def surprise_html(report: dict[str, Any]) -> str:
     """Each token coloured by its bits under each model; with two, the difference: green where the second
     model finds the token more likely, red where less."""
     rows, models = report["rows"], report["models"]
+    later = continuations(rows)
     parts = []
     for k, summary in enumerate(report["summary"]):
         key = "bits" if k == 0 else "bits_2"
         spans = "".join(
             token_span(
-                r, heat(r[key], MAX_BITS, "229,72,77") if r["scored"] else "transparent", f" · {r[key]:.2f} bits"
+                r,
+                heat(r[key], MAX_BITS, "229,72,77") if r["scored"] else "transparent",
+                f" · {r[key]:.2f} bits",
+                later[i],
             )
-            for r in rows
+            for i, r in enumerate(rows)
         )
         bpb = f", {summary['bits_per_byte']:.3f} bits per byte" if summary["bits_per_byte"] is not None else ""
         parts.append(
@@ -81,10 +99,10 @@ def surprise_html(report: dict[str, Any]) -> str:
         )
     if len(models) == 2:
         spans = []
-        for r in rows:
+        for r, continued in zip(rows, later, strict=True):
             delta = r["delta_bits"]
             colour = heat(abs(delta), MAX_DELTA, "34,197,94" if delta < 0 else "229,72,77")
-            spans.append(token_span(r, colour if r["scored"] else "transparent", f" · {delta:+.2f} bits"))
+            spans.append(token_span(r, colour if r["scored"] else "transparent", f" · {delta:+.2f} bits", continued))
         parts.append(
             f"<div class='inside-model'><b>Difference</b>: <span style='background:rgba(34,197,94,.5)'>green</span>"
             f" tokens {html.escape(models[1])} finds more likely than {html.escape(models[0])}, "
@@ -97,13 +115,22 @@ def surprise_html(report: dict[str, Any]) -> str:
     return legend + "".join(parts)
 
 
+def candidate_text(candidate: dict[str, Any]) -> str:
+    """A next-token choice as a cell: its text, or, for a token with no text of its own (a control token such as
+    <|end|>, one byte of a character), its name as a badge."""
+    text = candidate["text"]
+    if not text or "\ufffd" in text:
+        return f"<span class='tok-special'>{html.escape(candidate['piece'])}</span>"
+    return f"<code>{html.escape(repr(text)[1:-1])}</code>"
+
+
 def next_token_html(report: dict[str, Any]) -> str:
     """Per model: the top next tokens with their probability before and after temperature and top-p."""
     views = report.get("next_token") or []
     parts = []
     for view in views:
         rows = "".join(
-            f"<tr><td>{c['rank']}</td><td><code>{html.escape(repr(c['text'])[1:-1])}</code></td>"
+            f"<tr><td>{c['rank']}</td><td>{candidate_text(c)}</td>"
             f"<td style='min-width:160px'><div style='background:#4f7cff;height:10px;width:{100 * c['probability']:.1f}%'>"
             f"</div>{c['probability']:.4f}</td><td>{c['sampled_probability']:.4f}</td></tr>"
             for c in view["candidates"]
@@ -168,47 +195,34 @@ def choices(studio: Studio, a: str | None, b: str | None):
     )
 
 
-def head_or_none(value: float | None) -> int | None:
-    return None if value is None or value < 0 else int(value)
+NUMBERS = {"position": int, "top_k": int, "temperature": float, "top_p": float, "layer": int, "head": int}
 
 
-def inspect(
-    studio: Studio,
-    refs: list[str],
-    mode_value: str,
-    text_value: str,
-    prompt_value: str,
-    answer_value: str,
-    position_value: int,
-    top_k_value: int,
-    temperature_value: float,
-    top_p_value: float,
-    layer_value: int,
-    head_value: int,
-) -> dict[str, Any]:
+def inspect(studio: Studio, refs: list[str], mode: str, text: str, prompt: str, answer: str, **values: Any):
     """llm.eval.inside's report for one or two loaded models (cached by the studio), with the attention of each
-    model or what keeps it from being shown."""
+    model or what keeps it from being shown. values: NUMBERS (head -1: the mean over heads), which the library
+    checks, naming the field."""
     from llm.eval import inside as lib
 
     if not refs:
         raise StudioError("Choose a model.")
+    n = {name: number(values[name], kind, name) for name, kind in NUMBERS.items()}
     loaded = [lib.Loaded(studio.model_label(ref), *studio.load(ref)[:2]) for ref in refs]
     if len(loaded) == 2 and not loaded[0].tokenizer.same_vocabulary(loaded[1].tokenizer):
         raise StudioError(
             f"{loaded[0].name} and {loaded[1].name} use different tokenizers, so their tokens cannot be "
             "compared one by one: choose a model and one trained from it."
         )
-    if mode_value == "chat":
-        tokens = lib.tokenize(loaded[0].tokenizer, prompt=prompt_value or None, answer=answer_value or None)
+    if mode == "chat":
+        tokens = lib.tokenize(loaded[0].tokenizer, prompt=prompt or None, answer=answer or None)
     else:
-        tokens = lib.tokenize(loaded[0].tokenizer, text=text_value or "")
-    settings = dict(top_k=int(top_k_value), temperature=float(temperature_value), top_p=float(top_p_value))
-    report = lib.report(loaded, tokens, int(position_value), **settings)
+        tokens = lib.tokenize(loaded[0].tokenizer, text=text or "")
+    report = lib.report(loaded, tokens, n["position"], top_k=n["top_k"], temperature=n["temperature"], top_p=n["top_p"])
     views = []
     for m in loaded:
         try:
             views.append(
-                {"model": m.name, **lib.attention(m.model, tokens, int(layer_value), head_or_none(head_value))}
+                {"model": m.name, **lib.attention(m.model, tokens, n["layer"], n["head"] if n["head"] >= 0 else None)}
             )
         except LLMError as e:
             views.append({"model": m.name, "error": e.worded(field_label(e.field))})
@@ -216,16 +230,21 @@ def inspect(
     return report
 
 
-def look(studio: Studio, a: str | None, b: str | None, *values) -> tuple:
-    """[status, tokens, surprise, next token, attention] for the chosen models and text."""
-    refs = [r for r in (a, b) if r]
+def look(studio: Studio, a: str | None, b: str | None, mode: str, text: str, prompt: str, answer: str, *numbers: Any):
+    """{status, tokens_view, surprise_view, next_view, attention_view} for the chosen models and text; numbers:
+    NUMBERS' values in their order."""
     try:
-        report = inspect(studio, refs, *values)
+        asked = dict(zip(NUMBERS, numbers, strict=True))
+        report = inspect(studio, [r for r in (a, b) if r], mode, text, prompt, answer, **asked)
     except LLMError as e:
-        return f"⚠ {e.worded(field_label(e.field))}", *[gr.skip()] * 4
-    done = f"{len(report['models'])} model(s) · {report['tokens']} tokens"
-    views = (tokens_html(report), surprise_html(report), next_token_html(report), attention_html(report["attention"]))
-    return done, *views
+        return {"status": f"⚠ {e.worded(field_label(e.field))}"}
+    return {
+        "status": f"{len(report['models'])} model(s) · {report['tokens']} tokens",
+        "tokens_view": tokens_html(report),
+        "surprise_view": surprise_html(report),
+        "next_view": next_token_html(report),
+        "attention_view": attention_html(report["attention"]),
+    }
 
 
 def layout(ui: SimpleNamespace) -> None:
@@ -238,12 +257,13 @@ def layout(ui: SimpleNamespace) -> None:
         ui.prompt = gr.Textbox(label="Prompt", lines=2, elem_id="in-prompt")
         ui.answer = gr.Textbox(label="Answer", lines=2, elem_id="in-answer")
     with gr.Row():
+        # No Gradio bounds: a value out of range gets the library's message naming the field, not a bare "Error".
         ui.position = gr.Number(value=-1, precision=0, label="Next token after token # (-1: the last)")
-        ui.top_k = gr.Number(value=10, precision=0, minimum=1, maximum=50, label="Top k")
-        ui.temperature = gr.Number(value=0.8, minimum=0, label="Temperature")
-        ui.top_p = gr.Number(value=0.95, minimum=0.01, maximum=1, label="Top-p")
-        ui.layer = gr.Number(value=0, precision=0, minimum=0, label="Attention layer")
-        ui.head = gr.Number(value=-1, precision=0, minimum=-1, label="Head (-1: mean of all)")
+        ui.top_k = gr.Number(value=10, precision=0, label="Top k")
+        ui.temperature = gr.Number(value=0.8, label="Temperature")
+        ui.top_p = gr.Number(value=0.95, label="Top-p")
+        ui.layer = gr.Number(value=0, precision=0, label="Attention layer")
+        ui.head = gr.Number(value=-1, precision=0, label="Head (-1: mean of all)")
     ui.go = gr.Button("Look inside", variant="primary", elem_id="in-go")
     ui.status = gr.Markdown(elem_id="in-status")
     with gr.Tabs():
@@ -266,10 +286,9 @@ def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
         [ui.text, ui.chat_row],
         api_visibility="private",
     )
-    settings = [ui.position, ui.top_k, ui.temperature, ui.top_p, ui.layer, ui.head]
-    inputs = [*picked, ui.mode, ui.text, ui.prompt, ui.answer, *settings]
-    views = [ui.status, ui.tokens_view, ui.surprise_view, ui.next_view, ui.attention_view]
-    ui.go.click(bound(look, studio), inputs, views, api_name="inside")
+    inputs = [*picked, ui.mode, ui.text, ui.prompt, ui.answer, *outputs(ui, *NUMBERS)]
+    views = outputs(ui, "status", "tokens_view", "surprise_view", "next_view", "attention_view")
+    ui.go.click(keyed(look, studio, ui), inputs, views, api_name="inside")
 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
@@ -303,8 +322,8 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         try:
             refs = [r for r in (model, second_model) if r]
             mode_value = "chat" if prompt or answer else "text"
-            values = (text, prompt, answer, position, top_k, temperature, top_p, layer, head)
-            return inspect(studio, refs, mode_value, *values)
+            numbers = dict(position=position, top_k=top_k, temperature=temperature, top_p=top_p, layer=layer, head=head)
+            return inspect(studio, refs, mode_value, text, prompt, answer, **numbers)
         except LLMError as e:
             raise gr.Error(e.worded(field_label(e.field))) from None
 

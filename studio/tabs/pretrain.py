@@ -23,7 +23,7 @@ from llm.errors import ConfigError, LLMError
 from llm.run import Metrics
 from studio.context import Studio, human_size, upload_limit
 from studio.jobs import CHILD_THREADS, field_label
-from studio.tabs import LIGHT, chosen, dropdown, keep, keyed, outputs
+from studio.tabs import LIGHT, chosen, dropdown, keep, keyed, number, outputs
 from studio.tabs.data import safe_filename
 from studio.tabs.finetune import device_text
 from studio.tabs.runs import RunView, clock, default_run, run_choices, run_controls, watch_state, wire_watch
@@ -70,13 +70,6 @@ def form_settings(form: dict[str, Any]) -> dict[str, Any]:
         settings["val_fraction"] = number(form["validation"], float, "val_fraction")
     lines = [line.strip() for line in (form["prompts"] or "").splitlines() if line.strip()][:5]
     return settings | ({"sample_prompts": lines} if lines else {})
-
-
-def number(value: Any, kind: type, field: str) -> Any:
-    try:
-        return kind(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"must be a number, got {value!r}", field=field) from None
 
 
 def pretrain_config(studio: Studio, text_key: str | None, tokenizer_ref: str | None, settings: dict[str, Any]):
