@@ -31,6 +31,14 @@ def bound(handler: Callable, studio: Any) -> Callable:
     return fn
 
 
+def page(label: str, key: str, layout: Callable[[SimpleNamespace], None]) -> tuple[gr.Tab, SimpleNamespace]:
+    """A tab of the studio laid out by layout(ui): the tab, and ui holding its parts by name."""
+    ui = SimpleNamespace()
+    with gr.Tab(label, id=key) as tab:
+        layout(ui)
+    return tab, ui
+
+
 def keyed(handler: Callable, studio: Any, ui: SimpleNamespace) -> Callable:
     """handler(studio, *inputs) returns (or, a generator, yields) {name: value}, a name being an attribute of ui
     (a component, or a list of components given a list of values), or a key of ui.fields; Gradio gets

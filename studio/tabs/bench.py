@@ -218,6 +218,11 @@ def show_tab(studio: Studio, refs: list[str] | None, tasks: list[str] | None, ru
 
 
 def layout(ui: SimpleNamespace) -> None:
+    gr.Markdown(
+        "What can a model do? Standard benchmarks score it: each question's answers are ranked by how likely "
+        "the model finds them. BLiMP asks for grammar (right for tiny models), the others for commonsense and "
+        "science. The dashed line is what picking at random scores."
+    )
     with gr.Row():
         with gr.Column(scale=2, min_width=320):
             ui.models = dropdown(label="Models", multiselect=True, elem_id="bench-models")
@@ -284,11 +289,6 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
     ui = SimpleNamespace()
     with gr.Tab(TAB_LABEL, id="bench") as tab:
-        gr.Markdown(
-            "What can a model do? Standard benchmarks score it: each question's answers are ranked by how likely "
-            "the model finds them. BLiMP asks for grammar (right for tiny models), the others for commonsense and "
-            "science. The dashed line is what picking at random scores."
-        )
         layout(ui)
     wire(studio, tab, ui)
     return api_functions(studio)

@@ -13,7 +13,7 @@ import gradio as gr
 from llm.config import SamplingConfig
 from llm.errors import LLMError
 from studio.context import Studio
-from studio.tabs import LIGHT, dropdown, finished_run
+from studio.tabs import LIGHT, dropdown, finished_run, page
 from studio.tabs.compare import generation_threads, sampling_sliders
 
 
@@ -115,9 +115,7 @@ def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    ui = SimpleNamespace()
-    with gr.Tab("5 · Chat", id="chat") as tab:
-        layout(ui)
+    tab, ui = page("5 · Chat", "chat", layout)
     wire(studio, tab, ui)
 
     def api_chat(

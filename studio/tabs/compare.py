@@ -18,10 +18,16 @@ from llm.errors import LLMError
 from studio.context import Studio, spreadsheet_safe
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import LAUNCHED_STATES, new_id
-from studio.tabs import LIGHT, bound, dropdown, finished_run, keyed, outputs
+from studio.tabs import LIGHT, bound, dropdown, finished_run, keyed, outputs, page
 from studio.votes import TIE
 
 MAX_MODELS = 4
+
+
+INTRO = (
+    "Ask several models the same question with the same sampling settings and seed, and see how their "
+    "answers differ. Pick the base model and your fine-tuned model to see what fine-tuning changed."
+)
 
 
 def word_diff_html(reference: str, other: str) -> str:
@@ -293,6 +299,7 @@ def sampling_sliders(temperature: float) -> tuple[gr.Slider, gr.Slider, gr.Slide
 
 def layout_question(ui: SimpleNamespace) -> None:
     """The models, the prompt, the sampling settings, the answers side by side, their diff and the vote."""
+    gr.Markdown(INTRO)
     with gr.Row():
         ui.models = dropdown(
             label="Models (2 to 4)", multiselect=True, max_choices=MAX_MODELS, scale=4, elem_id="compare-models"
@@ -351,6 +358,11 @@ def layout_batch(ui: SimpleNamespace) -> None:
         ui.batch_file = gr.File(label="Download CSV", interactive=False, visible=False, elem_id="compare-batch-file")
 
 
+def layout(ui: SimpleNamespace) -> None:
+    layout_question(ui)
+    layout_batch(ui)
+
+
 def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     fill = keyed(choices, studio, ui)
     filled = outputs(ui, "models", "batch_data", "tally")
@@ -372,13 +384,6 @@ def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name (none)."""
-    ui = SimpleNamespace()
-    with gr.Tab("4 · Compare", id="compare") as tab:
-        gr.Markdown(
-            "Ask several models the same question with the same sampling settings and seed, and see how their "
-            "answers differ. Pick the base model and your fine-tuned model to see what fine-tuning changed."
-        )
-        layout_question(ui)
-        layout_batch(ui)
+    tab, ui = page("4 · Compare", "compare", layout)
     wire(studio, tab, ui)
     return {}

@@ -22,7 +22,7 @@ from llm.data.tasks import SPREADSHEETS, TaskFileError, file_type_problem, sugge
 from studio.charts import bar_chart
 from studio.context import DATA_SUFFIXES, Studio, StudioError, plural, upload_limit
 from studio.store import new_id
-from studio.tabs import LIGHT, bound, dropdown, keyed, outputs
+from studio.tabs import LIGHT, bound, dropdown, keyed, outputs, page
 
 PREVIEW_EXAMPLES = 6
 FORMAT_CHOICES = [
@@ -36,6 +36,12 @@ VIEWS = ("status", "fmt", "prompt_col", "response_col", "system_col", "preview",
 COLUMNS = ("prompt_col", "response_col", "system_col")  # the pairs format's column choices, by role
 NONE = ""  # the "no column" choice of the mapping dropdowns
 CANNOT_USE = "### ⚠ This file cannot be used\n"
+
+
+INTRO = (
+    "Pick a sample dataset or upload your own: a table of prompts and answers (CSV, TSV, JSON, JSONL or "
+    "Parquet), alpaca-style instruction/input/output records, or chat conversations."
+)
 
 
 def safe_filename(name: str) -> str:
@@ -463,6 +469,7 @@ UPLOAD_WATCH = """() => {
 
 
 def source_row(studio: Studio, ui: SimpleNamespace) -> None:
+    gr.Markdown(INTRO)
     with gr.Row(equal_height=True):
         ui.dataset = dropdown(label="Dataset", scale=3, elem_id="data-dataset")
         ui.upload = gr.File(
@@ -509,6 +516,15 @@ def results(ui: SimpleNamespace) -> None:
         ui.cancel = gr.Button("Cancel", scale=0, elem_id="data-confirm-cancel")
 
 
+def layout(studio: Studio, ui: SimpleNamespace) -> None:
+    source_row(studio, ui)
+    format_row(ui)
+    results(ui)
+    ui.pending = gr.State(None)  # an upload whose columns the user still has to name: {"path", "name"}
+    ui.seen = gr.State(None)  # shown_signature() of what the view last drew on opening or showing the tab
+    ui.doomed = gr.State(None)  # the dataset the open "Yes, delete it" box names
+
+
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     views = outputs(ui, *VIEWS)
     ui.page.change(bound(show_page, studio), [ui.dataset, ui.page], ui.preview, **LIGHT)
@@ -538,17 +554,6 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name (none)."""
-    ui = SimpleNamespace()
-    with gr.Tab("1 · Data", id="data") as tab:
-        gr.Markdown(
-            "Pick a sample dataset or upload your own: a table of prompts and answers (CSV, TSV, JSON, JSONL or "
-            "Parquet), alpaca-style instruction/input/output records, or chat conversations."
-        )
-        source_row(studio, ui)
-        format_row(ui)
-        results(ui)
-        ui.pending = gr.State(None)  # an upload whose columns the user still has to name: {"path", "name"}
-        ui.seen = gr.State(None)  # shown_signature() of what the view last drew on opening or showing the tab
-        ui.doomed = gr.State(None)  # the dataset the open "Yes, delete it" box names
+    tab, ui = page("1 · Data", "data", lambda ui: layout(studio, ui))
     wire(studio, demo, tab, ui)
     return {}

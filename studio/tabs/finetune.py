@@ -27,7 +27,7 @@ from llm.run import info_version
 from studio.context import Studio, human_size, memory_now, plural
 from studio.datasets import file_version
 from studio.jobs import CHILD_THREADS, field_label
-from studio.tabs import LIGHT, chosen, dropdown, keep, keyed, outputs
+from studio.tabs import LIGHT, chosen, dropdown, keep, keyed, outputs, page
 from studio.tabs.form import (
     ADVANCED_FIELDS,
     BASIC_FIELDS,
@@ -496,9 +496,7 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    ui = SimpleNamespace()
-    with gr.Tab(TAB_LABEL, id="finetune") as tab:
-        layout(ui, demo)
+    tab, ui = page(TAB_LABEL, "finetune", lambda ui: layout(ui, demo))
     wire_form(studio, tab, ui)
     wire_watch(studio, ui, VIEW, "ft", api_prefix="")
     return api_functions(studio)

@@ -19,7 +19,7 @@ import gradio as gr
 from llm.errors import LLMError
 from studio.context import Studio, StudioError
 from studio.jobs import field_label
-from studio.tabs import LIGHT, bound, dropdown, keyed, number, outputs
+from studio.tabs import LIGHT, bound, dropdown, keyed, number, outputs, page
 
 NO_MODEL = ""  # the second model's "none" choice
 BANDS = ("#dbe4ff", "#fde2c4", "#d3f9d8", "#f3d9fa", "#fff3bf")  # token colour bands, in turn
@@ -29,6 +29,13 @@ MAX_ATTENTION = 64  # positions shown in the heatmap
 TOKEN_STYLE = "border-radius:3px;padding:1px 0;margin:0 1px 2px 0;display:inline-block;white-space:pre"
 BOX = "font-family:var(--font-mono);font-size:13px;line-height:1.9;border:1px solid var(--border-color-primary);"
 BOX += "border-radius:8px;padding:8px 10px;margin-bottom:8px"
+
+
+INTRO = (
+    "See what a model reads and why it answers: the **tokens** of a text, how **surprised** the model is "
+    "by each (with two models: what the second learned), the **next token** it would pick, and where it "
+    "**attends**."
+)
 
 
 def shown(row: dict[str, Any], continued: bool = False) -> str:
@@ -248,6 +255,7 @@ def look(studio: Studio, a: str | None, b: str | None, mode: str, text: str, pro
 
 
 def layout(ui: SimpleNamespace) -> None:
+    gr.Markdown(INTRO)
     with gr.Row():
         ui.model_a = dropdown(label="Model", elem_id="in-model-a")
         ui.model_b = dropdown(label="Second model (optional: compare token by token)", elem_id="in-model-b")
@@ -293,14 +301,7 @@ def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    ui = SimpleNamespace()
-    with gr.Tab("8 · Inside", id="inside") as tab:
-        gr.Markdown(
-            "See what a model reads and why it answers: the **tokens** of a text, how **surprised** the model is "
-            "by each (with two models: what the second learned), the **next token** it would pick, and where it "
-            "**attends**."
-        )
-        layout(ui)
+    tab, ui = page("8 · Inside", "inside", layout)
     wire(studio, tab, ui)
 
     def api_inspect(

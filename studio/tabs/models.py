@@ -24,7 +24,7 @@ from llm.run import Metrics, RunDir, read_info, run_of
 from studio.context import Studio, StudioError, dir_size, human_size, is_model_dir
 from studio.jobs import field_label
 from studio.store import new_id
-from studio.tabs import LIGHT, dropdown, keyed, loss_chart, loss_frame, loss_plot, outputs
+from studio.tabs import LIGHT, dropdown, keyed, loss_chart, loss_frame, loss_plot, outputs, page
 
 TABLE_COLUMNS = ["name", "kind", "status", "base", "dataset", "steps", "best val loss", "size", "created"]
 CELL_CHARS = 60  # a cell of the Compare-runs settings table, at most (a long probe list ran off the page)
@@ -422,9 +422,7 @@ def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    ui = SimpleNamespace()
-    with gr.Tab("7 · Models", id="models") as tab:
-        layout(ui)
+    tab, ui = page("7 · Models", "models", layout)
     wire(studio, tab, ui)
 
     def api_models() -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from llm.errors import ConfigError, LLMError
 from llm.run import Metrics
 from studio.context import Studio, human_size, upload_limit
 from studio.jobs import CHILD_THREADS, field_label
-from studio.tabs import LIGHT, chosen, dropdown, keep, keyed, number, outputs
+from studio.tabs import LIGHT, chosen, dropdown, keep, keyed, number, outputs, page
 from studio.tabs.data import safe_filename
 from studio.tabs.finetune import device_text
 from studio.tabs.runs import RunView, clock, default_run, run_choices, run_controls, watch_state, wire_watch
@@ -41,6 +41,12 @@ PRESET_HELP = {
 }
 BUDGETS = [("Time (minutes)", "time"), ("Steps", "steps")]
 TIMELINE_EVALS = 12  # evaluations shown in the timeline, newest first
+
+
+INTRO = (
+    "Train a model **from scratch** on a text: it learns to write like it. Start with the sample book "
+    "(5 minutes on a laptop CPU gives words), or upload your own text."
+)
 
 
 def presets(cuda: bool) -> list[tuple[str, str]]:
@@ -302,6 +308,16 @@ def layout_run(ui: SimpleNamespace) -> None:
     ui.log = gr.Textbox(label="Log", lines=6, max_lines=6, autoscroll=True, interactive=False, elem_id="pt-log")
 
 
+def layout(studio: Studio, ui: SimpleNamespace) -> None:
+    gr.Markdown(INTRO)
+    with gr.Row():
+        with gr.Column(scale=2, min_width=320):
+            layout_form(studio, ui)
+        with gr.Column(scale=3, min_width=420):
+            layout_run(ui)
+    watch_state(ui)
+
+
 def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     form = set(outputs(ui, *FORM))
     plan = keyed(make_plan, studio, ui)
@@ -367,18 +383,7 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    ui = SimpleNamespace()
-    with gr.Tab(TAB_LABEL, id="pretrain") as tab:
-        gr.Markdown(
-            "Train a model **from scratch** on a text: it learns to write like it. Start with the sample book "
-            "(5 minutes on a laptop CPU gives words), or upload your own text."
-        )
-        with gr.Row():
-            with gr.Column(scale=2, min_width=320):
-                layout_form(studio, ui)
-            with gr.Column(scale=3, min_width=420):
-                layout_run(ui)
-        watch_state(ui)
+    tab, ui = page(TAB_LABEL, "pretrain", lambda ui: layout(studio, ui))
     wire(studio, tab, ui)
     wire_watch(studio, ui, VIEW, "pt", api_prefix="pretrain_")
     return api_functions(studio)
