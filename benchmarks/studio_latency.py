@@ -191,9 +191,8 @@ def start_training(url: str) -> str:
     from gradio_client import Client
 
     client = Client(url, verbose=False)
-    message, run_id = client.predict(
-        "base:base", "sample-opposites", "lora", 0, 1_000_000, 0, 0, 0, "", "bench-run", api_name="/start"
-    )
+    settings = '{"max_steps": 1000000}'  # FinetuneConfig fields: a run that trains until it is stopped
+    message, run_id = client.predict("base:base", "sample-opposites", settings, "bench-run", api_name="/start")
     assert run_id, message
     deadline = time.time() + 180
     while time.time() < deadline:  # measure once it trains, not while it starts

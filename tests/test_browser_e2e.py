@@ -149,6 +149,28 @@ def test_upload_finetune_reload_and_compare(page):
     assert len(stored) == 1 and stored[0].is_relative_to(studio.workspace / "datasets")
     assert not (studio.workspace.parent / "x.csv").exists() and not (studio.workspace.parent.parent / "x.csv").exists()
 
+    # An upload whose columns must be named waits outside the workspace, shown as itself (the Dataset box names
+    # no other file meanwhile): Delete has nothing to delete. Delete asks first, naming the file, and deletes it.
+    stored_before = workspace_files(studio.workspace)
+    upload.set_input_files(
+        files=[{"name": "frage.csv", "mimeType": "text/csv", "buffer": b"frage,prompt\nHoch?,tief\n"}]
+    )
+    expect(status).to_contain_text("which columns hold the prompts")
+    expect(page.locator("#data-dataset input")).to_have_value("")
+    expect(page.locator("#data-prompt-col input")).to_have_value("prompt")  # the column named prompt, offered first
+    page.locator("#data-delete").click()
+    expect(page.locator("#data-deleted")).to_contain_text("frage.csv waits for its columns and is not stored")
+    expect(page.locator("#data-confirm")).to_be_hidden()
+    assert workspace_files(studio.workspace) == stored_before
+    page.locator("#data-dataset input").click()
+    page.get_by_role("option", name=re.compile(r"^x\.csv \(uploaded")).click()
+    expect(status).to_contain_text("x.csv: 1 example ready")
+    page.locator("#data-delete").click()
+    expect(page.locator("#data-confirm-text")).to_contain_text("Delete x.csv (uploaded, 1 example)?")
+    page.locator("#data-confirm-delete").click()
+    expect(page.locator("#data-deleted")).to_contain_text("Deleted x.csv")
+    assert not [d for d in studio.store.datasets() if d["name"] == "x.csv"] and not stored[0].exists()
+
     # 2. Fine-tune: the plan, then a short run with a live plot and progress. Every event costs the browser
     # a pass over the page's state: showing the tab sends one event.
     def show_finetune():
@@ -237,6 +259,22 @@ def test_upload_finetune_reload_and_compare(page):
     assert studio.store.votes()[-1]["winner"] == f"run:{run['id']}"
     page.screenshot(path=str(SCREENSHOTS / "compare.png"), full_page=True)
 
+    # Two prompts in quick succession: the second replaces the first (the first used to be dropped silently and
+    # its answers stood under the second prompt); the answers shown, and the vote, are the second prompt's.
+    prompt = page.locator("#compare-prompt textarea")
+    prompt.fill("Tell a long story about the sea.")
+    prompt.press("Enter")
+    prompt.fill("Opposite of hot?")
+    prompt.press("Enter")
+    expect(page.locator("#compare-status")).to_contain_text("Done: answers to «Opposite of hot?»", timeout=60_000)
+    page.wait_for_timeout(1500)  # nothing of the first comparison lands afterwards
+    expect(page.locator("#compare-status")).to_contain_text("Opposite of hot?")
+    page.locator("#compare-vote label", has_text="Tie / both bad").click()
+    page.get_by_role("button", name="Save vote").click()
+    expect(page.get_by_text("Vote saved for «Opposite of hot?»")).to_be_visible()
+    shown = [answers.nth(i).locator("textarea").input_value() for i in range(2)]
+    assert studio.store.votes()[-1]["prompt"] == "Opposite of hot?" and studio.store.votes()[-1]["answers"] == shown
+
     # 5. Chat: two turns with the fine-tuned model; the conversation is kept.
     open_tab(page, "5 · Chat")
     expect(page.locator("#chat-model input")).to_have_value(re.compile("opposites-ft"))
@@ -253,10 +291,10 @@ def test_upload_finetune_reload_and_compare(page):
 
     # 6. Votes: the vote cast in Compare, exported as preference pairs, and a preference run on it.
     open_tab(page, "6 · Votes")
-    expect(page.locator("#votes-summary")).to_contain_text("1 vote")
+    expect(page.locator("#votes-summary")).to_contain_text("2 votes")
     expect(page.locator("#votes-table")).to_contain_text("Opposite of up?")
     page.locator("#votes-export").click()
-    expect(page.locator("#votes-status")).to_contain_text("Exported 1 pair")
+    expect(page.locator("#votes-status")).to_contain_text("Exported 1 pair and 1 tie")
     page.locator("#votes-max-steps input").fill("2")
     page.locator("#votes-tune").click()
     expect(page.locator("#votes-status")).to_contain_text("Preference run on 1 pair")
@@ -282,6 +320,13 @@ def test_upload_finetune_reload_and_compare(page):
     expect_lines(page, "#models-loss")
     page.wait_for_timeout(700)  # let the closing option list fade out of the screenshot
     page.screenshot(path=str(SCREENSHOTS / "models.png"), full_page=True)
+
+    # The preference run is built on opposites-ft: deleting opposites-ft is refused, naming it (it used to go,
+    # and the DPO run's model no longer loaded).
+    page.locator("#models-delete").click()
+    expect(page.locator("#models-status")).to_contain_text(f"opposites-ft is the base model of {tuned['name']}")
+    expect(page.locator("#models-confirm")).to_be_hidden()
+    assert studio.store.run(run["id"]) is not None
 
     # Several runs' curves on one chart, their settings side by side.
     page.get_by_text("Compare runs: loss curves").click()

@@ -11,6 +11,7 @@ import re
 
 import pytest
 from test_browser_e2e import ARTIFACTS, events_sent, open_tab, page  # noqa: F401  (page is the fixture)
+from test_studio_keeps_work import GUTENBERG_BOOK
 
 pytestmark = pytest.mark.slow
 
@@ -33,6 +34,18 @@ def test_pretrain_the_sample_book_then_fine_tune_and_look_inside(page):  # noqa:
         expect(page.locator("#pt-plan")).to_contain_text("of training: about")  # the default: a time budget
 
     assert len(events_sent(page, show_pretrain)) == 1
+
+    # A Project Gutenberg book is kept without Gutenberg's header, licence and footer, and the status says so.
+    page.locator("#pt-upload input[type=file]").set_input_files(
+        files=[{"name": "pg-oz.txt", "mimeType": "text/plain", "buffer": GUTENBERG_BOOK.encode()}]
+    )
+    expect(page.locator("#pt-text-status")).to_contain_text(
+        re.compile(r"Project Gutenberg book: its header, licence and footer \([\d,]+ characters\) were left out")
+    )
+    expect(page.locator("#pt-text input")).to_have_value(re.compile(r"^pg-oz\.txt"))
+    kept = next((studio.workspace / "texts").glob("*/pg-oz.txt")).read_text()
+    assert "Gutenberg" not in kept and "Dorothy lived" in kept
+    choose(page, "pt-text", re.compile(r"^marvelous_land_of_oz\.txt"))
 
     # A tiny budget: the tiny preset, the base model's tokenizer (so Inside can compare the two), 12 steps.
     choose(page, "pt-tokenizer", re.compile(r"^Reuse the tokenizer of base"))
