@@ -239,6 +239,9 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.best = self.path / BEST  # the best checkpoint (fine-tuning; pretraining with keep_best)
+        self.metrics, self.log = self.path / METRICS_FILE, self.path / LOG_FILE
+        self.data = self.path / DATA  # a run pretrained from raw text: its tokenizer and shards
 
     @property
     def latest(self) -> Path:
@@ -246,22 +249,6 @@ class RunDir:
         latest = self.path / LATEST
         old = self.path / (LATEST + ".old")
         return old if not is_checkpoint(latest) and is_checkpoint(old) else latest
-
-    @property
-    def best(self) -> Path:
-        return self.path / BEST
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / METRICS_FILE
-
-    @property
-    def data(self) -> Path:
-        return self.path / DATA
-
-    @property
-    def log(self) -> Path:
-        return self.path / LOG_FILE
 
     def settings(self, command: str = "finetune") -> Path:
         """The config file a run of `python -m llm <command>` is started with."""

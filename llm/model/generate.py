@@ -98,6 +98,7 @@ def stream_text(
     prompt_ids: list[int],
     cfg: SamplingConfig,
     stop_ids: tuple[int, ...] = (),
+    *,
     use_cache: bool = True,
 ) -> Iterator[str]:
     """Yield pieces of generated text as they become whole characters, ending at a stop string or id.
