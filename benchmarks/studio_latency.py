@@ -196,8 +196,7 @@ def start_training(url: str) -> str:
     assert run_id, message
     deadline = time.time() + 180
     while time.time() < deadline:  # measure once it trains, not while it starts
-        progress = client.predict(run_id, api_name="/progress")
-        if "step <b>" in str(progress[1]) and "step <b>0</b>" not in str(progress[1]):
+        if client.predict(run_id, api_name="/progress")["step"] > 0:
             return run_id
         time.sleep(1)
     raise RuntimeError("the fine-tune did not start training within 180 s")

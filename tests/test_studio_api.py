@@ -24,7 +24,7 @@ MAX_UPLOAD = 100_000  # bytes: small, so the oversized-upload test needs no big 
 ENDPOINTS = {
     "upload", "validate", "dataset", "plan", "start", "progress", "stop", "resume", "runs",
     "compare", "vote", "batch_compare", "models", "rename", "delete", "download",
-    "save_preset", "presets", "loss_curves", "download_hf", "votes", "export_votes", "tune_on_votes", "chat", "delete_dataset",
+    "save_preset", "presets", "loss_curves", "votes", "export_votes", "tune_on_votes", "chat", "delete_dataset",
 }  # fmt: skip
 
 
@@ -278,21 +278,24 @@ def test_presets_are_saved_in_the_workspace_with_every_key(app):
 
 
 def test_progress_without_a_run_offers_nothing_to_stop_or_resume(app):
+    from gradio_client.exceptions import AppError
+
     from studio.tabs.finetune import VIEW
 
-    out = named(app, "/progress", Client(app.url, verbose=False).predict("", api_name="/progress"))
-    assert "<polyline" not in out["ft-loss"] and not out["ft-samples"]["data"] and not out["ft-run"]
-    view = VIEW.refresh(app.studio, None, None)  # the buttons, which the API does not return
+    with pytest.raises(AppError, match="No run 'nope'"):
+        app.client.predict("nope", api_name="/progress")
+    view = VIEW.refresh(app.studio, None, None)  # what a page without a run shows
     assert not view["stop"].interactive and not view["resume"].interactive and not view["timer"].active
+    assert "<polyline" not in view["curve"] and view["samples"].empty
     assert "Choose a run first" in app.client.predict("", api_name="/stop")
 
 
 def test_compare_needs_two_models_and_a_prompt(app):
     client = Client(app.url, verbose=False)  # its own page: nothing compared yet
-    out = named(app, "/compare", client.predict(["base:base"], "Hi", 0, 1, 8, 0, api_name="/compare"))
-    assert "Choose 2 to 4 models" in out["compare-status"] and not out["compare-answer-0"]
-    out = named(app, "/compare", client.predict(["base:base", "base:base"], "  ", 0, 1, 8, 0, api_name="/compare"))
-    assert "Write a prompt" in out["compare-status"] and not out["compare-answer-0"]
+    out = client.predict(["base:base"], "Hi", 0, 1, 8, 0, api_name="/compare")
+    assert "Choose 2 to 4 models" in out["status"] and not any(out["answers"]) and not out["comparison"]
+    out = client.predict(["base:base", "base:base"], "  ", 0, 1, 8, 0, api_name="/compare")
+    assert "Write a prompt" in out["status"] and not any(out["answers"]) and not out["comparison"]
     votes = len(app.studio.store.votes())
     assert "Generate answers first" in record_vote(app.studio, {}, "tie") and len(app.studio.store.votes()) == votes
 
@@ -300,17 +303,18 @@ def test_compare_needs_two_models_and_a_prompt(app):
 def test_compare_answers_side_by_side_and_votes_are_stored(app):
     client = Client(app.url, verbose=False)
     out = client.predict(["base:base", "base:base"], "Once upon a time", 0.8, 0.9, 12, 7, api_name="/compare")
-    out = named(app, "/compare", out)
-    first, second = out["compare-answer-0"], out["compare-answer-1"]
+    first, second = out["answers"]
     assert first and first == second, "same model, same seed and settings: the same answer"
-    assert "100% of words shared" in out["compare-diff"] and "seed (7)" in out["compare-status"]
+    assert "100% of words shared" in out["diff"] and "seed (7)" in out["status"]
+    comparison = out["comparison"]
+    assert comparison["prompt"] == "Once upon a time" and comparison["answers"] == [first, second]
     votes = len(app.studio.store.votes())
-    assert "Vote saved" in client.predict("base:base", api_name="/vote")
+    assert "Vote saved" in client.predict(comparison, "base:base", api_name="/vote")
     vote = app.studio.store.votes()[-1]
     assert len(app.studio.store.votes()) == votes + 1
     assert vote["prompt"] == "Once upon a time" and vote["answers"] == [first, second]
     assert vote["settings"]["seed"] == 7 and vote["winner"] == "base:base"
-    assert "Vote saved" in client.predict("tie", api_name="/vote")  # a second vote on the same comparison
+    assert "Vote saved" in client.predict(comparison, "tie", api_name="/vote")  # again on the same comparison
     assert len(app.studio.store.votes()) == votes + 1 and app.studio.store.votes()[-1]["winner"] == "tie"
     exported = app.client.predict(api_name="/export_votes")
     assert exported["n_ties"] >= 1 and Path(exported["pairs"]).is_file()
@@ -334,15 +338,13 @@ def test_models_lists_the_base_model(app):
 def test_names_must_be_unique_and_a_missing_model_is_not_renamed(app):
     taken = "Other base (shipped)"
     app.studio.store.set_model("other", taken, app.studio.base_model)  # a second entry with its own name
-    status = named(app, "/rename", app.client.predict("base:base", taken.upper() + "  ", api_name="/rename"))
-    assert status["models-status"].startswith("⚠ Name") and "taken" in status["models-status"]
+    status = app.client.predict("base:base", taken.upper() + "  ", api_name="/rename")
+    assert status.startswith("⚠ Name") and "taken" in status
     assert app.studio.store.model("base")["name"] != taken.upper().strip(), "not renamed"
-    out = named(app, "/rename", app.client.predict("run:nope", "fresh name", api_name="/rename"))
-    assert "unknown model" in out["models-status"] and not any(
-        r["name"] == "fresh name" for r in app.studio.store.runs()
-    )
-    out = named(app, "/rename", app.client.predict("base:base", "x" * 81, api_name="/rename"))
-    assert "at most 80" in out["models-status"] and app.studio.store.model("base")["name"] != "x" * 81
+    out = app.client.predict("run:nope", "fresh name", api_name="/rename")
+    assert "unknown model" in out and not any(r["name"] == "fresh name" for r in app.studio.store.runs())
+    out = app.client.predict("base:base", "x" * 81, api_name="/rename")
+    assert "at most 80" in out and app.studio.store.model("base")["name"] != "x" * 81
     settings = '{"max_steps": 1, "batch_size": 8}'
     message, _ = app.client.predict("base:base", "sample-opposites", settings, taken, api_name="/start")
     assert "taken" in message and not any(r["name"] == taken for r in app.studio.store.runs())
@@ -351,8 +353,8 @@ def test_names_must_be_unique_and_a_missing_model_is_not_renamed(app):
 
 
 def test_the_base_model_cannot_be_deleted(app):
-    out = named(app, "/delete", app.client.predict("base:base", api_name="/delete"))
-    assert "cannot be deleted" in out["models-status"] and app.studio.store.model("base")
+    assert "cannot be deleted" in app.client.predict("base:base", api_name="/delete")
+    assert app.studio.store.model("base")
 
 
 @pytest.mark.slow
@@ -376,44 +378,38 @@ def test_finetune_progress_compare_batch_and_model_actions(app):
         if app.studio.store.run(run_id)["status"] in ("done", "failed", "stopped", "interrupted"):
             break
         time.sleep(1)
-    out = Client(app.url, verbose=False).predict(run_id, api_name="/progress")  # a new page: every part is sent
-    out = named(app, "/progress", out)
-    assert app.studio.store.run(run_id)["status"] == "done", out["ft-log"]
-    assert "done" in out["ft-state"] and "step <b>6</b> of 6" in out["ft-progress"]
-    assert {"train", "validation"} <= set(re.findall(r"<polyline class='line' data-series='([^']*)'", out["ft-loss"]))
-    samples = out["ft-samples"]
-    assert samples["data"] and samples["data"][0][1] == "Opposite of up?"
-    assert "done at step 6" in out["ft-log"]
+    out = c.predict(run_id, api_name="/progress")
+    assert app.studio.store.run(run_id)["status"] == "done" and out["status"] == "done", out["log"]
+    assert "done" in out["state"] and "step <b>6</b> of 6" in out["bar"] and out["step"] == out["max_steps"] == 6
+    assert {"train", "validation"} <= set(re.findall(r"<polyline class='line' data-series='([^']*)'", out["curve"]))
+    assert out["samples"] and out["samples"][0]["prompt"] == "Opposite of up?"
+    assert "done at step 6" in out["log"]
     assert any(r["id"] == run_id and r["status"] == "done" for r in c.predict(api_name="/runs"))
 
     ref = f"run:{run_id}"
     points = c.predict([ref, "run:gone"], api_name="/loss_curves")
     assert {p["curve"] for p in points} == {"tiny-run: train", "tiny-run: validation"}
     assert all(isinstance(p["loss"], float) and isinstance(p["step"], int) for p in points)
-    out = named(
-        app, "/compare", c.predict(["base:base", ref], "Opposite of up?", 0, 1, 16, 0, api_name="/compare"), raw=True
-    )
-    assert value(out["compare-answer-0"]) is not None and out["compare-answer-1"]["label"] == "tiny-run"
-    out = named(
-        app, "/batch_compare", c.predict(["base:base", ref], "sample-opposites", 4, 8, 0, api_name="/batch_compare")
-    )
-    note, totals, table, csv_file = (out[f"compare-batch-{part}"] for part in ("status", "totals", "table", "file"))
-    assert "Scored 4 held-out rows" in note
-    assert [row[0] for row in totals["data"]] == ["base", "tiny-run"] and totals["data"][0][1] == 4
-    assert {"exact", "contains", "f1", "ref_loss"} <= set(table["headers"])
-    assert Path(value(csv_file)).read_text().startswith("model,row,prompt,reference,answer")
+    out = c.predict(["base:base", ref], "Opposite of up?", 0, 1, 16, 0, api_name="/compare")
+    assert len(out["answers"]) == 2 and out["comparison"]["labels"] == ["base", "tiny-run"], "labelled by name"
+    out = c.predict(["base:base", ref], "sample-opposites", 4, 8, 0, api_name="/batch_compare")
+    assert "Scored 4 held-out rows" in out["batch_status"]
+    totals, table = out["batch_totals"], out["batch_table"]
+    assert [row["model"] for row in totals] == ["base", "tiny-run"] and totals[0]["rows"] == 4
+    assert {"exact", "contains", "f1", "ref_loss"} <= set(table[0])
+    assert Path(out["batch_file"]).read_text().startswith("model,row,prompt,reference,answer")
 
     row = next(r for r in c.predict(api_name="/models") if r["ref"] == ref)
     assert row["kind"] == "fine-tuned (LoRA)" and row["steps"] == 6 and row["dataset"] == "opposites.csv"
-    assert "Renamed" in named(app, "/rename", c.predict(ref, "opposites-lora", api_name="/rename"))["models-status"]
+    assert "Renamed" in c.predict(ref, "opposites-lora", api_name="/rename")
     assert app.studio.store.run(run_id)["name"] == "opposites-lora"
-    zip_path = named(app, "/download", c.predict(ref, api_name="/download"))["models-zip"]
+    zip_path = c.predict(ref, api_name="/download")["zip_file"]
     names = zipfile.ZipFile(zip_path).namelist()
     assert "opposites-lora/model.safetensors" in names, "a LoRA run downloads as a standalone merged model"
     assert "opposites-lora/metrics.jsonl" in names and not any("trainer_state" in n for n in names)
     info = json.loads(zipfile.ZipFile(zip_path).read("opposites-lora/info.json"))
     assert info["method"] == "lora" and info["dataset"]["name"] == "opposites.csv"
-    hf_zip = zipfile.ZipFile(named(app, "/download_hf", c.predict(ref, api_name="/download_hf"))["models-zip"])
+    hf_zip = zipfile.ZipFile(c.predict(ref, True, api_name="/download")["zip_file"])
     hf_config = json.loads(hf_zip.read("opposites-lora-hf/config.json"))
     assert hf_config["architectures"] == ["LlamaForCausalLM"], "a Hugging Face folder, the LoRA merged in"
     assert {"opposites-lora-hf/tokenizer.json", "opposites-lora-hf/model.safetensors"} <= set(hf_zip.namelist())
@@ -423,7 +419,7 @@ def test_finetune_progress_compare_batch_and_model_actions(app):
 
     asked = delete(app.studio, ref, doomed="run:another")["status"]
     assert "nothing was deleted" in asked and app.studio.store.run(run_id) is not None
-    assert "Deleted" in named(app, "/delete", c.predict(ref, api_name="/delete"))["models-status"]
+    assert "Deleted" in c.predict(ref, api_name="/delete")
     assert app.studio.store.run(run_id) is None and not run_dir.exists()
 
 

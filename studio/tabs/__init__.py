@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from functools import partial
 from types import SimpleNamespace
@@ -21,6 +22,9 @@ LOSS_COLUMNS = ["step", "loss", "curve"]
 # wait in, so four open pages, a running fine-tune or a generation never hold them up. Generation and batch
 # scoring keep a concurrency limit.
 LIGHT: dict[str, Any] = {"api_visibility": "private", "concurrency_limit": None}
+# An input's interactive set, not inferred: Gradio infers it from the events that read a component, except in a
+# render (a lazy tab's body, see lazy_page), where such an input was drawn disabled.
+EDIT: dict[str, Any] = {"interactive": True}
 
 
 def bound(handler: Callable, studio: Any) -> Callable:
@@ -37,6 +41,54 @@ def page(label: str, key: str, layout: Callable[[SimpleNamespace], None]) -> tup
     with gr.Tab(label, id=key) as tab:
         layout(ui)
     return tab, ui
+
+
+def laid_out(layout: Callable[[SimpleNamespace], None]) -> SimpleNamespace:
+    """ui holding the parts layout(ui) lays out, by name."""
+    ui = SimpleNamespace()
+    layout(ui)
+    return ui
+
+
+def lazy_page(label: str, key: str, build: Callable[[gr.Tab], None]) -> gr.Tab:
+    """A tab whose body is built the first time a page shows it, not when the page opens: a page pays (in its
+    browser's time, which every component and event of the whole studio costs at opening) only for the tabs it
+    shows. build(tab) lays the body out and wires it, on the server, once a page; its events are the page's own
+    (none of them is a public endpoint: the tab's API is plain functions, registered apart). A part that is
+    filled when the tab is shown is filled on on_show(demo, tab)."""
+    with gr.Tab(label, id=key) as tab:
+        opened = gr.Checkbox(False, visible=False, label="opened (set by the page when the tab is first shown)")
+
+        @gr.render(inputs=[opened], triggers=[opened.change], show_progress="hidden")
+        def body(first_shown: bool) -> None:
+            if first_shown:
+                build(tab)
+
+    tab.select(None, None, opened, js="() => true")  # the page alone: no server round trip after the first
+    return tab
+
+
+def on_show(demo: gr.Blocks, tab: gr.Tab) -> list:
+    """The triggers of a lazy tab's fill: its body has just been built (the page's load event, inside the render
+    that builds it), and each later time the tab is shown."""
+    return [demo.load, tab.select]
+
+
+def plain(view: dict[str, Any]) -> dict[str, Any]:
+    """A handler's {part: value} as plain data for the API: a component update gives its value (if it sets one),
+    a table its records; parts that only steer the page (its state, buttons, timers) are left out."""
+    out = {}
+    for name, value in view.items():
+        if isinstance(value, (gr.Button, gr.Timer, gr.Row, gr.State)) or name == "seen":
+            continue
+        if isinstance(value, list) and value and all(isinstance(v, gr.components.Component) for v in value):
+            value = [v.constructor_args.get("value") for v in value]
+        elif isinstance(value, gr.components.Component):
+            if "value" not in value.constructor_args:
+                continue
+            value = value.constructor_args["value"]
+        out[name] = value.to_dict(orient="records") if isinstance(value, pd.DataFrame) else value
+    return out
 
 
 def keyed(handler: Callable, studio: Any, ui: SimpleNamespace) -> Callable:
@@ -100,11 +152,24 @@ def number(value: Any, kind: type, field: str) -> Any:
         raise ConfigError(f"must be a number, got {value!r}", field=field) from None
 
 
+def json_object(text: str | dict | None, what: str) -> dict[str, Any]:
+    """Settings given to the API as one JSON object (or already a dict); ConfigError saying what it must be."""
+    if isinstance(text, dict):
+        return text
+    try:
+        value = json.loads(text) if (text or "").strip() else {}
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"must be a JSON object of {what} fields ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"must be a JSON object of {what} fields, got {type(value).__name__}")
+    return value
+
+
 def dropdown(**kwargs: Any) -> gr.Dropdown:
     """A dropdown whose choices are filled at run time (datasets, models and runs change in other tabs and
     sessions). Gradio checks a value against the choices this session last saw, so the server must accept
     others; every handler looks the value up itself and says when it is unknown."""
-    return gr.Dropdown(allow_custom_value=True, **kwargs)
+    return gr.Dropdown(allow_custom_value=True, **EDIT, **kwargs)
 
 
 def keep(value: str | None, options: list[tuple[str, str]], fallback: str | None = None) -> str | None:

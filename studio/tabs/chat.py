@@ -13,7 +13,7 @@ import gradio as gr
 from llm.config import SamplingConfig
 from llm.errors import LLMError
 from studio.context import Studio
-from studio.tabs import LIGHT, dropdown, finished_run, page
+from studio.tabs import EDIT, LIGHT, dropdown, finished_run, laid_out, lazy_page, on_show
 from studio.tabs.compare import generation_threads, sampling_sliders
 
 
@@ -78,10 +78,12 @@ def layout(ui: SimpleNamespace) -> None:
     with gr.Row():
         ui.model = dropdown(label="Model", scale=4, elem_id="chat-model")
         ui.refresh = gr.Button("↻ Refresh list", scale=0, min_width=140, size="sm", elem_classes="inline-button")
-    ui.system = gr.Textbox(label="System prompt (optional)", lines=1, elem_id="chat-system")
+    ui.system = gr.Textbox(label="System prompt (optional)", lines=1, elem_id="chat-system", **EDIT)
     ui.chatbot = gr.Chatbot(height=420, label="Conversation", elem_id="chat-log", render_markdown=False)
     with gr.Row():
-        ui.message = gr.Textbox(label="Message", placeholder="Say something...", scale=5, elem_id="chat-message")
+        ui.message = gr.Textbox(
+            label="Message", placeholder="Say something...", scale=5, elem_id="chat-message", **EDIT
+        )
         ui.send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
     with gr.Accordion("Sampling", open=False):
         ui.temperature, ui.top_p, ui.max_new, ui.seed = sampling_sliders(SamplingConfig().temperature)
@@ -91,20 +93,18 @@ def layout(ui: SimpleNamespace) -> None:
     ui.asked = gr.State("")  # the message being answered (inside the tab: a State directly in Tabs breaks them)
 
 
-def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
+def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     def take(text: str) -> tuple[str, str]:
         """The typed message moves out of the box at once, so typing the next one while this answer streams
         is never overwritten."""
         return "", text
 
     def respond(ref, system_text, history, text, temp, p, tokens, seed_value):
-        for shown, note, unsent in reply(
-            studio, ref, system_text, history, text, sampling(temp, p, tokens, seed_value)
-        ):
-            yield {ui.chatbot: shown, ui.status: note} | ({ui.message: unsent} if unsent else {})
+        asked = sampling(temp, p, tokens, seed_value)
+        for turns, note, unsent in reply(studio, ref, system_text, history, text, asked):
+            yield {ui.chatbot: turns, ui.status: note} | ({ui.message: unsent} if unsent else {})
 
-    for event in (tab.select, ui.refresh.click):
-        event(lambda: model_choices(studio), None, ui.model, **LIGHT)
+    gr.on([*on_show(demo, tab), ui.refresh.click], lambda: model_choices(studio), None, ui.model, **LIGHT)
     asked = [ui.model, ui.system, ui.chatbot, ui.asked, ui.temperature, ui.top_p, ui.max_new, ui.seed]
     for trigger in (ui.send.click, ui.message.submit):
         trigger(take, ui.message, [ui.message, ui.asked], **LIGHT).then(
@@ -115,8 +115,7 @@ def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    tab, ui = page("5 · Chat", "chat", layout)
-    wire(studio, tab, ui)
+    lazy_page("5 · Chat", "chat", lambda tab: wire(studio, demo, tab, laid_out(layout)))
 
     def api_chat(
         ref: str,

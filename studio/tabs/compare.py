@@ -18,7 +18,7 @@ from llm.errors import LLMError
 from studio.context import Studio, spreadsheet_safe
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import LAUNCHED_STATES, new_id
-from studio.tabs import LIGHT, bound, dropdown, finished_run, keyed, outputs, page
+from studio.tabs import EDIT, LIGHT, bound, dropdown, finished_run, keyed, laid_out, lazy_page, on_show, outputs, plain
 from studio.votes import TIE
 
 MAX_MODELS = 4
@@ -191,7 +191,7 @@ def compare(studio: Studio, refs: list[str], text: str, temp: float, p: float, t
     if problem:
         yield {"answers": [gr.Textbox(visible=i < 2) for i in range(MAX_MODELS)], "status": f"⚠ {problem}", **cleared}
         return
-    page = getattr(request, "session_hash", None) or ""
+    page = getattr(request, "session_hash", None) or new_id()  # no page (the API): a comparison of its own
     token = NEWEST.begin(page)
     labels = [studio.model_label(r) for r in refs]
     quoted = html.escape(text.strip()[:80])
@@ -290,10 +290,10 @@ def sampling_sliders(temperature: float) -> tuple[gr.Slider, gr.Slider, gr.Slide
     """Temperature, top-p, max new tokens and seed in one row (Compare's and Chat's sampling settings)."""
     with gr.Row():
         return (
-            gr.Slider(0, 1.5, value=temperature, step=0.05, label="Temperature (0 = greedy)"),
-            gr.Slider(0.05, 1, value=SamplingConfig().top_p, step=0.05, label="Top-p"),
-            gr.Slider(8, 512, value=128, step=8, label="Max new tokens"),
-            gr.Number(value=0, precision=0, label="Seed"),
+            gr.Slider(0, 1.5, value=temperature, step=0.05, label="Temperature (0 = greedy)", **EDIT),
+            gr.Slider(0.05, 1, value=SamplingConfig().top_p, step=0.05, label="Top-p", **EDIT),
+            gr.Slider(8, 512, value=128, step=8, label="Max new tokens", **EDIT),
+            gr.Number(value=0, precision=0, label="Seed", **EDIT),
         )
 
 
@@ -312,6 +312,7 @@ def layout_question(ui: SimpleNamespace) -> None:
         max_lines=8,
         placeholder="Ask something... (Enter: generate, Shift+Enter: a new line)",
         elem_id="compare-prompt",
+        **EDIT,
     )
     ui.temperature, ui.top_p, ui.max_new, ui.seed = sampling_sliders(0.0)
     ui.go = gr.Button("Generate side by side", variant="primary", elem_id="compare-go")
@@ -334,7 +335,7 @@ def layout_question(ui: SimpleNamespace) -> None:
     ui.diff = gr.HTML(elem_classes="diff", elem_id="compare-diff")
     ui.last = gr.State({})
     with gr.Row():
-        ui.vote = gr.Radio(label="Which answer is better?", choices=[], scale=4, elem_id="compare-vote")
+        ui.vote = gr.Radio(label="Which answer is better?", choices=[], scale=4, elem_id="compare-vote", **EDIT)
         ui.save_vote = gr.Button("Save vote", scale=0, min_width=140, elem_classes="inline-button")
     ui.tally = gr.Markdown(elem_id="compare-tally")
 
@@ -347,8 +348,8 @@ def layout_batch(ui: SimpleNamespace) -> None:
         )
         with gr.Row():
             ui.batch_data = dropdown(label="Dataset", scale=3)
-            ui.batch_rows = gr.Slider(1, 200, value=20, step=1, label="Rows (at most)")
-            ui.batch_tokens = gr.Slider(8, 512, value=64, step=8, label="Max new tokens")
+            ui.batch_rows = gr.Slider(1, 200, value=20, step=1, label="Rows (at most)", **EDIT)
+            ui.batch_tokens = gr.Slider(8, 512, value=64, step=8, label="Max new tokens", **EDIT)
         ui.batch_go = gr.Button("Run batch comparison")
         ui.batch_status = gr.Markdown(elem_id="compare-batch-status")
         ui.batch_totals = gr.Dataframe(label="Totals per model", interactive=False, elem_id="compare-batch-totals")
@@ -363,27 +364,52 @@ def layout(ui: SimpleNamespace) -> None:
     layout_batch(ui)
 
 
-def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
-    fill = keyed(choices, studio, ui)
+def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     filled = outputs(ui, "models", "batch_data", "tally")
-    tab.select(fill, outputs=filled, **LIGHT)  # when shown: a page that never shows the tab costs nothing
-    ui.refresh.click(fill, outputs=filled, api_visibility="private")
+    gr.on([*on_show(demo, tab), ui.refresh.click], keyed(choices, studio, ui), None, filled, **LIGHT)
     asked = [ui.models, ui.prompt, ui.temperature, ui.top_p, ui.max_new, ui.seed]
     answered = outputs(ui, "answers", "diff", "status", "vote", "last")
     # One function for the button and Enter: Gradio queues by function, so both share one concurrency limit.
     # Each press is sent ("multiple": Gradio's default drops a press while the last one runs, silently); the
     # newest replaces an older one still generating (see Newest).
     ask = keyed(compare, studio, ui)
-    ui.go.click(ask, asked, answered, api_name="compare", trigger_mode="multiple")
-    ui.prompt.submit(ask, asked, answered, api_visibility="private", trigger_mode="multiple")
-    ui.save_vote.click(bound(record_vote, studio), [ui.last, ui.vote], ui.tally, api_name="vote")
+    for trigger in (ui.go.click, ui.prompt.submit):
+        trigger(ask, asked, answered, api_visibility="private", trigger_mode="multiple")
+    ui.save_vote.click(bound(record_vote, studio), [ui.last, ui.vote], ui.tally, **LIGHT)
     scored = outputs(ui, "batch_status", "batch_totals", "batch_table", "batch_file")
     batch_inputs = [ui.models, ui.batch_data, ui.batch_rows, ui.batch_tokens, ui.seed]
-    ui.batch_go.click(keyed(batch, studio, ui), batch_inputs, scored, api_name="batch_compare")
+    ui.batch_go.click(keyed(batch, studio, ui), batch_inputs, scored, api_visibility="private")
+
+
+def api_functions(studio: Studio) -> dict[str, Callable]:
+    """The tab's plain API functions by endpoint name."""
+
+    def api_compare(
+        refs: list[str], prompt: str, temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = 128,
+        seed: int = 0,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Every model (2 to 4 refs) answers the prompt with the same sampling settings and seed: {answers (in
+        the order of refs), diff (HTML), status, comparison}; /vote takes the comparison."""
+        *_, last = compare(studio, refs, prompt, temperature, top_p, max_new_tokens, seed)
+        out = plain(last)
+        return {"answers": out["answers"][: len(refs or [])], "diff": out.get("diff", ""), "status": out["status"],
+                "comparison": out.get("last", {})}  # fmt: skip
+
+    def api_vote(comparison: dict[str, Any], winner: str) -> str:
+        """Record which answer of a comparison (/compare's) is better: a model ref of it, or "tie"."""
+        return record_vote(studio, comparison, winner)
+
+    def api_batch(
+        refs: list[str], dataset_id: str, rows: int = 20, max_new_tokens: int = 64, seed: int = 0
+    ) -> dict[str, Any]:
+        """Every model answers a dataset's held-out rows (greedy), scored: {batch_status, batch_totals,
+        batch_table (records), batch_file (the CSV's path on the server)}."""
+        return plain(batch(studio, refs, dataset_id, rows, max_new_tokens, seed, progress=lambda *a, **k: None))
+
+    return {"compare": api_compare, "vote": api_vote, "batch_compare": api_batch}
 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
-    """Lay out the tab and wire its events; returns the plain API functions to register by name (none)."""
-    tab, ui = page("4 · Compare", "compare", layout)
-    wire(studio, tab, ui)
-    return {}
+    """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
+    lazy_page("4 · Compare", "compare", lambda tab: wire(studio, demo, tab, laid_out(layout)))
+    return api_functions(studio)

@@ -27,7 +27,7 @@ from llm.run import info_version
 from studio.context import Studio, human_size, memory_now, plural
 from studio.datasets import file_version
 from studio.jobs import CHILD_THREADS, field_label
-from studio.tabs import LIGHT, chosen, dropdown, keep, keyed, outputs, page
+from studio.tabs import EDIT, LIGHT, chosen, dropdown, keep, keyed, laid_out, lazy_page, on_show, outputs
 from studio.tabs.form import (
     ADVANCED_FIELDS,
     BASIC_FIELDS,
@@ -39,7 +39,16 @@ from studio.tabs.form import (
     form_values,
     parse_settings,
 )
-from studio.tabs.runs import RunView, clock, default_run, run_choices, run_controls, watch_state, wire_watch
+from studio.tabs.runs import (
+    RunView,
+    clock,
+    default_run,
+    run_choices,
+    run_controls,
+    watch_api,
+    watch_state,
+    wire_watch,
+)
 
 SAMPLE_COLUMNS = ["step", "prompt", "answer"]
 TAB_LABEL = "3 · Fine-tune"
@@ -372,9 +381,9 @@ def layout_form(ui: SimpleNamespace) -> None:
             ui.preset = dropdown(label="Saved presets", scale=3, elem_id="ft-preset")
             ui.preset_load = gr.Button("Fill the form", scale=1, elem_classes="inline-button")
         with gr.Row():
-            ui.preset_name = gr.Textbox(label="Save these settings as", scale=3, elem_id="ft-preset-name")
+            ui.preset_name = gr.Textbox(label="Save these settings as", scale=3, elem_id="ft-preset-name", **EDIT)
             ui.preset_save = gr.Button("Save preset", scale=1, elem_classes="inline-button", elem_id="ft-preset-save")
-    ui.name = gr.Textbox(label="Run name (optional)", placeholder="e.g. qa-lora-1", elem_id="ft-name")
+    ui.name = gr.Textbox(label="Run name (optional)", placeholder="e.g. qa-lora-1", elem_id="ft-name", **EDIT)
     ui.plan = gr.Markdown(elem_classes="plan", elem_id="ft-plan")
     ui.start = gr.Button("Start fine-tuning", variant="primary", elem_id="ft-start")
     ui.start_status = gr.Markdown(elem_id="ft-start-status")
@@ -421,17 +430,16 @@ def keep_form(event: Any, ui: SimpleNamespace) -> None:
     event.then(None, kept_form(ui), ui.saved, js=SAVE_FORM_JS)
 
 
-def wire_form(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
+def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     fields = [ui.fields[name] for name in FORM_FIELDS]
     form = set(outputs(ui, *FORM))
-    # The tab is first shown: the form as this browser left it, then saving starts (a page that never shows
-    # the tab costs nothing). Showing it again only refreshes the choices, so an answer that arrives late
-    # never overwrites what the user typed meanwhile.
+    # The tab is first shown (its body just built): the form as this browser left it, then saving starts. Showing
+    # it again only refreshes the choices, so an answer that arrives late never overwrites what the user typed
+    # meanwhile.
     shown = outputs(ui, *FORM, "plan", "preset", "offered", *VIEW.parts())
     opened = [ui.saved, ui.run, ui.offered, ui.seen]
-    tab.select(keyed(show_tab, studio, ui), opened, shown, show_progress="hidden", **LIGHT).then(
-        None, None, None, js=RESTORED_JS
-    )
+    filled = gr.on(on_show(demo, tab), keyed(show_tab, studio, ui), opened, shown, show_progress="hidden", **LIGHT)
+    filled.then(None, None, None, js=RESTORED_JS)
     plan = keyed(form_plan, studio, ui)
     # .input (the user's changes), not .change: a handler that fills the form returns its plan itself, so
     # filling 20 fields does not ask for 20 plans.
@@ -495,8 +503,12 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
-    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    tab, ui = page(TAB_LABEL, "finetune", lambda ui: layout(ui, demo))
-    wire_form(studio, tab, ui)
-    wire_watch(studio, ui, VIEW, "ft", api_prefix="")
-    return api_functions(studio)
+    """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
+
+    def body(tab: gr.Tab) -> None:
+        ui = laid_out(lambda ui: layout(ui, demo))
+        wire_form(studio, demo, tab, ui)
+        wire_watch(studio, demo, tab, ui, VIEW, "ft")
+
+    lazy_page(TAB_LABEL, "finetune", body)
+    return api_functions(studio) | watch_api(studio, VIEW, "")

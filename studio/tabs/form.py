@@ -6,7 +6,6 @@ settings; the studio alone chooses the base model and the dataset with its forma
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from typing import Any
 
@@ -15,7 +14,7 @@ import gradio as gr
 from llm.config import ALL_PROJECTIONS, EARLY_STOP_METRICS, OVERFLOW, FinetuneConfig
 from llm.errors import ConfigError
 from studio.jobs import field_label
-from studio.tabs import number
+from studio.tabs import EDIT, json_object, number
 
 METHOD_CHOICES = [("LoRA: small adapters, fast, little memory", "lora"), ("Full: every weight", "full")]
 # The form: FinetuneConfig fields, the first always in view, the others under "Advanced settings".
@@ -42,7 +41,7 @@ def field_component(name: str) -> gr.components.Component:
     """The form's input for a FinetuneConfig field: its label, its help text and its default."""
     f = config_fields()[name]
     default, hint = field_default(f), typing.get_type_hints(FinetuneConfig)[name]
-    common = {"label": field_label(name), "info": f.metadata["help"], "elem_id": f"ft-{name.replace('_', '-')}"}
+    common = {"label": field_label(name), "info": f.metadata["help"], "elem_id": f"ft-{name.replace('_', '-')}", **EDIT}
     choices = {"method": METHOD_CHOICES, "overflow": list(OVERFLOW), "early_stop_metric": list(EARLY_STOP_METRICS)}
     if name in choices:
         return gr.Radio(choices[name], value=default, **common)
@@ -91,8 +90,6 @@ def beyond_form(settings: dict[str, Any]) -> dict[str, Any]:
 def checked(settings: dict[str, Any]) -> dict[str, Any]:
     """settings if FinetuneConfig takes them (every key a field the studio leaves to the user, every value of
     its type and range); ConfigError naming the field otherwise."""
-    if not isinstance(settings, dict):
-        raise ConfigError(f"must be a JSON object of FinetuneConfig fields, got {type(settings).__name__}")
     owned = sorted(set(settings) & set(SET_BY_STUDIO))
     if owned:
         raise ConfigError(f"are chosen in the studio (the base model and the dataset), not in the settings: {owned}")
@@ -102,9 +99,4 @@ def checked(settings: dict[str, Any]) -> dict[str, Any]:
 
 def parse_settings(text: str | dict | None) -> dict[str, Any]:
     """Settings given as one JSON object (the API's, a preset's), checked (see checked()); ConfigError if not."""
-    if isinstance(text, dict):
-        return checked(text)
-    try:
-        return checked(json.loads(text) if (text or "").strip() else {})
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"must be a JSON object of FinetuneConfig fields ({e.msg})") from None
+    return checked(json_object(text, "FinetuneConfig"))

@@ -19,7 +19,7 @@ import gradio as gr
 from llm.errors import LLMError
 from studio.context import Studio, StudioError
 from studio.jobs import field_label
-from studio.tabs import LIGHT, bound, dropdown, keyed, number, outputs, page
+from studio.tabs import EDIT, LIGHT, dropdown, keyed, laid_out, lazy_page, number, on_show, outputs, plain
 
 NO_MODEL = ""  # the second model's "none" choice
 BANDS = ("#dbe4ff", "#fde2c4", "#d3f9d8", "#f3d9fa", "#fff3bf")  # token colour bands, in turn
@@ -192,14 +192,14 @@ def attention_html(views: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def choices(studio: Studio, a: str | None, b: str | None):
+def choices(studio: Studio, a: str | None, b: str | None) -> dict[str, gr.Dropdown]:
+    """{model_a, model_b}: every model, the ones picked kept (else the first, and none for the second)."""
     models = studio.model_choices()
     keys = [k for _, k in models]
-    a = a if a in keys else (keys[0] if keys else None)
-    return (
-        gr.Dropdown(choices=models, value=a),
-        gr.Dropdown(choices=[("(none)", NO_MODEL), *models], value=b if b in keys else NO_MODEL),
-    )
+    return {
+        "model_a": gr.Dropdown(choices=models, value=a if a in keys else (keys[0] if keys else None)),
+        "model_b": gr.Dropdown(choices=[("(none)", NO_MODEL), *models], value=b if b in keys else NO_MODEL),
+    }
 
 
 NUMBERS = {"position": int, "top_k": int, "temperature": float, "top_p": float, "layer": int, "head": int}
@@ -259,19 +259,19 @@ def layout(ui: SimpleNamespace) -> None:
     with gr.Row():
         ui.model_a = dropdown(label="Model", elem_id="in-model-a")
         ui.model_b = dropdown(label="Second model (optional: compare token by token)", elem_id="in-model-b")
-    ui.mode = gr.Radio([("A text", "text"), ("A prompt and an answer", "chat")], value="text", label="Read")
-    ui.text = gr.Textbox(label="Text", lines=3, value="Once upon a time, there was a girl.", elem_id="in-text")
+    ui.mode = gr.Radio([("A text", "text"), ("A prompt and an answer", "chat")], value="text", label="Read", **EDIT)
+    ui.text = gr.Textbox(label="Text", lines=3, value="Once upon a time, there was a girl.", elem_id="in-text", **EDIT)
     with gr.Row(visible=False) as ui.chat_row:
-        ui.prompt = gr.Textbox(label="Prompt", lines=2, elem_id="in-prompt")
-        ui.answer = gr.Textbox(label="Answer", lines=2, elem_id="in-answer")
+        ui.prompt = gr.Textbox(label="Prompt", lines=2, elem_id="in-prompt", **EDIT)
+        ui.answer = gr.Textbox(label="Answer", lines=2, elem_id="in-answer", **EDIT)
     with gr.Row():
         # No Gradio bounds: a value out of range gets the library's message naming the field, not a bare "Error".
-        ui.position = gr.Number(value=-1, precision=0, label="Next token after token # (-1: the last)")
-        ui.top_k = gr.Number(value=10, precision=0, label="Top k")
-        ui.temperature = gr.Number(value=0.8, label="Temperature")
-        ui.top_p = gr.Number(value=0.95, label="Top-p")
-        ui.layer = gr.Number(value=0, precision=0, label="Attention layer")
-        ui.head = gr.Number(value=-1, precision=0, label="Head (-1: mean of all)")
+        ui.position = gr.Number(value=-1, precision=0, label="Next token after token # (-1: the last)", **EDIT)
+        ui.top_k = gr.Number(value=10, precision=0, label="Top k", **EDIT)
+        ui.temperature = gr.Number(value=0.8, label="Temperature", **EDIT)
+        ui.top_p = gr.Number(value=0.95, label="Top-p", **EDIT)
+        ui.layer = gr.Number(value=0, precision=0, label="Attention layer", **EDIT)
+        ui.head = gr.Number(value=-1, precision=0, label="Head (-1: mean of all)", **EDIT)
     ui.go = gr.Button("Look inside", variant="primary", elem_id="in-go")
     ui.status = gr.Markdown(elem_id="in-status")
     with gr.Tabs():
@@ -285,9 +285,9 @@ def layout(ui: SimpleNamespace) -> None:
             ui.attention_view = gr.HTML(elem_id="in-attention")
 
 
-def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
+def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     picked = [ui.model_a, ui.model_b]
-    tab.select(bound(choices, studio), picked, picked, **LIGHT)  # when shown, not when a page opens
+    gr.on(on_show(demo, tab), keyed(choices, studio, ui), picked, picked, **LIGHT)
     ui.mode.change(
         lambda m: (gr.Textbox(visible=m == "text"), gr.Row(visible=m == "chat")),
         ui.mode,
@@ -296,13 +296,12 @@ def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
     )
     inputs = [*picked, ui.mode, ui.text, ui.prompt, ui.answer, *outputs(ui, *NUMBERS)]
     views = outputs(ui, "status", "tokens_view", "surprise_view", "next_view", "attention_view")
-    ui.go.click(keyed(look, studio, ui), inputs, views, api_name="inside")
+    ui.go.click(keyed(look, studio, ui), inputs, views, **LIGHT)
 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    tab, ui = page("8 · Inside", "inside", layout)
-    wire(studio, tab, ui)
+    lazy_page("8 · Inside", "inside", lambda tab: wire(studio, demo, tab, laid_out(layout)))
 
     def api_inspect(
         model: str,
@@ -328,4 +327,23 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         except LLMError as e:
             raise gr.Error(e.worded(field_label(e.field))) from None
 
-    return {"inspect": api_inspect}
+    def api_inside(
+        model: str,
+        second_model: str = "",
+        mode: str = "text",
+        text: str = "",
+        prompt: str = "",
+        answer: str = "",
+        position: int = -1,
+        top_k: int = 10,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        layer: int = 0,
+        head: int = -1,
+    ) -> dict[str, str]:
+        """The Inside view as the tab draws it (HTML, every text escaped): status, tokens_view, surprise_view,
+        next_view and attention_view. mode: "text" (the text) or "chat" (the prompt and the answer)."""
+        numbers = (position, top_k, temperature, top_p, layer, head)
+        return plain(look(studio, model, second_model or None, mode, text, prompt, answer, *numbers))
+
+    return {"inspect": api_inspect, "inside": api_inside}

@@ -24,7 +24,20 @@ from llm.run import Metrics, RunDir, read_info, run_of
 from studio.context import Studio, StudioError, dir_size, human_size, is_model_dir
 from studio.jobs import field_label
 from studio.store import new_id
-from studio.tabs import LIGHT, dropdown, keyed, loss_chart, loss_frame, loss_plot, outputs, page
+from studio.tabs import (
+    EDIT,
+    LIGHT,
+    dropdown,
+    keyed,
+    laid_out,
+    lazy_page,
+    loss_chart,
+    loss_frame,
+    loss_plot,
+    on_show,
+    outputs,
+    plain,
+)
 
 TABLE_COLUMNS = ["name", "kind", "status", "base", "dataset", "steps", "best val loss", "size", "created"]
 CELL_CHARS = 60  # a cell of the Compare-runs settings table, at most (a long probe list ran off the page)
@@ -252,7 +265,7 @@ def layout(ui: SimpleNamespace) -> None:
         with gr.Column(scale=4):
             ui.curve = loss_plot(x_title="step", elem_id="models-loss")
     with gr.Row():
-        ui.new_name = gr.Textbox(label="New name", scale=3, elem_id="models-new-name")
+        ui.new_name = gr.Textbox(label="New name", scale=3, elem_id="models-new-name", **EDIT)
         ui.rename = gr.Button("Rename", scale=1, elem_classes="inline-button", elem_id="models-rename")
         ui.download = gr.Button("Download as zip", scale=1, elem_classes="inline-button")
         ui.download_hf = gr.Button(
@@ -390,40 +403,36 @@ def download(studio: Studio, ref: str | None, hugging_face: bool = False):
 
 
 def download_hf(studio: Studio, ref: str | None):
-    """The model as a Hugging Face folder (zip): transformers loads it; llama.cpp converts it to GGUF."""
+    """The model as a Hugging Face folder (zip): transformers loads it; llama.cpp converts it to GGUF (the API:
+    /download with hugging_face true)."""
     return download(studio, ref, hugging_face=True)
 
 
-def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
-    shown = outputs(ui, *SHOWN)
+def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
+    listed = outputs(ui, *SHOWN)
     # Filled when shown (a page opens on the first tab): opening a page costs no listing of every run.
-    for event in (tab.select, ui.refresh.click):
-        event(keyed(listing, studio, ui), [ui.pick, ui.compare_pick, ui.seen], shown, **LIGHT)
+    triggers = [*on_show(demo, tab), ui.refresh.click]
+    gr.on(triggers, keyed(listing, studio, ui), [ui.pick, ui.compare_pick, ui.seen], listed, **LIGHT)
     # .input: every handler that sets the pick (listing, rename, delete) draws its details itself.
     ui.pick.input(keyed(show, studio, ui), ui.pick, outputs(ui, "about", "curve", "new_name"), **LIGHT)
     compared = outputs(ui, "compare_curve", "compare_table")
     ui.compare_pick.change(keyed(compare, studio, ui), ui.compare_pick, compared, **LIGHT)
-    renamed = [ui.status, *shown]
-    ui.rename.click(
-        keyed(rename, studio, ui), [ui.pick, ui.new_name], renamed, api_name="rename", concurrency_limit=None
-    )
+    ui.rename.click(keyed(rename, studio, ui), [ui.pick, ui.new_name], [ui.status, *listed], **LIGHT)
     asked = outputs(ui, "confirm_row", "confirm_text", "status", "doomed")
     ui.delete.click(keyed(ask_delete, studio, ui), ui.pick, asked, **LIGHT)
     # The box names one run: the user's new pick closes it (.input: a listing that sets the pick sends no
     # event), and delete() checks the pick against it whatever set the pick.
     for event in (ui.cancel.click, ui.pick.input):
         event(lambda: (gr.Row(visible=False), None), None, [ui.confirm_row, ui.doomed], **LIGHT)
-    deleted = [ui.confirm_row, ui.status, *shown]
-    ui.confirm.click(keyed(delete, studio, ui), [ui.pick, ui.doomed], deleted, api_name="delete")
+    deleted = [ui.confirm_row, ui.status, *listed]
+    ui.confirm.click(keyed(delete, studio, ui), [ui.pick, ui.doomed], deleted, **LIGHT)
     zipped = outputs(ui, "zip_file", "status")
-    ui.download.click(keyed(download, studio, ui), ui.pick, zipped, api_name="download")
-    ui.download_hf.click(keyed(download_hf, studio, ui), ui.pick, zipped, api_name="download_hf")
+    ui.download.click(keyed(download, studio, ui), ui.pick, zipped, **LIGHT)
+    ui.download_hf.click(keyed(download_hf, studio, ui), ui.pick, zipped, **LIGHT)
 
 
-def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
-    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    tab, ui = page("7 · Models", "models", layout)
-    wire(studio, tab, ui)
+def api_functions(studio: Studio) -> dict[str, Callable]:
+    """The tab's plain API functions by endpoint name."""
 
     def api_models() -> list[dict[str, Any]]:
         """Every model and run as plain records (the ref names it in other calls)."""
@@ -434,4 +443,26 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         train" or "<run name>: validation"), as the Models tab draws them on one chart."""
         return compare_runs(studio, refs)[0].to_dict(orient="records")
 
-    return {"models": api_models, "loss_curves": loss_curves}
+    def api_rename(ref: str, name: str) -> str:
+        """Rename the base model or run ref names (names are unique, printable, at most 80 characters): what
+        happened."""
+        return rename(studio, ref, name)["status"]
+
+    def api_delete(ref: str) -> str:
+        """Delete the run ref names (not a base model, not a run that is queued or training, nor one that another
+        run is built on): what happened."""
+        return delete(studio, ref)["status"]
+
+    def api_download(ref: str, hugging_face: bool = False) -> dict[str, Any]:
+        """The model ref names as a zip (a standalone folder; hugging_face: the Hugging Face format): {status,
+        zip_file (its path on the server, or None)}."""
+        return plain(download(studio, ref, hugging_face))
+
+    return {"models": api_models, "loss_curves": loss_curves, "rename": api_rename, "delete": api_delete,
+            "download": api_download}  # fmt: skip
+
+
+def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
+    """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
+    lazy_page("7 · Models", "models", lambda tab: wire(studio, demo, tab, laid_out(layout)))
+    return api_functions(studio)

@@ -10,23 +10,46 @@ Fine-tune tab's base picker, Compare, Models, Inside).
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
+from gradio.data_classes import FileData
 
 from llm.config import PRESETS, PretrainConfig
 from llm.errors import ConfigError, LLMError
 from llm.run import Metrics
 from studio.context import Studio, human_size, upload_limit
 from studio.jobs import CHILD_THREADS, field_label
-from studio.tabs import LIGHT, chosen, dropdown, keep, keyed, number, outputs, page
+from studio.tabs import (
+    EDIT,
+    LIGHT,
+    chosen,
+    dropdown,
+    json_object,
+    keep,
+    keyed,
+    laid_out,
+    lazy_page,
+    number,
+    on_show,
+    outputs,
+    plain,
+)
 from studio.tabs.data import safe_filename
 from studio.tabs.finetune import device_text
-from studio.tabs.runs import RunView, clock, default_run, run_choices, run_controls, watch_state, wire_watch
+from studio.tabs.runs import (
+    RunView,
+    clock,
+    default_run,
+    run_choices,
+    run_controls,
+    watch_api,
+    watch_state,
+    wire_watch,
+)
 from studio.texts import TEXT_SUFFIXES, store_text, text_choices, text_path
 
 COMMAND = "pretrain"
@@ -273,28 +296,30 @@ def layout_form(studio: Studio, ui: SimpleNamespace) -> None:
         file_types=[".txt", ".gz", ".jsonl"],
         height=110,
         elem_id="pt-upload",
+        **EDIT,
     )
     ui.text_status = gr.Markdown(elem_id="pt-text-status")
     ui.tokenizer = dropdown(label="Tokenizer", elem_id="pt-tokenizer")
     ui.vocab = gr.Number(
-        DEFAULTS.vocab_size, precision=0, label="Vocabulary size (a new tokenizer)", elem_id="pt-vocab"
+        DEFAULTS.vocab_size, precision=0, label="Vocabulary size (a new tokenizer)", elem_id="pt-vocab", **EDIT
     )
     # Every size, narrowed when the tab is shown (whether there is a GPU needs torch imported).
-    ui.preset = gr.Radio(presets(cuda=True), value=DEFAULTS.preset, label="Model size", elem_id="pt-preset")
-    ui.budget = gr.Radio(BUDGETS, value="time", label="Budget", elem_id="pt-budget")
+    ui.preset = gr.Radio(presets(cuda=True), value=DEFAULTS.preset, label="Model size", elem_id="pt-preset", **EDIT)
+    ui.budget = gr.Radio(BUDGETS, value="time", label="Budget", elem_id="pt-budget", **EDIT)
     with gr.Row():
-        ui.minutes = gr.Number(DEFAULTS.max_time / 60, minimum=0, label="Minutes", elem_id="pt-minutes")
-        ui.steps = gr.Number(value=300, precision=0, label="Steps", visible=False, elem_id="pt-steps")
+        ui.minutes = gr.Number(DEFAULTS.max_time / 60, label="Minutes", elem_id="pt-minutes", **EDIT)
+        ui.steps = gr.Number(value=300, precision=0, label="Steps", visible=False, elem_id="pt-steps", **EDIT)
     ui.prompts = gr.Textbox(
         "\n".join(DEFAULTS.sample_prompts),
         label="Sample prompts (one a line): continued at every evaluation",
         lines=2,
         elem_id="pt-prompts",
+        **EDIT,
     )
     ui.validation = gr.Number(
         DEFAULTS.val_fraction, label=field_label("val_fraction"), info=PretrainConfig.__dataclass_fields__[
-            "val_fraction"].metadata["help"], elem_id="pt-validation")  # fmt: skip
-    ui.name = gr.Textbox(label="Run name (optional)", placeholder="e.g. oz-micro", elem_id="pt-name")
+            "val_fraction"].metadata["help"], elem_id="pt-validation", **EDIT)  # fmt: skip
+    ui.name = gr.Textbox(label="Run name (optional)", placeholder="e.g. oz-micro", elem_id="pt-name", **EDIT)
     ui.plan = gr.Markdown(elem_classes="plan", elem_id="pt-plan")
     ui.start = gr.Button("Start pretraining", variant="primary", elem_id="pt-start")
     ui.start_status = gr.Markdown(elem_id="pt-start-status")
@@ -318,33 +343,25 @@ def layout(studio: Studio, ui: SimpleNamespace) -> None:
     watch_state(ui)
 
 
-def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
+def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     form = set(outputs(ui, *FORM))
     plan = keyed(make_plan, studio, ui)
-    # Filled when the tab is shown, not when a page opens (a page that never shows it costs nothing), in one
-    # event: every event costs the browser a pass over the whole page's state.
+    # Filled when the tab is shown, in one event: every event costs the browser a pass over the page's state.
     shown = outputs(ui, "text", "tokenizer", "preset", "vocab", "plan", *VIEW.parts())
-    tab.select(keyed(show_tab, studio, ui), form | {ui.run, ui.seen}, shown, show_progress="hidden", **LIGHT)
+    show = keyed(show_tab, studio, ui)
+    gr.on(on_show(demo, tab), show, form | {ui.run, ui.seen}, shown, show_progress="hidden", **LIGHT)
     # .input (the user's changes), not .change: filling the form asks for one plan, not one a field.
     gr.on([c.input for c in outputs(ui, *FORM)], plan, form, ui.plan, trigger_mode="always_last", **LIGHT)
     budget = (ui.minutes, ui.steps)
     ui.budget.input(lambda b: (gr.Number(visible=b == "time"), gr.Number(visible=b == "steps")), ui.budget, budget)
     ui.tokenizer.input(lambda t: gr.Number(visible=t == NEW_TOKENIZER), ui.tokenizer, ui.vocab, **LIGHT)
     uploaded = [ui.text, ui.upload, ui.text_status]
-    ui.upload.upload(keyed(do_upload, studio, ui), ui.upload, uploaded, api_name="pretrain_upload").then(
-        plan, form, ui.plan, **LIGHT
-    )
+    ui.upload.upload(keyed(do_upload, studio, ui), ui.upload, uploaded, **LIGHT).then(plan, form, ui.plan, **LIGHT)
     ui.start.click(keyed(do_start, studio, ui), form | {ui.name}, [ui.start_status, ui.run], **LIGHT)
 
 
 def api_functions(studio: Studio) -> dict[str, Callable]:
     """The tab's plain API functions, registered by name."""
-
-    def api_settings(text_key: str, tokenizer_ref: str, settings: str) -> tuple[str, str, dict[str, Any]]:
-        parsed = json.loads(settings) if (settings or "").strip() else {}
-        if not isinstance(parsed, dict):
-            raise ConfigError("must be a JSON object of PretrainConfig fields")
-        return text_key, tokenizer_ref or NEW_TOKENIZER, parsed
 
     def api_plan(text_key: str, tokenizer_ref: str = NEW_TOKENIZER, settings: str = "{}") -> str:
         """The plan (device, parameters, tokens per step, steps, memory and time) of a pretraining run on a text
@@ -352,18 +369,18 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
         settings: one JSON object of PretrainConfig fields, e.g. {"preset": "tiny", "max_steps": 30} (a field
         left out takes the library's default)."""
         try:
-            return plan_markdown(studio, *api_settings(text_key, tokenizer_ref, settings))
-        except (LLMError, json.JSONDecodeError) as e:
-            return f"⚠ {e.worded(field_label(e.field)) if isinstance(e, LLMError) else f'settings: {e.msg}'}"
+            return plan_markdown(studio, text_key, tokenizer_ref, json_object(settings, "PretrainConfig"))
+        except LLMError as e:
+            return f"⚠ {e.worded(field_label(e.field))}"
 
     def api_start(
         text_key: str, tokenizer_ref: str = NEW_TOKENIZER, settings: str = "{}", name: str = ""
     ) -> tuple[str, str | None]:
         """Start a pretraining run (as /pretrain_plan; name: optional, unique): (what happened, the run's id)."""
         try:
-            return start_run(studio, *api_settings(text_key, tokenizer_ref, settings), name)
-        except (LLMError, json.JSONDecodeError) as e:
-            return f"⚠ {e.worded(field_label(e.field)) if isinstance(e, LLMError) else f'settings: {e.msg}'}", None
+            return start_run(studio, text_key, tokenizer_ref, json_object(settings, "PretrainConfig"), name)
+        except LLMError as e:
+            return f"⚠ {e.worded(field_label(e.field))}", None
 
     def api_timeline(run_id: str) -> list[dict[str, Any]]:
         """A pretraining run's evaluations, newest first: step, val_loss, train_loss, val_bits_per_byte and
@@ -373,17 +390,25 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
             raise gr.Error(f"No run {run_id!r}.")
         return timeline(studio.jobs.run_dir(run).read_metrics(), evals=10**6)
 
+    def api_upload(file: FileData) -> dict[str, Any]:
+        """Check a text to pretrain on (.txt, .txt.gz, .jsonl) and keep it: {text (its key), text_status}."""
+        return plain(do_upload(studio, file["path"] if isinstance(file, dict) else file.path))
+
     def api_texts() -> list[dict[str, str]]:
         """The texts to pretrain on: key and label."""
         return [{"key": key, "label": label} for label, key in text_choices(studio)]
 
     return {"pretrain_plan": api_plan, "pretrain_start": api_start, "pretrain_timeline": api_timeline,
-            "pretrain_texts": api_texts}  # fmt: skip
+            "pretrain_texts": api_texts, "pretrain_upload": api_upload}  # fmt: skip
 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
-    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    tab, ui = page(TAB_LABEL, "pretrain", lambda ui: layout(studio, ui))
-    wire(studio, tab, ui)
-    wire_watch(studio, ui, VIEW, "pt", api_prefix="pretrain_")
-    return api_functions(studio)
+    """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
+
+    def body(tab: gr.Tab) -> None:
+        ui = laid_out(lambda ui: layout(studio, ui))
+        wire(studio, demo, tab, ui)
+        wire_watch(studio, demo, tab, ui, VIEW, "pt")
+
+    lazy_page(TAB_LABEL, "pretrain", body)
+    return api_functions(studio) | watch_api(studio, VIEW, "pretrain_")

@@ -18,7 +18,7 @@ import gradio as gr
 
 from llm.run import Metrics, RunDir
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
-from studio.tabs import LIGHT, bound, dropdown, keyed, loss_chart, loss_frame, loss_plot, outputs
+from studio.tabs import LIGHT, bound, dropdown, keyed, loss_chart, loss_frame, loss_plot, outputs, plain
 
 NO_RUN = "no run"  # what a page without a run last drew
 MONITOR = ("state", "bar", "curve", "samples", "log", "stop", "resume", "run", "seen", "timer")  # a run's view
@@ -188,19 +188,39 @@ def resume_run(studio: Any, run_id: str | None) -> str:
     return studio.jobs.resume(run_id) if run_id else "Choose a run first."
 
 
-def wire_watch(studio: Any, ui: SimpleNamespace, view: RunView, prefix: str, api_prefix: str | None) -> None:
+def wire_watch(studio: Any, demo: Any, tab: Any, ui: SimpleNamespace, view: RunView, prefix: str) -> None:
     """The watch column's events: a run chosen or started is drawn (nothing is sent when the page drew it
     already); the timer redraws it while it works; Stop and Resume act on ui.run, say what happened in
     ui.start_status and draw the run at once (which also sets the timer going again after a resume: it stops
-    itself while the run does not work). api_prefix: the endpoints are <prefix>progress, <prefix>stop and
-    <prefix>resume (None: no public endpoint)."""
+    itself while the run does not work). Their public endpoints are watch_api()'s."""
     monitor = outputs(ui, *view.parts())
     show = keyed(view.refresh, studio, ui)
     ui.run.change(show, [ui.run, ui.seen], monitor, **LIGHT)
-    api = {"api_name": f"{api_prefix}progress"} if api_prefix is not None else {"api_visibility": "private"}
     ui.timer.tick(keyed(view.tick, studio, ui), [ui.run, ui.seen, ui.behind], monitor,
-                  js=ticks_while_shown(f"{prefix}-state"), show_progress="hidden", concurrency_limit=None, **api)  # fmt: skip
-    for button, act, action in ((ui.stop, stop_run, "stop"), (ui.resume, resume_run, "resume")):
-        api = {"api_name": f"{api_prefix}{action}"} if api_prefix is not None else {"api_visibility": "private"}
-        clicked = button.click(bound(act, studio), ui.run, ui.start_status, concurrency_limit=None, **api)
+                  js=ticks_while_shown(f"{prefix}-state"), show_progress="hidden", **LIGHT)  # fmt: skip
+    for button, act in ((ui.stop, stop_run), (ui.resume, resume_run)):
+        clicked = button.click(bound(act, studio), ui.run, ui.start_status, **LIGHT)
         clicked.then(show, [ui.run, ui.seen], monitor, show_progress="hidden", **LIGHT)
+
+
+def watch_api(studio: Any, view: RunView, prefix: str) -> dict[str, Callable]:
+    """A run tab's plain API functions, named <prefix>progress, <prefix>stop and <prefix>resume."""
+
+    def progress(run_id: str) -> dict[str, Any]:
+        """A run's state as the tab shows it: status, message, step, max_steps, elapsed and remaining seconds,
+        and the parts drawn (state, bar, curve, samples, log); an error for an unknown run."""
+        if studio.store.run(run_id or "") is None:
+            raise gr.Error(f"No run {run_id!r}.")
+        p = studio.jobs.progress(run_id)
+        facts = {k: p[k] for k in ("status", "message", "step", "max_steps", "elapsed", "remaining")}
+        return facts | plain(view.refresh(studio, run_id, None))
+
+    def stop(run_id: str) -> str:
+        """Stop a run (a working one writes a last checkpoint first; a queued one leaves the queue)."""
+        return stop_run(studio, run_id)
+
+    def resume(run_id: str) -> str:
+        """Queue a stopped, interrupted or failed run again, from its last checkpoint."""
+        return resume_run(studio, run_id)
+
+    return {f"{prefix}progress": progress, f"{prefix}stop": stop, f"{prefix}resume": resume}

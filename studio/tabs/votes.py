@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -14,7 +15,7 @@ from llm.config import PreferConfig
 from llm.errors import LLMError
 from studio.context import Studio, plural
 from studio.jobs import field_label
-from studio.tabs import LIGHT, dropdown, finished_run
+from studio.tabs import EDIT, LIGHT, dropdown, finished_run, keyed, laid_out, lazy_page, on_show
 from studio.votes import MIN_PAIRS, TIE, export_votes, preference_pairs
 
 VOTE_COLUMNS = ["when", "prompt", "models", "better", "answers", "seed"]
@@ -79,43 +80,56 @@ def tune_on_votes(studio: Studio, base_ref: str | None, max_steps: float, name: 
     return f"{queued} Preference run on {plural(exported.n_pairs, 'pair')}{warning}; follow it in Fine-tune.", run_id
 
 
+INTRO = (
+    "The votes you cast in **Compare**. Export them as preference pairs, or tune a model on them: it "
+    "learns to prefer the answers you preferred (DPO), and appears in Compare when it is done."
+)
+
+
+def layout(ui: SimpleNamespace) -> None:
+    gr.Markdown(INTRO)
+    ui.counts = gr.Markdown(elem_id="votes-summary")
+    ui.table = gr.Dataframe(headers=VOTE_COLUMNS, interactive=False, wrap=True, max_height=360, elem_id="votes-table")
+    with gr.Row():
+        ui.export = gr.Button("Export as preference pairs (JSONL)", elem_id="votes-export")
+        ui.files = gr.File(label="Pairs, conversational pairs and ties", file_count="multiple", visible=False)
+    with gr.Row():
+        ui.base = dropdown(label="Model to tune (and the reference it must not drift far from)", scale=3)
+        ui.max_steps = gr.Number(value=0, precision=0, label="Max steps (0: from epochs)", scale=1,
+                                 elem_id="votes-max-steps", **EDIT)  # fmt: skip
+        ui.name = gr.Textbox(label="Run name (optional)", scale=2, **EDIT)
+    ui.tune = gr.Button("Tune on my votes", variant="primary", elem_id="votes-tune")
+    ui.status = gr.Markdown(elem_id="votes-status")
+
+
+def show(studio: Studio) -> dict[str, Any]:
+    """{counts, table, base}: the votes, and the models to tune (the newest finished run first)."""
+    choices = studio.model_choices()
+    default = finished_run(studio, choices) or next((ref for _, ref in choices), None)
+    return {"counts": summary(studio), "table": vote_rows(studio), "base": gr.Dropdown(choices=choices, value=default)}
+
+
+def do_export(studio: Studio) -> dict[str, Any]:
+    """{files, status}: the votes written as preference pairs (nothing when there is no vote)."""
+    try:
+        exported = export_votes(studio.store.votes(), studio.workspace / "exports")
+    except LLMError as e:
+        return {"files": gr.File(visible=False), "status": f"⚠ {e}"}
+    paths = [str(p) for p in (exported.pairs, exported.conversations, exported.ties)]
+    note = f"Exported {plural(exported.n_pairs, 'pair')} and {plural(exported.n_ties, 'tie')}."
+    return {"files": gr.File(value=paths, visible=True), "status": note}
+
+
+def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
+    gr.on(on_show(demo, tab), keyed(show, studio, ui), None, [ui.counts, ui.table, ui.base], **LIGHT)
+    ui.export.click(keyed(do_export, studio, ui), None, [ui.files, ui.status], **LIGHT)
+    tuned = [ui.base, ui.max_steps, ui.name]
+    ui.tune.click(lambda b, m, n: tune_on_votes(studio, b, m, n)[0], tuned, ui.status, **LIGHT)
+
+
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
-    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    with gr.Tab("6 · Votes", id="votes") as tab:
-        gr.Markdown(
-            "The votes you cast in **Compare**. Export them as preference pairs, or tune a model on them: it "
-            "learns to prefer the answers you preferred (DPO), and appears in Compare when it is done."
-        )
-        counts = gr.Markdown(elem_id="votes-summary")
-        table = gr.Dataframe(headers=VOTE_COLUMNS, interactive=False, wrap=True, max_height=360, elem_id="votes-table")
-        with gr.Row():
-            export = gr.Button("Export as preference pairs (JSONL)", elem_id="votes-export")
-            files = gr.File(label="Pairs, conversational pairs and ties", file_count="multiple", visible=False)
-        with gr.Row():
-            base = dropdown(label="Model to tune (and the reference it must not drift far from)", scale=3)
-            max_steps = gr.Number(
-                value=0, precision=0, minimum=0, label="Max steps (0: from epochs)", scale=1, elem_id="votes-max-steps"
-            )
-            name = gr.Textbox(label="Run name (optional)", scale=2)
-        tune = gr.Button("Tune on my votes", variant="primary", elem_id="votes-tune")
-        status = gr.Markdown(elem_id="votes-status")
-
-    def show():
-        choices = studio.model_choices()
-        default = finished_run(studio, choices) or next((ref for _, ref in choices), None)
-        return summary(studio), vote_rows(studio), gr.Dropdown(choices=choices, value=default)
-
-    def do_export():
-        try:
-            exported = export_votes(studio.store.votes(), studio.workspace / "exports")
-        except LLMError as e:
-            return gr.File(visible=False), f"⚠ {e}"
-        paths = [str(p) for p in (exported.pairs, exported.conversations, exported.ties)]
-        note = f"Exported {plural(exported.n_pairs, 'pair')} and {plural(exported.n_ties, 'tie')}."
-        return gr.File(value=paths, visible=True), note
-
-    def do_tune(base_ref: str | None, steps: float, run_name: str) -> str:
-        return tune_on_votes(studio, base_ref, steps, run_name)[0]
+    """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
+    lazy_page("6 · Votes", "votes", lambda tab: wire(studio, demo, tab, laid_out(layout)))
 
     def api_export_votes() -> dict[str, Any]:
         """Write the votes as preference pairs; the files' paths and counts (an error when there is no vote)."""
@@ -129,7 +143,8 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         """Every vote: prompt, models, answers, settings (seed included), winner."""
         return studio.store.votes()
 
-    tab.select(show, None, [counts, table, base], **LIGHT)
-    export.click(do_export, None, [files, status], **LIGHT)
-    tune.click(do_tune, [base, max_steps, name], status, api_name="tune_on_votes")
-    return {"export_votes": api_export_votes, "votes": api_votes}
+    def api_tune(base_ref: str, max_steps: int = 0, name: str = "") -> tuple[str, str | None]:
+        """Export the votes and queue a preference run (DPO) on them from base_ref: (what happened, its id)."""
+        return tune_on_votes(studio, base_ref, max_steps, name)
+
+    return {"export_votes": api_export_votes, "votes": api_votes, "tune_on_votes": api_tune}
