@@ -18,7 +18,7 @@ from studio.context import SAMPLES_DIR
 BOOK = "sample:marvelous_land_of_oz.txt"
 ENDPOINTS = {
     "pretrain_upload", "pretrain_plan", "pretrain_start", "pretrain_progress", "pretrain_timeline",
-    "pretrain_texts", "inspect", "inside",
+    "pretrain_texts", "inspect",
 }  # fmt: skip
 
 
@@ -140,20 +140,10 @@ def test_pretrain_watch_the_timeline_then_fine_tune_and_inspect_it(app):
     for view in report["attention"]:
         assert view["layer"] == 1 and view["head"] == 0
         assert all(abs(sum(row) - 1) < 1e-4 for row in view["weights"])
-    html_out = app.client.predict(
-        "base:base",
-        f"run:{run_id}",
-        "text",
-        "The Scarecrow said <b>&",
-        "",
-        "",
-        -1,
-        5,
-        0.8,
-        0.9,
-        0,
-        -1,
-        api_name="/inside",
+    from studio.tabs.inside import look
+
+    html_out = look(
+        app.studio, "base:base", f"run:{run_id}", "text", "The Scarecrow said <b>&", "", "", -1, 5, 0.8, 0.9, 0, -1
     )
     status, tokens, surprise = html_out["status"], html_out["tokens_view"], html_out["surprise_view"]
     next_html, attention = html_out["next_view"], html_out["attention_view"]

@@ -27,7 +27,8 @@ from llm.run import info_version
 from studio.context import Studio, human_size, memory_now, plural
 from studio.datasets import file_version
 from studio.jobs import CHILD_THREADS, field_label
-from studio.tabs import EDIT, LIGHT, chosen, dropdown, keep, keyed, laid_out, lazy_page, on_show, outputs
+from studio.tabs import EDIT, LIGHT, chosen, dropdown, keep, keyed, on_show, outputs
+from studio.tabs import runs as run_tab
 from studio.tabs.form import (
     ADVANCED_FIELDS,
     BASIC_FIELDS,
@@ -38,16 +39,6 @@ from studio.tabs.form import (
     form_settings,
     form_values,
     parse_settings,
-)
-from studio.tabs.runs import (
-    RunView,
-    clock,
-    default_run,
-    run_choices,
-    run_controls,
-    watch_api,
-    watch_state,
-    wire_watch,
 )
 
 SAMPLE_COLUMNS = ["step", "prompt", "answer"]
@@ -98,7 +89,7 @@ def plan_text(plan: dict[str, Any]) -> str:
             f"**Steps:** {plan['max_steps']} ({plan['epochs']:.1f} epochs of {plan['steps_per_epoch']}, "
             f"batch {plan['batch_size']}) · learning rate {plan['lr']:g}",
             f"**Estimated memory:** {human_size(plan['est_memory_bytes'])} · **estimated time:** "
-            f"{clock(plan['est_seconds'])} (less if the validation loss stops improving and the run stops early)",
+            f"{run_tab.clock(plan['est_seconds'])} (less if the validation loss stops improving and the run stops early)",
         ]
     )
 
@@ -120,7 +111,7 @@ def settings_table(studio: Studio, run: dict[str, Any] | None) -> dict[str, str]
     return {"run_settings": "\n".join(lines)}
 
 
-VIEW = RunView(
+VIEW = run_tab.RunView(
     hint="No run yet: choose the settings on the left and press Start.",
     samples=samples_frame,
     runs=lambda studio: studio.store.runs(),
@@ -216,7 +207,7 @@ def form_choices(studio: Studio) -> tuple[list, list, list, list]:
     return (
         studio.model_choices(),
         studio.dataset_choices(),
-        run_choices(studio.store.runs()),
+        run_tab.run_choices(studio.store.runs()),
         list(studio.store.presets()),
     )
 
@@ -250,7 +241,7 @@ def show_tab(studio: Studio, saved: Any, run_id: str | None, offered: tuple | No
     view (nothing when unchanged; it starts the timer again if the run works) and what was offered."""
     choices = form_choices(studio)
     if offered is None:
-        run_id = keep(run_id, choices[2], default_run(studio.store.runs()))
+        run_id = keep(run_id, choices[2], run_tab.default_run(studio.store.runs()))
         shown = open_form(studio, saved, run_id, choices)
     else:
         names = ("base", "dataset", "run", "preset")
@@ -324,7 +315,7 @@ def form_start(studio: Studio, form: dict[str, Any]):
     except LLMError as e:
         return {"start_status": f"⚠ {e.worded(field_label(e.field))}"}
     message, run_id = start_run(studio, form["base"], form["dataset"], settings, form["name"])
-    picked = {"run": gr.Dropdown(choices=run_choices(studio.store.runs()), value=run_id)} if run_id else {}
+    picked = {"run": gr.Dropdown(choices=run_tab.run_choices(studio.store.runs()), value=run_id)} if run_id else {}
     return {"start_status": message, **picked}
 
 
@@ -392,7 +383,7 @@ def layout_form(ui: SimpleNamespace) -> None:
 
 def layout_run(ui: SimpleNamespace) -> None:
     gr.Markdown("#### Run")
-    run_controls(ui, "ft")
+    run_tab.run_controls(ui, "ft")
     with gr.Accordion("Settings of this run", open=False, elem_id="ft-run-settings"):
         ui.run_settings = gr.Markdown(elem_id="ft-run-settings-table")
         ui.reuse = gr.Button("Start a new run from these", size="sm", elem_id="ft-reuse")
@@ -414,7 +405,7 @@ def layout(ui: SimpleNamespace, demo: gr.Blocks) -> None:
             layout_form(ui)
         with gr.Column(scale=3, min_width=420):
             layout_run(ui)
-    watch_state(ui)
+    run_tab.watch_state(ui)
     ui.offered = gr.State(None)  # the choices show_tab() last sent (None: the tab was never shown)
     ui.saved = demo.kept_form  # outside the tabs: a tab's components load only when it is first shown
 
@@ -504,11 +495,5 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
-
-    def body(tab: gr.Tab) -> None:
-        ui = laid_out(lambda ui: layout(ui, demo))
-        wire_form(studio, demo, tab, ui)
-        wire_watch(studio, demo, tab, ui, VIEW, "ft")
-
-    lazy_page(TAB_LABEL, "finetune", body)
-    return api_functions(studio) | watch_api(studio, VIEW, "")
+    run_tab.run_page(studio, demo, (TAB_LABEL, "finetune", "ft"), lambda ui: layout(ui, demo), wire_form, VIEW)
+    return api_functions(studio) | run_tab.watch_api(studio, VIEW, "")

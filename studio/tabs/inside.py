@@ -19,7 +19,7 @@ import gradio as gr
 from llm.errors import LLMError
 from studio.context import Studio, StudioError
 from studio.jobs import field_label
-from studio.tabs import EDIT, LIGHT, dropdown, keyed, laid_out, lazy_page, number, on_show, outputs, plain
+from studio.tabs import EDIT, LIGHT, dropdown, keyed, laid_out, lazy_page, number, on_show, outputs
 
 NO_MODEL = ""  # the second model's "none" choice
 BANDS = ("#dbe4ff", "#fde2c4", "#d3f9d8", "#f3d9fa", "#fff3bf")  # token colour bands, in turn
@@ -327,23 +327,4 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
         except LLMError as e:
             raise gr.Error(e.worded(field_label(e.field))) from None
 
-    def api_inside(
-        model: str,
-        second_model: str = "",
-        mode: str = "text",
-        text: str = "",
-        prompt: str = "",
-        answer: str = "",
-        position: int = -1,
-        top_k: int = 10,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        layer: int = 0,
-        head: int = -1,
-    ) -> dict[str, str]:
-        """The Inside view as the tab draws it (HTML, every text escaped): status, tokens_view, surprise_view,
-        next_view and attention_view. mode: "text" (the text) or "chat" (the prompt and the answer)."""
-        numbers = (position, top_k, temperature, top_p, layer, head)
-        return plain(look(studio, model, second_model or None, mode, text, prompt, answer, *numbers))
-
-    return {"inspect": api_inspect, "inside": api_inside}
+    return {"inspect": api_inspect}

@@ -31,25 +31,14 @@ from studio.tabs import (
     json_object,
     keep,
     keyed,
-    laid_out,
-    lazy_page,
     number,
     on_show,
     outputs,
     plain,
 )
+from studio.tabs import runs as run_tab
 from studio.tabs.data import safe_filename
 from studio.tabs.finetune import device_text
-from studio.tabs.runs import (
-    RunView,
-    clock,
-    default_run,
-    run_choices,
-    run_controls,
-    watch_api,
-    watch_state,
-    wire_watch,
-)
 from studio.texts import TEXT_SUFFIXES, store_text, text_choices, text_path
 
 COMMAND = "pretrain"
@@ -85,7 +74,7 @@ def tokenizer_choices(studio: Studio) -> list[tuple[str, str]]:
 
 def form_settings(form: dict[str, Any]) -> dict[str, Any]:
     """The form's values (by name) as PretrainConfig fields, less the text and the tokenizer: the vocabulary
-    (for a new tokenizer), the model size, the budget (steps, or minutes: a run by the clock), the held-out
+    (for a new tokenizer), the model size, the budget (steps, or minutes: a run by the run_tab.clock), the held-out
     share and the sample prompts. A value left empty takes the library's default; PretrainConfig checks the
     rest."""
     settings: dict[str, Any] = {"preset": form["preset"]} if form["preset"] else {}
@@ -117,11 +106,11 @@ def plan_text(plan: dict[str, Any]) -> str:
     shape = plan["shape"]
     budget = f"{plan['max_steps']:,} steps"
     evaluations = f"{plan['evaluations']} evaluations with samples"
-    if plan["steps_from_time"]:  # the run follows the clock: its schedule and evaluations go by the time
-        budget = f"{clock(plan['max_time'])} of training: about {plan['max_steps']:,} steps"
-        evaluations += f", one every {clock(plan['max_time'] / plan['evaluations'])}"
+    if plan["steps_from_time"]:  # the run follows the run_tab.clock: its schedule and evaluations go by the time
+        budget = f"{run_tab.clock(plan['max_time'])} of training: about {plan['max_steps']:,} steps"
+        evaluations += f", one every {run_tab.clock(plan['max_time'] / plan['evaluations'])}"
     elif plan["max_time"]:
-        budget += f", at most {clock(plan['max_time'])}"
+        budget += f", at most {run_tab.clock(plan['max_time'])}"
     epochs = f" · about {plan['est_epochs']:.1f} passes over the text" if plan["est_epochs"] else ""
     text = f"{human_size(plan['text_bytes'])} of text" if plan["text_bytes"] else "compressed text"
     return "\n".join(
@@ -135,7 +124,7 @@ def plan_text(plan: dict[str, Any]) -> str:
             f"**Budget:** {budget} of {plan['tokens_per_step']:,} tokens (batch {plan['batch_size']}){epochs} · "
             f"learning rate {plan['lr']:g} · {evaluations}",
             f"**Estimated memory:** {human_size(plan['est_memory_bytes'])} · **estimated time:** "
-            f"{clock(plan['est_seconds'])} (about {plan['est_tokens_per_s']:,} tokens/s: {plan['step_seconds']:.2g} s "
+            f"{run_tab.clock(plan['est_seconds'])} (about {plan['est_tokens_per_s']:,} tokens/s: {plan['step_seconds']:.2g} s "
             "a step, timed here)",
         ]
     )
@@ -197,7 +186,7 @@ def samples_html(p: dict[str, Any] | None) -> str:
     return timeline_html(timeline(p["metrics"]) if p else [])
 
 
-VIEW = RunView(
+VIEW = run_tab.RunView(
     hint="No pretraining run yet: choose a text and press Start.",
     samples=samples_html,
     runs=pretrain_runs,
@@ -209,9 +198,13 @@ def show_tab(studio: Studio, form: dict[str, Any]):
     choices kept), the plan, and the run's view (it starts the timer again if the run works)."""
     import torch  # whether there is a GPU: torch is imported on first use, not when the studio starts
 
-    texts, tokenizers, runs = text_choices(studio), tokenizer_choices(studio), run_choices(pretrain_runs(studio))
+    texts, tokenizers, runs = (
+        text_choices(studio),
+        tokenizer_choices(studio),
+        run_tab.run_choices(pretrain_runs(studio)),
+    )
     form = form | {"text": keep(form["text"], texts), "tokenizer": keep(form["tokenizer"], tokenizers)}
-    run_id = keep(form["run"], runs, default_run(pretrain_runs(studio)))
+    run_id = keep(form["run"], runs, run_tab.default_run(pretrain_runs(studio)))
     view = VIEW.refresh(studio, run_id, form["seen"])
     return {
         **view,
@@ -283,7 +276,7 @@ def do_start(studio: Studio, form: dict[str, Any]):
     except LLMError as e:
         return {"start_status": f"⚠ {e.worded(field_label(e.field))}"}
     message, run_id = start_run(studio, form["text"], form["tokenizer"], settings, form["name"])
-    picked = {"run": gr.Dropdown(choices=run_choices(pretrain_runs(studio)), value=run_id)} if run_id else {}
+    picked = {"run": gr.Dropdown(choices=run_tab.run_choices(pretrain_runs(studio)), value=run_id)} if run_id else {}
     return {"start_status": message, **picked}
 
 
@@ -328,7 +321,7 @@ def layout_form(studio: Studio, ui: SimpleNamespace) -> None:
 def layout_run(ui: SimpleNamespace) -> None:
     """The run picker, stop/resume, progress, loss chart, sample timeline and log."""
     gr.Markdown("#### Watch it learn to write")
-    run_controls(ui, "pt")
+    run_tab.run_controls(ui, "pt")
     ui.samples = gr.HTML(elem_id="pt-timeline")
     ui.log = gr.Textbox(label="Log", lines=6, max_lines=6, autoscroll=True, interactive=False, elem_id="pt-log")
 
@@ -340,7 +333,7 @@ def layout(studio: Studio, ui: SimpleNamespace) -> None:
             layout_form(studio, ui)
         with gr.Column(scale=3, min_width=420):
             layout_run(ui)
-    watch_state(ui)
+    run_tab.watch_state(ui)
 
 
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
@@ -404,11 +397,5 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
-
-    def body(tab: gr.Tab) -> None:
-        ui = laid_out(lambda ui: layout(studio, ui))
-        wire(studio, demo, tab, ui)
-        wire_watch(studio, demo, tab, ui, VIEW, "pt")
-
-    lazy_page(TAB_LABEL, "pretrain", body)
-    return api_functions(studio) | watch_api(studio, VIEW, "pretrain_")
+    run_tab.run_page(studio, demo, (TAB_LABEL, "pretrain", "pt"), lambda ui: layout(studio, ui), wire, VIEW)
+    return api_functions(studio) | run_tab.watch_api(studio, VIEW, "pretrain_")

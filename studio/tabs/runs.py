@@ -17,8 +17,8 @@ from typing import Any
 import gradio as gr
 
 from llm.run import Metrics, RunDir
+from studio import tabs
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
-from studio.tabs import LIGHT, bound, dropdown, keyed, loss_chart, loss_frame, loss_plot, outputs, plain
 
 NO_RUN = "no run"  # what a page without a run last drew
 MONITOR = ("state", "bar", "curve", "samples", "log", "stop", "resume", "run", "seen", "timer")  # a run's view
@@ -101,7 +101,7 @@ class RunView:
             if last_seen == NO_RUN:
                 return {"timer": gr.Timer(active=False)}
             off = gr.Button(interactive=False)
-            empty = {"state": self.hint, "bar": "", "curve": loss_chart(loss_frame(Metrics())), "log": ""}
+            empty = {"state": self.hint, "bar": "", "curve": tabs.loss_chart(tabs.loss_frame(Metrics())), "log": ""}
             resume = gr.Button(value="Resume", interactive=False)
             return {**empty, **self.chosen_view(studio, None), "samples": self.samples(None), "stop": off,
                     "resume": resume, "seen": NO_RUN, "timer": gr.Timer(active=False)}  # fmt: skip
@@ -117,7 +117,7 @@ class RunView:
         view = {
             "state": state_text(p),
             "bar": progress_html(p),
-            "curve": loss_chart(loss_frame(p["metrics"])),
+            "curve": tabs.loss_chart(tabs.loss_frame(p["metrics"])),
             "samples": self.samples(p),
             "log": p["log"],
             "stop": gr.Button(interactive=status in ACTIVE_STATES and status != "stopping"),
@@ -145,13 +145,13 @@ def run_controls(ui: SimpleNamespace, prefix: str) -> None:
     """A run tab's watch column, top part: ui.run (the picker), ui.stop, ui.resume, ui.state, ui.bar (progress)
     and ui.curve (loss), with element ids <prefix>-run, <prefix>-stop and so on (ticks_while_shown reads
     <prefix>-state)."""
-    ui.run = dropdown(label="Run", elem_id=f"{prefix}-run")
+    ui.run = tabs.dropdown(label="Run", elem_id=f"{prefix}-run")
     with gr.Row():
         ui.stop = gr.Button("Stop", variant="stop", size="md", interactive=False, elem_id=f"{prefix}-stop")
         ui.resume = gr.Button("Resume", size="md", interactive=False, elem_id=f"{prefix}-resume")
     ui.state = gr.Markdown(elem_id=f"{prefix}-state")
     ui.bar = gr.HTML(elem_id=f"{prefix}-progress")
-    ui.curve = loss_plot(elem_id=f"{prefix}-loss")
+    ui.curve = tabs.loss_plot(elem_id=f"{prefix}-loss")
 
 
 def watch_state(ui: SimpleNamespace) -> None:
@@ -193,18 +193,32 @@ def wire_watch(studio: Any, demo: Any, tab: Any, ui: SimpleNamespace, view: RunV
     already); the timer redraws it while it works; Stop and Resume act on ui.run, say what happened in
     ui.start_status and draw the run at once (which also sets the timer going again after a resume: it stops
     itself while the run does not work). Their public endpoints are watch_api()'s."""
-    monitor = outputs(ui, *view.parts())
-    show = keyed(view.refresh, studio, ui)
-    ui.run.change(show, [ui.run, ui.seen], monitor, **LIGHT)
-    ui.timer.tick(keyed(view.tick, studio, ui), [ui.run, ui.seen, ui.behind], monitor,
-                  js=ticks_while_shown(f"{prefix}-state"), show_progress="hidden", **LIGHT)  # fmt: skip
+    monitor = tabs.outputs(ui, *view.parts())
+    show = tabs.keyed(view.refresh, studio, ui)
+    ui.run.change(show, [ui.run, ui.seen], monitor, **tabs.LIGHT)
+    ui.timer.tick(tabs.keyed(view.tick, studio, ui), [ui.run, ui.seen, ui.behind], monitor,
+                  js=ticks_while_shown(f"{prefix}-state"), show_progress="hidden", **tabs.LIGHT)  # fmt: skip
     for button, act in ((ui.stop, stop_run), (ui.resume, resume_run)):
-        clicked = button.click(bound(act, studio), ui.run, ui.start_status, **LIGHT)
-        clicked.then(show, [ui.run, ui.seen], monitor, show_progress="hidden", **LIGHT)
+        clicked = button.click(tabs.bound(act, studio), ui.run, ui.start_status, **tabs.LIGHT)
+        clicked.then(show, [ui.run, ui.seen], monitor, show_progress="hidden", **tabs.LIGHT)
+
+
+def run_page(studio: Any, demo: Any, tab: tuple[str, str, str], layout: Callable, wire: Callable, view: RunView):
+    """A run tab (Fine-tune, Pretrain), built the first time a page shows it. tab: (label, key, the prefix of its
+    element ids); layout(ui) lays it out, wire(studio, demo, tab, ui) wires its form; its watch column is wired
+    here."""
+    label, key, prefix = tab
+
+    def body(page_tab: Any) -> None:
+        ui = tabs.laid_out(layout)
+        wire(studio, demo, page_tab, ui)
+        wire_watch(studio, demo, page_tab, ui, view, prefix)
+
+    tabs.lazy_page(label, key, body)
 
 
 def watch_api(studio: Any, view: RunView, prefix: str) -> dict[str, Callable]:
-    """A run tab's plain API functions, named <prefix>progress, <prefix>stop and <prefix>resume."""
+    """A run tab's tabs.plain API functions, named <prefix>progress, <prefix>stop and <prefix>resume."""
 
     def progress(run_id: str) -> dict[str, Any]:
         """A run's state as the tab shows it: status, message, step, max_steps, elapsed and remaining seconds,
@@ -213,7 +227,7 @@ def watch_api(studio: Any, view: RunView, prefix: str) -> dict[str, Callable]:
             raise gr.Error(f"No run {run_id!r}.")
         p = studio.jobs.progress(run_id)
         facts = {k: p[k] for k in ("status", "message", "step", "max_steps", "elapsed", "remaining")}
-        return facts | plain(view.refresh(studio, run_id, None))
+        return facts | tabs.plain(view.refresh(studio, run_id, None))
 
     def stop(run_id: str) -> str:
         """Stop a run (a working one writes a last checkpoint first; a queued one leaves the queue)."""
