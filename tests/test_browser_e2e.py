@@ -140,6 +140,13 @@ def test_upload_finetune_reload_and_compare(page):
     expect(page.locator("#data-preview .example")).to_have_count(0)
     expect(page.locator("#data-hist svg")).to_have_count(0)
     assert workspace_files(studio.workspace) == before
+    # A file of a type the upload does not take: the browser refuses it too, and the page says why the same way.
+    page.reload()
+    expect(page.locator("#data-preview .example").first).to_be_visible()
+    upload.set_input_files(files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"question,answer\n"}])
+    expect(status).to_contain_text("notes.txt: unsupported file type '.txt'")
+    expect(page.locator("#data-preview .example")).to_have_count(0)
+    assert workspace_files(studio.workspace) == before
     # A name that tries to climb out of the workspace is stored inside it, under its plain name.
     upload.set_input_files(
         files=[{"name": "../../x.csv", "mimeType": "text/csv", "buffer": b"question,answer\nUp?,down\n"}]

@@ -502,3 +502,35 @@ def test_two_uploads_of_one_name_are_told_apart_by_when_they_came(tmp_path, tiny
     labels = [label for label, _ in studio_.dataset_choices() if "(uploaded" in label]
     assert len(labels) == 3 and len(set(labels)) == 3, labels
     assert "other.csv (uploaded, 1 example)" in labels, "a name used once keeps the plain label"
+
+
+def test_one_dataset_cache_reads_and_encodes_a_file_once_for_pages_plans_and_probes(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """Data's page turns, the Fine-tune plan for new settings and the probe prompts share one reading and one
+    encoding of an unchanged file; a changed file is read again."""
+    from llm.data import tasks
+    from llm.train import finetune as lib
+    from studio.context import SAMPLES_DIR, Studio
+    from studio.tabs.data import show_page
+    from studio.tabs.finetune import default_probes, plan_markdown
+
+    studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
+    reads, encodings = [], []
+    read, encode = tasks.read_task_file, lib.encode_data
+    monkeypatch.setattr(tasks, "read_task_file", lambda *a, **k: reads.append(a) or read(*a, **k))
+    monkeypatch.setattr(lib, "encode_data", lambda *a, **k: encodings.append(a) or encode(*a, **k))
+    pages = [show_page(studio, "sample-opposites", n) for n in (1, 2, 3)]
+    assert "Page 2 of" in pages[1] and len(reads) == 1 and len(encodings) == 1
+    for settings in ({"epochs": 1}, {"epochs": 2, "val_fraction": 0.2}, {"method": "full", "seed": 3}):
+        assert "**Steps:**" in plan_markdown(studio, "base:base", "sample-opposites", settings)
+    assert default_probes(studio, "sample-opposites")
+    assert len(reads) == 1 and len(encodings) == 1, "new settings select from the one encoding"
+    mine = tmp_path / "mine.csv"
+    mine.write_text("question,answer\nUp?,down\n")
+    key = studio.store.add_dataset("mine.csv", mine, "upload", rows=1)
+    show_page(studio, key, 1)
+    show_page(studio, key, 1)
+    assert len(reads) == 2, "another file: read once"
+    mine.write_text("question,answer\nUp?,down\nIn?,out\n")  # the file changed: its size and time
+    assert "row 2" in show_page(studio, key, 1) and len(reads) == 3
