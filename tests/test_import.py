@@ -204,5 +204,5 @@ def test_the_studio_warm_up_survives_a_looping_template(tmp_path, looping):
     studio = Studio(tmp_path / "ws", looping, SAMPLES_DIR)
     finetune_tab.warm_up(studio)  # the start-up warm-up: it plans the default form, whose base loops
     dataset = studio.store.datasets()[0]["id"]
-    plan = finetune_tab.make_plan(studio, studio.base_choices()[0][1], dataset, *finetune_tab.form_values({}))
+    plan = finetune_tab.plan_markdown(studio, studio.base_choices()[0][1], dataset, {})
     assert plan.startswith("⚠") and "runs more than" in plan
