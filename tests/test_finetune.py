@@ -358,6 +358,32 @@ def test_plan_reports_sizes_steps_and_estimates(task_file, tiny_model_dir):
     assert full_plan["est_seconds"] > 0 and lora_plan["est_seconds"] > 0 and lora_plan["device"].startswith("cpu")
 
 
+def test_the_plan_times_steps_of_the_runs_own_batches_once(task_file, tiny_model_dir, monkeypatch):
+    """The plan's time comes from optimizer steps timed on the run's first batches (their lengths, LoRA on),
+    not from a FLOPs rate; a second plan with the same settings times nothing again."""
+    from llm.data.batches import TaskBatches
+    from llm.train import speed
+
+    timed = []
+    real = speed.time_source
+
+    def recording(model, cfg, batches, steps, device):
+        timed.append(([batches.train_batch(i, 0)[0].shape for i in range(steps + 1)], model))
+        return real(model, cfg, batches, steps, device)
+
+    monkeypatch.setattr(speed, "time_source", recording)
+    prep = finetune.prepare(job(tiny_model_dir, task_file, FinetuneConfig(lora_rank=4, epochs=3, seed=7)))
+    plan = finetune.plan(prep)
+    tc = prep.train_cfg
+    own = TaskBatches(prep.train, prep.val, tc.batch_size, tc.grad_accum, 7, prep.tokenizer.pad_id)
+    assert len(timed) == 1 and timed[0][0] == [own.train_batch(i, 0)[0].shape for i in range(speed.TUNING_STEPS + 1)]
+    assert any("lora" in name for name, _ in timed[0][1].named_parameters()), "timed with the adapters on"
+    assert plan["est_step_seconds"] > 0
+    expected = plan["est_step_seconds"] * plan["max_steps"]  # the evaluations add to the steps' time
+    assert plan["est_seconds"] >= 0.9 * expected
+    assert finetune.plan(prep)["est_step_seconds"] == plan["est_step_seconds"] and len(timed) == 1, "cached"
+
+
 def test_the_plan_refuses_a_batch_the_memory_cannot_hold(task_file, tiny_model_dir, monkeypatch):
     prep = finetune.prepare(job(tiny_model_dir, task_file, FinetuneConfig(batch_size=40)))
     needed = finetune.plan(prep)["est_memory_bytes"]

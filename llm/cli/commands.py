@@ -229,7 +229,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
             f"{plan['method']} fine-tuning of {plan['base']} on {plan['device']}: {plan['trainable_params']:,} of "
             f"{plan['params']:,} parameters trained, {plan['train_examples']} train / {plan['val_examples']} val "
             f"examples, {plan['max_steps']} steps (batch {plan['batch_size']}, lr {plan['lr']:g}), "
-            f"about {plan['est_seconds']:.0f} s"
+            f"about {plan['est_seconds']:.0f} s ({plan['est_step_seconds']:.2f} s a step, timed)"
         )
         result = finetune.finetune(prep, args.out, args.metrics)
     print_run_end(args.out, result)

@@ -12,6 +12,7 @@ model, the dataset (name and content hash), the whole FinetuneConfig and the met
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,13 @@ from llm.config import (
 from llm.data.batches import TaskBatches
 from llm.data.tasks import EncodedExamples, Example, TaskData, encode_examples, read_task_file, split_examples, summary
 from llm.data.tokenizer import Tokenizer
-from llm.device import DECODE_SLOWDOWN, available_memory, describe, device_rate, pick_device, size_text
+from llm.device import DECODE_SLOWDOWN, available_memory, describe, pick_device, size_text
 from llm.errors import ConfigError, TaskFileError
 from llm.eval.tasks import answer, score, split_reference
 from llm.model import lora
 from llm.model.transformer import Transformer
 from llm.run import ANSWERS, MetricsWriter, RunDir, is_main_process
-from llm.train import tuning
+from llm.train import speed, tuning
 from llm.train.trainer import TrainHooks, TrainResult, train
 
 KIND = "finetuned"  # info.json "kind" of a fine-tuned checkpoint
@@ -114,14 +115,15 @@ def parameter_counts(model_cfg: ModelConfig, cfg: FinetuneConfig, tokenizer: Tok
         return model.num_params(), sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def plan(prep: Prepared) -> dict[str, Any]:
+def plan(prep: Prepared, threads: int | None = None) -> dict[str, Any]:
     """What a run would do, before starting it: sizes, steps, device, and rough memory and time estimates.
 
-    Time: training FLOPs (6 per parameter and token, forward and backward; LoRA skips the frozen weights'
-    gradients, but on small models its adapter products and dropout copies cost that back) plus evaluation
-    forward passes (2) plus probe generation, over the measured rate of the device, for the token lengths
-    that will be trained (after truncation). Memory: fp32 weights, gradients and AdamW moments of the trained
-    parameters, and the activations and logits of the longest batch (not the Python and torch overhead).
+    Time: a few optimizer steps of the run's own first batches, timed on the device with the model as it
+    trains (llm.train.speed.tuning_step_seconds; threads: the run's intra-op threads, None: this process's),
+    give the rate at which this run's work is done; evaluations (forward passes) and probe generation are
+    counted in the same FLOPs (6 per parameter and token for a training step, 2 for a forward pass) at that
+    rate. Memory: fp32 weights, gradients and AdamW moments of the trained parameters, and the activations
+    and logits of the longest batch (not the Python and torch overhead).
     """
     cfg, mc, tc = prep.cfg, prep.model_cfg, prep.train_cfg
     total, trainable = parameter_counts(mc, cfg, prep.tokenizer)
@@ -140,6 +142,7 @@ def plan(prep: Prepared) -> dict[str, Any]:
     if cfg.early_stop_metric == "exact":  # each scored row's answer: its reference's length and a margin
         answers = [sum(mask) + EXACT_EXTRA_TOKENS for _, mask in prep.val.items[:EXACT_MATCH_ROWS]]
         probe_tokens += n_evals * sum(answers)
+    step_flops = tc.batch_size * tc.grad_accum * mean_len * 3 * forward
     flops = train_tokens * 3 * forward + eval_tokens * forward + probe_tokens * forward * DECODE_SLOWDOWN
     device = pick_device(cfg.device)
     longest = max(trained_lengths)
@@ -172,8 +175,24 @@ def plan(prep: Prepared) -> dict[str, Any]:
         "lr": tc.lr,
         "evaluations": n_evals,
         "est_memory_bytes": int(memory),
-        "est_seconds": round(flops / device_rate(device.type), 1),
+        "est_step_seconds": round(step_seconds := timed_step_seconds(prep, threads), 3),
+        "est_seconds": round(flops / (step_flops / step_seconds), 1),
     }
+
+
+def timed_step_seconds(prep: Prepared, threads: int | None = None) -> float:
+    """Seconds per optimizer step of this run, timed on its own first batches (llm.train.speed)."""
+    cfg, tc = prep.cfg, prep.train_cfg
+    batches = TaskBatches(prep.train, prep.val, tc.batch_size, tc.grad_accum, cfg.seed, prep.tokenizer.pad_id)
+    settings = tuning.lora_settings(cfg, prep.tokenizer) if cfg.method == "lora" else None
+    lengths = [batches.train_batch(step, 0)[0].shape for step in range(speed.TUNING_STEPS + 1)]
+
+    def adapt(model: Transformer) -> None:
+        if settings is not None:
+            lora.apply_lora(model, **settings)
+
+    key = json.dumps([cfg.method, settings, [list(shape) for shape in lengths]])
+    return speed.tuning_step_seconds(prep.model_cfg, tc, batches, adapt, key, threads)
 
 
 def exact_match_scorer(tokenizer: Tokenizer, examples: list[Example]):

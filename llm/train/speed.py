@@ -15,20 +15,21 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
 from llm.config import ModelConfig, SamplingConfig, TrainConfig
-from llm.device import check_model_fits
+from llm.device import check_model_fits, pick_device
 from llm.model.generate import generate_ids
 from llm.model.transformer import Transformer
-from llm.train.trainer import Distributed, autocast_context, make_optimizer, out_of_memory, train_step
+from llm.train.trainer import BatchSource, Distributed, autocast_context, make_optimizer, out_of_memory, train_step
 
 STEP_BUDGET_SECONDS = 0.4  # a timed step takes about this long at most: larger batches are timed in part
 TIMED_STEPS = 3  # after one untimed warm-up step
+TUNING_STEPS = 2  # a fine-tune's own batches, after a warm-up step: a 135M model takes seconds a step on a CPU
 SAMPLED_TOKENS = 8
 
 
@@ -77,16 +78,22 @@ def wait(device: torch.device) -> float:
 def time_steps(model: Transformer, cfg: TrainConfig, rows: int, steps: int, device: torch.device) -> float:
     """Seconds per training step of `rows` windows, over `steps` timed steps after one warm-up step."""
     batch = RepeatedBatch(model.cfg.vocab_size, rows, model.cfg.context_length, device)
+    return time_source(model, TrainConfig(**{**cfg.to_dict(), "grad_accum": 1}), batch, steps, device)
+
+
+def time_source(model: Transformer, cfg: TrainConfig, batches: BatchSource, steps: int, device: torch.device) -> float:
+    """Seconds per optimizer step (cfg.grad_accum micro-batches of batches, as a run draws them), over `steps`
+    timed steps after one warm-up step (steps 1.. of the run: its own batches, their own lengths)."""
     optimizer = make_optimizer(model, cfg, device)
     autocast, alone = autocast_context(device, cfg.precision), Distributed.alone(device)
 
-    def step() -> None:
-        train_step(model, model, optimizer, batch, 0, 1, cfg.grad_clip, alone, autocast)
+    def step(index: int) -> None:
+        train_step(model, model, optimizer, batches, index, cfg.grad_accum, cfg.grad_clip, alone, autocast)
 
-    step()
+    step(0)
     start = wait(device)
-    for _ in range(steps):
-        step()
+    for index in range(1, steps + 1):
+        step(index)
     return (wait(device) - start) / steps
 
 
@@ -145,3 +152,39 @@ def measure(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device
     refused first (ConfigError); a batch that runs out of memory is the memory kind of TrainingError."""
     shape = json.dumps(model_cfg.to_dict(), sort_keys=True)
     return _measure(shape, train_cfg.batch_size, train_cfg.grad_accum, train_cfg.precision, str(device), threads)
+
+
+_tuning_seconds: dict[str, float] = {}  # tuning_step_seconds by everything that decides a step's time
+
+
+def tuning_step_seconds(
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    batches: BatchSource,
+    adapt: Callable[[Transformer], None],
+    key: str,
+    threads: int | None = None,
+) -> float:
+    """Seconds per optimizer step of a fine-tune (or preference run), timed on its own first batches (their real
+    lengths, padded as the run pads them) with the model as it trains (adapt: LoRA applied, or nothing for a
+    full tune), on random weights (the speed does not depend on them): one warm-up step, then TUNING_STEPS.
+    key: what decides the time besides the shape and settings (the batches' lengths, LoRA's settings); a
+    measurement is cached by it. The model must fit the device (ConfigError), as in measure()."""
+    device = pick_device(train_cfg.device)
+    shape = json.dumps(model_cfg.to_dict(), sort_keys=True)
+    cache_key = json.dumps([shape, train_cfg.to_dict(), key, str(device), threads])
+    if cache_key not in _tuning_seconds:
+        check_model_fits(model_cfg, device, what="training")
+        with thread_count(threads), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            try:
+                with device:
+                    model = Transformer(model_cfg)
+                adapt(model)
+                model.train()
+                _tuning_seconds[cache_key] = time_source(model, train_cfg, batches, TUNING_STEPS, device)
+            except torch.OutOfMemoryError:
+                raise out_of_memory(train_cfg, device, None) from None
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    return _tuning_seconds[cache_key]

@@ -76,6 +76,10 @@ def device_text(device: str) -> str:
     return device
 
 
+def step_text(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds >= 0.1 else f"{seconds * 1000:.0f} ms"
+
+
 def plan_text(plan: dict[str, Any]) -> str:
     share = plan["trainable_fraction"]
     scored = plan["eval_rows"] < plan["val_examples"]
@@ -89,7 +93,8 @@ def plan_text(plan: dict[str, Any]) -> str:
             f"**Steps:** {plan['max_steps']} ({plan['epochs']:.1f} epochs of {plan['steps_per_epoch']}, "
             f"batch {plan['batch_size']}) · learning rate {plan['lr']:g}",
             f"**Estimated memory:** {human_size(plan['est_memory_bytes'])} · **estimated time:** "
-            f"{run_tab.clock(plan['est_seconds'])} (less if the validation loss stops improving and the run stops early)",
+            f"{run_tab.clock(plan['est_seconds'])}, about {step_text(plan['est_step_seconds'])} a step (timed on "
+            "this device) and the evaluations (less if the validation loss stops improving and the run stops early)",
         ]
     )
 
@@ -148,7 +153,8 @@ class PlanCache:
         with self.computing:
             if (text := self.cached(key)) is not None:  # another page computed it while this one waited
                 return text
-            text = plan_text(finetune.plan(finetune.prepare(cfg, *studio.task_files.encoded(cfg))))
+            prep = finetune.prepare(cfg, *studio.task_files.encoded(cfg))
+            text = plan_text(finetune.plan(prep, threads=CHILD_THREADS))
             with self.lock:
                 self.plans[key] = text
                 while len(self.plans) > self.size:
