@@ -21,6 +21,7 @@ from llm.errors import ConfigError
 from llm.model import checkpoint
 from llm.model.gguf import ROPE_FREQS, permute, tensor_names
 from llm.model.transformer import llama3_frequencies
+from llm.run import BEST, LATEST
 
 ARCH = "llama"
 DTYPES = {"fp32": GGMLQuantizationType.F32, "fp16": GGMLQuantizationType.F16, "q8_0": GGMLQuantizationType.Q8_0}
@@ -92,7 +93,9 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "fp16") -> 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     writer = GGUFWriter(tmp, ARCH)
     try:
-        for key, value in _metadata(cfg, tok, info, dtype, source.name).items():
+        # a run's checkpoint folder (best/, latest/) is named after its run
+        name = source.parent.name if source.name in (BEST, LATEST) else source.name
+        for key, value in _metadata(cfg, tok, info, dtype, name).items():
             _add(writer, key, value)
         heads = {"attn.wq.weight": cfg.n_head, "attn.wk.weight": cfg.kv_heads}
         for ours, theirs in tensor_names(cfg).items():
