@@ -123,7 +123,7 @@ def launch(
         server_port=port,
         auth=auth,
         share=False,
-        max_file_size=studio.max_upload_bytes,
+        max_file_size=max(studio.max_upload_bytes, studio.max_model_upload_bytes),  # each checked again
         allowed_paths=[str(studio.workspace / "exports"), str(studio.workspace / "compare")],
         theme=theme(),
         css=CSS,

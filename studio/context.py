@@ -30,7 +30,9 @@ SAMPLES_DIR = REPO / "datasets" / "samples"
 DATA_SUFFIXES = READERS  # what llm.data.tasks reads
 BASE_ID = "base"
 MAX_NAME_CHARS = 80
-MAX_UPLOAD_BYTES = 50 * 2**20  # uploads above this are refused (by Gradio at the door, and again here)
+MAX_UPLOAD_BYTES = 50 * 2**20  # a dataset or text above this is refused (in the page, and again here)
+# A model file (Models -> Import) above this is refused at the door; a larger one is imported from its path.
+MAX_MODEL_UPLOAD_BYTES = 8 * 2**30
 MAX_LOADED = 4  # models kept loaded for Compare, Chat and Inside
 
 
@@ -113,6 +115,8 @@ def human_size(n: float) -> str:
 
 def upload_limit(n: int) -> str:
     """The upload limit in binary units, as Gradio words its own refusal ("... size of 50.0 Mb")."""
+    if n >= 2**30:
+        return f"{n / 2**30:.3g} GiB"
     return f"{n / 2**20:.3g} MiB" if n >= 2**20 else f"{n / 2**10:.3g} KiB"
 
 
@@ -123,12 +127,15 @@ class Studio:
         base_model: str | Path = DEFAULT_BASE_MODEL,
         samples_dir: str | Path = SAMPLES_DIR,
         max_upload_bytes: int = MAX_UPLOAD_BYTES,
+        max_model_upload_bytes: int = MAX_MODEL_UPLOAD_BYTES,
     ):
-        self.max_upload_bytes = max_upload_bytes
-        self._tokenizer: tuple[float, Any, int] | None = None
+        from studio.imports import Imports
+
+        self.max_upload_bytes, self.max_model_upload_bytes = max_upload_bytes, max_model_upload_bytes
+        self._tokenizers: dict[tuple[Path, float], tuple[Any, int]] = {}  # by (model folder, config.json time)
         self.store = Store(workspace)
         self.workspace = self.store.workspace
-        for sub in ("datasets", "runs", "exports", "compare"):
+        for sub in ("datasets", "runs", "exports", "compare", "models"):
             (self.workspace / sub).mkdir(exist_ok=True)
         self.base_model = Path(base_model).resolve()
         self.samples_dir = Path(samples_dir)
@@ -142,6 +149,7 @@ class Studio:
         self._models: OrderedDict[tuple[Path, float, str], tuple] = OrderedDict()
         self._model_lock = threading.Lock()
         self.task_files = TaskFiles()  # the one dataset cache of Data, Fine-tune and Compare
+        self.imports = Imports(self)
 
     # Base model
     def base_missing(self) -> str:
@@ -154,17 +162,24 @@ class Studio:
             "`python -m llm pretrain` or start the studio with --base-model DIR."
         )
 
-    def preview_tokenizer(self) -> tuple[Any, int] | None:
-        """(tokenizer, context length) of the default base model, for data previews; None if it is missing."""
-        if not is_model_dir(self.base_model):
+    def preview_tokenizer(self, base_ref: str | None = None) -> tuple[Any, int, Path] | None:
+        """(tokenizer, context length, folder) of a base model (base_ref; default and fallback: the studio's own),
+        for data previews; None if that is missing."""
+        try:
+            folder = self.model_dir(base_ref) if base_ref and base_ref.startswith("base:") else self.base_model
+        except StudioError:  # imported, then deleted: the studio's own base reads the data instead
+            folder = self.base_model
+        if not is_model_dir(folder):
             return None
         from llm.data.tokenizer import Tokenizer
 
-        stamp = (self.base_model / CONFIG).stat().st_mtime  # rewritten whenever the model directory is
-        if self._tokenizer is None or self._tokenizer[0] != stamp:
-            context = json.loads((self.base_model / CONFIG).read_text())["context_length"]
-            self._tokenizer = (stamp, Tokenizer.load(self.base_model), context)
-        return self._tokenizer[1], self._tokenizer[2]
+        stamp = (folder, (folder / CONFIG).stat().st_mtime)  # config.json is rewritten whenever the folder is
+        with self._model_lock:
+            if stamp not in self._tokenizers:
+                context = json.loads((folder / CONFIG).read_text())["context_length"]
+                self._tokenizers[stamp] = (Tokenizer.load(folder), context)
+            tokenizer, context = self._tokenizers[stamp]
+        return tokenizer, context, folder
 
     def base_choices(self) -> list[tuple[str, str]]:
         return [(m["name"], f"base:{m['id']}") for m in self.store.models() if is_model_dir(self.store.abs(m["path"]))]
@@ -363,6 +378,29 @@ class Studio:
                 f"{run['name']} is the base model of {', '.join(users)}: {them} would no longer load. Delete "
                 f"{them} first (download {them} to keep a copy)."
             )
+
+    def deletable_base(self, key: str) -> dict[str, Any]:
+        """The base model key names, if it may be deleted: one this studio imported, no run built on it.
+        StudioError naming why not otherwise."""
+        row = self.store.model(key)
+        if row is None:
+            raise StudioError("That model no longer exists.")
+        if not self.store.abs(row["path"]).is_relative_to(self.workspace / "models"):
+            raise StudioError(f"{row['name']} is the studio's own base model: it cannot be deleted (imports can).")
+        users = [r["name"] for r in self.store.built_on_base(key)]
+        if users:
+            raise StudioError(
+                f"{row['name']} is the base model of {', '.join(users)}: delete {'it' if len(users) == 1 else 'them'}"
+                " first (download to keep a copy)."
+            )
+        return row
+
+    def delete_base(self, key: str) -> None:
+        """Delete an imported base model and its folder (see deletable_base)."""
+        path = self.store.abs(self.deletable_base(key)["path"])
+        self.forget(path)
+        self.store.delete_model(key)
+        shutil.rmtree(path, ignore_errors=True)
 
     def delete_run(self, run_id: str) -> None:
         """Delete a run and its folder; StudioError (see check_deletable) when it may not be deleted now."""

@@ -200,6 +200,10 @@ class Store:
                 (key, name, self.rel(path), time.time()),
             )
 
+    def delete_model(self, key: str) -> None:
+        with self.connect() as db:
+            db.execute("DELETE FROM models WHERE id = ?", (key,))
+
     def update_model(self, key: str, **fields: Any) -> None:
         self._update("models", key, fields)
 
@@ -292,6 +296,10 @@ class Store:
         return self._runs(
             "WHERE base_id = ? OR substr(base_id, 1, ?) = ? ORDER BY created", (prefix[:-1], len(prefix), prefix)
         )
+
+    def built_on_base(self, key: str) -> list[dict[str, Any]]:
+        """The runs (of every command) whose base is the base model key."""
+        return self._runs("WHERE base_id = ? ORDER BY created", (f"base:{key}",))
 
     def delete_run(self, key: str) -> None:
         with self.connect() as db:

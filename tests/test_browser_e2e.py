@@ -37,7 +37,7 @@ BAD_UPLOADS = [  # (name, content, what the page says)
     ("broken.json", b'[{"question": "a", "answer": "b"},', "malformed JSON"),
     ("latin1.csv", "question,answer\ncafé?,oui\n".encode("latin-1"), "not UTF-8"),
     ("prices.xlsx", b"PK\x03\x04 a spreadsheet", "Save as > CSV (UTF-8)"),
-    ("big.csv", b"question,answer\n" + b"what?,that\n" * 10_000, "exceed the maximum allowed size"),
+    ("big.csv", b"question,answer\n" + b"what?,that\n" * 10_000, "larger than the upload limit"),
 ]
 
 pytestmark = pytest.mark.slow

@@ -189,8 +189,9 @@ def test_an_oversized_upload_is_refused(app, tmp_path):
     path = tmp_path / "big.csv"
     path.write_text("question,answer\n" + "what?,that\n" * (MAX_UPLOAD // 10))
     before = snapshot(app.workspace)
-    with pytest.raises(Exception, match="(?i)size|large|413"):
-        upload(app, path)
+    # Gradio's own limit at the door is the model uploads' (Models -> Import); a dataset's is the studio's.
+    status = upload(app, path)["data-status"]
+    assert "big.csv is larger than the upload limit of 97.7 KiB" in status
     assert snapshot(app.workspace) == before
 
 

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import stat
@@ -11,9 +12,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from llm.config import ModelConfig
+from llm.data.tokenizer.hf_folder import read_json_file
 from llm.errors import InputError
-from llm.model.gguf import import_gguf
-from llm.model.hf import HF_CONFIG, import_hf
+from llm.model.gguf import config_from_gguf, import_gguf, read_gguf
+from llm.model.hf import HF_CONFIG, config_from_hf, import_hf
+from llm.model.weights import parameter_count
 
 HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 HUB_GGUF = re.compile(rf"({HUB_REPO.pattern})/([\w./-]+\.gguf)")
@@ -36,6 +40,42 @@ def import_model(source: str | Path, out_dir: str | Path, memory_limit: int | No
     if HUB_GGUF.fullmatch(str(source)) or HUB_REPO.fullmatch(str(source)):
         return _from_hub(str(source), out_dir, memory_limit)
     raise InputError(f"{source}: no such file or folder (nor a Hugging Face hub id such as owner/name)")
+
+
+def source_config(source: str | Path) -> ModelConfig | None:
+    """The shape of the model an import of source would bring, read from its header alone (a GGUF's metadata, a
+    folder's or a .zip's config.json; no weights read), for what the import will need; None for a hub id (its
+    shape is known once downloaded). The errors import_model would raise for a malformed header."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return config_from_hf(read_json_file(path / HF_CONFIG), path / HF_CONFIG)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        meta, tensors = read_gguf(path)
+        return config_from_gguf(meta, tensors, str(path))
+    if path.is_file() and path.suffix.lower() == ".zip":
+        try:
+            archive = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as e:
+            raise InputError(f"{path}: not a zip file ({e})") from None
+        with archive:
+            configs = sorted((n for n in archive.namelist() if Path(n).name == HF_CONFIG), key=lambda n: n.count("/"))
+            if not configs:
+                raise InputError(f"{path}: no {HF_CONFIG} in it: not a zipped Hugging Face model folder")
+            try:
+                config = json.loads(archive.read(configs[0]))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise InputError(f"{path}: {configs[0]} is not valid JSON ({e})") from None
+        return config_from_hf(config, path / configs[0])
+    if path.exists():
+        raise InputError(f"{path}: not a model: give a Hugging Face folder (or a .zip of one) or a .gguf file")
+    return None
+
+
+def import_needs(cfg: ModelConfig) -> dict[str, int]:
+    """What importing (and then using) a model of this shape takes: its parameters, and the bytes of its fp32
+    weights, which the import writes to disk and a loaded model holds in memory."""
+    params = parameter_count(cfg)
+    return {"params": params, "fp32_bytes": 4 * params}
 
 
 def _scratch(out_dir: str | Path) -> tempfile.TemporaryDirectory:

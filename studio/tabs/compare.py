@@ -98,12 +98,14 @@ def stream_answers(studio: Studio, refs: list[str], prompt: str, sampling: Any) 
 
 
 def choices(studio: Studio) -> dict[str, Any]:
-    """The models (the base and the newest finished run chosen), the datasets (the newest run's chosen) and the
-    votes."""
+    """The models (the newest finished run and the model it was tuned from chosen: what the tuning changed), the
+    datasets (the newest run's chosen) and the votes."""
     model_list = studio.model_choices()
     refs = [v for _, v in model_list]
     run = finished_run(studio, model_list)
-    default = refs[:1] + [run] if run and refs[:1] != [run] else refs[:2]
+    tuned_from = studio.store.run(run.removeprefix("run:"))["base_id"] if run else None
+    base = tuned_from if tuned_from in refs else refs[0] if refs else None
+    default = [base, run] if run and base != run else refs[:2]
     datasets = studio.dataset_choices()
     keys = [k for _, k in datasets]
     latest = (studio.store.runs() or [{}])[0].get("dataset_id")

@@ -20,7 +20,7 @@ import pandas as pd
 from llm.config import FinetuneConfig
 from llm.data.tasks import SPREADSHEETS, TaskFileError, file_type_problem, suggest_mapping
 from studio.charts import bar_chart
-from studio.context import DATA_SUFFIXES, Studio, StudioError, plural, upload_limit
+from studio.context import BASE_ID, DATA_SUFFIXES, Studio, StudioError, plural, upload_limit
 from studio.store import new_id
 from studio.tabs import LIGHT, bound, dropdown, keyed, outputs, page
 
@@ -190,7 +190,14 @@ class Inspection:
     """A dataset file read with given settings (through the studio's dataset cache): what the tab shows."""
 
     def __init__(
-        self, studio: Studio, path: Path, name: str, fmt: str, mapping: dict[str, str] | None, stored: bool = True
+        self,
+        studio: Studio,
+        path: Path,
+        name: str,
+        fmt: str,
+        mapping: dict[str, str] | None,
+        stored: bool = True,
+        base_ref: str | None = None,
     ):
         from llm.data import tasks
 
@@ -198,13 +205,13 @@ class Inspection:
         self.error = ""
         self.data = self.encoded = None
         self.columns_to_choose: list[str] = []  # set when the file reads fine but its columns need naming
-        loaded = studio.preview_tokenizer()
-        self.tokenizer, self.context_length = loaded if loaded else (None, None)
+        loaded = studio.preview_tokenizer(base_ref)  # the tokens as the base chosen in "Tokens as read by" sees them
+        self.tokenizer, self.context_length, base = loaded if loaded else (None, None, None)
         try:
             if self.tokenizer is None:
                 self.data = studio.task_files.read(path, fmt, mapping, name)
             else:
-                cfg = FinetuneConfig(base=str(studio.base_model), data=str(path), format=fmt, mapping=mapping or {})
+                cfg = FinetuneConfig(base=str(base), data=str(path), format=fmt, mapping=mapping or {})
                 self.data, self.encoded = studio.task_files.encoded(cfg, name)
         except TaskFileError as e:
             self.error = str(e)
@@ -290,6 +297,12 @@ def choices(studio: Studio, selected: str | None = None) -> gr.Dropdown:
     return gr.Dropdown(choices=studio.dataset_choices(), value=pick(studio, selected))
 
 
+def base_pick(studio: Studio, base_ref: str | None) -> str:
+    """The base model whose tokenizer reads the data: the one chosen if it is still there, else the studio's own."""
+    refs = [ref for _, ref in studio.base_choices()]
+    return base_ref if base_ref in refs else f"base:{BASE_ID}"
+
+
 def nothing_shown(status: str) -> dict[str, Any]:
     """{VIEWS} with no dataset: the status only, nothing of another file left on the page."""
     hidden = {name: gr.Dropdown(visible=False) for name in COLUMNS}
@@ -297,42 +310,60 @@ def nothing_shown(status: str) -> dict[str, Any]:
             "problems": gr.Dataframe(visible=False)}  # fmt: skip
 
 
-def inspect_stored(studio: Studio, row: dict[str, Any], fmt: str | None = None, mapping: dict | None = None):
+def inspect_stored(
+    studio: Studio,
+    row: dict[str, Any],
+    fmt: str | None = None,
+    mapping: dict | None = None,
+    base_ref: str | None = None,
+):
     """An Inspection of a stored dataset, with its stored settings unless others are given."""
     fmt, mapping = (row["format"], row["mapping"]) if fmt is None else (fmt, mapping)
-    return Inspection(studio, studio.store.abs(row["path"]), row["name"], fmt, mapping)
+    return Inspection(studio, studio.store.abs(row["path"]), row["name"], fmt, mapping, base_ref=base_ref)
 
 
-def show(studio: Studio, dataset_id: str | None) -> dict[str, Any]:
-    """{VIEWS}: a stored dataset with its stored settings."""
+def show(studio: Studio, dataset_id: str | None, base_ref: str | None = None) -> dict[str, Any]:
+    """{VIEWS}: a stored dataset with its stored settings, in the tokens of base_ref (default: the studio's base)."""
     row = studio.store.dataset(dataset_id) if dataset_id else None
-    return inspect_stored(studio, row).views() if row else nothing_shown("Pick or upload a dataset.")
+    return inspect_stored(studio, row, base_ref=base_ref).views() if row else nothing_shown("Pick or upload a dataset.")
 
 
-def shown_signature(studio: Studio, dataset_id: str | None) -> tuple:
-    """What the tab's view depends on: the choices, and the chosen dataset's settings and file."""
+def shown_signature(studio: Studio, dataset_id: str | None, base_ref: str | None = None) -> tuple:
+    """What the tab's view depends on: the choices, the chosen dataset's settings and file, and the base."""
     row = studio.store.dataset(dataset_id) if dataset_id else None
     path = studio.store.abs(row["path"]) if row else None
     stamp = path.stat().st_mtime_ns if path and path.exists() else None
     settings = (row["format"], sorted(row["mapping"].items()), row["rows"]) if row else None
-    return (tuple(studio.dataset_choices()), dataset_id, settings, stamp)
+    return (tuple(studio.dataset_choices()), dataset_id, settings, stamp, tuple(studio.base_choices()), base_ref)
 
 
-def on_load(studio: Studio, dataset_id: str | None, seen: tuple | None = None, pending: dict | None = None):
-    """{dataset, *VIEWS, seen}: the chosen dataset (else the first) as stored. Showing the tab again sends
-    nothing when nothing it shows changed (re-drawing a preview and a chart costs the browser more than any
-    other part of a tab switch), nor while an upload waits for its columns."""
-    chosen = pick(studio, dataset_id)
-    signature = shown_signature(studio, chosen)
+def on_load(
+    studio: Studio, dataset_id: str | None, seen: tuple | None = None, pending: dict | None = None, base_ref=None
+):
+    """{dataset, tokens_of, *VIEWS, seen}: the chosen dataset (else the first) as stored, in the tokens of the
+    chosen base model. Showing the tab again sends nothing when nothing it shows changed (re-drawing a preview
+    and a chart costs the browser more than any other part of a tab switch), nor while an upload waits for its
+    columns."""
+    chosen, base = pick(studio, dataset_id), base_pick(studio, base_ref)
+    signature = shown_signature(studio, chosen, base)
     if pending or (chosen == dataset_id and signature == seen):
         return {}
-    return {"dataset": choices(studio, chosen), **show(studio, chosen), "seen": signature}
+    bases = gr.Dropdown(choices=studio.base_choices(), value=base)
+    return {"dataset": choices(studio, chosen), "tokens_of": bases, **show(studio, chosen, base), "seen": signature}
 
 
-def pick_dataset(studio: Studio, dataset_id: str | None) -> dict[str, Any]:
+def pick_dataset(studio: Studio, dataset_id: str | None, base_ref: str | None = None) -> dict[str, Any]:
     """{pending, *VIEWS, ...}: a dataset picked: shown with its settings (an upload that waited for its
     columns is dropped; an open delete box is closed)."""
-    return {"pending": None, **show(studio, dataset_id), "seen": None, **closed_box()}
+    return {"pending": None, **show(studio, dataset_id, base_ref), "seen": None, **closed_box()}
+
+
+def pick_base(studio: Studio, dataset_id: str | None, pending: dict | None, base_ref: str | None) -> dict[str, Any]:
+    """{*VIEWS, seen}: the data again in the tokens of another base model (its tokenizer and context: the
+    lengths, the cuts and the template preview change with it); an upload waiting for its columns stays."""
+    if pending:
+        return {}
+    return {**show(studio, dataset_id, base_ref), "seen": None}
 
 
 def store_upload(studio: Studio, source: Path, name: str, fmt_value: str, mapping: dict[str, str], kept: int) -> str:
@@ -362,7 +393,7 @@ def refused_upload(studio: Studio, name: str) -> dict[str, Any]:
     return refused(file_type_problem(Path(name)) or too_big)
 
 
-def do_upload(studio: Studio, file: str | None, dataset_id: str | None) -> dict[str, Any]:
+def do_upload(studio: Studio, file: str | None, dataset_id: str | None, base_ref: str | None = None) -> dict[str, Any]:
     """Check an uploaded file. A usable one is copied into the workspace and listed; one whose columns need
     naming waits (outside the workspace) for Apply, shown as itself (the Dataset box names no other file
     meanwhile); anything else is explained and left out."""
@@ -372,7 +403,7 @@ def do_upload(studio: Studio, file: str | None, dataset_id: str | None) -> dict[
     name = safe_filename(source.name)
     if file_type_problem(Path(name)) or source.stat().st_size > studio.max_upload_bytes:
         return refused_upload(studio, name)
-    inspection = Inspection(studio, source, name, "auto", None, stored=False)
+    inspection = Inspection(studio, source, name, "auto", None, stored=False, base_ref=base_ref)
     shown = {**inspection.views(), "seen": None, **closed_box()}
     if inspection.columns_to_choose:
         return {**shown, "dataset": gr.Dropdown(value=None), "pending": {"path": str(source), "name": name}}
@@ -382,14 +413,16 @@ def do_upload(studio: Studio, file: str | None, dataset_id: str | None) -> dict[
     return {**shown, "dataset": choices(studio, key), "upload": gr.File(value=None), "pending": None}
 
 
-def do_validate(studio: Studio, pending, dataset_id, format_choice: str, prompt: str, response: str, system: str):
+def do_validate(
+    studio: Studio, pending, dataset_id, format_choice: str, prompt: str, response: str, system: str, base_ref=None
+):
     """Read the waiting upload (else the chosen dataset) with the chosen format and columns; a waiting
     upload that now works is stored, a stored dataset keeps the settings."""
     mapping = {k: v for k, v in (("prompt", prompt), ("response", response), ("system", system)) if v}
     mapping = mapping if format_choice == "pairs" else {}
     if pending:
         source, name = Path(pending["path"]), pending["name"]
-        inspection = Inspection(studio, source, name, format_choice, mapping, stored=False)
+        inspection = Inspection(studio, source, name, format_choice, mapping, stored=False, base_ref=base_ref)
         if inspection.error:
             return {**inspection.views(), "seen": None}
         key = store_upload(studio, source, name, format_choice, mapping, inspection.kept)
@@ -398,17 +431,17 @@ def do_validate(studio: Studio, pending, dataset_id, format_choice: str, prompt:
     row = studio.store.dataset(dataset_id) if dataset_id else None
     if row is None:
         return {"status": "⚠ Pick or upload a dataset first."}
-    inspection = inspect_stored(studio, row, format_choice, mapping)
+    inspection = inspect_stored(studio, row, format_choice, mapping, base_ref)
     if not inspection.error:
         studio.store.update_dataset(dataset_id, format=format_choice, mapping=mapping, rows=inspection.kept)
     return {**inspection.views(), "dataset": choices(studio, dataset_id), "seen": None}
 
 
-def show_page(studio: Studio, dataset_id: str | None, page_number: float) -> str:
+def show_page(studio: Studio, dataset_id: str | None, page_number: float, base_ref: str | None = None) -> str:
     """One page of the chosen dataset's preview (the file is neither read nor encoded again: see
     studio.datasets)."""
     row = studio.store.dataset(dataset_id) if dataset_id else None
-    inspection = inspect_stored(studio, row) if row else None
+    inspection = inspect_stored(studio, row, base_ref=base_ref) if row else None
     if inspection is None or inspection.error:
         return ""
     return preview_html(
@@ -436,7 +469,7 @@ def ask_delete(studio: Studio, dataset_id: str | None, pending: dict | None = No
     return {"confirm_row": gr.Row(visible=True), "confirm_text": text, "deleted": "", "doomed": row["id"]}
 
 
-def delete(studio: Studio, dataset_id: str | None, doomed: str | None = None) -> dict[str, Any]:
+def delete(studio: Studio, dataset_id: str | None, doomed: str | None = None, base_ref=None) -> dict[str, Any]:
     """Delete the dataset dataset_id names, then show the next one. doomed: the id the confirmation box named
     (the page sends it; None from the API): the pick may have changed since, and then nothing is deleted."""
     if doomed is not None and doomed != dataset_id:
@@ -447,7 +480,7 @@ def delete(studio: Studio, dataset_id: str | None, doomed: str | None = None) ->
         return {**closed_box(), "deleted": f"⚠ {html.escape(str(e))}"}
     chosen = pick(studio, None)
     return {**closed_box(), "dataset": choices(studio, chosen), "deleted": html.escape(message),
-            **show(studio, chosen), "seen": None}  # fmt: skip
+            **show(studio, chosen, base_ref), "seen": None}  # fmt: skip
 
 
 # Gradio refuses a file over max_file_size, or of a type not offered, in the browser, and no server event tells
@@ -480,6 +513,12 @@ def source_row(studio: Studio, ui: SimpleNamespace) -> None:
             scale=2,
             height=120,
             elem_id="data-upload",
+        )
+        ui.tokens_of = dropdown(
+            label="Tokens as read by",
+            info="the base model whose tokenizer and context the preview and lengths use",
+            scale=2,
+            elem_id="data-tokens-of",
         )
     ui.refused = gr.Button(visible="hidden", elem_id="data-upload-refused")
     ui.refused_name = gr.Textbox(visible="hidden")
@@ -527,21 +566,22 @@ def layout(studio: Studio, ui: SimpleNamespace) -> None:
 
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     views = outputs(ui, *VIEWS)
-    ui.page.change(bound(show_page, studio), [ui.dataset, ui.page], ui.preview, **LIGHT)
+    ui.page.change(bound(show_page, studio), [ui.dataset, ui.page, ui.tokens_of], ui.preview, **LIGHT)
     # Gradio selects the first tab as the page opens: this fills the tab then, and when it is shown again.
-    loaded = [ui.dataset, *views, ui.seen]
-    tab.select(keyed(on_load, studio, ui), [ui.dataset, ui.seen, ui.pending], loaded, **LIGHT)
+    loaded = [ui.dataset, ui.tokens_of, *views, ui.seen]
+    tab.select(keyed(on_load, studio, ui), [ui.dataset, ui.seen, ui.pending, ui.tokens_of], loaded, **LIGHT)
+    ui.tokens_of.input(keyed(pick_base, studio, ui), [ui.dataset, ui.pending, ui.tokens_of], [*views, ui.seen], **LIGHT)
     demo.load(None, js=UPLOAD_WATCH.replace("LIMIT", str(studio.max_upload_bytes)).replace(
         "SUFFIXES", json.dumps([*DATA_SUFFIXES, *SPREADSHEETS])))  # fmt: skip
     # Every event that changes the view forgets what was last shown (seen): the next tab switch draws it afresh.
     box = [ui.confirm_row, ui.doomed]
     picked = [ui.pending, *views, ui.seen, *box]
-    ui.dataset.input(keyed(pick_dataset, studio, ui), ui.dataset, picked, api_name="dataset")
+    ui.dataset.input(keyed(pick_dataset, studio, ui), [ui.dataset, ui.tokens_of], picked, api_name="dataset")
     uploaded = [ui.dataset, ui.upload, ui.pending, *views, ui.seen, *box]
-    ui.upload.upload(keyed(do_upload, studio, ui), [ui.upload, ui.dataset], uploaded, api_name="upload")
+    ui.upload.upload(keyed(do_upload, studio, ui), [ui.upload, ui.dataset, ui.tokens_of], uploaded, api_name="upload")
     watched = "() => [window.studioRefusedUpload || '']"
     ui.refused.click(keyed(refused_upload, studio, ui), ui.refused_name, uploaded, js=watched, **LIGHT)
-    validate_inputs = [ui.pending, ui.dataset, ui.fmt, ui.prompt_col, ui.response_col, ui.system_col]
+    validate_inputs = [ui.pending, ui.dataset, ui.fmt, ui.prompt_col, ui.response_col, ui.system_col, ui.tokens_of]
     ui.apply.click(keyed(do_validate, studio, ui), validate_inputs, uploaded, api_name="validate")
     columns = outputs(ui, *COLUMNS)
     ui.fmt.input(lambda f: [gr.Dropdown(visible=f == "pairs")] * 3, ui.fmt, columns, **LIGHT)
@@ -549,7 +589,9 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
     ui.delete.click(keyed(ask_delete, studio, ui), [ui.dataset, ui.pending], asked, **LIGHT)
     ui.cancel.click(lambda: (gr.Row(visible=False), None), None, box, **LIGHT)
     deleted = [ui.dataset, ui.deleted, *views, ui.seen, *box]
-    ui.confirm.click(keyed(delete, studio, ui), [ui.dataset, ui.doomed], deleted, api_name="delete_dataset")
+    ui.confirm.click(
+        keyed(delete, studio, ui), [ui.dataset, ui.doomed, ui.tokens_of], deleted, api_name="delete_dataset"
+    )
 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:

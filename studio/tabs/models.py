@@ -28,6 +28,7 @@ from studio.tabs import (
     EDIT,
     LIGHT,
     dropdown,
+    importing,
     keyed,
     laid_out,
     lazy_page,
@@ -40,6 +41,8 @@ from studio.tabs import (
 )
 
 TABLE_COLUMNS = ["name", "kind", "status", "base", "dataset", "steps", "best val loss", "size", "created"]
+# What an imported base model's info.json says of where it came from (llm.model.weights.write_imported).
+IMPORTED_FACTS = ("imported_from", "license", "name", "format", "gguf_file_type", "chat_template")
 CELL_CHARS = 60  # a cell of the Compare-runs settings table, at most (a long probe list ran off the page)
 
 
@@ -76,7 +79,7 @@ def model_rows(studio: Studio) -> list[dict[str, Any]]:
             {
                 "ref": f"base:{m['id']}",
                 "name": m["name"],
-                "kind": "base model",
+                "kind": "imported base model" if info.get("kind") == "imported" else "base model",
                 "status": "ready" if is_model_dir(path) else "missing",
                 "base": "",
                 "dataset": info.get("data", ""),
@@ -151,7 +154,8 @@ def details(studio: Studio, ref: str) -> tuple[str, str]:
         lines = [f"### {m['name']}", f"- folder: `{path}`", f"- size on disk: {human_size(dir_size(path))}"]
         if not is_model_dir(path):
             lines.append(f"- ⚠ {studio.base_missing()}")
-        lines += facts(info, ("params", "step", "tokens_seen", "train_loss", "best_val_loss", "wall_seconds", "data"))
+        lines += facts(info, IMPORTED_FACTS + ("params", "step", "tokens_seen", "train_loss", "best_val_loss"))
+        lines += facts(info, ("wall_seconds", "data"))
         run = run_of(path)
         return "\n".join(lines), loss_chart(loss_frame(run.read_metrics() if run else Metrics()))
     run = studio.store.run(key)
@@ -253,8 +257,20 @@ def compare_runs(studio: Studio, refs: list[str] | None) -> tuple[pd.DataFrame, 
     return frame, table
 
 
-def layout(ui: SimpleNamespace) -> None:
-    gr.Markdown("Every base model and fine-tuning run in this workspace. Pick one to see how it was made.")
+def export_gguf(studio: Studio, ref: str) -> Path:
+    """The model as one GGUF file in fp16 (llm.model.export: a LoRA adapter merged, the tokenizer and chat
+    template inside), which llama.cpp runs and `ollama create` takes."""
+    from llm.model.export import export_model
+
+    target = studio.workspace / "exports" / f"{safe_stem(studio.model_label(ref))}-{new_id()}.gguf"
+    return export_model(studio.model_dir(ref), target, "gguf", "fp16")
+
+
+def layout(ui: SimpleNamespace, studio: Studio) -> None:
+    gr.Markdown(
+        "Every base model and fine-tuning run in this workspace. Pick one to see how it was made; import a model "
+        "someone else trained below."
+    )
     ui.table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, elem_id="models-table")
     with gr.Row():
         ui.pick = dropdown(label="Model or run", scale=4, elem_id="models-pick")
@@ -271,6 +287,9 @@ def layout(ui: SimpleNamespace) -> None:
         ui.download_hf = gr.Button(
             "Hugging Face folder (zip)", scale=1, elem_classes="inline-button", elem_id="models-download-hf"
         )
+        ui.download_gguf = gr.Button(
+            "GGUF file (fp16)", scale=1, elem_classes="inline-button", elem_id="models-download-gguf"
+        )
         ui.delete = gr.Button("Delete…", variant="stop", scale=1, elem_classes="inline-button", elem_id="models-delete")
     with gr.Row(visible=False, elem_id="models-confirm") as ui.confirm_row:
         ui.confirm_text = gr.Markdown(elem_id="models-confirm-text")
@@ -286,6 +305,7 @@ def layout(ui: SimpleNamespace) -> None:
         ui.compare_table = gr.Dataframe(
             interactive=False, wrap=True, elem_id="models-compare-table", elem_classes="settings-table"
         )
+    importing.layout(ui, studio)
 
 
 SHOWN = ("table", "pick", "about", "curve", "new_name", "compare_pick", "seen")  # what listing() draws
@@ -346,16 +366,18 @@ def rename(studio: Studio, ref: str | None, name: str):
 
 
 def deletable(studio: Studio, ref: str | None) -> tuple[dict | None, str]:
-    """(the run a ref names, '') if it may be deleted, else (None, why not)."""
+    """(what a ref names: a run, or an imported base model, with its folder as "dir"; '') if it may be
+    deleted, else (None, why not)."""
     kind, _, key = (ref or "").partition(":")
     if not ref:
         return None, "⚠ Pick a model first."
-    if kind == "base":
-        return None, "The base model cannot be deleted from the studio."
-    run = studio.store.run(key.partition("/")[0])
-    if run is None:
-        return None, "That run no longer exists."
     try:
+        if kind == "base":
+            row = studio.deletable_base(key)
+            return row | {"dir": row["path"]}, ""
+        run = studio.store.run(key.partition("/")[0])
+        if run is None:
+            return None, "That run no longer exists."
         studio.check_deletable(run)
     except StudioError as e:
         return None, f"⚠ {html.escape(str(e))}"
@@ -365,40 +387,46 @@ def deletable(studio: Studio, ref: str | None) -> tuple[dict | None, str]:
 def ask_delete(studio: Studio, ref: str | None):
     """{confirm_row, confirm_text, status, doomed}: the box that asks to confirm, and the ref it names (None
     when nothing may be deleted: then the status says why)."""
-    run, why = deletable(studio, ref)
-    if run is None:
+    row, why = deletable(studio, ref)
+    if row is None:
         return {"confirm_row": gr.Row(visible=False), "confirm_text": "", "status": why, "doomed": None}
-    size = human_size(dir_size(studio.store.abs(run["dir"])))
+    size = human_size(dir_size(studio.store.abs(row["dir"])))
+    what = "its files" if ref.startswith("base:") else "its checkpoints"
     return {
         "confirm_row": gr.Row(visible=True),
-        "confirm_text": f"Delete **{html.escape(run['name'])}** and its {size} of checkpoints? This cannot be undone.",
+        "confirm_text": f"Delete **{html.escape(row['name'])}** and {what} ({size})? This cannot be undone.",
         "status": "",
         "doomed": ref,
     }
 
 
 def delete(studio: Studio, ref: str | None, doomed: str | None = None):
-    """Delete the run ref names: {confirm_row, status, *SHOWN}. doomed: the ref the confirmation box named
-    (the page sends it; None from the API): the pick may have changed since, and then nothing is deleted."""
+    """Delete the run or imported base model ref names: {confirm_row, status, *SHOWN}. doomed: the ref the
+    confirmation box named (the page sends it; None from the API): the pick may have changed since, and then
+    nothing is deleted."""
     closed = gr.Row(visible=False)
     if doomed is not None and doomed != ref:
         return {"confirm_row": closed, "status": "⚠ The pick changed after Delete… was pressed: nothing was deleted."}
-    run, why = deletable(studio, ref)
-    if run is None:
+    row, why = deletable(studio, ref)
+    if row is None:
         return {"confirm_row": closed, "status": why, **listing(studio, ref)}
-    studio.delete_run(run["id"])
-    return {"confirm_row": closed, "status": f"Deleted {html.escape(run['name'])}.", **listing(studio)}
+    if ref.startswith("base:"):
+        studio.delete_base(row["id"])
+    else:
+        studio.delete_run(row["id"])
+    return {"confirm_row": closed, "status": f"Deleted {html.escape(row['name'])}.", **listing(studio)}
 
 
-def download(studio: Studio, ref: str | None, hugging_face: bool = False):
-    """{zip_file, status}: the model as a zip (a standalone folder: a LoRA adapter merged into its base)."""
+def download(studio: Studio, ref: str | None, hugging_face: bool = False, gguf: bool = False):
+    """{zip_file, status}: the model as a zip (a standalone folder: a LoRA adapter merged into its base), or
+    with gguf as one GGUF file."""
     if not ref:
         return {"zip_file": gr.File(visible=False), "status": "⚠ Pick a model first."}
     try:
-        path = export_zip(studio, ref, hugging_face)
+        path = export_gguf(studio, ref) if gguf else export_zip(studio, ref, hugging_face)
     except LLMError as e:
         return {"zip_file": gr.File(visible=False), "status": f"⚠ {e}"}
-    note = f"Zip ready: {path.name} ({human_size(path.stat().st_size)})."
+    note = f"{'GGUF file' if gguf else 'Zip'} ready: {path.name} ({human_size(path.stat().st_size)})."
     return {"zip_file": gr.File(value=str(path), visible=True), "status": note}
 
 
@@ -406,6 +434,11 @@ def download_hf(studio: Studio, ref: str | None):
     """The model as a Hugging Face folder (zip): transformers loads it; llama.cpp converts it to GGUF (the API:
     /download with hugging_face true)."""
     return download(studio, ref, hugging_face=True)
+
+
+def download_gguf(studio: Studio, ref: str | None):
+    """The model as one GGUF file (fp16) for llama.cpp and Ollama (the API: /download with gguf true)."""
+    return download(studio, ref, gguf=True)
 
 
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
@@ -429,6 +462,8 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
     zipped = outputs(ui, "zip_file", "status")
     ui.download.click(keyed(download, studio, ui), ui.pick, zipped, **LIGHT)
     ui.download_hf.click(keyed(download_hf, studio, ui), ui.pick, zipped, **LIGHT)
+    ui.download_gguf.click(keyed(download_gguf, studio, ui), ui.pick, zipped, **LIGHT)
+    importing.wire(studio, ui, listing, listed)
 
 
 def api_functions(studio: Studio) -> dict[str, Callable]:
@@ -449,14 +484,14 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
         return rename(studio, ref, name)["status"]
 
     def api_delete(ref: str) -> str:
-        """Delete the run ref names (not a base model, not a run that is queued or training, nor one that another
-        run is built on): what happened."""
+        """Delete the run or imported base model ref names (not the studio's own base model, not a run that is
+        queued or training, nor a model that another run is built on): what happened."""
         return delete(studio, ref)["status"]
 
-    def api_download(ref: str, hugging_face: bool = False) -> dict[str, Any]:
-        """The model ref names as a zip (a standalone folder; hugging_face: the Hugging Face format): {status,
-        zip_file (its path on the server, or None)}."""
-        return plain(download(studio, ref, hugging_face))
+    def api_download(ref: str, hugging_face: bool = False, gguf: bool = False) -> dict[str, Any]:
+        """The model ref names as a zip (a standalone folder; hugging_face: the Hugging Face format) or, with
+        gguf, one GGUF file (fp16): {status, zip_file (its path on the server, or None)}."""
+        return plain(download(studio, ref, hugging_face, gguf))
 
     return {"models": api_models, "loss_curves": loss_curves, "rename": api_rename, "delete": api_delete,
             "download": api_download}  # fmt: skip
@@ -464,5 +499,5 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
-    lazy_page("7 · Models", "models", lambda tab: wire(studio, demo, tab, laid_out(layout)))
-    return api_functions(studio)
+    lazy_page("7 · Models", "models", lambda tab: wire(studio, demo, tab, laid_out(lambda ui: layout(ui, studio))))
+    return api_functions(studio) | importing.api_functions(studio)
