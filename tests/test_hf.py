@@ -24,7 +24,16 @@ from llm.model.checkpoint import load_model, save_checkpoint
 from llm.model.generate import SamplingConfig, generate_ids
 from llm.model.transformer import Transformer
 
-transformers = pytest.importorskip("transformers")
+try:  # the independent reference; the tests that do not compare with it run without it
+    import transformers
+except ImportError:
+    transformers = None
+
+
+def need_transformers() -> None:
+    if transformers is None:
+        pytest.skip("transformers is not installed: it is the reference this test compares with")
+
 
 TEXT = "Once upon a time, Lily had a cat.  Two  spaces,\n\nnew lines; 小猫很高兴 🐱🎉 emoji 😀 12345 héllo naïve"
 CONVERSATION = [
@@ -100,6 +109,7 @@ def our_model_dir(tmp_path: Path, tok: Tokenizer, **shape) -> Path:
 
 
 def hf_model(path: Path):
+    need_transformers()
     return transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
 
@@ -147,6 +157,7 @@ def test_export_loads_in_transformers_with_the_same_outputs(tmp_path, our_tok, s
 
 
 def test_exported_tokenizer_gives_the_same_ids_and_chat(tmp_path, our_tok):
+    need_transformers()
     out = hf.export_hf(our_model_dir(tmp_path, our_tok, tie_embeddings=True), tmp_path / "hf")
     theirs = transformers.AutoTokenizer.from_pretrained(out)
     assert_same_tokens(our_tok, theirs)
@@ -171,6 +182,7 @@ def test_import_of_export_is_bit_for_bit(tmp_path, our_tok):
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory, llama_proto) -> Path:
     """A Hugging Face folder as TinyLlama's: GQA, untied, its own tokenizer and chat template."""
+    need_transformers()  # it writes the folder
     folder = tmp_path_factory.mktemp("tinyllama")
     config = transformers.LlamaConfig(
         vocab_size=500,
