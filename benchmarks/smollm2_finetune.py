@@ -38,7 +38,9 @@ def timed_import(gguf: Path, out: Path) -> dict[str, float]:
     fp32 size (GiB)."""
     start = time.time()
     command = [sys.executable, "-m", "llm", "import", "--from", str(gguf), "--out", str(out)]
-    subprocess.run(command, cwd=REPO, check=True, capture_output=True, text=True)
+    result = subprocess.run(command, cwd=REPO, check=False, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"the import failed: {result.stderr.strip()}")
     seconds = time.time() - start
     peak_gib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # Linux: kilobytes
     fp32_gib = json.loads((out / "info.json").read_text())["params"] * 4 / 2**30
