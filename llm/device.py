@@ -211,9 +211,9 @@ def check_model_fits(cfg: ModelConfig, device: torch.device, copies: int = 1, wh
     return needed
 
 
-# Share of a device's matrix-product rate that fine-tuning reaches (short sequences, small matrices), for the
-# time estimate in plan() only. CPU: measured (0.5 on the opposites sample, 6-layer base, 2-core CPU);
-# GPUs: a guess, unmeasured here (no GPU), where small batches of short rows leave the chip mostly idle.
+# Share of a device's matrix-product rate that small models reach (short sequences, small matrices), for the
+# benchmark time estimate (llm.eval.bench.estimate); the training plans time real steps (llm.train.speed).
+# CPU: measured (0.5 on the opposites sample, 6-layer base, 2-core CPU); GPUs: a guess, unmeasured here (no GPU).
 EFFICIENCY = {"cpu": 0.5, "cuda": 0.25, "mps": 0.25}
 
 
@@ -222,7 +222,7 @@ DECODE_SLOWDOWN = 20  # generating one token at a time: tiny matrix products, fa
 
 @functools.cache
 def device_rate(device_type: str) -> float:
-    """FLOP/s that training reaches on this kind of device (for plans)."""
+    """FLOP/s that a small model's work reaches on this kind of device (for estimates)."""
     device = torch.device(device_type)
     rate = peak_flops(device) if device_type == "cuda" else measure_matmul_flops(device)
     return rate * EFFICIENCY.get(device_type, 0.25)
