@@ -80,7 +80,7 @@ def start(studio: Studio, upload: Any, path: str | None, name: str | None, listi
 
 def wire(studio: Studio, ui: SimpleNamespace, listing: Callable, listed: list) -> None:
     """listing(studio, selected): the model list's view (models.listing); listed: its output components."""
-    for event in (ui.import_file.change, ui.import_path.change):
+    for event in (ui.import_file.change, ui.import_path.blur, ui.import_path.submit):  # not each key typed
         event(keyed(needs, studio, ui), [ui.import_file, ui.import_path], ui.import_needs, **LIGHT)
     shown = [*outputs(ui, "import_status", "import_button"), *listed]
 
