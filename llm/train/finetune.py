@@ -127,25 +127,10 @@ def plan(prep: Prepared, threads: int | None = None) -> dict[str, Any]:
     """
     cfg, mc, tc = prep.cfg, prep.model_cfg, prep.train_cfg
     total, trainable = parameter_counts(mc, cfg, prep.tokenizer)
-    trained_lengths = [len(ids) for ids, _ in prep.train.items]
-    mean_len = float(np.mean(trained_lengths))
-    # Matrix FLOPs per token: every weight once (the tied LM head included), plus attention over the sequence.
-    # The embedding lookup costs no FLOPs, the LM head does; tied, they are one matrix counted once in total.
-    compute_params = total if mc.tie_embeddings else total - mc.vocab_size * mc.d_model
-    attention = 4 * mc.n_layer * mc.d_model * min(mean_len, mc.context_length)
-    forward = 2 * compute_params + attention
-    train_tokens = tc.max_steps * tc.batch_size * tc.grad_accum * mean_len
     n_evals = tc.max_steps // tc.eval_interval + (tc.max_steps % tc.eval_interval > 0)
     scored = tuning.eval_rows(cfg, len(prep.val.items))
-    eval_tokens = n_evals * 2 * scored * mean_len  # validation rows and an equal train sample
-    probe_tokens = n_evals * len(cfg.probes) * cfg.probe_tokens
-    if cfg.early_stop_metric == "exact":  # each scored row's answer: its reference's length and a margin
-        answers = [sum(mask) + EXACT_EXTRA_TOKENS for _, mask in prep.val.items[:EXACT_MATCH_ROWS]]
-        probe_tokens += n_evals * sum(answers)
-    step_flops = tc.batch_size * tc.grad_accum * mean_len * 3 * forward
-    flops = train_tokens * 3 * forward + eval_tokens * forward + probe_tokens * forward * DECODE_SLOWDOWN
     device = pick_device(cfg.device)
-    longest = max(trained_lengths)
+    longest = max(len(ids) for ids, _ in prep.train.items)
     activations = tc.batch_size * longest * (mc.n_layer * (14 * mc.d_model + 3 * mc.mlp_hidden + mc.n_head * longest))
     logits = 3 * tc.batch_size * longest * mc.vocab_size  # logits, their softmax and gradient
     memory = 4 * (total + 3 * trainable + activations + logits)
@@ -176,8 +161,28 @@ def plan(prep: Prepared, threads: int | None = None) -> dict[str, Any]:
         "evaluations": n_evals,
         "est_memory_bytes": int(memory),
         "est_step_seconds": round(step_seconds := timed_step_seconds(prep, threads), 3),
-        "est_seconds": round(flops / (step_flops / step_seconds), 1),
+        "est_seconds": round(work_in_steps(prep, total, n_evals, scored) * step_seconds, 1),
     }
+
+
+def work_in_steps(prep: Prepared, total_params: int, n_evals: int, scored: int) -> float:
+    """A run's work in optimizer steps: its steps, plus its evaluations (forward passes of scored validation rows
+    and as many training rows) and its probes' and exact-match answers (tokens generated one at a time), each
+    as the share of a step's FLOPs it is (6 per parameter and token for a training step, 2 for a forward pass)."""
+    cfg, mc, tc = prep.cfg, prep.model_cfg, prep.train_cfg
+    mean_len = float(np.mean([len(ids) for ids, _ in prep.train.items]))
+    # Matrix FLOPs per token: every weight once (the tied LM head included), plus attention over the sequence.
+    # The embedding lookup costs no FLOPs, the LM head does; tied, they are one matrix counted once in total.
+    compute_params = total_params if mc.tie_embeddings else total_params - mc.vocab_size * mc.d_model
+    forward = 2 * compute_params + 4 * mc.n_layer * mc.d_model * min(mean_len, mc.context_length)
+    step_flops = tc.batch_size * tc.grad_accum * mean_len * 3 * forward
+    eval_tokens = n_evals * 2 * scored * mean_len
+    probe_tokens = n_evals * len(cfg.probes) * cfg.probe_tokens
+    if cfg.early_stop_metric == "exact":  # each scored row's answer: its reference's length and a margin
+        answers = [sum(mask) + EXACT_EXTRA_TOKENS for _, mask in prep.val.items[:EXACT_MATCH_ROWS]]
+        probe_tokens += n_evals * sum(answers)
+    extra_flops = eval_tokens * forward + probe_tokens * forward * DECODE_SLOWDOWN
+    return tc.max_steps + extra_flops / step_flops
 
 
 def timed_step_seconds(prep: Prepared, threads: int | None = None) -> float:
