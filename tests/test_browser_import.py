@@ -1,7 +1,7 @@
 """A model someone else trained, in a real browser (headless Chromium through Playwright; the page fixture and
 helpers are tests/test_browser_e2e.py's): import a GGUF file in Models, fine-tune it on an uploaded file,
 compare it with its untuned self, chat with it, and take it out again as a GGUF file. The GGUF is the tiny test
-model exported by llm (the real SmolLM2 takes minutes a step here; benchmarks/smollm2_finetune.py tunes it)."""
+model exported by llm (a fine-tune of the real SmolLM2 takes about 8 minutes here: benchmarks/smollm2_finetune.py)."""
 
 from __future__ import annotations
 

@@ -93,8 +93,8 @@ def plan_text(plan: dict[str, Any]) -> str:
             f"**Steps:** {plan['max_steps']} ({plan['epochs']:.1f} epochs of {plan['steps_per_epoch']}, "
             f"batch {plan['batch_size']}) · learning rate {plan['lr']:g}",
             f"**Estimated memory:** {human_size(plan['est_memory_bytes'])} · **estimated time:** "
-            f"{run_tab.clock(plan['est_seconds'])}, about {step_text(plan['est_step_seconds'])} a step (timed on "
-            "this device) and the evaluations (less if the validation loss stops improving and the run stops early)",
+            f"{run_tab.clock(plan['est_seconds'])} ({step_text(plan['est_step_seconds'])} a step, timed on this "
+            "device, plus the evaluations; less if the validation loss stops improving and the run stops early)",
         ]
     )
 
