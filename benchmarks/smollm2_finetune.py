@@ -68,13 +68,13 @@ def main() -> None:
         imported = timed_import(gguf, smollm2)
         print(f"import: {imported['seconds']} s, peak {imported['peak_gib']} GiB "
               f"(fp32 size {imported['fp32_gib']} GiB)", flush=True)  # fmt: skip
-        bases = {"SmolLM2-135M-Instruct (Q4_1 GGUF, imported)": smollm2}
+        bases = {"smollm2": ("SmolLM2-135M-Instruct (Q4_1 GGUF, imported)", smollm2)}
         if not args.skip_base:
-            bases["models/base (shipped, 6M)"] = DEFAULT_BASE_MODEL
+            bases["base"] = ("models/base (shipped, 6M)", DEFAULT_BASE_MODEL)
         results = []
-        for name, base in bases.items():
+        for key, (name, base) in bases.items():
             for family in args.families:
-                r = measure_family(family, Path(base), Path(tmp) / "runs" / name[:7], early_stop) | {"model": name}
+                r = measure_family(family, Path(base), Path(tmp) / "runs" / key, early_stop) | {"model": name}
                 results.append(r)
                 print(f"{name} {family}: exact {r['base']['exact_match']:.0%} -> {r['tuned']['exact_match']:.0%} "
                       f"in {r['finetune_seconds']:.0f} s ({r['steps']} steps)", flush=True)  # fmt: skip

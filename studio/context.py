@@ -132,7 +132,7 @@ class Studio:
         from studio.imports import Imports
 
         self.max_upload_bytes, self.max_model_upload_bytes = max_upload_bytes, max_model_upload_bytes
-        self._tokenizers: dict[tuple[Path, float], tuple[Any, int]] = {}  # by (model folder, config.json time)
+        self._tokenizers: dict[Path, tuple[float, Any, int]] = {}  # folder: (config.json time, tokenizer, context)
         self.store = Store(workspace)
         self.workspace = self.store.workspace
         for sub in ("datasets", "runs", "exports", "compare", "models"):
@@ -173,12 +173,12 @@ class Studio:
             return None
         from llm.data.tokenizer import Tokenizer
 
-        stamp = (folder, (folder / CONFIG).stat().st_mtime)  # config.json is rewritten whenever the folder is
+        stamp = (folder / CONFIG).stat().st_mtime  # config.json is rewritten whenever the folder is
         with self._model_lock:
-            if stamp not in self._tokenizers:
+            if self._tokenizers.get(folder, (None,))[0] != stamp:
                 context = json.loads((folder / CONFIG).read_text())["context_length"]
-                self._tokenizers[stamp] = (Tokenizer.load(folder), context)
-            tokenizer, context = self._tokenizers[stamp]
+                self._tokenizers[folder] = (stamp, Tokenizer.load(folder), context)
+            _, tokenizer, context = self._tokenizers[folder]
         return tokenizer, context, folder
 
     def base_choices(self) -> list[tuple[str, str]]:

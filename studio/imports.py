@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llm.errors import LLMError
+from llm.run import read_info
 from studio.context import StudioError, human_size
 from studio.jobs import REPO, child_env
 from studio.store import new_id
 
 if TYPE_CHECKING:
+    from llm.config import ModelConfig
     from studio.context import Studio
 
 # Import time per GB of fp32 weights: SmolLM2-135M's Q4_1 GGUF (0.54 GB in fp32) imported in 15.5 s on the
@@ -67,12 +69,18 @@ def needs_text(source: str) -> str:
         return "A hub id: it is downloaded first (this machine must be online); its size is known after."
     needs = import_needs(cfg)
     size = human_size(needs["fp32_bytes"])
-    seconds = needs["fp32_bytes"] / 1e9 * SECONDS_PER_FP32_GB
     return (
         f"{needs['params'] / 1e6:,.1f}M parameters, {cfg.n_layer} layers, context {cfg.context_length:,}: about "
-        f"{size} of memory to use it and {size} on disk; the import takes about {max(seconds, 1):.0f} s on a "
+        f"{size} of memory to use it and {size} on disk; the import takes about {import_seconds(cfg):.0f} s on a "
         "2-core CPU."
     )
+
+
+def import_seconds(cfg: ModelConfig) -> float:
+    """Roughly how long importing a model of this shape takes (SECONDS_PER_FP32_GB), a second at least."""
+    from llm.model.sources import import_needs
+
+    return max(1.0, import_needs(cfg)["fp32_bytes"] / 1e9 * SECONDS_PER_FP32_GB)
 
 
 class Imports:
@@ -87,7 +95,7 @@ class Imports:
     def start(self, source: str, name: str = "") -> Import:
         """Start importing source (a path or hub id) as a base model called name (default: from the source).
         StudioError when another import is running, or the name is taken."""
-        from llm.model.sources import import_needs, source_config
+        from llm.model.sources import source_config
 
         source = source.strip()
         if not source:
@@ -100,21 +108,21 @@ class Imports:
             except LLMError as e:
                 raise StudioError(str(e)) from None
             name = self.studio.check_name(name.strip() or default_name(source), None)
-            estimate = import_needs(cfg)["fp32_bytes"] / 1e9 * SECONDS_PER_FP32_GB if cfg else None
-            job = Import(source, name, new_id(), estimate)
+            job = Import(source, name, new_id(), import_seconds(cfg) if cfg else None)
             self.current = job
         threading.Thread(target=self._run, args=(job,), daemon=True).start()
         return job
 
     def _run(self, job: Import) -> None:
         """Run the import; register the model when it has finished, or keep its error (the CLI's message)."""
+        from llm.model.sources import imported_summary
+
         target = self.studio.workspace / "models" / job.key
         command = [sys.executable, "-m", "llm", "import", "--from", job.source, "--out", str(target)]
         result = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, check=False)
         if result.returncode == 0:
             self.studio.store.set_model(job.key, job.name, target)
-            job.message = result.stdout.strip().rpartition("(")[2].rstrip(")")  # "135.0M parameters, ..."
-            job.state = "done"
+            job.message, job.state = imported_summary(read_info(target)), "done"
             return
         shutil.rmtree(target, ignore_errors=True)  # the import writes whole or not at all; nothing to keep
         lines = [line.removeprefix("error: ") for line in result.stderr.strip().splitlines()]

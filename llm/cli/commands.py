@@ -167,15 +167,10 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_import(args: argparse.Namespace) -> None:
     from llm.model.checkpoint import read_info
-    from llm.model.sources import import_model
+    from llm.model.sources import import_model, imported_summary
 
     target = import_model(args.source, args.out)
-    info = read_info(target)
-    licence = f", licence {info['license']}" if info.get("license") else ""
-    print(
-        f"{args.source} -> {target} ({info['params'] / 1e6:.1f}M parameters, {info['dtype']}, chat template: "
-        f"{info['chat_template']}{licence})"
-    )
+    print(f"{args.source} -> {target} ({imported_summary(read_info(target))})")
 
 
 def print_data_summary(info: dict) -> None:

@@ -21,7 +21,7 @@ from llm.errors import ConfigError
 from llm.model import checkpoint
 from llm.model.gguf import ROPE_FREQS, permute, tensor_names
 from llm.model.transformer import llama3_frequencies
-from llm.run import BEST, LATEST
+from llm.run import run_of
 
 ARCH = "llama"
 DTYPES = {"fp32": GGMLQuantizationType.F32, "fp16": GGMLQuantizationType.F16, "q8_0": GGMLQuantizationType.Q8_0}
@@ -93,8 +93,8 @@ def export_gguf(model_dir: str | Path, out: str | Path, dtype: str = "fp16") -> 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     writer = GGUFWriter(tmp, ARCH)
     try:
-        # a run's checkpoint folder (best/, latest/) is named after its run
-        name = source.parent.name if source.name in (BEST, LATEST) else source.name
+        run = run_of(source)  # a run's checkpoint (best/, latest/) is named after its run
+        name = run.path.name if run else source.name
         for key, value in _metadata(cfg, tok, info, dtype, name).items():
             _add(writer, key, value)
         heads = {"attn.wq.weight": cfg.n_head, "attn.wk.weight": cfg.kv_heads}

@@ -41,8 +41,10 @@ from studio.tabs import (
 )
 
 TABLE_COLUMNS = ["name", "kind", "status", "base", "dataset", "steps", "best val loss", "size", "created"]
-# What an imported base model's info.json says of where it came from (llm.model.weights.write_imported).
-IMPORTED_FACTS = ("imported_from", "license", "name", "format", "gguf_file_type", "chat_template")
+# What a base model's info.json tells: where an import came from (llm.model.weights.write_imported), how a
+# pretrained one was made.
+BASE_FACTS = ("imported_from", "license", "name", "format", "gguf_file_type", "chat_template", "params", "step",
+              "tokens_seen", "train_loss", "best_val_loss", "wall_seconds", "data")  # fmt: skip
 CELL_CHARS = 60  # a cell of the Compare-runs settings table, at most (a long probe list ran off the page)
 
 
@@ -154,8 +156,7 @@ def details(studio: Studio, ref: str) -> tuple[str, str]:
         lines = [f"### {m['name']}", f"- folder: `{path}`", f"- size on disk: {human_size(dir_size(path))}"]
         if not is_model_dir(path):
             lines.append(f"- ⚠ {studio.base_missing()}")
-        lines += facts(info, IMPORTED_FACTS + ("params", "step", "tokens_seen", "train_loss", "best_val_loss"))
-        lines += facts(info, ("wall_seconds", "data"))
+        lines += facts(info, BASE_FACTS)
         run = run_of(path)
         return "\n".join(lines), loss_chart(loss_frame(run.read_metrics() if run else Metrics()))
     run = studio.store.run(key)
