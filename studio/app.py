@@ -94,6 +94,7 @@ def build_app(
         # The Fine-tune form as this browser left it (read by that tab). It lives outside the tabs: a tab's
         # components are mounted, and a BrowserState read from localStorage, only when the tab is first shown.
         demo.kept_form = gr.BrowserState({}, storage_key=finetune.FORM_STORAGE_KEY)
+        demo.progress_sink = gr.State(None)  # where the page's own events report their progress (tabs.quiet)
         with gr.Tabs():
             for tab in (data, pretrain, finetune, compare, chat, votes, models, inside, bench):
                 apis |= tab.build(studio, demo)

@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 
+import gradio as gr
 import pytest
 from test_studio_jobs import FINAL, wait
 
@@ -62,6 +63,19 @@ def test_the_estimate_names_the_work_or_what_is_missing(studio):
     assert bench.estimate_text(studio, ["base:base"], [], 0) == "⚠ Choose one or more tasks."
     assert bench.estimate_text(studio, [], ["blimp"], 0) == "⚠ Choose one or more models."
     assert "Limit must be >= 0" in bench.estimate_text(studio, ["base:base"], ["blimp"], -1)
+
+
+def test_the_api_starts_and_follows_a_run_or_says_why_not(studio):
+    api = bench.api_functions(studio)
+    assert api["bench_start"]([], ["blimp"], 0) == ("⚠ Choose one or more models.", None)
+    with pytest.raises(gr.Error, match="No benchmark run 'nope'"):
+        api["bench_progress"]("nope")
+    message, run_id = api["bench_start"](["base:base"], ["blimp"], 1)
+    assert message.startswith("Started") and run_id
+    p = api["bench_progress"](run_id)
+    assert p["status"] in ("queued", "starting", "running", "done") and "choices scored" in p["job"]
+    studio.jobs.stop(run_id)
+    wait(studio, run_id, lambda r, m: r["status"] in FINAL)
 
 
 @pytest.mark.slow

@@ -11,10 +11,12 @@ import threading
 import time
 
 import pytest
+from gradio.context import get_blocks_context
 
 from llm.config import FinetuneConfig
 from llm.errors import ConfigError
 from llm.run import RunDir, read_metrics
+from studio.app import build_app
 from studio.charts import line_chart, nice_ticks
 from studio.jobs import Jobs, command_line, explain
 from studio.store import SCHEMA, Store
@@ -534,3 +536,27 @@ def test_one_dataset_cache_reads_and_encodes_a_file_once_for_pages_plans_and_pro
     assert len(reads) == 2, "another file: read once"
     mine.write_text("question,answer\nUp?,down\nIn?,out\n")  # the file changed: its size and time
     assert "row 2" in show_page(studio, key, 1) and len(reads) == 3
+
+
+def test_the_events_a_page_sends_on_its_own_report_progress_on_the_sink_alone(tmp_path):
+    """Gradio's page updates the loading state of every part any event reported progress on, at the start and end
+    of every event: a tab's fill, a timer's tick and the render that builds a tab report on one hidden sink, so
+    they do not make every later event of the page pass over the tab's parts."""
+    demo = build_app(tmp_path / "ws", watch_interval=3600)
+    try:
+        with demo:  # build every lazy tab's body, as a page does when it first shows the tab
+            renders = list(get_blocks_context().renderables)
+            for render in renders:
+                render.fn(True)
+        events = list(demo.fns.values())
+        sink = [demo.progress_sink]
+        assert len(renders) == 8 and all(fn.show_progress_on == sink for fn in events if fn.renderable is not None), (
+            "a render reports on the column holding its tab's body otherwise"
+        )
+        own = [fn for fn in events if fn.fn and {t[1] for t in fn.targets} & {"select", "load", "tick"}]
+        assert len(own) >= 12  # a fill for each tab (some also on a refresh click) and three timers
+        assert all(fn.show_progress_on == sink and fn.show_progress == "hidden" for fn in own), [
+            (fn.name, fn.show_progress_on) for fn in own if fn.show_progress_on != sink
+        ]
+    finally:
+        demo.studio.jobs.close()

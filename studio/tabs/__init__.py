@@ -11,6 +11,7 @@ from typing import Any
 
 import gradio as gr
 import pandas as pd
+from gradio.context import get_blocks_context
 
 from llm.errors import ConfigError
 from llm.run import Metrics
@@ -25,6 +26,15 @@ LIGHT: dict[str, Any] = {"api_visibility": "private", "concurrency_limit": None}
 # An input's interactive set, not inferred: Gradio infers it from the events that read a component, except in a
 # render (a lazy tab's body, see lazy_page), where such an input was drawn disabled.
 EDIT: dict[str, Any] = {"interactive": True}
+
+
+def quiet(demo: gr.Blocks) -> dict[str, Any]:
+    """LIGHT, for an event the page sends on its own (a tab's fill, a timer's tick, a plan redrawn after an edit):
+    no progress shown, and the progress reported on the page's one hidden sink (demo.progress_sink), not on the
+    event's outputs. Gradio's page keeps a loading state for every part any event has reported progress on and
+    updates all of them (a copy of each part's properties) at the start and the end of every event: a fill that
+    reported on its dozens of outputs made every later event of the page pay for a pass over most of it."""
+    return LIGHT | {"show_progress": "hidden", "show_progress_on": demo.progress_sink}
 
 
 def bound(handler: Callable, studio: Any) -> Callable:
@@ -50,7 +60,7 @@ def laid_out(layout: Callable[[SimpleNamespace], None]) -> SimpleNamespace:
     return ui
 
 
-def lazy_page(label: str, key: str, build: Callable[[gr.Tab], None]) -> gr.Tab:
+def lazy_page(demo: gr.Blocks, label: str, key: str, build: Callable[[gr.Tab], None]) -> gr.Tab:
     """A tab whose body is built the first time a page shows it, not when the page opens: a page pays (in its
     browser's time, which every component and event of the whole studio costs at opening) only for the tabs it
     shows. build(tab) lays the body out and wires it, on the server, once a page; its events are the page's own
@@ -64,8 +74,20 @@ def lazy_page(label: str, key: str, build: Callable[[gr.Tab], None]) -> gr.Tab:
             if first_shown:
                 build(tab)
 
+        quiet_render(demo)
     tab.select(None, None, opened, js="() => true")  # the page alone: no server round trip after the first
     return tab
+
+
+def quiet_render(demo: gr.Blocks) -> None:
+    """The render just declared reports its progress on demo.progress_sink (see quiet), not on the column
+    that holds its body: as that column's loading state, every later event of the page would copy the
+    properties of every part of the tab. gr.render takes no show_progress_on, so it is set on the render's
+    event."""
+    blocks = get_blocks_context()
+    render = blocks.renderables[-1]
+    event = next(fn for fn in blocks.fns.values() if fn.renderable is render)
+    event.show_progress_on = [demo.progress_sink]
 
 
 def on_show(demo: gr.Blocks, tab: gr.Tab) -> list:

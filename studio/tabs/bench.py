@@ -28,7 +28,7 @@ from studio.charts import empty_chart, grouped_bar_chart
 from studio.context import Studio, StudioError
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, WORKING_STATES
-from studio.tabs import LIGHT, bound, dropdown
+from studio.tabs import EDIT, LIGHT, bound, dropdown, laid_out, lazy_page, on_show, quiet
 from studio.tabs.runs import behind_flag, clock, ticks_while_shown
 
 COMMAND = "bench"
@@ -116,13 +116,14 @@ def job_html(p: dict[str, Any] | None) -> str:
     if p is None:
         return "<div class='run-progress-text'>No benchmark run yet: choose models and tasks, then Start.</div>"
     share = p["done"] / p["total"] if p["total"] else 0.0
+    total = f"{p['total']:,}" if p["total"] else "?"  # unknown until the child has read the tasks
     left = f" · about {clock(p['remaining'])} left" if p["remaining"] is not None else ""
     words = STATE_WORDS.get(p["status"], p["message"])
     return (
         f"<span class='state-badge {p['status']}'>{p['status']}</span> <b>{html.escape(p['run']['name'])}</b> "
         f"{html.escape(words or '')}<div class='run-progress {p['status']}'><div class='bar' "
         f"style='width:{100 * share:.1f}%'></div></div><div class='run-progress-text'>{p['done']:,} of "
-        f"{p['total'] or '?':,} choices scored · {share:.0%} · elapsed {clock(p['elapsed'])}{left}"
+        f"{total} choices scored · {share:.0%} · elapsed {clock(p['elapsed'])}{left}"
         f"{' · ' + html.escape(p['where']) if p['where'] and p['status'] in WORKING_STATES else ''}</div>"
     )
 
@@ -231,9 +232,10 @@ def layout(ui: SimpleNamespace) -> None:
                 value=DEFAULT_TASKS,
                 label="Tasks (zero-shot, scored as lm-evaluation-harness scores them)",
                 elem_id="bench-tasks",
+                **EDIT,
             )
             ui.limit = gr.Number(
-                0, precision=0, label="Rows per task (0: all; BLiMP: per phenomenon)", elem_id="bench-limit"
+                0, precision=0, label="Rows per task (0: all; BLiMP: per phenomenon)", elem_id="bench-limit", **EDIT
             )
             ui.estimate = gr.Markdown(elem_classes="plan", elem_id="bench-estimate")
             ui.start = gr.Button("Start", variant="primary", elem_id="bench-start")
@@ -249,28 +251,21 @@ def layout(ui: SimpleNamespace) -> None:
     ui.behind = behind_flag()
 
 
-def wire(studio: Studio, tab: gr.Tab, ui: SimpleNamespace) -> None:
+def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     form = [ui.models, ui.tasks, ui.limit]
     monitor = [ui.job, ui.stop, ui.chart, ui.table, ui.seen, ui.timer]
     shown = [ui.models, ui.run, *monitor[:2], ui.chart, ui.table, ui.seen, ui.timer]
     estimate = bound(estimate_text, studio)
-    filled = tab.select(bound(show_tab, studio), [ui.models, ui.tasks, ui.run], shown, show_progress="hidden", **LIGHT)
-    filled.then(estimate, form, ui.estimate, show_progress="hidden", **LIGHT)
-    gr.on([c.input for c in form], estimate, form, ui.estimate, trigger_mode="always_last", **LIGHT)
+    filled = gr.on(on_show(demo, tab), bound(show_tab, studio), [ui.models, ui.tasks, ui.run], shown, **quiet(demo))
+    filled.then(estimate, form, ui.estimate, **quiet(demo))
+    gr.on([c.input for c in form], estimate, form, ui.estimate, trigger_mode="always_last", **quiet(demo))
     shown_results = bound(show_results, studio)
     gr.on([ui.models.input, ui.tasks.input], shown_results, [ui.models, ui.tasks], [ui.chart, ui.table], **LIGHT)
-    started = ui.start.click(bound(do_start, studio), form, [ui.start_status, ui.run], api_name="bench_start")
-    started.then(bound(refresh, studio), [ui.run, ui.models, ui.tasks, ui.seen], monitor, **LIGHT)
+    started = ui.start.click(bound(do_start, studio), form, [ui.start_status, ui.run], **LIGHT)
+    started.then(bound(refresh, studio), [ui.run, ui.models, ui.tasks, ui.seen], monitor, **quiet(demo))
     ui.stop.click(lambda run_id: studio.jobs.stop(run_id) if run_id else "", ui.run, ui.start_status, **LIGHT)
-    ui.timer.tick(
-        bound(tick, studio),
-        [ui.run, ui.models, ui.tasks, ui.seen, ui.behind],
-        monitor,
-        js=ticks_while_shown("bench-job"),
-        show_progress="hidden",
-        concurrency_limit=None,
-        api_name="bench_progress",
-    )
+    tick_inputs = [ui.run, ui.models, ui.tasks, ui.seen, ui.behind]
+    ui.timer.tick(bound(tick, studio), tick_inputs, monitor, js=ticks_while_shown("bench-job"), **quiet(demo))
 
 
 def api_functions(studio: Studio) -> dict[str, Callable]:
@@ -278,17 +273,29 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
         """The estimated time of scoring these models (refs) on these tasks (limit: rows per task, 0 all)."""
         return estimate_text(studio, model_refs, tasks, limit)
 
+    def api_start(model_refs: list[str], tasks: list[str], limit: int = 0) -> tuple[str, str | None]:
+        """Queue a benchmark run scoring these models (refs) on these tasks (limit: rows per task, 0 all; it
+        starts when the device is free): (what happened, the run's id, or None when refused)."""
+        message, run_id = do_start(studio, model_refs, tasks, limit)
+        return message, run_id if isinstance(run_id, str) else None
+
+    def api_progress(run_id: str) -> dict[str, Any]:
+        """A benchmark run's status, message, choices scored (done) of total, elapsed and remaining seconds,
+        and its view as the tab draws it (job, HTML); an error for an unknown run."""
+        p = progress(studio, run_id)
+        if p is None:
+            raise gr.Error(f"No benchmark run {run_id!r}.")
+        return {k: p[k] for k in ("status", "message", "done", "total", "elapsed", "remaining")} | {"job": job_html(p)}
+
     def api_results(model_refs: list[str]) -> dict[str, dict[str, Any]]:
         """The saved benchmark results of these models: {model name: {task: record}} (llm.eval.bench)."""
         return saved_results(studio, model_refs)
 
-    return {"bench_estimate": api_estimate, "bench_results": api_results}
+    return {"bench_estimate": api_estimate, "bench_start": api_start, "bench_progress": api_progress,
+            "bench_results": api_results}  # fmt: skip
 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
-    """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    ui = SimpleNamespace()
-    with gr.Tab(TAB_LABEL, id="bench") as tab:
-        layout(ui)
-    wire(studio, tab, ui)
+    """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
+    lazy_page(demo, TAB_LABEL, "bench", lambda tab: wire(studio, demo, tab, laid_out(layout)))
     return api_functions(studio)

@@ -13,7 +13,7 @@ import gradio as gr
 from llm.config import SamplingConfig
 from llm.errors import LLMError
 from studio.context import Studio
-from studio.tabs import EDIT, LIGHT, dropdown, finished_run, laid_out, lazy_page, on_show
+from studio.tabs import EDIT, LIGHT, dropdown, finished_run, laid_out, lazy_page, on_show, quiet
 from studio.tabs.compare import generation_threads, sampling_sliders
 
 
@@ -104,7 +104,7 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
         for turns, note, unsent in reply(studio, ref, system_text, history, text, asked):
             yield {ui.chatbot: turns, ui.status: note} | ({ui.message: unsent} if unsent else {})
 
-    gr.on([*on_show(demo, tab), ui.refresh.click], lambda: model_choices(studio), None, ui.model, **LIGHT)
+    gr.on([*on_show(demo, tab), ui.refresh.click], lambda: model_choices(studio), None, ui.model, **quiet(demo))
     asked = [ui.model, ui.system, ui.chatbot, ui.asked, ui.temperature, ui.top_p, ui.max_new, ui.seed]
     for trigger in (ui.send.click, ui.message.submit):
         trigger(take, ui.message, [ui.message, ui.asked], **LIGHT).then(
@@ -115,7 +115,7 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    lazy_page("5 · Chat", "chat", lambda tab: wire(studio, demo, tab, laid_out(layout)))
+    lazy_page(demo, "5 · Chat", "chat", lambda tab: wire(studio, demo, tab, laid_out(layout)))
 
     def api_chat(
         ref: str,

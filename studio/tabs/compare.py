@@ -18,7 +18,20 @@ from llm.errors import LLMError
 from studio.context import Studio, spreadsheet_safe
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import LAUNCHED_STATES, new_id
-from studio.tabs import EDIT, LIGHT, bound, dropdown, finished_run, keyed, laid_out, lazy_page, on_show, outputs, plain
+from studio.tabs import (
+    EDIT,
+    LIGHT,
+    bound,
+    dropdown,
+    finished_run,
+    keyed,
+    laid_out,
+    lazy_page,
+    on_show,
+    outputs,
+    plain,
+    quiet,
+)
 from studio.votes import TIE
 
 MAX_MODELS = 4
@@ -368,7 +381,7 @@ def layout(ui: SimpleNamespace) -> None:
 
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     filled = outputs(ui, "models", "batch_data", "tally")
-    gr.on([*on_show(demo, tab), ui.refresh.click], keyed(choices, studio, ui), None, filled, **LIGHT)
+    gr.on([*on_show(demo, tab), ui.refresh.click], keyed(choices, studio, ui), None, filled, **quiet(demo))
     asked = [ui.models, ui.prompt, ui.temperature, ui.top_p, ui.max_new, ui.seed]
     answered = outputs(ui, "answers", "diff", "status", "vote", "last")
     # One function for the button and Enter: Gradio queues by function, so both share one concurrency limit.
@@ -413,5 +426,5 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
-    lazy_page("4 · Compare", "compare", lambda tab: wire(studio, demo, tab, laid_out(layout)))
+    lazy_page(demo, "4 · Compare", "compare", lambda tab: wire(studio, demo, tab, laid_out(layout)))
     return api_functions(studio)

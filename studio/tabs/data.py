@@ -22,7 +22,7 @@ from llm.data.tasks import SPREADSHEETS, TaskFileError, file_type_problem, sugge
 from studio.charts import bar_chart
 from studio.context import BASE_ID, DATA_SUFFIXES, Studio, StudioError, plural, upload_limit
 from studio.store import new_id
-from studio.tabs import LIGHT, bound, dropdown, keyed, outputs, page
+from studio.tabs import LIGHT, bound, dropdown, keyed, outputs, page, quiet
 
 PREVIEW_EXAMPLES = 6
 FORMAT_CHOICES = [
@@ -569,7 +569,7 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
     ui.page.change(bound(show_page, studio), [ui.dataset, ui.page, ui.tokens_of], ui.preview, **LIGHT)
     # Gradio selects the first tab as the page opens: this fills the tab then, and when it is shown again.
     loaded = [ui.dataset, ui.tokens_of, *views, ui.seen]
-    tab.select(keyed(on_load, studio, ui), [ui.dataset, ui.seen, ui.pending, ui.tokens_of], loaded, **LIGHT)
+    tab.select(keyed(on_load, studio, ui), [ui.dataset, ui.seen, ui.pending, ui.tokens_of], loaded, **quiet(demo))
     ui.tokens_of.input(keyed(pick_base, studio, ui), [ui.dataset, ui.pending, ui.tokens_of], [*views, ui.seen], **LIGHT)
     demo.load(None, js=UPLOAD_WATCH.replace("LIMIT", str(studio.max_upload_bytes)).replace(
         "SUFFIXES", json.dumps([*DATA_SUFFIXES, *SPREADSHEETS])))  # fmt: skip

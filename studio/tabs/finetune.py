@@ -27,7 +27,7 @@ from llm.run import info_version
 from studio.context import Studio, human_size, memory_now, plural
 from studio.datasets import file_version
 from studio.jobs import CHILD_THREADS, field_label
-from studio.tabs import EDIT, LIGHT, chosen, dropdown, keep, keyed, on_show, outputs
+from studio.tabs import EDIT, LIGHT, chosen, dropdown, keep, keyed, on_show, outputs, quiet
 from studio.tabs import runs as run_tab
 from studio.tabs.form import (
     ADVANCED_FIELDS,
@@ -435,13 +435,13 @@ def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace)
     # meanwhile.
     shown = outputs(ui, *FORM, "plan", "preset", "offered", *VIEW.parts())
     opened = [ui.saved, ui.run, ui.offered, ui.seen]
-    filled = gr.on(on_show(demo, tab), keyed(show_tab, studio, ui), opened, shown, show_progress="hidden", **LIGHT)
+    filled = gr.on(on_show(demo, tab), keyed(show_tab, studio, ui), opened, shown, **quiet(demo))
     filled.then(None, None, None, js=RESTORED_JS)
     plan = keyed(form_plan, studio, ui)
     # .input (the user's changes), not .change: a handler that fills the form returns its plan itself, so
     # filling 20 fields does not ask for 20 plans.
     user_edits = [c.input for c in (ui.base, ui.dataset, *fields)]
-    gr.on(user_edits, plan, form, ui.plan, trigger_mode="always_last", **LIGHT)
+    gr.on(user_edits, plan, form, ui.plan, trigger_mode="always_last", **quiet(demo))
     # The unsaved form lives in the browser: a script keeps it, no server round trip, after each user edit
     # and after each handler that fills the form (a script on every field's .change would run once a field
     # as the form is filled). A text box's .input misses text entered at once (as the browser test's fill
@@ -449,7 +449,7 @@ def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace)
     kept = kept_form(ui)
     gr.on([c.change if isinstance(c, gr.Textbox) else c.input for c in kept[1:]], None, kept, ui.saved, js=SAVE_FORM_JS)
     probes = ui.dataset.input(lambda d: default_probes(studio, d), ui.dataset, ui.fields["probes"], **LIGHT)
-    keep_form(probes.then(plan, form, ui.plan, **LIGHT), ui)
+    keep_form(probes.then(plan, form, ui.plan, **quiet(demo)), ui)
     method, rank = ui.fields["method"], ui.fields["lora_rank"]
     method.input(lambda m: gr.Number(visible=m == "lora"), method, rank, **LIGHT)
     filled_form = outputs(ui, *FORM, "plan", "start_status")

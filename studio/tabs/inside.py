@@ -19,7 +19,7 @@ import gradio as gr
 from llm.errors import LLMError
 from studio.context import Studio, StudioError
 from studio.jobs import field_label
-from studio.tabs import EDIT, LIGHT, dropdown, keyed, laid_out, lazy_page, number, on_show, outputs
+from studio.tabs import EDIT, LIGHT, dropdown, keyed, laid_out, lazy_page, number, on_show, outputs, quiet
 
 NO_MODEL = ""  # the second model's "none" choice
 BANDS = ("#dbe4ff", "#fde2c4", "#d3f9d8", "#f3d9fa", "#fff3bf")  # token colour bands, in turn
@@ -287,7 +287,7 @@ def layout(ui: SimpleNamespace) -> None:
 
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     picked = [ui.model_a, ui.model_b]
-    gr.on(on_show(demo, tab), keyed(choices, studio, ui), picked, picked, **LIGHT)
+    gr.on(on_show(demo, tab), keyed(choices, studio, ui), picked, picked, **quiet(demo))
     ui.mode.change(
         lambda m: (gr.Textbox(visible=m == "text"), gr.Row(visible=m == "chat")),
         ui.mode,
@@ -301,7 +301,7 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name."""
-    lazy_page("8 · Inside", "inside", lambda tab: wire(studio, demo, tab, laid_out(layout)))
+    lazy_page(demo, "8 · Inside", "inside", lambda tab: wire(studio, demo, tab, laid_out(layout)))
 
     def api_inspect(
         model: str,

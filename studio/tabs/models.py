@@ -38,6 +38,7 @@ from studio.tabs import (
     on_show,
     outputs,
     plain,
+    quiet,
 )
 
 TABLE_COLUMNS = ["name", "kind", "status", "base", "dataset", "steps", "best val loss", "size", "created"]
@@ -446,7 +447,7 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
     listed = outputs(ui, *SHOWN)
     # Filled when shown (a page opens on the first tab): opening a page costs no listing of every run.
     triggers = [*on_show(demo, tab), ui.refresh.click]
-    gr.on(triggers, keyed(listing, studio, ui), [ui.pick, ui.compare_pick, ui.seen], listed, **LIGHT)
+    gr.on(triggers, keyed(listing, studio, ui), [ui.pick, ui.compare_pick, ui.seen], listed, **quiet(demo))
     # .input: every handler that sets the pick (listing, rename, delete) draws its details itself.
     ui.pick.input(keyed(show, studio, ui), ui.pick, outputs(ui, "about", "curve", "new_name"), **LIGHT)
     compared = outputs(ui, "compare_curve", "compare_table")
@@ -500,5 +501,7 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
-    lazy_page("7 · Models", "models", lambda tab: wire(studio, demo, tab, laid_out(lambda ui: layout(ui, studio))))
+    lazy_page(
+        demo, "7 · Models", "models", lambda tab: wire(studio, demo, tab, laid_out(lambda ui: layout(ui, studio)))
+    )
     return api_functions(studio) | importing.api_functions(studio)

@@ -35,6 +35,7 @@ from studio.tabs import (
     on_show,
     outputs,
     plain,
+    quiet,
 )
 from studio.tabs import runs as run_tab
 from studio.tabs.data import safe_filename
@@ -342,14 +343,16 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
     # Filled when the tab is shown, in one event: every event costs the browser a pass over the page's state.
     shown = outputs(ui, "text", "tokenizer", "preset", "vocab", "plan", *VIEW.parts())
     show = keyed(show_tab, studio, ui)
-    gr.on(on_show(demo, tab), show, form | {ui.run, ui.seen}, shown, show_progress="hidden", **LIGHT)
+    gr.on(on_show(demo, tab), show, form | {ui.run, ui.seen}, shown, **quiet(demo))
     # .input (the user's changes), not .change: filling the form asks for one plan, not one a field.
-    gr.on([c.input for c in outputs(ui, *FORM)], plan, form, ui.plan, trigger_mode="always_last", **LIGHT)
+    gr.on([c.input for c in outputs(ui, *FORM)], plan, form, ui.plan, trigger_mode="always_last", **quiet(demo))
     budget = (ui.minutes, ui.steps)
     ui.budget.input(lambda b: (gr.Number(visible=b == "time"), gr.Number(visible=b == "steps")), ui.budget, budget)
     ui.tokenizer.input(lambda t: gr.Number(visible=t == NEW_TOKENIZER), ui.tokenizer, ui.vocab, **LIGHT)
     uploaded = [ui.text, ui.upload, ui.text_status]
-    ui.upload.upload(keyed(do_upload, studio, ui), ui.upload, uploaded, **LIGHT).then(plan, form, ui.plan, **LIGHT)
+    ui.upload.upload(keyed(do_upload, studio, ui), ui.upload, uploaded, **LIGHT).then(
+        plan, form, ui.plan, **quiet(demo)
+    )
     ui.start.click(keyed(do_start, studio, ui), form | {ui.name}, [ui.start_status, ui.run], **LIGHT)
 
 

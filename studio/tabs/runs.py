@@ -195,12 +195,12 @@ def wire_watch(studio: Any, demo: Any, tab: Any, ui: SimpleNamespace, view: RunV
     itself while the run does not work). Their public endpoints are watch_api()'s."""
     monitor = tabs.outputs(ui, *view.parts())
     show = tabs.keyed(view.refresh, studio, ui)
-    ui.run.change(show, [ui.run, ui.seen], monitor, **tabs.LIGHT)
+    ui.run.change(show, [ui.run, ui.seen], monitor, **tabs.quiet(demo))
     ui.timer.tick(tabs.keyed(view.tick, studio, ui), [ui.run, ui.seen, ui.behind], monitor,
-                  js=ticks_while_shown(f"{prefix}-state"), show_progress="hidden", **tabs.LIGHT)  # fmt: skip
+                  js=ticks_while_shown(f"{prefix}-state"), **tabs.quiet(demo))  # fmt: skip
     for button, act in ((ui.stop, stop_run), (ui.resume, resume_run)):
         clicked = button.click(tabs.bound(act, studio), ui.run, ui.start_status, **tabs.LIGHT)
-        clicked.then(show, [ui.run, ui.seen], monitor, show_progress="hidden", **tabs.LIGHT)
+        clicked.then(show, [ui.run, ui.seen], monitor, **tabs.quiet(demo))
 
 
 def run_page(studio: Any, demo: Any, tab: tuple[str, str, str], layout: Callable, wire: Callable, view: RunView):
@@ -214,7 +214,7 @@ def run_page(studio: Any, demo: Any, tab: tuple[str, str, str], layout: Callable
         wire(studio, demo, page_tab, ui)
         wire_watch(studio, demo, page_tab, ui, view, prefix)
 
-    tabs.lazy_page(label, key, body)
+    tabs.lazy_page(demo, label, key, body)
 
 
 def watch_api(studio: Any, view: RunView, prefix: str) -> dict[str, Callable]:

@@ -15,7 +15,7 @@ from llm.config import PreferConfig
 from llm.errors import LLMError
 from studio.context import Studio, plural
 from studio.jobs import field_label
-from studio.tabs import EDIT, LIGHT, dropdown, finished_run, keyed, laid_out, lazy_page, on_show
+from studio.tabs import EDIT, LIGHT, dropdown, finished_run, keyed, laid_out, lazy_page, on_show, quiet
 from studio.votes import MIN_PAIRS, TIE, export_votes, preference_pairs
 
 VOTE_COLUMNS = ["when", "prompt", "models", "better", "answers", "seed"]
@@ -121,7 +121,7 @@ def do_export(studio: Studio) -> dict[str, Any]:
 
 
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
-    gr.on(on_show(demo, tab), keyed(show, studio, ui), None, [ui.counts, ui.table, ui.base], **LIGHT)
+    gr.on(on_show(demo, tab), keyed(show, studio, ui), None, [ui.counts, ui.table, ui.base], **quiet(demo))
     ui.export.click(keyed(do_export, studio, ui), None, [ui.files, ui.status], **LIGHT)
     tuned = [ui.base, ui.max_steps, ui.name]
     ui.tune.click(lambda b, m, n: tune_on_votes(studio, b, m, n)[0], tuned, ui.status, **LIGHT)
@@ -129,7 +129,7 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
-    lazy_page("6 · Votes", "votes", lambda tab: wire(studio, demo, tab, laid_out(layout)))
+    lazy_page(demo, "6 · Votes", "votes", lambda tab: wire(studio, demo, tab, laid_out(layout)))
 
     def api_export_votes() -> dict[str, Any]:
         """Write the votes as preference pairs; the files' paths and counts (an error when there is no vote)."""
