@@ -4,13 +4,14 @@ Benchmarks) over one workspace; launch() serves it."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
 
 from llm.config import DEFAULT_BASE_MODEL
 from studio.context import MAX_UPLOAD_BYTES, SAMPLES_DIR, Studio
-from studio.tabs import bench, chat, compare, data, finetune, inside, models, pretrain, votes
+from studio.tabs import STAMP_API, bench, chat, compare, data, finetune, inside, models, pretrain, votes
 
 CSS = """
 .gradio-container { max-width: 1400px !important; }
@@ -95,13 +96,27 @@ def build_app(
         # components are mounted, and a BrowserState read from localStorage, only when the tab is first shown.
         demo.kept_form = gr.BrowserState({}, storage_key=finetune.FORM_STORAGE_KEY)
         demo.progress_sink = gr.State(None)  # where the page's own events report their progress (tabs.quiet)
+        demo.stamps = {}  # tab key -> its stamp function (tabs.when_changed), registered by the tabs' build()
         with gr.Tabs():
             for tab in (data, pretrain, finetune, compare, chat, votes, models, inside, bench):
                 apis |= tab.build(studio, demo)
         for name, fn in apis.items():  # outside the Tabs: a Tabs block may hold only tabs
             gr.api(fn, api_name=name)
+        # Off the queue: a shown tab's script calls it over plain HTTP (a Gradio event costs the page more).
+        gr.api(stamp_api(demo.stamps), api_name=STAMP_API, queue=False, api_visibility="undocumented")
     demo.studio = studio  # for launch() and tests
     return demo
+
+
+def stamp_api(stamps: dict[str, Callable]) -> Callable:
+    def shown_stamp(tab: str, values: list) -> list:
+        """The stamp of a tab as one page shows it (its stamp inputs' values): [a digest of what the tab's fill
+        would draw, whether its timer should tick]. Asked for by the page's script when the tab is shown."""
+        if tab not in stamps or not isinstance(values, list):
+            raise gr.Error(f"No stamp for the tab {tab!r}.")
+        return list(stamps[tab](*values))
+
+    return shown_stamp
 
 
 def launch(

@@ -184,10 +184,20 @@ def test_upload_finetune_reload_and_compare(page):
         open_tab(page, "3 · Fine-tune")
         expect(page.locator("#ft-plan")).to_contain_text("Estimated memory")  # a user waits, then types
 
-    # Shown the first time, its body is built (one event) and filled (a second); then each showing sends one.
+    # Shown the first time, its body is built (one event) and filled (a second). Shown again with nothing it
+    # draws changed, it sends none (the page asks for the tab's stamp over plain HTTP); after a change it draws
+    # (a preset saved by another page), one: its fill, which offers the new preset.
     assert len(events_sent(page, show_finetune)) == 2
     open_tab(page, "1 · Data")
+    assert len(events_sent(page, show_finetune)) == 0
+    open_tab(page, "1 · Data")
+    studio.store.save_preset("saved-elsewhere", {"epochs": 1})
     assert len(events_sent(page, show_finetune)) == 1
+    page.get_by_text("Presets", exact=True).click()
+    page.locator("#ft-preset input").click()
+    expect(page.get_by_role("option", name="saved-elsewhere")).to_be_visible()
+    page.keyboard.press("Escape")
+    page.get_by_text("Presets", exact=True).click()
     page.locator("#ft-dataset input").click()
     page.get_by_role("option", name=re.compile(r"^opposites\.csv \(sample")).click()
     probes = page.locator("#ft-probes textarea")

@@ -97,6 +97,29 @@ def test_every_endpoint_is_described_by_its_own_docstring(app):
     assert not generic, f"described as functools.partial: {sorted(generic)}"
 
 
+def test_a_tabs_stamp_changes_with_what_it_draws_and_is_asked_for_over_plain_http(app, tmp_path):
+    """A shown tab is filled only when its stamp changed: the page's script asks for it by a plain POST (no
+    queue, no Gradio event), with the values of the tab's inputs."""
+
+    def stamp(tab: str, *values) -> list:
+        answer = httpx.post(f"{app.url}gradio_api/run/shown_stamp", json={"data": [tab, list(values)]}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["data"][0]
+
+    data, ticking = stamp("data", None, None)
+    assert ticking is False and stamp("data", None, None) == [data, False], "the same workspace, the same stamp"
+    finetune, models = stamp("finetune", None)[0], stamp("models", None, [])[0]
+    path = tmp_path / "stamped.csv"
+    path.write_text("question,answer\nUp?,down\nIn?,out\n")
+    key = upload(app, path)["data-dataset"]
+    assert stamp("data", None, None)[0] != data, "the Data tab offers the new dataset"
+    assert stamp("data", key, None)[0] != stamp("data", "sample-opposites", None)[0], "each page's own choice"
+    assert stamp("finetune", None)[0] != finetune, "the Fine-tune form offers it too"
+    assert stamp("models", None, [])[0] == models, "the Models tab does not show datasets"
+    unknown = httpx.post(f"{app.url}gradio_api/run/shown_stamp", json={"data": ["nope", []]}, timeout=30)
+    assert unknown.status_code == 500 and "No stamp for the tab 'nope'" in unknown.text
+
+
 def test_the_samples_are_offered_out_of_the_box(app):
     ids = {d["id"] for d in app.studio.store.datasets()}
     assert {f"sample-{p.stem}" for p in SAMPLES_DIR.glob("*") if p.suffix in (".csv", ".json", ".jsonl")} <= ids

@@ -18,9 +18,10 @@ from llm.errors import ConfigError
 from llm.run import RunDir, read_metrics
 from studio.app import build_app
 from studio.charts import line_chart, nice_ticks
+from studio.context import SAMPLES_DIR, Studio
 from studio.jobs import Jobs, command_line, explain
 from studio.store import SCHEMA, Store
-from studio.tabs import loss_frame
+from studio.tabs import finetune, loss_frame
 from studio.tabs.compare import diff_panel, word_diff_html
 from studio.tabs.data import length_bins, length_histogram, safe_filename
 
@@ -553,10 +554,33 @@ def test_the_events_a_page_sends_on_its_own_report_progress_on_the_sink_alone(tm
         assert len(renders) == 8 and all(fn.show_progress_on == sink for fn in events if fn.renderable is not None), (
             "a render reports on the column holding its tab's body otherwise"
         )
-        own = [fn for fn in events if fn.fn and {t[1] for t in fn.targets} & {"select", "load", "tick"}]
+        stamps = {block._id for block in demo.blocks.values() if str(getattr(block, "label", "")).startswith("stamp (")}
+        assert len(stamps) == 3  # Data, Fine-tune and Models are filled when their stamp changes
+        fills = [fn for fn in events if fn.fn and any(block in stamps for block, _ in fn.targets)]
+        assert len(fills) == 3
+        own = [fn for fn in events if fn.fn and {t[1] for t in fn.targets} & {"select", "load", "tick"}] + fills
         assert len(own) >= 12  # a fill for each tab (some also on a refresh click) and three timers
         assert all(fn.show_progress_on == sink and fn.show_progress == "hidden" for fn in own), [
             (fn.name, fn.show_progress_on) for fn in own if fn.show_progress_on != sink
         ]
     finally:
         demo.studio.jobs.close()
+
+
+def test_the_finetune_stamp_follows_the_runs_state_and_sets_the_timer_going_while_it_works(tmp_path, tiny_model_dir):
+    studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
+    empty, ticking = finetune.stamp(studio, None)
+    assert ticking is False and finetune.stamp(studio, None) == (empty, False)
+    run_id = studio.create_run("base:base", "sample-opposites", {"max_steps": 5}, "stamped")
+    assert finetune.stamp(studio, None)[0] != empty, "the run picker offers the new run"
+    stamps = set()
+    for status, works in (("running", True), ("done", False)):
+        studio.store.update_run(run_id, status=status)
+        stamp, ticking = finetune.stamp(studio, run_id)
+        assert ticking is works, status
+        stamps.add(stamp)
+    assert len(stamps) == 2, "a run that ended is drawn again"
+    metrics = studio.jobs.run_dir(studio.store.run(run_id)).metrics
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text('{"step": 1}\n')
+    assert finetune.stamp(studio, run_id)[0] in stamps, "its files are the timer's to redraw, not the stamp's"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 from collections.abc import Callable
@@ -92,8 +93,54 @@ def quiet_render(demo: gr.Blocks) -> None:
 
 def on_show(demo: gr.Blocks, tab: gr.Tab) -> list:
     """The triggers of a lazy tab's fill: its body has just been built (the page's load event, inside the render
-    that builds it), and each later time the tab is shown."""
+    that builds it), and each later time the tab is shown. A tab whose fill can say cheaply what it would draw
+    is filled on when_changed() instead."""
     return [demo.load, tab.select]
+
+
+STAMP_API = "shown_stamp"  # the plain endpoint a shown tab's script asks for its stamp (see when_changed)
+
+
+def stamp_script(key: str, timer: bool) -> str:
+    """The script that asks for tab key's stamp: it posts the values of the tab's stamp inputs to STAMP_API by a
+    plain HTTP call (a Gradio event would cost the page a pass over its state and the server a queue slot) and
+    returns the stamp and, with a timer, the timer's update. No answer gives a stamp never seen: the tab is
+    filled afresh."""
+    answer = "[stamp, {__type__: 'update', active: ticking}]" if timer else "stamp"
+    failed = "[String(Date.now()), {__type__: 'update'}]" if timer else "String(Date.now())"
+    return f"""async (...values) => {{
+  const root = (window.gradio_config && window.gradio_config.root) || '';
+  try {{
+    const response = await fetch(root + '/gradio_api/run/{STAMP_API}', {{method: 'POST',
+      headers: {{'Content-Type': 'application/json'}}, body: JSON.stringify({{data: [{key!r}, values]}})}});
+    const [stamp, ticking] = (await response.json()).data[0];
+    return {answer};
+  }} catch (e) {{
+    return {failed};
+  }}
+}}"""
+
+
+def when_changed(
+    demo: gr.Blocks, tab: gr.Tab, key: str, inputs: list, built: bool, timer: gr.Timer | None = None
+) -> Any:
+    """The trigger of a tab's fill that a page sends only when what the fill draws has changed: when the tab is
+    shown (and, built: when a lazy tab's body has just been built) a script asks the server for the tab's stamp,
+    demo.stamps[key](*values of inputs): (a digest of what the fill would draw for them, whether the tab's timer
+    should tick), and the fill follows only if the stamp differs from the last one this page got. An unchanged
+    tab costs its page no Gradio event. timer: set going, or not, by the stamp's answer (a run that works)."""
+    assert key in demo.stamps, f"no stamp function for the {key} tab"
+    stamp = gr.Textbox(visible=False, label="stamp (the tab's last stamp, set by the page)")
+    outs = [stamp, timer] if timer is not None else [stamp]
+    script = stamp_script(key, timer is not None)
+    for trigger in [tab.select, demo.load] if built else [tab.select]:
+        trigger(None, inputs, outs, js=script)
+    return stamp.change
+
+
+def stamp_of(*parts: Any) -> str:
+    """A short digest of parts (their repr), for a tab's stamp."""
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
 
 
 def plain(view: dict[str, Any]) -> dict[str, Any]:

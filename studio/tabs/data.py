@@ -22,7 +22,7 @@ from llm.data.tasks import SPREADSHEETS, TaskFileError, file_type_problem, sugge
 from studio.charts import bar_chart
 from studio.context import BASE_ID, DATA_SUFFIXES, Studio, StudioError, plural, upload_limit
 from studio.store import new_id
-from studio.tabs import LIGHT, bound, dropdown, keyed, outputs, page, quiet
+from studio.tabs import LIGHT, bound, dropdown, keyed, outputs, page, quiet, stamp_of, when_changed
 
 PREVIEW_EXAMPLES = 6
 FORMAT_CHOICES = [
@@ -337,6 +337,11 @@ def shown_signature(studio: Studio, dataset_id: str | None, base_ref: str | None
     return (tuple(studio.dataset_choices()), dataset_id, settings, stamp, tuple(studio.base_choices()), base_ref)
 
 
+def stamp(studio: Studio, dataset_id: str | None, base_ref: str | None) -> tuple[str, bool]:
+    """The tab's stamp (tabs.when_changed) for the page's dataset and base: on_load's signature of them."""
+    return stamp_of(shown_signature(studio, pick(studio, dataset_id), base_pick(studio, base_ref))), False
+
+
 def on_load(
     studio: Studio, dataset_id: str | None, seen: tuple | None = None, pending: dict | None = None, base_ref=None
 ):
@@ -567,9 +572,12 @@ def layout(studio: Studio, ui: SimpleNamespace) -> None:
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     views = outputs(ui, *VIEWS)
     ui.page.change(bound(show_page, studio), [ui.dataset, ui.page, ui.tokens_of], ui.preview, **LIGHT)
-    # Gradio selects the first tab as the page opens: this fills the tab then, and when it is shown again.
+    # Gradio selects the first tab as the page opens: its stamp is asked for then (and the tab filled), and each
+    # time it is shown again (filled only when the stamp changed).
     loaded = [ui.dataset, ui.tokens_of, *views, ui.seen]
-    tab.select(keyed(on_load, studio, ui), [ui.dataset, ui.seen, ui.pending, ui.tokens_of], loaded, **quiet(demo))
+    with tab:  # its hidden stamp belongs in the tab (a Tabs block may hold only tabs)
+        shown = when_changed(demo, tab, "data", [ui.dataset, ui.tokens_of], built=False)
+    shown(keyed(on_load, studio, ui), [ui.dataset, ui.seen, ui.pending, ui.tokens_of], loaded, **quiet(demo))
     ui.tokens_of.input(keyed(pick_base, studio, ui), [ui.dataset, ui.pending, ui.tokens_of], [*views, ui.seen], **LIGHT)
     demo.load(None, js=UPLOAD_WATCH.replace("LIMIT", str(studio.max_upload_bytes)).replace(
         "SUFFIXES", json.dumps([*DATA_SUFFIXES, *SPREADSHEETS])))  # fmt: skip
@@ -596,6 +604,7 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name (none)."""
+    demo.stamps["data"] = bound(stamp, studio)
     tab, ui = page("1 · Data", "data", lambda ui: layout(studio, ui))
     wire(studio, demo, tab, ui)
     return {}

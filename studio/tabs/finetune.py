@@ -27,7 +27,8 @@ from llm.run import info_version
 from studio.context import Studio, human_size, memory_now, plural
 from studio.datasets import file_version
 from studio.jobs import CHILD_THREADS, field_label
-from studio.tabs import EDIT, LIGHT, chosen, dropdown, keep, keyed, on_show, outputs, quiet
+from studio.store import ACTIVE_STATES
+from studio.tabs import EDIT, LIGHT, bound, chosen, dropdown, keep, keyed, outputs, quiet, stamp_of, when_changed
 from studio.tabs import runs as run_tab
 from studio.tabs.form import (
     ADVANCED_FIELDS,
@@ -257,6 +258,15 @@ def show_tab(studio: Studio, saved: Any, run_id: str | None, offered: tuple | No
     return {**view, **shown, "offered": choices}
 
 
+def stamp(studio: Studio, run_id: str | None) -> tuple[str, bool]:
+    """The tab's stamp (tabs.when_changed) for the page's run: the form's choices and the run's state, and
+    whether the run works. Its files are left out: while it works, the timer (set going by the stamp) redraws
+    them."""
+    run = studio.store.run(run_id) if run_id else None
+    state = (run["status"], run["message"], run["name"]) if run else None
+    return stamp_of(form_choices(studio), run_id, state), state is not None and state[0] in ACTIVE_STATES
+
+
 def warm_up(studio: Studio) -> None:
     """Import torch and compute the plan a fresh page opens with, once, before the pages ask for it."""
     open_form(studio, {}, None, form_choices(studio))
@@ -431,11 +441,12 @@ def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace)
     fields = [ui.fields[name] for name in FORM_FIELDS]
     form = set(outputs(ui, *FORM))
     # The tab is first shown (its body just built): the form as this browser left it, then saving starts. Showing
-    # it again only refreshes the choices, so an answer that arrives late never overwrites what the user typed
+    # it again (when its stamp changed) only refreshes the choices, so an answer that arrives late never overwrites what the user typed
     # meanwhile.
     shown = outputs(ui, *FORM, "plan", "preset", "offered", *VIEW.parts())
     opened = [ui.saved, ui.run, ui.offered, ui.seen]
-    filled = gr.on(on_show(demo, tab), keyed(show_tab, studio, ui), opened, shown, **quiet(demo))
+    shown_again = when_changed(demo, tab, "finetune", [ui.run], built=True, timer=ui.timer)
+    filled = shown_again(keyed(show_tab, studio, ui), opened, shown, **quiet(demo))
     filled.then(None, None, None, js=RESTORED_JS)
     plan = keyed(form_plan, studio, ui)
     # .input (the user's changes), not .change: a handler that fills the form returns its plan itself, so
@@ -501,5 +512,6 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
+    demo.stamps["finetune"] = bound(stamp, studio)
     run_tab.run_page(studio, demo, (TAB_LABEL, "finetune", "ft"), lambda ui: layout(ui, demo), wire_form, VIEW)
     return api_functions(studio) | run_tab.watch_api(studio, VIEW, "")

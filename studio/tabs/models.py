@@ -27,6 +27,7 @@ from studio.store import new_id
 from studio.tabs import (
     EDIT,
     LIGHT,
+    bound,
     dropdown,
     importing,
     keyed,
@@ -35,10 +36,11 @@ from studio.tabs import (
     loss_chart,
     loss_frame,
     loss_plot,
-    on_show,
     outputs,
     plain,
     quiet,
+    stamp_of,
+    when_changed,
 )
 
 TABLE_COLUMNS = ["name", "kind", "status", "base", "dataset", "steps", "best val loss", "size", "created"]
@@ -313,17 +315,29 @@ def layout(ui: SimpleNamespace, studio: Studio) -> None:
 SHOWN = ("table", "pick", "about", "curve", "new_name", "compare_pick", "seen")  # what listing() draws
 
 
-def listing(studio: Studio, selected: str | None = None, compared: list[str] | None = None, seen: Any = None):
-    """{SHOWN}: the table, the choices (the selected model kept, else the newest run), its details, the runs
-    offered for comparison, and what was drawn: showing the tab again sends nothing when none of it changed
-    (drawing the table and a chart is most of a tab switch's cost in the browser)."""
+def listed(studio: Studio, selected: str | None, compared: list[str] | None) -> tuple[list, str | None, list, tuple]:
+    """What listing() draws for the page's pick and runs compared: (model rows, the pick (kept, else the newest
+    run), the runs compared that are still there, its signature)."""
     rows = model_rows(studio)
     refs = [r["ref"] for r in rows]
     runs = [ref for ref in refs if ref.startswith("run:")]
     value = selected if selected in refs else (runs or refs or [None])[0]
     kept = [ref for ref in compared or [] if ref in runs]
     run = studio.store.run(value.partition(":")[2].partition("/")[0]) if value in runs else None
-    signature = (json.dumps(rows, default=str), value, kept, studio.jobs.file_times(run) if run else ())
+    return rows, value, kept, (json.dumps(rows, default=str), value, kept, studio.jobs.file_times(run) if run else ())
+
+
+def stamp(studio: Studio, selected: str | None, compared: list[str] | None) -> tuple[str, bool]:
+    """The tab's stamp (tabs.when_changed) for the page's pick and runs compared: listing()'s signature."""
+    return stamp_of(listed(studio, selected, compared)[3]), False
+
+
+def listing(studio: Studio, selected: str | None = None, compared: list[str] | None = None, seen: Any = None):
+    """{SHOWN}: the table, the choices (the selected model kept, else the newest run), its details, the runs
+    offered for comparison, and what was drawn: a refresh sends nothing when none of it changed (drawing the
+    table and a chart is most of a tab switch's cost in the browser)."""
+    rows, value, kept, signature = listed(studio, selected, compared)
+    runs = [r["ref"] for r in rows if r["ref"].startswith("run:")]
     if signature == seen and value == selected:
         return {}
     frame = pd.DataFrame([{k: r[k] for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
@@ -446,7 +460,7 @@ def download_gguf(studio: Studio, ref: str | None):
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     listed = outputs(ui, *SHOWN)
     # Filled when shown (a page opens on the first tab): opening a page costs no listing of every run.
-    triggers = [*on_show(demo, tab), ui.refresh.click]
+    triggers = [when_changed(demo, tab, "models", [ui.pick, ui.compare_pick], built=True), ui.refresh.click]
     gr.on(triggers, keyed(listing, studio, ui), [ui.pick, ui.compare_pick, ui.seen], listed, **quiet(demo))
     # .input: every handler that sets the pick (listing, rename, delete) draws its details itself.
     ui.pick.input(keyed(show, studio, ui), ui.pick, outputs(ui, "about", "curve", "new_name"), **LIGHT)
@@ -501,6 +515,7 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
+    demo.stamps["models"] = bound(stamp, studio)
     lazy_page(
         demo, "7 · Models", "models", lambda tab: wire(studio, demo, tab, laid_out(lambda ui: layout(ui, studio)))
     )
