@@ -79,8 +79,11 @@ def release_gpu_memory() -> None:
     own process otherwise, where a training run cannot use them)."""
     import sys
 
-    torch = sys.modules.get("torch")  # nothing to release before torch is imported
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+    if "torch" not in sys.modules:
+        return  # nothing to release before torch is imported
+    import torch  # an import still under way in another thread (the studio's warm-up) is waited for
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
 

@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import sqlite3
+import subprocess
 import sys
 import threading
 import time
@@ -584,3 +585,19 @@ def test_the_finetune_stamp_follows_the_runs_state_and_sets_the_timer_going_whil
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_text('{"step": 1}\n')
     assert finetune.stamp(studio, run_id)[0] in stamps, "its files are the timer's to redraw, not the stamp's"
+
+
+def test_releasing_gpu_memory_waits_for_a_torch_import_under_way_in_another_thread():
+    """The studio imports torch in a warm-up thread as it starts; a run started meanwhile (through the API, at
+    once) releases GPU memory, and found a half-imported torch ("no attribute 'cuda'")."""
+    script = (
+        "import sys, threading\n"
+        "from studio.context import release_gpu_memory\n"
+        "assert 'torch' not in sys.modules\n"
+        "importer = threading.Thread(target=lambda: __import__('torch'))\n"
+        "importer.start()\n"
+        "while importer.is_alive():\n"
+        "    release_gpu_memory()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-1000:]
