@@ -176,6 +176,9 @@ async def measure(url: str, pages: int, switches: int) -> dict[str, Any]:
         await browser.close()
     usable = [r["usable_s"] for r in results]
     switch = [t for r in results for t in r["tab_switch_s"]]
+    by_tab = {
+        tab: [t for r in results for k, t in enumerate(r["tab_switch_s"]) if TABS[k % len(TABS)] == tab] for tab in TABS
+    }
     return {
         "pages": pages,
         "usable_s": usable,
@@ -183,6 +186,7 @@ async def measure(url: str, pages: int, switches: int) -> dict[str, Any]:
         "busy_median_s": statistics.median(r["busy_s"] for r in results),
         "tab_switch_median_s": statistics.median(switch),
         "tab_switch_max_s": max(switch),
+        "tab_switch_median_by_tab_s": {tab: statistics.median(times) for tab, times in by_tab.items()},
     }
 
 
@@ -261,6 +265,9 @@ def main() -> None:
         "tab switch max s",
     ]
     print_table(headers, rows)
+    for r in report["results"]:
+        tabs = ", ".join(f"{tab} {t:.2f}" for tab, t in r["tab_switch_median_by_tab_s"].items())
+        print(f"tab switch median by tab, {'training' if r['training'] else 'idle'}, {r['app']}, {r['pages']}: {tabs}")
     print(f"load average before {report['load_before']}, after {report['load_after']} ({report['cpus']} CPUs)")
     write_json(args.json, report)
 

@@ -556,9 +556,9 @@ def test_the_events_a_page_sends_on_its_own_report_progress_on_the_sink_alone(tm
             "a render reports on the column holding its tab's body otherwise"
         )
         stamps = {block._id for block in demo.blocks.values() if str(getattr(block, "label", "")).startswith("stamp (")}
-        assert len(stamps) == 3  # Data, Fine-tune and Models are filled when their stamp changes
+        assert len(stamps) == 4  # Data, Pretrain, Fine-tune and Models are filled when their stamp changes
         fills = [fn for fn in events if fn.fn and any(block in stamps for block, _ in fn.targets)]
-        assert len(fills) == 3
+        assert len(fills) == 4
         own = [fn for fn in events if fn.fn and {t[1] for t in fn.targets} & {"select", "load", "tick"}] + fills
         assert len(own) >= 12  # a fill for each tab (some also on a refresh click) and three timers
         assert all(fn.show_progress_on == sink and fn.show_progress == "hidden" for fn in own), [

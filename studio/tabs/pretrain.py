@@ -23,19 +23,22 @@ from llm.errors import ConfigError, LLMError
 from llm.run import Metrics
 from studio.context import Studio, human_size, upload_limit
 from studio.jobs import CHILD_THREADS, field_label
+from studio.store import ACTIVE_STATES
 from studio.tabs import (
     EDIT,
     LIGHT,
+    bound,
     chosen,
     dropdown,
     json_object,
     keep,
     keyed,
     number,
-    on_show,
     outputs,
     plain,
     quiet,
+    stamp_of,
+    when_changed,
 )
 from studio.tabs import runs as run_tab
 from studio.tabs.data import safe_filename
@@ -194,6 +197,15 @@ VIEW = run_tab.RunView(
 )
 
 
+def stamp(studio: Studio, run_id: str | None) -> tuple[str, bool]:
+    """The tab's stamp (tabs.when_changed) for the page's run: the texts, tokenizers and runs offered and the
+    run's state, and whether the run works (its files are the timer's to redraw, which the stamp sets going)."""
+    run = studio.store.run(run_id) if run_id else None
+    state = (run["status"], run["message"], run["name"]) if run else None
+    offered = (text_choices(studio), tokenizer_choices(studio), run_tab.run_choices(pretrain_runs(studio)))
+    return stamp_of(offered, run_id, state), state is not None and state[0] in ACTIVE_STATES
+
+
 def show_tab(studio: Studio, form: dict[str, Any]):
     """The tab is shown, in one event: the texts, tokenizers, runs and model sizes as they are now (the page's
     choices kept), the plan, and the run's view (it starts the timer again if the run works)."""
@@ -340,10 +352,11 @@ def layout(studio: Studio, ui: SimpleNamespace) -> None:
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     form = set(outputs(ui, *FORM))
     plan = keyed(make_plan, studio, ui)
-    # Filled when the tab is shown, in one event: every event costs the browser a pass over the page's state.
+    # Filled when the tab is shown and its stamp changed, in one event: every event costs the browser a pass over
+    # the page's state.
     shown = outputs(ui, "text", "tokenizer", "preset", "vocab", "plan", *VIEW.parts())
-    show = keyed(show_tab, studio, ui)
-    gr.on(on_show(demo, tab), show, form | {ui.run, ui.seen}, shown, **quiet(demo))
+    shown_again = when_changed(demo, tab, "pretrain", [ui.run], built=True, timer=ui.timer)
+    shown_again(keyed(show_tab, studio, ui), form | {ui.run, ui.seen}, shown, **quiet(demo))
     # .input (the user's changes), not .change: filling the form asks for one plan, not one a field.
     gr.on([c.input for c in outputs(ui, *FORM)], plan, form, ui.plan, trigger_mode="always_last", **quiet(demo))
     budget = (ui.minutes, ui.steps)
@@ -400,5 +413,6 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
+    demo.stamps["pretrain"] = bound(stamp, studio)
     run_tab.run_page(studio, demo, (TAB_LABEL, "pretrain", "pt"), lambda ui: layout(studio, ui), wire, VIEW)
     return api_functions(studio) | run_tab.watch_api(studio, VIEW, "pretrain_")
