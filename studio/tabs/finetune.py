@@ -441,8 +441,8 @@ def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace)
     fields = [ui.fields[name] for name in FORM_FIELDS]
     form = set(outputs(ui, *FORM))
     # The tab is first shown (its body just built): the form as this browser left it, then saving starts. Showing
-    # it again (when its stamp changed) only refreshes the choices, so an answer that arrives late never overwrites what the user typed
-    # meanwhile.
+    # it again (when its stamp changed) only refreshes the choices, so an answer that arrives late never
+    # overwrites what the user typed meanwhile.
     shown = outputs(ui, *FORM, "plan", "preset", "offered", *VIEW.parts())
     opened = [ui.saved, ui.run, ui.offered, ui.seen]
     shown_again = when_changed(demo, tab, "finetune", [ui.run], built=True, timer=ui.timer)
