@@ -22,7 +22,7 @@ from studio.charts import line_chart, nice_ticks
 from studio.context import SAMPLES_DIR, Studio
 from studio.jobs import Jobs, command_line, explain
 from studio.store import SCHEMA, Store
-from studio.tabs import finetune, loss_frame
+from studio.tabs import STAMP_LABEL, finetune, loss_frame
 from studio.tabs.compare import diff_panel, word_diff_html
 from studio.tabs.data import length_bins, length_histogram, safe_filename
 
@@ -555,7 +555,7 @@ def test_the_events_a_page_sends_on_its_own_report_progress_on_the_sink_alone(tm
         assert len(renders) == 8 and all(fn.show_progress_on == sink for fn in events if fn.renderable is not None), (
             "a render reports on the column holding its tab's body otherwise"
         )
-        stamps = {block._id for block in demo.blocks.values() if str(getattr(block, "label", "")).startswith("stamp (")}
+        stamps = {block._id for block in demo.blocks.values() if getattr(block, "label", None) == STAMP_LABEL}
         assert len(stamps) == 4  # Data, Pretrain, Fine-tune and Models are filled when their stamp changes
         fills = [fn for fn in events if fn.fn and any(block in stamps for block, _ in fn.targets)]
         assert len(fills) == 4

@@ -99,6 +99,7 @@ def on_show(demo: gr.Blocks, tab: gr.Tab) -> list:
 
 
 STAMP_API = "shown_stamp"  # the plain endpoint a shown tab's script asks for its stamp (see when_changed)
+STAMP_LABEL = "stamp (the tab's last stamp, set by the page)"  # the hidden textbox that holds it
 
 
 def stamp_script(key: str, timer: bool) -> str:
@@ -130,7 +131,11 @@ def when_changed(
     should tick), and the fill follows only if the stamp differs from the last one this page got. An unchanged
     tab costs its page no Gradio event. timer: set going, or not, by the stamp's answer (a run that works)."""
     assert key in demo.stamps, f"no stamp function for the {key} tab"
-    stamp = gr.Textbox(visible=False, label="stamp (the tab's last stamp, set by the page)")
+    if built:  # in the render that builds the tab's body
+        stamp = gr.Textbox(visible=False, label=STAMP_LABEL)
+    else:
+        with tab:  # in the tab (a Tabs block may hold only tabs)
+            stamp = gr.Textbox(visible=False, label=STAMP_LABEL)
     outs = [stamp, timer] if timer is not None else [stamp]
     script = stamp_script(key, timer is not None)
     for trigger in [tab.select, demo.load] if built else [tab.select]:

@@ -575,8 +575,7 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
     # Gradio selects the first tab as the page opens: its stamp is asked for then (and the tab filled), and each
     # time it is shown again (filled only when the stamp changed).
     loaded = [ui.dataset, ui.tokens_of, *views, ui.seen]
-    with tab:  # its hidden stamp belongs in the tab (a Tabs block may hold only tabs)
-        shown = when_changed(demo, tab, "data", [ui.dataset, ui.tokens_of], built=False)
+    shown = when_changed(demo, tab, "data", [ui.dataset, ui.tokens_of], built=False)
     shown(keyed(on_load, studio, ui), [ui.dataset, ui.seen, ui.pending, ui.tokens_of], loaded, **quiet(demo))
     ui.tokens_of.input(keyed(pick_base, studio, ui), [ui.dataset, ui.pending, ui.tokens_of], [*views, ui.seen], **LIGHT)
     demo.load(None, js=UPLOAD_WATCH.replace("LIMIT", str(studio.max_upload_bytes)).replace(

@@ -27,8 +27,7 @@ from llm.run import info_version
 from studio.context import Studio, human_size, memory_now, plural
 from studio.datasets import file_version
 from studio.jobs import CHILD_THREADS, field_label
-from studio.store import ACTIVE_STATES
-from studio.tabs import EDIT, LIGHT, bound, chosen, dropdown, keep, keyed, outputs, quiet, stamp_of, when_changed
+from studio.tabs import EDIT, LIGHT, bound, chosen, dropdown, keep, keyed, outputs, quiet, when_changed
 from studio.tabs import runs as run_tab
 from studio.tabs.form import (
     ADVANCED_FIELDS,
@@ -259,12 +258,8 @@ def show_tab(studio: Studio, saved: Any, run_id: str | None, offered: tuple | No
 
 
 def stamp(studio: Studio, run_id: str | None) -> tuple[str, bool]:
-    """The tab's stamp (tabs.when_changed) for the page's run: the form's choices and the run's state, and
-    whether the run works. Its files are left out: while it works, the timer (set going by the stamp) redraws
-    them."""
-    run = studio.store.run(run_id) if run_id else None
-    state = (run["status"], run["message"], run["name"]) if run else None
-    return stamp_of(form_choices(studio), run_id, state), state is not None and state[0] in ACTIVE_STATES
+    """The tab's stamp (tabs.when_changed) for the page's run: the form's choices and the run's state."""
+    return run_tab.run_stamp(studio, run_id, form_choices(studio))
 
 
 def warm_up(studio: Studio) -> None:

@@ -315,29 +315,36 @@ def layout(ui: SimpleNamespace, studio: Studio) -> None:
 SHOWN = ("table", "pick", "about", "curve", "new_name", "compare_pick", "seen")  # what listing() draws
 
 
-def listed(studio: Studio, selected: str | None, compared: list[str] | None) -> tuple[list, str | None, list, tuple]:
-    """What listing() draws for the page's pick and runs compared: (model rows, the pick (kept, else the newest
-    run), the runs compared that are still there, its signature)."""
+def listing_view(
+    studio: Studio, selected: str | None, compared: list[str] | None
+) -> tuple[list, list, str | None, list, tuple]:
+    """What listing() draws for the page's pick and runs compared: (model rows, the runs' refs, the pick (kept,
+    else the newest run), the runs compared that are still there, its signature)."""
     rows = model_rows(studio)
     refs = [r["ref"] for r in rows]
     runs = [ref for ref in refs if ref.startswith("run:")]
     value = selected if selected in refs else (runs or refs or [None])[0]
     kept = [ref for ref in compared or [] if ref in runs]
     run = studio.store.run(value.partition(":")[2].partition("/")[0]) if value in runs else None
-    return rows, value, kept, (json.dumps(rows, default=str), value, kept, studio.jobs.file_times(run) if run else ())
+    return (
+        rows,
+        runs,
+        value,
+        kept,
+        (json.dumps(rows, default=str), value, kept, studio.jobs.file_times(run) if run else ()),
+    )
 
 
 def stamp(studio: Studio, selected: str | None, compared: list[str] | None) -> tuple[str, bool]:
     """The tab's stamp (tabs.when_changed) for the page's pick and runs compared: listing()'s signature."""
-    return stamp_of(listed(studio, selected, compared)[3]), False
+    return stamp_of(listing_view(studio, selected, compared)[4]), False
 
 
 def listing(studio: Studio, selected: str | None = None, compared: list[str] | None = None, seen: Any = None):
     """{SHOWN}: the table, the choices (the selected model kept, else the newest run), its details, the runs
     offered for comparison, and what was drawn: a refresh sends nothing when none of it changed (drawing the
     table and a chart is most of a tab switch's cost in the browser)."""
-    rows, value, kept, signature = listed(studio, selected, compared)
-    runs = [r["ref"] for r in rows if r["ref"].startswith("run:")]
+    rows, runs, value, kept, signature = listing_view(studio, selected, compared)
     if signature == seen and value == selected:
         return {}
     frame = pd.DataFrame([{k: r[k] for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)

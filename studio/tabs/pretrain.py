@@ -23,7 +23,6 @@ from llm.errors import ConfigError, LLMError
 from llm.run import Metrics
 from studio.context import Studio, human_size, upload_limit
 from studio.jobs import CHILD_THREADS, field_label
-from studio.store import ACTIVE_STATES
 from studio.tabs import (
     EDIT,
     LIGHT,
@@ -37,7 +36,6 @@ from studio.tabs import (
     outputs,
     plain,
     quiet,
-    stamp_of,
     when_changed,
 )
 from studio.tabs import runs as run_tab
@@ -199,11 +197,9 @@ VIEW = run_tab.RunView(
 
 def stamp(studio: Studio, run_id: str | None) -> tuple[str, bool]:
     """The tab's stamp (tabs.when_changed) for the page's run: the texts, tokenizers and runs offered and the
-    run's state, and whether the run works (its files are the timer's to redraw, which the stamp sets going)."""
-    run = studio.store.run(run_id) if run_id else None
-    state = (run["status"], run["message"], run["name"]) if run else None
+    run's state."""
     offered = (text_choices(studio), tokenizer_choices(studio), run_tab.run_choices(pretrain_runs(studio)))
-    return stamp_of(offered, run_id, state), state is not None and state[0] in ACTIVE_STATES
+    return run_tab.run_stamp(studio, run_id, offered)
 
 
 def show_tab(studio: Studio, form: dict[str, Any]):

@@ -178,6 +178,15 @@ def ticks_while_shown(element_id: str) -> str:
 }}"""
 
 
+def run_stamp(studio: Any, run_id: str | None, offered: Any) -> tuple[str, bool]:
+    """A run tab's stamp (tabs.when_changed): what the tab offers and the state of the page's run, and whether
+    that run works. The run's files are left out: while it works, the timer (set going by the stamp) redraws
+    them."""
+    run = studio.store.run(run_id) if run_id else None
+    state = (run["status"], run["message"], run["name"]) if run else None
+    return tabs.stamp_of(offered, run_id, state), state is not None and state[0] in ACTIVE_STATES
+
+
 def stop_run(studio: Any, run_id: str | None) -> str:
     """Stop the run (a working one saves a checkpoint first; a queued one leaves the queue): what happened."""
     return studio.jobs.stop(run_id) if run_id else "Choose a run first."
