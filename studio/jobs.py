@@ -19,6 +19,7 @@ import html
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,6 +36,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 # The child trains with all cores but one, so the studio keeps a core for generation and the page.
 CHILD_THREADS = max(1, (os.cpu_count() or 2) - 1)
+# The trainer runs below the studio's CPU priority (nice 10): where the cores are few, the pages a user clicks
+# through (the studio's answers, the browser drawing them) come first, and the trainer takes every cycle they
+# leave. See at_low_priority and lower_session_priority.
+TRAINER_NICENESS = 10
 LOG_TAIL_BYTES = 32_768  # enough for the last lines of a log, however long the run
 MEMORY_HINT = "Try a smaller batch size, LoRA instead of full fine-tuning, or a lower LoRA rank."
 # How the studio names a setting in messages (the form's labels); others are spelled from the field name.
@@ -58,6 +63,23 @@ def command_line(command: str, run: RunDir, resume: bool) -> list[str]:
     """The CLI command line of a run: its settings are in its <command>.json; a resumed run has its own."""
     cmd = [sys.executable, "-m", "llm", command, "--out", str(run.path)]
     return cmd + (["--resume"] if resume else ["--config", str(run.settings(command))])
+
+
+def at_low_priority(cmd: list[str]) -> list[str]:
+    """cmd run at TRAINER_NICENESS where the system has `nice` (every POSIX system), else as it is. `nice` itself
+    execs the trainer, so the priority holds from its first instruction, for every thread it starts."""
+    nice = shutil.which("nice")
+    return [nice, "-n", str(TRAINER_NICENESS), *cmd] if nice else cmd
+
+
+def lower_session_priority(pid: int) -> None:
+    """Linux with autogroup scheduling (the default of most distributions) shares the CPU fairly between sessions
+    first, and a thread's niceness counts only within its session: the trainer, which has a session of its own,
+    would take a full share whatever its niceness. Lower its session's too, where the kernel has autogroups."""
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(TRAINER_NICENESS))
+    except OSError:  # a kernel without autogroups, a child already ended: the run goes on at its own niceness
+        pass
 
 
 def job_gpu() -> str:
@@ -223,7 +245,7 @@ class Jobs:
         """Start the child for a claimed run; False (run marked failed) if it could not even start."""
         run_dir = self.run_dir(run)
         resume = bool(run["config"].get("resume")) and run_dir.resumable()
-        cmd = command_line(run["command"], run_dir, resume)
+        cmd = at_low_priority(command_line(run["command"], run_dir, resume))
         run_dir.command.write_text(json.dumps(cmd, indent=1) + "\n")
         try:
             with open(run_dir.log, "ab") as log:
@@ -242,6 +264,7 @@ class Jobs:
             self.store.update_run(run["id"], status="failed", message=f"could not start the trainer: {e}")
             return False
         self.children[child.pid] = child
+        lower_session_priority(child.pid)
         if self.on_launch is not None:
             self.on_launch()
         self.store.update_run(run["id"], status="running", pid=child.pid, attempt_started=time.time(), message="")
