@@ -315,46 +315,58 @@ def layout(ui: SimpleNamespace, studio: Studio) -> None:
 SHOWN = ("table", "pick", "about", "curve", "new_name", "compare_pick", "seen")  # what listing() draws
 
 
-def listing_view(
-    studio: Studio, selected: str | None, compared: list[str] | None
-) -> tuple[list, list, str | None, list, tuple]:
-    """What listing() draws for the page's pick and runs compared: (model rows, the runs' refs, the pick (kept,
-    else the newest run), the runs compared that are still there, its signature)."""
+def listing_view(studio: Studio, selected: str | None, compared: list[str] | None) -> SimpleNamespace:
+    """What listing() draws for the page's pick and runs compared: the model rows, the pick's choices and the
+    pick (kept, else the newest run), the runs offered for comparison and those compared that are still there,
+    and the signature of it all, one entry a part of the tab."""
     rows = model_rows(studio)
     refs = [r["ref"] for r in rows]
     runs = [ref for ref in refs if ref.startswith("run:")]
     value = selected if selected in refs else (runs or refs or [None])[0]
     kept = [ref for ref in compared or [] if ref in runs]
+    choices = [(f"{r['name']} — {r['kind']}", r["ref"]) for r in rows]
+    offered = [(r["name"], r["ref"]) for r in rows if r["ref"] in runs]
     run = studio.store.run(value.partition(":")[2].partition("/")[0]) if value in runs else None
-    return (
-        rows,
-        runs,
-        value,
-        kept,
-        (json.dumps(rows, default=str), value, kept, studio.jobs.file_times(run) if run else ()),
-    )
+    picked = next((r for r in rows if r["ref"] == value), None)
+    signature = {
+        "table": json.dumps(rows, default=str),
+        "pick": json.dumps([choices, value]),
+        # what show() draws: the pick's row, its run's message and files (a training run's change each step)
+        "shown": json.dumps([picked, run and run["message"], studio.jobs.file_times(run) if run else ()], default=str),
+        "compare_pick": json.dumps([offered, kept]),
+    }
+    return SimpleNamespace(rows=rows, choices=choices, value=value, offered=offered, kept=kept, signature=signature)
 
 
 def stamp(studio: Studio, selected: str | None, compared: list[str] | None) -> tuple[str, bool]:
     """The tab's stamp (tabs.when_changed) for the page's pick and runs compared: listing()'s signature."""
-    return stamp_of(listing_view(studio, selected, compared)[4]), False
+    return stamp_of(listing_view(studio, selected, compared).signature), False
 
 
 def listing(studio: Studio, selected: str | None = None, compared: list[str] | None = None, seen: Any = None):
     """{SHOWN}: the table, the choices (the selected model kept, else the newest run), its details, the runs
-    offered for comparison, and what was drawn: a refresh sends nothing when none of it changed (drawing the
-    table and a chart is most of a tab switch's cost in the browser)."""
-    rows, runs, value, kept, signature = listing_view(studio, selected, compared)
-    if signature == seen and value == selected:
-        return {}
-    frame = pd.DataFrame([{k: r[k] for k in TABLE_COLUMNS} for r in rows], columns=TABLE_COLUMNS)
-    return {
-        "table": frame,
-        "pick": gr.Dropdown(choices=[(f"{r['name']} — {r['kind']}", r["ref"]) for r in rows], value=value),
-        **show(studio, value),
-        "compare_pick": gr.Dropdown(choices=[(r["name"], r["ref"]) for r in rows if r["ref"] in runs], value=kept),
-        "seen": signature,
-    }
+    offered for comparison, and what was drawn. Only the parts that changed since seen are sent: drawing the
+    table and a chart is most of a tab switch's cost in the browser, and the runs offered for comparison, sent
+    again, would have the page ask for the comparison again. While a run trains, its row and, if it is the pick,
+    its details change at every step; the rest stays as it was."""
+    view = listing_view(studio, selected, compared)
+    seen = seen if isinstance(seen, dict) else {}
+    drawn = {part for part, sign in view.signature.items() if sign != seen.get(part)}
+    if view.value != selected:  # the page's pick is gone or was none: the new one, with its details
+        drawn |= {"pick", "shown"}
+    if view.kept != (compared or []):
+        drawn.add("compare_pick")
+    update: dict[str, Any] = {"seen": view.signature} if drawn else {}
+    if "table" in drawn:
+        rows = [{k: r[k] for k in TABLE_COLUMNS} for r in view.rows]
+        update["table"] = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    if "pick" in drawn:
+        update["pick"] = gr.Dropdown(choices=view.choices, value=view.value)
+    if "shown" in drawn:
+        update |= show(studio, view.value)
+    if "compare_pick" in drawn:
+        update["compare_pick"] = gr.Dropdown(choices=view.offered, value=view.kept)
+    return update
 
 
 def compare(studio: Studio, refs: list[str] | None):
