@@ -254,7 +254,8 @@ class Studio:
         return dict((v, k) for k, v in self.model_choices()).get(ref, ref)
 
     def model_choices(self) -> list[tuple[str, str]]:
-        """Every model that can generate: base models, then each run's best and latest checkpoints."""
+        """Every model that can generate: base models, then each run's best and latest checkpoints. The labels
+        name no step: a training run's latest checkpoint moves on, and the choices stay the same while it does."""
         choices = list(self.base_choices())
         for run in self.store.runs():
             run_dir = RunDir(self.store.abs(run["dir"]))
@@ -262,8 +263,7 @@ class Studio:
             if checkpoints:
                 choices.append((run["name"], f"run:{run['id']}"))
             if len(checkpoints) == 2:
-                step = run_dir.info().get("step", "?")
-                choices.append((f"{run['name']} · last checkpoint (step {step})", f"run:{run['id']}/{LATEST}"))
+                choices.append((f"{run['name']} · last checkpoint", f"run:{run['id']}/{LATEST}"))
         return choices
 
     def load(self, ref: str) -> tuple[Any, Any, dict]:

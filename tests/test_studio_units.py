@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -443,7 +444,12 @@ def test_showing_the_models_tab_again_sends_nothing_unless_something_changed(tmp
     chosen, seen = first["pick"].value, first["seen"]
     assert listing(studio, chosen, [], seen) == {}, "nothing is sent"
     studio.store.set_model("other", "another base", tiny_model_dir)  # another page added a model
-    assert listing(studio, chosen, [], seen)["seen"] != seen
+    added = listing(studio, chosen, [], seen)
+    assert added["seen"] != seen and {"table", "pick"} <= added.keys()
+    assert not {"about", "curve", "compare_pick"} & added.keys(), "the pick's details, the runs offered: as they were"
+    studio.rename(chosen, "renamed base")
+    renamed = listing(studio, chosen, [], added["seen"])
+    assert "renamed base" in renamed["about"] and renamed["new_name"] == "renamed base"
 
 
 def test_a_timer_whose_tab_is_behind_stops_itself_and_sends_nothing(tmp_path, tiny_model_dir):
@@ -585,6 +591,13 @@ def test_the_finetune_stamp_follows_the_runs_state_and_sets_the_timer_going_whil
     metrics.parent.mkdir(parents=True, exist_ok=True)
     metrics.write_text('{"step": 1}\n')
     assert finetune.stamp(studio, run_id)[0] in stamps, "its files are the timer's to redraw, not the stamp's"
+    run_dir = studio.jobs.run_dir(studio.store.run(run_id))
+    for checkpoint in (run_dir.best, run_dir.latest):
+        shutil.copytree(tiny_model_dir, checkpoint)
+    with_checkpoints = finetune.stamp(studio, run_id)[0]
+    info = run_dir.latest / "info.json"
+    info.write_text(json.dumps(json.loads(info.read_text()) | {"step": 99}))  # the trainer saved again
+    assert finetune.stamp(studio, run_id)[0] == with_checkpoints, "the base models offered stay the same"
 
 
 def test_releasing_gpu_memory_waits_for_a_torch_import_under_way_in_another_thread():
