@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from llm.errors import LLMError
 from llm.run import read_info
 from studio.context import StudioError, human_size
-from studio.jobs import REPO, child_env
+from studio.jobs import REPO, at_low_priority, child_env
 from studio.store import new_id
 
 if TYPE_CHECKING:
@@ -119,7 +119,9 @@ class Imports:
 
         target = self.studio.workspace / "models" / job.key
         command = [sys.executable, "-m", "llm", "import", "--from", job.source, "--out", str(target)]
-        result = subprocess.run(command, cwd=REPO, env=child_env(), capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            at_low_priority(command), cwd=REPO, env=child_env(), capture_output=True, text=True, check=False
+        )
         if result.returncode == 0:
             self.studio.store.set_model(job.key, job.name, target)
             job.message, job.state = imported_summary(read_info(target)), "done"
