@@ -11,7 +11,19 @@ import gradio as gr
 
 from llm.config import DEFAULT_BASE_MODEL
 from studio.context import MAX_UPLOAD_BYTES, SAMPLES_DIR, Studio
-from studio.tabs import STAMP_API, bench, chat, compare, data, finetune, inside, models, pretrain, votes
+from studio.tabs import (
+    STAMP_API,
+    bench,
+    chat,
+    compare,
+    data,
+    finetune,
+    inside,
+    models,
+    pretrain,
+    stop_timers_when_left,
+    votes,
+)
 
 CSS = """
 .gradio-container { max-width: 1400px !important; }
@@ -97,9 +109,11 @@ def build_app(
         demo.kept_form = gr.BrowserState({}, storage_key=finetune.FORM_STORAGE_KEY)
         demo.progress_sink = gr.State(None)  # where the page's own events report their progress (tabs.quiet)
         demo.stamps = {}  # tab key -> its stamp function (tabs.when_changed), registered by the tabs' build()
-        with gr.Tabs():
+        demo.tab_timers = []  # (tab, timer): a tab's timer, which showing another tab stops
+        with gr.Tabs() as tab_strip:
             for tab in (data, pretrain, finetune, compare, chat, votes, models, inside, bench):
                 apis |= tab.build(studio, demo)
+        stop_timers_when_left(demo, tab_strip)
         for name, fn in apis.items():  # outside the Tabs: a Tabs block may hold only tabs
             gr.api(fn, api_name=name)
         # Off the queue: a shown tab's script calls it over plain HTTP (a Gradio event costs the page more).

@@ -240,6 +240,10 @@ def test_upload_finetune_reload_and_compare(page):
     page.locator("#ft-resume").click()
     expect(state).to_contain_text(re.compile(r"queued|starting|running"))
     expect(progress).to_contain_text(re.compile(r"step [1-9]\d* of 60"), timeout=180_000)
+    # Another tab shown stops the view's timer in the page: no tick is sent, not even one to stop it.
+    assert events_sent(page, lambda: open_tab(page, "1 · Data"), settle_ms=2500) == []
+    assert studio.store.runs()[0]["status"] == "running", "the run worked all along (else no tick was due)"
+    open_tab(page, "3 · Fine-tune")
 
     # Reload mid-run: the page re-attaches to the run (its state lives in SQLite and files, not the page).
     run = studio.store.runs()[0]

@@ -80,6 +80,19 @@ def lazy_page(demo: gr.Blocks, label: str, key: str, build: Callable[[gr.Tab], N
     return tab
 
 
+def stop_timers_when_left(demo: gr.Blocks, tabs: gr.Tabs) -> None:
+    """Showing a tab stops the timers of the others (demo.tab_timers: (tab, its timer)) in the page: a tick
+    sent to a tab behind, only to stop its timer, would cost the page a round trip as the user moves on."""
+    shown = [t for t in tabs.children if isinstance(t, gr.Tab)]
+    for tab, timer in demo.tab_timers:
+        for other in shown:
+            if other is not tab:
+                other.select(None, None, timer, js=STOP_TIMER_JS)
+
+
+STOP_TIMER_JS = "() => ({__type__: 'update', active: false})"  # a timer's update, made by the page itself
+
+
 def quiet_render(demo: gr.Blocks) -> None:
     """The render just declared reports its progress on demo.progress_sink (see quiet), not on the column
     that holds its body: as that column's loading state, every later event of the page would copy the

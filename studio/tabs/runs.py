@@ -155,10 +155,8 @@ def run_controls(ui: SimpleNamespace, prefix: str) -> None:
 
 
 def watch_state(ui: SimpleNamespace) -> None:
-    """The watch column's hidden parts: ui.timer (set going by refresh() while the run is queued or works),
-    ui.seen (what this page last drew, so an unchanged run sends nothing) and ui.behind (see
-    ticks_while_shown)."""
-    ui.timer = gr.Timer(1.0, active=False)
+    """The watch column's hidden parts: ui.seen (what this page last drew, so an unchanged run sends nothing)
+    and ui.behind (see ticks_while_shown). Its timer is run_page's."""
     ui.seen = gr.State(None)
     ui.behind = behind_flag()
 
@@ -171,7 +169,8 @@ def behind_flag() -> gr.Checkbox:
 def ticks_while_shown(element_id: str) -> str:
     """The script run before each tick of a timer whose inputs are (run, seen, behind): behind is set to
     whether element_id (a part of the timer's tab) is off screen. A Gradio timer ticks whatever tab is in
-    front; the tick then stops it, and showing the tab starts it again."""
+    front: showing another tab stops it (tabs.stop_timers_when_left), and a tick under way as that tab is
+    shown stops it too. Showing the timer's tab starts it again."""
     return f"""(run, seen) => {{
   const shown = document.getElementById({element_id!r});
   return [run, seen, !(shown && shown.offsetParent)];
@@ -220,10 +219,14 @@ def run_page(studio: Any, demo: Any, tab: tuple[str, str, str], layout: Callable
 
     def body(page_tab: Any) -> None:
         ui = tabs.laid_out(layout)
+        ui.timer = timer
         wire(studio, demo, page_tab, ui)
         wire_watch(studio, demo, page_tab, ui, view, prefix)
 
-    tabs.lazy_page(demo, label, key, body)
+    page_tab = tabs.lazy_page(demo, label, key, body)
+    with page_tab:  # outside the body: another tab shown stops it in the page (tabs.stop_timers_when_left)
+        timer = gr.Timer(1.0, active=False)  # set going by refresh() (or the stamp) while the run works
+    demo.tab_timers.append((page_tab, timer))
 
 
 def watch_api(studio: Any, view: RunView, prefix: str) -> dict[str, Callable]:
