@@ -467,6 +467,23 @@ def test_a_timer_whose_tab_is_behind_stops_itself_and_sends_nothing(tmp_path, ti
         assert list(again) == ["timer"] and again["timer"].active is False, "then nothing more"
 
 
+def test_a_tick_sends_again_only_the_parts_of_a_working_run_that_changed(tmp_path, tiny_model_dir):
+    studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
+    run_id = studio.create_run("base:base", "sample-opposites", {"max_steps": 50}, "watched")
+    studio.store.update_run(run_id, status="running")
+    metrics = studio.jobs.run_dir(studio.store.run(run_id)).metrics
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text('{"step": 1, "train_loss": 2.5, "lr": 0.001, "elapsed": 1.0}\n')
+    first = finetune.VIEW.refresh(studio, run_id, None)
+    assert {"state", "curve", "samples", "log", "bar"} <= first.keys()
+    time.sleep(0.01)  # a file time that differs
+    with metrics.open("a") as f:  # a step, no evaluation: the same probe answers
+        f.write('{"step": 2, "train_loss": 2.4, "lr": 0.001, "elapsed": 2.0}\n')
+    second = finetune.VIEW.refresh(studio, run_id, first["seen"])
+    assert {"curve", "bar"} <= second.keys() and "samples" not in second and "state" not in second
+    assert finetune.VIEW.refresh(studio, run_id, None).keys() == first.keys(), "a page that drew nothing: all"
+
+
 def test_showing_the_finetune_tab_again_sends_choices_only_when_they_changed(tmp_path, tiny_model_dir):
 
     from studio.context import SAMPLES_DIR, Studio

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
+import pandas as pd
 
 from llm.run import Metrics, RunDir
 from studio import tabs
@@ -22,6 +23,11 @@ from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
 
 NO_RUN = "no run"  # what a page without a run last drew
 MONITOR = ("state", "bar", "curve", "samples", "log", "stop", "resume", "run", "seen", "timer")  # a run's view
+
+
+def content_digest(value: Any) -> str:
+    """A digest of a part's content: text, or a table (a DataFrame)."""
+    return tabs.stamp_of(value.to_json() if isinstance(value, pd.DataFrame) else value)
 
 
 def clock(seconds: float | None) -> str:
@@ -95,7 +101,8 @@ class RunView:
         """The run's MONITOR parts that changed since last_seen, and whether the 1-second timer ticks (only
         while the run is queued or works: a page with nothing running sends nothing). The run's row and its
         files' times are compared before any file is read; while it works and they are unchanged, only the
-        clock moves."""
+        clock moves. When they changed, a part whose content is what the page drew (the probe answers between
+        two evaluations, the state, the log) is not sent again."""
         run = studio.store.run(run_id) if run_id else None
         if run is None:
             if last_seen == NO_RUN:
@@ -105,32 +112,38 @@ class RunView:
             resume = gr.Button(value="Resume", interactive=False)
             return {**empty, **self.chosen_view(studio, None), "samples": self.samples(None), "stop": off,
                     "resume": resume, "seen": NO_RUN, "timer": gr.Timer(active=False)}  # fmt: skip
-        drawn = last_seen[0] if isinstance(last_seen, tuple) else None  # the run this page last drew
+        seen = last_seen if isinstance(last_seen, dict) else {"run": None, "parts": {}}
+        drawn = seen["run"]  # the run's signature when this page last drew it
         signature = (run_id, run["status"], run["message"], run["name"], *studio.jobs.file_times(run))
-        if signature == last_seen and run["status"] not in WORKING_STATES:  # a queued run keeps the timer going
+        if signature == drawn and run["status"] not in WORKING_STATES:  # a queued run keeps the timer going
             return {"timer": gr.Timer(active=run["status"] in ACTIVE_STATES)}
         p = studio.jobs.progress(run_id)
-        if signature == last_seen:  # working, files unchanged: only the clock moves
+        if signature == drawn:  # working, files unchanged: only the clock moves
             return {"bar": progress_html(p), "timer": gr.Timer(active=True)}
         status = p["status"]
         again = self.again and status == "cancelled"
-        view = {
+        contents = {
             "state": state_text(p),
-            "bar": progress_html(p),
             "curve": tabs.loss_chart(tabs.loss_frame(p["metrics"])),
             "samples": self.samples(p),
             "log": p["log"],
+        }
+        digests = {part: content_digest(value) for part, value in contents.items()}
+        same_run = drawn is not None and drawn[0] == run_id
+        view = {part: v for part, v in contents.items() if not same_run or digests[part] != seen["parts"].get(part)}
+        view |= {
+            "bar": progress_html(p),
             "stop": gr.Button(interactive=status in ACTIVE_STATES and status != "stopping"),
             "resume": gr.Button(
                 value="Start again" if again else "Resume",
                 interactive=again or can_resume(status, studio.jobs.run_dir(run)),
             ),
-            "seen": signature,
+            "seen": {"run": signature, "parts": digests},
             "timer": gr.Timer(active=status in ACTIVE_STATES),
         }
-        if not isinstance(last_seen, tuple) or last_seen[1:4] != signature[1:4]:  # labels carry the runs' states
+        if drawn is None or drawn[1:4] != signature[1:4]:  # labels carry the runs' states
             view["run"] = gr.Dropdown(choices=run_choices(self.runs(studio)))  # only then: an open list would close
-        return view | (self.chosen_view(studio, run) if drawn != run_id else {})
+        return view | (self.chosen_view(studio, run) if not same_run else {})
 
     def chosen_view(self, studio: Any, run: dict[str, Any] | None) -> dict[str, Any]:
         return self.chosen(studio, run) if self.chosen else {}
