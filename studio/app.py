@@ -3,6 +3,7 @@ Benchmarks) over one workspace; launch() serves it."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from studio.tabs import (
     votes,
 )
 
+ANALYTICS_EVERY = 500  # events between two of Gradio's latency summaries (see launch)
 CSS = """
 .gradio-container { max-width: 1400px !important; }
 #studio-header h1 { margin-bottom: 0; }
@@ -142,6 +144,10 @@ def launch(
 ):
     """Serve the studio locally (never through a public share link)."""
     studio: Studio = demo.studio
+    # Gradio recomputes its per-endpoint latency summary (for its API page) after every event, as a pandas table
+    # of up to the last 10,000 events: a timer ticking each second made every event of a long session cost more.
+    # Every 500 events is often enough for that page. Read when the queue is made.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(ANALYTICS_EVERY))
     demo.queue(default_concurrency_limit=2)
     # torch takes seconds to import, and the first plan reads and encodes a dataset: do both in the background
     # once the server is up, so the page is served first and the first plan or answer is quick.

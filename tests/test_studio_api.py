@@ -57,7 +57,7 @@ def app(tmp_path_factory, tiny_model_dir):
     demo = build_app(workspace, tiny_model_dir, SAMPLES_DIR, max_upload_bytes=MAX_UPLOAD, watch_interval=0.5)
     _, url, _ = launch(demo, port=free_port(), block=False)
     client = Client(url, verbose=False, download_files=str(tmp_path_factory.mktemp("downloads")))
-    yield SimpleNamespace(url=url, client=client, studio=demo.studio, workspace=demo.studio.workspace)
+    yield SimpleNamespace(url=url, client=client, studio=demo.studio, workspace=demo.studio.workspace, demo=demo)
     for run in demo.studio.store.runs(("queued", "starting", "running", "stopping")):
         demo.studio.jobs.stop(run["id"])
     demo.studio.jobs.close()
@@ -467,3 +467,13 @@ def test_two_pages_uploading_the_same_name_get_two_intact_datasets(app, tmp_path
     assert len(stored) == 2 and len({d["path"] for d in stored}) == 2, "each upload gets its own id and folder"
     contents = sorted(app.studio.store.abs(d["path"]).read_text() for d in stored)
     assert contents == sorted(f.read_text() for f in files)
+
+
+def test_gradio_does_not_recompute_its_latency_summary_after_every_event(app):
+    """Gradio's queue summarises every endpoint's latency for its API page from its last 10,000 events (a pandas
+    table); after each event, by default, which a timer ticking each second made ever dearer."""
+    queue = app.demo._queue
+    for _ in range(3):
+        app.client.predict(api_name="/runs")
+    assert queue.events_recorded >= 3
+    assert queue.events_recorded - queue.event_count_at_last_cache >= 3, "no summary after each of those events"
