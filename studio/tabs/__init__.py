@@ -80,6 +80,9 @@ def lazy_page(demo: gr.Blocks, label: str, key: str, build: Callable[[gr.Tab], N
     return tab
 
 
+STOP_TIMER_JS = "() => ({__type__: 'update', active: false})"  # a timer's update, made by the page itself
+
+
 def stop_timers_when_left(demo: gr.Blocks, tabs: gr.Tabs) -> None:
     """Showing a tab stops the timers of the others (demo.tab_timers: (tab, its timer)) in the page: a tick
     sent to a tab behind, only to stop its timer, would cost the page a round trip as the user moves on."""
@@ -88,9 +91,6 @@ def stop_timers_when_left(demo: gr.Blocks, tabs: gr.Tabs) -> None:
         for other in shown:
             if other is not tab:
                 other.select(None, None, timer, js=STOP_TIMER_JS)
-
-
-STOP_TIMER_JS = "() => ({__type__: 'update', active: false})"  # a timer's update, made by the page itself
 
 
 def quiet_render(demo: gr.Blocks) -> None:
