@@ -86,9 +86,9 @@ STOP_TIMER_JS = "() => ({__type__: 'update', active: false})"  # a timer's updat
 def stop_timers_when_left(demo: gr.Blocks, tabs: gr.Tabs) -> None:
     """Showing a tab stops the timers of the others (demo.tab_timers: (tab, its timer)) in the page: a tick
     sent to a tab behind, only to stop its timer, would cost the page a round trip as the user moves on."""
-    shown = [t for t in tabs.children if isinstance(t, gr.Tab)]
+    every_tab = [t for t in tabs.children if isinstance(t, gr.Tab)]
     for tab, timer in demo.tab_timers:
-        for other in shown:
+        for other in every_tab:
             if other is not tab:
                 other.select(None, None, timer, js=STOP_TIMER_JS)
 
