@@ -442,6 +442,7 @@ def test_showing_the_models_tab_again_sends_nothing_unless_something_changed(tmp
     studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
     first = listing(studio)
     chosen, seen = first["pick"].value, first["seen"]
+    assert first["compare_curve"] == "" and "compare_pick" in first, "the runs offered, with their comparison"
     assert listing(studio, chosen, [], seen) == {}, "nothing is sent"
     studio.store.set_model("other", "another base", tiny_model_dir)  # another page added a model
     added = listing(studio, chosen, [], seen)

@@ -312,7 +312,8 @@ def layout(ui: SimpleNamespace, studio: Studio) -> None:
     importing.layout(ui, studio)
 
 
-SHOWN = ("table", "pick", "about", "curve", "new_name", "compare_pick", "seen")  # what listing() draws
+# What listing() draws.
+SHOWN = ("table", "pick", "about", "curve", "new_name", "compare_pick", "compare_curve", "compare_table", "seen")
 
 
 def listing_view(studio: Studio, selected: str | None, compared: list[str] | None) -> SimpleNamespace:
@@ -345,9 +346,8 @@ def stamp(studio: Studio, selected: str | None, compared: list[str] | None) -> t
 
 def listing(studio: Studio, selected: str | None = None, compared: list[str] | None = None, seen: Any = None):
     """{SHOWN}: the table, the choices (the selected model kept, else the newest run), its details, the runs
-    offered for comparison, and what was drawn. Only the parts that changed since seen are sent: drawing the
-    table and a chart is most of a tab switch's cost in the browser, and the runs offered for comparison, sent
-    again, would have the page ask for the comparison again. While a run trains, its row and, if it is the pick,
+    offered for comparison and their comparison, and what was drawn. Only the parts that changed since seen are
+    sent: drawing the table and a chart is most of a tab switch's cost in the browser. While a run trains, its row and, if it is the pick,
     its details change at every step; the rest stays as it was."""
     view = listing_view(studio, selected, compared)
     seen = seen if isinstance(seen, dict) else {}
@@ -364,8 +364,8 @@ def listing(studio: Studio, selected: str | None = None, compared: list[str] | N
         update["pick"] = gr.Dropdown(choices=view.choices, value=view.value)
     if "shown" in drawn:
         update |= show(studio, view.value)
-    if "compare_pick" in drawn:
-        update["compare_pick"] = gr.Dropdown(choices=view.offered, value=view.kept)
+    if "compare_pick" in drawn:  # with their comparison: the page asks for one on the user's changes only
+        update |= {"compare_pick": gr.Dropdown(choices=view.offered, value=view.kept), **compare(studio, view.kept)}
     return update
 
 
@@ -484,7 +484,8 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
     # .input: every handler that sets the pick (listing, rename, delete) draws its details itself.
     ui.pick.input(keyed(show, studio, ui), ui.pick, outputs(ui, "about", "curve", "new_name"), **LIGHT)
     compared = outputs(ui, "compare_curve", "compare_table")
-    ui.compare_pick.change(keyed(compare, studio, ui), ui.compare_pick, compared, **LIGHT)
+    # .input too: listing() draws the comparison of the runs it sets.
+    ui.compare_pick.input(keyed(compare, studio, ui), ui.compare_pick, compared, **LIGHT)
     ui.rename.click(keyed(rename, studio, ui), [ui.pick, ui.new_name], [ui.status, *listed], **LIGHT)
     asked = outputs(ui, "confirm_row", "confirm_text", "status", "doomed")
     ui.delete.click(keyed(ask_delete, studio, ui), ui.pick, asked, **LIGHT)
