@@ -36,10 +36,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 # The child trains with all cores but one, so the studio keeps a core for generation and the page.
 CHILD_THREADS = max(1, (os.cpu_count() or 2) - 1)
-# The trainer runs below the studio's CPU priority (nice 10): where the cores are few, the pages a user clicks
-# through (the studio's answers, the browser drawing them) come first, and the trainer takes every cycle they
-# leave. See at_low_priority and lower_session_priority.
-TRAINER_NICENESS = 10
+# A child (a run's trainer, an import) runs below the studio's CPU priority (nice 10): where the cores are few,
+# the pages a user clicks through (the studio's answers, the browser drawing them) come first, and the child
+# takes every cycle they leave. See at_low_priority and lower_session_priority.
+CHILD_NICENESS = 10
 LOG_TAIL_BYTES = 32_768  # enough for the last lines of a log, however long the run
 MEMORY_HINT = "Try a smaller batch size, LoRA instead of full fine-tuning, or a lower LoRA rank."
 # How the studio names a setting in messages (the form's labels); others are spelled from the field name.
@@ -66,10 +66,10 @@ def command_line(command: str, run: RunDir, resume: bool) -> list[str]:
 
 
 def at_low_priority(cmd: list[str]) -> list[str]:
-    """cmd run at TRAINER_NICENESS where the system has `nice` (every POSIX system), else as it is. `nice` itself
+    """cmd run at CHILD_NICENESS where the system has `nice` (every POSIX system), else as it is. `nice` itself
     execs the trainer, so the priority holds from its first instruction, for every thread it starts."""
     nice = shutil.which("nice")
-    return [nice, "-n", str(TRAINER_NICENESS), *cmd] if nice else cmd
+    return [nice, "-n", str(CHILD_NICENESS), *cmd] if nice else cmd
 
 
 def lower_session_priority(pid: int) -> None:
@@ -77,7 +77,7 @@ def lower_session_priority(pid: int) -> None:
     first, and a thread's niceness counts only within its session: the trainer, which has a session of its own,
     would take a full share whatever its niceness. Lower its session's too, where the kernel has autogroups."""
     try:
-        Path(f"/proc/{pid}/autogroup").write_text(str(TRAINER_NICENESS))
+        Path(f"/proc/{pid}/autogroup").write_text(str(CHILD_NICENESS))
     except OSError:  # a kernel without autogroups, a child already ended: the run goes on at its own niceness
         pass
 

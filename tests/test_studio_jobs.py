@@ -11,7 +11,7 @@ import pytest
 
 from llm.run import RunDir
 from studio.context import SAMPLES_DIR, Studio
-from studio.jobs import TRAINER_NICENESS
+from studio.jobs import CHILD_NICENESS
 
 FINAL = ("done", "stopped", "failed", "interrupted")
 
@@ -58,10 +58,10 @@ def test_a_second_run_waits_for_the_device_and_stop_keeps_a_checkpoint(studio):
     trainer_threads = os.listdir(f"/proc/{run['pid']}/task")  # torch's threads too: each has its own priority
     assert len(trainer_threads) > 1
     for tid in trainer_threads:
-        assert os.getpriority(os.PRIO_PROCESS, int(tid)) == min(19, studio_nice + TRAINER_NICENESS), "below the studio"
+        assert os.getpriority(os.PRIO_PROCESS, int(tid)) == min(19, studio_nice + CHILD_NICENESS), "below the studio"
     autogroup = f"/proc/{run['pid']}/autogroup"  # its session's share of the CPU, where the kernel has autogroups
     if os.path.exists(autogroup):
-        assert open(autogroup).read().split()[-1] == str(TRAINER_NICENESS)
+        assert open(autogroup).read().split()[-1] == str(CHILD_NICENESS)
     assert "Stopping" in studio.jobs.stop(first)
     run, metrics = wait(studio, first, lambda r, m: r["status"] in FINAL)
     assert run["status"] == "stopped", run["message"]

@@ -156,6 +156,11 @@ def when_changed(
     return stamp.change
 
 
+def changed_parts(signature: dict[str, Any], seen: dict[str, Any] | None) -> set[str]:
+    """The parts of a view whose signature differs from the one the page drew last (seen; None: it drew none)."""
+    return {part for part, sign in signature.items() if seen is None or sign != seen.get(part)}
+
+
 def stamp_of(*parts: Any) -> str:
     """A short digest of parts (their repr), for a tab's stamp."""
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]

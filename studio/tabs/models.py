@@ -28,6 +28,7 @@ from studio.tabs import (
     EDIT,
     LIGHT,
     bound,
+    changed_parts,
     dropdown,
     importing,
     keyed,
@@ -347,11 +348,10 @@ def stamp(studio: Studio, selected: str | None, compared: list[str] | None) -> t
 def listing(studio: Studio, selected: str | None = None, compared: list[str] | None = None, seen: Any = None):
     """{SHOWN}: the table, the choices (the selected model kept, else the newest run), its details, the runs
     offered for comparison and their comparison, and what was drawn. Only the parts that changed since seen are
-    sent: drawing the table and a chart is most of a tab switch's cost in the browser. While a run trains, its row and, if it is the pick,
-    its details change at every step; the rest stays as it was."""
+    sent: drawing the table and a chart is most of a tab switch's cost in the browser. While a run trains, its
+    row and, if it is the pick, its details change at every step; the rest stays as it was."""
     view = listing_view(studio, selected, compared)
-    seen = seen if isinstance(seen, dict) else {}
-    drawn = {part for part, sign in view.signature.items() if sign != seen.get(part)}
+    drawn = changed_parts(view.signature, seen if isinstance(seen, dict) else None)
     if view.value != selected:  # the page's pick is gone or was none: the new one, with its details
         drawn |= {"pick", "shown"}
     if view.kept != (compared or []):

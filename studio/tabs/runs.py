@@ -130,7 +130,7 @@ class RunView:
         }
         digests = {part: content_digest(value) for part, value in contents.items()}
         same_run = drawn is not None and drawn[0] == run_id
-        view = {part: v for part, v in contents.items() if not same_run or digests[part] != seen["parts"].get(part)}
+        view = {part: contents[part] for part in tabs.changed_parts(digests, seen["parts"] if same_run else None)}
         view |= {
             "bar": progress_html(p),
             "stop": gr.Button(interactive=status in ACTIVE_STATES and status != "stopping"),
@@ -230,7 +230,7 @@ def run_page(studio: Any, demo: Any, tab: tuple[str, str, str], layout: Callable
     here."""
     label, key, prefix = tab
 
-    def body(page_tab: Any) -> None:
+    def body(page_tab: Any) -> None:  # run by a page's render, after the timer below is made
         ui = tabs.laid_out(layout)
         ui.timer = timer
         wire(studio, demo, page_tab, ui)
