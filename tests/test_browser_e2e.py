@@ -362,3 +362,55 @@ def test_upload_finetune_reload_and_compare(page):
     page.get_by_role("option", name=re.compile("^opposites-ft")).click()
     expect_lines(page, "#models-compare-loss")
     expect(page.locator("#models-compare-table")).to_contain_text("max_steps")
+
+
+def test_folded_settings_are_mounted_when_opened_and_keep_their_values(page):
+    """A closed accordion's fields are drawn only once it is opened (a page pays for what it shows), yet they
+    hold their values all along: a preset fills them while hidden, the plan reads them, a reload keeps them."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=30_000)
+    studio = page.studio
+    studio.store.save_preset("half-held-out", {"val_fraction": 0.5})
+    open_tab(page, "3 · Fine-tune")
+    page.locator("#ft-dataset input").click()
+    page.get_by_role("option", name=re.compile(r"^opposites\.csv \(sample")).click()
+    plan = page.locator("#ft-plan")
+    expect(plan).to_contain_text("Estimated memory")
+    assert page.locator("#ft-val-fraction").count() == 0, "Advanced settings mounted while closed"
+    assert page.locator("#ft-preset").count() == 0, "Presets mounted while closed"
+    held_out = re.compile(r"(\d+) to train on, (\d+) held out")
+
+    def shares() -> tuple[int, int]:
+        train, held = held_out.search(plan.inner_text()).groups()
+        return int(train), int(held)
+
+    default_train, default_held = shares()
+    assert default_held < default_train
+
+    # Filled while hidden: the preset sets a field no one has drawn, and the plan follows it.
+    page.get_by_text("Presets", exact=True).click()
+    page.locator("#ft-preset input").click()
+    page.get_by_role("option", name="half-held-out").click()
+    page.get_by_text("Fill the form").click()
+    expect(page.locator("#ft-start-status")).to_contain_text("Loaded the preset")
+    expect(plan).not_to_contain_text(f"{default_train} to train on, {default_held} held out")
+    held = shares()[1]
+    assert held > default_held, (default_held, held)
+
+    # Opened: the field shows the value it took while hidden; an edit there reaches the plan.
+    page.locator("#ft-advanced").get_by_text("Advanced settings").click()
+    field = page.locator("#ft-val-fraction input")
+    expect(field).to_have_value("0.5")
+    field.fill("0.25")
+    expect(plan).not_to_contain_text(f"{held} held out")
+    assert default_held < shares()[1] < held
+
+    # A reload draws the tab closed again, and the form it keeps has the edit.
+    page.wait_for_timeout(500)  # the browser keeps the form after the edit's plan
+    page.reload()
+    open_tab(page, "3 · Fine-tune")
+    expect(plan).to_contain_text("Estimated memory")
+    assert page.locator("#ft-val-fraction").count() == 0
+    page.locator("#ft-advanced").get_by_text("Advanced settings").click()
+    expect(page.locator("#ft-val-fraction input")).to_have_value("0.25")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -81,6 +82,19 @@ def lazy_page(demo: gr.Blocks, label: str, key: str, build: Callable[[gr.Tab], N
 
 
 STOP_TIMER_JS = "() => ({__type__: 'update', active: false})"  # a timer's update, made by the page itself
+SHOW_JS = "() => ({__type__: 'update', visible: true})"  # a block shown by the page itself
+
+
+@contextmanager
+def folded(label: str, elem_id: str | None = None) -> Iterator[gr.Column]:
+    """A closed accordion whose content the page mounts only when the user first opens it: a closed accordion's
+    content is otherwise mounted as the tab is drawn, every field of it paid for in the browser's time. The
+    content sits in a column drawn hidden, which the page itself shows on the first expand (no server round
+    trip). A hidden part still holds its value: events read and set it as they do a shown one."""
+    with gr.Accordion(label, open=False, elem_id=elem_id) as accordion:
+        with gr.Column(visible=False) as content:
+            yield content
+    accordion.expand(None, None, content, js=SHOW_JS)
 
 
 def stop_timers_when_left(demo: gr.Blocks, tabs: gr.Tabs) -> None:

@@ -13,7 +13,7 @@ import gradio as gr
 from llm.config import SamplingConfig
 from llm.errors import LLMError
 from studio.context import Studio
-from studio.tabs import EDIT, LIGHT, dropdown, finished_run, laid_out, lazy_page, on_show, quiet
+from studio.tabs import EDIT, LIGHT, dropdown, finished_run, folded, laid_out, lazy_page, on_show, quiet
 from studio.tabs.compare import generation_threads, sampling_sliders
 
 
@@ -85,7 +85,7 @@ def layout(ui: SimpleNamespace) -> None:
             label="Message", placeholder="Say something...", scale=5, elem_id="chat-message", **EDIT
         )
         ui.send = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
-    with gr.Accordion("Sampling", open=False):
+    with folded("Sampling"):
         ui.temperature, ui.top_p, ui.max_new, ui.seed = sampling_sliders(SamplingConfig().temperature)
     with gr.Row():
         ui.clear = gr.Button("New conversation", size="sm")

@@ -24,6 +24,7 @@ from studio.tabs import (
     bound,
     dropdown,
     finished_run,
+    folded,
     keyed,
     laid_out,
     lazy_page,
@@ -356,7 +357,7 @@ def layout_question(ui: SimpleNamespace) -> None:
 
 
 def layout_batch(ui: SimpleNamespace) -> None:
-    with gr.Accordion("Batch: score every chosen model on a dataset's held-out rows", open=False):
+    with folded("Batch: score every chosen model on a dataset's held-out rows"):
         gr.Markdown(
             "Runs the held-out rows of a dataset (the rows a fine-tune keeps aside for validation) through "
             "every chosen model, greedily, and scores each answer against the reference."

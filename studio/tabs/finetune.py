@@ -27,7 +27,7 @@ from llm.run import info_version
 from studio.context import Studio, human_size, memory_now, plural
 from studio.datasets import file_version
 from studio.jobs import CHILD_THREADS, field_label
-from studio.tabs import EDIT, LIGHT, bound, chosen, dropdown, keep, keyed, outputs, quiet, when_changed
+from studio.tabs import EDIT, LIGHT, bound, chosen, dropdown, folded, keep, keyed, outputs, quiet, when_changed
 from studio.tabs import runs as run_tab
 from studio.tabs.form import (
     ADVANCED_FIELDS,
@@ -375,10 +375,10 @@ def layout_form(ui: SimpleNamespace) -> None:
     ui.base = dropdown(label="Base model", elem_id="ft-base")
     ui.dataset = dropdown(label="Dataset", elem_id="ft-dataset")
     ui.fields = {name: field_component(name) for name in BASIC_FIELDS}
-    with gr.Accordion("Advanced settings", open=False, elem_id="ft-advanced"):
+    with folded("Advanced settings", elem_id="ft-advanced"):
         for name in ADVANCED_FIELDS:
             ui.fields[name] = field_component(name)
-    with gr.Accordion("Presets", open=False, elem_id="ft-presets"):
+    with folded("Presets", elem_id="ft-presets"):
         with gr.Row():
             ui.preset = dropdown(label="Saved presets", scale=3, elem_id="ft-preset")
             ui.preset_load = gr.Button("Fill the form", scale=1, elem_classes="inline-button")
@@ -395,7 +395,7 @@ def layout_form(ui: SimpleNamespace) -> None:
 def layout_run(ui: SimpleNamespace) -> None:
     gr.Markdown("#### Run")
     run_tab.run_controls(ui, "ft")
-    with gr.Accordion("Settings of this run", open=False, elem_id="ft-run-settings"):
+    with folded("Settings of this run", elem_id="ft-run-settings"):
         ui.run_settings = gr.Markdown(elem_id="ft-run-settings-table")
         ui.reuse = gr.Button("Start a new run from these", size="sm", elem_id="ft-reuse")
     ui.samples = gr.Dataframe(

@@ -15,17 +15,13 @@ from llm.errors import LLMError
 from studio.context import Studio, upload_limit
 from studio.imports import MODEL_SUFFIXES, needs_text
 from studio.jobs import field_label
-from studio.tabs import EDIT, LIGHT, keyed, outputs
+from studio.tabs import EDIT, LIGHT, folded, keyed, outputs
 
 POLL_SECONDS = 1.0
 
 
 def layout(ui: SimpleNamespace, studio: Studio) -> None:
-    with gr.Accordion(
-        "Import a model: a GGUF file (Ollama, LM Studio, llama.cpp) or a Hugging Face folder",
-        open=False,
-        elem_id="import-box",
-    ):
+    with folded("Import a model: a GGUF file (Ollama, LM Studio, llama.cpp) or a Hugging Face folder", "import-box"):
         gr.Markdown(
             "A Llama-family model someone else trained (SmolLM2, TinyLlama, Llama 3 ...): upload a `.gguf` file or "
             "a zipped Hugging Face folder, or give its path on this machine (a large file need not be uploaded), "

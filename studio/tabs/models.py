@@ -30,6 +30,7 @@ from studio.tabs import (
     bound,
     changed_parts,
     dropdown,
+    folded,
     importing,
     keyed,
     laid_out,
@@ -304,7 +305,7 @@ def layout(ui: SimpleNamespace, studio: Studio) -> None:
     ui.zip_file = gr.File(label="Zip", interactive=False, visible=False, elem_id="models-zip")
     ui.seen = gr.State(None)  # the signature of what listing() last drew
     ui.doomed = gr.State(None)  # the ref that the open "Yes, delete it" box names
-    with gr.Accordion("Compare runs: loss curves on one chart, settings side by side", open=False):
+    with folded("Compare runs: loss curves on one chart, settings side by side"):
         ui.compare_pick = dropdown(label="Runs", multiselect=True, elem_id="models-compare-pick")
         ui.compare_curve = gr.HTML(elem_classes="chart-box", elem_id="models-compare-loss")
         ui.compare_table = gr.Dataframe(
