@@ -12,6 +12,8 @@ import sys
 import threading
 import time
 
+import gradio as gr
+import pandas as pd
 import pytest
 from gradio.context import get_blocks_context
 
@@ -23,7 +25,7 @@ from studio.charts import line_chart, nice_ticks
 from studio.context import SAMPLES_DIR, Studio
 from studio.jobs import Jobs, command_line, explain
 from studio.store import SCHEMA, Store
-from studio.tabs import STAMP_LABEL, finetune, loss_frame
+from studio.tabs import STAMP_LABEL, finetune, loss_frame, made_as
 from studio.tabs.compare import diff_panel, word_diff_html
 from studio.tabs.data import length_bins, length_histogram, safe_filename
 
@@ -572,8 +574,8 @@ def test_the_events_a_page_sends_on_its_own_report_progress_on_the_sink_alone(tm
     try:
         with demo:  # build every lazy tab's body, as a page does when it first shows the tab
             renders = list(get_blocks_context().renderables)
-            for render in renders:
-                render.fn(True)
+            for render in renders:  # shown (True), with nothing kept in the browser (None for each other input)
+                render.fn(True, *[None] * (len(render.inputs) - 1))
         events = list(demo.fns.values())
         sink = [demo.progress_sink]
         assert len(renders) == 8 and all(fn.show_progress_on == sink for fn in events if fn.renderable is not None), (
@@ -632,3 +634,18 @@ def test_releasing_gpu_memory_waits_for_a_torch_import_under_way_in_another_thre
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-1000:]
+
+
+def test_a_part_made_as_an_update_would_leave_it():
+    """A lazy tab's body is built already filled (tabs.made_as): each part takes what the fill's update gives
+    it, normalised as Gradio normalises a constructor's arguments, and keeps the rest of its own."""
+    with gr.Blocks():
+        pick = gr.Dropdown(label="Run", allow_custom_value=True, elem_id="pick")
+        table = gr.Dataframe(headers=["a"], interactive=False)
+        stop = gr.Button("Stop", interactive=False)
+        made_as(pick, gr.Dropdown(choices=[("one · done", "r1")], value="r1"))
+        made_as(table, pd.DataFrame({"a": [1, 2]}))
+        made_as(stop, gr.Button(interactive=True))
+    assert (pick.choices, pick.value, pick.label, pick.elem_id) == ([("one · done", "r1")], "r1", "Run", "pick")
+    assert table.get_config()["value"]["data"] == [[1], [2]]
+    assert (stop.value, stop.interactive) == ("Stop", True)

@@ -62,19 +62,22 @@ def laid_out(layout: Callable[[SimpleNamespace], None]) -> SimpleNamespace:
     return ui
 
 
-def lazy_page(demo: gr.Blocks, label: str, key: str, build: Callable[[gr.Tab], None]) -> gr.Tab:
+def lazy_page(
+    demo: gr.Blocks, label: str, key: str, build: Callable[..., None], inputs: tuple[gr.components.Component, ...] = ()
+) -> gr.Tab:
     """A tab whose body is built the first time a page shows it, not when the page opens: a page pays (in its
     browser's time, which every component and event of the whole studio costs at opening) only for the tabs it
-    shows. build(tab) lays the body out and wires it, on the server, once a page; its events are the page's own
-    (none of them is a public endpoint: the tab's API is plain functions, registered apart). A part that is
-    filled when the tab is shown is filled on on_show(demo, tab)."""
+    shows. build(tab, *values of inputs) lays the body out and wires it, on the server, once a page; its events
+    are the page's own (none of them is a public endpoint: the tab's API is plain functions, registered apart).
+    inputs: parts outside the tab whose values the body is built with. A part that is filled when the tab is
+    shown is filled on on_show(demo, tab)."""
     with gr.Tab(label, id=key) as tab:
         opened = gr.Checkbox(False, visible=False, label="opened (set by the page when the tab is first shown)")
 
-        @gr.render(inputs=[opened], triggers=[opened.change], show_progress="hidden")
-        def body(first_shown: bool) -> None:
+        @gr.render(inputs=[opened, *inputs], triggers=[opened.change], show_progress="hidden")
+        def body(first_shown: bool, *values: Any) -> None:
             if first_shown:
-                build(tab)
+                build(tab, *values)
 
         quiet_render(demo)
     tab.select(None, None, opened, js="() => true")  # the page alone: no server round trip after the first
@@ -118,6 +121,19 @@ def quiet_render(demo: gr.Blocks) -> None:
     event.show_progress_on = [demo.progress_sink]
 
 
+def made_as(part: gr.components.Component, update: Any) -> None:
+    """Give part, just made in a render, what update (a handler's value for it: a value, or a component update)
+    would give it: the page receives the part drawn as the handler would leave it, and no event is sent to draw
+    it. Gradio makes the properties (a dropdown's choices as pairs, a table's value as its data) from the
+    constructor's arguments, so a twin is made from the part's arguments and the update's, and its properties
+    are taken."""
+    given = update.constructor_args if isinstance(update, gr.components.Component) else {"value": update}
+    args = part.constructor_args | given
+    twin = type(part)(**args, render=False)
+    for name in [*args, "value"]:
+        setattr(part, name, getattr(twin, name))
+
+
 def on_show(demo: gr.Blocks, tab: gr.Tab) -> list:
     """The triggers of a lazy tab's fill: its body has just been built (the page's load event, inside the render
     that builds it), and each later time the tab is shown. A tab whose fill can say cheaply what it would draw
@@ -150,16 +166,23 @@ def stamp_script(key: str, timer: bool) -> str:
 
 
 def when_changed(
-    demo: gr.Blocks, tab: gr.Tab, key: str, inputs: list, built: bool, timer: gr.Timer | None = None
+    demo: gr.Blocks,
+    tab: gr.Tab,
+    key: str,
+    inputs: list,
+    built: bool,
+    timer: gr.Timer | None = None,
+    drawn: str | None = None,
 ) -> Any:
     """The trigger of a tab's fill that a page sends only when what the fill draws has changed: when the tab is
     shown (and, built: when a lazy tab's body has just been built) a script asks the server for the tab's stamp,
     demo.stamps[key](*values of inputs): (a digest of what the fill would draw for them, whether the tab's timer
     should tick), and the fill follows only if the stamp differs from the last one this page got. An unchanged
-    tab costs its page no Gradio event. timer: set going, or not, by the stamp's answer (a run that works)."""
+    tab costs its page no Gradio event. timer: set going, or not, by the stamp's answer (a run that works).
+    drawn: the stamp of what a body built already filled shows (see made_as): the page sends no fill for it."""
     assert key in demo.stamps, f"no stamp function for the {key} tab"
     if built:  # in the render that builds the tab's body
-        stamp = gr.Textbox(visible=False, label=STAMP_LABEL)
+        stamp = gr.Textbox(drawn, visible=False, label=STAMP_LABEL)
     else:
         with tab:  # in the tab (a Tabs block may hold only tabs)
             stamp = gr.Textbox(visible=False, label=STAMP_LABEL)

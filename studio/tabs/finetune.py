@@ -27,7 +27,21 @@ from llm.run import info_version
 from studio.context import Studio, human_size, memory_now, plural
 from studio.datasets import file_version
 from studio.jobs import CHILD_THREADS, field_label
-from studio.tabs import EDIT, LIGHT, bound, chosen, dropdown, folded, keep, keyed, outputs, quiet, when_changed
+from studio.tabs import (
+    EDIT,
+    LIGHT,
+    bound,
+    chosen,
+    component,
+    dropdown,
+    folded,
+    keep,
+    keyed,
+    made_as,
+    outputs,
+    quiet,
+    when_changed,
+)
 from studio.tabs import runs as run_tab
 from studio.tabs.form import (
     ADVANCED_FIELDS,
@@ -241,7 +255,7 @@ def open_form(studio: Studio, saved: Any, run_id: str | None, choices: tuple[lis
 
 
 def show_tab(studio: Studio, saved: Any, run_id: str | None, offered: tuple | None, last_seen: Any):
-    """The tab is shown, in one event. The first time (offered is None): the form as this browser left it and
+    """The tab is shown. The first time (offered is None; see fill_first): the form as this browser left it and
     its run. After that only the choices, and only those that changed since they were last offered (nothing
     of the form: an answer that arrives late must not overwrite what the user typed meanwhile). Then the run's
     view (nothing when unchanged; it starts the timer again if the run works) and what was offered."""
@@ -255,6 +269,17 @@ def show_tab(studio: Studio, saved: Any, run_id: str | None, offered: tuple | No
     view = VIEW.refresh(studio, run_id, last_seen)
     view.pop("run", None)  # the run picker is the form's to set
     return {**view, **shown, "offered": choices}
+
+
+def fill_first(studio: Studio, ui: SimpleNamespace, saved: Any) -> None:
+    """The body, as a page first builds it, made already filled (tabs.made_as): show_tab()'s first showing, the
+    form as this browser left it and the run it shows; and ui.drawn, the stamp of what it shows, so that the
+    page sends no fill (one round trip on the first showing, not three)."""
+    run_id = keep(None, form_choices(studio)[2], run_tab.default_run(studio.store.runs()))
+    for name, update in show_tab(studio, saved, run_id, None, None).items():
+        if name != "timer":  # the page's own, made outside the body: the stamp's answer sets it going
+            made_as(component(ui, name), update)
+    ui.drawn = stamp(studio, run_id)[0]
 
 
 def stamp(studio: Studio, run_id: str | None) -> tuple[str, bool]:
@@ -435,14 +460,14 @@ def keep_form(event: Any, ui: SimpleNamespace) -> None:
 def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     fields = [ui.fields[name] for name in FORM_FIELDS]
     form = set(outputs(ui, *FORM))
-    # The tab is first shown (its body just built): the form as this browser left it, then saving starts. Showing
-    # it again (when its stamp changed) only refreshes the choices, so an answer that arrives late never
-    # overwrites what the user typed meanwhile.
+    # The body is built already filled (fill_first): the form as this browser left it, so saving starts once
+    # it is drawn. Showing the tab again (when its stamp changed) only refreshes the choices, so an answer that
+    # arrives late never overwrites what the user typed meanwhile.
+    demo.load(None, None, None, js=RESTORED_JS)
     shown = outputs(ui, *FORM, "plan", "preset", "offered", *VIEW.parts())
     opened = [ui.saved, ui.run, ui.offered, ui.seen]
-    shown_again = when_changed(demo, tab, "finetune", [ui.run], built=True, timer=ui.timer)
-    filled = shown_again(keyed(show_tab, studio, ui), opened, shown, **quiet(demo))
-    filled.then(None, None, None, js=RESTORED_JS)
+    shown_again = when_changed(demo, tab, "finetune", [ui.run], built=True, timer=ui.timer, drawn=ui.drawn)
+    shown_again(keyed(show_tab, studio, ui), opened, shown, **quiet(demo))
     plan = keyed(form_plan, studio, ui)
     # .input (the user's changes), not .change: a handler that fills the form returns its plan itself, so
     # filling 20 fields does not ask for 20 plans.
@@ -508,5 +533,6 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
     demo.stamps["finetune"] = bound(stamp, studio)
-    run_tab.run_page(studio, demo, (TAB_LABEL, "finetune", "ft"), lambda ui: layout(ui, demo), wire_form, VIEW)
+    filled = (lambda ui, saved: fill_first(studio, ui, saved), (demo.kept_form,))
+    run_tab.run_page(studio, demo, (TAB_LABEL, "finetune", "ft"), lambda ui: layout(ui, demo), wire_form, VIEW, filled)
     return api_functions(studio) | run_tab.watch_api(studio, VIEW, "")

@@ -224,19 +224,31 @@ def wire_watch(studio: Any, demo: Any, tab: Any, ui: SimpleNamespace, view: RunV
         clicked.then(show, [ui.run, ui.seen], monitor, **tabs.quiet(demo))
 
 
-def run_page(studio: Any, demo: Any, tab: tuple[str, str, str], layout: Callable, wire: Callable, view: RunView):
+def run_page(
+    studio: Any,
+    demo: Any,
+    tab: tuple[str, str, str],
+    layout: Callable,
+    wire: Callable,
+    view: RunView,
+    filled: tuple[Callable, tuple] | None = None,
+):
     """A run tab (Fine-tune, Pretrain), built the first time a page shows it. tab: (label, key, the prefix of its
     element ids); layout(ui) lays it out, wire(studio, demo, tab, ui) wires its form; its watch column is wired
-    here."""
+    here. filled: (fill, inputs): the body is built already filled, by fill(ui, *values of inputs), between the
+    layout and the wiring."""
     label, key, prefix = tab
+    fill, inputs = filled or (None, ())
 
-    def body(page_tab: Any) -> None:  # run by a page's render, after the timer below is made
+    def body(page_tab: Any, *values: Any) -> None:  # run by a page's render, after the timer below is made
         ui = tabs.laid_out(layout)
         ui.timer = timer
+        if fill is not None:
+            fill(ui, *values)
         wire(studio, demo, page_tab, ui)
         wire_watch(studio, demo, page_tab, ui, view, prefix)
 
-    page_tab = tabs.lazy_page(demo, label, key, body)
+    page_tab = tabs.lazy_page(demo, label, key, body, inputs)
     with page_tab:  # outside the body: another tab shown stops it in the page (tabs.stop_timers_when_left)
         timer = gr.Timer(1.0, active=False)  # set going by refresh() (or the stamp) while the run works
     demo.tab_timers.append((page_tab, timer))
