@@ -29,6 +29,7 @@ from studio.tabs import (
     LIGHT,
     bound,
     changed_parts,
+    component,
     dropdown,
     folded,
     importing,
@@ -38,6 +39,7 @@ from studio.tabs import (
     loss_chart,
     loss_frame,
     loss_plot,
+    made_as,
     outputs,
     plain,
     quiet,
@@ -285,7 +287,7 @@ def layout(ui: SimpleNamespace, studio: Studio) -> None:
         with gr.Column(scale=3):
             ui.about = gr.Markdown(elem_id="models-about")
         with gr.Column(scale=4):
-            ui.curve = loss_plot(x_title="step", elem_id="models-loss")
+            ui.curve = loss_plot(elem_id="models-loss")
     with gr.Row():
         ui.new_name = gr.Textbox(label="New name", scale=3, elem_id="models-new-name", **EDIT)
         ui.rename = gr.Button("Rename", scale=1, elem_classes="inline-button", elem_id="models-rename")
@@ -480,7 +482,8 @@ def download_gguf(studio: Studio, ref: str | None):
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     listed = outputs(ui, *SHOWN)
     # Filled when shown (a page opens on the first tab): opening a page costs no listing of every run.
-    triggers = [when_changed(demo, tab, "models", [ui.pick, ui.compare_pick], built=True), ui.refresh.click]
+    shown = when_changed(demo, tab, "models", [ui.pick, ui.compare_pick], built=True, drawn=ui.drawn)
+    triggers = [shown, ui.refresh.click]
     gr.on(triggers, keyed(listing, studio, ui), [ui.pick, ui.compare_pick, ui.seen], listed, **quiet(demo))
     # .input: every handler that sets the pick (listing, rename, delete) draws its details itself.
     ui.pick.input(keyed(show, studio, ui), ui.pick, outputs(ui, "about", "curve", "new_name"), **LIGHT)
@@ -534,10 +537,19 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
             "download": api_download}  # fmt: skip
 
 
+def built_listed(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
+    """The body, as a page first builds it, made already listed (tabs.made_as), with ui.drawn, the stamp of what
+    it shows: the page sends no listing for it (one round trip on the first showing, not three)."""
+    ui = laid_out(lambda ui: layout(ui, studio))
+    shown = listing(studio)
+    for name, update in shown.items():
+        made_as(component(ui, name), update)
+    ui.drawn = stamp(studio, ui.pick.value, ui.compare_pick.value)[0]
+    wire(studio, demo, tab, ui)
+
+
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
     demo.stamps["models"] = bound(stamp, studio)
-    lazy_page(
-        demo, "7 · Models", "models", lambda tab: wire(studio, demo, tab, laid_out(lambda ui: layout(ui, studio)))
-    )
+    lazy_page(demo, "7 · Models", "models", lambda tab: built_listed(studio, demo, tab))
     return api_functions(studio) | importing.api_functions(studio)
