@@ -134,6 +134,14 @@ def made_as(part: gr.components.Component, update: Any) -> None:
         setattr(part, name, getattr(twin, name))
 
 
+def made_filled(ui: SimpleNamespace, shown: dict[str, Any]) -> None:
+    """A lazy tab's body, just laid out, made as a fill's answer (shown: {part name: update}) leaves it (see
+    made_as); the timer is left alone: made outside the body, it is set going by the stamp's answer."""
+    for name, update in shown.items():
+        if name != "timer":
+            made_as(component(ui, name), update)
+
+
 def on_show(demo: gr.Blocks, tab: gr.Tab) -> list:
     """The triggers of a lazy tab's fill: its body has just been built (the page's load event, inside the render
     that builds it), and each later time the tab is shown. A tab whose fill can say cheaply what it would draw

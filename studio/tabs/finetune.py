@@ -32,12 +32,11 @@ from studio.tabs import (
     LIGHT,
     bound,
     chosen,
-    component,
     dropdown,
     folded,
     keep,
     keyed,
-    made_as,
+    made_filled,
     outputs,
     quiet,
     when_changed,
@@ -272,13 +271,11 @@ def show_tab(studio: Studio, saved: Any, run_id: str | None, offered: tuple | No
 
 
 def fill_first(studio: Studio, ui: SimpleNamespace, saved: Any) -> None:
-    """The body, as a page first builds it, made already filled (tabs.made_as): show_tab()'s first showing, the
+    """The body, as a page first builds it, made already filled (tabs.made_filled): show_tab()'s first showing, the
     form as this browser left it and the run it shows; and ui.drawn, the stamp of what it shows, so that the
     page sends no fill (one round trip on the first showing, not three)."""
     run_id = keep(None, form_choices(studio)[2], run_tab.default_run(studio.store.runs()))
-    for name, update in show_tab(studio, saved, run_id, None, None).items():
-        if name != "timer":  # the page's own, made outside the body: the stamp's answer sets it going
-            made_as(component(ui, name), update)
+    made_filled(ui, show_tab(studio, saved, run_id, None, None))
     ui.drawn = stamp(studio, run_id)[0]
 
 

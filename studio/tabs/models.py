@@ -29,7 +29,6 @@ from studio.tabs import (
     LIGHT,
     bound,
     changed_parts,
-    component,
     dropdown,
     folded,
     importing,
@@ -39,7 +38,7 @@ from studio.tabs import (
     loss_chart,
     loss_frame,
     loss_plot,
-    made_as,
+    made_filled,
     outputs,
     plain,
     quiet,
@@ -538,12 +537,10 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 
 
 def built_listed(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
-    """The body, as a page first builds it, made already listed (tabs.made_as), with ui.drawn, the stamp of what
+    """The body, as a page first builds it, made already listed (tabs.made_filled), with ui.drawn, the stamp of what
     it shows: the page sends no listing for it (one round trip on the first showing, not three)."""
     ui = laid_out(lambda ui: layout(ui, studio))
-    shown = listing(studio)
-    for name, update in shown.items():
-        made_as(component(ui, name), update)
+    made_filled(ui, listing(studio))
     ui.drawn = stamp(studio, ui.pick.value, ui.compare_pick.value)[0]
     wire(studio, demo, tab, ui)
 

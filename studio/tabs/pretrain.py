@@ -28,10 +28,12 @@ from studio.tabs import (
     LIGHT,
     bound,
     chosen,
+    component,
     dropdown,
     json_object,
     keep,
     keyed,
+    made_filled,
     number,
     outputs,
     plain,
@@ -202,6 +204,13 @@ def stamp(studio: Studio, run_id: str | None) -> tuple[str, bool]:
     return run_tab.run_stamp(studio, run_id, offered)
 
 
+def fill_first(studio: Studio, ui: SimpleNamespace) -> None:
+    """The body, as a page first builds it, made already filled (tabs.made_filled: show_tab() for the form as
+    laid out), with ui.drawn, the stamp of what it shows: the page sends no fill for it."""
+    made_filled(ui, show_tab(studio, {name: component(ui, name).value for name in (*FORM, "run", "seen")}))
+    ui.drawn = stamp(studio, ui.run.value)[0]
+
+
 def show_tab(studio: Studio, form: dict[str, Any]):
     """The tab is shown, in one event: the texts, tokenizers, runs and model sizes as they are now (the page's
     choices kept), the plan, and the run's view (it starts the timer again if the run works)."""
@@ -348,10 +357,10 @@ def layout(studio: Studio, ui: SimpleNamespace) -> None:
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     form = set(outputs(ui, *FORM))
     plan = keyed(make_plan, studio, ui)
-    # Filled when the tab is shown and its stamp changed, in one event: every event costs the browser a pass over
-    # the page's state.
+    # Built filled (fill_first); filled again when the tab is shown and its stamp changed, in one event: every
+    # event costs the browser a pass over the page's state.
     shown = outputs(ui, "text", "tokenizer", "preset", "vocab", "plan", *VIEW.parts())
-    shown_again = when_changed(demo, tab, "pretrain", [ui.run], built=True, timer=ui.timer)
+    shown_again = when_changed(demo, tab, "pretrain", [ui.run], built=True, timer=ui.timer, drawn=ui.drawn)
     shown_again(keyed(show_tab, studio, ui), form | {ui.run, ui.seen}, shown, **quiet(demo))
     # .input (the user's changes), not .change: filling the form asks for one plan, not one a field.
     gr.on([c.input for c in outputs(ui, *FORM)], plan, form, ui.plan, trigger_mode="always_last", **quiet(demo))
@@ -410,5 +419,6 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
     demo.stamps["pretrain"] = bound(stamp, studio)
-    run_tab.run_page(studio, demo, (TAB_LABEL, "pretrain", "pt"), lambda ui: layout(studio, ui), wire, VIEW)
+    filled = (lambda ui: fill_first(studio, ui), ())
+    run_tab.run_page(studio, demo, (TAB_LABEL, "pretrain", "pt"), lambda ui: layout(studio, ui), wire, VIEW, filled)
     return api_functions(studio) | run_tab.watch_api(studio, VIEW, "pretrain_")
