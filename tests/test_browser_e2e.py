@@ -402,12 +402,14 @@ def test_folded_settings_are_mounted_when_opened_and_keep_their_values(page):
     page.locator("#ft-advanced").get_by_text("Advanced settings").click()
     field = page.locator("#ft-val-fraction input")
     expect(field).to_have_value("0.5")
+    kept = f"localStorage.getItem({json.dumps(FORM_STORAGE_KEY)})"  # encrypted by Gradio: compare, not read
+    before = page.evaluate(kept)
     field.fill("0.25")
     expect(plan).not_to_contain_text(f"{held} held out")
     assert default_held < shares()[1] < held
 
     # A reload draws the tab closed again, and the form it keeps has the edit.
-    page.wait_for_timeout(500)  # the browser keeps the form after the edit's plan
+    page.wait_for_function(f"before => {kept} !== before", arg=before)  # the browser has kept the edit
     page.reload()
     open_tab(page, "3 · Fine-tune")
     expect(plan).to_contain_text("Estimated memory")

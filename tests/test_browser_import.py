@@ -26,7 +26,13 @@ def test_import_a_gguf_tune_it_compare_chat_and_export(page, tmp_path, tiny_mode
     expect(page.locator("#data-status")).to_contain_text("examples ready")  # the page has opened
     gguf = export_model(tiny_model_dir, tmp_path / "story-model.gguf", "gguf", "fp32")
 
-    # 1. Models -> Import: what it needs, then its progress; afterwards the model list shows it, picked.
+    # 1. Data: a file of the user's own, uploaded on the tab the page opens on (see the note in step 3).
+    page.locator("#data-upload input[type=file]").set_input_files(
+        files=[{"name": "twice.csv", "mimeType": "text/csv", "buffer": ROWS.encode()}]
+    )
+    expect(page.locator("#data-status")).to_contain_text("twice.csv: 40 examples ready")
+
+    # 2. Models -> Import: what it needs, then its progress; afterwards the model list shows it, picked.
     open_tab(page, "7 · Models")
     page.locator("#import-box").get_by_text("Import a model: a GGUF file").click()
     page.locator("#import-file input[type=file]").set_input_files(str(gguf))
@@ -39,12 +45,9 @@ def test_import_a_gguf_tune_it_compare_chat_and_export(page, tmp_path, tiny_mode
     page.screenshot(path=str(ARTIFACTS / "import.png"), full_page=True)
     imported = next(m for m in studio.store.models() if m["name"] == "story-model")
 
-    # 2. Data: a file of the user's own; Fine-tune: the imported model as the base, a short run.
-    open_tab(page, "1 · Data")
-    page.locator("#data-upload input[type=file]").set_input_files(
-        files=[{"name": "twice.csv", "mimeType": "text/csv", "buffer": ROWS.encode()}]
-    )
-    expect(page.locator("#data-status")).to_contain_text("twice.csv: 40 examples ready")
+    # 3. Fine-tune: the imported model as the base, the uploaded file, a short run. (The upload comes first: an
+    # upload made while the Data tab's refill is in flight, as the tab is shown again after the import, can be
+    # overwritten by that refill's late answer; seen once on a loaded CI machine, left open.)
     open_tab(page, "3 · Fine-tune")
     page.locator("#ft-base input").click()
     page.get_by_role("option", name="story-model").click()
@@ -58,7 +61,7 @@ def test_import_a_gguf_tune_it_compare_chat_and_export(page, tmp_path, tiny_mode
     run = next(r for r in studio.store.runs() if r["name"] == "story-twice")
     assert run["base_id"] == f"base:{imported['id']}"
 
-    # 3. Compare: the tuned model beside its untuned self, chosen for the user.
+    # 4. Compare: the tuned model beside its untuned self, chosen for the user.
     open_tab(page, "4 · Compare")
     expect(page.locator("#compare-models")).to_contain_text("story-twice")
     expect(page.locator("#compare-models")).to_contain_text("story-model")
@@ -69,14 +72,14 @@ def test_import_a_gguf_tune_it_compare_chat_and_export(page, tmp_path, tiny_mode
     expect(answers.nth(0)).to_contain_text("story-model")
     expect(answers.nth(1)).to_contain_text("story-twice")
 
-    # 4. Chat with the tuned model.
+    # 5. Chat with the tuned model.
     open_tab(page, "5 · Chat")
     expect(page.locator("#chat-model input")).to_have_value(re.compile("story-twice"))
     page.locator("#chat-message textarea").fill("Say cat twice.")
     page.locator("#chat-send").click()
     expect(page.locator("#chat-status")).to_contain_text("Answered by story-twice", timeout=60_000)
 
-    # 5. Models: the tuned model out as one GGUF file (the LoRA merged), which reads back as GGUF.
+    # 6. Models: the tuned model out as one GGUF file (the LoRA merged), which reads back as GGUF.
     open_tab(page, "7 · Models")
     page.locator("#models-pick input").click()
     page.get_by_role("option", name=re.compile("^story-twice")).click()
