@@ -130,7 +130,7 @@ def made_as(part: gr.components.Component, update: Any) -> None:
     given = update.constructor_args if isinstance(update, gr.components.Component) else {"value": update}
     args = part.constructor_args | given
     twin = type(part)(**args, render=False)
-    for name in [*args, "value"]:
+    for name in args:
         setattr(part, name, getattr(twin, name))
 
 
@@ -174,22 +174,18 @@ def stamp_script(key: str, timer: bool) -> str:
 
 
 def when_changed(
-    demo: gr.Blocks,
-    tab: gr.Tab,
-    key: str,
-    inputs: list,
-    built: bool,
-    timer: gr.Timer | None = None,
-    drawn: str | None = None,
+    demo: gr.Blocks, tab: gr.Tab, key: str, inputs: list, built: bool, timer: gr.Timer | None = None
 ) -> Any:
     """The trigger of a tab's fill that a page sends only when what the fill draws has changed: when the tab is
     shown (and, built: when a lazy tab's body has just been built) a script asks the server for the tab's stamp,
     demo.stamps[key](*values of inputs): (a digest of what the fill would draw for them, whether the tab's timer
     should tick), and the fill follows only if the stamp differs from the last one this page got. An unchanged
     tab costs its page no Gradio event. timer: set going, or not, by the stamp's answer (a run that works).
-    drawn: the stamp of what a body built already filled shows (see made_as): the page sends no fill for it."""
+    built: a lazy tab's body, built already filled (made_filled): the stamp starts as the stamp of what it shows,
+    so the page sends no fill for it."""
     assert key in demo.stamps, f"no stamp function for the {key} tab"
-    if built:  # in the render that builds the tab's body
+    if built:  # in the render that builds the tab's body, its parts already holding what the fill would send
+        drawn, _ = demo.stamps[key](*(part.value for part in inputs))
         stamp = gr.Textbox(drawn, visible=False, label=STAMP_LABEL)
     else:
         with tab:  # in the tab (a Tabs block may hold only tabs)

@@ -36,7 +36,6 @@ from studio.tabs import (
     folded,
     keep,
     keyed,
-    made_filled,
     outputs,
     quiet,
     when_changed,
@@ -254,8 +253,8 @@ def open_form(studio: Studio, saved: Any, run_id: str | None, choices: tuple[lis
 
 
 def show_tab(studio: Studio, saved: Any, run_id: str | None, offered: tuple | None, last_seen: Any):
-    """The tab is shown. The first time (offered is None; see fill_first): the form as this browser left it and
-    its run. After that only the choices, and only those that changed since they were last offered (nothing
+    """The tab is shown. The first time (offered is None: the render that builds the body, which is made as
+    this answer): the form as this browser left it and its run. After that only the choices, and only those that changed since they were last offered (nothing
     of the form: an answer that arrives late must not overwrite what the user typed meanwhile). Then the run's
     view (nothing when unchanged; it starts the timer again if the run works) and what was offered."""
     choices = form_choices(studio)
@@ -270,13 +269,10 @@ def show_tab(studio: Studio, saved: Any, run_id: str | None, offered: tuple | No
     return {**view, **shown, "offered": choices}
 
 
-def fill_first(studio: Studio, ui: SimpleNamespace, saved: Any) -> None:
-    """The body, as a page first builds it, made already filled (tabs.made_filled): show_tab()'s first showing, the
-    form as this browser left it and the run it shows; and ui.drawn, the stamp of what it shows, so that the
-    page sends no fill (one round trip on the first showing, not three)."""
-    run_id = keep(None, form_choices(studio)[2], run_tab.default_run(studio.store.runs()))
-    made_filled(ui, show_tab(studio, saved, run_id, None, None))
-    ui.drawn = stamp(studio, run_id)[0]
+def first_showing(studio: Studio, saved: Any) -> dict[str, Any]:
+    """show_tab() for a page that first shows the tab (saved: the form this browser kept): what the body is
+    made as when the page builds it."""
+    return show_tab(studio, saved, None, None, None)
 
 
 def stamp(studio: Studio, run_id: str | None) -> tuple[str, bool]:
@@ -457,13 +453,13 @@ def keep_form(event: Any, ui: SimpleNamespace) -> None:
 def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     fields = [ui.fields[name] for name in FORM_FIELDS]
     form = set(outputs(ui, *FORM))
-    # The body is built already filled (fill_first): the form as this browser left it, so saving starts once
-    # it is drawn. Showing the tab again (when its stamp changed) only refreshes the choices, so an answer that
+    # The body is built already filled (show_tab's first showing): the form as this browser left it, so saving
+    # starts once it is drawn. Showing the tab again (when its stamp changed) only refreshes the choices, so an answer that
     # arrives late never overwrites what the user typed meanwhile.
     demo.load(None, None, None, js=RESTORED_JS)
     shown = outputs(ui, *FORM, "plan", "preset", "offered", *VIEW.parts())
     opened = [ui.saved, ui.run, ui.offered, ui.seen]
-    shown_again = when_changed(demo, tab, "finetune", [ui.run], built=True, timer=ui.timer, drawn=ui.drawn)
+    shown_again = when_changed(demo, tab, "finetune", [ui.run], built=True, timer=ui.timer)
     shown_again(keyed(show_tab, studio, ui), opened, shown, **quiet(demo))
     plan = keyed(form_plan, studio, ui)
     # .input (the user's changes), not .change: a handler that fills the form returns its plan itself, so
@@ -530,6 +526,6 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
     demo.stamps["finetune"] = bound(stamp, studio)
-    filled = (lambda ui, saved: fill_first(studio, ui, saved), (demo.kept_form,))
-    run_tab.run_page(studio, demo, (TAB_LABEL, "finetune", "ft"), lambda ui: layout(ui, demo), wire_form, VIEW, filled)
+    tab, first_view = (TAB_LABEL, "finetune", "ft"), lambda ui, saved: first_showing(studio, saved)
+    run_tab.run_page(studio, demo, tab, lambda ui: layout(ui, demo), wire_form, VIEW, first_view, (demo.kept_form,))
     return api_functions(studio) | run_tab.watch_api(studio, VIEW, "")

@@ -480,9 +480,9 @@ def download_gguf(studio: Studio, ref: str | None):
 
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     listed = outputs(ui, *SHOWN)
-    # Filled when shown (a page opens on the first tab): opening a page costs no listing of every run.
-    shown = when_changed(demo, tab, "models", [ui.pick, ui.compare_pick], built=True, drawn=ui.drawn)
-    triggers = [shown, ui.refresh.click]
+    # Built listed (built_listed), listed again when shown with its stamp changed: opening a page (on the first
+    # tab) costs no listing of every run.
+    triggers = [when_changed(demo, tab, "models", [ui.pick, ui.compare_pick], built=True), ui.refresh.click]
     gr.on(triggers, keyed(listing, studio, ui), [ui.pick, ui.compare_pick, ui.seen], listed, **quiet(demo))
     # .input: every handler that sets the pick (listing, rename, delete) draws its details itself.
     ui.pick.input(keyed(show, studio, ui), ui.pick, outputs(ui, "about", "curve", "new_name"), **LIGHT)
@@ -537,11 +537,10 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 
 
 def built_listed(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
-    """The body, as a page first builds it, made already listed (tabs.made_filled), with ui.drawn, the stamp of what
-    it shows: the page sends no listing for it (one round trip on the first showing, not three)."""
+    """The body, as a page first builds it, made already listed (tabs.made_filled): the page sends no listing
+    for it."""
     ui = laid_out(lambda ui: layout(ui, studio))
     made_filled(ui, listing(studio))
-    ui.drawn = stamp(studio, ui.pick.value, ui.compare_pick.value)[0]
     wire(studio, demo, tab, ui)
 
 

@@ -33,7 +33,6 @@ from studio.tabs import (
     json_object,
     keep,
     keyed,
-    made_filled,
     number,
     outputs,
     plain,
@@ -204,11 +203,9 @@ def stamp(studio: Studio, run_id: str | None) -> tuple[str, bool]:
     return run_tab.run_stamp(studio, run_id, offered)
 
 
-def fill_first(studio: Studio, ui: SimpleNamespace) -> None:
-    """The body, as a page first builds it, made already filled (tabs.made_filled: show_tab() for the form as
-    laid out), with ui.drawn, the stamp of what it shows: the page sends no fill for it."""
-    made_filled(ui, show_tab(studio, {name: component(ui, name).value for name in (*FORM, "run", "seen")}))
-    ui.drawn = stamp(studio, ui.run.value)[0]
+def first_view(studio: Studio, ui: SimpleNamespace) -> dict[str, Any]:
+    """show_tab() for the form as laid out: what the body is made as when a page first builds it."""
+    return show_tab(studio, {name: component(ui, name).value for name in (*FORM, "run", "seen")})
 
 
 def show_tab(studio: Studio, form: dict[str, Any]):
@@ -357,10 +354,10 @@ def layout(studio: Studio, ui: SimpleNamespace) -> None:
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     form = set(outputs(ui, *FORM))
     plan = keyed(make_plan, studio, ui)
-    # Built filled (fill_first); filled again when the tab is shown and its stamp changed, in one event: every
+    # Built filled (first_view); filled again when the tab is shown and its stamp changed, in one event: every
     # event costs the browser a pass over the page's state.
     shown = outputs(ui, "text", "tokenizer", "preset", "vocab", "plan", *VIEW.parts())
-    shown_again = when_changed(demo, tab, "pretrain", [ui.run], built=True, timer=ui.timer, drawn=ui.drawn)
+    shown_again = when_changed(demo, tab, "pretrain", [ui.run], built=True, timer=ui.timer)
     shown_again(keyed(show_tab, studio, ui), form | {ui.run, ui.seen}, shown, **quiet(demo))
     # .input (the user's changes), not .change: filling the form asks for one plan, not one a field.
     gr.on([c.input for c in outputs(ui, *FORM)], plan, form, ui.plan, trigger_mode="always_last", **quiet(demo))
@@ -419,6 +416,6 @@ def api_functions(studio: Studio) -> dict[str, Callable]:
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab (once shown) and wire its events; returns the plain API functions to register by name."""
     demo.stamps["pretrain"] = bound(stamp, studio)
-    filled = (lambda ui: fill_first(studio, ui), ())
-    run_tab.run_page(studio, demo, (TAB_LABEL, "pretrain", "pt"), lambda ui: layout(studio, ui), wire, VIEW, filled)
+    tab = (TAB_LABEL, "pretrain", "pt")
+    run_tab.run_page(studio, demo, tab, lambda ui: layout(studio, ui), wire, VIEW, lambda ui: first_view(studio, ui))
     return api_functions(studio) | run_tab.watch_api(studio, VIEW, "pretrain_")

@@ -231,20 +231,19 @@ def run_page(
     layout: Callable,
     wire: Callable,
     view: RunView,
-    filled: tuple[Callable, tuple] | None = None,
+    first_view: Callable[..., dict[str, Any]],
+    inputs: tuple = (),
 ):
-    """A run tab (Fine-tune, Pretrain), built the first time a page shows it. tab: (label, key, the prefix of its
-    element ids); layout(ui) lays it out, wire(studio, demo, tab, ui) wires its form; its watch column is wired
-    here. filled: (fill, inputs): the body is built already filled, by fill(ui, *values of inputs), between the
-    layout and the wiring."""
+    """A run tab (Fine-tune, Pretrain), built the first time a page shows it, already filled. tab: (label, key,
+    the prefix of its element ids); layout(ui) lays it out; first_view(ui, *values of inputs) is the fill's
+    answer for the first showing, which the body is made as (tabs.made_filled); wire(studio, demo, tab, ui)
+    wires its form; its watch column is wired here."""
     label, key, prefix = tab
-    fill, inputs = filled or (None, ())
 
     def body(page_tab: Any, *values: Any) -> None:  # run by a page's render, after the timer below is made
         ui = tabs.laid_out(layout)
         ui.timer = timer
-        if fill is not None:
-            fill(ui, *values)
+        tabs.made_filled(ui, first_view(ui, *values))
         wire(studio, demo, page_tab, ui)
         wire_watch(studio, demo, page_tab, ui, view, prefix)
 
