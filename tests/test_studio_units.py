@@ -455,6 +455,30 @@ def test_showing_the_models_tab_again_sends_nothing_unless_something_changed(tmp
     assert "renamed base" in renamed["about"] and renamed["new_name"] == "renamed base"
 
 
+def test_the_models_tab_never_picks_a_run_still_training(tmp_path, tiny_model_dir):
+    """A training run's details change at every step: picked, the tab would draw them at every showing."""
+    from studio.context import SAMPLES_DIR, Studio
+    from studio.tabs.models import listing
+
+    studio = Studio(tmp_path / "ws", tiny_model_dir, SAMPLES_DIR)
+
+    def run(name: str, status: str) -> str:
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        key = studio.store.add_run(name, "base:base", "sample-opposites", "lora", {}, tmp_path / "runs" / name)
+        studio.store.update_run(key, status=status)
+        return f"run:{key}"
+
+    training = run("training", "running")
+    assert listing(studio)["pick"].value == "base:base", "no finished run: the base model"
+    finished = run("finished", "done")
+    run("newer-training", "running")
+    assert listing(studio)["pick"].value == finished, "the newest finished run, not the newer one training"
+    assert listing(studio, training)["pick"].value == training, "picked by the user, it stays"
+    seen = listing(studio, finished)["seen"]
+    studio.store.update_run(training[4:], message="step 2 of 10")  # the training run moves on
+    assert not {"about", "curve", "pick"} & listing(studio, finished, [], seen).keys(), "the pick is as it was"
+
+
 def test_a_timer_whose_tab_is_behind_stops_itself_and_sends_nothing(tmp_path, tiny_model_dir):
 
     from studio.context import SAMPLES_DIR, Studio

@@ -30,6 +30,7 @@ from studio.tabs import (
     bound,
     changed_parts,
     dropdown,
+    finished_run,
     folded,
     importing,
     keyed,
@@ -321,14 +322,16 @@ SHOWN = ("table", "pick", "about", "curve", "new_name", "compare_pick", "compare
 
 def listing_view(studio: Studio, selected: str | None, compared: list[str] | None) -> SimpleNamespace:
     """What listing() draws for the page's pick and runs compared: the model rows, the pick's choices and the
-    pick (kept, else the newest run), the runs offered for comparison and those compared that are still there,
-    and the signature of it all, one entry a part of the tab."""
+    pick (kept, else the newest finished run, else the first base model), the runs offered for comparison and
+    those compared that are still there, and the signature of it all, one entry a part of the tab. A run still
+    training is never picked for the user, as in Chat and Compare: its details change at every step, and so
+    the tab would draw them again each time it is shown."""
     rows = model_rows(studio)
     refs = [r["ref"] for r in rows]
     runs = [ref for ref in refs if ref.startswith("run:")]
-    value = selected if selected in refs else (runs or refs or [None])[0]
-    kept = [ref for ref in compared or [] if ref in runs]
     choices = [(f"{r['name']} — {r['kind']}", r["ref"]) for r in rows]
+    value = selected if selected in refs else finished_run(studio, choices) or (refs or [None])[0]
+    kept = [ref for ref in compared or [] if ref in runs]
     offered = [(r["name"], r["ref"]) for r in rows if r["ref"] in runs]
     run = studio.store.run(value.partition(":")[2].partition("/")[0]) if value in runs else None
     picked = next((r for r in rows if r["ref"] == value), None)
@@ -348,7 +351,7 @@ def stamp(studio: Studio, selected: str | None, compared: list[str] | None) -> t
 
 
 def listing(studio: Studio, selected: str | None = None, compared: list[str] | None = None, seen: Any = None):
-    """{SHOWN}: the table, the choices (the selected model kept, else the newest run), its details, the runs
+    """{SHOWN}: the table, the choices (the selected model kept, else the newest finished run), its details, the runs
     offered for comparison and their comparison, and what was drawn. Only the parts that changed since seen are
     sent: drawing the table and a chart is most of a tab switch's cost in the browser. While a run trains, its
     row and, if it is the pick, its details change at every step; the rest stays as it was."""
