@@ -3,6 +3,8 @@ the handlers and the library functions the events call."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from studio.context import SAMPLES_DIR, Studio, StudioError
@@ -47,8 +49,6 @@ def test_a_failed_chat_turn_keeps_the_users_message(studio):
 
 
 def test_a_second_prompt_replaces_the_first_and_a_vote_records_the_prompt_of_its_answers(studio):
-    from types import SimpleNamespace
-
     from studio.tabs.compare import compare, record_vote
 
     page, refs = SimpleNamespace(session_hash="page-1"), ["base:base", "base:base"]
@@ -63,6 +63,46 @@ def test_a_second_prompt_replaces_the_first_and_a_vote_records_the_prompt_of_its
     assert vote["prompt"] == "second prompt" and vote["answers"] == shown["answers"]
     other_page = list(compare(studio, refs, "a third", 0, 1, 4, 0, SimpleNamespace(session_hash="page-2")))
     assert other_page[-1]["last"]["prompt"] == "a third", "another page's question replaces nothing here"
+
+
+def test_the_page_reaches_a_handler_through_its_wiring(studio):
+    """Gradio gives gr.Request to the parameter its type hint names. Through keyed(), as wired, Compare learns
+    which page asked: without it every prompt was a page of its own, and a second prompt replaced nothing."""
+    import gradio as gr
+    from gradio.helpers import special_args
+
+    from studio.tabs import keyed
+    from studio.tabs.compare import compare
+
+    request = gr.Request(session_hash="page-1")
+    inputs, *_ = special_args(keyed(compare, studio, SimpleNamespace()), [["base:base"] * 2, "hi", 0, 1, 8, 0], request)
+    assert inputs[-1] is request
+
+
+def test_a_fill_sent_before_an_upload_answered_does_not_draw_over_it(studio, tmp_path):
+    """The Data tab's fill, sent as the tab is shown again, is made from the page's values as they were: an upload
+    of the page's own that runs, or has answered since, makes it draw nothing. Its late answer drew the previous
+    dataset over the upload's (seen on a loaded machine: the status named the old file)."""
+    import gradio as gr
+
+    from studio.tabs.data import EVENTS, do_upload, on_load, own_event
+
+    page = gr.Request(session_hash="page-1")
+    opened = on_load(studio, None, request=page)
+    sample, seen = opened["dataset"].value, opened["seen"]
+    assert "examples ready" in opened["status"]
+    with EVENTS.event("page-1"):  # an upload of the page runs as the fill, sent before it, is answered
+        assert on_load(studio, sample, None, None, None, 0, page) == {"stamp": ""}, "the tab is filled when next shown"
+    upload = tmp_path / "twice.csv"
+    upload.write_text("question,answer\nUp?,down\nHot?,cold\nBig?,small\n")
+    answered = own_event(do_upload)(studio, str(upload), sample, None, page)
+    assert answered["edits"] == 2 and "twice.csv: 3 examples ready" in answered["status"]
+    assert on_load(studio, sample, seen, None, None, 1, page) == {"stamp": "", "edits": 2}, "sent before it answered"
+    uploaded = answered["dataset"].value
+    again = on_load(studio, uploaded, None, None, None, 2, page)  # the fill the cleared stamp sends
+    assert again["dataset"].value == uploaded and "twice.csv: 3 examples ready" in again["status"]
+    other = on_load(studio, sample, None, request=gr.Request(session_hash="page-2"))
+    assert "examples ready" in other["status"], "another page's events hold up nothing here"
 
 
 GUTENBERG_BOOK = """\ufeffThe Project Gutenberg eBook of Oz, by L. Frank Baum\r

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, get_type_hints
 
 import gradio as gr
 import pandas as pd
@@ -175,14 +175,15 @@ def stamp_script(key: str, timer: bool) -> str:
 
 def when_changed(
     demo: gr.Blocks, tab: gr.Tab, key: str, inputs: list, built: bool, timer: gr.Timer | None = None
-) -> Any:
-    """The trigger of a tab's fill that a page sends only when what the fill draws has changed: when the tab is
-    shown (and, built: when a lazy tab's body has just been built) a script asks the server for the tab's stamp,
-    demo.stamps[key](*values of inputs): (a digest of what the fill would draw for them, whether the tab's timer
-    should tick), and the fill follows only if the stamp differs from the last one this page got. An unchanged
-    tab costs its page no Gradio event. timer: set going, or not, by the stamp's answer (a run that works).
-    built: a lazy tab's body, built already filled (made_filled): the stamp starts as the stamp of what it shows,
-    so the page sends no fill for it."""
+) -> gr.Textbox:
+    """The hidden stamp of a tab, whose .change is the trigger of the tab's fill that a page sends only when what
+    the fill draws has changed: when the tab is shown (and, built: when a lazy tab's body has just been built) a
+    script asks the server for the tab's stamp, demo.stamps[key](*values of inputs): (a digest of what the fill
+    would draw for them, whether the tab's timer should tick), and the fill follows only if the stamp differs
+    from the last one this page got. An unchanged tab costs its page no Gradio event. A fill that sets the
+    stamp to "" has the tab filled afresh when it is next shown. timer: set going, or not, by the stamp's
+    answer (a run that works). built: a lazy tab's body, built already filled (made_filled): the stamp starts
+    as the stamp of what it shows, so the page sends no fill for it."""
     assert key in demo.stamps, f"no stamp function for the {key} tab"
     if built:  # in the render that builds the tab's body, its parts already holding what the fill would send
         drawn, _ = demo.stamps[key](*(part.value for part in inputs))
@@ -194,7 +195,7 @@ def when_changed(
     script = stamp_script(key, timer is not None)
     for trigger in [tab.select, demo.load] if built else [tab.select]:
         trigger(None, inputs, outs, js=script)
-    return stamp.change
+    return stamp
 
 
 def changed_parts(signature: dict[str, Any], seen: dict[str, Any] | None) -> set[str]:
@@ -228,8 +229,8 @@ def keyed(handler: Callable, studio: Any, ui: SimpleNamespace) -> Callable:
     """handler(studio, *inputs) returns (or, a generator, yields) {name: value}, a name being an attribute of ui
     (a component, or a list of components given a list of values), or a key of ui.fields; Gradio gets
     {component: value}, and a component left out stays as it is. Inputs given as a set arrive as one
-    {name: value}. Outputs are named, never counted. The endpoint keeps the handler's signature (Gradio
-    passes gr.Request and gr.Progress by it) and docstring."""
+    {name: value}. Outputs are named, never counted. The endpoint keeps the handler's signature and type hints
+    (Gradio passes gr.Progress and gr.Request by them) and docstring."""
 
     names = {id(c): n for n, c in (vars(ui) | getattr(ui, "fields", {})).items() if isinstance(c, gr.blocks.Block)}
 
@@ -258,6 +259,9 @@ def keyed(handler: Callable, studio: Any, ui: SimpleNamespace) -> Callable:
             return components(handler(studio, *by_name(args)))
 
     run.__signature__ = inspect.signature(partial(handler, studio))
+    # Gradio passes gr.Request to the parameter whose type hint says so, read from the function's own hints:
+    # the handler's, not run's (*args).
+    run.__annotations__ = get_type_hints(handler)
     run.__doc__ = handler.__doc__
     return run
 

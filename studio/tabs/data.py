@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import html
+import inspect
 import json
 import math
 import os
 import re
 import shutil
+import threading
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -342,19 +345,88 @@ def stamp(studio: Studio, dataset_id: str | None, base_ref: str | None) -> tuple
     return stamp_of(shown_signature(studio, pick(studio, dataset_id), base_pick(studio, base_ref))), False
 
 
+class PageEvents:
+    """The tab's own events (an upload, a pick, Apply, Delete) that each page (session) began, and how many of
+    them are still running. The tab's fill, sent as it is shown again, is made from the page's values as they
+    were when it was sent: an own event begun before its answer (an upload while the fill waits for a core)
+    would see its answer drawn over by the fill's, the previous dataset shown again. The page keeps the number
+    of its last own event answered (ui.edits); a fill that finds an own event running, or answered since the
+    fill was sent, draws nothing (see on_load)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.begun: dict[str | None, int] = {}  # page -> how many own events it began
+        self.running: dict[str | None, int] = {}  # page -> how many of them have not answered yet
+
+    @contextmanager
+    def event(self, page: str | None) -> Iterator[int]:
+        """An own event of page while it runs; gives its number (1, 2, ...: the page's ui.edits once answered)."""
+        with self.lock:
+            number = self.begun[page] = self.begun.get(page, 0) + 1
+            self.running[page] = self.running.get(page, 0) + 1
+        try:
+            yield number
+        finally:
+            with self.lock:
+                self.running[page] -= 1
+
+    def state(self, page: str | None) -> tuple[int, bool]:
+        """(how many own events page began, whether one is running)."""
+        with self.lock:
+            return self.begun.get(page, 0), self.running.get(page, 0) > 0
+
+
+EVENTS = PageEvents()
+
+
+def own_event(handler: Callable) -> Callable:
+    """handler(studio, *inputs) -> {name: value}, wired as an own event of the page that sends it (PageEvents):
+    counted while it runs, and its answer gives the page its number (edits). Gradio passes the page's
+    gr.Request to the parameter added last (it finds it by the type hint; values for the inputs come first)."""
+
+    def run(studio: Studio, *values: Any) -> dict[str, Any]:
+        *values, request = values
+        with EVENTS.event(getattr(request, "session_hash", None)) as number:
+            return handler(studio, *values) | {"edits": number}
+
+    asked = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request)
+    run.__signature__ = inspect.signature(handler).replace(
+        parameters=[*inspect.signature(handler).parameters.values(), asked]
+    )
+    run.__annotations__ = {"request": gr.Request}
+    run.__doc__ = handler.__doc__
+    return run
+
+
 def on_load(
-    studio: Studio, dataset_id: str | None, seen: tuple | None = None, pending: dict | None = None, base_ref=None
-):
+    studio: Studio,
+    dataset_id: str | None,
+    seen: tuple | None = None,
+    pending: dict | None = None,
+    base_ref: str | None = None,
+    edits: int = 0,
+    request: gr.Request = None,
+) -> dict[str, Any]:
     """{dataset, tokens_of, *VIEWS, seen}: the chosen dataset (else the first) as stored, in the tokens of the
     chosen base model. Showing the tab again sends nothing when nothing it shows changed (re-drawing a preview
     and a chart costs the browser more than any other part of a tab switch), nor while an upload waits for its
-    columns."""
+    columns. edits: the number of the page's last own event answered when this fill was sent (PageEvents).
+    With an own event of the page running, or answered since, the values this fill was sent with may be old:
+    it draws nothing and clears the stamp (the tab is filled afresh when next shown); only answered since, it
+    also gives the page that event's number, so the fill the cleared stamp sends at once draws the page as the
+    event left it."""
     chosen, base = pick(studio, dataset_id), base_pick(studio, base_ref)
     signature = shown_signature(studio, chosen, base)
     if pending or (chosen == dataset_id and signature == seen):
         return {}
     bases = gr.Dropdown(choices=studio.base_choices(), value=base)
-    return {"dataset": choices(studio, chosen), "tokens_of": bases, **show(studio, chosen, base), "seen": signature}
+    view = {"dataset": choices(studio, chosen), "tokens_of": bases, **show(studio, chosen, base), "seen": signature}
+    begun, running = EVENTS.state(getattr(request, "session_hash", None))
+    if running:
+        return {"stamp": ""}
+    if begun != edits:
+        return {"stamp": "", "edits": begun}
+    return view
 
 
 def pick_dataset(studio: Studio, dataset_id: str | None, base_ref: str | None = None) -> dict[str, Any]:
@@ -452,6 +524,11 @@ def show_page(studio: Studio, dataset_id: str | None, page_number: float, base_r
     return preview_html(
         inspection.data, inspection.encoded, inspection.tokenizer, inspection.context_length, int(page_number or 1)
     )
+
+
+def turn_page(studio: Studio, dataset_id: str | None, page_number: float, base_ref: str | None = None):
+    """{preview}: show_page() as the tab draws it."""
+    return {"preview": show_page(studio, dataset_id, page_number, base_ref)}
 
 
 def closed_box() -> dict[str, Any]:
@@ -567,43 +644,48 @@ def layout(studio: Studio, ui: SimpleNamespace) -> None:
     ui.pending = gr.State(None)  # an upload whose columns the user still has to name: {"path", "name"}
     ui.seen = gr.State(None)  # shown_signature() of what the view last drew on opening or showing the tab
     ui.doomed = gr.State(None)  # the dataset the open "Yes, delete it" box names
+    ui.edits = gr.State(0)  # the number of the page's last own event answered (see PageEvents)
 
 
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     views = outputs(ui, *VIEWS)
-    ui.page.change(bound(show_page, studio), [ui.dataset, ui.page, ui.tokens_of], ui.preview, **LIGHT)
     # Gradio selects the first tab as the page opens: its stamp is asked for then (and the tab filled), and each
     # time it is shown again (filled only when the stamp changed).
-    loaded = [ui.dataset, ui.tokens_of, *views, ui.seen]
-    shown = when_changed(demo, tab, "data", [ui.dataset, ui.tokens_of], built=False)
-    shown(keyed(on_load, studio, ui), [ui.dataset, ui.seen, ui.pending, ui.tokens_of], loaded, **quiet(demo))
-    ui.tokens_of.input(keyed(pick_base, studio, ui), [ui.dataset, ui.pending, ui.tokens_of], [*views, ui.seen], **LIGHT)
+    loaded = [ui.dataset, ui.tokens_of, *views, ui.seen, ui.stamp, ui.edits]
+    fill_inputs = [ui.dataset, ui.seen, ui.pending, ui.tokens_of, ui.edits]
+    ui.stamp.change(keyed(on_load, studio, ui), fill_inputs, loaded, **quiet(demo))
     demo.load(None, js=UPLOAD_WATCH.replace("LIMIT", str(studio.max_upload_bytes)).replace(
         "SUFFIXES", json.dumps([*DATA_SUFFIXES, *SPREADSHEETS])))  # fmt: skip
-    # Every event that changes the view forgets what was last shown (seen): the next tab switch draws it afresh.
+    # The page's own events (PageEvents) each give the page their number (edits). Every event that changes
+    # the view forgets what was last shown (seen): the next tab switch draws it afresh.
+    turned = keyed(own_event(turn_page), studio, ui)
+    ui.page.change(turned, [ui.dataset, ui.page, ui.tokens_of], [ui.preview, ui.edits], **LIGHT)
+    based = keyed(own_event(pick_base), studio, ui)
+    ui.tokens_of.input(based, [ui.dataset, ui.pending, ui.tokens_of], [*views, ui.seen, ui.edits], **LIGHT)
     box = [ui.confirm_row, ui.doomed]
-    picked = [ui.pending, *views, ui.seen, *box]
-    ui.dataset.input(keyed(pick_dataset, studio, ui), [ui.dataset, ui.tokens_of], picked, api_name="dataset")
-    uploaded = [ui.dataset, ui.upload, ui.pending, *views, ui.seen, *box]
-    ui.upload.upload(keyed(do_upload, studio, ui), [ui.upload, ui.dataset, ui.tokens_of], uploaded, api_name="upload")
+    picked = [ui.pending, *views, ui.seen, *box, ui.edits]
+    ui.dataset.input(keyed(own_event(pick_dataset), studio, ui), [ui.dataset, ui.tokens_of], picked, api_name="dataset")
+    uploaded = [ui.dataset, ui.upload, ui.pending, *views, ui.seen, *box, ui.edits]
+    upload_inputs = [ui.upload, ui.dataset, ui.tokens_of]
+    ui.upload.upload(keyed(own_event(do_upload), studio, ui), upload_inputs, uploaded, api_name="upload")
     watched = "() => [window.studioRefusedUpload || '']"
-    ui.refused.click(keyed(refused_upload, studio, ui), ui.refused_name, uploaded, js=watched, **LIGHT)
+    ui.refused.click(keyed(own_event(refused_upload), studio, ui), ui.refused_name, uploaded, js=watched, **LIGHT)
     validate_inputs = [ui.pending, ui.dataset, ui.fmt, ui.prompt_col, ui.response_col, ui.system_col, ui.tokens_of]
-    ui.apply.click(keyed(do_validate, studio, ui), validate_inputs, uploaded, api_name="validate")
+    ui.apply.click(keyed(own_event(do_validate), studio, ui), validate_inputs, uploaded, api_name="validate")
     columns = outputs(ui, *COLUMNS)
     ui.fmt.input(lambda f: [gr.Dropdown(visible=f == "pairs")] * 3, ui.fmt, columns, **LIGHT)
     asked = [ui.confirm_row, ui.confirm_text, ui.deleted, ui.doomed]
     ui.delete.click(keyed(ask_delete, studio, ui), [ui.dataset, ui.pending], asked, **LIGHT)
     ui.cancel.click(lambda: (gr.Row(visible=False), None), None, box, **LIGHT)
-    deleted = [ui.dataset, ui.deleted, *views, ui.seen, *box]
-    ui.confirm.click(
-        keyed(delete, studio, ui), [ui.dataset, ui.doomed, ui.tokens_of], deleted, api_name="delete_dataset"
-    )
+    deleted = [ui.dataset, ui.deleted, *views, ui.seen, *box, ui.edits]
+    delete_inputs = [ui.dataset, ui.doomed, ui.tokens_of]
+    ui.confirm.click(keyed(own_event(delete), studio, ui), delete_inputs, deleted, api_name="delete_dataset")
 
 
 def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name (none)."""
     demo.stamps["data"] = bound(stamp, studio)
     tab, ui = page("1 · Data", "data", lambda ui: layout(studio, ui))
+    ui.stamp = when_changed(demo, tab, "data", [ui.dataset, ui.tokens_of], built=False)
     wire(studio, demo, tab, ui)
     return {}

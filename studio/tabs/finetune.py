@@ -459,7 +459,7 @@ def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace)
     demo.load(None, None, None, js=RESTORED_JS)
     shown = outputs(ui, *FORM, "plan", "preset", "offered", *VIEW.parts())
     opened = [ui.saved, ui.run, ui.offered, ui.seen]
-    shown_again = when_changed(demo, tab, "finetune", [ui.run], built=True, timer=ui.timer)
+    shown_again = when_changed(demo, tab, "finetune", [ui.run], built=True, timer=ui.timer).change
     shown_again(keyed(show_tab, studio, ui), opened, shown, **quiet(demo))
     plan = keyed(form_plan, studio, ui)
     # .input (the user's changes), not .change: a handler that fills the form returns its plan itself, so

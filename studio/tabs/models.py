@@ -485,7 +485,7 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
     listed = outputs(ui, *SHOWN)
     # Built listed (built_listed), listed again when shown with its stamp changed: opening a page (on the first
     # tab) costs no listing of every run.
-    triggers = [when_changed(demo, tab, "models", [ui.pick, ui.compare_pick], built=True), ui.refresh.click]
+    triggers = [when_changed(demo, tab, "models", [ui.pick, ui.compare_pick], built=True).change, ui.refresh.click]
     gr.on(triggers, keyed(listing, studio, ui), [ui.pick, ui.compare_pick, ui.seen], listed, **quiet(demo))
     # .input: every handler that sets the pick (listing, rename, delete) draws its details itself.
     ui.pick.input(keyed(show, studio, ui), ui.pick, outputs(ui, "about", "curve", "new_name"), **LIGHT)

@@ -357,7 +357,7 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
     # Built filled (first_view); filled again when the tab is shown and its stamp changed, in one event: every
     # event costs the browser a pass over the page's state.
     shown = outputs(ui, "text", "tokenizer", "preset", "vocab", "plan", *VIEW.parts())
-    shown_again = when_changed(demo, tab, "pretrain", [ui.run], built=True, timer=ui.timer)
+    shown_again = when_changed(demo, tab, "pretrain", [ui.run], built=True, timer=ui.timer).change
     shown_again(keyed(show_tab, studio, ui), form | {ui.run, ui.seen}, shown, **quiet(demo))
     # .input (the user's changes), not .change: filling the form asks for one plan, not one a field.
     gr.on([c.input for c in outputs(ui, *FORM)], plan, form, ui.plan, trigger_mode="always_last", **quiet(demo))
