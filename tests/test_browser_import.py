@@ -26,13 +26,7 @@ def test_import_a_gguf_tune_it_compare_chat_and_export(page, tmp_path, tiny_mode
     expect(page.locator("#data-status")).to_contain_text("examples ready")  # the page has opened
     gguf = export_model(tiny_model_dir, tmp_path / "story-model.gguf", "gguf", "fp32")
 
-    # 1. Data: a file of the user's own, uploaded on the tab the page opens on (see the note in step 3).
-    page.locator("#data-upload input[type=file]").set_input_files(
-        files=[{"name": "twice.csv", "mimeType": "text/csv", "buffer": ROWS.encode()}]
-    )
-    expect(page.locator("#data-status")).to_contain_text("twice.csv: 40 examples ready")
-
-    # 2. Models -> Import: what it needs, then its progress; afterwards the model list shows it, picked.
+    # 1. Models -> Import: what it needs, then its progress; afterwards the model list shows it, picked.
     open_tab(page, "7 · Models")
     page.locator("#import-box").get_by_text("Import a model: a GGUF file").click()
     page.locator("#import-file input[type=file]").set_input_files(str(gguf))
@@ -45,9 +39,19 @@ def test_import_a_gguf_tune_it_compare_chat_and_export(page, tmp_path, tiny_mode
     page.screenshot(path=str(ARTIFACTS / "import.png"), full_page=True)
     imported = next(m for m in studio.store.models() if m["name"] == "story-model")
 
-    # 3. Fine-tune: the imported model as the base, the uploaded file, a short run. (The upload comes first: an
-    # upload made while the Data tab's refill is in flight, as the tab is shown again after the import, can be
-    # overwritten by that refill's late answer; seen once on a loaded CI machine, left open.)
+    # 2. Data: a file of the user's own, uploaded as the tab is shown again after the import. The tab refills
+    # then (the import changed "Tokens as read by"): the upload's answer is not drawn over by the refill's (see
+    # data.PageEvents; it was once, on a loaded CI machine).
+    open_tab(page, "1 · Data")
+    page.locator("#data-upload input[type=file]").set_input_files(
+        files=[{"name": "twice.csv", "mimeType": "text/csv", "buffer": ROWS.encode()}]
+    )
+    expect(page.locator("#data-status")).to_contain_text("twice.csv: 40 examples ready")
+    page.wait_for_timeout(1000)  # nothing of the refill lands afterwards
+    expect(page.locator("#data-status")).to_contain_text("twice.csv: 40 examples ready")
+    expect(page.locator("#data-dataset input")).to_have_value(re.compile(r"^twice\.csv \(uploaded"))
+
+    # 3. Fine-tune: the imported model as the base, the uploaded file, a short run.
     open_tab(page, "3 · Fine-tune")
     page.locator("#ft-base input").click()
     page.get_by_role("option", name="story-model").click()
