@@ -19,6 +19,7 @@ from conftest import free_port
 
 from studio.app import build_app, launch
 from studio.context import SAMPLES_DIR
+from studio.tabs.data import EVENTS
 from studio.tabs.finetune import FORM_STORAGE_KEY
 
 REPO = Path(__file__).resolve().parent.parent
@@ -102,6 +103,13 @@ def events_sent(page, action, settle_ms: int = 1500) -> list[int]:
     return sent
 
 
+def session_of(page, action) -> str:
+    """The session hash (the page, to the server) that the event action sends carries."""
+    with page.expect_request(lambda request: "/queue/join" in request.url) as joined:
+        action()
+    return json.loads(joined.value.post_data)["session_hash"]
+
+
 def test_upload_finetune_reload_and_compare(page):
     from playwright.sync_api import expect
 
@@ -112,7 +120,7 @@ def test_upload_finetune_reload_and_compare(page):
     expect(status).to_contain_text("examples ready")  # the page has loaded (the first sample is shown)
 
     # 1. Data: a sample file, parsed and previewed as the model sees it.
-    upload.set_input_files(str(SAMPLES_DIR / "opposites.csv"))
+    first_page = session_of(page, lambda: upload.set_input_files(str(SAMPLES_DIR / "opposites.csv")))
     expect(page.locator("#data-dataset input")).to_have_value(re.compile(r"^opposites\.csv \(uploaded"))
     expect(status).to_contain_text(re.compile(r"opposites\.csv: \d+ examples ready"))
     expect(page.locator("#data-hist canvas, #data-hist svg").first).to_be_visible()
@@ -129,6 +137,11 @@ def test_upload_finetune_reload_and_compare(page):
         assert workspace_files(studio.workspace) == before, name
         page.reload()  # a clean page for the next file (and toasts gone)
         expect(status).to_contain_text("examples ready")  # loaded again
+    # A page reloaded is a new page: the Data tab's count of the old one's own events went with it (its unload).
+    deadline = time.time() + 30
+    while first_page in EVENTS.begun and time.time() < deadline:
+        page.wait_for_timeout(200)
+    assert first_page not in EVENTS.begun
     # A page opens with one event: the Data tab's fill.
     assert len(events_sent(page, lambda: (page.reload(), expect(status).to_contain_text("examples ready")))) == 1
     # A file over the limit: Gradio refuses it in the browser; the page says so, and the previous file's

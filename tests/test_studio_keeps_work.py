@@ -105,6 +105,16 @@ def test_a_fill_sent_before_an_upload_answered_does_not_draw_over_it(studio, tmp
     assert "examples ready" in other["status"], "another page's events hold up nothing here"
 
 
+def test_a_page_that_closes_while_its_upload_runs_is_forgotten():
+    from studio.tabs.data import PageEvents
+
+    events = PageEvents()
+    with events.event("page-1"):
+        assert events.state("page-1") == (1, True)
+        events.forget("page-1")  # Gradio's unload: the page closed or reloaded
+    assert events.state("page-1") == (0, False) and not events.begun and not events.running
+
+
 GUTENBERG_BOOK = """\ufeffThe Project Gutenberg eBook of Oz, by L. Frank Baum\r
 \r
 This eBook is for the use of anyone anywhere in the United States and most other parts of the world at no\r

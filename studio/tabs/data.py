@@ -368,15 +368,30 @@ class PageEvents:
             yield number
         finally:
             with self.lock:
-                self.running[page] -= 1
+                left = self.running.get(page, 0) - 1  # none when the page closed meanwhile (forget)
+                if left > 0:
+                    self.running[page] = left
+                else:
+                    self.running.pop(page, None)
 
     def state(self, page: str | None) -> tuple[int, bool]:
         """(how many own events page began, whether one is running)."""
         with self.lock:
-            return self.begun.get(page, 0), self.running.get(page, 0) > 0
+            return self.begun.get(page, 0), page in self.running
+
+    def forget(self, page: str | None) -> None:
+        """A page closed (or reloaded: a new page): nothing of it is kept."""
+        with self.lock:
+            self.begun.pop(page, None)
+            self.running.pop(page, None)
 
 
 EVENTS = PageEvents()
+
+
+def forget_page(request: gr.Request) -> None:
+    """Gradio's unload: the page closed or reloaded, so its count of own events goes (see PageEvents)."""
+    EVENTS.forget(getattr(request, "session_hash", None))
 
 
 def own_event(handler: Callable) -> Callable:
@@ -656,6 +671,7 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
     ui.stamp.change(keyed(on_load, studio, ui), fill_inputs, loaded, **quiet(demo))
     demo.load(None, js=UPLOAD_WATCH.replace("LIMIT", str(studio.max_upload_bytes)).replace(
         "SUFFIXES", json.dumps([*DATA_SUFFIXES, *SPREADSHEETS])))  # fmt: skip
+    demo.unload(forget_page)
     # The page's own events (PageEvents) each give the page their number (edits). Every event that changes
     # the view forgets what was last shown (seen): the next tab switch draws it afresh.
     turned = keyed(own_event(turn_page), studio, ui)
