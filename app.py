@@ -1,4 +1,4 @@
-"""Start the studio: python app.py [--host 127.0.0.1] [--port 7860] [--workspace ./workspace] [--auth-file F]
+"""Start the studio: python app.py [--host 127.0.0.1] [--port N] [--workspace ./workspace] [--auth-file F]
 
 A login (user:password) can come from --auth-file (a file holding it), the LLM_STUDIO_AUTH environment
 variable, or --auth (convenient, but visible to anyone who lists this machine's processes).
@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1: this computer only)"
     )
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument(
+        "--port", type=int, help="port to serve on (default: 7860, else the next free one up to 7959; it is printed)"
+    )
     parser.add_argument(
         "--workspace", default="workspace", help="folder for datasets, runs and models (default ./workspace)"
     )
@@ -57,7 +59,12 @@ def main(argv: list[str] | None = None) -> int:
 
     demo = build_app(args.workspace, args.base_model)
     print(f"LLM Studio: workspace {demo.studio.workspace}", flush=True)
-    launch(demo, args.host, args.port, auth)
+    try:
+        launch(demo, args.host, args.port, auth)
+    except OSError:  # Gradio found no port it could bind (a busy one, or one this user may not use)
+        where = f"--port {args.port}" if args.port else "ports 7860-7959 (the default)"
+        parser.error(f"{where}: cannot serve on {args.host}: in use by another program (another studio?) or not "
+                     "allowed; choose another port with --port N")  # fmt: skip
     return 0
 
 

@@ -138,11 +138,12 @@ def stamp_api(stamps: dict[str, Callable]) -> Callable:
 def launch(
     demo: gr.Blocks,
     host: str = "127.0.0.1",
-    port: int = 7860,
+    port: int | None = None,
     auth: tuple[str, str] | None = None,
     block: bool = True,
 ):
-    """Serve the studio locally (never through a public share link)."""
+    """Serve the studio locally (never through a public share link), on port, else on the first free port from
+    7860 (Gradio's scan, up to 7959; $GRADIO_SERVER_PORT moves its start). OSError when there is none."""
     studio: Studio = demo.studio
     # Gradio recomputes its per-endpoint latency summary (for its API page) after every event, as a pandas table
     # of up to the last 10,000 events: a timer ticking each second made every event of a long session cost more.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -56,6 +58,33 @@ def test_a_missing_base_model_is_explained(tmp_path):
     assert studio.base_choices() == [] and studio.model_choices() == []
     with pytest.raises(StudioError, match="base model is missing"):
         studio.model_dir("base:base")
+
+
+@pytest.mark.slow
+def test_a_port_in_use_is_said_and_left_out_the_next_free_one_is_taken(tmp_path):
+    """A second studio (or any program) on the port: --port N in use is a clear error, not a traceback; without
+    --port the studio takes the next free port and prints its address."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cmd = [sys.executable, "app.py", "--workspace", str(tmp_path / "ws")]
+        refused = subprocess.run([*cmd, "--port", str(port)], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and f"--port {port}: cannot serve on 127.0.0.1" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        env = {**os.environ, "GRADIO_SERVER_PORT": str(port)}  # where Gradio's scan starts (7860 otherwise)
+        app = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            served = None
+            for line in app.stdout:
+                if found := re.search(r"Running on local URL:\s+http://127\.0\.0\.1:(\d+)", line):
+                    served = int(found.group(1))
+                    break
+            assert served is not None and served != port
+            assert httpx.get(f"http://127.0.0.1:{served}/config", timeout=10).json()["version"]
+        finally:
+            app.terminate()
+            app.wait(10)
 
 
 def test_bad_app_flags_are_refused():
