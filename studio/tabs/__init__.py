@@ -225,6 +225,11 @@ def plain(view: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def page_of(request: gr.Request | None) -> str | None:
+    """The page (Gradio's session) an event came from; None for a plain call (the API's functions, tests)."""
+    return getattr(request, "session_hash", None)
+
+
 def keyed(handler: Callable, studio: Any, ui: SimpleNamespace) -> Callable:
     """handler(studio, *inputs) returns (or, a generator, yields) {name: value}, a name being an attribute of ui
     (a component, or a list of components given a list of values), or a key of ui.fields; Gradio gets

@@ -30,6 +30,7 @@ from studio.tabs import (
     lazy_page,
     on_show,
     outputs,
+    page_of,
     plain,
     quiet,
 )
@@ -207,7 +208,7 @@ def compare(studio: Studio, refs: list[str], text: str, temp: float, p: float, t
     if problem:
         yield {"answers": [gr.Textbox(visible=i < 2) for i in range(MAX_MODELS)], "status": f"⚠ {problem}", **cleared}
         return
-    page = getattr(request, "session_hash", None) or new_id()  # no page (the API): a comparison of its own
+    page = page_of(request) or new_id()  # no page (the API): a comparison of its own
     token = NEWEST.begin(page)
     labels = [studio.model_label(r) for r in refs]
     quoted = html.escape(text.strip()[:80])

@@ -25,7 +25,7 @@ from llm.data.tasks import SPREADSHEETS, TaskFileError, file_type_problem, sugge
 from studio.charts import bar_chart
 from studio.context import BASE_ID, DATA_SUFFIXES, Studio, StudioError, plural, upload_limit
 from studio.store import new_id
-from studio.tabs import LIGHT, bound, dropdown, keyed, outputs, page, quiet, stamp_of, when_changed
+from studio.tabs import LIGHT, bound, dropdown, keyed, outputs, page, page_of, quiet, stamp_of, when_changed
 
 PREVIEW_EXAMPLES = 6
 FORMAT_CHOICES = [
@@ -391,7 +391,7 @@ EVENTS = PageEvents()
 
 def forget_page(request: gr.Request) -> None:
     """Gradio's unload: the page closed or reloaded, so its count of own events goes (see PageEvents)."""
-    EVENTS.forget(getattr(request, "session_hash", None))
+    EVENTS.forget(page_of(request))
 
 
 def own_event(handler: Callable) -> Callable:
@@ -401,13 +401,11 @@ def own_event(handler: Callable) -> Callable:
 
     def run(studio: Studio, *values: Any) -> dict[str, Any]:
         *values, request = values
-        with EVENTS.event(getattr(request, "session_hash", None)) as number:
+        with EVENTS.event(page_of(request)) as number:
             return handler(studio, *values) | {"edits": number}
 
     asked = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request)
-    run.__signature__ = inspect.signature(handler).replace(
-        parameters=[*inspect.signature(handler).parameters.values(), asked]
-    )
+    run.__signature__ = inspect.Signature([*inspect.signature(handler).parameters.values(), asked])
     run.__annotations__ = {"request": gr.Request}
     run.__doc__ = handler.__doc__
     return run
@@ -436,7 +434,7 @@ def on_load(
         return {}
     bases = gr.Dropdown(choices=studio.base_choices(), value=base)
     view = {"dataset": choices(studio, chosen), "tokens_of": bases, **show(studio, chosen, base), "seen": signature}
-    begun, running = EVENTS.state(getattr(request, "session_hash", None))
+    begun, running = EVENTS.state(page_of(request))
     if running:
         return {"stamp": ""}
     if begun != edits:
@@ -666,6 +664,7 @@ def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> N
     views = outputs(ui, *VIEWS)
     # Gradio selects the first tab as the page opens: its stamp is asked for then (and the tab filled), and each
     # time it is shown again (filled only when the stamp changed).
+    ui.stamp = when_changed(demo, tab, "data", [ui.dataset, ui.tokens_of], built=False)
     loaded = [ui.dataset, ui.tokens_of, *views, ui.seen, ui.stamp, ui.edits]
     fill_inputs = [ui.dataset, ui.seen, ui.pending, ui.tokens_of, ui.edits]
     ui.stamp.change(keyed(on_load, studio, ui), fill_inputs, loaded, **quiet(demo))
@@ -702,6 +701,5 @@ def build(studio: Studio, demo: gr.Blocks) -> dict[str, Callable]:
     """Lay out the tab and wire its events; returns the plain API functions to register by name (none)."""
     demo.stamps["data"] = bound(stamp, studio)
     tab, ui = page("1 · Data", "data", lambda ui: layout(studio, ui))
-    ui.stamp = when_changed(demo, tab, "data", [ui.dataset, ui.tokens_of], built=False)
     wire(studio, demo, tab, ui)
     return {}

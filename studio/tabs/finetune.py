@@ -254,9 +254,10 @@ def open_form(studio: Studio, saved: Any, run_id: str | None, choices: tuple[lis
 
 def show_tab(studio: Studio, saved: Any, run_id: str | None, offered: tuple | None, last_seen: Any):
     """The tab is shown. The first time (offered is None: the render that builds the body, which is made as
-    this answer): the form as this browser left it and its run. After that only the choices, and only those that changed since they were last offered (nothing
-    of the form: an answer that arrives late must not overwrite what the user typed meanwhile). Then the run's
-    view (nothing when unchanged; it starts the timer again if the run works) and what was offered."""
+    this answer): the form as this browser left it and its run. After that only the choices, and only those
+    that changed since they were last offered (nothing of the form: an answer that arrives late must not
+    overwrite what the user typed meanwhile). Then the run's view (nothing when unchanged; it starts the timer
+    again if the run works) and what was offered."""
     choices = form_choices(studio)
     if offered is None:
         run_id = keep(run_id, choices[2], run_tab.default_run(studio.store.runs()))
@@ -454,8 +455,8 @@ def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace)
     fields = [ui.fields[name] for name in FORM_FIELDS]
     form = set(outputs(ui, *FORM))
     # The body is built already filled (show_tab's first showing): the form as this browser left it, so saving
-    # starts once it is drawn. Showing the tab again (when its stamp changed) only refreshes the choices, so an answer that
-    # arrives late never overwrites what the user typed meanwhile.
+    # starts once it is drawn. Showing the tab again (when its stamp changed) only refreshes the choices, so an
+    # answer that arrives late never overwrites what the user typed meanwhile.
     demo.load(None, None, None, js=RESTORED_JS)
     shown = outputs(ui, *FORM, "plan", "preset", "offered", *VIEW.parts())
     opened = [ui.saved, ui.run, ui.offered, ui.seen]

@@ -351,8 +351,8 @@ def stamp(studio: Studio, selected: str | None, compared: list[str] | None) -> t
 
 
 def listing(studio: Studio, selected: str | None = None, compared: list[str] | None = None, seen: Any = None):
-    """{SHOWN}: the table, the choices (the selected model kept, else the newest finished run), its details, the runs
-    offered for comparison and their comparison, and what was drawn. Only the parts that changed since seen are
+    """{SHOWN}: the table, the choices (the selected model kept, else the newest finished run), its details, the
+    runs offered for comparison and their comparison, and what was drawn. Only the parts that changed since seen are
     sent: drawing the table and a chart is most of a tab switch's cost in the browser. While a run trains, its
     row and, if it is the pick, its details change at every step; the rest stays as it was."""
     view = listing_view(studio, selected, compared)
