@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import gradio.state_holder
 import httpx
 import pytest
 from conftest import free_port
@@ -18,6 +19,7 @@ from test_hostile_inputs import BAD_FILES as HOSTILE_FILES
 
 from studio.app import build_app, launch
 from studio.context import SAMPLES_DIR
+from studio.tabs import STAMP_SESSION, stamp_script
 from studio.tabs.compare import record_vote
 
 MAX_UPLOAD = 100_000  # bytes: small, so the oversized-upload test needs no big file
@@ -97,12 +99,20 @@ def test_every_endpoint_is_described_by_its_own_docstring(app):
     assert not generic, f"described as functools.partial: {sorted(generic)}"
 
 
-def test_a_tabs_stamp_changes_with_what_it_draws_and_is_asked_for_over_plain_http(app, tmp_path):
+def test_a_tabs_stamp_changes_with_what_it_draws_and_is_asked_for_over_plain_http(app, tmp_path, monkeypatch):
     """A shown tab is filled only when its stamp changed: the page's script asks for it by a plain POST (no
-    queue, no Gradio event), with the values of the tab's inputs."""
+    queue, no Gradio event), with the values of the tab's inputs, naming one session for every stamp (Gradio
+    would otherwise make a session state, the config of every part, for each call)."""
+    assert f"session_hash: {STAMP_SESSION!r}" in stamp_script("data", timer=False)
+    made, made_by_stamps = [], []
+    init = gradio.state_holder.SessionState.__init__
+    monkeypatch.setattr(gradio.state_holder.SessionState, "__init__", lambda s, b: made.append(1) or init(s, b))
 
     def stamp(tab: str, *values) -> list:
-        answer = httpx.post(f"{app.url}gradio_api/run/shown_stamp", json={"data": [tab, list(values)]}, timeout=30)
+        body = {"data": [tab, list(values)], "session_hash": STAMP_SESSION}  # as stamp_script posts it
+        before = len(made)
+        answer = httpx.post(f"{app.url}gradio_api/run/shown_stamp", json=body, timeout=30)
+        made_by_stamps.extend(made[before:])
         assert answer.status_code == 200, answer.text
         return answer.json()["data"][0]
 
@@ -116,6 +126,7 @@ def test_a_tabs_stamp_changes_with_what_it_draws_and_is_asked_for_over_plain_htt
     assert stamp("data", key, None)[0] != stamp("data", "sample-opposites", None)[0], "each page's own choice"
     assert stamp("finetune", None)[0] != finetune, "the Fine-tune form offers it too"
     assert stamp("models", None, [])[0] == models, "the Models tab does not show datasets"
+    assert len(made_by_stamps) <= 1, f"{len(made_by_stamps)} session states made for 9 stamps: one is kept"
     unknown = httpx.post(f"{app.url}gradio_api/run/shown_stamp", json={"data": ["nope", []]}, timeout=30)
     assert unknown.status_code == 500 and "No stamp for the tab 'nope'" in unknown.text
 

@@ -151,6 +151,10 @@ def on_show(demo: gr.Blocks, tab: gr.Tab) -> list:
 
 STAMP_API = "shown_stamp"  # the plain endpoint a shown tab's script asks for its stamp (see when_changed)
 STAMP_LABEL = "stamp (the tab's last stamp, set by the page)"  # the hidden textbox that holds it
+# The session every stamp call names. Gradio answers a plain call that names no session with a session state made
+# afresh (the config of every part of the studio, some 20 ms of server CPU a call); named, one is made once and
+# kept. It holds nothing: a stamp reads only the workspace.
+STAMP_SESSION = "studio-stamps"
 
 
 def stamp_script(key: str, timer: bool) -> str:
@@ -164,7 +168,8 @@ def stamp_script(key: str, timer: bool) -> str:
   const root = (window.gradio_config && window.gradio_config.root) || '';
   try {{
     const response = await fetch(root + '/gradio_api/run/{STAMP_API}', {{method: 'POST',
-      headers: {{'Content-Type': 'application/json'}}, body: JSON.stringify({{data: [{key!r}, values]}})}});
+      headers: {{'Content-Type': 'application/json'}},
+      body: JSON.stringify({{data: [{key!r}, values], session_hash: {STAMP_SESSION!r}}})}});
     const [stamp, ticking] = (await response.json()).data[0];
     return {answer};
   }} catch (e) {{
