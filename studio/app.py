@@ -4,6 +4,7 @@ Benchmarks) over one workspace; launch() serves it."""
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -149,6 +150,9 @@ def launch(
     # of up to the last 10,000 events: a timer ticking each second made every event of a long session cost more.
     # Every 500 events is often enough for that page. Read when the queue is made.
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(ANALYTICS_EVERY))
+    # Every component Gradio makes resolves its upload folder on disk unless it is named: a lazy tab's body makes
+    # dozens of components for each page that shows it. Named once here: the folder Gradio would resolve.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str((Path(tempfile.gettempdir()) / "gradio").resolve()))
     demo.queue(default_concurrency_limit=2)
     # torch takes seconds to import, and the first plan reads and encodes a dataset: do both in the background
     # once the server is up, so the page is served first and the first plan or answer is quick.

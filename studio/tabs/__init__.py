@@ -7,7 +7,7 @@ import inspect
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import partial
+from functools import cache, partial
 from types import SimpleNamespace
 from typing import Any, get_type_hints
 
@@ -343,7 +343,13 @@ LOSS_COLORS = {"train": "#4f7cff", "validation": "#f5a524"}
 
 def loss_plot(**kwargs: Any) -> gr.HTML:
     """Where a loss chart goes: fed loss_chart(frame) (an SVG drawn on the server, see studio/charts.py)."""
-    return gr.HTML(loss_chart(loss_frame(Metrics())), elem_classes="chart-box", **kwargs)
+    return gr.HTML(empty_loss_chart(), elem_classes="chart-box", **kwargs)
+
+
+@cache
+def empty_loss_chart() -> str:
+    """The chart of no loss values, drawn once: a lazy tab's body is laid out for each page that shows it."""
+    return loss_chart(loss_frame(Metrics()))
 
 
 def loss_chart(frame: pd.DataFrame, title: str = "Loss (nats per token)") -> str:
