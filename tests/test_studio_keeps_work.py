@@ -3,6 +3,7 @@ the handlers and the library functions the events call."""
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
 
 import pytest
@@ -103,6 +104,103 @@ def test_a_fill_sent_before_an_upload_answered_does_not_draw_over_it(studio, tmp
     assert again["dataset"].value == uploaded and "twice.csv: 3 examples ready" in again["status"]
     other = on_load(studio, sample, None, request=gr.Request(session_hash="page-2"))
     assert "examples ready" in other["status"], "another page's events hold up nothing here"
+
+
+def test_a_plan_wired_with_its_form_as_a_set_learns_its_page(studio):
+    """The plans' inputs are the form, given as a set (one {component: value}); keyed() names them and passes
+    the request that Gradio adds after them, so the plan knows its page (tabs.newest)."""
+    import gradio as gr
+    from gradio.helpers import special_args
+
+    from studio.tabs import keyed, newest
+
+    ui = SimpleNamespace(plan=gr.Markdown(render=False), fields={"epochs": gr.Number(render=False)})
+    forms = []
+
+    def plan(studio: Studio, form: dict) -> dict:
+        forms.append(form)
+        return {"plan": f"{form['epochs']} epochs"}
+
+    wired = keyed(newest(plan, "a test's plan", ("plan",)), studio, ui)
+    request = gr.Request(session_hash="page-1")
+    inputs, *_ = special_args(wired, [{ui.fields["epochs"]: 3}], request)
+    assert inputs[-1] is request
+    assert wired(*inputs) == {ui.plan: "3 epochs"} and forms == [{"epochs": 3}]
+
+
+PRETRAIN_FORM = {"text": None, "tokenizer": None, "vocab": None, "preset": "micro", "budget": "time", "minutes": 5,
+                 "steps": None, "prompts": "", "validation": None}  # fmt: skip
+
+
+@pytest.fixture
+def slow_micro_plans(monkeypatch):
+    """Pretrain's plans made at once, the one for micro held until released (a plan times a training step:
+    seconds on a busy machine): (started, release) events."""
+    from studio.tabs import pretrain
+
+    started, release = threading.Event(), threading.Event()
+
+    def plan_markdown(studio: Studio, text_key, tokenizer_ref, settings: dict) -> str:
+        if settings.get("preset") == "micro":
+            started.set()
+            assert release.wait(60)
+        return f"plan of {settings.get('preset')}, {settings.get('max_steps') or 'a time budget'}"
+
+    monkeypatch.setattr(pretrain, "plan_markdown", plan_markdown)
+    return started, release
+
+
+def answered_later(handler, *args) -> tuple[threading.Thread, dict]:
+    """handler(*args) run in a thread: (the thread, its answer once joined)."""
+    answer: dict = {}
+    thread = threading.Thread(target=lambda: answer.update(handler(*args)))
+    thread.start()
+    return thread, answer
+
+
+def test_a_plan_asked_first_but_answered_last_draws_nothing_of_its_form(studio, slow_micro_plans):
+    """A tab's plans on their way at once: the one asked first may answer last. Its answer must not draw the plan
+    of the form it was asked with over the newer one's (once on a loaded CI machine, the Pretrain plan stayed at
+    micro and 5:00 after the user chose tiny and 12 steps)."""
+    import gradio as gr
+
+    from studio.tabs import pretrain
+
+    started, release = slow_micro_plans
+    page = gr.Request(session_hash="page-1")
+    thread, older = answered_later(pretrain.asked_plan, studio, PRETRAIN_FORM, page)
+    assert started.wait(60)
+    tiny = PRETRAIN_FORM | {"preset": "tiny", "budget": "steps", "steps": 12}
+    assert pretrain.asked_plan(studio, tiny, page) == {"plan": "plan of tiny, 12"}
+    other = pretrain.asked_plan(studio, tiny, gr.Request(session_hash="page-2"))
+    assert other == {"plan": "plan of tiny, 12"}, "another page's plans are its own"
+    release.set()
+    thread.join(60)
+    assert older == {}, "the older plan's late answer draws nothing"
+    again = pretrain.asked_plan(studio, tiny | {"steps": 20}, page)
+    assert again == {"plan": "plan of tiny, 20"}, "asked after the newest answered: drawn"
+
+
+def test_a_refill_overtaken_by_a_plan_draws_none_of_its_form_and_is_sent_again(studio, slow_micro_plans):
+    """The Pretrain tab's refill (sent as it is shown again) draws the form it was sent with and its plan. A plan
+    the user asked for after it, answered first, is not drawn over: the refill draws only the run and clears the
+    stamp, so the page sends it again with the form as it is now."""
+    import gradio as gr
+
+    from studio.tabs import pretrain
+
+    started, release = slow_micro_plans
+    page = gr.Request(session_hash="page-1")
+    thread, refilled = answered_later(pretrain.refill, studio, PRETRAIN_FORM | {"run": None, "seen": None}, page)
+    assert started.wait(60)
+    tiny = PRETRAIN_FORM | {"preset": "tiny"}
+    assert pretrain.asked_plan(studio, tiny, page) == {"plan": "plan of tiny, a time budget"}
+    release.set()
+    thread.join(60)
+    assert refilled["stamp"] == "" and "state" in refilled, "the run is drawn, the stamp cleared"
+    assert not set(refilled) & set(pretrain.FORM_SHOWN), "none of the form it was sent with"
+    sent_again = pretrain.refill(studio, tiny | {"run": None, "seen": None}, page)
+    assert sent_again["plan"] == "plan of tiny, a time budget" and "stamp" not in sent_again
 
 
 def test_a_page_that_closes_while_its_upload_runs_is_forgotten():

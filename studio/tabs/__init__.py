@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
-from collections.abc import Callable, Iterator
+import secrets
+import threading
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from functools import cache, partial
 from types import SimpleNamespace
@@ -235,6 +237,69 @@ def page_of(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)
 
 
+def with_request(run: Callable, handler: Callable) -> Callable:
+    """run(studio, *values, request), a wrapper of handler(studio, *values), given handler's signature and
+    docstring with a last parameter request: Gradio passes the page's gr.Request to the parameter whose type
+    hint names it (values for the inputs come first)."""
+    asked = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request)
+    run.__signature__ = inspect.Signature([*inspect.signature(handler).parameters.values(), asked])
+    run.__annotations__ = {"request": gr.Request}
+    run.__doc__ = handler.__doc__
+    return run
+
+
+class Newest:
+    """The newest answer of each kind that each page asked for (key: (page, kind) or a page): an answer begun
+    before a newer one of its key ended is stale, and the page must not draw it over the newer one."""
+
+    def __init__(self) -> None:
+        self.lock, self.by_key = threading.Lock(), {}
+
+    def begin(self, key: Hashable) -> str:
+        token = secrets.token_hex(8)
+        with self.lock:
+            self.by_key[key] = token
+        return token
+
+    def current(self, key: Hashable, token: str) -> bool:
+        """Whether no newer answer of key has begun since token's."""
+        with self.lock:
+            return self.by_key.get(key) == token
+
+    def end(self, key: Hashable, token: str) -> bool:
+        """The answer of token is done: whether it is still the newest (then nothing of key is kept)."""
+        with self.lock:
+            newest = self.by_key.get(key) == token
+            if newest:
+                del self.by_key[key]
+            return newest
+
+
+NEWEST = Newest()
+
+
+def newest(handler: Callable, kind: str, stale_parts: tuple[str, ...], when_stale: dict | None = None) -> Callable:
+    """handler(studio, *inputs) -> {name: value}, one of the answers of kind (a tab's plan) that a page asks
+    for. Several can be on their way at once (a plan asked as the user edits, and another after an upload, or
+    the tab's refill), and the one asked first may answer last: an answer that a newer one of its kind from the
+    same page began before it ended leaves out stale_parts (and gives when_stale's), so it never draws the
+    values it was asked with over the newer one's."""
+
+    def run(studio: Any, *values: Any) -> dict[str, Any]:
+        *values, request = values
+        key = (page_of(request), kind)
+        token = NEWEST.begin(key)
+        try:
+            answer = handler(studio, *values)
+        finally:
+            still_newest = NEWEST.end(key, token)
+        if still_newest:
+            return answer
+        return {name: value for name, value in answer.items() if name not in stale_parts} | (when_stale or {})
+
+    return with_request(run, handler)
+
+
 def keyed(handler: Callable, studio: Any, ui: SimpleNamespace) -> Callable:
     """handler(studio, *inputs) returns (or, a generator, yields) {name: value}, a name being an attribute of ui
     (a component, or a list of components given a list of values), or a key of ui.fields; Gradio gets
@@ -246,8 +311,8 @@ def keyed(handler: Callable, studio: Any, ui: SimpleNamespace) -> Callable:
 
     def by_name(args: tuple) -> tuple:
         """Inputs given as a set reach a handler as one {component: value}: as {name: value}, it is a form."""
-        if len(args) == 1 and isinstance(args[0], dict) and args[0] and all(id(k) in names for k in args[0]):
-            return ({names[id(k)]: v for k, v in args[0].items()},)
+        if args and isinstance(args[0], dict) and args[0] and all(id(k) in names for k in args[0]):
+            return ({names[id(k)]: v for k, v in args[0].items()}, *args[1:])  # then the request, if asked
         return args
 
     def components(named: dict[str, Any]) -> dict:

@@ -6,7 +6,6 @@ import difflib
 import html
 import os
 import re
-import threading
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -21,6 +20,7 @@ from studio.store import LAUNCHED_STATES, new_id
 from studio.tabs import (
     EDIT,
     LIGHT,
+    NEWEST,
     bound,
     dropdown,
     finished_run,
@@ -152,32 +152,6 @@ def answer_boxes(labels: list[str], texts: list[str]) -> list:
     ]
 
 
-class Newest:
-    """The newest comparison each page (session) asked for. Asking again while one generates replaces it: the
-    older one stops at its next piece and shows nothing more, so answers never stand under another prompt."""
-
-    def __init__(self) -> None:
-        self.lock, self.by_page = threading.Lock(), {}
-
-    def begin(self, page: str) -> str:
-        token = new_id()
-        with self.lock:
-            self.by_page[page] = token
-        return token
-
-    def current(self, page: str, token: str) -> bool:
-        with self.lock:
-            return self.by_page.get(page) == token
-
-    def end(self, page: str, token: str) -> None:
-        with self.lock:
-            if self.by_page.get(page) == token:
-                del self.by_page[page]
-
-
-NEWEST = Newest()
-
-
 def asked_settings(refs: list[str], text: str, temp: float, p: float, tokens: float, seed_value: float):
     """(the sampling settings as SamplingConfig fields, what is wrong with the question or '')."""
     if not 2 <= len(refs) <= MAX_MODELS:
@@ -201,7 +175,7 @@ def compare(studio: Studio, refs: list[str], text: str, temp: float, p: float, t
             request: gr.Request = None):  # fmt: skip
     """{answers, diff, status, vote, last}, streamed: every chosen model answers the prompt with the same
     sampling settings and seed; then the word diff and the vote's choices. Asking again from the same page
-    while this one generates replaces it (see Newest)."""
+    while this one generates replaces it (see tabs.Newest)."""
     refs = list(refs or [])
     settings, problem = asked_settings(refs, text, temp, p, tokens, seed_value)
     cleared = {"diff": "", "vote": gr.Radio(choices=[], value=None), "last": {}}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import inspect
 import json
 import math
 import os
@@ -25,7 +24,19 @@ from llm.data.tasks import SPREADSHEETS, TaskFileError, file_type_problem, sugge
 from studio.charts import bar_chart
 from studio.context import BASE_ID, DATA_SUFFIXES, Studio, StudioError, plural, upload_limit
 from studio.store import new_id
-from studio.tabs import LIGHT, bound, dropdown, keyed, outputs, page, page_of, quiet, stamp_of, when_changed
+from studio.tabs import (
+    LIGHT,
+    bound,
+    dropdown,
+    keyed,
+    outputs,
+    page,
+    page_of,
+    quiet,
+    stamp_of,
+    when_changed,
+    with_request,
+)
 
 PREVIEW_EXAMPLES = 6
 FORMAT_CHOICES = [
@@ -396,19 +407,14 @@ def forget_page(request: gr.Request) -> None:
 
 def own_event(handler: Callable) -> Callable:
     """handler(studio, *inputs) -> {name: value}, wired as an own event of the page that sends it (PageEvents):
-    counted while it runs, and its answer gives the page its number (edits). Gradio passes the page's
-    gr.Request to the parameter added last (it finds it by the type hint; values for the inputs come first)."""
+    counted while it runs, and its answer gives the page its number (edits)."""
 
     def run(studio: Studio, *values: Any) -> dict[str, Any]:
         *values, request = values
         with EVENTS.event(page_of(request)) as number:
             return handler(studio, *values) | {"edits": number}
 
-    asked = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=gr.Request)
-    run.__signature__ = inspect.Signature([*inspect.signature(handler).parameters.values(), asked])
-    run.__annotations__ = {"request": gr.Request}
-    run.__doc__ = handler.__doc__
-    return run
+    return with_request(run, handler)
 
 
 def on_load(

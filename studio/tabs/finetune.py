@@ -36,6 +36,7 @@ from studio.tabs import (
     folded,
     keep,
     keyed,
+    newest,
     outputs,
     quiet,
     when_changed,
@@ -55,6 +56,7 @@ from studio.tabs.form import (
 
 SAMPLE_COLUMNS = ["step", "prompt", "answer"]
 TAB_LABEL = "3 · Fine-tune"
+PLAN_KIND = "finetune plan"  # the kind of the tab's plans (tabs.newest)
 FORM_STORAGE_KEY = "studio-finetune-form"  # the browser's localStorage key of the unsaved form
 FORM = ("base", "dataset", *FORM_FIELDS, "name", "extra")  # what the form's events read
 
@@ -389,6 +391,13 @@ def load_preset(studio: Studio, form: dict[str, Any]):
 
 
 # Layout
+# Every answer that draws the plan is one of the page's plans (tabs.newest): one asked first but answered after a
+# newer one (a plan after a dataset pick waits for its probes) draws no plan.
+asked_plan = newest(form_plan, PLAN_KIND, ("plan",))
+filled_from_run = newest(from_run, PLAN_KIND, ("plan",))
+filled_from_preset = newest(load_preset, PLAN_KIND, ("plan",))
+
+
 def layout_form(ui: SimpleNamespace) -> None:
     gr.Markdown("#### Settings")
     ui.base = dropdown(label="Base model", elem_id="ft-base")
@@ -462,7 +471,7 @@ def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace)
     opened = [ui.saved, ui.run, ui.offered, ui.seen]
     shown_again = when_changed(demo, tab, "finetune", [ui.run], built=True, timer=ui.timer).change
     shown_again(keyed(show_tab, studio, ui), opened, shown, **quiet(demo))
-    plan = keyed(form_plan, studio, ui)
+    plan = keyed(asked_plan, studio, ui)
     # .input (the user's changes), not .change: a handler that fills the form returns its plan itself, so
     # filling 20 fields does not ask for 20 plans.
     user_edits = [c.input for c in (ui.base, ui.dataset, *fields)]
@@ -478,9 +487,9 @@ def wire_form(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace)
     method, rank = ui.fields["method"], ui.fields["lora_rank"]
     method.input(lambda m: gr.Number(visible=m == "lora"), method, rank, **LIGHT)
     filled_form = outputs(ui, *FORM, "plan", "start_status")
-    keep_form(ui.reuse.click(keyed(from_run, studio, ui), ui.run, filled_form, **LIGHT), ui)
+    keep_form(ui.reuse.click(keyed(filled_from_run, studio, ui), ui.run, filled_form, **LIGHT), ui)
     ui.preset_save.click(keyed(save_preset, studio, ui), form | {ui.preset_name}, [ui.start_status, ui.preset], **LIGHT)
-    loaded = ui.preset_load.click(keyed(load_preset, studio, ui), form | {ui.preset}, filled_form, **LIGHT)
+    loaded = ui.preset_load.click(keyed(filled_from_preset, studio, ui), form | {ui.preset}, filled_form, **LIGHT)
     keep_form(loaded, ui)
     ui.start.click(keyed(form_start, studio, ui), form, [ui.start_status, ui.run], **LIGHT)
 

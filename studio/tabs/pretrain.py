@@ -33,6 +33,7 @@ from studio.tabs import (
     json_object,
     keep,
     keyed,
+    newest,
     number,
     outputs,
     plain,
@@ -44,6 +45,7 @@ from studio.tabs.data import safe_filename
 from studio.tabs.finetune import device_text
 from studio.texts import TEXT_SUFFIXES, store_text, text_choices, text_path
 
+PLAN_KIND = "pretrain plan"  # the kind of the tab's plans (tabs.newest)
 COMMAND = "pretrain"
 TAB_LABEL = "2 · Pretrain"
 NEW_TOKENIZER = "new"
@@ -253,6 +255,14 @@ def make_plan(studio: Studio, form: dict[str, Any]) -> dict[str, str]:
     return {"plan": plan_markdown(studio, form["text"], form["tokenizer"], settings)}
 
 
+# Every answer that draws the plan is one of the page's plans (tabs.newest): one asked first but answered after a
+# newer one (a plan times a training step: seconds on a busy machine) draws none of the form it was asked with.
+# A refill so overtaken clears the stamp instead, so the page sends it again with the form as it is now.
+FORM_SHOWN = ("text", "tokenizer", "preset", "vocab", "plan")  # the parts of the form a refill draws
+asked_plan = newest(make_plan, PLAN_KIND, ("plan",))
+refill = newest(show_tab, PLAN_KIND, FORM_SHOWN, {"stamp": ""})
+
+
 def do_upload(studio: Studio, file: str | None):
     """{text, upload, text_status}: an uploaded text checked; a usable one is kept in the workspace and chosen."""
     if not file:
@@ -353,12 +363,12 @@ def layout(studio: Studio, ui: SimpleNamespace) -> None:
 
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:
     form = set(outputs(ui, *FORM))
-    plan = keyed(make_plan, studio, ui)
+    plan = keyed(asked_plan, studio, ui)
     # Built filled (first_view); filled again when the tab is shown and its stamp changed, in one event: every
     # event costs the browser a pass over the page's state.
-    shown = outputs(ui, "text", "tokenizer", "preset", "vocab", "plan", *VIEW.parts())
-    shown_again = when_changed(demo, tab, "pretrain", [ui.run], built=True, timer=ui.timer).change
-    shown_again(keyed(show_tab, studio, ui), form | {ui.run, ui.seen}, shown, **quiet(demo))
+    ui.stamp = when_changed(demo, tab, "pretrain", [ui.run], built=True, timer=ui.timer)
+    shown = outputs(ui, *FORM_SHOWN, "stamp", *VIEW.parts())
+    ui.stamp.change(keyed(refill, studio, ui), form | {ui.run, ui.seen}, shown, **quiet(demo))
     # .input (the user's changes), not .change: filling the form asks for one plan, not one a field.
     gr.on([c.input for c in outputs(ui, *FORM)], plan, form, ui.plan, trigger_mode="always_last", **quiet(demo))
     budget = (ui.minutes, ui.steps)
