@@ -4,12 +4,12 @@ Benchmarks) over one workspace; launch() serves it."""
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
+from gradio.utils import get_upload_folder
 
 from llm.config import DEFAULT_BASE_MODEL
 from studio.context import MAX_UPLOAD_BYTES, SAMPLES_DIR, Studio
@@ -151,8 +151,8 @@ def launch(
     # Every 500 events is often enough for that page. Read when the queue is made.
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(ANALYTICS_EVERY))
     # Every component Gradio makes resolves its upload folder on disk unless it is named: a lazy tab's body makes
-    # dozens of components for each page that shows it. Named once here: the folder Gradio would resolve.
-    os.environ.setdefault("GRADIO_TEMP_DIR", str((Path(tempfile.gettempdir()) / "gradio").resolve()))
+    # dozens of components for each page that shows it. Named once here, as Gradio resolves it.
+    os.environ.setdefault("GRADIO_TEMP_DIR", get_upload_folder())
     demo.queue(default_concurrency_limit=2)
     # torch takes seconds to import, and the first plan reads and encodes a dataset: do both in the background
     # once the server is up, so the page is served first and the first plan or answer is quick.

@@ -390,7 +390,6 @@ def load_preset(studio: Studio, form: dict[str, Any]):
     return {**shown, "probes": default_probes(studio, form["dataset"]), "start_status": note}
 
 
-# Layout
 # Every answer that draws the plan is one of the page's plans (tabs.newest): one asked first but answered after a
 # newer one (a plan after a dataset pick waits for its probes) draws no plan.
 asked_plan = newest(form_plan, PLAN_KIND, ("plan",))
@@ -398,6 +397,7 @@ filled_from_run = newest(from_run, PLAN_KIND, ("plan",))
 filled_from_preset = newest(load_preset, PLAN_KIND, ("plan",))
 
 
+# Layout
 def layout_form(ui: SimpleNamespace) -> None:
     gr.Markdown("#### Settings")
     ui.base = dropdown(label="Base model", elem_id="ft-base")
