@@ -27,6 +27,11 @@ from studio.tabs import (
     votes,
 )
 
+API_PAGE = "api"  # the page of the endpoints for scripts: http://127.0.0.1:7860/api
+API_PAGE_TEXT = """# LLM Studio: the API
+The studio's endpoints for scripts (`gradio_client`): **Use via API** at the bottom of this page lists each one,
+with its arguments and an example. The Data tab's endpoints (`upload`, `validate`, `dataset`,
+`delete_dataset`) are events of the studio's own page (Home) and listed at its bottom."""
 ANALYTICS_EVERY = 500  # events between two of Gradio's latency summaries (see launch)
 CSS = """
 .gradio-container { max-width: 1400px !important; }
@@ -104,6 +109,7 @@ def build_app(
             "models side by side and look inside them.",
             elem_id="studio-header",
         )
+        gr.Navbar(visible=False)  # the one page for people; API_PAGE is for scripts
         missing = studio.base_missing()
         gr.Markdown(f"⚠ {missing}", visible=bool(missing), elem_classes="banner", elem_id="base-missing")
         apis = {}
@@ -117,7 +123,12 @@ def build_app(
             for tab in (data, pretrain, finetune, compare, chat, votes, models, inside, bench):
                 apis |= tab.build(studio, demo)
         stop_timers_when_left(demo, tab_strip)
-        for name, fn in apis.items():  # outside the Tabs: a Tabs block may hold only tabs
+    # The endpoints for scripts on a page of their own: a page's config holds every part and event of its page,
+    # and the browser goes through all of it as the page opens (an endpoint is one part for each argument and
+    # result). Programs read the whole app's config (gradio_client), so they see every endpoint.
+    with demo.route("API", API_PAGE, show_in_navbar=False):
+        gr.Markdown(API_PAGE_TEXT)
+        for name, fn in apis.items():
             gr.api(fn, api_name=name)
         # Off the queue: a shown tab's script calls it over plain HTTP (a Gradio event costs the page more).
         gr.api(stamp_api(demo.stamps), api_name=STAMP_API, queue=False, api_visibility="undocumented")

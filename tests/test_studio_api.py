@@ -17,9 +17,9 @@ from gradio_client import Client, handle_file
 from gradio_client.utils import SKIP_COMPONENTS
 from test_hostile_inputs import BAD_FILES as HOSTILE_FILES
 
-from studio.app import build_app, launch
+from studio.app import API_PAGE, build_app, launch
 from studio.context import SAMPLES_DIR
-from studio.tabs import STAMP_SESSION, stamp_script
+from studio.tabs import STAMP_API, STAMP_SESSION, stamp_script
 from studio.tabs.compare import record_vote
 
 MAX_UPLOAD = 100_000  # bytes: small, so the oversized-upload test needs no big file
@@ -97,6 +97,24 @@ def test_every_endpoint_is_described_by_its_own_docstring(app):
     endpoints = app.client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     generic = {name for name, info in endpoints.items() if "partial(func" in json.dumps(info)}
     assert not generic, f"described as functools.partial: {sorted(generic)}"
+
+
+def test_the_endpoints_for_scripts_are_on_a_page_of_their_own(app):
+    """The studio's page carries only its own parts and events (the browser goes through every one as the page
+    opens); the endpoints for scripts are on API_PAGE, whose "Use via API" lists them, and a client sees all."""
+    page = httpx.get(f"{app.url}config", params={"page": ""}, timeout=10).json()
+    api_page = httpx.get(f"{app.url}config", params={"page": API_PAGE}, timeout=10).json()
+    on_page = {d["api_name"] for d in page["dependencies"]}
+    for_scripts = {d["api_name"] for d in api_page["dependencies"]}
+    assert {"plan", "start", "progress", "runs", "chat", STAMP_API} <= for_scripts
+    assert {"upload", "validate", "dataset", "delete_dataset"} <= on_page, "the Data tab's events stay its own"
+    assert not on_page & for_scripts and not any(c["type"] == "api" for c in page["components"])
+    html = httpx.get(app.url, timeout=10).text
+    assert '"pretrain_start"' not in html and '"upload"' in html, "the page's own config is the one it is sent"
+    docs = httpx.get(f"{app.url}{API_PAGE}", timeout=10)
+    assert docs.status_code == 200 and '"pretrain_start"' in docs.text
+    client_sees = app.client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {f"/{name}" for name in for_scripts - {STAMP_API}} | {"/upload"} <= set(client_sees)
 
 
 def test_a_tabs_stamp_changes_with_what_it_draws_and_is_asked_for_over_plain_http(app, tmp_path, monkeypatch):
