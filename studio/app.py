@@ -10,8 +10,10 @@ from pathlib import Path
 
 import gradio as gr
 from gradio.utils import get_upload_folder
+from starlette.middleware import Middleware
 
 from llm.config import DEFAULT_BASE_MODEL
+from studio.assets import FrontendAssets
 from studio.context import MAX_UPLOAD_BYTES, SAMPLES_DIR, Studio
 from studio.tabs import (
     STAMP_API,
@@ -180,6 +182,7 @@ def launch(
         theme=theme(),
         css=CSS,
         footer_links=["api", "settings"],
+        app_kwargs={"middleware": [Middleware(FrontendAssets)]},
         prevent_thread_lock=not block,
         quiet=not block,
     )

@@ -13,6 +13,7 @@ import gradio.state_holder
 import httpx
 import pytest
 from conftest import free_port
+from gradio.route_utils import BUILD_PATH_LIB
 from gradio_client import Client, handle_file
 from gradio_client.utils import SKIP_COMPONENTS
 from test_hostile_inputs import BAD_FILES as HOSTILE_FILES
@@ -115,6 +116,17 @@ def test_the_endpoints_for_scripts_are_on_a_page_of_their_own(app):
     assert docs.status_code == 200 and '"pretrain_start"' in docs.text
     client_sees = app.client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {f"/{name}" for name in for_scripts - {STAMP_API}} | {"/upload"} <= set(client_sees)
+
+
+def test_the_pages_scripts_are_served_whole_and_kept_by_the_browser(app):
+    """Each script the page asks for comes from memory (FrontendAssets), the same bytes as Gradio's file."""
+    html = httpx.get(app.url, timeout=10).text
+    names = re.findall(r"assets/([\w.-]+\.(?:js|css))", html)
+    assert names, "the page names its scripts"
+    for name in names:
+        answer = httpx.get(f"{app.url}assets/{name}", timeout=10)  # httpx asks for and undoes Brotli
+        assert answer.headers["content-encoding"] == "br" and "immutable" in answer.headers["cache-control"]
+        assert answer.content == (Path(BUILD_PATH_LIB) / name).read_bytes()
 
 
 def test_a_tabs_stamp_changes_with_what_it_draws_and_is_asked_for_over_plain_http(app, tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shlex
@@ -12,6 +13,7 @@ import sys
 import threading
 import time
 
+import brotli
 import gradio as gr
 import pandas as pd
 import pytest
@@ -21,6 +23,7 @@ from llm.config import FinetuneConfig
 from llm.errors import ConfigError
 from llm.run import RunDir, read_metrics
 from studio.app import build_app
+from studio.assets import FrontendAssets
 from studio.charts import line_chart, nice_ticks
 from studio.context import SAMPLES_DIR, Studio
 from studio.jobs import Jobs, command_line, explain
@@ -673,3 +676,38 @@ def test_a_part_made_as_an_update_would_leave_it():
     assert (pick.choices, pick.value, pick.label, pick.elem_id) == ([("one · done", "r1")], "r1", "Run", "pick")
     assert table.get_config()["value"]["data"] == [[1], [2]]
     assert (stop.value, stop.interactive) == ("Stop", True)
+
+
+def test_frontend_assets_are_compressed_once_and_other_paths_go_on_to_gradio(tmp_path, monkeypatch):
+    """Gradio's page files are answered from memory (Brotli when the browser takes it, kept by the browser for
+    good); only files of the folder are, and anything else goes on to Gradio untouched."""
+    script = "export const x = 1;\n" * 100
+    (tmp_path / "Index-abc123.js").write_text(script)
+    (tmp_path / "fonts").mkdir()
+    passed, compressed = [], []
+    compress = brotli.compress
+    monkeypatch.setattr(brotli, "compress", lambda data, quality: compressed.append(data) or compress(data))
+
+    async def gradio(scope, receive, send):
+        passed.append(scope["path"])
+
+    async def get(path: str, encoding: bytes) -> tuple[dict, bytes]:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": path, "headers": [(b"accept-encoding", encoding)]}
+        await assets(scope, None, send)
+        return (dict(sent[0]["headers"]), sent[1]["body"]) if sent else ({}, b"")
+
+    assets = FrontendAssets(gradio, tmp_path)
+    headers, body = asyncio.run(get("/assets/Index-abc123.js", b"gzip, br"))
+    assert headers[b"content-encoding"] == b"br" and brotli.decompress(body) == script.encode()
+    assert b"immutable" in headers[b"cache-control"] and headers[b"content-length"] == str(len(body)).encode()
+    headers, body = asyncio.run(get("/assets/Index-abc123.js", b"identity"))
+    assert b"content-encoding" not in headers and body == script.encode()
+    assert len(compressed) == 1, "compressed at its first request only"
+    for other in ("/assets/fonts", "/assets/../app.py", "/assets/missing.js", "/config", "/Index-abc123.js"):
+        assert asyncio.run(get(other, b"br")) == ({}, b"")
+    assert passed == ["/assets/fonts", "/assets/../app.py", "/assets/missing.js", "/config", "/Index-abc123.js"]
