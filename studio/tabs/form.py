@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from functools import cache
 from typing import Any
 
 import gradio as gr
@@ -29,8 +30,15 @@ SET_BY_STUDIO = ("base", "data", "format", "mapping", "val_data")  # the model a
 MAX_PROBES = 5
 
 
+@cache  # asked for each field as a page lays the form out: the class does not change
 def config_fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(FinetuneConfig)}
+
+
+@cache
+def config_hints() -> dict[str, Any]:
+    """FinetuneConfig's field types, its annotations evaluated (typing.get_type_hints)."""
+    return typing.get_type_hints(FinetuneConfig)
 
 
 def field_default(f: dataclasses.Field) -> Any:
@@ -40,7 +48,7 @@ def field_default(f: dataclasses.Field) -> Any:
 def field_component(name: str) -> gr.components.Component:
     """The form's input for a FinetuneConfig field: its label, its help text and its default."""
     f = config_fields()[name]
-    default, hint = field_default(f), typing.get_type_hints(FinetuneConfig)[name]
+    default, hint = field_default(f), config_hints()[name]
     common = {"label": field_label(name), "info": f.metadata["help"], "elem_id": f"ft-{name.replace('_', '-')}", **EDIT}
     choices = {"method": METHOD_CHOICES, "overflow": list(OVERFLOW), "early_stop_metric": list(EARLY_STOP_METRICS)}
     if name in choices:
@@ -61,7 +69,7 @@ def form_settings(values: dict[str, Any]) -> dict[str, Any]:
     """The form's values (FORM_FIELDS by name; others are ignored) as settings. An empty value is left out
     (the library's default applies, FinetuneConfig being the one place the defaults live); so is a learning
     rate of 0 (its default depends on the method). ConfigError naming the field for a value that is no number."""
-    hints = typing.get_type_hints(FinetuneConfig)
+    hints = config_hints()
     settings: dict[str, Any] = {}
     for name in FORM_FIELDS:
         value = values.get(name)

@@ -30,6 +30,7 @@ from studio.tabs import (
     bound,
     changed_parts,
     dropdown,
+    empty_loss_chart,
     finished_run,
     folded,
     importing,
@@ -157,7 +158,7 @@ def details(studio: Studio, ref: str) -> tuple[str, str]:
     if kind == "base":
         m = studio.store.model(key)
         if m is None:
-            return "Unknown model.", loss_chart(loss_frame(Metrics()))
+            return "Unknown model.", empty_loss_chart()
         path = studio.store.abs(m["path"])
         info = read_info(path)
         lines = [f"### {m['name']}", f"- folder: `{path}`", f"- size on disk: {human_size(dir_size(path))}"]
@@ -168,7 +169,7 @@ def details(studio: Studio, ref: str) -> tuple[str, str]:
         return "\n".join(lines), loss_chart(loss_frame(run.read_metrics() if run else Metrics()))
     run = studio.store.run(key)
     if run is None:
-        return "Unknown run: it may have been deleted.", loss_chart(loss_frame(Metrics()))
+        return "Unknown run: it may have been deleted.", empty_loss_chart()
     run_dir = RunDir(studio.store.abs(run["dir"]))
     cfg = run["config"]
     info = run_dir.info()  # the newest checkpoint's facts

@@ -17,7 +17,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
-from llm.run import Metrics, RunDir
+from llm.run import RunDir
 from studio import tabs
 from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
 
@@ -108,7 +108,7 @@ class RunView:
             if last_seen == NO_RUN:
                 return {"timer": gr.Timer(active=False)}
             off = gr.Button(interactive=False)
-            empty = {"state": self.hint, "bar": "", "curve": tabs.loss_chart(tabs.loss_frame(Metrics())), "log": ""}
+            empty = {"state": self.hint, "bar": "", "curve": tabs.empty_loss_chart(), "log": ""}
             resume = gr.Button(value="Resume", interactive=False)
             return {**empty, **self.chosen_view(studio, None), "samples": self.samples(None), "stop": off,
                     "resume": resume, "seen": NO_RUN, "timer": gr.Timer(active=False)}  # fmt: skip
