@@ -32,8 +32,8 @@ from studio.tabs import (
 API_PAGE = "api"  # the page of the endpoints for scripts: http://127.0.0.1:7860/api
 API_PAGE_TEXT = """# LLM Studio: the API
 The studio's endpoints for scripts (`gradio_client`): **Use via API** at the bottom of this page lists each one,
-with its arguments and an example. The Data tab's endpoints (`upload`, `validate`, `dataset`,
-`delete_dataset`) are events of the studio's own page (Home) and listed at its bottom."""
+with its arguments and an example. The Data tab's endpoints are events of the studio's own page (Home), listed
+at its bottom."""
 ANALYTICS_EVERY = 500  # events between two of Gradio's latency summaries (see launch)
 CSS = """
 .gradio-container { max-width: 1400px !important; }

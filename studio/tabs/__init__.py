@@ -154,8 +154,8 @@ def on_show(demo: gr.Blocks, tab: gr.Tab) -> list:
 STAMP_API = "shown_stamp"  # the plain endpoint a shown tab's script asks for its stamp (see when_changed)
 STAMP_LABEL = "stamp (the tab's last stamp, set by the page)"  # the hidden textbox that holds it
 # The session every stamp call names. Gradio answers a plain call that names no session with a session state made
-# afresh (the config of every part of the studio: 17 ms on an idle machine); named, one is made once and kept. It
-# holds nothing: a stamp reads only the workspace.
+# afresh (a copy of the config of every part of the studio); named, one is made once and kept. It holds nothing: a
+# stamp reads only the workspace.
 STAMP_SESSION = "studio-stamps"
 
 

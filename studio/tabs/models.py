@@ -166,7 +166,7 @@ def details(studio: Studio, ref: str) -> tuple[str, str]:
             lines.append(f"- ⚠ {studio.base_missing()}")
         lines += facts(info, BASE_FACTS)
         run = run_of(path)
-        return "\n".join(lines), loss_chart(loss_frame(run.read_metrics() if run else Metrics()))
+        return "\n".join(lines), loss_chart(loss_frame(run.read_metrics())) if run else empty_loss_chart()
     run = studio.store.run(key)
     if run is None:
         return "Unknown run: it may have been deleted.", empty_loss_chart()
@@ -392,7 +392,7 @@ def own_name(studio: Studio, ref: str) -> str:
 def show(studio: Studio, ref: str | None):
     """{about, curve, new_name}: what made the model, its loss curve, and its name to edit."""
     if not ref:
-        return {"about": "", "curve": loss_chart(loss_frame(Metrics())), "new_name": ""}
+        return {"about": "", "curve": empty_loss_chart(), "new_name": ""}
     text, chart = details(studio, ref)
     return {"about": text, "curve": chart, "new_name": own_name(studio, ref)}
 
