@@ -103,6 +103,20 @@ def events_sent(page, action, settle_ms: int = 1500) -> list[int]:
     return sent
 
 
+# The label Gradio gives a part made with none: its class's name. Every part the studio lays out is labelled (or
+# shows no label), so a part labelled so was made by the studio by mistake (an update made in a tab's body).
+GRADIO_LABELS = {"Dropdown", "Radio", "Textbox", "Number", "Checkbox", "CheckboxGroup", "Slider", "Dataframe", "File"}
+
+
+def unlabelled_parts(page) -> list[str]:
+    """The labels of the shown parts labelled with their Gradio class's name."""
+    shown = page.evaluate(
+        "() => [...document.querySelectorAll('[role=tabpanel] [data-testid=block-info]')]"
+        ".filter(label => label.offsetParent).map(label => label.innerText.trim())"
+    )
+    return [label for label in shown if label in GRADIO_LABELS]
+
+
 def session_of(page, action) -> str:
     """The session hash (the page, to the server) that the event action sends carries."""
     with page.expect_request(lambda request: "/queue/join" in request.url) as joined:
@@ -201,6 +215,7 @@ def test_upload_finetune_reload_and_compare(page):
     # draws changed, it sends none (the page asks for the tab's stamp over plain HTTP); after a change it draws
     # (a preset saved by another page), one: its fill, which offers the new preset.
     assert len(events_sent(page, show_finetune)) == 1
+    assert unlabelled_parts(page) == [], "the body holds the parts laid out and no other"
     open_tab(page, "1 · Data")
     assert len(events_sent(page, show_finetune)) == 0
     open_tab(page, "1 · Data")

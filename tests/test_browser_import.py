@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from test_browser_e2e import ARTIFACTS, open_tab, page  # noqa: F401  (page is the fixture)
+from test_browser_e2e import ARTIFACTS, open_tab, page, unlabelled_parts  # noqa: F401  (page is the fixture)
 
 from llm.model.export import export_model
 from llm.model.gguf import read_gguf
@@ -28,6 +28,8 @@ def test_import_a_gguf_tune_it_compare_chat_and_export(page, tmp_path, tiny_mode
 
     # 1. Models -> Import: what it needs, then its progress; afterwards the model list shows it, picked.
     open_tab(page, "7 · Models")
+    expect(page.locator("#models-table")).to_contain_text("base model")
+    assert unlabelled_parts(page) == [], "the body holds the parts laid out and no other"
     page.locator("#import-box").get_by_text("Import a model: a GGUF file").click()
     page.locator("#import-file input[type=file]").set_input_files(str(gguf))
     expect(page.locator("#import-needs")).to_contain_text(re.compile(r"parameters.*memory"))

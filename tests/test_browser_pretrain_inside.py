@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from test_browser_e2e import ARTIFACTS, events_sent, open_tab, page  # noqa: F401  (page is the fixture)
+from test_browser_e2e import ARTIFACTS, events_sent, open_tab, page, unlabelled_parts  # noqa: F401  (page is the fixture)
 from test_studio_keeps_work import GUTENBERG_BOOK
 
 pytestmark = pytest.mark.slow
@@ -34,6 +34,7 @@ def test_pretrain_the_sample_book_then_fine_tune_and_look_inside(page):  # noqa:
         expect(page.locator("#pt-plan")).to_contain_text("of training: about")  # the default: a time budget
 
     assert len(events_sent(page, show_pretrain)) == 1  # its body built already filled
+    assert unlabelled_parts(page) == [], "the body holds the parts laid out and no other"
     open_tab(page, "1 · Data")
     assert events_sent(page, show_pretrain) == [], "shown again with nothing it draws changed: no event"
 

@@ -28,7 +28,7 @@ from studio.charts import line_chart, nice_ticks
 from studio.context import SAMPLES_DIR, Studio
 from studio.jobs import Jobs, command_line, explain
 from studio.store import SCHEMA, Store
-from studio.tabs import STAMP_LABEL, finetune, loss_frame, made_as
+from studio.tabs import STAMP_LABEL, finetune, laid_out, loss_frame, made_as, made_filled
 from studio.tabs.compare import diff_panel, word_diff_html
 from studio.tabs.data import length_bins, length_histogram, safe_filename
 
@@ -676,6 +676,26 @@ def test_a_part_made_as_an_update_would_leave_it():
     assert (pick.choices, pick.value, pick.label, pick.elem_id) == ([("one · done", "r1")], "r1", "Run", "pick")
     assert table.get_config()["value"]["data"] == [[1], [2]]
     assert (stop.value, stop.interactive) == ("Stop", True)
+
+
+def test_a_tab_made_filled_holds_its_own_parts_and_no_update():
+    """The updates a fill's answer is made of are components, made where the tab is being built: made_filled
+    takes every one made meanwhile off the page again, the ones its answer gives and one it threw away."""
+
+    def layout(ui):
+        ui.pick = gr.Dropdown(label="Run", elem_id="pick")
+        ui.note = gr.Markdown(elem_id="note")
+
+    def view():
+        thrown_away = {"note": gr.Markdown("old")}
+        return thrown_away | {"pick": gr.Dropdown(choices=["r1"], value="r1"), "note": gr.Markdown("new")}
+
+    with gr.Blocks() as demo, gr.Tab("t"):
+        ui = laid_out(layout)
+        made_filled(ui, view)
+    parts = [part for part in demo.get_config_file()["components"] if part["type"] in ("dropdown", "markdown")]
+    assert [part["props"]["elem_id"] for part in parts] == ["pick", "note"], "no update on the page"
+    assert (ui.pick.value, ui.note.value) == ("r1", "new")
 
 
 def test_frontend_assets_are_compressed_once_and_other_paths_go_on_to_gradio(tmp_path, monkeypatch):

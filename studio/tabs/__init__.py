@@ -136,9 +136,16 @@ def made_as(part: gr.components.Component, update: Any) -> None:
         setattr(part, name, getattr(twin, name))
 
 
-def made_filled(ui: SimpleNamespace, shown: dict[str, Any]) -> None:
-    """A lazy tab's body, just laid out, made as a fill's answer (shown: {part name: update}) leaves it (see
-    made_as); the timer is left alone: made outside the body, it is set going by the stamp's answer."""
+def made_filled(ui: SimpleNamespace, view: Callable[[], dict[str, Any]]) -> None:
+    """A lazy tab's body, just laid out, made as the fill's answer view() ({part name: update}) leaves it (see
+    made_as); the timer is left alone: made outside the body, it is set going by the stamp's answer. The
+    updates are components, and a component made while view() runs is made in the render that builds the
+    body: Gradio would add each one to the page as a part of its own, so every one is taken off again."""
+    blocks = get_blocks_context().blocks
+    before = set(blocks)
+    shown = view()
+    for key in set(blocks) - before:
+        blocks[key].unrender()
     for name, update in shown.items():
         if name != "timer":
             made_as(component(ui, name), update)

@@ -544,7 +544,7 @@ def built_listed(studio: Studio, demo: gr.Blocks, tab: gr.Tab) -> None:
     """The body, as a page first builds it, made already listed (tabs.made_filled): the page sends no listing
     for it."""
     ui = laid_out(lambda ui: layout(ui, studio))
-    made_filled(ui, listing(studio))
+    made_filled(ui, lambda: listing(studio))
     wire(studio, demo, tab, ui)
 
 

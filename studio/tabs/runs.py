@@ -243,7 +243,7 @@ def run_page(
     def body(page_tab: Any, *values: Any) -> None:  # run by a page's render, after the timer below is made
         ui = tabs.laid_out(layout)
         ui.timer = timer
-        tabs.made_filled(ui, first_view(ui, *values))
+        tabs.made_filled(ui, lambda: first_view(ui, *values))
         wire(studio, demo, page_tab, ui)
         wire_watch(studio, demo, page_tab, ui, view, prefix)
 
