@@ -1,9 +1,10 @@
 """What the studio knows about datasets, base models, runs and votes: one SQLite file in the workspace.
 
 The files themselves (uploaded datasets, run folders with checkpoints and metrics) live in the workspace
-too; the database indexes them, so a restarted studio shows everything made before. Every call opens its
+too; the database indexes them, so a restarted studio shows everything made before. Every write opens its
 own short connection (Gradio runs handlers on many threads, and two studios may share one workspace), in
-WAL mode so readers never wait for the writer.
+WAL mode so readers never wait for the writer. Reads go through one connection per thread, kept open: opening
+a connection (and reading the schema) costs twenty times a query, and a page's opening asks dozens.
 
 Paths inside the workspace are stored relative to it, so a workspace folder can be moved as a whole.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -94,6 +96,7 @@ class Store:
         self.workspace = Path(workspace).resolve()
         self.workspace.mkdir(parents=True, exist_ok=True)
         self.path = self.workspace / "studio.db"
+        self.readers = threading.local()  # each thread's connection for reads (see _rows)
         with self.connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
@@ -137,8 +140,15 @@ class Store:
         return path if path.is_absolute() else self.workspace / path
 
     def _rows(self, sql: str, args: tuple = ()) -> list[dict[str, Any]]:
-        with self.connect() as db:
-            return [dict(r) for r in db.execute(sql, args).fetchall()]
+        """The rows a SELECT gives, read on this thread's kept connection. It only ever reads, in autocommit
+        mode: each query is a transaction of its own, which sees every write committed before it and holds no
+        lock once its rows are fetched."""
+        assert sql.lstrip().upper().startswith("SELECT"), sql
+        reader = getattr(self.readers, "db", None)
+        if reader is None:
+            reader = self.readers.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            reader.row_factory = sqlite3.Row
+        return [dict(r) for r in reader.execute(sql, args).fetchall()]
 
     def _one(self, table: str, key: str) -> dict[str, Any] | None:
         rows = self._rows(f"SELECT * FROM {table} WHERE id = ?", (key,))

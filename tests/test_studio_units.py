@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 
 import brotli
 import gradio as gr
@@ -58,6 +59,27 @@ def test_store_persists_datasets_runs_and_votes(tmp_path):
     sample.unlink()
     again.sync_samples([])
     assert [d["id"] for d in again.datasets()] == [key], "a sample that is gone is no longer offered"
+
+
+def test_reads_on_a_kept_connection_see_every_write_and_hold_no_lock(tmp_path):
+    """Each thread reads on a connection of its own, kept open: it sees what another studio on the same
+    workspace wrote since, and between two reads it holds no transaction (a full checkpoint of the log,
+    which waits for every reader, goes through)."""
+    store = Store(tmp_path)
+    assert store.datasets() == []
+    key = Store(tmp_path).add_dataset("a.csv", tmp_path / "a.csv", "upload")  # another studio's connection
+    assert [d["id"] for d in store.datasets()] == [key], "a write committed elsewhere is seen"
+    readers = [store.readers.db]
+    thread = threading.Thread(target=lambda: (store.runs(), readers.append(store.readers.db)))
+    thread.start()
+    thread.join()
+    assert readers[0] is not readers[1], "one connection per thread: sqlite3 ties a connection to its thread"
+    Store(tmp_path).add_dataset("b.csv", tmp_path / "b.csv", "upload")  # a write for the checkpoint to wait on
+    with closing(sqlite3.connect(store.path, timeout=0)) as db:
+        busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    assert busy == 0, "no read transaction is left open"
+    with pytest.raises(AssertionError):
+        store._rows("DELETE FROM datasets")  # the kept connection only reads
 
 
 def test_only_one_run_is_claimed_at_a_time(tmp_path):
