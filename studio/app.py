@@ -78,6 +78,12 @@ CSS = """
 .chart svg .tick { font-size: 11px; fill: var(--body-text-color-subdued); }
 .chart svg .axis-title { font-size: 12px; fill: var(--body-text-color-subdued); }
 .chart svg .line { fill: none; stroke-width: 2; stroke-linejoin: round; }
+.probe-answers { max-height: 260px; overflow-y: auto; border: 1px solid var(--border-color-primary); border-radius: 8px; }
+.probe-answers table { width: 100%; table-layout: fixed; border-collapse: collapse; font-size: 13px; margin: 0; }
+.probe-answers th, .probe-answers td { padding: 4px 8px; text-align: left; vertical-align: top;
+  border-bottom: 1px solid var(--border-color-primary); white-space: pre-wrap; overflow-wrap: anywhere; }
+.probe-answers th:first-child { width: 10%; }
+.probe-answers th:nth-child(2) { width: 35%; }
 .plan { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 4px 12px; }
 #chat-log .bubble-wrap { padding-top: 40px; }  /* the "Conversation" label sits over the first message otherwise */
 .settings-table td { overflow-wrap: anywhere; }

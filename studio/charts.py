@@ -1,4 +1,4 @@
-"""Line and bar charts drawn on the server as inline SVG, shown in a gr.HTML.
+"""Line and bar charts drawn on the server as inline SVG, shown in an html_part (studio.tabs).
 
 Gradio's plots load and run a Vega bundle in the browser: about a second of a core for each page that shows
 one (benchmarks/studio_latency.py), which several pages open on a 2-core machine pay at once. These charts

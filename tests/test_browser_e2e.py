@@ -175,10 +175,16 @@ def test_upload_finetune_reload_and_compare(page):
     expect(page.locator("#data-preview .example")).to_have_count(0)
     assert workspace_files(studio.workspace) == before
     # A name that tries to climb out of the workspace is stored inside it, under its plain name.
+    answer = "down\n\n    and $$x$$ *out*"  # an empty line, an indented one, what Markdown and LaTeX would read
     upload.set_input_files(
-        files=[{"name": "../../x.csv", "mimeType": "text/csv", "buffer": b"question,answer\nUp?,down\n"}]
+        files=[{"name": "../../x.csv", "mimeType": "text/csv", "buffer": f'question,answer\nUp?,"{answer}"\n'.encode()}]
     )
     expect(status).to_contain_text("x.csv: 1 example ready")
+    # The answer shows as it is, in its example: the HTML the page is sent is one block, nothing of it read as
+    # Markdown (which would make what follows the empty line a paragraph of its own).
+    expect(page.locator("#data-preview .example")).to_have_count(1)
+    assert answer in page.locator("#data-preview .example .trained").first.inner_text()
+    assert page.locator("#data-preview p, #data-preview em, #data-preview .katex").count() == 0
     stored = [studio.store.abs(d["path"]) for d in studio.store.datasets() if d["name"] == "x.csv"]
     assert len(stored) == 1 and stored[0].is_relative_to(studio.workspace / "datasets")
     assert not (studio.workspace.parent / "x.csv").exists() and not (studio.workspace.parent.parent / "x.csv").exists()
@@ -283,6 +289,9 @@ def test_upload_finetune_reload_and_compare(page):
     expect(progress).to_contain_text("step 60 of 60")
     expect(page.locator("#ft-log textarea")).to_have_value(re.compile("done at step 60"))
     assert "mfu" not in page.locator("#ft-log textarea").input_value(), "no MFU on a CPU"
+    answers = page.locator("#ft-samples tr")  # the header, then a row per probe prompt and evaluation
+    expect(answers.nth(1).locator("td").first).to_have_text("60")
+    assert page.locator("#ft-samples th").all_inner_texts() == ["step", "prompt", "answer"]
     expect_lines(page, "#ft-loss")
     page.screenshot(path=str(SCREENSHOTS / "finetune.png"), full_page=True)
 

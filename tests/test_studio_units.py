@@ -29,7 +29,7 @@ from studio.charts import line_chart, nice_ticks
 from studio.context import SAMPLES_DIR, Studio
 from studio.jobs import Jobs, command_line, explain
 from studio.store import SCHEMA, Store
-from studio.tabs import STAMP_LABEL, finetune, laid_out, loss_frame, made_as, made_filled
+from studio.tabs import STAMP_LABEL, finetune, html_part, laid_out, loss_frame, made_as, made_filled
 from studio.tabs.compare import diff_panel, word_diff_html
 from studio.tabs.data import length_bins, length_histogram, safe_filename
 
@@ -143,6 +143,23 @@ def test_metrics_reader_tolerates_a_half_written_line(tmp_path):
     frame = loss_frame(metrics)
     assert set(frame["curve"]) == {"train", "validation"} and len(frame) == 2
     assert read_metrics(tmp_path / "missing.jsonl").step == 0
+
+
+def test_probe_answers_are_a_table_newest_first_with_their_text_escaped(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    evals = [
+        {"step": s, "val_loss": 2.0, "samples": [{"prompt": "<b>Up?</b>", "output": f"down & {s}"}]} for s in (2, 4)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in evals))
+    p = {"metrics": read_metrics(path)}
+    assert finetune.probe_answers(p) == [
+        {"step": 4, "prompt": "<b>Up?</b>", "answer": "down & 4"},
+        {"step": 2, "prompt": "<b>Up?</b>", "answer": "down & 2"},
+    ]
+    table = finetune.probe_answers_html(p)
+    assert "<th>step</th><th>prompt</th><th>answer</th>" in table and "<b>Up?</b>" not in table
+    assert table.index("<td>4</td><td>&lt;b&gt;Up?&lt;/b&gt;</td><td>down &amp; 4</td>") < table.index("<td>2</td>")
+    assert "appear here at each evaluation" in finetune.probe_answers_html(None)
 
 
 def test_failures_are_explained_by_their_kind_not_their_wording():
@@ -718,6 +735,26 @@ def test_a_tab_made_filled_holds_its_own_parts_and_no_update():
     parts = [part for part in demo.get_config_file()["components"] if part["type"] in ("dropdown", "markdown")]
     assert [part["props"]["elem_id"] for part in parts] == ["pick", "note"], "no update on the page"
     assert (ui.pick.value, ui.note.value) == ("r1", "new")
+
+
+def test_an_html_part_gets_its_html_as_one_line_however_it_is_sent():
+    """A user's text with an empty line and indented lines in it reaches the page as one line of HTML (the
+    Markdown renderer would read what follows an empty line as Markdown), whether it is the part's first value,
+    a value sent later, an update, or what a lazy tab's body is made as."""
+    text = "<div class='example'>def f():\n\n    return 1</div>"
+    one_line = "<div class='example'>def f():&#10;&#10;    return 1</div>"
+    with gr.Blocks():
+        part = html_part(text, elem_id="p")
+        made = html_part()
+        made_as(made, text)
+    assert (part.value, made.value) == (one_line, one_line)
+    assert part.postprocess(text) == one_line, "a value a handler sends"
+    assert html_part(text, render=False).constructor_args["value"] == one_line, "an update"
+    assert (part.sanitize_html, part.latex_delimiters) == (False, []), "HTML as it is: no LaTeX read into a text"
+    titled = "<span title='a\nb'>x</span>"  # a newline in an attribute's value: read back as the same newline
+    assert part.postprocess(titled) == "<span title='a&#10;b'>x</span>"
+    with pytest.raises(AssertionError, match="between a tag's attributes"):
+        part.postprocess("<div\nclass='x'>")
 
 
 def test_frontend_assets_are_compressed_once_and_other_paths_go_on_to_gradio(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import re
 import secrets
 import threading
 from collections.abc import Callable, Hashable, Iterator
@@ -123,6 +124,33 @@ def quiet_render(demo: gr.Blocks) -> None:
     event.show_progress_on = [demo.progress_sink]
 
 
+def html_part(value: str | None = None, **kwargs: Any) -> gr.Markdown:
+    """A part that shows HTML the studio made (every text of a user's in it escaped), and updates of it. It is a
+    Markdown part that passes HTML through as it is (no sanitizing, no LaTeX): Gradio's HTML part would show the
+    same, but the first one a page mounts costs its main thread far more (benchmarks/README.md). Everything the
+    part is sent goes through html_block() first."""
+    part = gr.Markdown(html_block(value), sanitize_html=False, latex_delimiters=[], **kwargs)
+    markdown = part.postprocess
+    part.postprocess = lambda html: markdown(html_block(html))  # Gradio's every value for the part, then Markdown's
+    return part
+
+
+TAG = re.compile(r"<[^>]*>")  # a tag (a text's own "<" and ">" are escaped, and so are they in quoted values)
+QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")  # an attribute's quoted value
+
+
+def html_block(html: str | None) -> str | None:
+    """HTML as one line, for an html_part. The Markdown renderer takes HTML that begins a line as it is only up to
+    the next empty line: the rest of a user's text with an empty line in it would be read as Markdown, and Gradio
+    also strips the indentation its lines share. A newline in text or in an attribute's value becomes its
+    character reference, which the browser reads back as the same newline; between a tag's attributes there must
+    be none."""
+    if html is None:
+        return None
+    assert not any("\n" in QUOTED.sub("", tag) for tag in TAG.findall(html)), "a newline between a tag's attributes"
+    return html.replace("\n", "&#10;")
+
+
 def made_as(part: gr.components.Component, update: Any) -> None:
     """Give part, just made in a render, what update (a handler's value for it: a value, or a component update)
     would give it: the page receives the part drawn as the handler would leave it, and no event is sent to draw
@@ -134,6 +162,8 @@ def made_as(part: gr.components.Component, update: Any) -> None:
     twin = type(part)(**args, render=False)
     for name in args:
         setattr(part, name, getattr(twin, name))
+    if isinstance(part, gr.Markdown) and "value" in given:  # what the part's own postprocess makes (html_part)
+        part.value = part.postprocess(given["value"])
 
 
 def made_filled(ui: SimpleNamespace, view: Callable[[], dict[str, Any]]) -> None:
@@ -413,9 +443,9 @@ def chosen(choices: list[tuple[str, str]], value: str | None) -> gr.Dropdown:
 LOSS_COLORS = {"train": "#4f7cff", "validation": "#f5a524"}
 
 
-def loss_plot(**kwargs: Any) -> gr.HTML:
+def loss_plot(**kwargs: Any) -> gr.Markdown:
     """Where a loss chart goes: fed loss_chart(frame) (an SVG drawn on the server, see studio/charts.py)."""
-    return gr.HTML(empty_loss_chart(), elem_classes="chart-box", **kwargs)
+    return html_part(empty_loss_chart(), elem_classes="chart-box", **kwargs)
 
 
 @cache

@@ -28,7 +28,7 @@ from studio.charts import empty_chart, grouped_bar_chart
 from studio.context import Studio, StudioError
 from studio.jobs import CHILD_THREADS, field_label
 from studio.store import ACTIVE_STATES, WORKING_STATES
-from studio.tabs import EDIT, LIGHT, bound, dropdown, laid_out, lazy_page, on_show, quiet
+from studio.tabs import EDIT, LIGHT, bound, dropdown, html_part, laid_out, lazy_page, on_show, quiet
 from studio.tabs.runs import behind_flag, clock, ticks_while_shown
 
 COMMAND = "bench"
@@ -241,9 +241,9 @@ def layout(ui: SimpleNamespace) -> None:
             ui.start = gr.Button("Start", variant="primary", elem_id="bench-start")
             ui.start_status = gr.Markdown(elem_id="bench-start-status")
         with gr.Column(scale=3, min_width=420):
-            ui.job = gr.HTML(elem_id="bench-job")
+            ui.job = html_part(elem_id="bench-job")
             ui.stop = gr.Button("Stop", variant="stop", size="md", interactive=False, elem_id="bench-stop")
-            ui.chart = gr.HTML(elem_classes="chart-box", elem_id="bench-chart")
+            ui.chart = html_part(elem_classes="chart-box", elem_id="bench-chart")
             ui.table = gr.Dataframe(headers=TABLE_COLUMNS, interactive=False, wrap=True, elem_id="bench-table")
     ui.run = gr.State(None)  # the benchmark run shown
     ui.seen = gr.State(None)  # what this page last drew of it

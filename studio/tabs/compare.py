@@ -25,6 +25,7 @@ from studio.tabs import (
     dropdown,
     finished_run,
     folded,
+    html_part,
     keyed,
     laid_out,
     lazy_page,
@@ -323,7 +324,7 @@ def layout_question(ui: SimpleNamespace) -> None:
             )
             for i in range(MAX_MODELS)
         ]
-    ui.diff = gr.HTML(elem_classes="diff", elem_id="compare-diff")
+    ui.diff = html_part(elem_classes="diff", elem_id="compare-diff")
     ui.last = gr.State({})
     with gr.Row():
         ui.vote = gr.Radio(label="Which answer is better?", choices=[], scale=4, elem_id="compare-vote", **EDIT)

@@ -28,6 +28,7 @@ from studio.tabs import (
     LIGHT,
     bound,
     dropdown,
+    html_part,
     keyed,
     outputs,
     page,
@@ -276,7 +277,7 @@ class Inspection:
 
     def views(self) -> dict[str, Any]:
         """{VIEWS}: the status, the format and columns chosen, the preview, the length histogram, the dropped rows."""
-        hidden = {"preview": "", "hist": gr.HTML(visible=False), "problems": gr.Dataframe(visible=False)}
+        hidden = {"preview": "", "hist": html_part(visible=False), "problems": gr.Dataframe(visible=False)}
         if self.columns_to_choose:
             columns = [("(none)", NONE)] + [(c, c) for c in self.columns_to_choose]
             guess = suggest_mapping(self.columns_to_choose)
@@ -297,7 +298,7 @@ class Inspection:
             "fmt": gr.Radio(value=data.format),
             **picks,
             "preview": preview_html(data, self.encoded, self.tokenizer, self.context_length),
-            "hist": gr.HTML(chart, visible=True) if chart else gr.HTML(visible=False),
+            "hist": html_part(chart, visible=True) if chart else html_part(visible=False),
             "problems": gr.Dataframe(value=problems, visible=len(problems) > 0),
         }
 
@@ -320,7 +321,7 @@ def base_pick(studio: Studio, base_ref: str | None) -> str:
 def nothing_shown(status: str) -> dict[str, Any]:
     """{VIEWS} with no dataset: the status only, nothing of another file left on the page."""
     hidden = {name: gr.Dropdown(visible=False) for name in COLUMNS}
-    return {"status": status, "fmt": gr.Radio(value="auto"), **hidden, "preview": "", "hist": gr.HTML(visible=False),
+    return {"status": status, "fmt": gr.Radio(value="auto"), **hidden, "preview": "", "hist": html_part(visible=False),
             "problems": gr.Dataframe(visible=False)}  # fmt: skip
 
 
@@ -639,9 +640,9 @@ def results(ui: SimpleNamespace) -> None:
     ui.status = gr.Markdown(elem_id="data-status")
     with gr.Row():
         with gr.Column(scale=3):
-            ui.preview = gr.HTML(elem_classes="preview", elem_id="data-preview")
+            ui.preview = html_part(elem_classes="preview", elem_id="data-preview")
         with gr.Column(scale=2):
-            ui.hist = gr.HTML(visible=False, elem_classes="chart-box", elem_id="data-hist")
+            ui.hist = html_part(visible=False, elem_classes="chart-box", elem_id="data-hist")
     ui.problems = gr.Dataframe(
         label="Dropped rows", visible=False, interactive=False, wrap=True, max_height=300, elem_id="data-problems"
     )

@@ -19,7 +19,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
-import pandas as pd
 
 from llm.config import FinetuneConfig
 from llm.errors import LLMError
@@ -34,6 +33,7 @@ from studio.tabs import (
     chosen,
     dropdown,
     folded,
+    html_part,
     keep,
     keyed,
     newest,
@@ -61,13 +61,26 @@ FORM_STORAGE_KEY = "studio-finetune-form"  # the browser's localStorage key of t
 FORM = ("base", "dataset", *FORM_FIELDS, "name", "extra")  # what the form's events read
 
 
-def samples_frame(p: dict[str, Any] | None, evals: int = 3) -> pd.DataFrame:
-    """The probe prompts' answers at the last few evaluations, newest first (none without a run)."""
-    rows = []
-    for record in reversed(p["metrics"].evals[-evals:] if p else []):
-        for sample in record.get("samples", []):
-            rows.append({"step": record["step"], "prompt": sample["prompt"], "answer": sample["output"]})
-    return pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+def probe_answers(p: dict[str, Any] | None, evals: int = 3) -> list[dict[str, Any]]:
+    """The probe prompts' answers at the last few evaluations, newest first: step, prompt, answer (none
+    without a run)."""
+    return [
+        {"step": record["step"], "prompt": sample["prompt"], "answer": sample["output"]}
+        for record in reversed(p["metrics"].evals[-evals:] if p else [])
+        for sample in record.get("samples", [])
+    ]
+
+
+def probe_answers_html(p: dict[str, Any] | None) -> str:
+    """probe_answers(p) as the tab shows them: a table (every text escaped), under a title."""
+    rows = probe_answers(p)
+    title = "<div class='chart-title'>Probe answers at the latest evaluations</div>"
+    if not rows:
+        return f"{title}<div class='chart-empty'>The probe prompts' answers appear here at each evaluation.</div>"
+    head = "".join(f"<th>{name}</th>" for name in SAMPLE_COLUMNS)
+    cells = ["".join(f"<td>{html.escape(str(row[name]))}</td>" for name in SAMPLE_COLUMNS) for row in rows]
+    body = "".join(f"<tr>{row}</tr>" for row in cells)
+    return f"{title}<div class='probe-answers'><table><tr>{head}</tr>{body}</table></div>"
 
 
 def probe_prompts(examples: list[Any], n: int = 3) -> list[str]:
@@ -132,7 +145,8 @@ def settings_table(studio: Studio, run: dict[str, Any] | None) -> dict[str, str]
 
 VIEW = run_tab.RunView(
     hint="No run yet: choose the settings on the left and press Start.",
-    samples=samples_frame,
+    samples=probe_answers_html,
+    records=probe_answers,
     runs=lambda studio: studio.store.runs(),
     again=True,
     chosen=settings_table,
@@ -426,15 +440,7 @@ def layout_run(ui: SimpleNamespace) -> None:
     with folded("Settings of this run", elem_id="ft-run-settings"):
         ui.run_settings = gr.Markdown(elem_id="ft-run-settings-table")
         ui.reuse = gr.Button("Start a new run from these", size="sm", elem_id="ft-reuse")
-    ui.samples = gr.Dataframe(
-        headers=SAMPLE_COLUMNS,
-        label="Probe answers at the latest evaluations",
-        interactive=False,
-        wrap=True,
-        max_height=260,
-        column_widths=["10%", "35%", "55%"],
-        elem_id="ft-samples",
-    )
+    ui.samples = html_part(probe_answers_html(None), elem_id="ft-samples")
     ui.log = gr.Textbox(label="Log", lines=8, max_lines=8, autoscroll=True, interactive=False, elem_id="ft-log")
 
 

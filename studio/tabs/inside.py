@@ -19,7 +19,7 @@ import gradio as gr
 from llm.errors import LLMError
 from studio.context import Studio, StudioError
 from studio.jobs import field_label
-from studio.tabs import EDIT, LIGHT, dropdown, keyed, laid_out, lazy_page, number, on_show, outputs, quiet
+from studio.tabs import EDIT, LIGHT, dropdown, html_part, keyed, laid_out, lazy_page, number, on_show, outputs, quiet
 
 NO_MODEL = ""  # the second model's "none" choice
 BANDS = ("#dbe4ff", "#fde2c4", "#d3f9d8", "#f3d9fa", "#fff3bf")  # token colour bands, in turn
@@ -276,13 +276,13 @@ def layout(ui: SimpleNamespace) -> None:
     ui.status = gr.Markdown(elem_id="in-status")
     with gr.Tabs():
         with gr.Tab("Tokens"):
-            ui.tokens_view = gr.HTML(elem_id="in-tokens")
+            ui.tokens_view = html_part(elem_id="in-tokens")
         with gr.Tab("Surprise"):
-            ui.surprise_view = gr.HTML(elem_id="in-surprise")
+            ui.surprise_view = html_part(elem_id="in-surprise")
         with gr.Tab("Next token"):
-            ui.next_view = gr.HTML(elem_id="in-next")
+            ui.next_view = html_part(elem_id="in-next")
         with gr.Tab("Attention"):
-            ui.attention_view = gr.HTML(elem_id="in-attention")
+            ui.attention_view = html_part(elem_id="in-attention")
 
 
 def wire(studio: Studio, demo: gr.Blocks, tab: gr.Tab, ui: SimpleNamespace) -> None:

@@ -33,6 +33,7 @@ from studio.tabs import (
     empty_loss_chart,
     finished_run,
     folded,
+    html_part,
     importing,
     keyed,
     laid_out,
@@ -310,7 +311,7 @@ def layout(ui: SimpleNamespace, studio: Studio) -> None:
     ui.doomed = gr.State(None)  # the ref that the open "Yes, delete it" box names
     with folded("Compare runs: loss curves on one chart, settings side by side"):
         ui.compare_pick = dropdown(label="Runs", multiselect=True, elem_id="models-compare-pick")
-        ui.compare_curve = gr.HTML(elem_classes="chart-box", elem_id="models-compare-loss")
+        ui.compare_curve = html_part(elem_classes="chart-box", elem_id="models-compare-loss")
         ui.compare_table = gr.Dataframe(
             interactive=False, wrap=True, elem_id="models-compare-table", elem_classes="settings-table"
         )

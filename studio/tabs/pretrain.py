@@ -30,6 +30,7 @@ from studio.tabs import (
     chosen,
     component,
     dropdown,
+    html_part,
     json_object,
     keep,
     keyed,
@@ -347,7 +348,7 @@ def layout_run(ui: SimpleNamespace) -> None:
     """The run picker, stop/resume, progress, loss chart, sample timeline and log."""
     gr.Markdown("#### Watch it learn to write")
     run_tab.run_controls(ui, "pt")
-    ui.samples = gr.HTML(elem_id="pt-timeline")
+    ui.samples = html_part(elem_id="pt-timeline")
     ui.log = gr.Textbox(label="Log", lines=6, max_lines=6, autoscroll=True, interactive=False, elem_id="pt-log")
 
 

@@ -15,7 +15,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
-import pandas as pd
 
 from llm.run import RunDir
 from studio import tabs
@@ -23,11 +22,6 @@ from studio.store import ACTIVE_STATES, RESUMABLE_STATES, WORKING_STATES
 
 NO_RUN = "no run"  # what a page without a run last drew
 MONITOR = ("state", "bar", "curve", "samples", "log", "stop", "resume", "run", "seen", "timer")  # a run's view
-
-
-def content_digest(value: Any) -> str:
-    """A digest of a part's content: text, or a table (a DataFrame)."""
-    return tabs.stamp_of(value.to_json() if isinstance(value, pd.DataFrame) else value)
 
 
 def clock(seconds: float | None) -> str:
@@ -89,6 +83,7 @@ class RunView:
     hint: str  # shown when there is no run yet
     samples: Callable[[dict[str, Any] | None], Any]  # the samples part of jobs.progress() (None: no run)
     runs: Callable[[Any], list[dict[str, Any]]]  # the tab's runs, newest first, given the studio
+    records: Callable[[dict[str, Any] | None], Any] | None = None  # the samples as data, for the API (progress)
     again: bool = False  # a cancelled run can start again: its Resume button reads "Start again"
     chosen: Callable[[Any, dict[str, Any] | None], dict[str, Any]] | None = None  # parts drawn once a run is chosen
     chosen_parts: tuple[str, ...] = ()  # the names chosen() returns
@@ -128,7 +123,7 @@ class RunView:
             "samples": self.samples(p),
             "log": p["log"],
         }
-        digests = {part: content_digest(value) for part, value in contents.items()}
+        digests = {part: tabs.stamp_of(value) for part, value in contents.items()}
         same_run = drawn is not None and drawn[0] == run_id
         view = {part: contents[part] for part in tabs.changed_parts(digests, seen["parts"] if same_run else None)}
         view |= {
@@ -163,7 +158,7 @@ def run_controls(ui: SimpleNamespace, prefix: str) -> None:
         ui.stop = gr.Button("Stop", variant="stop", size="md", interactive=False, elem_id=f"{prefix}-stop")
         ui.resume = gr.Button("Resume", size="md", interactive=False, elem_id=f"{prefix}-resume")
     ui.state = gr.Markdown(elem_id=f"{prefix}-state")
-    ui.bar = gr.HTML(elem_id=f"{prefix}-progress")
+    ui.bar = tabs.html_part(elem_id=f"{prefix}-progress")
     ui.curve = tabs.loss_plot(elem_id=f"{prefix}-loss")
 
 
@@ -263,7 +258,8 @@ def watch_api(studio: Any, view: RunView, prefix: str) -> dict[str, Callable]:
             raise gr.Error(f"No run {run_id!r}.")
         p = studio.jobs.progress(run_id)
         facts = {k: p[k] for k in ("status", "message", "step", "max_steps", "elapsed", "remaining")}
-        return facts | tabs.plain(view.refresh(studio, run_id, None))
+        records = {"samples": view.records(p)} if view.records else {}
+        return facts | tabs.plain(view.refresh(studio, run_id, None)) | records
 
     def stop(run_id: str) -> str:
         """Stop a run (a working one writes a last checkpoint first; a queued one leaves the queue)."""
