@@ -15,6 +15,7 @@ from starlette.middleware import Middleware
 from llm.config import DEFAULT_BASE_MODEL
 from studio.assets import FrontendAssets
 from studio.context import MAX_UPLOAD_BYTES, SAMPLES_DIR, Studio
+from studio.inspect_cache import install as keep_inspections
 from studio.tabs import (
     STAMP_API,
     bench,
@@ -108,6 +109,7 @@ def build_app(
     watch_interval: float = 2.0,
 ) -> gr.Blocks:
     """The studio over one workspace. The job watcher starts here (it also resumes the queue after a restart)."""
+    keep_inspections()  # Gradio reads a component class's parameters for every part made and config read
     studio = Studio(workspace, base_model, samples_dir, max_upload_bytes)
     studio.jobs.tick()  # notice runs that ended while no studio was watching
     studio.jobs.watch(watch_interval)
