@@ -53,13 +53,11 @@ class CachedInspect(types.ModuleType):
         )
 
 
-def install() -> None:
-    """Have Gradio's component and config code use CachedInspect (once a process)."""
-    for module in PATCHED_MODULES:
-        assert module.inspect is inspect or isinstance(module.inspect, CachedInspect), module.__name__
-        if not isinstance(module.inspect, CachedInspect):
-            module.inspect = SHARED
-    assert all(module.inspect is SHARED for module in PATCHED_MODULES)
-
-
 SHARED = CachedInspect()
+
+
+def install() -> None:
+    """Have Gradio's component and config code use SHARED (once a process: a second call changes nothing)."""
+    for module in PATCHED_MODULES:
+        assert module.inspect in (inspect, SHARED), f"{module.__name__}.inspect is neither inspect nor SHARED"
+        module.inspect = SHARED
