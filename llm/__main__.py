@@ -1,8 +1,18 @@
 """python -m llm <command> ...: see llm/cli."""
 
+import os
 import sys
 
 from llm.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun rank leaves without Python's teardown: its run is saved and its process group destroyed,
+        # and what the teardown would still free is torch's communication threads, which now and then abort a
+        # rank that has finished ("terminate called without an active exception"), and torchrun then reports
+        # the whole run as failed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -369,7 +369,7 @@ class Trainer:
         if self.ddp.world > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             # The only buffers are the rotary tables, the same on every rank: no need to send them each forward.
-            run_model = DistributedDataParallel(run_model, device_ids=device_ids, broadcast_buffers=False)
+            run_model = DistributedDataParallel(run_model, device_ids=device_ids, forward_sync_buffers=False)
         self.run_model = run_model
         # MFU only where the peak is well defined: a CPU's peak would be a short matmul timed once, which on a
         # shared machine reads low and gave MFU above 100%; CPU runs log tokens/s alone.
@@ -573,7 +573,7 @@ class Trainer:
         )  # fmt: skip
         train_loss, self.clock, stopping = self.ddp.agree(work.loss, self.elapsed(), stop.set)
         if not math.isfinite(train_loss):
-            self.ddp.close()
+            self.close()
             raise self.diverged(train_loss)
         s.step += 1
         s.tokens_seen += work.tokens * self.ddp.world
@@ -588,6 +588,13 @@ class Trainer:
             self.save(LATEST, train_loss)
             self.log.write({"event": "checkpoint", "step": s.step})
         return train_loss, reason
+
+    def close(self) -> None:
+        """This rank's part in the run ends. The DDP wrapper goes first: it holds the process group, which is
+        then torn down inside Distributed.close, right after every rank has passed its barrier, and not whenever
+        Python frees the trainer."""
+        self.run_model = self.model
+        self.ddp.close()
 
     def fit(self) -> TrainResult:
         s = self.state
@@ -606,7 +613,7 @@ class Trainer:
             {"event": reason, "step": s.step, "train_loss": train_loss, "best_val_loss": best},
             f"{reason} at step {s.step}: checkpoint in {self.run.latest}",
         )
-        self.ddp.close()
+        self.close()
         return TrainResult(s.step, train_loss, s.best_val, reason, self.run.path)
 
 
