@@ -184,7 +184,7 @@ def test_ddp_takes_rank_0s_settings_and_does_not_resend_the_rotary_tables(tmp_pa
     model, batches, cfg = tiny_run(tok, grad_accum=2)
     run = Trainer(model, tok, batches, cfg, run=trainer.RunDir(tmp_path), metrics_path=tmp_path / "m.jsonl",
                   resume=False, info={}, hooks=trainer.TrainHooks())  # fmt: skip
-    assert wrapped == [{"device_ids": None, "broadcast_buffers": False}]
+    assert wrapped == [{"device_ids": None, "forward_sync_buffers": False}]
     assert run.cfg.warmup_steps == 7  # rank 0's settings, not this rank's own
 
 
