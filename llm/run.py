@@ -165,9 +165,19 @@ class MetricsWriter:
             f.write(json.dumps(record, default=_json_number) + "\n")
 
 
+def torchrun_rank() -> int:
+    """This process's rank under torchrun (RANK); 0 for a single process."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def torchrun_world() -> int:
+    """How many processes torchrun started for the run (WORLD_SIZE); 1 for a single process."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def is_main_process() -> bool:
     """Under torchrun every rank runs the same code; one of them (rank 0) writes a run's files."""
-    return int(os.environ.get("RANK", "0")) == 0
+    return torchrun_rank() == 0
 
 
 def record_error(path: Path, error: BaseException, step: int | None = None) -> None:

@@ -188,6 +188,37 @@ def test_ddp_takes_rank_0s_settings_and_does_not_resend_the_rotary_tables(tmp_pa
     assert run.cfg.warmup_steps == 7  # rank 0's settings, not this rank's own
 
 
+def test_a_rank_lets_its_ddp_wrapper_go_before_the_process_group_is_destroyed(tmp_path, tok, monkeypatch):
+    """The wrapper holds the process group: kept, the group would be freed whenever the trainer is, after
+    destroy_process_group, and a finished rank could abort as its process ends."""
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self, module, **kwargs):
+            super().__init__()
+            self.module = module
+
+    held_at_close = []
+
+    class TwoRanks(trainer.Distributed):
+        def __init__(self, device):
+            self.world, self.rank, self.device = 2, 1, device
+
+        def broadcast(self, value):
+            return value
+
+        def close(self):
+            held_at_close.append(isinstance(run.run_model, Wrapper))
+
+    monkeypatch.setattr(trainer, "Distributed", TwoRanks)
+    monkeypatch.setattr(trainer, "DistributedDataParallel", Wrapper)
+    model, batches, cfg = tiny_run(tok, grad_accum=2)
+    run = Trainer(model, tok, batches, cfg, run=trainer.RunDir(tmp_path), metrics_path=tmp_path / "m.jsonl",
+                  resume=False, info={}, hooks=trainer.TrainHooks())  # fmt: skip
+    assert isinstance(run.run_model, Wrapper)
+    run.close()
+    assert held_at_close == [False] and run.run_model is model
+
+
 def test_a_cuda_device_is_this_ranks_own_gpu_with_tf32(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 import tempfile
 import time
 from dataclasses import replace
@@ -39,7 +38,7 @@ from llm.errors import ConfigError, InputError, TokenizerError
 from llm.model import checkpoint
 from llm.model.generate import sample_logger
 from llm.model.transformer import Transformer
-from llm.run import RunDir, is_main_process
+from llm.run import RunDir, is_main_process, torchrun_rank
 from llm.train import speed
 from llm.train.trainer import TIME_EVALUATIONS, TrainHooks, TrainResult, train
 
@@ -335,7 +334,7 @@ def wait_for_data(run: RunDir) -> Path:
     """Under torchrun, rank 0 alone makes the tokenizer and the shards (every rank making them raced on the same
     folders); the others wait for its meta.json, written last, when the folder is renamed into place. Should
     rank 0 fail, torchrun ends the others."""
-    print(f"rank {os.environ.get('RANK')}: waiting for rank 0 to prepare the data in {run.data}", flush=True)
+    print(f"rank {torchrun_rank()}: waiting for rank 0 to prepare the data in {run.data}", flush=True)
     while not (run.data / corpus.META).is_file():
         time.sleep(WAIT_SECONDS)
     return run.data

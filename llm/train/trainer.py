@@ -21,7 +21,6 @@ decisions (learning rate, evaluation, checkpoint, end).
 from __future__ import annotations
 
 import math
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -40,7 +39,7 @@ from llm.device import autocast_dtype, describe, peak_flops, pick_device
 from llm.errors import TrainingError
 from llm.model import checkpoint
 from llm.model.transformer import Transformer, causal_lm_loss
-from llm.run import BEST, LATEST, MetricsWriter, RunDir, record_error
+from llm.run import BEST, LATEST, MetricsWriter, RunDir, record_error, torchrun_rank, torchrun_world
 
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 TIME_EVALUATIONS = 10  # evaluations (each with a checkpoint) of a run that lasts max_time with no step budget
@@ -126,8 +125,8 @@ class Distributed:
     """Rank and world size under torchrun; a single process otherwise."""
 
     def __init__(self, device: torch.device):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
+        self.world = torchrun_world()
+        self.rank = torchrun_rank()
         self.device = device  # under torchrun, llm.device.pick_device gives each rank its own GPU (LOCAL_RANK)
         if self.world > 1 and not dist.is_initialized():
             if device.type == "cuda":
