@@ -126,7 +126,7 @@ def choices(studio: Studio) -> dict[str, Any]:
     keys = [k for _, k in datasets]
     latest = (studio.store.runs() or [{}])[0].get("dataset_id")
     return {
-        "models": gr.Dropdown(choices=model_list, value=default),
+        "models": gr.Dropdown(choices=model_list, value=default, multiselect=True),
         "batch_data": gr.Dropdown(choices=datasets, value=latest if latest in keys else (keys[0] if keys else None)),
         "tally": tally_text(studio),
     }

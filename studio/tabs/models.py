@@ -372,7 +372,10 @@ def listing(studio: Studio, selected: str | None = None, compared: list[str] | N
     if "shown" in drawn:
         update |= show(studio, view.value)
     if "compare_pick" in drawn:  # with their comparison: the page asks for one on the user's changes only
-        update |= {"compare_pick": gr.Dropdown(choices=view.offered, value=view.kept), **compare(studio, view.kept)}
+        update |= {
+            "compare_pick": gr.Dropdown(choices=view.offered, value=view.kept, multiselect=True),
+            **compare(studio, view.kept),
+        }
     return update
 
 
