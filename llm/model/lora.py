@@ -34,8 +34,10 @@ class LoRALinear(nn.Module):
         self.base = base
         self.base.weight.requires_grad_(False)
         self.rank, self.scale = rank, alpha / rank
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+        # On the base layer's device: adapters are added to a model already on its GPU.
+        device = base.weight.device
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features, device=device))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank, device=device))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))  # as nn.Linear initialises its weight
         self.dropout = nn.Dropout(dropout)
         self.enabled = True  # False inside disabled(): the base layer alone
@@ -56,10 +58,10 @@ class LoRALinear(nn.Module):
 class TokenRows(nn.Module):
     """A trainable delta (k, C) for the embedding rows of k tokens, zero at the start."""
 
-    def __init__(self, tokens: list[int], dim: int):
+    def __init__(self, tokens: list[int], dim: int, device: torch.device):
         super().__init__()
-        self.register_buffer("tokens", torch.tensor(tokens, dtype=torch.long), persistent=False)
-        self.lora_rows = nn.Parameter(torch.zeros(len(tokens), dim))
+        self.register_buffer("tokens", torch.tensor(tokens, dtype=torch.long, device=device), persistent=False)
+        self.lora_rows = nn.Parameter(torch.zeros(len(tokens), dim, device=device))
         self.enabled = True  # False inside disabled(): no delta
 
     def added_to(self, weight: torch.Tensor) -> torch.Tensor:
@@ -122,10 +124,11 @@ def apply_lora(
     assert wrapped, "no layer matched the LoRA targets"
     if tokens:
         embedding, head = model.tok_emb, model.lm_head
-        rows = TokenRows(tokens, embedding.embedding_dim)
+        device = embedding.weight.device
+        rows = TokenRows(tokens, embedding.embedding_dim, device)
         tied = head.weight is embedding.weight
         model.tok_emb = EmbeddingWithRows(embedding, rows)
-        model.lm_head = HeadWithRows(head, rows if tied else TokenRows(tokens, embedding.embedding_dim))
+        model.lm_head = HeadWithRows(head, rows if tied else TokenRows(tokens, embedding.embedding_dim, device))
         wrapped += ["tok_emb", "lm_head"]
     return wrapped
 
