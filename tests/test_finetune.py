@@ -154,6 +154,19 @@ def test_lora_gradients_reach_only_the_adapters(task_file, tiny_model_dir):
     assert rows.lora_rows.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_adapters_are_made_on_the_device_the_model_is_on(tiny_model_dir, tied):
+    # A fine-tune moves the model to its GPU before adding adapters; "meta" stands in for that other device here.
+    model, tok, _ = load_model(tiny_model_dir)
+    if not tied:
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    model.to("meta")
+    lora.apply_lora(model, **lora_settings(FinetuneConfig(lora_rank=4), tok))
+    tensors = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    assert any("lora_rows" in name for name in tensors) and any("lora_a" in name for name in tensors)
+    assert {name: t.device.type for name, t in tensors.items() if t.device.type != "meta"} == {}
+
+
 def test_merged_model_matches_base_plus_adapter(tiny_model_dir):
     model, tok, _ = load_model(tiny_model_dir)
     torch.manual_seed(0)
@@ -355,7 +368,8 @@ def test_plan_reports_sizes_steps_and_estimates(task_file, tiny_model_dir):
     assert lora_plan["batch_size"] == 8  # TOKENS_PER_BATCH over rows of up to SHORT_ROWS (a quarter: 10)
     assert lora_plan["lr"] > full_plan["lr"]
     assert full_plan["est_memory_bytes"] > lora_plan["est_memory_bytes"] > 0
-    assert full_plan["est_seconds"] > 0 and lora_plan["est_seconds"] > 0 and lora_plan["device"].startswith("cpu")
+    assert full_plan["est_seconds"] > 0 and lora_plan["est_seconds"] > 0
+    assert lora_plan["device"].startswith("cuda" if torch.cuda.is_available() else "cpu")  # auto: the GPU if any
 
 
 def test_the_plan_times_steps_of_the_runs_own_batches_once(task_file, tiny_model_dir, monkeypatch):
