@@ -10,9 +10,12 @@ is lent: run it first, then put its figures in benchmarks/README.md.
    dataset; skipped with a message while the file is missing.
 4. tune_base: the shipped base model fine-tuned on CUDA, LoRA and full, and preference-tuned (DPO, LoRA and full),
    30 steps each: the tuning paths a CPU runs with every tensor on one device.
-5. parity: the shipped base model's (and the imported SmolLM2's) logits on CUDA against the CPU's on the sample
+5. commands: with --device cuda, the commands behind the studio's Chat, Inside, Evaluate and Bench tabs on
+   tune_base's LoRA run (or the base model): generate, inspect, eval, eval-task (base against the run), bench
+   (50 HellaSwag rows, bf16 and fp32), and its export to GGUF.
+6. parity: the shipped base model's (and the imported SmolLM2's) logits on CUDA against the CPU's on the sample
    book, fp32 and bf16, and a KV-cached greedy generation on CUDA against an uncached one.
-6. studio_pretrain: the Pretrain tab's default run (the sample book, micro preset, 5 minutes) started through
+7. studio_pretrain: the Pretrain tab's default run (the sample book, micro preset, 5 minutes) started through
    the studio's job runner as a person starts it; its plan's steps beside the steps done, its evaluations,
    how it ended and its last learning rate (a run by the clock decays to min_lr and ends "done").
 
@@ -45,7 +48,7 @@ from llm.run import RunDir  # noqa: E402
 BOOK = REPO / "datasets" / "pretrain" / "marvelous_land_of_oz.txt"
 TASK = REPO / "datasets" / "samples" / "opposites.csv"
 PAIRS = REPO / "datasets" / "preferences" / "ask-back.jsonl"
-PARTS = ("cuda_train", "ddp", "smollm2", "tune_base", "parity", "studio_pretrain")
+PARTS = ("cuda_train", "ddp", "smollm2", "tune_base", "commands", "parity", "studio_pretrain")
 
 
 class Skipped(Exception):
@@ -135,6 +138,31 @@ def tune_base(work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
             flags = ["--method", method, "--max-steps", "30", "--batch-size", "16"]
             run([sys.executable, "-m", "llm", command, "--data", str(data), "--out", str(out), *flags], timeout=180)
             rows.append({"part": f"base {command} {method}", **run_figures(out)})
+    return rows
+
+
+def commands(work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    base = str(REPO / "models" / "base")
+    model = str(work / "finetune-lora") if (work / "finetune-lora").is_dir() else base
+    cuda = ["--model", model, "--device", "cuda"]
+    bench = ["bench", *cuda, "--tasks", "hellaswag", "--limit", "50", "--no-save-results", "--precision"]
+    checks = {
+        "generate --chat": ["generate", *cuda, "--chat", "--prompt", "What is the opposite of hot?", "--temperature",
+                            "0", "--max-new-tokens", "16"],
+        "inspect": ["inspect", *cuda, "--text", "Once upon a time there was a little cat.", "--json"],
+        "eval": ["eval", *cuda, "--text", str(BOOK), "--max-chars", "20000"],
+        "eval-task": ["eval-task", "--model", base, *cuda, "--data", str(TASK), "--rows", "20"],
+        "bench bf16": [*bench, "bf16"],
+        "bench fp32": [*bench, "fp32"],
+        "export gguf": ["export", "--model", model, "--format", "gguf", "--out", str(work / "tuned.gguf")],
+    }  # fmt: skip
+    rows = []
+    for name, command in checks.items():
+        start = time.perf_counter()
+        output = run([sys.executable, "-m", "llm", *command], timeout=120).strip()
+        shown = json.dumps(json.loads(output)) if output.startswith("{") else output.splitlines()[-1]
+        seconds = time.perf_counter() - start
+        rows.append({"part": f"{name} ({Path(model).name})", "note": f"{seconds:.1f} s: {shown[:100]}"})
     return rows
 
 
@@ -242,6 +270,7 @@ def main() -> None:
         "ddp": ddp,
         "smollm2": smollm2,
         "tune_base": tune_base,
+        "commands": commands,
         "parity": parity,
         "studio_pretrain": studio_pretrain,
     }
