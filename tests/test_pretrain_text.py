@@ -109,6 +109,22 @@ def test_a_speed_is_measured_once_and_leaves_the_process_as_it_was(story_file):
     assert speed.measure(model_cfg, TrainConfig(batch_size=4), torch.device("cpu"), threads=1) is measured
 
 
+def test_a_timed_step_waits_for_its_loss_as_a_run_step_does(monkeypatch):
+    # On a GPU a step that is not waited for overlaps the launching of the next: a launch-bound model would be
+    # timed faster than its run goes, which waits once a step (Distributed.agree) to read the loss.
+    from llm.model.transformer import Transformer
+    from llm.train.trainer import Distributed
+
+    agreed = []
+    real = Distributed.agree
+    monkeypatch.setattr(Distributed, "agree", lambda self, *a: agreed.append(a) or real(self, *a))
+    model = Transformer(preset("tiny", vocab_size=400, context_length=32))
+    batch = speed.RepeatedBatch(400, 2, 32, torch.device("cpu"))
+    assert speed.time_source(model, TrainConfig(batch_size=2), batch, 3, torch.device("cpu")) > 0
+    assert len(agreed) == 1 + 3  # the warm-up step and each timed step
+    assert all(isinstance(loss, torch.Tensor) and loss.ndim == 0 for loss, *_ in agreed)
+
+
 def test_the_plan_checks_the_vocabulary_against_the_text(tmp_path, story_file):
     short = tmp_path / "short.txt"
     short.write_text(story_file.read_text()[:2000])

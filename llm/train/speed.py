@@ -82,13 +82,17 @@ def time_steps(model: Transformer, cfg: TrainConfig, rows: int, steps: int, devi
 
 
 def time_source(model: Transformer, cfg: TrainConfig, batches: BatchSource, steps: int, device: torch.device) -> float:
-    """Seconds per optimizer step (cfg.grad_accum micro-batches of batches, as a run draws them), over `steps`
-    timed steps after one warm-up step (steps 1.. of the run: its own batches, their own lengths)."""
+    """Seconds per optimizer step (cfg.grad_accum micro-batches of batches, as a run draws them, and the loss
+    read after it, as a run reads it), over `steps` timed steps after one warm-up step (steps 1.. of the run:
+    its own batches, their own lengths)."""
     optimizer = make_optimizer(model, cfg, device)
     autocast, alone = autocast_context(device, cfg.precision), Distributed.alone(device)
 
     def step(index: int) -> None:
-        train_step(model, model, optimizer, batches, index, cfg.grad_accum, cfg.grad_clip, alone, autocast)
+        work = train_step(model, model, optimizer, batches, index, cfg.grad_accum, cfg.grad_clip, alone, autocast)
+        # The run's one wait on the device a step: without it a GPU's steps overlap the launching of the next,
+        # and a launch-bound model is timed faster than its run goes.
+        alone.agree(work.loss, 0.0, False)
 
     step(0)
     start = wait(device)
