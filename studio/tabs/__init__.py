@@ -93,8 +93,9 @@ SHOW_JS = "() => ({__type__: 'update', visible: true})"  # a block shown by the 
 
 @contextmanager
 def folded(label: str, elem_id: str | None = None) -> Iterator[gr.Column]:
-    """A closed accordion whose content the page mounts only when the user first opens it: a closed accordion's
-    content is otherwise mounted as the tab is drawn, every field of it paid for in the browser's time. The
+    """A closed accordion whose content the page mounts only when the user first opens it: a closed accordion
+    drawn by gr.render (as the lazy tabs' bodies are) otherwise mounts its content with the tab, every field of it
+    paid for in the browser's time (one built with the page is left unmounted by Gradio itself). The
     content sits in a column drawn hidden, which the page itself shows on the first expand (no server round
     trip). A hidden part still holds its value: events read and set it as they do a shown one."""
     with gr.Accordion(label, open=False, elem_id=elem_id) as accordion:
