@@ -75,6 +75,19 @@ def test_logits_and_greedy_tokens_equal_transformers(imported, reference):
         assert greedy == their_greedy(theirs, ids, 50)
 
 
+def test_bf16_logits_equal_transformers_bf16(imported, reference):
+    # Under bf16 autocast both move far from their fp32 logits (by up to ~10 on a book's text): the same ops in
+    # the same order keep them equal to each other all the same.
+    model, tok, _ = load_model(imported)
+    ids = torch.tensor([tok.encode(" ".join(TEXTS) * 4)])
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ours, theirs = model(ids).float(), reference[0](ids).logits.float()
+    with torch.no_grad():
+        fp32 = model(ids)
+    assert (ours - fp32).abs().max() > 0.1  # bf16 did change the logits
+    assert (ours - theirs).abs().max() <= 1e-3
+
+
 def their_greedy(model, ids: list[int], n: int) -> list[int]:
     """n argmax tokens of transformers' forward pass over the whole sequence each time (its generate() takes
     another path through a KV cache, which flips a near tie of this chat prompt: 21.170 against 21.132)."""
