@@ -26,6 +26,7 @@ part that fails is reported and the next one runs. On a machine without CUDA it 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import os
@@ -175,7 +176,7 @@ def model_parity(name: str, directory: Path) -> dict[str, Any]:
     from llm.model.generate import generate_ids
 
     cpu_model, tokenizer, _ = load_model(directory, "cpu")
-    cuda_model = load_model(directory, "cuda")[0]
+    cuda_model = copy.deepcopy(cpu_model).cuda()  # the same weights, read from disk once
     ids = tokenizer.encode(BOOK.read_text(encoding="utf-8")[:4000])[:256]
     x = torch.tensor([ids])
     with torch.no_grad():
